@@ -1,0 +1,262 @@
+// The only pybind11 file: thin wrappers over the core. Compute runs with the GIL released.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cstring>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/errors.h"
+#include "core/gguf.h"
+#include "runtime/engine.h"
+#include "runtime/generation.h"
+
+namespace py = pybind11;
+using namespace pyengine;
+
+namespace {
+
+PyObject* g_engine_error = nullptr;
+PyObject* g_gguf_error = nullptr;
+PyObject* g_model_error = nullptr;
+
+// GGUF strings are bytes; invalid UTF-8 must not raise while inspecting a file.
+py::str Utf8(std::string_view s) {
+  PyObject* o = PyUnicode_DecodeUTF8(s.data(), static_cast<Py_ssize_t>(s.size()), "replace");
+  if (!o) throw py::error_already_set();
+  return py::reinterpret_steal<py::str>(o);
+}
+
+// Messages can quote names read from a hostile file: decode them leniently.
+void SetError(PyObject* type, const char* what) {
+  PyObject* msg = PyUnicode_DecodeUTF8(what, static_cast<Py_ssize_t>(std::strlen(what)), "replace");
+  if (!msg) return;  // the decode error stays set
+  PyErr_SetObject(type, msg);
+  Py_DECREF(msg);
+}
+
+py::object ValueToPy(const GgufValue& v, size_t max_array) {
+  switch (v.type) {
+    case GgufType::kBool: return py::bool_(v.u != 0);
+    case GgufType::kU8: case GgufType::kU16: case GgufType::kU32: case GgufType::kU64:
+      return py::int_(v.u);
+    case GgufType::kI8: case GgufType::kI16: case GgufType::kI32: case GgufType::kI64:
+      return py::int_(v.i);
+    case GgufType::kF32: case GgufType::kF64: return py::float_(v.f);
+    case GgufType::kString: return Utf8(v.str);
+    case GgufType::kArray: {
+      py::list out;
+      const size_t n = static_cast<size_t>(std::min<uint64_t>(v.count, max_array));
+      for (size_t k = 0; k < n; ++k) {
+        if (v.elem_type == GgufType::kString) {
+          out.append(Utf8(v.strings[k]));
+        } else if (v.elem_type == GgufType::kArray) {
+          out.append(ValueToPy(v.items[k], max_array));
+        } else if (v.elem_type == GgufType::kBool) {
+          out.append(py::bool_(v.NumberAt(k) != 0));
+        } else if (v.elem_type == GgufType::kF32 || v.elem_type == GgufType::kF64) {
+          out.append(py::float_(v.NumberAt(k)));
+        } else {
+          out.append(py::int_(static_cast<long long>(v.NumberAt(k))));
+        }
+      }
+      return std::move(out);
+    }
+    default: return py::none();
+  }
+}
+
+// (metadata dict, tensor list, array lengths) of a GGUF file without building a model.
+py::tuple ReadGguf(const std::string& path, size_t max_array) {
+  std::unique_ptr<GgufFile> f;
+  {
+    py::gil_scoped_release nogil;
+    f = std::make_unique<GgufFile>(path);
+  }
+  py::dict meta, lengths;
+  for (const std::string& k : f->keys()) {
+    const GgufValue* v = f->Find(k);
+    meta[Utf8(k)] = ValueToPy(*v, max_array);
+    if (v->type == GgufType::kArray) lengths[Utf8(k)] = py::int_(v->count);
+  }
+  py::list tensors;
+  for (const TensorView& t : f->tensors()) {
+    py::list shape;
+    for (int d = 0; d < t.n_dims; ++d) shape.append(t.ne[d]);
+    tensors.append(py::make_tuple(Utf8(t.name), TypeName(t.type), shape, t.nbytes));
+  }
+  py::dict info;
+  info["version"] = f->version();
+  info["alignment"] = f->alignment();
+  info["file_size"] = f->file_size();
+  return py::make_tuple(meta, tensors, lengths, info);
+}
+
+py::dict ConfigDict(const ModelConfig& c) {
+  py::dict d;
+  d["arch"] = c.arch;
+  d["name"] = c.name;
+  d["n_vocab"] = c.n_vocab;
+  d["n_ctx_train"] = c.n_ctx_train;
+  d["n_embd"] = c.n_embd;
+  d["n_layer"] = c.n_layer;
+  d["n_ff"] = c.n_ff;
+  d["n_head"] = c.n_head;
+  d["n_head_kv"] = c.n_head_kv;
+  d["head_dim"] = c.head_dim;
+  d["sliding_window"] = c.sliding_window;
+  d["rms_eps"] = c.rms_eps;
+  d["rope_base"] = c.rope_base;
+  d["rope_base_swa"] = c.rope_base_swa;
+  d["rope_scale"] = c.rope_scale;
+  d["attn_scale"] = c.attn_scale;
+  d["final_softcap"] = c.final_softcap;
+  std::vector<bool> swa(c.layer_is_swa.begin(), c.layer_is_swa.end());
+  d["layer_is_swa"] = swa;
+  return d;
+}
+
+std::vector<int32_t> ToIds(const py::iterable& ids) {
+  std::vector<int32_t> out;
+  for (py::handle h : ids) {
+    long long v = h.cast<long long>();
+    if (v < INT32_MIN || v > INT32_MAX) throw EngineError("token id " + std::to_string(v) + " is out of range");
+    out.push_back(static_cast<int32_t>(v));
+  }
+  return out;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "pyengine native core";
+
+  g_engine_error = PyErr_NewException("pyengine.PyEngineError", PyExc_RuntimeError, nullptr);
+  py::tuple gguf_bases = py::make_tuple(py::handle(g_engine_error), py::handle(PyExc_ValueError));
+  g_gguf_error = PyErr_NewException("pyengine.GGUFError", gguf_bases.ptr(), nullptr);
+  g_model_error = PyErr_NewException("pyengine.ModelError", g_engine_error, nullptr);
+  m.add_object("PyEngineError", py::handle(g_engine_error));
+  m.add_object("GGUFError", py::handle(g_gguf_error));
+  m.add_object("ModelError", py::handle(g_model_error));
+  py::register_exception_translator([](std::exception_ptr p) {
+    try {
+      if (p) std::rethrow_exception(p);
+    } catch (const GgufError& e) {
+      SetError(g_gguf_error, e.what());
+    } catch (const ModelError& e) {
+      SetError(g_model_error, e.what());
+    } catch (const EngineError& e) {
+      SetError(g_engine_error, e.what());
+    }
+  });
+
+  m.def("read_gguf", &ReadGguf, py::arg("path"), py::arg("max_array") = static_cast<size_t>(-1),
+        "Reads a GGUF file's metadata and tensor directory: (metadata, tensors, array_lengths, info).");
+
+  py::class_<Engine>(m, "Engine")
+      .def(py::init([](const std::string& path, int64_t n_ctx, int32_t n_threads) {
+             EngineOptions o;
+             o.n_ctx = n_ctx;
+             o.n_threads = n_threads;
+             py::gil_scoped_release nogil;
+             return std::make_unique<Engine>(path, o);
+           }),
+           py::arg("path"), py::arg("n_ctx") = 4096, py::arg("n_threads") = 0)
+      .def_property_readonly("config", [](const Engine& e) { return ConfigDict(e.config()); })
+      .def_property_readonly("n_ctx", &Engine::n_ctx)
+      .def_property_readonly("n_vocab", [](const Engine& e) { return e.config().n_vocab; })
+      .def_property_readonly("bos_id", [](const Engine& e) { return e.tokenizer().vocab().bos_id; })
+      .def_property_readonly("eos_id", [](const Engine& e) { return e.tokenizer().vocab().eos_id; })
+      .def_property_readonly("eog_ids", [](const Engine& e) { return e.tokenizer().vocab().eog_ids; })
+      .def_property_readonly("add_bos", [](const Engine& e) { return e.tokenizer().vocab().add_bos; })
+      .def("tokenize",
+           [](const Engine& e, const std::string& text, bool add_bos, bool special) {
+             py::gil_scoped_release nogil;
+             return e.tokenizer().Encode(text, add_bos, special);
+           },
+           py::arg("text"), py::arg("add_bos") = true, py::arg("special") = false)
+      .def("detokenize",
+           [](const Engine& e, const py::iterable& ids, bool special) {
+             std::vector<int32_t> v = ToIds(ids);
+             for (int32_t t : v) {
+               if (t < 0 || t >= e.tokenizer().n_vocab()) throw EngineError("token id " + std::to_string(t) + " is outside the vocabulary");
+             }
+             return Utf8(e.tokenizer().Decode(v, special));
+           },
+           py::arg("ids"), py::arg("special") = false)
+      .def("stream_pieces",
+           [](const Engine& e, const py::iterable& ids) {
+             StreamDecoder dec(e.tokenizer());
+             py::list out;
+             for (int32_t t : ToIds(ids)) {
+               if (t < 0 || t >= e.tokenizer().n_vocab()) throw EngineError("token id " + std::to_string(t) + " is outside the vocabulary");
+               out.append(Utf8(dec.Push(t)));
+             }
+             return out;
+           },
+           py::arg("ids"), "Text a stream releases after each token (never half a character).")
+      .def("token_piece",
+           [](const Engine& e, int32_t id, bool special) {
+             if (id < 0 || id >= e.tokenizer().n_vocab()) throw EngineError("token id " + std::to_string(id) + " is outside the vocabulary");
+             return py::bytes(e.tokenizer().Piece(id, special));
+           },
+           py::arg("id"), py::arg("special") = true)
+      .def("logits",
+           [](Engine& e, const py::iterable& ids) {
+             std::vector<int32_t> v = ToIds(ids);
+             auto* out = new std::vector<float>();
+             {
+               py::gil_scoped_release nogil;
+               try {
+                 *out = e.Logits(v);
+               } catch (...) {
+                 delete out;
+                 throw;
+               }
+             }
+             // Hand the buffer to numpy without a copy: [n, n_vocab] float32.
+             py::capsule owner(out, [](void* p) { delete static_cast<std::vector<float>*>(p); });
+             const py::ssize_t n = static_cast<py::ssize_t>(v.size());
+             const py::ssize_t nv = static_cast<py::ssize_t>(e.config().n_vocab);
+             return py::array_t<float>({n, nv}, {nv * 4, py::ssize_t{4}}, out->data(), owner);
+           },
+           py::arg("ids"));
+
+  py::class_<Generation>(m, "Generation")
+      .def(py::init([](Engine& e, const py::iterable& prompt, float temperature, int32_t top_k,
+                       float top_p, float min_p, float repeat_penalty, int32_t repeat_last_n,
+                       float presence_penalty, float frequency_penalty, uint64_t seed,
+                       int64_t max_tokens, std::vector<std::string> stop, bool ignore_eos) {
+             GenerateOptions o;
+             o.sampling = {temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n,
+                           presence_penalty, frequency_penalty, seed};
+             o.max_tokens = max_tokens;
+             o.stop = std::move(stop);
+             o.ignore_eos = ignore_eos;
+             return std::make_unique<Generation>(e, ToIds(prompt), std::move(o));
+           }),
+           py::arg("engine"), py::arg("prompt"), py::arg("temperature"), py::arg("top_k"),
+           py::arg("top_p"), py::arg("min_p"), py::arg("repeat_penalty"), py::arg("repeat_last_n"),
+           py::arg("presence_penalty"), py::arg("frequency_penalty"), py::arg("seed"),
+           py::arg("max_tokens"), py::arg("stop"), py::arg("ignore_eos"),
+           py::keep_alive<1, 2>())
+      .def("next",
+           [](Generation& g) {
+             GenerationStep s;
+             {
+               py::gil_scoped_release nogil;
+               s = g.Next();
+             }
+             return py::make_tuple(s.token, Utf8(s.text), s.done,
+                                   s.done_reason.empty() ? py::object(py::none()) : py::object(py::str(s.done_reason)));
+           },
+           "Advances one token: (token or -1, text, done, done_reason or None).")
+      .def_property_readonly("prompt_eval_count", &Generation::prompt_eval_count)
+      .def_property_readonly("eval_count", &Generation::eval_count)
+      .def_property_readonly("prompt_eval_duration", &Generation::prompt_eval_ns)
+      .def_property_readonly("eval_duration", &Generation::eval_ns)
+      .def_property_readonly("tokens", &Generation::output_tokens)
+      .def_property_readonly("done", &Generation::done);
+}

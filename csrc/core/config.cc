@@ -1,0 +1,82 @@
+#include "core/config.h"
+
+#include <cmath>
+
+#include "core/errors.h"
+#include "core/gguf.h"
+
+namespace pyengine {
+
+bool IsSupportedArch(const std::string& arch) { return arch == "gemma3"; }
+
+ModelConfig LoadConfig(const GgufFile& f) {
+  ModelConfig c;
+  c.arch = f.GetString("general.architecture");
+  if (!IsSupportedArch(c.arch)) {
+    throw ModelError(f.path() + ": unsupported architecture '" + c.arch +
+                     "' (this engine runs: gemma3)");
+  }
+  c.name = f.GetString("general.name", "");
+  const std::string p = c.arch + ".";
+  auto positive = [&](const std::string& key, int64_t v, int64_t max) {
+    if (v <= 0 || v > max) f.Fail("key '" + key + "' = " + std::to_string(v) + " is out of range");
+    return v;
+  };
+  c.n_ctx_train = positive(p + "context_length", f.GetInt(p + "context_length"), int64_t{1} << 24);
+  c.n_embd = positive(p + "embedding_length", f.GetInt(p + "embedding_length"), 1 << 16);
+  c.n_layer = positive(p + "block_count", f.GetInt(p + "block_count"), 1024);
+  c.n_ff = positive(p + "feed_forward_length", f.GetInt(p + "feed_forward_length"), 1 << 20);
+  c.n_head = positive(p + "attention.head_count", f.GetInt(p + "attention.head_count"), 1024);
+  c.n_head_kv = positive(p + "attention.head_count_kv",
+                         f.GetInt(p + "attention.head_count_kv", c.n_head), 1024);
+  if (c.n_head % c.n_head_kv != 0) {
+    f.Fail("head_count " + std::to_string(c.n_head) + " is not a multiple of head_count_kv " +
+           std::to_string(c.n_head_kv));
+  }
+  int64_t hk = f.GetInt(p + "attention.key_length", c.n_embd / c.n_head);
+  int64_t hv = f.GetInt(p + "attention.value_length", hk);
+  if (hk != hv) f.Fail("key_length != value_length is not supported");
+  c.head_dim = positive(p + "attention.key_length", hk, 4096);
+  if (c.head_dim % 2 != 0) f.Fail("head dimension must be even for RoPE");
+  c.sliding_window = positive(p + "attention.sliding_window",
+                              f.GetInt(p + "attention.sliding_window"), int64_t{1} << 24);
+  c.rms_eps = static_cast<float>(f.GetFloat(p + "attention.layer_norm_rms_epsilon", 1e-6));
+  c.rope_base = static_cast<float>(f.GetFloat(p + "rope.freq_base", 1e6));
+  c.rope_base_swa = static_cast<float>(f.GetFloat(p + "rope.freq_base_swa", 10000.0));
+  if (!(c.rope_base > 0) || !(c.rope_base_swa > 0)) f.Fail("rope.freq_base must be positive");
+  std::string scaling = f.GetString(p + "rope.scaling.type", "none");
+  if (scaling == "linear") {
+    double factor = f.GetFloat(p + "rope.scaling.factor", 1.0);
+    if (!(factor > 0)) f.Fail("rope.scaling.factor must be positive");
+    c.rope_scale = static_cast<float>(1.0 / factor);
+  } else if (scaling != "none") {
+    throw ModelError(f.path() + ": rope scaling '" + scaling + "' is not supported for gemma3");
+  }
+  // Gemma 3 27B (62 layers) scales queries by 1/sqrt(n_embd/n_head), the others by 1/sqrt(head_dim).
+  c.attn_scale = c.n_layer == 62 ? 1.f / std::sqrt(static_cast<float>(c.n_embd / c.n_head))
+                                 : 1.f / std::sqrt(static_cast<float>(c.head_dim));
+  c.final_softcap = static_cast<float>(f.GetFloat(p + "final_logit_softcapping", 0.0));
+
+  // Five sliding-window layers, then one global, unless the file lists the pattern itself.
+  c.layer_is_swa.assign(static_cast<size_t>(c.n_layer), 0);
+  if (const GgufValue* pat = f.Find(p + "attention.sliding_window_pattern")) {
+    if (pat->type != GgufType::kArray || pat->elem_type != GgufType::kBool ||
+        pat->count != static_cast<uint64_t>(c.n_layer)) {
+      f.Fail("attention.sliding_window_pattern must be a bool array of block_count entries");
+    }
+    for (int64_t l = 0; l < c.n_layer; ++l) c.layer_is_swa[l] = pat->NumberAt(l) != 0;
+  } else {
+    for (int64_t l = 0; l < c.n_layer; ++l) c.layer_is_swa[l] = (l % 6) < 5;
+  }
+
+  const TensorView* emb = f.FindTensor("token_embd.weight");
+  if (!emb) f.Fail("tensor 'token_embd.weight' is missing");
+  if (emb->n_dims != 2 || emb->ne[0] != c.n_embd) {
+    f.Fail("token_embd.weight has shape [" + std::to_string(emb->ne[0]) + ", " +
+           std::to_string(emb->ne[1]) + "], expected [" + std::to_string(c.n_embd) + ", n_vocab]");
+  }
+  c.n_vocab = emb->ne[1];
+  return c;
+}
+
+}  // namespace pyengine

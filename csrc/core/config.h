@@ -1,0 +1,43 @@
+// ModelConfig: the plain hyper-parameters of a model, read once from GGUF metadata.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace pyengine {
+
+class GgufFile;
+
+struct ModelConfig {
+  std::string arch;        // general.architecture, e.g. "gemma3"
+  std::string name;        // general.name (may be empty)
+  int64_t n_vocab = 0;     // rows of token_embd
+  int64_t n_ctx_train = 0;
+  int64_t n_embd = 0;
+  int64_t n_layer = 0;
+  int64_t n_ff = 0;
+  int64_t n_head = 0;
+  int64_t n_head_kv = 0;
+  int64_t head_dim = 0;    // key_length == value_length
+  int64_t sliding_window = 0;
+  float rms_eps = 1e-6f;
+  float rope_base = 10000.f;      // global layers
+  float rope_base_swa = 10000.f;  // sliding-window layers
+  float rope_scale = 1.f;         // global layers: position multiplier (1 / linear factor)
+  float attn_scale = 1.f;         // multiplies q before q.k
+  float final_softcap = 0.f;      // 0: none
+  std::vector<uint8_t> layer_is_swa;  // [n_layer] 1 when the layer uses the sliding window
+
+  int64_t q_dim() const { return n_head * head_dim; }
+  int64_t kv_dim() const { return n_head_kv * head_dim; }
+};
+
+// Architectures this engine can run.
+bool IsSupportedArch(const std::string& arch);
+
+// Reads and checks the config. Throws ModelError for an unsupported architecture (naming it)
+// and GgufError for missing or inconsistent keys.
+ModelConfig LoadConfig(const GgufFile& file);
+
+}  // namespace pyengine

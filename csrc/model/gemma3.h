@@ -1,0 +1,61 @@
+// Gemma3Model: the Gemma 3 text model's weights and forward pass, as llama.cpp computes it.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "core/config.h"
+#include "core/tensor.h"
+#include "kv/kv_cache.h"
+
+namespace pyengine {
+
+class GgufFile;
+
+// Scratch buffers of one forward call, kept between calls so steady-state decode allocates nothing.
+struct Workspace {
+  std::vector<float> x;      // [n, n_embd] residual stream
+  std::vector<float> xn;     // [n, n_embd] normed input of a sub-block
+  std::vector<float> q;      // [n, n_head * head_dim]
+  std::vector<float> k;      // [n, n_head_kv * head_dim]
+  std::vector<float> v;      // [n, n_head_kv * head_dim]
+  std::vector<float> attn;   // [n, n_head * head_dim]
+  std::vector<float> o;      // [n, n_embd]
+  std::vector<float> gate;   // [n, n_ff]
+  std::vector<float> up;     // [n, n_ff]
+  std::vector<float> scores; // [n_ctx]
+};
+
+class Gemma3Model {
+ public:
+  // Binds the tensors of `file` (kept mapped by the caller) and checks their shapes and types.
+  // Throws ModelError / GgufError naming the offending tensor.
+  Gemma3Model(const GgufFile& file, const ModelConfig& config);
+
+  const ModelConfig& config() const { return cfg_; }
+
+  // Runs tokens [n] of one sequence at positions pos0 .. pos0+n-1, appending their keys and
+  // values to `kv` (which must hold positions < pos0 already). Writes logits of every token
+  // (all_logits) or of the last one only: out [all_logits ? n : 1, n_vocab].
+  void Forward(const int32_t* tokens, int64_t n, int64_t pos0, KvCache& kv, Workspace& ws,
+               bool all_logits, float* out) const;
+
+ private:
+  struct Layer {
+    TensorView attn_q, attn_k, attn_v, attn_output;
+    TensorView ffn_gate, ffn_up, ffn_down;
+    std::vector<float> attn_norm, attn_q_norm, attn_k_norm, post_attention_norm;  // [n_embd] / [head_dim]
+    std::vector<float> ffn_norm, post_ffw_norm;                                   // [n_embd]
+    std::vector<float> rope_inv_freq;  // [head_dim / 2] base^(-2i/d) * position scale
+  };
+
+  void Attention(int64_t layer, int64_t n, int64_t pos0, KvCache& kv, Workspace& ws) const;
+
+  ModelConfig cfg_;
+  TensorView tok_embd_;  // [n_vocab, n_embd]
+  TensorView output_;    // [n_vocab, n_embd], token_embd when tied
+  std::vector<float> output_norm_;  // [n_embd]
+  std::vector<Layer> layers_;
+};
+
+}  // namespace pyengine

@@ -1,0 +1,56 @@
+// Engine: owns a mapped model file, its weights, tokenizer and the KV cache of one sequence.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "core/config.h"
+#include "core/gguf.h"
+#include "kv/kv_cache.h"
+#include "model/gemma3.h"
+#include "runtime/tokenizer.h"
+
+namespace pyengine {
+
+struct EngineOptions {
+  int64_t n_ctx = 4096;  // capped at the model's training context
+  int32_t n_threads = 0; // 0: all cores (kernels are single-threaded for now)
+};
+
+class Engine {
+ public:
+  Engine(const std::string& path, const EngineOptions& opts);
+
+  const ModelConfig& config() const { return cfg_; }
+  const Tokenizer& tokenizer() const { return *tok_; }
+  const GgufFile& file() const { return *file_; }
+  int64_t n_ctx() const { return n_ctx_; }
+
+  // Teacher-forced logits of `ids` as a fresh sequence: [ids.size(), n_vocab].
+  std::vector<float> Logits(const std::vector<int32_t>& ids);
+
+  // Makes the cached sequence equal `ids` and writes the last position's logits to
+  // out [n_vocab]. Reuses the longest prefix already cached, so a generation that appends
+  // one token per call costs one token of compute. Returns the number of tokens evaluated.
+  // Thread-safe: calls from several generations interleave correctly (each call is atomic).
+  int64_t Eval(const std::vector<int32_t>& ids, float* out);
+
+ private:
+  void CheckIds(const std::vector<int32_t>& ids) const;
+
+  std::unique_ptr<GgufFile> file_;
+  ModelConfig cfg_;
+  std::unique_ptr<Gemma3Model> model_;
+  std::unique_ptr<Tokenizer> tok_;
+  int64_t n_ctx_;
+
+  std::mutex mu_;  // guards everything below
+  KvCache kv_;
+  Workspace ws_;
+  std::vector<int32_t> cached_;  // tokens whose keys/values kv_ holds, positions 0..
+};
+
+}  // namespace pyengine

@@ -1,0 +1,41 @@
+// Sampler: turns one row of logits into the next token (penalties, top-k, top-p, min-p,
+// temperature), deterministic for a given seed.
+#pragma once
+
+#include <cstdint>
+#include <random>
+#include <vector>
+
+namespace pyengine {
+
+struct SamplingParams {
+  float temperature = 0.8f;   // <= 0: greedy (argmax after penalties)
+  int32_t top_k = 40;         // <= 0: off
+  float top_p = 0.9f;         // >= 1: off
+  float min_p = 0.0f;         // <= 0: off
+  float repeat_penalty = 1.0f;  // 1: off
+  int32_t repeat_last_n = 64;   // window of recent tokens penalised; -1: whole history
+  float presence_penalty = 0.0f;
+  float frequency_penalty = 0.0f;
+  uint64_t seed = 0;
+};
+
+class Sampler {
+ public:
+  explicit Sampler(const SamplingParams& p);
+
+  // Picks a token from logits [n_vocab]; `history` is the sequence so far (prompt + output),
+  // its tail is what the penalties look at.
+  int32_t Sample(const float* logits, int32_t n_vocab, const std::vector<int32_t>& history);
+
+ private:
+  struct Candidate {
+    int32_t id;
+    float logit;
+  };
+  SamplingParams p_;
+  std::mt19937_64 rng_;
+  std::vector<Candidate> cand_;  // [n_vocab] scratch
+};
+
+}  // namespace pyengine

@@ -1,0 +1,135 @@
+"""Command line: ``python -m pyengine run MODEL PROMPT`` and ``python -m pyengine show MODEL``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import Counter
+from typing import Any, Sequence
+
+from . import _core
+from .engine import Engine, resolve_model_path
+from .errors import PyEngineError
+
+_FILE_TYPES = {0: "F32", 1: "F16", 7: "Q8_0", 15: "Q4_K_M", 18: "Q6_K", 32: "BF16"}
+
+
+def _human(n: float) -> str:
+    for unit in ("", "K", "M", "G", "T"):
+        if abs(n) < 1000 or unit == "T":
+            return f"{n:.1f}{unit}" if unit else f"{int(n)}"
+        n /= 1000
+    return str(n)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    eng = Engine(args.model, n_threads=args.threads, n_ctx=args.ctx)
+    opts: dict[str, Any] = dict(max_tokens=args.max_tokens, temperature=args.temperature,
+                                top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+                                stop=args.stop or ())
+    if args.raw:
+        chunks = eng.stream(args.prompt, **opts)
+    else:
+        chunks = eng.chat_stream([{"role": "user", "content": args.prompt}], **opts)
+    for chunk in chunks:
+        sys.stdout.write(chunk.text)
+        sys.stdout.flush()
+        if chunk.done and chunk.completion is not None:
+            c = chunk.completion
+            sys.stdout.write("\n")
+            if args.verbose:
+                pe = c.prompt_eval_count / max(c.prompt_eval_duration, 1) * 1e9
+                ev = max(c.eval_count - 1, 0) / max(c.eval_duration, 1) * 1e9
+                print(f"prompt eval: {c.prompt_eval_count} tokens, {pe:.1f} tokens/s\n"
+                      f"eval: {c.eval_count} tokens, {ev:.1f} tokens/s\n"
+                      f"done_reason: {c.done_reason}", file=sys.stderr)
+    return 0
+
+
+def describe(path: str) -> str:
+    """A human-readable summary of a GGUF model file (no weights are computed with)."""
+    meta, tensors, lengths, info = _core.read_gguf(path, 16)
+    arch = meta.get("general.architecture", "?")
+    p = f"{arch}."
+    n_params = 0
+    types: Counter[str] = Counter()
+    for _name, ttype, shape, _nbytes in tensors:
+        count = 1
+        for d in shape:
+            count *= d
+        n_params += count
+        types[ttype] += 1
+    lines = ["  Model"]
+
+    def row(label: str, value: Any) -> None:
+        lines.append(f"    {label:<28}{value}")
+
+    row("architecture", arch)
+    if "general.name" in meta:
+        row("name", meta["general.name"])
+    row("parameters", _human(n_params))
+    row("file size", f"{info['file_size'] / 2**20:.1f} MiB (GGUF v{info['version']})")
+    ft = meta.get("general.file_type")
+    row("quantization", _FILE_TYPES.get(ft, f"file_type {ft}") if ft is not None else "unknown")
+    row("tensor types", ", ".join(f"{t} x{n}" for t, n in sorted(types.items())))
+    for key, label in [("context_length", "context length"), ("embedding_length", "embedding length"),
+                       ("block_count", "layers"), ("feed_forward_length", "feed-forward length"),
+                       ("attention.head_count", "attention heads"),
+                       ("attention.head_count_kv", "key/value heads"),
+                       ("attention.key_length", "head dimension"),
+                       ("attention.sliding_window", "sliding window"),
+                       ("rope.freq_base", "rope base (global)"),
+                       ("rope.freq_base_swa", "rope base (local)"),
+                       ("rope.scaling.factor", "rope linear scaling")]:
+        if p + key in meta:
+            row(label, meta[p + key])
+    row("supported", "yes" if arch == "gemma3" else "no (this engine runs gemma3)")
+    lines.append("  Tokenizer")
+    row("model", meta.get("tokenizer.ggml.model", "none"))
+    if "tokenizer.ggml.tokens" in lengths:
+        row("vocabulary", lengths["tokenizer.ggml.tokens"])
+    for key in ("bos_token_id", "eos_token_id", "unknown_token_id", "padding_token_id",
+                "add_bos_token", "add_eos_token", "add_space_prefix"):
+        if "tokenizer.ggml." + key in meta:
+            row(key, meta["tokenizer.ggml." + key])
+    row("chat template", "yes" if "tokenizer.chat_template" in meta else "no (Gemma turns)")
+    return "\n".join(lines)
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    print(describe(str(resolve_model_path(args.model))))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="pyengine", description=__doc__)
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="stream a reply to PROMPT")
+    run.add_argument("model")
+    run.add_argument("prompt")
+    run.add_argument("--raw", action="store_true", help="no chat template: complete PROMPT as is")
+    run.add_argument("--max-tokens", type=int, default=256)
+    run.add_argument("--temperature", type=float, default=0.8)
+    run.add_argument("--top-k", type=int, default=40)
+    run.add_argument("--top-p", type=float, default=0.9)
+    run.add_argument("--seed", type=int, default=None)
+    run.add_argument("--stop", action="append")
+    run.add_argument("--ctx", type=int, default=4096)
+    run.add_argument("--threads", type=int, default=None)
+    run.add_argument("--verbose", action="store_true", help="print timings to stderr")
+    run.set_defaults(func=cmd_run)
+
+    show = sub.add_parser("show", help="print a model's architecture, sizes and tokenizer")
+    show.add_argument("model")
+    show.set_defaults(func=cmd_show)
+    return ap
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (PyEngineError, FileNotFoundError, ValueError) as e:
+        print(f"Error: {e}", file=sys.stderr)
+        return 1

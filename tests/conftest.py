@@ -1,0 +1,48 @@
+"""Shared fixtures: synthetic GGUF models written once per test session, and the oracle."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from make_model import write_model  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture(scope="session")
+def make_model(model_dir: Path):
+    """Returns path(preset, dtype, **overrides) of a synthetic model, written on first use."""
+    cache: dict[tuple, Path] = {}
+
+    def get(preset: str = "tiny", dtype: str = "f32", **overrides) -> Path:
+        key = (preset, dtype, tuple(sorted(overrides.items())))
+        if key not in cache:
+            suffix = "-".join(f"{k}{v}" for k, v in sorted(overrides.items()))
+            path = model_dir / f"{preset}-{dtype}{'-' + suffix if suffix else ''}.gguf"
+            write_model(path, preset, dtype, **overrides)
+            cache[key] = path
+        return cache[key]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def tiny_f32(make_model) -> Path:
+    return make_model("tiny", "f32")
+
+
+def oracle(path: Path, n_ctx: int = 512, logits_all: bool = True):
+    """llama.cpp (llama-cpp-python) on the same file: the correctness oracle."""
+    import llama_cpp  # a hard requirement of the test suite: parity must never skip silently
+
+    return llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_batch=n_ctx,
+                           logits_all=logits_all, n_threads=2, verbose=False)
