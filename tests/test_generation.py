@@ -96,20 +96,26 @@ def test_stop_string_cuts_output(eng):
     assert streamed == cut.text
 
 
-def test_eos_stops_unless_ignored(eng):
-    # Find, by greedy decoding with EOS banned... simpler: bias is impossible, so check that the
-    # sampler stops on the first end-of-generation token it draws.
-    for seed in range(200):
-        out = eng.generate("x", max_tokens=64, temperature=2.0, top_k=0, top_p=1.0, seed=seed)
-        if out.done_reason == "stop":
-            assert out.tokens[-1] in eng._core.eog_ids
-            assert all(t not in eng._core.eog_ids for t in out.tokens[:-1])
-            again = eng.generate("x", max_tokens=len(out.tokens) + 3, temperature=2.0, top_k=0,
-                                 top_p=1.0, seed=seed, ignore_eos=True)
-            assert again.tokens[: len(out.tokens)] == out.tokens
-            assert again.eval_count == len(out.tokens) + 3
-            return
-    pytest.fail("no end-of-generation token was ever sampled")
+def with_eos(src, dst, eos_id: int):
+    """A copy of a model file whose tokenizer.ggml.eos_token_id (a u32) is eos_id."""
+    data = bytearray(src.read_bytes())
+    key = b"tokenizer.ggml.eos_token_id"
+    at = data.index(len(key).to_bytes(8, "little") + key) + 8 + len(key)
+    assert int.from_bytes(data[at:at + 4], "little") == 4  # GGUF type u32
+    data[at + 4:at + 8] = eos_id.to_bytes(4, "little")
+    dst.write_bytes(bytes(data))
+    return dst
+
+
+def test_eos_stops_unless_ignored(eng, tiny_f32, tmp_path):
+    plain = eng.generate("End here", max_tokens=8, temperature=0, ignore_eos=True).tokens
+    k = next(i for i in range(1, 8) if plain[i] not in plain[:i])
+    patched = Engine(with_eos(tiny_f32, tmp_path / "eos.gguf", plain[k]), n_ctx=256)
+    out = patched.generate("End here", max_tokens=8, temperature=0)
+    assert out.done_reason == "stop" and out.tokens == plain[: k + 1]
+    assert out.text == eng.detokenize(plain[:k])  # the end token itself is not text
+    again = patched.generate("End here", max_tokens=8, temperature=0, ignore_eos=True)
+    assert again.tokens == plain and again.done_reason == "length"
 
 
 def test_stream_never_splits_utf8(eng):

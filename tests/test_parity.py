@@ -8,9 +8,11 @@ import pytest
 from conftest import oracle
 from pyengine import Engine
 
-# (dtype, max relative L2 error per position, min top-1 agreement): the bounds.
-BOUNDS = [("f32", 5e-3, 0.99), ("f16", 5e-3, 0.99), ("q8_0", 5e-2, 0.95)]
-N_PROMPT = 200  # several times the tiny preset's sliding window
+# (dtype, max relative L2 error per position, min top-1 agreement): the bounds for
+# F32/F16/Q8_0; BF16 (activations rounded to bf16 by both engines) is held to 1e-2 / 99%.
+BOUNDS = [("f32", 5e-3, 0.99), ("f16", 5e-3, 0.99), ("q8_0", 5e-2, 0.95), ("bf16", 1e-2, 0.99)]
+N_PROMPT = 250  # several times the tiny preset's sliding window
+N_PROMPTS = 4   # ~1000 positions: top-1 agreement is a rate, and 200 samples are too few to pin it
 
 
 def prompt_ids(n_vocab: int, n: int, seed: int = 0) -> list[int]:
@@ -31,16 +33,19 @@ def test_model_exercises_window_and_global_layers(tiny_f32):
 def test_logits_match_llama_cpp(make_model, dtype, max_err, min_top1):
     path = make_model("tiny", dtype)
     eng = Engine(path, n_ctx=512)
-    ids = prompt_ids(eng.n_vocab, N_PROMPT)
-    ours = eng.logits(ids).astype(np.float64)
-    assert ours.shape == (len(ids), eng.n_vocab)
-
     llm = oracle(path)
-    llm.eval(ids)
-    ref = np.array(llm.scores[: len(ids)], dtype=np.float64)
-
-    err = np.linalg.norm(ours - ref, axis=1) / np.linalg.norm(ref, axis=1)
-    top1 = float((ours.argmax(1) == ref.argmax(1)).mean())
+    errs, hits = [], []
+    for seed in range(N_PROMPTS):
+        ids = prompt_ids(eng.n_vocab, N_PROMPT, seed)
+        ours = eng.logits(ids).astype(np.float64)
+        assert ours.shape == (len(ids), eng.n_vocab)
+        llm.reset()
+        llm.eval(ids)
+        ref = np.array(llm.scores[: len(ids)], dtype=np.float64)
+        errs.append(np.linalg.norm(ours - ref, axis=1) / np.linalg.norm(ref, axis=1))
+        hits.append(ours.argmax(1) == ref.argmax(1))
+    err = np.concatenate(errs)
+    top1 = float(np.concatenate(hits).mean())
     assert err.max() <= max_err, f"{dtype}: worst position rel. error {err.max():.2e}"
     assert top1 >= min_top1, f"{dtype}: top-1 agreement {top1:.3f}"
 
@@ -63,7 +68,7 @@ def test_greedy_generation_matches_llama_cpp(tiny_f32):
     out = eng.generate(prompt, max_tokens=32, temperature=0.0, ignore_eos=True)
     assert out.eval_count == 32 and out.done_reason == "length"
 
-    llm = oracle(tiny_f32, logits_all=False)
+    llm = oracle(tiny_f32)
     ref: list[int] = []
     llm.eval(prompt)
     for _ in range(32):

@@ -73,9 +73,35 @@ void Rope(float* x, int64_t d, int64_t pos, const float* inv_freq) {
   }
 }
 
-inline float GeluTanh(float x) {
+inline float RoundFp16(float x) { return Fp16ToFp32(Fp32ToFp16(x)); }
+
+float GeluTanh(float x) {
   constexpr float kSqrt2OverPi = 0.7978845608028654f;
   return 0.5f * x * (1.f + std::tanh(kSqrt2OverPi * x * (1.f + 0.044715f * x * x)));
+}
+
+// GELU through a table indexed by the fp16 bits of x, as ggml's CPU backend computes it:
+// a lookup instead of a tanh per element, and the same values as the reference.
+class GeluTable {
+ public:
+  GeluTable() : table_(1 << 16) {
+    for (uint32_t h = 0; h < table_.size(); ++h) {
+      table_[h] = Fp32ToFp16(GeluTanh(Fp16ToFp32(static_cast<uint16_t>(h))));
+    }
+  }
+  float operator()(float x) const {
+    if (x <= -10.f) return 0.f;
+    if (x >= 10.f) return x;
+    return Fp16ToFp32(table_[Fp32ToFp16(x)]);
+  }
+
+ private:
+  std::vector<uint16_t> table_;  // [65536] fp16 gelu(fp16 x)
+};
+
+const GeluTable& Gelu() {
+  static const GeluTable table;
+  return table;
 }
 
 void Grow(std::vector<float>& v, int64_t n) {
@@ -160,15 +186,20 @@ void Gemma3Model::Forward(const int32_t* tokens, int64_t n, int64_t pos0, KvCach
         float* qh = ws.q.data() + t * QD + h * D;
         RmsNorm(qh, L.attn_q_norm.data(), 1, D, c.rms_eps, qh);
         Rope(qh, D, pos, L.rope_inv_freq.data());
-        for (int64_t i = 0; i < D; ++i) qh[i] *= c.attn_scale;
+        // q meets the fp16 keys in fp16, as in the reference's f16 dot product.
+        for (int64_t i = 0; i < D; ++i) qh[i] = RoundFp16(qh[i] * c.attn_scale);
       }
       for (int64_t h = 0; h < c.n_head_kv; ++h) {
         float* kh = ws.k.data() + t * KVD + h * D;
         RmsNorm(kh, L.attn_k_norm.data(), 1, D, c.rms_eps, kh);
         Rope(kh, D, pos, L.rope_inv_freq.data());
       }
-      std::copy_n(ws.k.data() + t * KVD, KVD, kv.k(l, pos));
-      std::copy_n(ws.v.data() + t * KVD, KVD, kv.v(l, pos));
+      uint16_t* kc = kv.k(l, pos);
+      uint16_t* vc = kv.v(l, pos);
+      for (int64_t i = 0; i < KVD; ++i) {
+        kc[i] = Fp32ToFp16(ws.k[t * KVD + i]);
+        vc[i] = Fp32ToFp16(ws.v[t * KVD + i]);
+      }
     }
     Attention(l, n, pos0, kv, ws);
     MatMul(L.attn_output, ws.attn.data(), n, ws.o.data());
@@ -179,7 +210,8 @@ void Gemma3Model::Forward(const int32_t* tokens, int64_t n, int64_t pos0, KvCach
     RmsNorm(x, L.ffn_norm.data(), n, E, c.rms_eps, ws.xn.data());
     MatMul(L.ffn_gate, ws.xn.data(), n, ws.gate.data());
     MatMul(L.ffn_up, ws.xn.data(), n, ws.up.data());
-    for (int64_t i = 0; i < n * F; ++i) ws.gate[i] = GeluTanh(ws.gate[i]) * ws.up[i];
+    const GeluTable& gelu = Gelu();
+    for (int64_t i = 0; i < n * F; ++i) ws.gate[i] = gelu(ws.gate[i]) * ws.up[i];
     MatMul(L.ffn_down, ws.gate.data(), n, ws.o.data());
     RmsNorm(ws.o.data(), L.post_ffw_norm.data(), n, E, c.rms_eps, ws.o.data());
     for (int64_t i = 0; i < n * E; ++i) x[i] += ws.o[i];
@@ -212,9 +244,9 @@ void Gemma3Model::Attention(int64_t l, int64_t n, int64_t pos0, KvCache& kv, Wor
       const int64_t kvh = h / group;
       float mx = -INFINITY;
       for (int64_t p = first; p <= pos; ++p) {
-        const float* kp = kv.k(l, p) + kvh * D;
+        const uint16_t* kp = kv.k(l, p) + kvh * D;
         float s = 0;
-        for (int64_t i = 0; i < D; ++i) s += qh[i] * kp[i];
+        for (int64_t i = 0; i < D; ++i) s += qh[i] * Fp16ToFp32(kp[i]);
         scores[p] = s;
         mx = std::max(mx, s);
       }
@@ -227,9 +259,10 @@ void Gemma3Model::Attention(int64_t l, int64_t n, int64_t pos0, KvCache& kv, Wor
       float* oh = ws.attn.data() + t * QD + h * D;
       std::fill_n(oh, D, 0.f);
       for (int64_t p = first; p <= pos; ++p) {
-        const float w = scores[p] * inv;
-        const float* vp = kv.v(l, p) + kvh * D;
-        for (int64_t i = 0; i < D; ++i) oh[i] += w * vp[i];
+        // Weights rounded to fp16 as the reference's f16 product with V rounds them.
+        const float w = RoundFp16(scores[p] * inv);
+        const uint16_t* vp = kv.v(l, p) + kvh * D;
+        for (int64_t i = 0; i < D; ++i) oh[i] += w * Fp16ToFp32(vp[i]);
       }
     }
   }

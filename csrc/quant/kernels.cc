@@ -31,6 +31,13 @@ uint16_t Fp32ToFp16(float f) {
   return sign | static_cast<uint16_t>(h);
 }
 
+uint16_t Fp32ToBf16(float f) {
+  uint32_t x;
+  std::memcpy(&x, &f, 4);
+  if ((x & 0x7fffffff) > 0x7f800000) return static_cast<uint16_t>((x >> 16) | 64);  // quiet NaN
+  return static_cast<uint16_t>((x + (0x7fff + ((x >> 16) & 1))) >> 16);             // nearest even
+}
+
 bool IsSupportedWeightType(GgmlType t) {
   return t == GgmlType::kF32 || t == GgmlType::kF16 || t == GgmlType::kBF16 ||
          t == GgmlType::kQ8_0;
@@ -84,17 +91,18 @@ float Dot(const float* a, const float* b, int64_t n) {
   return s + ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
 }
 
-// Q8_0 activations exactly as ggml's reference quantizer makes them: scale amax/127 stored
-// as fp16, values rounded half away from zero.
+// Q8_0 activations exactly as ggml's SIMD quantizer makes them (so both engines see the same
+// int8 inputs): scale amax/127 stored as fp16, values x * (127/amax) rounded half to even.
 void QuantizeRowQ8_0(const float* x, BlockQ8_0* out, int64_t n) {
   for (int64_t b = 0; b < n / kQ8_0Block; ++b) {
     const float* xb = x + b * kQ8_0Block;
     float amax = 0;
     for (int j = 0; j < kQ8_0Block; ++j) amax = std::max(amax, std::fabs(xb[j]));
-    const float d = amax / 127.f;
-    const float id = d != 0.f ? 1.f / d : 0.f;
-    out[b].d = Fp32ToFp16(d);
-    for (int j = 0; j < kQ8_0Block; ++j) out[b].qs[j] = static_cast<int8_t>(std::round(xb[j] * id));
+    const float id = amax != 0.f ? 127.f / amax : 0.f;
+    out[b].d = Fp32ToFp16(amax / 127.f);
+    for (int j = 0; j < kQ8_0Block; ++j) {
+      out[b].qs[j] = static_cast<int8_t>(std::nearbyint(xb[j] * id));
+    }
   }
 }
 
@@ -123,10 +131,26 @@ void MatMulQ8_0(const TensorView& w, const float* x, int64_t n_tok, float* y) {
 
 }  // namespace
 
+// The reference converts activations to the weights' 16-bit type before the dot product;
+// rounding them the same way keeps results aligned with it.
+void RoundActivations(GgmlType type, const float* x, int64_t n, float* out) {
+  if (type == GgmlType::kF16) {
+    for (int64_t i = 0; i < n; ++i) out[i] = Fp16ToFp32(Fp32ToFp16(x[i]));
+  } else {
+    for (int64_t i = 0; i < n; ++i) out[i] = Bf16ToFp32(Fp32ToBf16(x[i]));
+  }
+}
+
 void MatMul(const TensorView& w, const float* x, int64_t n_tok, float* y) {
   if (w.type == GgmlType::kQ8_0) return MatMulQ8_0(w, x, n_tok, y);
   const int64_t cols = w.cols();
   const int64_t rows = w.rows();
+  thread_local std::vector<float> xr;  // [n_tok, cols] activations rounded to the weight type
+  if (w.type == GgmlType::kF16 || w.type == GgmlType::kBF16) {
+    xr.resize(static_cast<size_t>(n_tok * cols));
+    RoundActivations(w.type, x, n_tok * cols, xr.data());
+    x = xr.data();
+  }
   // One dequantized row is reused against every token, so each weight byte is decoded once.
   thread_local std::vector<float> row;  // [cols]
   const float* r_ptr;

@@ -46,6 +46,9 @@ inline float Fp16ToFp32(uint16_t h) {
 // Round-to-nearest-even float32 -> fp16 (overflow to inf, NaN kept).
 uint16_t Fp32ToFp16(float f);
 
+// Round-to-nearest-even float32 -> bf16 (NaN kept quiet).
+uint16_t Fp32ToBf16(float f);
+
 inline float Bf16ToFp32(uint16_t h) {
   uint32_t bits = static_cast<uint32_t>(h) << 16;
   float f;

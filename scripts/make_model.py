@@ -1,0 +1,422 @@
+#!/usr/bin/env python3
+"""Write random-weight Gemma 3 GGUF files for tests and benchmarks.
+
+Tests and benchmarks cannot rely on downloaded weights, so they run on synthetic files with the
+tensor names, shapes, metadata and tokenizer layout of real Gemma 3 GGUFs. Weights are seeded random
+numbers scaled so the forward pass stays well conditioned; the vocabulary is a SentencePiece-style
+vocabulary learned from an embedded corpus and laid out like Gemma's.
+
+    python scripts/make_model.py --preset tiny --dtype f32 -o tiny.gguf [--seed N] [--set k=v]
+
+From Python: ``from make_model import write_model; write_model("tiny.gguf", "tiny", "q8_0")``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import heapq
+import itertools
+import math
+import re
+import time
+import zlib
+from collections import Counter, defaultdict
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import gguf
+import numpy as np
+from gguf.quants import quantize
+
+T = gguf.TokenType
+Q = gguf.GGMLQuantizationType
+DTYPES = {  # dtype name -> (tensor type of the matrices, general.file_type)
+    "f32": (Q.F32, gguf.LlamaFileType.ALL_F32),
+    "f16": (Q.F16, gguf.LlamaFileType.MOSTLY_F16),
+    "bf16": (Q.BF16, gguf.LlamaFileType.MOSTLY_BF16),
+    "q8_0": (Q.Q8_0, gguf.LlamaFileType.MOSTLY_Q8_0),
+}
+CHUNK_ELEMS = 1 << 22  # values generated and encoded at once: memory stays flat for the 4b preset
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Shape and hyper-parameters of a synthetic Gemma 3 text model (inert data)."""
+
+    n_vocab: int
+    n_embd: int
+    n_ff: int
+    n_layer: int  # layer l uses the sliding window unless l % 6 == 5
+    n_head: int
+    n_head_kv: int
+    head_dim: int
+    sliding_window: int
+    context_length: int
+    tied_embeddings: bool = True  # no output.weight: the logits use token_embd
+    rms_eps: float = 1e-6
+    rope_freq_base: float = 1e6  # global layers
+    rope_freq_base_swa: float = 1e4  # sliding-window layers
+    rope_scaling_factor: float = 0.0  # linear scaling of the global layers; 0: none
+    logit_scale: float = 2.0  # gain of output_norm = std of the logits before the row spread
+    embd_row_spread: float = 0.5  # std of log(row norm) of the embedding matrices
+    norm_noise: float = 0.1  # norm weights are gain * (1 + noise): the +1 is folded in, as in GGUFs
+    name: str = "synthetic-gemma3"
+
+
+TINY = ModelConfig(n_vocab=3072, n_embd=128, n_ff=384, n_layer=8, n_head=4, n_head_kv=2,
+                   head_dim=64, sliding_window=32, context_length=1024, tied_embeddings=False,
+                   name="synthetic-gemma3-tiny")
+PRESETS: dict[str, ModelConfig] = {
+    "tiny": TINY,
+    "tiny-tied": dataclasses.replace(TINY, tied_embeddings=True, name="synthetic-gemma3-tiny-tied"),
+    # The real text shapes of gemma3:1b and gemma3:4b (both tie the output to token_embd).
+    "1b": ModelConfig(n_vocab=262144, n_embd=1152, n_ff=6912, n_layer=26, n_head=4, n_head_kv=1,
+                      head_dim=256, sliding_window=512, context_length=32768,
+                      name="synthetic-gemma3-1b"),
+    "4b": ModelConfig(n_vocab=262208, n_embd=2560, n_ff=10240, n_layer=34, n_head=8, n_head_kv=4,
+                      head_dim=256, sliding_window=1024, context_length=131072,
+                      rope_scaling_factor=8.0, name="synthetic-gemma3-4b"),
+}
+
+# ------------------------------------------------------------------------------------------ vocab
+
+# Training text for the merges: English, French and code, so that word pieces, accented pieces and
+# punctuation pieces exist, each with its chain of intermediate merges.
+CORPUS = """\
+The quick brown fox jumps over the lazy dog. A small model can be tested with random weights.
+Language models read text as tokens: a piece of a word, a whole word or a single byte.
+When the prompt is longer than the sliding window, local layers only see recent positions.
+The engine schedules many requests at once; each one keeps its keys and values in a shared cache.
+Please write a short story about a robot who learns to paint, then explain what the story means.
+What is the capital of France? The capital of France is Paris, and the river is the Seine.
+Hello world! How are you today? I am fine, thank you. Let us test the tokenizer with sentences.
+Users expect fast answers; benchmarks measure the speed of prompt processing and generation.
+Scientists observed that water boils at a lower temperature on high mountains.
+My grandmother grows tomatoes, beans and carrots in her garden, and cooks for the whole family.
+Remember to check the results carefully; errors in the data often hide in the details.
+The train arrives at seven o'clock tomorrow morning, so we should leave the house early.
+Le renard brun saute par-dessus le chien paresseux. Où est la bibliothèque? Près de la gare.
+Les modèles de langue découpent le texte en morceaux; chaque morceau devient un élément.
+Il était une fois un garçon très curieux qui voulait comprendre comment fonctionnent les machines.
+Nous préférons les réponses précises, même quand la question est difficile ou légèrement ambiguë.
+L'été dernier, à Montréal, j'ai mangé une crème brûlée délicieuse au café de la rue Saint-Denis.
+Pourquoi le ciel est-il bleu? Parce que la lumière du soleil est diffusée par l'atmosphère.
+Mon frère travaille dans une entreprise qui fabrique des vélos électriques; il aime son métier.
+def forward(self, tokens: list[int], positions: list[int]) -> np.ndarray:
+    hidden = self.embed(tokens) * math.sqrt(self.n_embd)
+    for layer in self.layers:
+        hidden = layer(hidden, positions)
+    return self.output(self.norm(hidden))
+class Tokenizer:
+    def encode(self, text: str, add_bos: bool = True) -> list[int]:
+        return [self.bos_id] + self.pieces(text) if add_bos else self.pieces(text)
+for (int i = 0; i < n_tokens; ++i) { sum += x[i] * w[i]; if (sum > max) max = sum; }
+while (queue.size() > 0) { auto request = queue.pop(); scheduler.admit(request, budget); }
+static const char *name = "model"; return std::make_unique<Engine>(config, std::move(weights));
+import numpy as np; from pathlib import Path; print(f"loaded {len(weights)} tensors from {path}")
+SELECT name, count(*) FROM requests WHERE status = 'done' GROUP BY name ORDER BY count DESC;
+{"model": "gemma3:1b", "prompt": "Why is the sky blue?", "options": {"temperature": 0.8}}
+user model system assistant content message response request stream options format template
+"""
+CHARS = ("".join(chr(c) for c in range(0x21, 0x7F)) + "\u2581"
+         + "àâäáãåçéèêëíìîïñóòôöõúùûüýÿœæßÀÂÄÁÇÉÈÊËÍÎÏÑÓÔÖÚÙÛÜŒÆ"
+         + "«»“”‘’–—…€£¥°©®™•·¿¡×÷±αβγδλμπσΩабвгдежзиклмнопрст"
+         + "的一是不了人我在有他这中大来上个们"  # a few CJK; the rest falls back to byte tokens
+         + "😀😂❤👍🙂🎉")  # a few emoji; the others fall back to byte tokens
+# User-defined pieces are matched in raw text before anything else, even with special parsing off.
+USER_DEFINED = (["\n" * k for k in range(1, 9)] + [" " * k for k in range(2, 9)]
+                + ["\t" * k for k in range(1, 5)]
+                + ["<code>", "</code>", "<table>", "</table>", "<tr>", "<td>", "<b>", "</b>",
+                   "<h1>", "</h1>"])
+# Corpus pre-tokenizer: letters with an optional leading U+2581, punctuation runs, single digits
+# (Gemma has no multi-digit pieces), a lone U+2581.
+WORD_RE = re.compile(r"\u2581?[^\W\d_]+|\u2581?(?:[^\w\s\u2581]|_)+|\d|\u2581")
+SYLLABLES = [c + v for c in "bcdfghjklmnprstvwz" for v in "aeiou"]
+CHAT_TEMPLATE = (  # Gemma's turn format; a system message is folded into the first user turn
+    "{{ bos_token }}"
+    "{%- if messages[0]['role'] == 'system' -%}"
+    "{%- set first_user_prefix = messages[0]['content'] + '\\n\\n' -%}"
+    "{%- set loop_messages = messages[1:] -%}"
+    "{%- else -%}"
+    "{%- set first_user_prefix = '' -%}{%- set loop_messages = messages -%}"
+    "{%- endif -%}"
+    "{%- for message in loop_messages -%}"
+    "{%- set role = 'model' if message['role'] == 'assistant' else message['role'] -%}"
+    "{{ '<start_of_turn>' + role + '\\n' + (first_user_prefix if loop.first else '') }}"
+    "{{ message['content'] | trim }}{{ '<end_of_turn>\\n' }}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<start_of_turn>model\\n' }}{%- endif -%}"
+)
+
+
+def _corpus_words() -> Counter[str]:
+    """Word counts of the corpus, pre-tokenized as llama.cpp sees text: runs of 2+ spaces, tabs and
+    newlines are user-defined tokens that split words; single spaces become U+2581."""
+    words: Counter[str] = Counter()
+    for part in re.split(r" {2,}|\t+|\n", CORPUS):
+        words.update(WORD_RE.findall(part.replace(" ", "\u2581")))
+    # Rare variants (with and without the leading U+2581, capitalized) give the vocabulary the
+    # spread of word forms a real one has; each counts once, so it merges after the real words.
+    for word in list(words):
+        core = word.lstrip("\u2581")
+        if core.isalpha():
+            for form in (core, core.lower(), core.capitalize()):
+                for variant in (form, "\u2581" + form):
+                    words[variant] = words[variant] or 1
+    return words
+
+
+def _train_merges(words: Counter[str], max_merges: int) -> list[str]:
+    """Byte-pair-style merges, most frequent pair first (ties: smallest pair), as merged strings.
+
+    Pair counts are updated incrementally and a lazy max-heap finds the next pair, so the tiny vocab
+    builds in well under a second.
+    """
+    seqs = [list(w) for w in words]
+    freqs = list(words.values())
+    counts: Counter[tuple[str, str]] = Counter()
+    where: defaultdict[tuple[str, str], set[int]] = defaultdict(set)
+    for i, seq in enumerate(seqs):
+        for pair in zip(seq, seq[1:]):
+            counts[pair] += freqs[i]
+            where[pair].add(i)
+    heap = [(-c, a, b) for (a, b), c in counts.items()]
+    heapq.heapify(heap)
+    merges: list[str] = []
+    while heap and len(merges) < max_merges:
+        neg, a, b = heapq.heappop(heap)
+        if -neg != counts.get((a, b), 0) or neg == 0:
+            continue  # stale heap entry
+        merges.append(a + b)
+        touched: set[tuple[str, str]] = set()
+        for i in sorted(where.pop((a, b), ())):
+            seq, f = seqs[i], freqs[i]
+            for pair in zip(seq, seq[1:]):
+                counts[pair] -= f
+                touched.add(pair)
+            j, out = 0, []
+            while j < len(seq):
+                if j + 1 < len(seq) and seq[j] == a and seq[j + 1] == b:
+                    out.append(a + b)
+                    j += 2
+                else:
+                    out.append(seq[j])
+                    j += 1
+            seqs[i] = out
+            for pair in zip(out, out[1:]):
+                counts[pair] += f
+                where[pair].add(i)
+                touched.add(pair)
+        for pair in touched:
+            if counts[pair] > 0:
+                heapq.heappush(heap, (-counts[pair], *pair))
+    return merges
+
+
+def build_vocab(n_vocab: int) -> tuple[list[str], list[float], list[int]]:
+    """Gemma-like SentencePiece vocabulary of exactly n_vocab pieces: (tokens, scores, types).
+
+    Layout: 0 <pad>, 1 <eos>, 2 <bos>, 3 <unk>, 4 <mask>, 5..104 <unused0..99>, 105
+    <start_of_turn>, 106 <end_of_turn>, then user-defined whitespace runs and tags, the 256 byte
+    tokens, merged pieces (score -rank), filler pieces once the corpus runs out of merges, and the
+    single characters last.
+    """
+    tokens = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>"]
+    types = [T.CONTROL, T.CONTROL, T.CONTROL, T.UNKNOWN, T.CONTROL]
+    tokens += [f"<unused{i}>" for i in range(100)] + ["<start_of_turn>", "<end_of_turn>"]
+    types += [T.UNUSED] * 100 + [T.CONTROL] * 2
+    scores = [0.0] * len(tokens)
+    # llama.cpp's converter writes user-defined pieces with raw spaces (not U+2581), score -1000.
+    tokens += USER_DEFINED
+    types += [T.USER_DEFINED] * len(USER_DEFINED)
+    scores += [-1000.0] * len(USER_DEFINED)
+    tokens += [f"<0x{b:02X}>" for b in range(256)]
+    types += [T.BYTE] * 256
+    scores += [0.0] * 256
+
+    words = _corpus_words()
+    chars = list(dict.fromkeys(CHARS + "".join(sorted(set("".join(words)) - set(CHARS)))))
+    n_pieces = n_vocab - len(tokens) - len(chars)
+    if n_pieces < 0:
+        raise ValueError(f"n_vocab must be at least {len(tokens) + len(chars)}")
+    seen = set(tokens) | set(chars)
+    pieces = [m for m in _train_merges(words, n_pieces) if m not in seen]
+    seen.update(pieces)
+    # Filler up to the real vocab sizes: rare, long, unique pseudo-words. They merge only after
+    # every corpus piece (lowest scores), so the corpus tokenizes as it would without them.
+    for syllables in itertools.product(SYLLABLES, repeat=3):
+        if len(pieces) == n_pieces:
+            break
+        piece = "\u2581" + "".join(syllables)
+        if piece not in seen:
+            pieces.append(piece)
+    if len(pieces) < n_pieces:
+        raise ValueError(f"n_vocab {n_vocab} is larger than the filler allows")
+    tokens += pieces + chars
+    types += [T.NORMAL] * (n_pieces + len(chars))
+    scores += [float(-rank) for rank in range(n_pieces + len(chars))]
+    return tokens, scores, [int(t) for t in types]
+
+
+# ---------------------------------------------------------------------------------------- weights
+
+def make_config(preset: str = "tiny", **overrides: Any) -> ModelConfig:
+    """The config of a preset with some fields replaced, e.g. make_config("tiny", n_layer=12)."""
+    return dataclasses.replace(PRESETS[preset], **overrides)
+
+
+def tensor_specs(cfg: ModelConfig) -> list[tuple[str, tuple[int, ...]]]:
+    """Names and numpy shapes, (out, in) for matrices, of every tensor in file order."""
+    e, q_dim, kv_dim = cfg.n_embd, cfg.n_head * cfg.head_dim, cfg.n_head_kv * cfg.head_dim
+    specs = [("token_embd.weight", (cfg.n_vocab, e))]
+    if not cfg.tied_embeddings:
+        specs.append(("output.weight", (cfg.n_vocab, e)))
+    specs.append(("output_norm.weight", (e,)))
+    block = [("attn_norm", (e,)), ("attn_q", (q_dim, e)), ("attn_k", (kv_dim, e)),
+             ("attn_v", (kv_dim, e)), ("attn_q_norm", (cfg.head_dim,)),
+             ("attn_k_norm", (cfg.head_dim,)), ("attn_output", (e, q_dim)),
+             ("post_attention_norm", (e,)), ("ffn_norm", (e,)), ("ffn_gate", (cfg.n_ff, e)),
+             ("ffn_up", (cfg.n_ff, e)), ("ffn_down", (e, cfg.n_ff)), ("post_ffw_norm", (e,))]
+    for i in range(cfg.n_layer):
+        specs += [(f"blk.{i}.{name}.weight", shape) for name, shape in block]
+    return specs
+
+
+def _tensor_chunks(name: str, shape: tuple[int, ...], cfg: ModelConfig,
+                   seed: int) -> Iterator[np.ndarray]:
+    """Float32 values of one tensor, in chunks of rows.
+
+    Every tensor has its own generator seeded by (seed, name), so its values do not depend on the
+    other tensors. Matrices have std 1/sqrt(fan_in): each projection keeps its input's RMS, and an
+    embedded token (scaled by sqrt(n_embd)) starts the residual stream at RMS ~1.
+    """
+    key = zlib.crc32(name.encode())
+    rng = np.random.default_rng([seed, key])
+    if len(shape) == 1:
+        # output_norm carries the logit scale; every other norm keeps its input's scale.
+        gain = cfg.logit_scale if name == "output_norm.weight" else 1.0
+        yield gain * (1.0 + cfg.norm_noise * rng.standard_normal(shape, dtype=np.float32))
+        return
+    rows, cols = shape
+    row_scale = np.full((rows, 1), 1.0 / math.sqrt(cols), dtype=np.float32)
+    if name in ("token_embd.weight", "output.weight") and cfg.embd_row_spread > 0:
+        # Log-normal row norms (trained embeddings have them too) give the logits a heavy upper
+        # tail: the top-1 token then usually stands clear of the runner-up, which keeps top-1
+        # comparisons between two implementations meaningful.
+        spread = np.random.default_rng([seed, key, 1]).standard_normal((rows, 1))
+        row_scale *= np.exp(cfg.embd_row_spread * spread).astype(np.float32)
+    step = max(1, CHUNK_ELEMS // cols)
+    for r0 in range(0, rows, step):
+        x = rng.standard_normal((min(step, rows - r0), cols), dtype=np.float32)
+        x *= row_scale[r0:r0 + len(x)]
+        yield x
+
+
+def _add_metadata(w: gguf.GGUFWriter, cfg: ModelConfig, dtype: str) -> None:
+    """Model and tokenizer keys, as llama.cpp's converter writes them for Gemma 3."""
+    qtype, file_type = DTYPES[dtype]
+    w.add_name(cfg.name)
+    w.add_file_type(file_type)
+    if qtype not in (Q.F32, Q.F16):
+        w.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    w.add_context_length(cfg.context_length)
+    w.add_embedding_length(cfg.n_embd)
+    w.add_block_count(cfg.n_layer)
+    w.add_feed_forward_length(cfg.n_ff)
+    w.add_head_count(cfg.n_head)
+    w.add_head_count_kv(cfg.n_head_kv)
+    w.add_key_length(cfg.head_dim)
+    w.add_value_length(cfg.head_dim)
+    w.add_layer_norm_rms_eps(cfg.rms_eps)
+    w.add_sliding_window(cfg.sliding_window)
+    w.add_rope_freq_base(cfg.rope_freq_base)
+    w.add_rope_freq_base_swa(cfg.rope_freq_base_swa)
+    if cfg.rope_scaling_factor:
+        w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        w.add_rope_scaling_factor(cfg.rope_scaling_factor)
+
+    tokens, scores, types = build_vocab(cfg.n_vocab)
+    w.add_tokenizer_model("llama")
+    w.add_tokenizer_pre("default")
+    w.add_token_list(tokens)
+    w.add_token_scores(scores)
+    w.add_token_types(types)
+    w.add_bos_token_id(2)
+    w.add_eos_token_id(1)
+    w.add_unk_token_id(3)
+    w.add_pad_token_id(0)
+    w.add_add_bos_token(True)
+    w.add_add_eos_token(False)
+    w.add_add_space_prefix(False)
+    w.add_chat_template(CHAT_TEMPLATE)
+
+
+def write_model(path: str | Path, preset: str = "tiny", dtype: str = "f32", seed: int = 0,
+                **overrides: Any) -> Path:
+    """Write a random-weight Gemma 3 GGUF file and return its path.
+
+    preset: a key of PRESETS. dtype: "f32", "f16", "bf16" or "q8_0" for the matrices; the 1-D
+    norm weights stay F32, as in real files. overrides: ModelConfig fields to replace, e.g.
+    n_layer=12. The same (preset, overrides, seed) always gives the same weights, whatever dtype.
+    Tensors are generated and written in chunks, so memory stays small even for the 4b preset.
+    """
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    cfg = make_config(preset, **overrides)
+    specs = [(name, shape, DTYPES[dtype][0] if len(shape) == 2 else Q.F32)
+             for name, shape in tensor_specs(cfg)]
+    path = Path(path)
+    w = gguf.GGUFWriter(path, "gemma3")
+    _add_metadata(w, cfg, dtype)
+    for name, shape, qtype in specs:
+        block, type_size = gguf.GGML_QUANT_SIZES[qtype]
+        if shape[-1] % block:
+            raise ValueError(f"{name}: rows of {shape[-1]} values do not fit {dtype} blocks")
+        nbytes = math.prod(shape) // block * type_size
+        w.add_tensor_info(name, shape, np.dtype(np.float32), nbytes, raw_dtype=qtype)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_ti_data_to_file()
+    # GGUFWriter.write_tensor_data wants whole tensors; write the data section chunk by chunk.
+    assert w.fout is not None
+    fout = w.fout[0]
+    for name, shape, qtype in specs:
+        w.write_padding(fout, fout.tell())  # each tensor starts at a multiple of the alignment
+        for chunk in _tensor_chunks(name, shape, cfg, seed):
+            quantize(chunk, qtype).tofile(fout)
+    w.write_padding(fout, fout.tell())
+    w.close()
+    return path
+
+
+def _parse_override(text: str) -> tuple[str, Any]:
+    """'n_layer=12' -> ('n_layer', 12), typed after the ModelConfig field."""
+    key, _, value = text.partition("=")
+    kinds = {f.name: f.type for f in dataclasses.fields(ModelConfig)}
+    if key not in kinds:
+        raise argparse.ArgumentTypeError(f"unknown config field {key!r}")
+    if kinds[key] == "bool":
+        return key, value.lower() in ("1", "true", "yes")
+    return key, {"int": int, "float": float}.get(str(kinds[key]), str)(value)
+
+
+def main() -> None:
+    """Command-line entry point."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
+    ap.add_argument("--dtype", default="f32", choices=sorted(DTYPES))
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--set", dest="overrides", action="append", default=[], type=_parse_override,
+                    metavar="FIELD=VALUE", help="replace a ModelConfig field (repeatable)")
+    ap.add_argument("-o", "--output", required=True)
+    args = ap.parse_args()
+    t0 = time.perf_counter()
+    path = write_model(args.output, args.preset, args.dtype, args.seed, **dict(args.overrides))
+    size_mib = path.stat().st_size / 2**20
+    print(f"wrote {path} ({size_mib:.1f} MiB) in {time.perf_counter() - t0:.1f} s")
+
+
+if __name__ == "__main__":
+    main()
