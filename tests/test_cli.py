@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 from pyengine import Engine
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
+    # Run outside the source tree so the installed package (with its extension) is imported.
     return subprocess.run([sys.executable, "-m", "pyengine", *args], capture_output=True,
-                          text=True, timeout=300)
+                          text=True, timeout=300, cwd=Path(__file__).parent)
 
 
 def test_run_streams_the_chat_reply(tiny_f32):

@@ -168,6 +168,7 @@ def test_fuzzed_files_never_crash(tmp_path, tiny_f32, engine):
     n = 300 if engine else 3000
     proc = subprocess.run([sys.executable, "-c", FUZZ, str(src), str(tmp_path / "m.gguf"), "7",
                            str(n), "1" if engine else "0"], capture_output=True, text=True,
+                          cwd=tmp_path,
                           timeout=600)
     assert proc.returncode == 0, f"fuzz run died: {proc.returncode} {proc.stderr[-2000:]}"
     ok, bad = map(int, proc.stdout.split())

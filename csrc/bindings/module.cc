@@ -11,7 +11,9 @@
 #include "core/errors.h"
 #include "core/gguf.h"
 #include "runtime/engine.h"
+#include "quant/cpu_features.h"
 #include "runtime/generation.h"
+#include "runtime/membw.h"
 
 namespace py = pybind11;
 using namespace pyengine;
@@ -152,6 +154,25 @@ PYBIND11_MODULE(_core, m) {
     }
   });
 
+  m.def("isa", [] { return std::string(IsaName(ActiveIsa())); },
+        "The kernel level in use: 'scalar', 'avx2' or 'avx512'.");
+  m.def("best_isa", [] { return std::string(IsaName(BestIsa())); },
+        "The best kernel level this CPU supports.");
+  m.def("set_isa",
+        [](const std::string& name) {
+          IsaLevel level;
+          if (!ParseIsa(name, &level)) throw py::value_error("unknown ISA level '" + name + "'");
+          if (!SetIsa(level)) throw py::value_error("this CPU does not support '" + name + "'");
+        },
+        py::arg("level"), "Forces a kernel level (as PYENGINE_ISA does at start-up).");
+  m.def("memory_read_bandwidth",
+        [](int64_t n_bytes, int n_threads, int reps) {
+          py::gil_scoped_release nogil;
+          return MemoryReadBandwidth(n_bytes, n_threads, reps);
+        },
+        py::arg("n_bytes") = int64_t{1} << 30, py::arg("n_threads") = 0, py::arg("reps") = 5,
+        "Best-of-reps read bandwidth in GB/s over a buffer of n_bytes, read by n_threads.");
+
   m.def("read_gguf", &ReadGguf, py::arg("path"), py::arg("max_array") = static_cast<size_t>(-1),
         "Reads a GGUF file's metadata and tensor directory: (metadata, tensors, array_lengths, info).");
 
@@ -166,6 +187,7 @@ PYBIND11_MODULE(_core, m) {
            py::arg("path"), py::arg("n_ctx") = 4096, py::arg("n_threads") = 0)
       .def_property_readonly("config", [](const Engine& e) { return ConfigDict(e.config()); })
       .def_property_readonly("n_ctx", &Engine::n_ctx)
+      .def_property_readonly("n_threads", &Engine::n_threads)
       .def_property_readonly("n_vocab", [](const Engine& e) { return e.config().n_vocab; })
       .def_property_readonly("bos_id", [](const Engine& e) { return e.tokenizer().vocab().bos_id; })
       .def_property_readonly("eos_id", [](const Engine& e) { return e.tokenizer().vocab().eos_id; })

@@ -405,6 +405,14 @@ bool GgufFile::GetBool(const std::string& key, bool fallback) const {
   return v->u != 0;
 }
 
+void GgufFile::ReleasePages(const TensorView& t) const {
+  const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+  // Only whole pages inside the tensor: neighbours may still be in use.
+  const uintptr_t begin = (reinterpret_cast<uintptr_t>(t.data) + page - 1) / page * page;
+  const uintptr_t end = (reinterpret_cast<uintptr_t>(t.data) + t.nbytes) / page * page;
+  if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
+}
+
 const TensorView* GgufFile::FindTensor(const std::string& name) const {
   auto it = tensor_index_.find(name);
   return it == tensor_index_.end() ? nullptr : &tensors_[it->second];

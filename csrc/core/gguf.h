@@ -84,6 +84,10 @@ class GgufFile {
   const std::vector<TensorView>& tensors() const { return tensors_; }
   const TensorView* FindTensor(const std::string& name) const;
 
+  // Tells the OS that a tensor's pages will not be read soon (its data was copied elsewhere);
+  // they are dropped from this process's memory and re-read from the file if touched again.
+  void ReleasePages(const TensorView& t) const;
+
   [[noreturn]] void Fail(const std::string& what) const;
 
  private:

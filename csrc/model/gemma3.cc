@@ -6,7 +6,9 @@
 
 #include "core/errors.h"
 #include "core/gguf.h"
-#include "quant/kernels.h"
+#include "quant/formats.h"
+#include "quant/kernel_set.h"
+#include "runtime/thread_pool.h"
 
 namespace pyengine {
 namespace {
@@ -110,11 +112,20 @@ void Grow(std::vector<float>& v, int64_t n) {
 
 }  // namespace
 
-Gemma3Model::Gemma3Model(const GgufFile& f, const ModelConfig& cfg) : cfg_(cfg) {
+Gemma3Model::Gemma3Model(const GgufFile& f, const ModelConfig& cfg, ThreadPool& pool) : cfg_(cfg) {
   const int64_t E = cfg.n_embd, D = cfg.head_dim, F = cfg.n_ff;
+  // A repacked copy replaces the file's bytes: release those pages so memory holds one copy.
+  auto pack = [&](const TensorView& t) {
+    PackedMatrix m(t, pool);
+    if (m.repacked()) f.ReleasePages(t);
+    return m;
+  };
   tok_embd_ = Bind(f, "token_embd.weight", {E, cfg.n_vocab});
-  output_ = Bind(f, "output.weight", {E, cfg.n_vocab}, /*optional=*/true);
-  if (!output_.data) output_ = tok_embd_;  // tied embeddings
+  TensorView out = Bind(f, "output.weight", {E, cfg.n_vocab}, /*optional=*/true);
+  // Tied embeddings: lookups read rows of the output projection's packed copy, so the
+  // released file pages stay released.
+  output_ = pack(out.data ? out : tok_embd_);
+  tied_ = out.data == nullptr;
   output_norm_ = BindVector(f, "output_norm.weight", E);
 
   layers_.resize(static_cast<size_t>(cfg.n_layer));
@@ -122,17 +133,17 @@ Gemma3Model::Gemma3Model(const GgufFile& f, const ModelConfig& cfg) : cfg_(cfg) 
     Layer& L = layers_[l];
     const std::string p = "blk." + std::to_string(l) + ".";
     L.attn_norm = BindVector(f, p + "attn_norm.weight", E);
-    L.attn_q = Bind(f, p + "attn_q.weight", {E, cfg.q_dim()});
-    L.attn_k = Bind(f, p + "attn_k.weight", {E, cfg.kv_dim()});
-    L.attn_v = Bind(f, p + "attn_v.weight", {E, cfg.kv_dim()});
-    L.attn_output = Bind(f, p + "attn_output.weight", {cfg.q_dim(), E});
+    L.attn_q = pack(Bind(f, p + "attn_q.weight", {E, cfg.q_dim()}));
+    L.attn_k = pack(Bind(f, p + "attn_k.weight", {E, cfg.kv_dim()}));
+    L.attn_v = pack(Bind(f, p + "attn_v.weight", {E, cfg.kv_dim()}));
+    L.attn_output = pack(Bind(f, p + "attn_output.weight", {cfg.q_dim(), E}));
     L.attn_q_norm = BindVector(f, p + "attn_q_norm.weight", D);
     L.attn_k_norm = BindVector(f, p + "attn_k_norm.weight", D);
     L.post_attention_norm = BindVector(f, p + "post_attention_norm.weight", E);
     L.ffn_norm = BindVector(f, p + "ffn_norm.weight", E);
-    L.ffn_gate = Bind(f, p + "ffn_gate.weight", {E, F});
-    L.ffn_up = Bind(f, p + "ffn_up.weight", {E, F});
-    L.ffn_down = Bind(f, p + "ffn_down.weight", {F, E});
+    L.ffn_gate = pack(Bind(f, p + "ffn_gate.weight", {E, F}));
+    L.ffn_up = pack(Bind(f, p + "ffn_up.weight", {E, F}));
+    L.ffn_down = pack(Bind(f, p + "ffn_down.weight", {F, E}));
     L.post_ffw_norm = BindVector(f, p + "post_ffw_norm.weight", E);
 
     // Sliding layers: local base, no scaling. Global layers: global base with linear scaling.
@@ -147,7 +158,7 @@ Gemma3Model::Gemma3Model(const GgufFile& f, const ModelConfig& cfg) : cfg_(cfg) 
 }
 
 void Gemma3Model::Forward(const int32_t* tokens, int64_t n, int64_t pos0, KvCache& kv,
-                          Workspace& ws, bool all_logits, float* out) const {
+                          Workspace& ws, bool all_logits, float* out, ThreadPool& pool) const {
   const ModelConfig& c = cfg_;
   const int64_t E = c.n_embd, D = c.head_dim, F = c.n_ff;
   const int64_t QD = c.q_dim(), KVD = c.kv_dim();
@@ -162,14 +173,20 @@ void Gemma3Model::Forward(const int32_t* tokens, int64_t n, int64_t pos0, KvCach
   Grow(ws.q, n * QD); Grow(ws.attn, n * QD);
   Grow(ws.k, n * KVD); Grow(ws.v, n * KVD);
   Grow(ws.gate, n * F); Grow(ws.up, n * F);
-  Grow(ws.scores, kv.n_ctx());
+  Grow(ws.scores, pool.size() * kv.n_ctx());
   float* x = ws.x.data();
+  // Per-token work is split over the pool only when there are enough tokens to pay for it.
+  constexpr int64_t kMinTokens = 8;
 
   // Embedding, scaled by sqrt(n_embd).
   const float emb_scale = std::sqrt(static_cast<float>(E));
   for (int64_t t = 0; t < n; ++t) {
     float* xr = x + t * E;
-    DequantizeRow(tok_embd_.type, tok_embd_.row(tokens[t]), xr, E);
+    if (tied_) {
+      output_.Row(tokens[t], xr);
+    } else {
+      DequantizeRow(tok_embd_.type, tok_embd_.row(tokens[t]), xr, E);
+    }
     for (int64_t i = 0; i < E; ++i) xr[i] *= emb_scale;
   }
 
@@ -177,42 +194,46 @@ void Gemma3Model::Forward(const int32_t* tokens, int64_t n, int64_t pos0, KvCach
     const Layer& L = layers_[l];
     // Attention block.
     RmsNorm(x, L.attn_norm.data(), n, E, c.rms_eps, ws.xn.data());
-    MatMul(L.attn_q, ws.xn.data(), n, ws.q.data());
-    MatMul(L.attn_k, ws.xn.data(), n, ws.k.data());
-    MatMul(L.attn_v, ws.xn.data(), n, ws.v.data());
-    for (int64_t t = 0; t < n; ++t) {
-      const int64_t pos = pos0 + t;
-      for (int64_t h = 0; h < c.n_head; ++h) {
-        float* qh = ws.q.data() + t * QD + h * D;
-        RmsNorm(qh, L.attn_q_norm.data(), 1, D, c.rms_eps, qh);
-        Rope(qh, D, pos, L.rope_inv_freq.data());
-        // q meets the fp16 keys in fp16, as in the reference's f16 dot product.
-        for (int64_t i = 0; i < D; ++i) qh[i] = RoundFp16(qh[i] * c.attn_scale);
+    MatMul(L.attn_q, ws.xn.data(), n, ws.q.data(), pool);
+    MatMul(L.attn_k, ws.xn.data(), n, ws.k.data(), pool);
+    MatMul(L.attn_v, ws.xn.data(), n, ws.v.data(), pool);
+    ParallelRanges(pool, n, kMinTokens, [&](int64_t t0, int64_t t1) {
+      for (int64_t t = t0; t < t1; ++t) {
+        const int64_t pos = pos0 + t;
+        for (int64_t h = 0; h < c.n_head; ++h) {
+          float* qh = ws.q.data() + t * QD + h * D;
+          RmsNorm(qh, L.attn_q_norm.data(), 1, D, c.rms_eps, qh);
+          Rope(qh, D, pos, L.rope_inv_freq.data());
+          // q meets the fp16 keys in fp16, as in the reference's f16 dot product.
+          for (int64_t i = 0; i < D; ++i) qh[i] = RoundFp16(qh[i] * c.attn_scale);
+        }
+        for (int64_t h = 0; h < c.n_head_kv; ++h) {
+          float* kh = ws.k.data() + t * KVD + h * D;
+          RmsNorm(kh, L.attn_k_norm.data(), 1, D, c.rms_eps, kh);
+          Rope(kh, D, pos, L.rope_inv_freq.data());
+        }
+        uint16_t* kc = kv.k(l, pos);
+        uint16_t* vc = kv.v(l, pos);
+        for (int64_t i = 0; i < KVD; ++i) {
+          kc[i] = Fp32ToFp16(ws.k[t * KVD + i]);
+          vc[i] = Fp32ToFp16(ws.v[t * KVD + i]);
+        }
       }
-      for (int64_t h = 0; h < c.n_head_kv; ++h) {
-        float* kh = ws.k.data() + t * KVD + h * D;
-        RmsNorm(kh, L.attn_k_norm.data(), 1, D, c.rms_eps, kh);
-        Rope(kh, D, pos, L.rope_inv_freq.data());
-      }
-      uint16_t* kc = kv.k(l, pos);
-      uint16_t* vc = kv.v(l, pos);
-      for (int64_t i = 0; i < KVD; ++i) {
-        kc[i] = Fp32ToFp16(ws.k[t * KVD + i]);
-        vc[i] = Fp32ToFp16(ws.v[t * KVD + i]);
-      }
-    }
-    Attention(l, n, pos0, kv, ws);
-    MatMul(L.attn_output, ws.attn.data(), n, ws.o.data());
+    });
+    Attention(l, n, pos0, kv, ws, pool);
+    MatMul(L.attn_output, ws.attn.data(), n, ws.o.data(), pool);
     RmsNorm(ws.o.data(), L.post_attention_norm.data(), n, E, c.rms_eps, ws.o.data());
     for (int64_t i = 0; i < n * E; ++i) x[i] += ws.o[i];
 
     // Feed-forward block: gelu_tanh(gate) * up, projected down.
     RmsNorm(x, L.ffn_norm.data(), n, E, c.rms_eps, ws.xn.data());
-    MatMul(L.ffn_gate, ws.xn.data(), n, ws.gate.data());
-    MatMul(L.ffn_up, ws.xn.data(), n, ws.up.data());
+    MatMul(L.ffn_gate, ws.xn.data(), n, ws.gate.data(), pool);
+    MatMul(L.ffn_up, ws.xn.data(), n, ws.up.data(), pool);
     const GeluTable& gelu = Gelu();
-    for (int64_t i = 0; i < n * F; ++i) ws.gate[i] = gelu(ws.gate[i]) * ws.up[i];
-    MatMul(L.ffn_down, ws.gate.data(), n, ws.o.data());
+    ParallelRanges(pool, n * F, 4096, [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) ws.gate[i] = gelu(ws.gate[i]) * ws.up[i];
+    });
+    MatMul(L.ffn_down, ws.gate.data(), n, ws.o.data(), pool);
     RmsNorm(ws.o.data(), L.post_ffw_norm.data(), n, E, c.rms_eps, ws.o.data());
     for (int64_t i = 0; i < n * E; ++i) x[i] += ws.o[i];
   }
@@ -221,7 +242,7 @@ void Gemma3Model::Forward(const int32_t* tokens, int64_t n, int64_t pos0, KvCach
   const int64_t n_out = all_logits ? n : 1;
   const float* last = x + (n - n_out) * E;
   RmsNorm(last, output_norm_.data(), n_out, E, c.rms_eps, ws.xn.data());
-  MatMul(output_, ws.xn.data(), n_out, out);
+  MatMul(output_, ws.xn.data(), n_out, out, pool);
   if (c.final_softcap > 0) {
     for (int64_t i = 0; i < n_out * c.n_vocab; ++i) {
       out[i] = c.final_softcap * std::tanh(out[i] / c.final_softcap);
@@ -229,43 +250,40 @@ void Gemma3Model::Forward(const int32_t* tokens, int64_t n, int64_t pos0, KvCach
   }
 }
 
-void Gemma3Model::Attention(int64_t l, int64_t n, int64_t pos0, KvCache& kv, Workspace& ws) const {
+void Gemma3Model::Attention(int64_t l, int64_t n, int64_t pos0, KvCache& kv, Workspace& ws,
+                            ThreadPool& pool) const {
   const ModelConfig& c = cfg_;
   const int64_t D = c.head_dim, QD = c.q_dim();
   const int64_t group = c.n_head / c.n_head_kv;  // query heads per KV head (GQA)
   const bool swa = c.layer_is_swa[l];
-  float* scores = ws.scores.data();
-  for (int64_t t = 0; t < n; ++t) {
+  const KernelSet& k = ActiveKernels();
+  // One task per (token, head); each thread keeps its softmax weights in its own row.
+  pool.ParallelFor(n * c.n_head, [&](int64_t task, int thread) {
+    const int64_t t = task / c.n_head, h = task % c.n_head;
+    float* scores = ws.scores.data() + thread * kv.n_ctx();
     const int64_t pos = pos0 + t;
     // Causal; a sliding layer also drops keys with pos - key_pos >= window.
     const int64_t first = swa ? std::max<int64_t>(0, pos - c.sliding_window + 1) : 0;
-    for (int64_t h = 0; h < c.n_head; ++h) {
-      const float* qh = ws.q.data() + t * QD + h * D;
-      const int64_t kvh = h / group;
-      float mx = -INFINITY;
-      for (int64_t p = first; p <= pos; ++p) {
-        const uint16_t* kp = kv.k(l, p) + kvh * D;
-        float s = 0;
-        for (int64_t i = 0; i < D; ++i) s += qh[i] * Fp16ToFp32(kp[i]);
-        scores[p] = s;
-        mx = std::max(mx, s);
-      }
-      double sum = 0;
-      for (int64_t p = first; p <= pos; ++p) {
-        scores[p] = std::exp(scores[p] - mx);
-        sum += scores[p];
-      }
-      const float inv = static_cast<float>(1.0 / sum);
-      float* oh = ws.attn.data() + t * QD + h * D;
-      std::fill_n(oh, D, 0.f);
-      for (int64_t p = first; p <= pos; ++p) {
-        // Weights rounded to fp16 as the reference's f16 product with V rounds them.
-        const float w = RoundFp16(scores[p] * inv);
-        const uint16_t* vp = kv.v(l, p) + kvh * D;
-        for (int64_t i = 0; i < D; ++i) oh[i] += w * Fp16ToFp32(vp[i]);
-      }
+    const float* qh = ws.q.data() + t * QD + h * D;
+    const int64_t kvh = h / group;
+    float mx = -INFINITY;
+    for (int64_t p = first; p <= pos; ++p) {
+      scores[p] = k.dot_f16(qh, kv.k(l, p) + kvh * D, D);
+      mx = std::max(mx, scores[p]);
     }
-  }
+    double sum = 0;
+    for (int64_t p = first; p <= pos; ++p) {
+      scores[p] = std::exp(scores[p] - mx);
+      sum += scores[p];
+    }
+    const float inv = static_cast<float>(1.0 / sum);
+    float* oh = ws.attn.data() + t * QD + h * D;
+    std::fill_n(oh, D, 0.f);
+    for (int64_t p = first; p <= pos; ++p) {
+      // Weights rounded to fp16 as the reference's f16 product with V rounds them.
+      k.axpy_f16(RoundFp16(scores[p] * inv), kv.v(l, p) + kvh * D, oh, D);
+    }
+  });
 }
 
 }  // namespace pyengine

@@ -7,10 +7,12 @@
 #include "core/config.h"
 #include "core/tensor.h"
 #include "kv/kv_cache.h"
+#include "quant/matmul.h"
 
 namespace pyengine {
 
 class GgufFile;
+class ThreadPool;
 
 // Scratch buffers of one forward call, kept between calls so steady-state decode allocates nothing.
 struct Workspace {
@@ -23,14 +25,15 @@ struct Workspace {
   std::vector<float> o;      // [n, n_embd]
   std::vector<float> gate;   // [n, n_ff]
   std::vector<float> up;     // [n, n_ff]
-  std::vector<float> scores; // [n_ctx]
+  std::vector<float> scores; // [n_threads, n_ctx] attention weights, one row per thread
 };
 
 class Gemma3Model {
  public:
-  // Binds the tensors of `file` (kept mapped by the caller) and checks their shapes and types.
-  // Throws ModelError / GgufError naming the offending tensor.
-  Gemma3Model(const GgufFile& file, const ModelConfig& config);
+  // Binds the tensors of `file` (kept mapped by the caller) and checks their shapes and types;
+  // repacks what the kernels want repacked (on `pool`) and lets the file's copy of those pages
+  // go. Throws ModelError / GgufError naming the offending tensor.
+  Gemma3Model(const GgufFile& file, const ModelConfig& config, ThreadPool& pool);
 
   const ModelConfig& config() const { return cfg_; }
 
@@ -38,22 +41,24 @@ class Gemma3Model {
   // values to `kv` (which must hold positions < pos0 already). Writes logits of every token
   // (all_logits) or of the last one only: out [all_logits ? n : 1, n_vocab].
   void Forward(const int32_t* tokens, int64_t n, int64_t pos0, KvCache& kv, Workspace& ws,
-               bool all_logits, float* out) const;
+               bool all_logits, float* out, ThreadPool& pool) const;
 
  private:
   struct Layer {
-    TensorView attn_q, attn_k, attn_v, attn_output;
-    TensorView ffn_gate, ffn_up, ffn_down;
+    PackedMatrix attn_q, attn_k, attn_v, attn_output;
+    PackedMatrix ffn_gate, ffn_up, ffn_down;
     std::vector<float> attn_norm, attn_q_norm, attn_k_norm, post_attention_norm;  // [n_embd] / [head_dim]
     std::vector<float> ffn_norm, post_ffw_norm;                                   // [n_embd]
     std::vector<float> rope_inv_freq;  // [head_dim / 2] base^(-2i/d) * position scale
   };
 
-  void Attention(int64_t layer, int64_t n, int64_t pos0, KvCache& kv, Workspace& ws) const;
+  void Attention(int64_t layer, int64_t n, int64_t pos0, KvCache& kv, Workspace& ws,
+                 ThreadPool& pool) const;
 
   ModelConfig cfg_;
-  TensorView tok_embd_;  // [n_vocab, n_embd]
-  TensorView output_;    // [n_vocab, n_embd], token_embd when tied
+  TensorView tok_embd_;   // [n_vocab, n_embd] rows looked up per token
+  PackedMatrix output_;   // [n_vocab, n_embd], token_embd when tied
+  bool tied_ = false;     // output_ is token_embd
   std::vector<float> output_norm_;  // [n_embd]
   std::vector<Layer> layers_;
 };

@@ -21,7 +21,8 @@ int64_t ClampCtx(int64_t requested, int64_t train) {
 Engine::Engine(const std::string& path, const EngineOptions& opts)
     : file_(std::make_unique<GgufFile>(path)),
       cfg_(LoadConfig(*file_)),
-      model_(std::make_unique<Gemma3Model>(*file_, cfg_)),
+      pool_(opts.n_threads),
+      model_(std::make_unique<Gemma3Model>(*file_, cfg_, pool_)),
       tok_(std::make_unique<Tokenizer>(LoadVocab(*file_))),
       n_ctx_(ClampCtx(opts.n_ctx, cfg_.n_ctx_train)),
       kv_(cfg_.n_layer, n_ctx_, cfg_.kv_dim()) {
@@ -53,7 +54,7 @@ std::vector<float> Engine::Logits(const std::vector<int32_t>& ids) {
   cached_.clear();
   for (int64_t s = 0; s < n; s += kUbatch) {
     const int64_t m = std::min(kUbatch, n - s);
-    model_->Forward(ids.data() + s, m, s, kv_, ws_, /*all_logits=*/true, out.data() + s * cfg_.n_vocab);
+    model_->Forward(ids.data() + s, m, s, kv_, ws_, /*all_logits=*/true, out.data() + s * cfg_.n_vocab, pool_);
   }
   cached_ = ids;
   return out;
@@ -71,7 +72,7 @@ int64_t Engine::Eval(const std::vector<int32_t>& ids, float* out) {
   for (int64_t s = keep; s < n; s += kUbatch) {
     const int64_t m = std::min(kUbatch, n - s);
     // Positions [s, s+m) overwrite whatever an older sequence left there.
-    model_->Forward(ids.data() + s, m, s, kv_, ws_, /*all_logits=*/false, out);
+    model_->Forward(ids.data() + s, m, s, kv_, ws_, /*all_logits=*/false, out, pool_);
     cached_.insert(cached_.end(), ids.begin() + s, ids.begin() + s + m);
   }
   return n - keep;

@@ -11,13 +11,14 @@
 #include "core/gguf.h"
 #include "kv/kv_cache.h"
 #include "model/gemma3.h"
+#include "runtime/thread_pool.h"
 #include "runtime/tokenizer.h"
 
 namespace pyengine {
 
 struct EngineOptions {
   int64_t n_ctx = 4096;  // capped at the model's training context
-  int32_t n_threads = 0; // 0: all cores (kernels are single-threaded for now)
+  int32_t n_threads = 0; // 0: all cores
 };
 
 class Engine {
@@ -28,6 +29,7 @@ class Engine {
   const Tokenizer& tokenizer() const { return *tok_; }
   const GgufFile& file() const { return *file_; }
   int64_t n_ctx() const { return n_ctx_; }
+  int n_threads() const { return pool_.size(); }
 
   // Teacher-forced logits of `ids` as a fresh sequence: [ids.size(), n_vocab].
   std::vector<float> Logits(const std::vector<int32_t>& ids);
@@ -43,6 +45,7 @@ class Engine {
 
   std::unique_ptr<GgufFile> file_;
   ModelConfig cfg_;
+  ThreadPool pool_;
   std::unique_ptr<Gemma3Model> model_;
   std::unique_ptr<Tokenizer> tok_;
   int64_t n_ctx_;

@@ -1,5 +1,4 @@
-// Weight formats and the scalar reference kernels over them (F32, F16, BF16, Q8_0).
-// These are the correctness reference; faster ISA-specific variants must agree with them.
+// Weight formats as GGUF stores them (F32, F16, BF16, Q8_0) and scalar conversions.
 #pragma once
 
 #include <cstdint>
@@ -61,9 +60,5 @@ bool IsSupportedWeightType(GgmlType t);
 
 // dst[0..n) = values of one row stored as `type` (n must be a multiple of the block size).
 void DequantizeRow(GgmlType type, const uint8_t* src, float* dst, int64_t n);
-
-// y[t, r] = sum_c W[r, c] * x[t, c] for every token t and row r.
-//   w: [rows, cols] (GGUF ne = {cols, rows}), x: [n_tok, cols], y: [n_tok, rows]
-void MatMul(const TensorView& w, const float* x, int64_t n_tok, float* y);
 
 }  // namespace pyengine

@@ -1,0 +1,98 @@
+#include "quant/cpu_features.h"
+
+#include <atomic>
+#include <cstdlib>
+
+#if defined(__x86_64__) || defined(_M_X64)
+#include <cpuid.h>
+#define PYENGINE_X86 1
+#endif
+
+namespace pyengine {
+namespace {
+
+CpuFeatures Detect() {
+  CpuFeatures f;
+#ifdef PYENGINE_X86
+  unsigned a, b, c, d;
+  if (!__get_cpuid(1, &a, &b, &c, &d)) return f;
+  const bool osxsave = c & (1u << 27);
+  f.fma = c & (1u << 12);
+  f.f16c = c & (1u << 29);
+  if (!osxsave) return CpuFeatures{};
+  // The OS must save the wide registers on context switch (XCR0), or using them corrupts state.
+  unsigned xlo, xhi;
+  __asm__ volatile("xgetbv" : "=a"(xlo), "=d"(xhi) : "c"(0));
+  const bool ymm_os = (xlo & 0x6) == 0x6;
+  const bool zmm_os = (xlo & 0xe6) == 0xe6;
+  if (!ymm_os) return CpuFeatures{};
+  if (__get_cpuid_max(0, nullptr) < 7) return f;
+  __cpuid_count(7, 0, a, b, c, d);
+  f.avx2 = b & (1u << 5);
+  if (zmm_os) {
+    f.avx512f = b & (1u << 16);
+    f.avx512bw = b & (1u << 30);
+    f.avx512vl = b & (1u << 31);
+    f.avx512vnni = c & (1u << 11);
+  }
+#endif
+  return f;
+}
+
+IsaLevel FromEnv(IsaLevel best) {
+  const char* env = std::getenv("PYENGINE_ISA");
+  IsaLevel want;
+  if (env && ParseIsa(env, &want) && want < best) return want;
+  return best;
+}
+
+std::atomic<int>& Active() {
+  static std::atomic<int> level{static_cast<int>(FromEnv(BestIsa()))};
+  return level;
+}
+
+}  // namespace
+
+const CpuFeatures& GetCpuFeatures() {
+  static const CpuFeatures features = Detect();
+  return features;
+}
+
+IsaLevel BestIsa() {
+  const CpuFeatures& f = GetCpuFeatures();
+#ifdef PYENGINE_X86
+  if (f.avx512f && f.avx512bw && f.avx512vl && f.avx512vnni && f.fma && f.f16c) return IsaLevel::kAvx512;
+  if (f.avx2 && f.fma && f.f16c) return IsaLevel::kAvx2;
+#endif
+  (void)f;
+  return IsaLevel::kScalar;
+}
+
+IsaLevel ActiveIsa() { return static_cast<IsaLevel>(Active().load(std::memory_order_relaxed)); }
+
+bool SetIsa(IsaLevel level) {
+  if (level > BestIsa()) return false;
+  Active().store(static_cast<int>(level));
+  return true;
+}
+
+const char* IsaName(IsaLevel level) {
+  switch (level) {
+    case IsaLevel::kScalar: return "scalar";
+    case IsaLevel::kAvx2: return "avx2";
+    case IsaLevel::kAvx512: return "avx512";
+  }
+  return "unknown";
+}
+
+bool ParseIsa(const std::string& name, IsaLevel* out) {
+  for (IsaLevel l : {IsaLevel::kScalar, IsaLevel::kAvx2, IsaLevel::kAvx512}) {
+    if (name == IsaName(l)) {
+      *out = l;
+      return true;
+    }
+  }
+  return false;
+}
+
+}  // namespace pyengine

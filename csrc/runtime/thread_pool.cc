@@ -1,0 +1,91 @@
+#include "runtime/thread_pool.h"
+
+#include <chrono>
+
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+#define PYENGINE_PAUSE() _mm_pause()
+#else
+#define PYENGINE_PAUSE() std::this_thread::yield()
+#endif
+
+namespace pyengine {
+namespace {
+
+// Workers spin this long for the next job before sleeping: a decode step issues hundreds of
+// short loops back to back, and waking a sleeping thread costs tens of microseconds.
+constexpr auto kSpin = std::chrono::microseconds(2000);
+
+}  // namespace
+
+int DefaultThreadCount() {
+  unsigned n = std::thread::hardware_concurrency();
+  return n == 0 ? 1 : static_cast<int>(n);
+}
+
+ThreadPool::ThreadPool(int n_threads)
+    : n_threads_(n_threads > 0 ? n_threads : DefaultThreadCount()) {
+  for (int i = 1; i < n_threads_; ++i) workers_.emplace_back([this, i] { WorkerLoop(i); });
+}
+
+ThreadPool::~ThreadPool() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stop_ = true;
+    generation_.fetch_add(1);
+  }
+  cv_.notify_all();
+  for (auto& t : workers_) t.join();
+}
+
+void ThreadPool::RunTasks(int index) {
+  for (;;) {
+    const int64_t task = next_task_.fetch_add(1, std::memory_order_relaxed);
+    if (task >= n_tasks_) break;
+    (*fn_)(task, index);
+  }
+}
+
+void ThreadPool::ParallelFor(int64_t n_tasks, const std::function<void(int64_t, int)>& fn) {
+  if (n_tasks <= 0) return;
+  if (n_threads_ == 1 || n_tasks == 1) {
+    for (int64_t t = 0; t < n_tasks; ++t) fn(t, 0);
+    return;
+  }
+  std::lock_guard<std::mutex> call_lock(call_mu_);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    fn_ = &fn;
+    n_tasks_ = n_tasks;
+    next_task_.store(0, std::memory_order_relaxed);
+    busy_workers_.store(static_cast<int>(workers_.size()), std::memory_order_relaxed);
+    generation_.fetch_add(1, std::memory_order_release);
+  }
+  cv_.notify_all();
+  RunTasks(0);
+  // Workers still finishing their last task: wait for all of them before fn goes out of scope.
+  while (busy_workers_.load(std::memory_order_acquire) != 0) PYENGINE_PAUSE();
+}
+
+void ThreadPool::WorkerLoop(int index) {
+  uint64_t seen = 0;
+  for (;;) {
+    // Spin briefly for a new generation, then sleep on the condition variable.
+    auto deadline = std::chrono::steady_clock::now() + kSpin;
+    uint64_t gen;
+    int spins = 0;
+    while ((gen = generation_.load(std::memory_order_acquire)) == seen) {
+      PYENGINE_PAUSE();
+      if (++spins % 1024 == 0 && std::chrono::steady_clock::now() > deadline) {
+        std::unique_lock<std::mutex> lock(mu_);
+        cv_.wait(lock, [&] { return generation_.load(std::memory_order_acquire) != seen; });
+      }
+    }
+    seen = gen;
+    if (stop_.load()) return;
+    RunTasks(index);
+    busy_workers_.fetch_sub(1, std::memory_order_acq_rel);
+  }
+}
+
+}  // namespace pyengine

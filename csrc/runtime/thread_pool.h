@@ -1,0 +1,69 @@
+// ThreadPool: persistent workers for data-parallel loops (no thread is created per operation).
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <functional>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+namespace pyengine {
+
+class ThreadPool {
+ public:
+  // n_threads counts the calling thread: n_threads - 1 workers are started. 0 means all cores.
+  explicit ThreadPool(int n_threads);
+  ~ThreadPool();
+  ThreadPool(const ThreadPool&) = delete;
+  ThreadPool& operator=(const ThreadPool&) = delete;
+
+  int size() const { return n_threads_; }
+
+  // Calls fn(task, thread_index) for every task in [0, n_tasks), spread over all threads
+  // (the caller takes part), and returns when all are done. fn must not throw.
+  // Tasks are handed out in order from a shared counter, so give each a contiguous slice.
+  void ParallelFor(int64_t n_tasks, const std::function<void(int64_t, int)>& fn);
+
+ private:
+  void WorkerLoop(int index);
+  void RunTasks(int index);
+
+  int n_threads_;
+  std::vector<std::thread> workers_;
+
+  // One job at a time; a new generation number wakes the workers.
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::atomic<uint64_t> generation_{0};
+  std::atomic<bool> stop_{false};
+  const std::function<void(int64_t, int)>* fn_ = nullptr;
+  int64_t n_tasks_ = 0;
+  std::atomic<int64_t> next_task_{0};
+  std::atomic<int> busy_workers_{0};
+  std::mutex call_mu_;  // serialises ParallelFor callers
+};
+
+// Number of threads to use when the caller asks for 0 ("all").
+int DefaultThreadCount();
+
+// Runs body(begin, end) over contiguous slices of [0, n) on the pool: at most 8 slices per
+// thread, none smaller than min_chunk items (small loops stay on the calling thread).
+template <typename F>
+void ParallelRanges(ThreadPool& pool, int64_t n, int64_t min_chunk, F&& body) {
+  if (n <= 0) return;
+  int64_t chunk = (n + pool.size() * 8 - 1) / (pool.size() * 8);
+  if (chunk < min_chunk) chunk = min_chunk;
+  const int64_t tasks = (n + chunk - 1) / chunk;
+  if (tasks <= 1) {
+    body(int64_t{0}, n);
+    return;
+  }
+  pool.ParallelFor(tasks, [&](int64_t task, int) {
+    const int64_t a = task * chunk;
+    body(a, a + chunk < n ? a + chunk : n);
+  });
+}
+
+}  // namespace pyengine
