@@ -6,7 +6,19 @@ import numpy as np
 import pytest
 
 from conftest import oracle
-from pyengine import Engine
+from pyengine import Engine, _core
+
+ORDER = ["scalar", "avx2", "avx512"]
+LEVELS = ORDER[: ORDER.index(_core.best_isa()) + 1]  # every kernel level this CPU can run
+
+
+@pytest.fixture(params=LEVELS)
+def isa(request):
+    """Runs the test once per kernel level, forcing it as PYENGINE_ISA would."""
+    before = _core.isa()
+    _core.set_isa(request.param)
+    yield request.param
+    _core.set_isa(before)
 
 # (dtype, max relative L2 error per position, min top-1 agreement): the issue's bounds for
 # F32/F16/Q8_0; BF16 (activations rounded to bf16 by both engines) is held to 1e-2 / 99%.
@@ -30,7 +42,7 @@ def test_model_exercises_window_and_global_layers(tiny_f32):
 
 
 @pytest.mark.parametrize("dtype,max_err,min_top1", BOUNDS)
-def test_logits_match_llama_cpp(make_model, dtype, max_err, min_top1):
+def test_logits_match_llama_cpp(make_model, dtype, max_err, min_top1, isa):
     path = make_model("tiny", dtype)
     eng = Engine(path, n_ctx=512)
     llm = oracle(path)
@@ -46,8 +58,8 @@ def test_logits_match_llama_cpp(make_model, dtype, max_err, min_top1):
         hits.append(ours.argmax(1) == ref.argmax(1))
     err = np.concatenate(errs)
     top1 = float(np.concatenate(hits).mean())
-    assert err.max() <= max_err, f"{dtype}: worst position rel. error {err.max():.2e}"
-    assert top1 >= min_top1, f"{dtype}: top-1 agreement {top1:.3f}"
+    assert err.max() <= max_err, f"{dtype}/{isa}: worst position rel. error {err.max():.2e}"
+    assert top1 >= min_top1, f"{dtype}/{isa}: top-1 agreement {top1:.3f}"
 
 
 def test_tied_embeddings_match_llama_cpp(make_model):
@@ -62,7 +74,7 @@ def test_tied_embeddings_match_llama_cpp(make_model):
     assert err.max() <= 5e-3
 
 
-def test_greedy_generation_matches_llama_cpp(tiny_f32):
+def test_greedy_generation_matches_llama_cpp(tiny_f32, isa):
     eng = Engine(tiny_f32, n_ctx=512)
     prompt = eng.tokenize("The quick brown fox jumps over the lazy dog. Once upon a time")
     out = eng.generate(prompt, max_tokens=32, temperature=0.0, ignore_eos=True)

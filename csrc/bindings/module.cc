@@ -4,7 +4,9 @@
 #include <pybind11/stl.h>
 
 #include <cstring>
+#include <map>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -12,6 +14,9 @@
 #include "core/gguf.h"
 #include "runtime/engine.h"
 #include "quant/cpu_features.h"
+#include "quant/formats.h"
+#include "runtime/thread_pool.h"
+#include "quant/matmul.h"
 #include "runtime/generation.h"
 #include "runtime/membw.h"
 
@@ -172,6 +177,48 @@ PYBIND11_MODULE(_core, m) {
         },
         py::arg("n_bytes") = int64_t{1} << 30, py::arg("n_threads") = 0, py::arg("reps") = 5,
         "Best-of-reps read bandwidth in GB/s over a buffer of n_bytes, read by n_threads.");
+
+  m.def("matmul",
+        [](const std::string& type_name, py::array_t<uint8_t, py::array::c_style> w, int64_t rows,
+           int64_t cols, py::array_t<float, py::array::c_style | py::array::forcecast> x,
+           int n_threads) {
+          // Kernel tests and micro-benchmarks: W (GGUF bytes of a [rows, cols] matrix) times
+          // x [n, cols] through the same path the model uses, at the active ISA level.
+          TensorView t;
+          bool found = false;
+          for (uint32_t id = 0; id < 64 && !found; ++id) {
+            const TypeTraits* tr = GetTypeTraits(id);
+            if (tr && type_name == tr->name) {
+              t.type = static_cast<GgmlType>(id);
+              found = true;
+            }
+          }
+          if (!found || !IsSupportedWeightType(t.type)) throw py::value_error("unsupported type " + type_name);
+          const TypeTraits* tr = GetTypeTraits(static_cast<uint32_t>(t.type));
+          if (rows <= 0 || cols <= 0 || cols % tr->block_size != 0) throw py::value_error("bad shape");
+          t.n_dims = 2;
+          t.ne[0] = cols;
+          t.ne[1] = rows;
+          t.nbytes = static_cast<size_t>(rows * (cols / tr->block_size) * tr->type_size);
+          if (static_cast<size_t>(w.size()) != t.nbytes) throw py::value_error("weight bytes do not match the shape");
+          if (x.ndim() != 2 || x.shape(1) != cols) throw py::value_error("x must be [n, cols]");
+          t.data = w.data();
+          const int64_t n = x.shape(0);
+          py::array_t<float> y({n, rows});
+          {
+            py::gil_scoped_release nogil;
+            static std::map<int, std::unique_ptr<ThreadPool>> pools;  // guarded by the GIL's caller
+            static std::mutex mu;
+            std::lock_guard<std::mutex> lock(mu);
+            auto& pool = pools[n_threads];
+            if (!pool) pool = std::make_unique<ThreadPool>(n_threads);
+            PackedMatrix m(t, *pool);
+            MatMul(m, x.data(), n, y.mutable_data(), *pool);
+          }
+          return y;
+        },
+        py::arg("type"), py::arg("w"), py::arg("rows"), py::arg("cols"), py::arg("x"),
+        py::arg("n_threads") = 1);
 
   m.def("read_gguf", &ReadGguf, py::arg("path"), py::arg("max_array") = static_cast<size_t>(-1),
         "Reads a GGUF file's metadata and tensor directory: (metadata, tensors, array_lengths, info).");
