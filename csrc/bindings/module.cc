@@ -181,7 +181,7 @@ PYBIND11_MODULE(_core, m) {
   m.def("matmul",
         [](const std::string& type_name, py::array_t<uint8_t, py::array::c_style> w, int64_t rows,
            int64_t cols, py::array_t<float, py::array::c_style | py::array::forcecast> x,
-           int n_threads) {
+           int n_threads, int reps) {
           // Kernel tests and micro-benchmarks: W (GGUF bytes of a [rows, cols] matrix) times
           // x [n, cols] through the same path the model uses, at the active ISA level.
           TensorView t;
@@ -213,12 +213,12 @@ PYBIND11_MODULE(_core, m) {
             auto& pool = pools[n_threads];
             if (!pool) pool = std::make_unique<ThreadPool>(n_threads);
             PackedMatrix m(t, *pool);
-            MatMul(m, x.data(), n, y.mutable_data(), *pool);
+            for (int r = 0; r < reps; ++r) MatMul(m, x.data(), n, y.mutable_data(), *pool);
           }
           return y;
         },
         py::arg("type"), py::arg("w"), py::arg("rows"), py::arg("cols"), py::arg("x"),
-        py::arg("n_threads") = 1);
+        py::arg("n_threads") = 1, py::arg("reps") = 1);
 
   m.def("read_gguf", &ReadGguf, py::arg("path"), py::arg("max_array") = static_cast<size_t>(-1),
         "Reads a GGUF file's metadata and tensor directory: (metadata, tensors, array_lengths, info).");

@@ -63,12 +63,22 @@ void RmsNorm(const float* x, const float* w, int64_t n, int64_t dim, float eps, 
   }
 }
 
-// NEOX rotation: element i pairs with i + d/2. inv_freq already carries the position scale.
-void Rope(float* x, int64_t d, int64_t pos, const float* inv_freq) {
+// cs [d] = cos(pos * inv_freq[i]) for i < d/2, then the sines: one token's rotation, shared
+// by all its heads. inv_freq already carries the position scale.
+void RopeAngles(int64_t d, int64_t pos, const float* inv_freq, float* cs) {
   const int64_t half = d / 2;
   for (int64_t i = 0; i < half; ++i) {
     const float theta = static_cast<float>(pos) * inv_freq[i];
-    const float c = std::cos(theta), s = std::sin(theta);
+    cs[i] = std::cos(theta);
+    cs[half + i] = std::sin(theta);
+  }
+}
+
+// NEOX rotation: element i pairs with i + d/2.
+void Rope(float* x, int64_t d, const float* cs) {
+  const int64_t half = d / 2;
+  for (int64_t i = 0; i < half; ++i) {
+    const float c = cs[i], s = cs[half + i];
     const float x0 = x[i], x1 = x[i + half];
     x[i] = x0 * c - x1 * s;
     x[i + half] = x0 * s + x1 * c;
@@ -76,35 +86,6 @@ void Rope(float* x, int64_t d, int64_t pos, const float* inv_freq) {
 }
 
 inline float RoundFp16(float x) { return Fp16ToFp32(Fp32ToFp16(x)); }
-
-float GeluTanh(float x) {
-  constexpr float kSqrt2OverPi = 0.7978845608028654f;
-  return 0.5f * x * (1.f + std::tanh(kSqrt2OverPi * x * (1.f + 0.044715f * x * x)));
-}
-
-// GELU through a table indexed by the fp16 bits of x, as ggml's CPU backend computes it:
-// a lookup instead of a tanh per element, and the same values as the reference.
-class GeluTable {
- public:
-  GeluTable() : table_(1 << 16) {
-    for (uint32_t h = 0; h < table_.size(); ++h) {
-      table_[h] = Fp32ToFp16(GeluTanh(Fp16ToFp32(static_cast<uint16_t>(h))));
-    }
-  }
-  float operator()(float x) const {
-    if (x <= -10.f) return 0.f;
-    if (x >= 10.f) return x;
-    return Fp16ToFp32(table_[Fp32ToFp16(x)]);
-  }
-
- private:
-  std::vector<uint16_t> table_;  // [65536] fp16 gelu(fp16 x)
-};
-
-const GeluTable& Gelu() {
-  static const GeluTable table;
-  return table;
-}
 
 void Grow(std::vector<float>& v, int64_t n) {
   if (v.size() < static_cast<size_t>(n)) v.resize(static_cast<size_t>(n));
@@ -174,6 +155,7 @@ void Gemma3Model::Forward(const int32_t* tokens, int64_t n, int64_t pos0, KvCach
   Grow(ws.k, n * KVD); Grow(ws.v, n * KVD);
   Grow(ws.gate, n * F); Grow(ws.up, n * F);
   Grow(ws.scores, pool.size() * kv.n_ctx());
+  Grow(ws.rope, n * D);
   float* x = ws.x.data();
   // Per-token work is split over the pool only when there are enough tokens to pay for it.
   constexpr int64_t kMinTokens = 8;
@@ -190,59 +172,74 @@ void Gemma3Model::Forward(const int32_t* tokens, int64_t n, int64_t pos0, KvCach
     for (int64_t i = 0; i < E; ++i) xr[i] *= emb_scale;
   }
 
+  const KernelSet& kernels = ActiveKernels();
+  // Row-wise helpers over all n tokens, split over the pool when n is large enough.
+  auto norm_rows = [&](const float* in, const std::vector<float>& w, float* o) {
+    ParallelRanges(pool, n, kMinTokens, [&](int64_t t0, int64_t t1) {
+      RmsNorm(in + t0 * E, w.data(), t1 - t0, E, c.rms_eps, o + t0 * E);
+    });
+  };
+  auto add_rows = [&](const float* o) {  // x += o
+    ParallelRanges(pool, n, kMinTokens, [&](int64_t t0, int64_t t1) {
+      for (int64_t i = t0 * E; i < t1 * E; ++i) x[i] += o[i];
+    });
+  };
+
   for (int64_t l = 0; l < c.n_layer; ++l) {
     const Layer& L = layers_[l];
     // Attention block.
-    RmsNorm(x, L.attn_norm.data(), n, E, c.rms_eps, ws.xn.data());
-    MatMul(L.attn_q, ws.xn.data(), n, ws.q.data(), pool);
-    MatMul(L.attn_k, ws.xn.data(), n, ws.k.data(), pool);
-    MatMul(L.attn_v, ws.xn.data(), n, ws.v.data(), pool);
+    norm_rows(x, L.attn_norm, ws.xn.data());
+    ws.in.Set(ws.xn.data(), n, E);
+    MatMul(L.attn_q, ws.in, ws.q.data(), pool);
+    MatMul(L.attn_k, ws.in, ws.k.data(), pool);
+    MatMul(L.attn_v, ws.in, ws.v.data(), pool);
     ParallelRanges(pool, n, kMinTokens, [&](int64_t t0, int64_t t1) {
       for (int64_t t = t0; t < t1; ++t) {
         const int64_t pos = pos0 + t;
+        float* cs = ws.rope.data() + t * D;
+        RopeAngles(D, pos, L.rope_inv_freq.data(), cs);
         for (int64_t h = 0; h < c.n_head; ++h) {
           float* qh = ws.q.data() + t * QD + h * D;
           RmsNorm(qh, L.attn_q_norm.data(), 1, D, c.rms_eps, qh);
-          Rope(qh, D, pos, L.rope_inv_freq.data());
+          Rope(qh, D, cs);
           // q meets the fp16 keys in fp16, as in the reference's f16 dot product.
           for (int64_t i = 0; i < D; ++i) qh[i] = RoundFp16(qh[i] * c.attn_scale);
         }
         for (int64_t h = 0; h < c.n_head_kv; ++h) {
           float* kh = ws.k.data() + t * KVD + h * D;
           RmsNorm(kh, L.attn_k_norm.data(), 1, D, c.rms_eps, kh);
-          Rope(kh, D, pos, L.rope_inv_freq.data());
+          Rope(kh, D, cs);
         }
-        uint16_t* kc = kv.k(l, pos);
-        uint16_t* vc = kv.v(l, pos);
-        for (int64_t i = 0; i < KVD; ++i) {
-          kc[i] = Fp32ToFp16(ws.k[t * KVD + i]);
-          vc[i] = Fp32ToFp16(ws.v[t * KVD + i]);
-        }
+        kernels.to_f16(ws.k.data() + t * KVD, kv.k(l, pos), KVD);
+        kernels.to_f16(ws.v.data() + t * KVD, kv.v(l, pos), KVD);
       }
     });
     Attention(l, n, pos0, kv, ws, pool);
-    MatMul(L.attn_output, ws.attn.data(), n, ws.o.data(), pool);
-    RmsNorm(ws.o.data(), L.post_attention_norm.data(), n, E, c.rms_eps, ws.o.data());
-    for (int64_t i = 0; i < n * E; ++i) x[i] += ws.o[i];
+    ws.in.Set(ws.attn.data(), n, QD);
+    MatMul(L.attn_output, ws.in, ws.o.data(), pool);
+    norm_rows(ws.o.data(), L.post_attention_norm, ws.o.data());
+    add_rows(ws.o.data());
 
     // Feed-forward block: gelu_tanh(gate) * up, projected down.
-    RmsNorm(x, L.ffn_norm.data(), n, E, c.rms_eps, ws.xn.data());
-    MatMul(L.ffn_gate, ws.xn.data(), n, ws.gate.data(), pool);
-    MatMul(L.ffn_up, ws.xn.data(), n, ws.up.data(), pool);
-    const GeluTable& gelu = Gelu();
+    norm_rows(x, L.ffn_norm, ws.xn.data());
+    ws.in.Set(ws.xn.data(), n, E);
+    MatMul(L.ffn_gate, ws.in, ws.gate.data(), pool);
+    MatMul(L.ffn_up, ws.in, ws.up.data(), pool);
     ParallelRanges(pool, n * F, 4096, [&](int64_t i0, int64_t i1) {
-      for (int64_t i = i0; i < i1; ++i) ws.gate[i] = gelu(ws.gate[i]) * ws.up[i];
+      kernels.gelu_mul(ws.gate.data() + i0, ws.up.data() + i0, i1 - i0);
     });
-    MatMul(L.ffn_down, ws.gate.data(), n, ws.o.data(), pool);
-    RmsNorm(ws.o.data(), L.post_ffw_norm.data(), n, E, c.rms_eps, ws.o.data());
-    for (int64_t i = 0; i < n * E; ++i) x[i] += ws.o[i];
+    ws.in.Set(ws.gate.data(), n, F);
+    MatMul(L.ffn_down, ws.in, ws.o.data(), pool);
+    norm_rows(ws.o.data(), L.post_ffw_norm, ws.o.data());
+    add_rows(ws.o.data());
   }
 
   // Only the rows whose logits are wanted go through the (large) output projection.
   const int64_t n_out = all_logits ? n : 1;
   const float* last = x + (n - n_out) * E;
   RmsNorm(last, output_norm_.data(), n_out, E, c.rms_eps, ws.xn.data());
-  MatMul(output_, ws.xn.data(), n_out, out, pool);
+  ws.in.Set(ws.xn.data(), n_out, E);
+  MatMul(output_, ws.in, out, pool);
   if (c.final_softcap > 0) {
     for (int64_t i = 0; i < n_out * c.n_vocab; ++i) {
       out[i] = c.final_softcap * std::tanh(out[i] / c.final_softcap);

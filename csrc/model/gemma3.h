@@ -26,6 +26,8 @@ struct Workspace {
   std::vector<float> gate;   // [n, n_ff]
   std::vector<float> up;     // [n, n_ff]
   std::vector<float> scores; // [n_threads, n_ctx] attention weights, one row per thread
+  std::vector<float> rope;   // [n, head_dim] cos (first half) and sin (second half) per token
+  MatMulInput in;            // the current projection input, in the forms its weights want
 };
 
 class Gemma3Model {

@@ -28,25 +28,54 @@ struct XQ8Block {
 };
 static_assert(sizeof(XQ8Block) == 40, "packed activation block");
 
-// Every kernel computes y[t * ldy + r] = W[r, :] . x[t, :] for tokens [0, n_tok) and the rows
-// it is given; they differ only in speed (and in float summation order).
+// F16, BF16 and F32 weights are repacked the same way: [group][k][16], the k-th value of each of
+// 16 rows side by side, so a vector load yields one value of 16 rows, lane r accumulates row r,
+// and each thread streams one contiguous region.
+constexpr int kFloatRows = 16;
+
+// How activations reach the float kernels: rounded to the weight type (as the reference
+// rounds them) and transposed into tiles of `x_tile` tokens, [tile][k][tokens in tile], so the
+// kernels broadcast one value per token from one contiguous stream.
+enum class XRound { kNone, kF16, kBF16 };
+
+// Every kernel computes y[t * ldy + r] = W[r, :] . x[t, :] for tokens [0, n_tok) and the row
+// groups [g0, g1) it is given (16 rows each; `rows` bounds the stores of a padded last group).
+// Levels differ only in speed and float summation order.
 struct KernelSet {
   IsaLevel level;
-  // Row groups [g0, g1) of 16 rows each; `rows` bounds the stores of a padded last group.
   void (*gemm_q8)(const Q8x16Block* w, int64_t nb, const XQ8Block* x, int64_t n_tok, int64_t g0,
                   int64_t g1, int64_t rows, float* y, int64_t ldy);
-  // Row-major 16/32-bit float weights, rows [r0, r1) of `cols` values each; x holds floats
-  // already rounded to the weight type.
-  void (*gemm_f16)(const uint16_t* w, int64_t cols, const float* x, int64_t n_tok, int64_t r0,
-                   int64_t r1, float* y, int64_t ldy);
-  void (*gemm_bf16)(const uint16_t* w, int64_t cols, const float* x, int64_t n_tok, int64_t r0,
-                    int64_t r1, float* y, int64_t ldy);
-  void (*gemm_f32)(const float* w, int64_t cols, const float* x, int64_t n_tok, int64_t r0,
-                   int64_t r1, float* y, int64_t ldy);
+  // w: [groups, cols, 16] of the 16- or 32-bit type; x: packed by pack_x.
+  void (*gemm_f16)(const uint16_t* w, int64_t cols, const float* x, int64_t n_tok, int64_t g0,
+                   int64_t g1, int64_t rows, float* y, int64_t ldy);
+  void (*gemm_bf16)(const uint16_t* w, int64_t cols, const float* x, int64_t n_tok, int64_t g0,
+                    int64_t g1, int64_t rows, float* y, int64_t ldy);
+  void (*gemm_f32)(const float* w, int64_t cols, const float* x, int64_t n_tok, int64_t g0,
+                   int64_t g1, int64_t rows, float* y, int64_t ldy);
+  int x_tile;  // tokens per activation tile the float kernels expect
+  // Rounds and transposes tokens [t0, t1) of x [n_tok, cols] (t0 a multiple of x_tile) into
+  // out, which has the packed layout of all n_tok tokens.
+  void (*pack_x)(const float* x, int64_t n_tok, int64_t cols, int64_t t0, int64_t t1, XRound round,
+                 float* out);
+  // Quantizes one row of activations (cols a multiple of 32) bit-identically to ggml's Q8_0.
+  void (*quantize_q8)(const float* x, int64_t cols, XQ8Block* out);
+  // out[i] = fp16(x[i]) (round to nearest even).
+  void (*to_f16)(const float* x, uint16_t* out, int64_t n);
+  // g[i] = gelu(g[i]) * u[i] with GELU read from GeluFp16Table() at fp16(g[i]), as the
+  // reference's CPU backend computes it (0 below -10, identity above 10).
+  void (*gelu_mul)(float* g, const float* u, int64_t n);
   // Attention over the fp16 KV cache: x . h, and y += a * h.
   float (*dot_f16)(const float* x, const uint16_t* h, int64_t n);
   void (*axpy_f16)(float a, const uint16_t* h, float* y, int64_t n);
 };
+
+// GELU-tanh of every fp16 value, rounded to fp16 and stored as float: [65536].
+const float* GeluFp16Table();
+
+// Packs activations into tiles of `tile` tokens with a scalar loop; `round_one` gives the
+// rounding. Shared by the levels whose SIMD rounding is not worth a special case.
+void PackXGeneric(const float* x, int64_t n_tok, int64_t cols, int64_t t0, int64_t t1, int tile,
+                  XRound round, float* out);
 
 const KernelSet& ScalarKernels();
 const KernelSet* Avx2Kernels();    // nullptr when not compiled for this target

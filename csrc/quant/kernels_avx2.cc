@@ -77,10 +77,10 @@ void GemmQ8(const Q8x16Block* w, int64_t nb, const XQ8Block* x, int64_t n_tok, i
   }
 }
 
+// 8 weights (one value of 8 rows of a group) as floats.
 struct LoadF16 {
   using W = uint16_t;
   static __m256 Load(const W* p) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
-  static float One(W v) { return Fp16ToFp32(v); }
 };
 struct LoadBF16 {
   using W = uint16_t;
@@ -88,52 +88,114 @@ struct LoadBF16 {
     const __m256i v = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
     return _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
   }
-  static float One(W v) { return Bf16ToFp32(v); }
 };
 struct LoadF32 {
   using W = float;
   static __m256 Load(const W* p) { return _mm256_loadu_ps(p); }
-  static float One(W v) { return v; }
 };
 
-template <class L, int R, int T>
-inline void TileFloat(const typename L::W* w, int64_t cols, const float* x, float* y, int64_t ldy) {
-  __m256 acc[R][T];
-  for (int r = 0; r < R; ++r)
-    for (int t = 0; t < T; ++t) acc[r][t] = _mm256_setzero_ps();
-  const int64_t full = cols / 8 * 8;
-  for (int64_t k = 0; k < full; k += 8) {
-    __m256 wv[R];
-    for (int r = 0; r < R; ++r) wv[r] = L::Load(w + r * cols + k);
-    for (int t = 0; t < T; ++t) {
-      const __m256 xv = _mm256_loadu_ps(x + t * cols + k);
-      for (int r = 0; r < R; ++r) acc[r][t] = _mm256_fmadd_ps(wv[r], xv, acc[r][t]);
-    }
-  }
-  for (int r = 0; r < R; ++r) {
-    for (int t = 0; t < T; ++t) {
-      float s = HorizontalSum(acc[r][t]);
-      for (int64_t k = full; k < cols; ++k) s += L::One(w[r * cols + k]) * x[t * cols + k];
-      y[t * ldy + r] = s;
-    }
-  }
-}
+constexpr int kXTile = 4;  // tokens per tile: 2 half-groups x 4 tokens = 8 accumulators
 
-template <class L, int R>
-inline void RowsFloat(const typename L::W* w, int64_t cols, const float* x, int64_t n_tok,
-                      float* y, int64_t ldy) {
-  constexpr int kT = 2;
-  int64_t t = 0;
-  for (; t + kT <= n_tok; t += kT) TileFloat<L, R, kT>(w, cols, x + t * cols, y + t * ldy, ldy);
-  for (; t < n_tok; ++t) TileFloat<L, R, 1>(w, cols, x + t * cols, y + t * ldy, ldy);
+// One group (16 rows, two 8-lane halves) x T tokens.
+template <class L, int T>
+inline void TileFloat(const typename L::W* wg, int64_t cols, const float* xt, int64_t tw, float* y,
+                      int64_t ldy, int valid) {
+  __m256 acc[2][T];
+  for (int h = 0; h < 2; ++h)
+    for (int t = 0; t < T; ++t) acc[h][t] = _mm256_setzero_ps();
+  for (int64_t k = 0; k < cols; ++k) {
+    const __m256 w0 = L::Load(wg + k * kFloatRows), w1 = L::Load(wg + k * kFloatRows + 8);
+    for (int t = 0; t < T; ++t) {
+      const __m256 xb = _mm256_broadcast_ss(xt + k * tw + t);
+      acc[0][t] = _mm256_fmadd_ps(w0, xb, acc[0][t]);
+      acc[1][t] = _mm256_fmadd_ps(w1, xb, acc[1][t]);
+    }
+  }
+  for (int t = 0; t < T; ++t) {
+    float tmp[kFloatRows];
+    _mm256_storeu_ps(tmp, acc[0][t]);
+    _mm256_storeu_ps(tmp + 8, acc[1][t]);
+    for (int r = 0; r < valid; ++r) y[t * ldy + r] = tmp[r];
+  }
 }
 
 template <class L>
-void GemmFloat(const typename L::W* w, int64_t cols, const float* x, int64_t n_tok, int64_t r0,
-               int64_t r1, float* y, int64_t ldy) {
-  int64_t r = r0;
-  for (; r + 4 <= r1; r += 4) RowsFloat<L, 4>(w + r * cols, cols, x, n_tok, y + r, ldy);
-  for (; r < r1; ++r) RowsFloat<L, 1>(w + r * cols, cols, x, n_tok, y + r, ldy);
+void GemmFloat(const typename L::W* w, int64_t cols, const float* x, int64_t n_tok, int64_t g0,
+               int64_t g1, int64_t rows, float* y, int64_t ldy) {
+  for (int64_t g = g0; g < g1; ++g) {
+    const int valid = static_cast<int>(rows - g * kFloatRows < kFloatRows ? rows - g * kFloatRows : kFloatRows);
+    const typename L::W* wg = w + g * cols * kFloatRows;
+    for (int64_t a = 0; a < n_tok; a += kXTile) {
+      const int64_t tw = n_tok - a < kXTile ? n_tok - a : kXTile;
+      const float* xt = x + a * cols;
+      float* ya = y + a * ldy + g * kFloatRows;
+      switch (tw) {
+        case 4: TileFloat<L, 4>(wg, cols, xt, tw, ya, ldy, valid); break;
+        case 3: TileFloat<L, 3>(wg, cols, xt, tw, ya, ldy, valid); break;
+        case 2: TileFloat<L, 2>(wg, cols, xt, tw, ya, ldy, valid); break;
+        default: TileFloat<L, 1>(wg, cols, xt, tw, ya, ldy, valid); break;
+      }
+    }
+  }
+}
+
+void PackX(const float* x, int64_t n_tok, int64_t cols, int64_t t0, int64_t t1, XRound round, float* out) {
+  PackXGeneric(x, n_tok, cols, t0, t1, kXTile, round, out);
+}
+
+void QuantizeQ8(const float* x, int64_t cols, XQ8Block* out) {
+  const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+  for (int64_t b = 0; b < cols / 32; ++b, x += 32, ++out) {
+    __m256 v[4];
+    __m256 m = _mm256_setzero_ps();
+    for (int j = 0; j < 4; ++j) {
+      v[j] = _mm256_loadu_ps(x + 8 * j);
+      m = _mm256_max_ps(m, _mm256_and_ps(v[j], abs_mask));
+    }
+    __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+    m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+    m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+    const float amax = _mm_cvtss_f32(m4);
+    const float id = amax != 0.f ? 127.f / amax : 0.f;
+    out->d = Fp16ToFp32(Fp32ToFp16(amax / 127.f));
+    __m256i sum = _mm256_setzero_si256();
+    int32_t q[32];
+    for (int j = 0; j < 4; ++j) {
+      const __m256i qi = _mm256_cvtps_epi32(_mm256_mul_ps(v[j], _mm256_set1_ps(id)));  // nearest even
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + 8 * j), qi);
+      sum = _mm256_add_epi32(sum, qi);
+    }
+    for (int j = 0; j < 32; ++j) out->q[j] = static_cast<int8_t>(q[j]);
+    int32_t s[8];
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(s), sum);
+    out->sum128 = 128 * (s[0] + s[1] + s[2] + s[3] + s[4] + s[5] + s[6] + s[7]);
+  }
+}
+
+void ToF16(const float* x, uint16_t* out, int64_t n) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + i),
+                     _mm256_cvtps_ph(_mm256_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  }
+  for (; i < n; ++i) out[i] = Fp32ToFp16(x[i]);
+}
+
+void GeluMul(float* g, const float* u, int64_t n) {
+  const float* table = GeluFp16Table();
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 x = _mm256_loadu_ps(g + i);
+    const __m256i idx = _mm256_cvtepu16_epi32(_mm256_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    __m256 r = _mm256_i32gather_ps(table, idx, 4);
+    r = _mm256_blendv_ps(r, x, _mm256_cmp_ps(x, _mm256_set1_ps(10.f), _CMP_GE_OQ));
+    r = _mm256_and_ps(r, _mm256_cmp_ps(x, _mm256_set1_ps(-10.f), _CMP_GT_OQ));
+    _mm256_storeu_ps(g + i, _mm256_mul_ps(r, _mm256_loadu_ps(u + i)));
+  }
+  for (; i < n; ++i) {
+    const float x = g[i];
+    g[i] = (x <= -10.f ? 0.f : x >= 10.f ? x : table[Fp32ToFp16(x)]) * u[i];
+  }
 }
 
 float DotF16(const float* x, const uint16_t* h, int64_t n) {
@@ -158,7 +220,8 @@ void AxpyF16(float a, const uint16_t* h, float* y, int64_t n) {
 
 const KernelSet* Avx2Kernels() {
   static const KernelSet set = {IsaLevel::kAvx2, GemmQ8, GemmFloat<LoadF16>, GemmFloat<LoadBF16>,
-                                GemmFloat<LoadF32>, DotF16, AxpyF16};
+                                GemmFloat<LoadF32>, kXTile, PackX, QuantizeQ8, ToF16, GeluMul,
+                                DotF16, AxpyF16};
   return &set;
 }
 

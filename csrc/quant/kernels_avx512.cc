@@ -6,6 +6,9 @@
 #include <immintrin.h>
 
 #include <cstring>
+#include <vector>
+
+#include "quant/formats.h"
 
 namespace pyengine {
 namespace {
@@ -69,67 +72,191 @@ void GemmQ8(const Q8x16Block* w, int64_t nb, const XQ8Block* x, int64_t n_tok, i
   }
 }
 
-// 16 weights of a row as floats; `m` masks the ragged end of a row.
+// 16 weights (one value of each row of a group) as floats.
 struct LoadF16 {
   using W = uint16_t;
-  static __m512 Load(const W* p, __mmask16 m) {
-    return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, p));
-  }
+  static __m512 Load(const W* p) { return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))); }
+  static __m512 LoadMasked(const W* p, __mmask16 m) { return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, p)); }
 };
 struct LoadBF16 {
   using W = uint16_t;
-  static __m512 Load(const W* p, __mmask16 m) {
-    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, p)), 16));
+  static __m512 Load(const W* p) {
+    const __m512i v = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));
   }
 };
 struct LoadF32 {
   using W = float;
-  static __m512 Load(const W* p, __mmask16 m) { return _mm512_maskz_loadu_ps(m, p); }
+  static __m512 Load(const W* p) { return _mm512_loadu_ps(p); }
 };
 
-// R rows x T tokens of dot products, 16 values of k at a time: R*T accumulators, each weight
-// vector converted once and used by T tokens.
-template <class L, int R, int T>
-inline void TileFloat(const typename L::W* w, int64_t cols, const float* x, float* y, int64_t ldy) {
-  __m512 acc[R][T];
-  for (int r = 0; r < R; ++r)
-    for (int t = 0; t < T; ++t) acc[r][t] = _mm512_setzero_ps();
-  for (int64_t k = 0; k < cols; k += 16) {
-    const __mmask16 m = cols - k >= 16 ? static_cast<__mmask16>(0xffff)
-                                       : static_cast<__mmask16>((1u << (cols - k)) - 1);
-    __m512 wv[R];
-    for (int r = 0; r < R; ++r) wv[r] = L::Load(w + r * cols + k, m);
+constexpr int kXTile = 12;  // tokens per tile: 2 groups x 12 tokens = 24 accumulators
+
+// G row groups (16 rows each) x T tokens. Per k: G weight vectors, T broadcasts, G*T FMAs.
+template <class L, int G, int T>
+inline void TileFloat(const typename L::W* wg, int64_t cols, const float* xt, int64_t tw, float* y,
+                      int64_t ldy, const __mmask16* masks) {
+  __m512 acc[G][T];
+  for (int g = 0; g < G; ++g)
+    for (int t = 0; t < T; ++t) acc[g][t] = _mm512_setzero_ps();
+  for (int64_t k = 0; k < cols; ++k) {
+    __m512 wv[G];
+    for (int g = 0; g < G; ++g) wv[g] = L::Load(wg + (g * cols + k) * kFloatRows);
     for (int t = 0; t < T; ++t) {
-      const __m512 xv = _mm512_maskz_loadu_ps(m, x + t * cols + k);
-      for (int r = 0; r < R; ++r) acc[r][t] = _mm512_fmadd_ps(wv[r], xv, acc[r][t]);
+      const __m512 xb = _mm512_set1_ps(xt[k * tw + t]);
+      for (int g = 0; g < G; ++g) acc[g][t] = _mm512_fmadd_ps(wv[g], xb, acc[g][t]);
     }
   }
-  for (int r = 0; r < R; ++r)
-    for (int t = 0; t < T; ++t) y[t * ldy + r] = _mm512_reduce_add_ps(acc[r][t]);
+  for (int g = 0; g < G; ++g)
+    for (int t = 0; t < T; ++t) _mm512_mask_storeu_ps(y + t * ldy + g * kFloatRows, masks[g], acc[g][t]);
 }
 
-template <class L, int R>
-inline void RowsFloat(const typename L::W* w, int64_t cols, const float* x, int64_t n_tok,
-                      float* y, int64_t ldy) {
-  constexpr int kT = 6;
-  int64_t t = 0;
-  for (; t + kT <= n_tok; t += kT) TileFloat<L, R, kT>(w, cols, x + t * cols, y + t * ldy, ldy);
-  for (; t < n_tok; ++t) TileFloat<L, R, 1>(w, cols, x + t * cols, y + t * ldy, ldy);
+// One token (decode): bandwidth bound, so two accumulators per group hide the FMA latency and
+// the stream is prefetched ahead.
+template <class L, int G>
+inline void VecFloat(const typename L::W* wg, int64_t cols, const float* x, float* y, const __mmask16* masks) {
+  __m512 a0[G], a1[G];
+  for (int g = 0; g < G; ++g) a0[g] = a1[g] = _mm512_setzero_ps();
+  int64_t k = 0;
+  for (; k + 2 <= cols; k += 2) {
+    const __m512 x0 = _mm512_set1_ps(x[k]), x1 = _mm512_set1_ps(x[k + 1]);
+    for (int g = 0; g < G; ++g) {
+      const typename L::W* p = wg + (g * cols + k) * kFloatRows;
+      _mm_prefetch(reinterpret_cast<const char*>(p + 32 * kFloatRows), _MM_HINT_T0);
+      a0[g] = _mm512_fmadd_ps(L::Load(p), x0, a0[g]);
+      a1[g] = _mm512_fmadd_ps(L::Load(p + kFloatRows), x1, a1[g]);
+    }
+  }
+  for (; k < cols; ++k) {
+    for (int g = 0; g < G; ++g) a0[g] = _mm512_fmadd_ps(L::Load(wg + (g * cols + k) * kFloatRows), _mm512_set1_ps(x[k]), a0[g]);
+  }
+  for (int g = 0; g < G; ++g) _mm512_mask_storeu_ps(y + g * kFloatRows, masks[g], _mm512_add_ps(a0[g], a1[g]));
+}
+
+template <class L, int G>
+void TokensFloat(const typename L::W* wg, int64_t cols, const float* x, int64_t n_tok, float* y,
+                 int64_t ldy, const __mmask16* masks) {
+  if (n_tok == 1) return VecFloat<L, G>(wg, cols, x, y, masks);
+  for (int64_t a = 0; a < n_tok; a += kXTile) {
+    const int64_t tw = n_tok - a < kXTile ? n_tok - a : kXTile;
+    const float* xt = x + a * cols;
+    float* ya = y + a * ldy;
+    switch (tw) {
+#define PYENGINE_TILE(N) case N: TileFloat<L, G, N>(wg, cols, xt, tw, ya, ldy, masks); break;
+      PYENGINE_TILE(1) PYENGINE_TILE(2) PYENGINE_TILE(3) PYENGINE_TILE(4) PYENGINE_TILE(5)
+      PYENGINE_TILE(6) PYENGINE_TILE(7) PYENGINE_TILE(8) PYENGINE_TILE(9) PYENGINE_TILE(10)
+      PYENGINE_TILE(11) PYENGINE_TILE(12)
+#undef PYENGINE_TILE
+      default: break;
+    }
+  }
+}
+
+inline __mmask16 RowMask(int64_t rows, int64_t g) {
+  const int64_t valid = rows - g * kFloatRows;
+  return valid >= kFloatRows ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << valid) - 1);
 }
 
 template <class L>
-void GemmFloat(const typename L::W* w, int64_t cols, const float* x, int64_t n_tok, int64_t r0,
-               int64_t r1, float* y, int64_t ldy) {
-  int64_t r = r0;
-  for (; r + 4 <= r1; r += 4) RowsFloat<L, 4>(w + r * cols, cols, x, n_tok, y + r, ldy);
-  for (; r < r1; ++r) RowsFloat<L, 1>(w + r * cols, cols, x, n_tok, y + r, ldy);
+void GemmFloat(const typename L::W* w, int64_t cols, const float* x, int64_t n_tok, int64_t g0,
+               int64_t g1, int64_t rows, float* y, int64_t ldy) {
+  int64_t g = g0;
+  for (; g + 2 <= g1; g += 2) {
+    const __mmask16 masks[2] = {RowMask(rows, g), RowMask(rows, g + 1)};
+    TokensFloat<L, 2>(w + g * cols * kFloatRows, cols, x, n_tok, y + g * kFloatRows, ldy, masks);
+  }
+  if (g < g1) {
+    const __mmask16 masks[1] = {RowMask(rows, g)};
+    TokensFloat<L, 1>(w + g * cols * kFloatRows, cols, x, n_tok, y + g * kFloatRows, ldy, masks);
+  }
+}
+
+// Rounds one row of activations as the reference does for the weight type.
+void RoundRow(const float* x, int64_t n, XRound round, float* out) {
+  int64_t k = 0;
+  for (; k + 16 <= n; k += 16) {
+    __m512 v = _mm512_loadu_ps(x + k);
+    if (round == XRound::kF16) {
+      v = _mm512_cvtph_ps(_mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    } else if (round == XRound::kBF16) {
+      // Nearest-even on the upper 16 bits; NaNs stay (quiet) NaNs.
+      const __m512i b = _mm512_castps_si512(v);
+      const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(b, 16), _mm512_set1_epi32(1));
+      __m512i r = _mm512_add_epi32(b, _mm512_add_epi32(_mm512_set1_epi32(0x7fff), lsb));
+      r = _mm512_and_si512(r, _mm512_set1_epi32(static_cast<int>(0xffff0000u)));
+      const __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+      r = _mm512_mask_mov_epi32(r, nan, _mm512_or_si512(_mm512_and_si512(b, _mm512_set1_epi32(static_cast<int>(0xffff0000u))), _mm512_set1_epi32(0x400000)));
+      v = _mm512_castsi512_ps(r);
+    }
+    _mm512_storeu_ps(out + k, v);
+  }
+  for (; k < n; ++k) {
+    out[k] = round == XRound::kF16 ? Fp16ToFp32(Fp32ToFp16(x[k]))
+           : round == XRound::kBF16 ? Bf16ToFp32(Fp32ToBf16(x[k])) : x[k];
+  }
+}
+
+void PackX(const float* x, int64_t n_tok, int64_t cols, int64_t t0, int64_t t1, XRound round, float* out) {
+  std::vector<float> row(static_cast<size_t>(cols));
+  for (int64_t a = t0; a < t1; a += kXTile) {
+    const int64_t tw = n_tok - a < kXTile ? n_tok - a : kXTile;
+    float* o = out + a * cols;  // [cols, tw]
+    for (int64_t j = 0; j < tw; ++j) {
+      RoundRow(x + (a + j) * cols, cols, round, tw == 1 ? o : row.data());
+      if (tw > 1) {
+        for (int64_t k = 0; k < cols; ++k) o[k * tw + j] = row[k];
+      }
+    }
+  }
+}
+
+void QuantizeQ8(const float* x, int64_t cols, XQ8Block* out) {
+  for (int64_t b = 0; b < cols / 32; ++b, x += 32, ++out) {
+    const __m512 v0 = _mm512_loadu_ps(x), v1 = _mm512_loadu_ps(x + 16);
+    const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
+    const float id = amax != 0.f ? 127.f / amax : 0.f;
+    out->d = Fp16ToFp32(Fp32ToFp16(amax / 127.f));
+    // Conversion under the default rounding mode: nearest, ties to even, as ggml's
+    // _mm256_round_ps(_MM_ROUND_NEAREST).
+    const __m512i q0 = _mm512_cvtps_epi32(_mm512_mul_ps(v0, _mm512_set1_ps(id)));
+    const __m512i q1 = _mm512_cvtps_epi32(_mm512_mul_ps(v1, _mm512_set1_ps(id)));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out->q), _mm512_cvtepi32_epi8(q0));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out->q + 16), _mm512_cvtepi32_epi8(q1));
+    out->sum128 = 128 * _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
+  }
+}
+
+void ToF16(const float* x, uint16_t* out, int64_t n) {
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + i),
+                        _mm512_cvtps_ph(_mm512_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  }
+  for (; i < n; ++i) out[i] = Fp32ToFp16(x[i]);
+}
+
+void GeluMul(float* g, const float* u, int64_t n) {
+  const float* table = GeluFp16Table();
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const __m512 x = _mm512_loadu_ps(g + i);
+    const __m512i idx = _mm512_cvtepu16_epi32(_mm512_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    __m512 r = _mm512_i32gather_ps(idx, table, 4);
+    r = _mm512_mask_mov_ps(r, _mm512_cmp_ps_mask(x, _mm512_set1_ps(10.f), _CMP_GE_OQ), x);
+    r = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(x, _mm512_set1_ps(-10.f), _CMP_GT_OQ), r);
+    _mm512_storeu_ps(g + i, _mm512_mul_ps(r, _mm512_loadu_ps(u + i)));
+  }
+  for (; i < n; ++i) {
+    const float x = g[i];
+    g[i] = (x <= -10.f ? 0.f : x >= 10.f ? x : table[Fp32ToFp16(x)]) * u[i];
+  }
 }
 
 float DotF16(const float* x, const uint16_t* h, int64_t n) {
   __m512 acc = _mm512_setzero_ps();
   for (int64_t i = 0; i < n; i += 16) {
     const __mmask16 m = n - i >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << (n - i)) - 1);
-    acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, x + i), LoadF16::Load(h + i, m), acc);
+    acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, x + i), LoadF16::LoadMasked(h + i, m), acc);
   }
   return _mm512_reduce_add_ps(acc);
 }
@@ -138,7 +265,7 @@ void AxpyF16(float a, const uint16_t* h, float* y, int64_t n) {
   const __m512 av = _mm512_set1_ps(a);
   for (int64_t i = 0; i < n; i += 16) {
     const __mmask16 m = n - i >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << (n - i)) - 1);
-    _mm512_mask_storeu_ps(y + i, m, _mm512_fmadd_ps(av, LoadF16::Load(h + i, m), _mm512_maskz_loadu_ps(m, y + i)));
+    _mm512_mask_storeu_ps(y + i, m, _mm512_fmadd_ps(av, LoadF16::LoadMasked(h + i, m), _mm512_maskz_loadu_ps(m, y + i)));
   }
 }
 
@@ -146,7 +273,8 @@ void AxpyF16(float a, const uint16_t* h, float* y, int64_t n) {
 
 const KernelSet* Avx512Kernels() {
   static const KernelSet set = {IsaLevel::kAvx512, GemmQ8, GemmFloat<LoadF16>,
-                                GemmFloat<LoadBF16>, GemmFloat<LoadF32>, DotF16, AxpyF16};
+                                GemmFloat<LoadBF16>, GemmFloat<LoadF32>, kXTile, PackX,
+                                QuantizeQ8, ToF16, GeluMul, DotF16, AxpyF16};
   return &set;
 }
 

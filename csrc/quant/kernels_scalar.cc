@@ -2,6 +2,10 @@
 #include "quant/formats.h"
 #include "quant/kernel_set.h"
 
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
 namespace pyengine {
 namespace {
 
@@ -28,17 +32,31 @@ void GemmQ8(const Q8x16Block* w, int64_t nb, const XQ8Block* x, int64_t n_tok, i
 }
 
 template <typename W, float (*Load)(W)>
-void GemmFloat(const W* w, int64_t cols, const float* x, int64_t n_tok, int64_t r0, int64_t r1,
-               float* y, int64_t ldy) {
-  for (int64_t r = r0; r < r1; ++r) {
-    const W* wr = w + r * cols;
+void GemmFloat(const W* w, int64_t cols, const float* x, int64_t n_tok, int64_t g0, int64_t g1,
+               int64_t rows, float* y, int64_t ldy) {
+  // x_tile is 1 here, so x is plain row-major [n_tok, cols].
+  for (int64_t g = g0; g < g1; ++g) {
+    const W* wg = w + g * cols * kFloatRows;
     for (int64_t t = 0; t < n_tok; ++t) {
-      const float* xt = x + t * cols;
-      float s = 0;
-      for (int64_t k = 0; k < cols; ++k) s += Load(wr[k]) * xt[k];
-      y[t * ldy + r] = s;
+      float acc[kFloatRows] = {};
+      for (int64_t k = 0; k < cols; ++k) {
+        for (int r = 0; r < kFloatRows; ++r) acc[r] += Load(wg[k * kFloatRows + r]) * x[t * cols + k];
+      }
+      for (int r = 0; r < kFloatRows && g * kFloatRows + r < rows; ++r) y[t * ldy + g * kFloatRows + r] = acc[r];
     }
   }
+}
+
+float RoundValue(float v, XRound round) {
+  switch (round) {
+    case XRound::kF16: return Fp16ToFp32(Fp32ToFp16(v));
+    case XRound::kBF16: return Bf16ToFp32(Fp32ToBf16(v));
+    default: return v;
+  }
+}
+
+void PackX(const float* x, int64_t n_tok, int64_t cols, int64_t t0, int64_t t1, XRound round, float* out) {
+  PackXGeneric(x, n_tok, cols, t0, t1, 1, round, out);
 }
 
 float LoadF32(float v) { return v; }
@@ -53,11 +71,67 @@ void AxpyF16(float a, const uint16_t* h, float* y, int64_t n) {
   for (int64_t i = 0; i < n; ++i) y[i] += a * Fp16ToFp32(h[i]);
 }
 
+// ggml's SIMD quantizer: scale amax/127 stored as fp16, values x * (127/amax) rounded half to even.
+void QuantizeQ8(const float* x, int64_t cols, XQ8Block* out) {
+  for (int64_t b = 0; b < cols / 32; ++b, x += 32, ++out) {
+    float amax = 0;
+    for (int j = 0; j < 32; ++j) amax = std::max(amax, std::fabs(x[j]));
+    const float id = amax != 0.f ? 127.f / amax : 0.f;
+    out->d = Fp16ToFp32(Fp32ToFp16(amax / 127.f));
+    int32_t sum = 0;
+    for (int j = 0; j < 32; ++j) {
+      out->q[j] = static_cast<int8_t>(std::nearbyint(x[j] * id));
+      sum += out->q[j];
+    }
+    out->sum128 = 128 * sum;
+  }
+}
+
+void ToF16(const float* x, uint16_t* out, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) out[i] = Fp32ToFp16(x[i]);
+}
+
+void GeluMul(float* g, const float* u, int64_t n) {
+  const float* table = GeluFp16Table();
+  for (int64_t i = 0; i < n; ++i) {
+    const float x = g[i];
+    const float gelu = x <= -10.f ? 0.f : x >= 10.f ? x : table[Fp32ToFp16(x)];
+    g[i] = gelu * u[i];
+  }
+}
+
 }  // namespace
+
+const float* GeluFp16Table() {
+  static const std::vector<float> table = [] {
+    std::vector<float> t(1 << 16);
+    for (uint32_t h = 0; h < t.size(); ++h) {
+      const float x = Fp16ToFp32(static_cast<uint16_t>(h));
+      constexpr float kSqrt2OverPi = 0.7978845608028654f;
+      const float gelu = 0.5f * x * (1.f + std::tanh(kSqrt2OverPi * x * (1.f + 0.044715f * x * x)));
+      t[h] = Fp16ToFp32(Fp32ToFp16(gelu));
+    }
+    return t;
+  }();
+  return table.data();
+}
+
+void PackXGeneric(const float* x, int64_t n_tok, int64_t cols, int64_t t0, int64_t t1, int tile,
+                  XRound round, float* out) {
+  for (int64_t a = t0; a < t1; a += tile) {
+    const int64_t tw = std::min<int64_t>(tile, n_tok - a);
+    float* o = out + a * cols;  // [cols, tw]
+    for (int64_t j = 0; j < tw; ++j) {
+      const float* xr = x + (a + j) * cols;
+      for (int64_t k = 0; k < cols; ++k) o[k * tw + j] = RoundValue(xr[k], round);
+    }
+  }
+}
 
 const KernelSet& ScalarKernels() {
   static const KernelSet set = {IsaLevel::kScalar, GemmQ8, GemmFloat<uint16_t, Fp16ToFp32>,
                                 GemmFloat<uint16_t, Bf16ToFp32>, GemmFloat<float, LoadF32>,
+                                /*x_tile=*/1, PackX, QuantizeQ8, ToF16, GeluMul,
                                 DotF16, AxpyF16};
   return set;
 }

@@ -12,34 +12,18 @@
 namespace pyengine {
 namespace {
 
-// ggml's SIMD quantizer: scale amax/127 stored as fp16, values x * (127/amax) rounded half to even.
-void QuantizeBlock(const float* x, XQ8Block* out) {
-  float amax = 0;
-  for (int j = 0; j < 32; ++j) amax = std::max(amax, std::fabs(x[j]));
-  const float id = amax != 0.f ? 127.f / amax : 0.f;
-  out->d = Fp16ToFp32(Fp32ToFp16(amax / 127.f));
-  int32_t sum = 0;
-  for (int j = 0; j < 32; ++j) {
-    out->q[j] = static_cast<int8_t>(std::nearbyint(x[j] * id));
-    sum += out->q[j];
-  }
-  out->sum128 = 128 * sum;
-}
-
 }  // namespace
 
 void PackedMatrix::Free::operator()(void* p) const { std::free(p); }
 
 PackedMatrix::PackedMatrix(const TensorView& t, ThreadPool& pool) : src_(t) {
-  if (t.type != GgmlType::kQ8_0) return;
+  if (t.type != GgmlType::kQ8_0) {
+    PackFloat(pool);
+    return;
+  }
   const int64_t rows = t.rows(), nb = t.cols() / kQ8_0Block;
   const int64_t groups = (rows + kQ8Rows - 1) / kQ8Rows;
-  packed_bytes_ = static_cast<size_t>(groups * nb) * sizeof(Q8x16Block);
-  // 64-byte alignment: every block's quants start on a cache line.
-  void* mem = std::aligned_alloc(64, (packed_bytes_ + 63) / 64 * 64);
-  if (!mem) throw std::bad_alloc();
-  packed_.reset(static_cast<uint8_t*>(mem));
-  Q8x16Block* out = reinterpret_cast<Q8x16Block*>(packed_.get());
+  Q8x16Block* out = static_cast<Q8x16Block*>(Allocate(static_cast<size_t>(groups * nb) * sizeof(Q8x16Block)));
   ParallelRanges(pool, groups, 1, [&](int64_t g0, int64_t g1) {
     for (int64_t g = g0; g < g1; ++g) {
       for (int64_t b = 0; b < nb; ++b) {
@@ -62,9 +46,38 @@ PackedMatrix::PackedMatrix(const TensorView& t, ThreadPool& pool) : src_(t) {
   });
 }
 
+void* PackedMatrix::Allocate(size_t bytes) {
+  packed_bytes_ = bytes;
+  // 64-byte alignment: every group's data starts on a cache line.
+  void* mem = std::aligned_alloc(64, (bytes + 63) / 64 * 64);
+  if (!mem) throw std::bad_alloc();
+  packed_.reset(static_cast<uint8_t*>(mem));
+  return mem;
+}
+
+void PackedMatrix::PackFloat(ThreadPool& pool) {
+  const TensorView& t = src_;
+  const int64_t rows = t.rows(), cols = t.cols(), groups = (rows + kFloatRows - 1) / kFloatRows;
+  const size_t elem = t.type == GgmlType::kF32 ? 4 : 2;
+  uint8_t* out = static_cast<uint8_t*>(Allocate(static_cast<size_t>(groups * cols * kFloatRows) * elem));
+  ParallelRanges(pool, groups, 1, [&](int64_t g0, int64_t g1) {
+    for (int64_t g = g0; g < g1; ++g) {
+      uint8_t* dst = out + static_cast<size_t>(g * cols * kFloatRows) * elem;  // [cols, 16]
+      std::memset(dst, 0, static_cast<size_t>(cols * kFloatRows) * elem);     // padded rows: 0
+      for (int r = 0; r < kFloatRows && g * kFloatRows + r < rows; ++r) {
+        const uint8_t* src = t.row(g * kFloatRows + r);
+        for (int64_t k = 0; k < cols; ++k) std::memcpy(dst + (k * kFloatRows + r) * elem, src + k * elem, elem);
+      }
+    }
+  });
+}
+
 void PackedMatrix::Row(int64_t r, float* out) const {
-  if (!packed_) {
-    DequantizeRow(src_.type, src_.row(r), out, cols());
+  if (type() != GgmlType::kQ8_0) {
+    const int64_t lane = r % kFloatRows, cols = this->cols();
+    const size_t elem = type() == GgmlType::kF32 ? 4 : 2;
+    const uint8_t* g = packed_.get() + static_cast<size_t>((r / kFloatRows) * cols * kFloatRows) * elem;
+    for (int64_t k = 0; k < cols; ++k) DequantizeRow(type(), g + (k * kFloatRows + lane) * elem, out + k, 1);
     return;
   }
   const int64_t nb = cols() / kQ8_0Block, lane = r % kQ8Rows;
@@ -78,26 +91,65 @@ void PackedMatrix::Row(int64_t r, float* out) const {
 }
 
 void QuantizeActivations(const float* x, int64_t n_tok, int64_t cols, XQ8Block* out) {
+  const KernelSet& k = ActiveKernels();
   const int64_t nb = cols / kQ8_0Block;
-  for (int64_t t = 0; t < n_tok; ++t) {
-    for (int64_t b = 0; b < nb; ++b) QuantizeBlock(x + t * cols + b * 32, out + t * nb + b);
+  for (int64_t t = 0; t < n_tok; ++t) k.quantize_q8(x + t * cols, cols, out + t * nb);
+}
+
+void MatMulInput::Set(const float* x, int64_t n_tok, int64_t cols) {
+  x_ = x;
+  n_tok_ = n_tok;
+  cols_ = cols;
+  q8_ready_ = false;
+  tiles_kind_ = -1;
+}
+
+const XQ8Block* MatMulInput::Q8(ThreadPool& pool) {
+  if (!q8_ready_) {
+    const int64_t nb = cols_ / kQ8_0Block;
+    q8_.resize(static_cast<size_t>(n_tok_ * nb));
+    XQ8Block* out = q8_.data();
+    ParallelRanges(pool, n_tok_, 16, [&](int64_t t0, int64_t t1) {
+      QuantizeActivations(x_ + t0 * cols_, t1 - t0, cols_, out + t0 * nb);
+    });
+    q8_ready_ = true;
   }
+  return q8_.data();
+}
+
+const float* MatMulInput::Tiles(GgmlType type, ThreadPool& pool) {
+  const KernelSet& k = ActiveKernels();
+  if (tiles_kind_ != static_cast<int>(type) || tiles_isa_ != static_cast<int>(k.level)) {
+    // The reference converts activations to the weights' 16-bit type first.
+    const XRound round = type == GgmlType::kF16    ? XRound::kF16
+                         : type == GgmlType::kBF16 ? XRound::kBF16
+                                                   : XRound::kNone;
+    tiles_.resize(static_cast<size_t>(n_tok_ * cols_));
+    float* out = tiles_.data();  // [n_tok, cols] in tiles of k.x_tile tokens
+    const int64_t tiles = (n_tok_ + k.x_tile - 1) / k.x_tile;
+    ParallelRanges(pool, tiles, 4, [&](int64_t a, int64_t b) {
+      k.pack_x(x_, n_tok_, cols_, a * k.x_tile, std::min(n_tok_, b * k.x_tile), round, out);
+    });
+    tiles_kind_ = static_cast<int>(type);
+    tiles_isa_ = static_cast<int>(k.level);
+  }
+  return tiles_.data();
 }
 
 void MatMul(const PackedMatrix& w, const float* x, int64_t n_tok, float* y, ThreadPool& pool) {
+  MatMulInput in;
+  in.Set(x, n_tok, w.cols());
+  MatMul(w, in, y, pool);
+}
+
+void MatMul(const PackedMatrix& w, MatMulInput& in, float* y, ThreadPool& pool) {
   const KernelSet& k = ActiveKernels();
-  const int64_t rows = w.rows(), cols = w.cols();
+  const int64_t rows = w.rows(), cols = w.cols(), n_tok = in.n_tok();
+  if (in.cols() != cols) throw std::invalid_argument("MatMul: input width does not match the matrix");
   switch (w.type()) {
     case GgmlType::kQ8_0: {
       const int64_t nb = cols / kQ8_0Block;
-      // Thread-local storage of the calling thread, handed to the workers by pointer (a
-      // thread_local named inside the lambdas would be each worker's own, empty, copy).
-      thread_local std::vector<XQ8Block> xq_buf;
-      xq_buf.resize(static_cast<size_t>(n_tok * nb));
-      XQ8Block* xq = xq_buf.data();  // [n_tok, nb]
-      ParallelRanges(pool, n_tok, 16, [&](int64_t t0, int64_t t1) {
-        QuantizeActivations(x + t0 * cols, t1 - t0, cols, xq + t0 * nb);
-      });
+      const XQ8Block* xq = in.Q8(pool);
       const int64_t groups = (rows + kQ8Rows - 1) / kQ8Rows;
       ParallelRanges(pool, groups, 1, [&](int64_t g0, int64_t g1) {
         k.gemm_q8(w.q8(), nb, xq, n_tok, g0, g1, rows, y, rows);
@@ -105,26 +157,20 @@ void MatMul(const PackedMatrix& w, const float* x, int64_t n_tok, float* y, Thre
       return;
     }
     case GgmlType::kF16:
-    case GgmlType::kBF16: {
-      // The reference converts activations to the weights' 16-bit type first.
-      thread_local std::vector<float> xr_buf;
-      xr_buf.resize(static_cast<size_t>(n_tok * cols));
-      float* xr = xr_buf.data();  // [n_tok, cols]
-      const bool f16 = w.type() == GgmlType::kF16;
-      for (int64_t i = 0; i < n_tok * cols; ++i) {
-        xr[i] = f16 ? Fp16ToFp32(Fp32ToFp16(x[i])) : Bf16ToFp32(Fp32ToBf16(x[i]));
-      }
-      const auto* wp = reinterpret_cast<const uint16_t*>(w.source().data);
-      auto gemm = f16 ? k.gemm_f16 : k.gemm_bf16;
-      ParallelRanges(pool, rows, 4, [&](int64_t r0, int64_t r1) {
-        gemm(wp, cols, xr, n_tok, r0, r1, y, rows);
-      });
-      return;
-    }
+    case GgmlType::kBF16:
     case GgmlType::kF32: {
-      const auto* wp = reinterpret_cast<const float*>(w.source().data);
-      ParallelRanges(pool, rows, 4, [&](int64_t r0, int64_t r1) {
-        k.gemm_f32(wp, cols, x, n_tok, r0, r1, y, rows);
+      const float* xp = in.Tiles(w.type(), pool);
+      const int64_t groups = (rows + kFloatRows - 1) / kFloatRows;
+      // Pairs of groups per slice: the AVX-512 kernel works on two groups at once.
+      const int64_t pairs = (groups + 1) / 2;
+      ParallelRanges(pool, pairs, 1, [&](int64_t p0, int64_t p1) {
+        const int64_t g0 = 2 * p0, g1 = std::min(groups, 2 * p1);
+        if (w.type() == GgmlType::kF32) {
+          k.gemm_f32(reinterpret_cast<const float*>(w.data()), cols, xp, n_tok, g0, g1, rows, y, rows);
+        } else {
+          auto gemm = w.type() == GgmlType::kF16 ? k.gemm_f16 : k.gemm_bf16;
+          gemm(reinterpret_cast<const uint16_t*>(w.data()), cols, xp, n_tok, g0, g1, rows, y, rows);
+        }
       });
       return;
     }

@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <vector>
 
 #include "core/tensor.h"
 #include "quant/kernel_set.h"
@@ -15,8 +16,8 @@ class ThreadPool;
 class PackedMatrix {
  public:
   PackedMatrix() = default;
-  // Q8_0 is repacked into Q8x16Block groups (a copy, built in parallel on `pool`); float types
-  // are used in place from the mapped file.
+  // Repacks the matrix for the kernels (a copy, built in parallel on `pool`): Q8_0 into
+  // Q8x16Block groups, F16/BF16/F32 into [group][k][16] (see kernel_set.h).
   PackedMatrix(const TensorView& t, ThreadPool& pool);
 
   GgmlType type() const { return src_.type; }
@@ -24,6 +25,7 @@ class PackedMatrix {
   int64_t cols() const { return src_.cols(); }
   const TensorView& source() const { return src_; }
   bool repacked() const { return packed_ != nullptr; }
+  const uint8_t* data() const { return packed_.get(); }
   size_t packed_bytes() const { return packed_bytes_; }
   const Q8x16Block* q8() const { return reinterpret_cast<const Q8x16Block*>(packed_.get()); }
 
@@ -34,7 +36,10 @@ class PackedMatrix {
   struct Free {
     void operator()(void* p) const;
   };
-  TensorView src_;
+  void* Allocate(size_t bytes);
+  void PackFloat(ThreadPool& pool);
+
+  TensorView src_;  // the file's tensor: its data is not read after packing
   std::unique_ptr<uint8_t, Free> packed_;
   size_t packed_bytes_ = 0;
 };
@@ -42,9 +47,33 @@ class PackedMatrix {
 // Quantizes rows of activations to Q8_0 exactly as ggml does: x [n_tok, cols] -> out [n_tok, cols/32].
 void QuantizeActivations(const float* x, int64_t n_tok, int64_t cols, XQ8Block* out);
 
+// One input of several projections (q, k and v read the same normed rows): the form each
+// weight type wants (Q8_0 blocks, or rounded token tiles) is built on first use and reused.
+class MatMulInput {
+ public:
+  // x [n_tok, cols] must stay unchanged until the next Set.
+  void Set(const float* x, int64_t n_tok, int64_t cols);
+
+  const float* x() const { return x_; }
+  int64_t n_tok() const { return n_tok_; }
+  int64_t cols() const { return cols_; }
+  const XQ8Block* Q8(ThreadPool& pool);                        // [n_tok, cols / 32]
+  const float* Tiles(GgmlType type, ThreadPool& pool);         // pack_x layout for `type`
+
+ private:
+  const float* x_ = nullptr;
+  int64_t n_tok_ = 0, cols_ = 0;
+  bool q8_ready_ = false;
+  int tiles_kind_ = -1;  // GgmlType whose rounding tiles_ holds, -1: none
+  int tiles_isa_ = -1;   // the tile width depends on the kernel level
+  std::vector<XQ8Block> q8_;
+  std::vector<float> tiles_;
+};
+
 // y[t, r] = W[r, :] . x[t, :]   w: [rows, cols], x: [n_tok, cols], y: [n_tok, rows].
 // Activations are rounded the way the reference rounds them for W's type (Q8_0 / F16 / BF16);
 // rows are split over the pool's threads; the kernels are those of ActiveIsa().
+void MatMul(const PackedMatrix& w, MatMulInput& in, float* y, ThreadPool& pool);
 void MatMul(const PackedMatrix& w, const float* x, int64_t n_tok, float* y, ThreadPool& pool);
 
 }  // namespace pyengine
