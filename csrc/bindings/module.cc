@@ -3,6 +3,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <chrono>
 #include <cstring>
 #include <map>
 #include <memory>
@@ -181,7 +182,7 @@ PYBIND11_MODULE(_core, m) {
   m.def("matmul",
         [](const std::string& type_name, py::array_t<uint8_t, py::array::c_style> w, int64_t rows,
            int64_t cols, py::array_t<float, py::array::c_style | py::array::forcecast> x,
-           int n_threads, int reps) {
+           int n_threads, int reps, bool timed) {
           // Kernel tests and micro-benchmarks: W (GGUF bytes of a [rows, cols] matrix) times
           // x [n, cols] through the same path the model uses, at the active ISA level.
           TensorView t;
@@ -205,6 +206,7 @@ PYBIND11_MODULE(_core, m) {
           t.data = w.data();
           const int64_t n = x.shape(0);
           py::array_t<float> y({n, rows});
+          double seconds = 0;
           {
             py::gil_scoped_release nogil;
             static std::map<int, std::unique_ptr<ThreadPool>> pools;  // guarded by the GIL's caller
@@ -213,12 +215,16 @@ PYBIND11_MODULE(_core, m) {
             auto& pool = pools[n_threads];
             if (!pool) pool = std::make_unique<ThreadPool>(n_threads);
             PackedMatrix m(t, *pool);
+            const auto t0 = std::chrono::steady_clock::now();
             for (int r = 0; r < reps; ++r) MatMul(m, x.data(), n, y.mutable_data(), *pool);
+            seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
           }
-          return y;
+          if (timed) return py::object(py::make_tuple(y, seconds / std::max(reps, 1)));
+          return py::object(y);
         },
         py::arg("type"), py::arg("w"), py::arg("rows"), py::arg("cols"), py::arg("x"),
-        py::arg("n_threads") = 1, py::arg("reps") = 1);
+        py::arg("n_threads") = 1, py::arg("reps") = 1, py::arg("timed") = false,
+        "With timed=True returns (y, seconds per product, packing excluded).");
 
   m.def("read_gguf", &ReadGguf, py::arg("path"), py::arg("max_array") = static_cast<size_t>(-1),
         "Reads a GGUF file's metadata and tensor directory: (metadata, tensors, array_lengths, info).");

@@ -49,9 +49,45 @@ inline void TileQ8(const Q8x16Block* wg, int64_t nb, const XQ8Block* x, int64_t 
   for (int t = 0; t < T; ++t) _mm512_mask_storeu_ps(y + t * ldy, store_mask, acc[t]);
 }
 
+// One token (decode): bandwidth bound. Four independent dot-product chains per block keep
+// enough loads in flight; the whole block 4 ahead is prefetched.
+inline void VecQ8(const Q8x16Block* wg, int64_t nb, const XQ8Block* x, float* y, __mmask16 store_mask) {
+  __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
+  for (int64_t b = 0; b < nb; ++b) {
+    const Q8x16Block& blk = wg[b];
+    for (int p = 0; p < 9; ++p) _mm_prefetch(reinterpret_cast<const char*>(&wg[b + 4]) + 64 * p, _MM_HINT_T0);
+    const XQ8Block& xb = x[b];
+    __m512i s[4];
+    for (int c = 0; c < 4; ++c) {
+      s[c] = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_loadu_si512(blk.q + 64 * c), Broadcast4(xb.q + 4 * c));
+    }
+    for (int c = 4; c < 8; ++c) {
+      s[c - 4] = _mm512_dpbusd_epi32(s[c - 4], _mm512_loadu_si512(blk.q + 64 * c), Broadcast4(xb.q + 4 * c));
+    }
+    const __m512i sum = _mm512_sub_epi32(_mm512_add_epi32(_mm512_add_epi32(s[0], s[1]), _mm512_add_epi32(s[2], s[3])),
+                                         _mm512_set1_epi32(xb.sum128));
+    const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk.d)));
+    const __m512 scaled = _mm512_mul_ps(dw, _mm512_set1_ps(xb.d));
+    if (b & 1) {
+      acc1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), scaled, acc1);
+    } else {
+      acc0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), scaled, acc0);
+    }
+  }
+  _mm512_mask_storeu_ps(y, store_mask, _mm512_add_ps(acc0, acc1));
+}
+
 void GemmQ8(const Q8x16Block* w, int64_t nb, const XQ8Block* x, int64_t n_tok, int64_t g0,
             int64_t g1, int64_t rows, float* y, int64_t ldy) {
   constexpr int kT = 8;
+  if (n_tok == 1) {
+    for (int64_t g = g0; g < g1; ++g) {
+      const int64_t r0 = g * kQ8Rows;
+      const int64_t valid = rows - r0 < kQ8Rows ? rows - r0 : kQ8Rows;
+      VecQ8(w + g * nb, nb, x, y + r0, static_cast<__mmask16>((1u << valid) - 1));
+    }
+    return;
+  }
   for (int64_t g = g0; g < g1; ++g) {
     const int64_t r0 = g * kQ8Rows;
     const int64_t valid = rows - r0 < kQ8Rows ? rows - r0 : kQ8Rows;
