@@ -112,3 +112,23 @@ def test_environment_variable_caps_the_level():
                           env={**__import__("os").environ, "PYENGINE_ISA": "scalar"},
                           capture_output=True, text=True, cwd="/")
     assert proc.stdout.strip() == "scalar", proc.stderr
+
+
+@pytest.mark.skipif(_core.best_isa() != "avx512", reason="the integer F16 path needs AVX-512 VNNI")
+@pytest.mark.parametrize("rows,cols,n", [(16, 16, 16), (40, 96, 17), (33, 256, 64)])
+def test_f16_prompt_path_within_its_quantization_bound(rows, cols, n):
+    """Prompt-sized F16 products run through 14-bit x 15-bit integer blocks of 16 values."""
+    _core.set_isa("avx512")
+    raw, w = weights("F16", rows, cols, seed=rows + cols)
+    x = np.random.default_rng(n).standard_normal((n, cols)).astype(np.float32)
+    xr = rounded_activations("F16", x)
+    got = _core.matmul("F16", raw, rows, cols, x, 2).astype(np.float64)
+    exact = xr @ w.T
+    # Each value may move by half a step of its block's integer grid.
+    w_step = np.repeat(np.abs(w).reshape(rows, -1, 16).max(axis=2), 16, axis=1) / 8191 / 2
+    x_step = np.repeat(np.abs(xr).reshape(n, -1, 16).max(axis=2), 16, axis=1) / 16383 / 2
+    bound = np.abs(xr) @ w_step.T + x_step @ np.abs(w).T + x_step @ w_step.T
+    scale = np.abs(xr) @ np.abs(w).T
+    assert np.all(np.abs(got - exact) <= bound + 1e-5 * scale + 1e-6)
+    # And it is a real approximation, not the float path: some error is there.
+    assert np.abs(got - exact).max() > 0

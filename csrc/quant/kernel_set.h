@@ -52,6 +52,13 @@ struct KernelSet {
                     int64_t g1, int64_t rows, float* y, int64_t ldy);
   void (*gemm_f32)(const float* w, int64_t cols, const float* x, int64_t n_tok, int64_t g0,
                    int64_t g1, int64_t rows, float* y, int64_t ldy);
+  // Prompt-sized F16 products through 16-bit integer dot products (twice the multiply rate of
+  // float FMA where the CPU has them); nullptr where a level has no such kernel. Each 16-value
+  // block of a row is scaled to 14-bit integers on the fly (|error| <= max|w_block| / 16382),
+  // activations come as XI16 rows. Used for n_tok >= kI16MinTokens only.
+  void (*gemm_f16_i16)(const uint16_t* w, int64_t cols, const int16_t* xq, const float* xs,
+                       int64_t n_tok, int64_t g0, int64_t g1, int64_t rows, float* y, int64_t ldy);
+  void (*quantize_i16)(const float* x, int64_t cols, int16_t* xq, float* xs);  // one XI16 row
   int x_tile;  // tokens per activation tile the float kernels expect
   // Rounds and transposes tokens [t0, t1) of x [n_tok, cols] (t0 a multiple of x_tile) into
   // out, which has the packed layout of all n_tok tokens.
@@ -68,6 +75,12 @@ struct KernelSet {
   float (*dot_f16)(const float* x, const uint16_t* h, int64_t n);
   void (*axpy_f16)(float a, const uint16_t* h, float* y, int64_t n);
 };
+
+// Activations for gemm_f16_i16: each row rounded to fp16 (as the reference rounds them), then
+// every 16-value block scaled to 15-bit integers: xq [n_tok, cols], xs [n_tok, cols / 16] with
+// x ~= xq * xs. 14-bit weights times 15-bit activations, 16 per lane, cannot overflow int32.
+constexpr int kI16Block = 16;
+constexpr int64_t kI16MinTokens = 16;
 
 // GELU-tanh of every fp16 value, rounded to fp16 and stored as float: [65536].
 const float* GeluFp16Table();

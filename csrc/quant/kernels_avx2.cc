@@ -220,7 +220,8 @@ void AxpyF16(float a, const uint16_t* h, float* y, int64_t n) {
 
 const KernelSet* Avx2Kernels() {
   static const KernelSet set = {IsaLevel::kAvx2, GemmQ8, GemmFloat<LoadF16>, GemmFloat<LoadBF16>,
-                                GemmFloat<LoadF32>, kXTile, PackX, QuantizeQ8, ToF16, GeluMul,
+                                GemmFloat<LoadF32>, /*gemm_f16_i16=*/nullptr,
+                                /*quantize_i16=*/nullptr, kXTile, PackX, QuantizeQ8, ToF16, GeluMul,
                                 DotF16, AxpyF16};
   return &set;
 }

@@ -207,6 +207,95 @@ void GemmFloat(const typename L::W* w, int64_t cols, const float* x, int64_t n_t
   }
 }
 
+// ---- F16 weights through 16-bit integer dot products (prompt processing) ----
+
+// One group's panel [cols][16] of fp16 weights as 14-bit integers: per 16-value block of each
+// row a scale (lane = row) and eight registers of (k, k+1) pairs, the layout vpdpwssd reads.
+//   wq: [cols/16][8][16] int32 (two int16 each), ws: [cols/16][16] float
+void PanelI16(const uint16_t* wg, int64_t cols, int32_t* wq, float* ws) {
+  const __m512i lo16 = _mm512_set1_epi32(0xffff);
+  for (int64_t blk = 0; blk < cols / kI16Block; ++blk) {
+    __m512 v[kI16Block];
+    __m512 m = _mm512_setzero_ps();
+    for (int j = 0; j < kI16Block; ++j) {
+      v[j] = LoadF16::Load(wg + (blk * kI16Block + j) * kFloatRows);
+      m = _mm512_max_ps(m, _mm512_abs_ps(v[j]));
+    }
+    const __mmask16 nz = _mm512_cmp_ps_mask(m, _mm512_setzero_ps(), _CMP_NEQ_OQ);
+    const __m512 inv = _mm512_maskz_div_ps(nz, _mm512_set1_ps(8191.f), m);
+    _mm512_storeu_ps(ws + blk * kFloatRows, _mm512_div_ps(m, _mm512_set1_ps(8191.f)));
+    for (int c = 0; c < 8; ++c) {
+      const __m512i q0 = _mm512_cvtps_epi32(_mm512_mul_ps(v[2 * c], inv));
+      const __m512i q1 = _mm512_cvtps_epi32(_mm512_mul_ps(v[2 * c + 1], inv));
+      _mm512_storeu_si512(wq + (blk * 8 + c) * kFloatRows,
+                          _mm512_or_si512(_mm512_and_si512(q0, lo16), _mm512_slli_epi32(q1, 16)));
+    }
+  }
+}
+
+template <int T>
+inline void TileI16(const int32_t* wq, const float* ws, int64_t nblk, const int16_t* xq,
+                    const float* xs, int64_t cols, float* y, int64_t ldy, __mmask16 mask) {
+  __m512 acc[T];
+  for (int t = 0; t < T; ++t) acc[t] = _mm512_setzero_ps();
+  for (int64_t blk = 0; blk < nblk; ++blk) {
+    __m512i w[8];
+    for (int c = 0; c < 8; ++c) w[c] = _mm512_loadu_si512(wq + (blk * 8 + c) * kFloatRows);
+    const __m512 sw = _mm512_loadu_ps(ws + blk * kFloatRows);
+    for (int t = 0; t < T; ++t) {
+      const int16_t* xr = xq + t * cols + blk * kI16Block;
+      __m512i a0 = _mm512_setzero_si512(), a1 = _mm512_setzero_si512();
+      for (int c = 0; c < 8; c += 2) {
+        int32_t p0, p1;
+        std::memcpy(&p0, xr + 2 * c, 4);
+        std::memcpy(&p1, xr + 2 * c + 2, 4);
+        a0 = _mm512_dpwssd_epi32(a0, w[c], _mm512_set1_epi32(p0));
+        a1 = _mm512_dpwssd_epi32(a1, w[c + 1], _mm512_set1_epi32(p1));
+      }
+      const __m512 scale = _mm512_mul_ps(sw, _mm512_set1_ps(xs[t * (cols / kI16Block) + blk]));
+      acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(a0, a1)), scale, acc[t]);
+    }
+  }
+  for (int t = 0; t < T; ++t) _mm512_mask_storeu_ps(y + t * ldy, mask, acc[t]);
+}
+
+void GemmF16I16(const uint16_t* w, int64_t cols, const int16_t* xq, const float* xs, int64_t n_tok,
+                int64_t g0, int64_t g1, int64_t rows, float* y, int64_t ldy) {
+  constexpr int kT = 8;
+  const int64_t nblk = cols / kI16Block;
+  thread_local std::vector<int32_t> wq;  // this thread's current panel (L2-resident)
+  thread_local std::vector<float> ws;
+  wq.resize(static_cast<size_t>(nblk * 8 * kFloatRows));
+  ws.resize(static_cast<size_t>(nblk * kFloatRows));
+  for (int64_t g = g0; g < g1; ++g) {
+    // Converted once per group, then used by every token of the prompt.
+    PanelI16(w + g * cols * kFloatRows, cols, wq.data(), ws.data());
+    const __mmask16 mask = RowMask(rows, g);
+    float* yg = y + g * kFloatRows;
+    int64_t t = 0;
+    for (; t + kT <= n_tok; t += kT) {
+      TileI16<kT>(wq.data(), ws.data(), nblk, xq + t * cols, xs + t * nblk, cols, yg + t * ldy, ldy, mask);
+    }
+    for (; t < n_tok; ++t) {
+      TileI16<1>(wq.data(), ws.data(), nblk, xq + t * cols, xs + t * nblk, cols, yg + t * ldy, ldy, mask);
+    }
+  }
+}
+
+// Activations for GemmF16I16: fp16-rounded (as the reference rounds them), then 15-bit
+// integers per 16-value block.
+void QuantizeI16(const float* x, int64_t cols, int16_t* xq, float* xs) {
+  for (int64_t blk = 0; blk < cols / kI16Block; ++blk) {
+    const __m512 v = _mm512_cvtph_ps(_mm512_cvtps_ph(_mm512_loadu_ps(x + blk * kI16Block),
+                                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    const float amax = _mm512_reduce_max_ps(_mm512_abs_ps(v));
+    const float inv = amax != 0.f ? 16383.f / amax : 0.f;
+    xs[blk] = amax / 16383.f;
+    const __m512i q = _mm512_cvtps_epi32(_mm512_mul_ps(v, _mm512_set1_ps(inv)));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(xq + blk * kI16Block), _mm512_cvtepi32_epi16(q));
+  }
+}
+
 // Rounds one row of activations as the reference does for the weight type.
 void RoundRow(const float* x, int64_t n, XRound round, float* out) {
   int64_t k = 0;
@@ -309,7 +398,8 @@ void AxpyF16(float a, const uint16_t* h, float* y, int64_t n) {
 
 const KernelSet* Avx512Kernels() {
   static const KernelSet set = {IsaLevel::kAvx512, GemmQ8, GemmFloat<LoadF16>,
-                                GemmFloat<LoadBF16>, GemmFloat<LoadF32>, kXTile, PackX,
+                                GemmFloat<LoadBF16>, GemmFloat<LoadF32>, GemmF16I16,
+                                QuantizeI16, kXTile, PackX,
                                 QuantizeQ8, ToF16, GeluMul, DotF16, AxpyF16};
   return &set;
 }

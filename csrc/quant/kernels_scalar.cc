@@ -131,6 +131,7 @@ void PackXGeneric(const float* x, int64_t n_tok, int64_t cols, int64_t t0, int64
 const KernelSet& ScalarKernels() {
   static const KernelSet set = {IsaLevel::kScalar, GemmQ8, GemmFloat<uint16_t, Fp16ToFp32>,
                                 GemmFloat<uint16_t, Bf16ToFp32>, GemmFloat<float, LoadF32>,
+                                /*gemm_f16_i16=*/nullptr, /*quantize_i16=*/nullptr,
                                 /*x_tile=*/1, PackX, QuantizeQ8, ToF16, GeluMul,
                                 DotF16, AxpyF16};
   return set;

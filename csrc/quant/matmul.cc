@@ -101,7 +101,25 @@ void MatMulInput::Set(const float* x, int64_t n_tok, int64_t cols) {
   n_tok_ = n_tok;
   cols_ = cols;
   q8_ready_ = false;
+  i16_ready_ = false;
   tiles_kind_ = -1;
+}
+
+void MatMulInput::I16(ThreadPool& pool, const int16_t** xq, const float** xs) {
+  if (!i16_ready_) {
+    const KernelSet& k = ActiveKernels();
+    const int64_t nblk = cols_ / kI16Block;
+    i16_.resize(static_cast<size_t>(n_tok_ * cols_));
+    i16_scales_.resize(static_cast<size_t>(n_tok_ * nblk));
+    int16_t* q = i16_.data();
+    float* sc = i16_scales_.data();
+    ParallelRanges(pool, n_tok_, 16, [&](int64_t t0, int64_t t1) {
+      for (int64_t t = t0; t < t1; ++t) k.quantize_i16(x_ + t * cols_, cols_, q + t * cols_, sc + t * nblk);
+    });
+    i16_ready_ = true;
+  }
+  *xq = i16_.data();
+  *xs = i16_scales_.data();
 }
 
 const XQ8Block* MatMulInput::Q8(ThreadPool& pool) {
@@ -159,6 +177,19 @@ void MatMul(const PackedMatrix& w, MatMulInput& in, float* y, ThreadPool& pool) 
     case GgmlType::kF16:
     case GgmlType::kBF16:
     case GgmlType::kF32: {
+      if (w.type() == GgmlType::kF16 && k.gemm_f16_i16 && n_tok >= kI16MinTokens &&
+          cols % kI16Block == 0) {
+        // Prompts: integer dot products, twice the float multiply rate (see kernel_set.h).
+        const int16_t* xq;
+        const float* xs;
+        in.I16(pool, &xq, &xs);
+        const int64_t groups = (rows + kFloatRows - 1) / kFloatRows;
+        ParallelRanges(pool, groups, 1, [&](int64_t g0, int64_t g1) {
+          k.gemm_f16_i16(reinterpret_cast<const uint16_t*>(w.data()), cols, xq, xs, n_tok, g0, g1,
+                         rows, y, rows);
+        });
+        return;
+      }
       const float* xp = in.Tiles(w.type(), pool);
       const int64_t groups = (rows + kFloatRows - 1) / kFloatRows;
       // Pairs of groups per slice: the AVX-512 kernel works on two groups at once.

@@ -59,6 +59,8 @@ class MatMulInput {
   int64_t cols() const { return cols_; }
   const XQ8Block* Q8(ThreadPool& pool);                        // [n_tok, cols / 32]
   const float* Tiles(GgmlType type, ThreadPool& pool);         // pack_x layout for `type`
+  // fp16-rounded rows as 15-bit integer blocks: xq [n_tok, cols], scales [n_tok, cols/16].
+  void I16(ThreadPool& pool, const int16_t** xq, const float** xs);
 
  private:
   const float* x_ = nullptr;
@@ -66,8 +68,11 @@ class MatMulInput {
   bool q8_ready_ = false;
   int tiles_kind_ = -1;  // GgmlType whose rounding tiles_ holds, -1: none
   int tiles_isa_ = -1;   // the tile width depends on the kernel level
+  bool i16_ready_ = false;
   std::vector<XQ8Block> q8_;
   std::vector<float> tiles_;
+  std::vector<int16_t> i16_;
+  std::vector<float> i16_scales_;
 };
 
 // y[t, r] = W[r, :] . x[t, :]   w: [rows, cols], x: [n_tok, cols], y: [n_tok, rows].
