@@ -261,7 +261,7 @@ inline void TileI16(const int32_t* wq, const float* ws, int64_t nblk, const int1
 
 void GemmF16I16(const uint16_t* w, int64_t cols, const int16_t* xq, const float* xs, int64_t n_tok,
                 int64_t g0, int64_t g1, int64_t rows, float* y, int64_t ldy) {
-  constexpr int kT = 8;
+  constexpr int kT = 12;
   const int64_t nblk = cols / kI16Block;
   thread_local std::vector<int32_t> wq;  // this thread's current panel (L2-resident)
   thread_local std::vector<float> ws;
