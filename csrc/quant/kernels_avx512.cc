@@ -158,7 +158,7 @@ inline void VecFloat(const typename L::W* wg, int64_t cols, const float* x, floa
     const __m512 x0 = _mm512_set1_ps(x[k]), x1 = _mm512_set1_ps(x[k + 1]);
     for (int g = 0; g < G; ++g) {
       const typename L::W* p = wg + (g * cols + k) * kFloatRows;
-      _mm_prefetch(reinterpret_cast<const char*>(p + 32 * kFloatRows), _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(p + 64 * kFloatRows), _MM_HINT_T0);
       a0[g] = _mm512_fmadd_ps(L::Load(p), x0, a0[g]);
       a1[g] = _mm512_fmadd_ps(L::Load(p + kFloatRows), x1, a1[g]);
     }

@@ -7,6 +7,7 @@
 #include <memory>
 #include <new>
 
+#include "quant/cpu_features.h"
 #include "runtime/thread_pool.h"
 
 namespace pyengine {
@@ -20,6 +21,31 @@ uint64_t SumWords(const uint64_t* p, int64_t n) {
     for (int k = 0; k < 8; ++k) a[k] += p[i + k];
   }
   return a[0] ^ a[1] ^ a[2] ^ a[3] ^ a[4] ^ a[5] ^ a[6] ^ a[7];
+}
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#define PYENGINE_HAVE_AVX2_PROBE 1
+// Wide loads reach a higher rate than 64-bit ones on CPUs that have them; compiled for AVX2
+// here alone and called only when the CPU reports it.
+__attribute__((target("avx2"))) uint64_t SumWordsAvx2(const uint64_t* p, int64_t n) {
+  __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
+  for (int64_t i = 0; i + 16 <= n; i += 16) {
+    a0 = _mm256_xor_si256(a0, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + i)));
+    a1 = _mm256_xor_si256(a1, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + i + 4)));
+    a2 = _mm256_xor_si256(a2, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + i + 8)));
+    a3 = _mm256_xor_si256(a3, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + i + 12)));
+  }
+  const __m256i a = _mm256_xor_si256(_mm256_xor_si256(a0, a1), _mm256_xor_si256(a2, a3));
+  return static_cast<uint64_t>(_mm256_extract_epi64(a, 0) ^ _mm256_extract_epi64(a, 3));
+}
+#endif
+
+uint64_t Sum(const uint64_t* p, int64_t n) {
+#ifdef PYENGINE_HAVE_AVX2_PROBE
+  if (GetCpuFeatures().avx2) return SumWordsAvx2(p, n);
+#endif
+  return SumWords(p, n);
 }
 
 }  // namespace
@@ -43,7 +69,7 @@ double MemoryReadBandwidth(int64_t n_bytes, int n_threads, int reps) {
     const auto t0 = std::chrono::steady_clock::now();
     pool.ParallelFor(pool.size(), [&](int64_t t, int) {
       const int64_t a = t * per, b = std::min(words, a + per);
-      if (b > a) sink = sink ^ SumWords(buf.get() + a, b - a);
+      if (b > a) sink = sink ^ Sum(buf.get() + a, b - a);
     });
     const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     best = std::max(best, static_cast<double>(n_bytes) / s / 1e9);
