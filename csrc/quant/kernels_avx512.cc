@@ -147,32 +147,26 @@ inline void TileFloat(const typename L::W* wg, int64_t cols, const float* xt, in
     for (int t = 0; t < T; ++t) _mm512_mask_storeu_ps(y + t * ldy + g * kFloatRows, masks[g], acc[g][t]);
 }
 
-// One token (decode): bandwidth bound, so two accumulators per group hide the FMA latency and
-// the stream is prefetched ahead.
-template <class L, int G>
-inline void VecFloat(const typename L::W* wg, int64_t cols, const float* x, float* y, const __mmask16* masks) {
-  __m512 a0[G], a1[G];
-  for (int g = 0; g < G; ++g) a0[g] = a1[g] = _mm512_setzero_ps();
+// One token (decode): bandwidth bound. One group at a time keeps each thread on a single
+// sequential stream; four accumulators hide the FMA latency; the stream is prefetched ahead.
+template <class L>
+inline void VecFloat(const typename L::W* wg, int64_t cols, const float* x, float* y, __mmask16 mask) {
+  __m512 a[4];
+  for (int j = 0; j < 4; ++j) a[j] = _mm512_setzero_ps();
   int64_t k = 0;
-  for (; k + 2 <= cols; k += 2) {
-    const __m512 x0 = _mm512_set1_ps(x[k]), x1 = _mm512_set1_ps(x[k + 1]);
-    for (int g = 0; g < G; ++g) {
-      const typename L::W* p = wg + (g * cols + k) * kFloatRows;
-      _mm_prefetch(reinterpret_cast<const char*>(p + 64 * kFloatRows), _MM_HINT_T0);
-      a0[g] = _mm512_fmadd_ps(L::Load(p), x0, a0[g]);
-      a1[g] = _mm512_fmadd_ps(L::Load(p + kFloatRows), x1, a1[g]);
-    }
+  for (; k + 4 <= cols; k += 4) {
+    const typename L::W* p = wg + k * kFloatRows;
+    _mm_prefetch(reinterpret_cast<const char*>(p + 64 * kFloatRows), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(p + 66 * kFloatRows), _MM_HINT_T0);
+    for (int j = 0; j < 4; ++j) a[j] = _mm512_fmadd_ps(L::Load(p + j * kFloatRows), _mm512_set1_ps(x[k + j]), a[j]);
   }
-  for (; k < cols; ++k) {
-    for (int g = 0; g < G; ++g) a0[g] = _mm512_fmadd_ps(L::Load(wg + (g * cols + k) * kFloatRows), _mm512_set1_ps(x[k]), a0[g]);
-  }
-  for (int g = 0; g < G; ++g) _mm512_mask_storeu_ps(y + g * kFloatRows, masks[g], _mm512_add_ps(a0[g], a1[g]));
+  for (; k < cols; ++k) a[0] = _mm512_fmadd_ps(L::Load(wg + k * kFloatRows), _mm512_set1_ps(x[k]), a[0]);
+  _mm512_mask_storeu_ps(y, mask, _mm512_add_ps(_mm512_add_ps(a[0], a[1]), _mm512_add_ps(a[2], a[3])));
 }
 
 template <class L, int G>
 void TokensFloat(const typename L::W* wg, int64_t cols, const float* x, int64_t n_tok, float* y,
                  int64_t ldy, const __mmask16* masks) {
-  if (n_tok == 1) return VecFloat<L, G>(wg, cols, x, y, masks);
   for (int64_t a = 0; a < n_tok; a += kXTile) {
     const int64_t tw = n_tok - a < kXTile ? n_tok - a : kXTile;
     const float* xt = x + a * cols;
@@ -196,6 +190,12 @@ inline __mmask16 RowMask(int64_t rows, int64_t g) {
 template <class L>
 void GemmFloat(const typename L::W* w, int64_t cols, const float* x, int64_t n_tok, int64_t g0,
                int64_t g1, int64_t rows, float* y, int64_t ldy) {
+  if (n_tok == 1) {
+    for (int64_t g = g0; g < g1; ++g) {
+      VecFloat<L>(w + g * cols * kFloatRows, cols, x, y + g * kFloatRows, RowMask(rows, g));
+    }
+    return;
+  }
   int64_t g = g0;
   for (; g + 2 <= g1; g += 2) {
     const __mmask16 masks[2] = {RowMask(rows, g), RowMask(rows, g + 1)};
