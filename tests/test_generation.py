@@ -192,6 +192,11 @@ def test_prompt_longer_than_context_is_refused(eng):
         eng.logits([])
 
 
+def test_absurd_thread_count_is_refused(tiny_f32):
+    with pytest.raises(ValueError, match="n_threads"):
+        Engine(tiny_f32, n_threads=100_000)
+
+
 def test_context_full_ends_with_length(tiny_f32):
     small = Engine(tiny_f32, n_ctx=16)
     out = small.generate([2] + [500] * 10, max_tokens=100, temperature=0, ignore_eos=True)

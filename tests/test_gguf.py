@@ -25,6 +25,8 @@ ALL_TYPES_KVS = [
     ("t.arr_str", ARRAY, (STRING, ["a", "", "ü"])),
     ("t.nested", ARRAY, (ARRAY, [(U8, [1, 2]), (F32, [0.5]), (STRING, ["x"])])),
     ("t.empty", ARRAY, (F64, [])),
+    ("t.arr_u64", ARRAY, (U64, [2**64 - 1, 2**53 + 1])),
+    ("t.arr_i64", ARRAY, (I64, [-(2**63), 2**53 + 1])),
 ]
 TENSORS = [("w", [4, 2], 0, np.arange(8, dtype=np.float32).tobytes()),
            ("v", [32], 1, np.ones(32, dtype=np.float16).tobytes())]
@@ -49,6 +51,9 @@ def test_reads_every_metadata_type(tmp_path, version):
     assert meta["t.arr_i32"] == [1, -2, 3] and meta["t.arr_str"] == ["a", "", "ü"]
     assert meta["t.nested"] == [[1, 2], [0.5], ["x"]]
     assert meta["t.empty"] == [] and lengths["t.arr_str"] == 3
+    # 64-bit integers come back exactly (not through a double)
+    assert meta["t.arr_u64"] == [2**64 - 1, 2**53 + 1]
+    assert meta["t.arr_i64"] == [-(2**63), 2**53 + 1]
     assert tensors == [("w", "F32", [4, 2], 32), ("v", "F16", [32], 64)]
 
 

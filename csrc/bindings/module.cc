@@ -66,8 +66,11 @@ py::object ValueToPy(const GgufValue& v, size_t max_array) {
           out.append(py::bool_(v.NumberAt(k) != 0));
         } else if (v.elem_type == GgufType::kF32 || v.elem_type == GgufType::kF64) {
           out.append(py::float_(v.NumberAt(k)));
+        } else if (v.elem_type == GgufType::kU8 || v.elem_type == GgufType::kU16 ||
+                   v.elem_type == GgufType::kU32 || v.elem_type == GgufType::kU64) {
+          out.append(py::int_(v.UnsignedAt(k)));
         } else {
-          out.append(py::int_(static_cast<long long>(v.NumberAt(k))));
+          out.append(py::int_(v.IntegerAt(k)));
         }
       }
       return std::move(out);
@@ -196,7 +199,10 @@ PYBIND11_MODULE(_core, m) {
           }
           if (!found || !IsSupportedWeightType(t.type)) throw py::value_error("unsupported type " + type_name);
           const TypeTraits* tr = GetTypeTraits(static_cast<uint32_t>(t.type));
-          if (rows <= 0 || cols <= 0 || cols % tr->block_size != 0) throw py::value_error("bad shape");
+          if (rows <= 0 || cols <= 0 || rows > (int64_t{1} << 31) || cols > (int64_t{1} << 24) ||
+              cols % tr->block_size != 0) {
+            throw py::value_error("bad shape");
+          }
           t.n_dims = 2;
           t.ne[0] = cols;
           t.ne[1] = rows;

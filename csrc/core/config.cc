@@ -41,13 +41,17 @@ ModelConfig LoadConfig(const GgufFile& f) {
   c.sliding_window = positive(p + "attention.sliding_window",
                               f.GetInt(p + "attention.sliding_window"), int64_t{1} << 24);
   c.rms_eps = static_cast<float>(f.GetFloat(p + "attention.layer_norm_rms_epsilon", 1e-6));
+  if (!(c.rms_eps >= 0.f && c.rms_eps < 1.f)) f.Fail("layer_norm_rms_epsilon is out of range");
   c.rope_base = static_cast<float>(f.GetFloat(p + "rope.freq_base", 1e6));
   c.rope_base_swa = static_cast<float>(f.GetFloat(p + "rope.freq_base_swa", 10000.0));
-  if (!(c.rope_base > 0) || !(c.rope_base_swa > 0)) f.Fail("rope.freq_base must be positive");
+  if (!(c.rope_base > 0) || !(c.rope_base_swa > 0) || !std::isfinite(c.rope_base) ||
+      !std::isfinite(c.rope_base_swa)) {
+    f.Fail("rope.freq_base must be positive and finite");
+  }
   std::string scaling = f.GetString(p + "rope.scaling.type", "none");
   if (scaling == "linear") {
     double factor = f.GetFloat(p + "rope.scaling.factor", 1.0);
-    if (!(factor > 0)) f.Fail("rope.scaling.factor must be positive");
+    if (!(factor >= 1e-3 && factor <= 1e6)) f.Fail("rope.scaling.factor is out of range");
     c.rope_scale = static_cast<float>(1.0 / factor);
   } else if (scaling != "none") {
     throw ModelError(f.path() + ": rope scaling '" + scaling + "' is not supported for gemma3");
@@ -55,7 +59,9 @@ ModelConfig LoadConfig(const GgufFile& f) {
   // Gemma 3 27B (62 layers) scales queries by 1/sqrt(n_embd/n_head), the others by 1/sqrt(head_dim).
   c.attn_scale = c.n_layer == 62 ? 1.f / std::sqrt(static_cast<float>(c.n_embd / c.n_head))
                                  : 1.f / std::sqrt(static_cast<float>(c.head_dim));
+  if (!std::isfinite(c.attn_scale)) f.Fail("embedding_length / head_count is zero");
   c.final_softcap = static_cast<float>(f.GetFloat(p + "final_logit_softcapping", 0.0));
+  if (!(c.final_softcap >= 0.f && std::isfinite(c.final_softcap))) f.Fail("final_logit_softcapping is out of range");
 
   // Five sliding-window layers, then one global, unless the file lists the pattern itself.
   c.layer_is_swa.assign(static_cast<size_t>(c.n_layer), 0);
@@ -76,6 +82,7 @@ ModelConfig LoadConfig(const GgufFile& f) {
            std::to_string(emb->ne[1]) + "], expected [" + std::to_string(c.n_embd) + ", n_vocab]");
   }
   c.n_vocab = emb->ne[1];
+  if (c.n_vocab > (int64_t{1} << 30)) f.Fail("vocabulary of " + std::to_string(c.n_vocab) + " rows is too large");
   return c;
 }
 

@@ -228,6 +228,30 @@ double GgufValue::NumberAt(uint64_t k) const {
   }
 }
 
+int64_t GgufValue::IntegerAt(uint64_t k) const {
+  const uint8_t* p = raw + k * ScalarSize(elem_type);
+  auto load = [p](auto v) { std::memcpy(&v, p, sizeof(v)); return v; };
+  switch (elem_type) {
+    case GgufType::kI8: return load(int8_t{});
+    case GgufType::kI16: return load(int16_t{});
+    case GgufType::kI32: return load(int32_t{});
+    case GgufType::kI64: return load(int64_t{});
+    default: return static_cast<int64_t>(UnsignedAt(k));
+  }
+}
+
+uint64_t GgufValue::UnsignedAt(uint64_t k) const {
+  const uint8_t* p = raw + k * ScalarSize(elem_type);
+  auto load = [p](auto v) { std::memcpy(&v, p, sizeof(v)); return v; };
+  switch (elem_type) {
+    case GgufType::kU8: case GgufType::kBool: return load(uint8_t{});
+    case GgufType::kU16: return load(uint16_t{});
+    case GgufType::kU32: return load(uint32_t{});
+    case GgufType::kU64: return load(uint64_t{});
+    default: return static_cast<uint64_t>(IntegerAt(k));
+  }
+}
+
 GgufFile::GgufFile(const std::string& path) : path_(path) {
   fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd_ < 0) throw GgufError(path, std::string("cannot open: ") + std::strerror(errno));
@@ -291,9 +315,8 @@ void GgufFile::Parse() {
     key_order_.push_back(std::move(skey));
   }
 
-  if (const GgufValue* a = Find("general.alignment")) {
-    if (!a->is_integer()) Fail("general.alignment is not an integer");
-    int64_t al = a->AsInt();
+  if (Find("general.alignment")) {
+    const int64_t al = GetInt("general.alignment");
     if (al <= 0 || al > (1 << 20) || (al & (al - 1)) != 0) {
       Fail("general.alignment " + std::to_string(al) + " is not a power of two");
     }

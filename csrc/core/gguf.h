@@ -54,6 +54,9 @@ struct GgufValue {
   double AsDouble() const; // any number
   // Element k of an array of numbers as double (bounds-checked by caller via count).
   double NumberAt(uint64_t k) const;
+  // Element k of an array of integers, exactly (u64 values above INT64_MAX: use UnsignedAt).
+  int64_t IntegerAt(uint64_t k) const;
+  uint64_t UnsignedAt(uint64_t k) const;
 };
 
 class GgufFile {

@@ -234,6 +234,7 @@ void Gemma3Model::Forward(const int32_t* tokens, int64_t n, int64_t pos0, KvCach
     add_rows(ws.o.data());
   }
 
+  if (!out) return;  // keys and values only (an earlier chunk of a long prompt)
   // Only the rows whose logits are wanted go through the (large) output projection.
   const int64_t n_out = all_logits ? n : 1;
   const float* last = x + (n - n_out) * E;

@@ -41,7 +41,8 @@ class Gemma3Model {
 
   // Runs tokens [n] of one sequence at positions pos0 .. pos0+n-1, appending their keys and
   // values to `kv` (which must hold positions < pos0 already). Writes logits of every token
-  // (all_logits) or of the last one only: out [all_logits ? n : 1, n_vocab].
+  // (all_logits) or of the last one only: out [all_logits ? n : 1, n_vocab]; with out == nullptr
+  // only the keys and values are computed.
   void Forward(const int32_t* tokens, int64_t n, int64_t pos0, KvCache& kv, Workspace& ws,
                bool all_logits, float* out, ThreadPool& pool) const;
 

@@ -55,9 +55,11 @@ struct KernelSet {
   // Prompt-sized F16 products through 16-bit integer dot products (twice the multiply rate of
   // float FMA where the CPU has them); nullptr where a level has no such kernel. Each 16-value
   // block of a row is scaled to 14-bit integers on the fly (|error| <= max|w_block| / 16382),
-  // activations come as XI16 rows. Used for n_tok >= kI16MinTokens only.
+  // activations come as XI16 rows. Used for n_tok >= kI16MinTokens only. wq / ws are the
+  // calling thread's scratch for one converted group: [cols/16 * 128] and [cols/16 * 16].
   void (*gemm_f16_i16)(const uint16_t* w, int64_t cols, const int16_t* xq, const float* xs,
-                       int64_t n_tok, int64_t g0, int64_t g1, int64_t rows, float* y, int64_t ldy);
+                       int64_t n_tok, int64_t g0, int64_t g1, int64_t rows, float* y, int64_t ldy,
+                       int32_t* wq, float* ws);
   void (*quantize_i16)(const float* x, int64_t cols, int16_t* xq, float* xs);  // one XI16 row
   int x_tile;  // tokens per activation tile the float kernels expect
   // Rounds and transposes tokens [t0, t1) of x [n_tok, cols] (t0 a multiple of x_tile) into
@@ -81,6 +83,9 @@ struct KernelSet {
 // x ~= xq * xs. 14-bit weights times 15-bit activations, 16 per lane, cannot overflow int32.
 constexpr int kI16Block = 16;
 constexpr int64_t kI16MinTokens = 16;
+constexpr int64_t kI16WeightMax = 8191, kI16ActMax = 16383;
+static_assert(kI16Block * kI16WeightMax * kI16ActMax <= 2147483647LL,
+              "a lane's 16 products must fit int32");
 
 // GELU-tanh of every fp16 value, rounded to fp16 and stored as float: [65536].
 const float* GeluFp16Table();

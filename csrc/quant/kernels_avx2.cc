@@ -12,6 +12,18 @@
 namespace pyengine {
 namespace {
 
+// Conversions used here are local (internal linkage) and use F16C: a shared inline helper
+// compiled in this file with wider instructions could be the copy the linker keeps for every
+// caller, and run on a CPU without them. For the same reason this file uses no STL templates.
+inline float H2F(uint16_t h) { return _cvtsh_ss(h); }
+inline uint16_t F2H(float f) { return static_cast<uint16_t>(_cvtss_sh(f, _MM_FROUND_TO_NEAREST_INT)); }
+inline float B2F(uint16_t h) {
+  const uint32_t bits = static_cast<uint32_t>(h) << 16;
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+
 inline float HorizontalSum(__m256 v) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -157,7 +169,7 @@ void QuantizeQ8(const float* x, int64_t cols, XQ8Block* out) {
     m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
     const float amax = _mm_cvtss_f32(m4);
     const float id = amax != 0.f ? 127.f / amax : 0.f;
-    out->d = Fp16ToFp32(Fp32ToFp16(amax / 127.f));
+    out->d = H2F(F2H(amax / 127.f));
     __m256i sum = _mm256_setzero_si256();
     int32_t q[32];
     for (int j = 0; j < 4; ++j) {
@@ -178,7 +190,7 @@ void ToF16(const float* x, uint16_t* out, int64_t n) {
     _mm_storeu_si128(reinterpret_cast<__m128i*>(out + i),
                      _mm256_cvtps_ph(_mm256_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
   }
-  for (; i < n; ++i) out[i] = Fp32ToFp16(x[i]);
+  for (; i < n; ++i) out[i] = F2H(x[i]);
 }
 
 void GeluMul(float* g, const float* u, int64_t n) {
@@ -194,7 +206,7 @@ void GeluMul(float* g, const float* u, int64_t n) {
   }
   for (; i < n; ++i) {
     const float x = g[i];
-    g[i] = (x <= -10.f ? 0.f : x >= 10.f ? x : table[Fp32ToFp16(x)]) * u[i];
+    g[i] = (x <= -10.f ? 0.f : x >= 10.f ? x : table[F2H(x)]) * u[i];
   }
 }
 
@@ -203,7 +215,7 @@ float DotF16(const float* x, const uint16_t* h, int64_t n) {
   int64_t i = 0;
   for (; i + 8 <= n; i += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(x + i), LoadF16::Load(h + i), acc);
   float s = HorizontalSum(acc);
-  for (; i < n; ++i) s += x[i] * Fp16ToFp32(h[i]);
+  for (; i < n; ++i) s += x[i] * H2F(h[i]);
   return s;
 }
 
@@ -213,7 +225,7 @@ void AxpyF16(float a, const uint16_t* h, float* y, int64_t n) {
   for (; i + 8 <= n; i += 8) {
     _mm256_storeu_ps(y + i, _mm256_fmadd_ps(av, LoadF16::Load(h + i), _mm256_loadu_ps(y + i)));
   }
-  for (; i < n; ++i) y[i] += a * Fp16ToFp32(h[i]);
+  for (; i < n; ++i) y[i] += a * H2F(h[i]);
 }
 
 }  // namespace

@@ -6,12 +6,23 @@
 #include <immintrin.h>
 
 #include <cstring>
-#include <vector>
 
 #include "quant/formats.h"
 
 namespace pyengine {
 namespace {
+
+// Conversions used here are local (internal linkage) and use F16C: a shared inline helper
+// compiled in this file with wider instructions could be the copy the linker keeps for every
+// caller, and run on a CPU without them. For the same reason this file uses no STL templates.
+inline float H2F(uint16_t h) { return _cvtsh_ss(h); }
+inline uint16_t F2H(float f) { return static_cast<uint16_t>(_cvtss_sh(f, _MM_FROUND_TO_NEAREST_INT)); }
+inline float B2F(uint16_t h) {
+  const uint32_t bits = static_cast<uint32_t>(h) << 16;
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
 
 inline __m512i Broadcast4(const int8_t* p) {
   int32_t v;
@@ -222,8 +233,8 @@ void PanelI16(const uint16_t* wg, int64_t cols, int32_t* wq, float* ws) {
       m = _mm512_max_ps(m, _mm512_abs_ps(v[j]));
     }
     const __mmask16 nz = _mm512_cmp_ps_mask(m, _mm512_setzero_ps(), _CMP_NEQ_OQ);
-    const __m512 inv = _mm512_maskz_div_ps(nz, _mm512_set1_ps(8191.f), m);
-    _mm512_storeu_ps(ws + blk * kFloatRows, _mm512_div_ps(m, _mm512_set1_ps(8191.f)));
+    const __m512 inv = _mm512_maskz_div_ps(nz, _mm512_set1_ps(static_cast<float>(kI16WeightMax)), m);
+    _mm512_storeu_ps(ws + blk * kFloatRows, _mm512_div_ps(m, _mm512_set1_ps(static_cast<float>(kI16WeightMax))));
     for (int c = 0; c < 8; ++c) {
       const __m512i q0 = _mm512_cvtps_epi32(_mm512_mul_ps(v[2 * c], inv));
       const __m512i q1 = _mm512_cvtps_epi32(_mm512_mul_ps(v[2 * c + 1], inv));
@@ -260,24 +271,20 @@ inline void TileI16(const int32_t* wq, const float* ws, int64_t nblk, const int1
 }
 
 void GemmF16I16(const uint16_t* w, int64_t cols, const int16_t* xq, const float* xs, int64_t n_tok,
-                int64_t g0, int64_t g1, int64_t rows, float* y, int64_t ldy) {
+                int64_t g0, int64_t g1, int64_t rows, float* y, int64_t ldy, int32_t* wq, float* ws) {
   constexpr int kT = 12;
   const int64_t nblk = cols / kI16Block;
-  thread_local std::vector<int32_t> wq;  // this thread's current panel (L2-resident)
-  thread_local std::vector<float> ws;
-  wq.resize(static_cast<size_t>(nblk * 8 * kFloatRows));
-  ws.resize(static_cast<size_t>(nblk * kFloatRows));
   for (int64_t g = g0; g < g1; ++g) {
-    // Converted once per group, then used by every token of the prompt.
-    PanelI16(w + g * cols * kFloatRows, cols, wq.data(), ws.data());
+    // Converted once per group into this thread's scratch, then used by every prompt token.
+    PanelI16(w + g * cols * kFloatRows, cols, wq, ws);
     const __mmask16 mask = RowMask(rows, g);
     float* yg = y + g * kFloatRows;
     int64_t t = 0;
     for (; t + kT <= n_tok; t += kT) {
-      TileI16<kT>(wq.data(), ws.data(), nblk, xq + t * cols, xs + t * nblk, cols, yg + t * ldy, ldy, mask);
+      TileI16<kT>(wq, ws, nblk, xq + t * cols, xs + t * nblk, cols, yg + t * ldy, ldy, mask);
     }
     for (; t < n_tok; ++t) {
-      TileI16<1>(wq.data(), ws.data(), nblk, xq + t * cols, xs + t * nblk, cols, yg + t * ldy, ldy, mask);
+      TileI16<1>(wq, ws, nblk, xq + t * cols, xs + t * nblk, cols, yg + t * ldy, ldy, mask);
     }
   }
 }
@@ -289,8 +296,8 @@ void QuantizeI16(const float* x, int64_t cols, int16_t* xq, float* xs) {
     const __m512 v = _mm512_cvtph_ps(_mm512_cvtps_ph(_mm512_loadu_ps(x + blk * kI16Block),
                                                      _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
     const float amax = _mm512_reduce_max_ps(_mm512_abs_ps(v));
-    const float inv = amax != 0.f ? 16383.f / amax : 0.f;
-    xs[blk] = amax / 16383.f;
+    const float inv = amax != 0.f ? static_cast<float>(kI16ActMax) / amax : 0.f;
+    xs[blk] = amax / static_cast<float>(kI16ActMax);
     const __m512i q = _mm512_cvtps_epi32(_mm512_mul_ps(v, _mm512_set1_ps(inv)));
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(xq + blk * kI16Block), _mm512_cvtepi32_epi16(q));
   }
@@ -316,20 +323,22 @@ void RoundRow(const float* x, int64_t n, XRound round, float* out) {
     _mm512_storeu_ps(out + k, v);
   }
   for (; k < n; ++k) {
-    out[k] = round == XRound::kF16 ? Fp16ToFp32(Fp32ToFp16(x[k]))
-           : round == XRound::kBF16 ? Bf16ToFp32(Fp32ToBf16(x[k])) : x[k];
+    out[k] = round == XRound::kF16 ? H2F(F2H(x[k]))
+           : round == XRound::kBF16 ? B2F(Fp32ToBf16(x[k])) : x[k];
   }
 }
 
 void PackX(const float* x, int64_t n_tok, int64_t cols, int64_t t0, int64_t t1, XRound round, float* out) {
-  std::vector<float> row(static_cast<size_t>(cols));
+  constexpr int64_t kChunk = 256;
+  float row[kChunk];  // one token's rounded values for a chunk of k
   for (int64_t a = t0; a < t1; a += kXTile) {
     const int64_t tw = n_tok - a < kXTile ? n_tok - a : kXTile;
     float* o = out + a * cols;  // [cols, tw]
-    for (int64_t j = 0; j < tw; ++j) {
-      RoundRow(x + (a + j) * cols, cols, round, tw == 1 ? o : row.data());
-      if (tw > 1) {
-        for (int64_t k = 0; k < cols; ++k) o[k * tw + j] = row[k];
+    for (int64_t k0 = 0; k0 < cols; k0 += kChunk) {
+      const int64_t len = cols - k0 < kChunk ? cols - k0 : kChunk;
+      for (int64_t j = 0; j < tw; ++j) {
+        RoundRow(x + (a + j) * cols + k0, len, round, row);
+        for (int64_t k = 0; k < len; ++k) o[(k0 + k) * tw + j] = row[k];
       }
     }
   }
@@ -340,7 +349,7 @@ void QuantizeQ8(const float* x, int64_t cols, XQ8Block* out) {
     const __m512 v0 = _mm512_loadu_ps(x), v1 = _mm512_loadu_ps(x + 16);
     const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
     const float id = amax != 0.f ? 127.f / amax : 0.f;
-    out->d = Fp16ToFp32(Fp32ToFp16(amax / 127.f));
+    out->d = H2F(F2H(amax / 127.f));
     // Conversion under the default rounding mode: nearest, ties to even, as ggml's
     // _mm256_round_ps(_MM_ROUND_NEAREST).
     const __m512i q0 = _mm512_cvtps_epi32(_mm512_mul_ps(v0, _mm512_set1_ps(id)));
@@ -357,7 +366,7 @@ void ToF16(const float* x, uint16_t* out, int64_t n) {
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + i),
                         _mm512_cvtps_ph(_mm512_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
   }
-  for (; i < n; ++i) out[i] = Fp32ToFp16(x[i]);
+  for (; i < n; ++i) out[i] = F2H(x[i]);
 }
 
 void GeluMul(float* g, const float* u, int64_t n) {
@@ -373,7 +382,7 @@ void GeluMul(float* g, const float* u, int64_t n) {
   }
   for (; i < n; ++i) {
     const float x = g[i];
-    g[i] = (x <= -10.f ? 0.f : x >= 10.f ? x : table[Fp32ToFp16(x)]) * u[i];
+    g[i] = (x <= -10.f ? 0.f : x >= 10.f ? x : table[F2H(x)]) * u[i];
   }
 }
 

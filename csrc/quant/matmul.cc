@@ -90,53 +90,27 @@ void PackedMatrix::Row(int64_t r, float* out) const {
   }
 }
 
-void QuantizeActivations(const float* x, int64_t n_tok, int64_t cols, XQ8Block* out) {
-  const KernelSet& k = ActiveKernels();
-  const int64_t nb = cols / kQ8_0Block;
-  for (int64_t t = 0; t < n_tok; ++t) k.quantize_q8(x + t * cols, cols, out + t * nb);
-}
-
 void MatMulInput::Set(const float* x, int64_t n_tok, int64_t cols) {
   x_ = x;
   n_tok_ = n_tok;
   cols_ = cols;
-  q8_ready_ = false;
-  i16_ready_ = false;
-  tiles_kind_ = -1;
+  q8_isa_ = tiles_kind_ = tiles_isa_ = i16_isa_ = -1;
 }
 
-void MatMulInput::I16(ThreadPool& pool, const int16_t** xq, const float** xs) {
-  if (!i16_ready_) {
-    const KernelSet& k = ActiveKernels();
-    const int64_t nblk = cols_ / kI16Block;
-    i16_.resize(static_cast<size_t>(n_tok_ * cols_));
-    i16_scales_.resize(static_cast<size_t>(n_tok_ * nblk));
-    int16_t* q = i16_.data();
-    float* sc = i16_scales_.data();
-    ParallelRanges(pool, n_tok_, 16, [&](int64_t t0, int64_t t1) {
-      for (int64_t t = t0; t < t1; ++t) k.quantize_i16(x_ + t * cols_, cols_, q + t * cols_, sc + t * nblk);
-    });
-    i16_ready_ = true;
-  }
-  *xq = i16_.data();
-  *xs = i16_scales_.data();
-}
-
-const XQ8Block* MatMulInput::Q8(ThreadPool& pool) {
-  if (!q8_ready_) {
+const XQ8Block* MatMulInput::Q8(const KernelSet& k, ThreadPool& pool) {
+  if (q8_isa_ != static_cast<int>(k.level)) {
     const int64_t nb = cols_ / kQ8_0Block;
     q8_.resize(static_cast<size_t>(n_tok_ * nb));
     XQ8Block* out = q8_.data();
     ParallelRanges(pool, n_tok_, 16, [&](int64_t t0, int64_t t1) {
-      QuantizeActivations(x_ + t0 * cols_, t1 - t0, cols_, out + t0 * nb);
+      for (int64_t t = t0; t < t1; ++t) k.quantize_q8(x_ + t * cols_, cols_, out + t * nb);
     });
-    q8_ready_ = true;
+    q8_isa_ = static_cast<int>(k.level);
   }
   return q8_.data();
 }
 
-const float* MatMulInput::Tiles(GgmlType type, ThreadPool& pool) {
-  const KernelSet& k = ActiveKernels();
+const float* MatMulInput::Tiles(const KernelSet& k, GgmlType type, ThreadPool& pool) {
   if (tiles_kind_ != static_cast<int>(type) || tiles_isa_ != static_cast<int>(k.level)) {
     // The reference converts activations to the weights' 16-bit type first.
     const XRound round = type == GgmlType::kF16    ? XRound::kF16
@@ -154,6 +128,30 @@ const float* MatMulInput::Tiles(GgmlType type, ThreadPool& pool) {
   return tiles_.data();
 }
 
+void MatMulInput::I16(const KernelSet& k, ThreadPool& pool, const int16_t** xq, const float** xs) {
+  if (i16_isa_ != static_cast<int>(k.level)) {
+    const int64_t nblk = cols_ / kI16Block;
+    i16_.resize(static_cast<size_t>(n_tok_ * cols_));
+    i16_scales_.resize(static_cast<size_t>(n_tok_ * nblk));
+    int16_t* q = i16_.data();
+    float* sc = i16_scales_.data();
+    ParallelRanges(pool, n_tok_, 16, [&](int64_t t0, int64_t t1) {
+      for (int64_t t = t0; t < t1; ++t) k.quantize_i16(x_ + t * cols_, cols_, q + t * cols_, sc + t * nblk);
+    });
+    i16_isa_ = static_cast<int>(k.level);
+  }
+  *xq = i16_.data();
+  *xs = i16_scales_.data();
+}
+
+void MatMulInput::I16Scratch(int n_threads, int32_t** wq, float** ws) {
+  const int64_t nblk = cols_ / kI16Block;
+  panel_.resize(static_cast<size_t>(n_threads * nblk * 8 * kFloatRows));
+  panel_scales_.resize(static_cast<size_t>(n_threads * nblk * kFloatRows));
+  *wq = panel_.data();
+  *ws = panel_scales_.data();
+}
+
 void MatMul(const PackedMatrix& w, const float* x, int64_t n_tok, float* y, ThreadPool& pool) {
   MatMulInput in;
   in.Set(x, n_tok, w.cols());
@@ -161,13 +159,13 @@ void MatMul(const PackedMatrix& w, const float* x, int64_t n_tok, float* y, Thre
 }
 
 void MatMul(const PackedMatrix& w, MatMulInput& in, float* y, ThreadPool& pool) {
-  const KernelSet& k = ActiveKernels();
+  const KernelSet& k = ActiveKernels();  // one snapshot for the whole product
   const int64_t rows = w.rows(), cols = w.cols(), n_tok = in.n_tok();
   if (in.cols() != cols) throw std::invalid_argument("MatMul: input width does not match the matrix");
   switch (w.type()) {
     case GgmlType::kQ8_0: {
       const int64_t nb = cols / kQ8_0Block;
-      const XQ8Block* xq = in.Q8(pool);
+      const XQ8Block* xq = in.Q8(k, pool);
       const int64_t groups = (rows + kQ8Rows - 1) / kQ8Rows;
       ParallelRanges(pool, groups, 1, [&](int64_t g0, int64_t g1) {
         k.gemm_q8(w.q8(), nb, xq, n_tok, g0, g1, rows, y, rows);
@@ -177,21 +175,27 @@ void MatMul(const PackedMatrix& w, MatMulInput& in, float* y, ThreadPool& pool) 
     case GgmlType::kF16:
     case GgmlType::kBF16:
     case GgmlType::kF32: {
+      const int64_t groups = (rows + kFloatRows - 1) / kFloatRows;
       if (w.type() == GgmlType::kF16 && k.gemm_f16_i16 && n_tok >= kI16MinTokens &&
           cols % kI16Block == 0) {
         // Prompts: integer dot products, twice the float multiply rate (see kernel_set.h).
         const int16_t* xq;
         const float* xs;
-        in.I16(pool, &xq, &xs);
-        const int64_t groups = (rows + kFloatRows - 1) / kFloatRows;
-        ParallelRanges(pool, groups, 1, [&](int64_t g0, int64_t g1) {
+        in.I16(k, pool, &xq, &xs);
+        int32_t* wq;
+        float* ws;
+        in.I16Scratch(pool.size(), &wq, &ws);
+        const int64_t nblk = cols / kI16Block;
+        const int64_t chunk = std::max<int64_t>(1, groups / (pool.size() * 8));
+        pool.ParallelFor((groups + chunk - 1) / chunk, [&](int64_t task, int thread) {
+          const int64_t g0 = task * chunk, g1 = std::min(groups, g0 + chunk);
           k.gemm_f16_i16(reinterpret_cast<const uint16_t*>(w.data()), cols, xq, xs, n_tok, g0, g1,
-                         rows, y, rows);
+                         rows, y, rows, wq + thread * nblk * 8 * kFloatRows,
+                         ws + thread * nblk * kFloatRows);
         });
         return;
       }
-      const float* xp = in.Tiles(w.type(), pool);
-      const int64_t groups = (rows + kFloatRows - 1) / kFloatRows;
+      const float* xp = in.Tiles(k, w.type(), pool);
       // Pairs of groups per slice: the AVX-512 kernel works on two groups at once.
       const int64_t pairs = (groups + 1) / 2;
       ParallelRanges(pool, pairs, 1, [&](int64_t p0, int64_t p1) {

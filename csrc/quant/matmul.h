@@ -44,9 +44,6 @@ class PackedMatrix {
   size_t packed_bytes_ = 0;
 };
 
-// Quantizes rows of activations to Q8_0 exactly as ggml does: x [n_tok, cols] -> out [n_tok, cols/32].
-void QuantizeActivations(const float* x, int64_t n_tok, int64_t cols, XQ8Block* out);
-
 // One input of several projections (q, k and v read the same normed rows): the form each
 // weight type wants (Q8_0 blocks, or rounded token tiles) is built on first use and reused.
 class MatMulInput {
@@ -57,22 +54,30 @@ class MatMulInput {
   const float* x() const { return x_; }
   int64_t n_tok() const { return n_tok_; }
   int64_t cols() const { return cols_; }
-  const XQ8Block* Q8(ThreadPool& pool);                        // [n_tok, cols / 32]
-  const float* Tiles(GgmlType type, ThreadPool& pool);         // pack_x layout for `type`
+  // Each form is built with (and only valid for) the kernel set `k`: callers take one
+  // snapshot of ActiveKernels() per product, so a concurrent SetIsa cannot mix layouts.
+  const XQ8Block* Q8(const KernelSet& k, ThreadPool& pool);                // [n_tok, cols / 32]
+  const float* Tiles(const KernelSet& k, GgmlType type, ThreadPool& pool);  // pack_x layout
   // fp16-rounded rows as 15-bit integer blocks: xq [n_tok, cols], scales [n_tok, cols/16].
-  void I16(ThreadPool& pool, const int16_t** xq, const float** xs);
+  void I16(const KernelSet& k, ThreadPool& pool, const int16_t** xq, const float** xs);
+  // Per-thread scratch for one converted F16 group (see KernelSet::gemm_f16_i16).
+  void I16Scratch(int n_threads, int32_t** wq, float** ws);
 
  private:
   const float* x_ = nullptr;
   int64_t n_tok_ = 0, cols_ = 0;
   bool q8_ready_ = false;
+  int q8_isa_ = -1;      // kernel level that built each form, -1: not built
   int tiles_kind_ = -1;  // GgmlType whose rounding tiles_ holds, -1: none
   int tiles_isa_ = -1;   // the tile width depends on the kernel level
+  int i16_isa_ = -1;
   bool i16_ready_ = false;
   std::vector<XQ8Block> q8_;
   std::vector<float> tiles_;
   std::vector<int16_t> i16_;
   std::vector<float> i16_scales_;
+  std::vector<int32_t> panel_;        // [n_threads, cols/16 * 128]
+  std::vector<float> panel_scales_;   // [n_threads, cols/16 * 16]
 };
 
 // y[t, r] = W[r, :] . x[t, :]   w: [rows, cols], x: [n_tok, cols], y: [n_tok, rows].

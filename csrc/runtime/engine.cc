@@ -22,8 +22,8 @@ Engine::Engine(const std::string& path, const EngineOptions& opts)
     : file_(std::make_unique<GgufFile>(path)),
       cfg_(LoadConfig(*file_)),
       pool_(opts.n_threads),
-      model_(std::make_unique<Gemma3Model>(*file_, cfg_, pool_)),
       tok_(std::make_unique<Tokenizer>(LoadVocab(*file_))),
+      model_(std::make_unique<Gemma3Model>(*file_, cfg_, pool_)),
       n_ctx_(ClampCtx(opts.n_ctx, cfg_.n_ctx_train)),
       kv_(cfg_.n_layer, n_ctx_, cfg_.kv_dim()) {
   if (tok_->n_vocab() > cfg_.n_vocab) {
@@ -71,8 +71,10 @@ int64_t Engine::Eval(const std::vector<int32_t>& ids, float* out) {
   cached_.resize(static_cast<size_t>(keep));
   for (int64_t s = keep; s < n; s += kUbatch) {
     const int64_t m = std::min(kUbatch, n - s);
-    // Positions [s, s+m) overwrite whatever an older sequence left there.
-    model_->Forward(ids.data() + s, m, s, kv_, ws_, /*all_logits=*/false, out, pool_);
+    // Positions [s, s+m) overwrite whatever an older sequence left there. Only the last
+    // chunk's logits are wanted: the others skip the output projection.
+    model_->Forward(ids.data() + s, m, s, kv_, ws_, /*all_logits=*/false,
+                    s + m == n ? out : nullptr, pool_);
     cached_.insert(cached_.end(), ids.begin() + s, ids.begin() + s + m);
   }
   return n - keep;

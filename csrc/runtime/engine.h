@@ -46,8 +46,8 @@ class Engine {
   std::unique_ptr<GgufFile> file_;
   ModelConfig cfg_;
   ThreadPool pool_;
+  std::unique_ptr<Tokenizer> tok_;       // before the model: a bad vocabulary fails fast
   std::unique_ptr<Gemma3Model> model_;
-  std::unique_ptr<Tokenizer> tok_;
   int64_t n_ctx_;
 
   std::mutex mu_;  // guards everything below

@@ -51,14 +51,18 @@ GenerationStep Generation::Next() {
     eval_ns_ += dt;
   }
 
-  const int32_t tok = sampler_.Sample(logits_.data(), static_cast<int32_t>(logits_.size()), seq_);
+  // Only ids the tokenizer knows are candidates (a file may pad token_embd beyond them).
+  const int32_t n_cand = std::min<int32_t>(static_cast<int32_t>(logits_.size()), engine_.tokenizer().n_vocab());
+  const int32_t tok = sampler_.Sample(logits_.data(), n_cand, seq_);
+  const bool eog = !opts_.ignore_eos && engine_.tokenizer().IsEog(tok);
+  const std::string text = eog ? std::string() : decoder_.Push(tok);
   step.token = tok;
   seq_.push_back(tok);
   output_.push_back(tok);
   ++eval_count_;
 
-  if (!opts_.ignore_eos && engine_.tokenizer().IsEog(tok)) return Finish(step, "stop", true);
-  pending_ += decoder_.Push(tok);
+  if (eog) return Finish(step, "stop", true);
+  pending_ += text;
   if (ReleaseText(&step.text)) return Finish(step, "stop", false);
   if (opts_.max_tokens > 0 && eval_count_ >= opts_.max_tokens) return Finish(step, "length", true);
   return step;

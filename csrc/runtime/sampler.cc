@@ -10,7 +10,8 @@ Sampler::Sampler(const SamplingParams& p) : p_(p), rng_(p.seed) {}
 
 int32_t Sampler::Sample(const float* logits, int32_t n_vocab, const std::vector<int32_t>& history) {
   cand_.resize(static_cast<size_t>(n_vocab));
-  for (int32_t i = 0; i < n_vocab; ++i) cand_[i] = {i, logits[i]};
+  // NaN would break the orderings below: it ranks as impossible.
+  for (int32_t i = 0; i < n_vocab; ++i) cand_[i] = {i, std::isnan(logits[i]) ? -INFINITY : logits[i]};
 
   // Penalties over the recent window (llama.cpp / Ollama semantics: divide positive logits,
   // multiply negative ones by repeat_penalty; presence/frequency subtract).
@@ -44,7 +45,8 @@ int32_t Sampler::Sample(const float* logits, int32_t n_vocab, const std::vector<
 
   // Probabilities at temperature 1 for the top-p / min-p cuts (as llama.cpp's chain does
   // before temperature), then the temperature for the final draw.
-  std::vector<double> prob(keep);
+  std::vector<double>& prob = prob_;
+  prob.resize(keep);
   const double mx = cand_[0].logit;
   double sum = 0;
   for (size_t i = 0; i < keep; ++i) sum += prob[i] = std::exp(cand_[i].logit - mx);

@@ -36,6 +36,7 @@ class Sampler {
   SamplingParams p_;
   std::mt19937_64 rng_;
   std::vector<Candidate> cand_;  // [n_vocab] scratch
+  std::vector<double> prob_;     // [kept candidates] scratch
 };
 
 }  // namespace pyengine

@@ -1,6 +1,8 @@
 #include "runtime/thread_pool.h"
 
 #include <chrono>
+#include <stdexcept>
+#include <string>
 
 #if defined(__x86_64__) || defined(_M_X64)
 #include <immintrin.h>
@@ -25,7 +27,23 @@ int DefaultThreadCount() {
 
 ThreadPool::ThreadPool(int n_threads)
     : n_threads_(n_threads > 0 ? n_threads : DefaultThreadCount()) {
-  for (int i = 1; i < n_threads_; ++i) workers_.emplace_back([this, i] { WorkerLoop(i); });
+  if (n_threads_ > kMaxThreads) {
+    throw std::invalid_argument("n_threads " + std::to_string(n_threads_) + " exceeds " +
+                                std::to_string(kMaxThreads));
+  }
+  try {
+    for (int i = 1; i < n_threads_; ++i) workers_.emplace_back([this, i] { WorkerLoop(i); });
+  } catch (...) {
+    // Joinable threads must not be destroyed: stop and join the ones that started.
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stop_ = true;
+      generation_.fetch_add(1);
+    }
+    cv_.notify_all();
+    for (auto& t : workers_) t.join();
+    throw;
+  }
 }
 
 ThreadPool::~ThreadPool() {
@@ -41,8 +59,14 @@ ThreadPool::~ThreadPool() {
 void ThreadPool::RunTasks(int index) {
   for (;;) {
     const int64_t task = next_task_.fetch_add(1, std::memory_order_relaxed);
-    if (task >= n_tasks_) break;
-    (*fn_)(task, index);
+    if (task >= n_tasks_ || failed_.load(std::memory_order_relaxed)) break;
+    try {
+      (*fn_)(task, index);
+    } catch (...) {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (!error_) error_ = std::current_exception();
+      failed_.store(true, std::memory_order_relaxed);
+    }
   }
 }
 
@@ -57,6 +81,8 @@ void ThreadPool::ParallelFor(int64_t n_tasks, const std::function<void(int64_t, 
     std::lock_guard<std::mutex> lock(mu_);
     fn_ = &fn;
     n_tasks_ = n_tasks;
+    failed_.store(false, std::memory_order_relaxed);
+    error_ = nullptr;
     next_task_.store(0, std::memory_order_relaxed);
     busy_workers_.store(static_cast<int>(workers_.size()), std::memory_order_relaxed);
     generation_.fetch_add(1, std::memory_order_release);
@@ -65,6 +91,15 @@ void ThreadPool::ParallelFor(int64_t n_tasks, const std::function<void(int64_t, 
   RunTasks(0);
   // Workers still finishing their last task: wait for all of them before fn goes out of scope.
   while (busy_workers_.load(std::memory_order_acquire) != 0) PYENGINE_PAUSE();
+  if (failed_.load()) {
+    std::exception_ptr e;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      e = error_;
+      error_ = nullptr;
+    }
+    std::rethrow_exception(e);
+  }
 }
 
 void ThreadPool::WorkerLoop(int index) {

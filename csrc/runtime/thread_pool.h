@@ -4,6 +4,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
+#include <exception>
 #include <functional>
 #include <mutex>
 #include <thread>
@@ -13,8 +14,10 @@ namespace pyengine {
 
 class ThreadPool {
  public:
-  // n_threads counts the calling thread: n_threads - 1 workers are started. 0 means all cores.
+  // n_threads counts the calling thread: n_threads - 1 workers are started. 0 means all cores;
+  // more than kMaxThreads is refused (std::invalid_argument).
   explicit ThreadPool(int n_threads);
+  static constexpr int kMaxThreads = 256;
   ~ThreadPool();
   ThreadPool(const ThreadPool&) = delete;
   ThreadPool& operator=(const ThreadPool&) = delete;
@@ -22,7 +25,8 @@ class ThreadPool {
   int size() const { return n_threads_; }
 
   // Calls fn(task, thread_index) for every task in [0, n_tasks), spread over all threads
-  // (the caller takes part), and returns when all are done. fn must not throw.
+  // (the caller takes part), and returns when all are done. If fn throws, the remaining
+  // tasks are skipped and the first exception is rethrown here once every thread has stopped.
   // Tasks are handed out in order from a shared counter, so give each a contiguous slice.
   void ParallelFor(int64_t n_tasks, const std::function<void(int64_t, int)>& fn);
 
@@ -42,6 +46,8 @@ class ThreadPool {
   int64_t n_tasks_ = 0;
   std::atomic<int64_t> next_task_{0};
   std::atomic<int> busy_workers_{0};
+  std::atomic<bool> failed_{false};
+  std::exception_ptr error_;  // first exception of the current job (set once, under mu_)
   std::mutex call_mu_;  // serialises ParallelFor callers
 };
 
