@@ -11,9 +11,9 @@ ceiling (measured read bandwidth / weight bytes read per token).
 Writes a table to stdout, OUT/bench_cpu.json and OUT/bench_cpu.png (when matplotlib is present).
 Every (engine, repetition) runs in a fresh subprocess, so load time and peak RSS are one engine's
 own, and engines alternate (A,B,B,A,...) so slow drifts of the machine hit both alike. Load time is
-what each constructor takes: llama.cpp maps the file with MAP_POPULATE (reads it all in), a lazy
-mapping defers that to the first forward. A warm-up forward runs before anything else is timed, so
-the other metrics are of resident weights either way.
+what each constructor takes: llama.cpp maps the file with MAP_POPULATE (reads it all in); pyengine
+reads it while repacking the weights for its kernels. A warm-up forward runs before anything else
+is timed, so the other metrics are of resident weights either way.
 """
 
 from __future__ import annotations

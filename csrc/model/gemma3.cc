@@ -95,17 +95,14 @@ void Grow(std::vector<float>& v, int64_t n) {
 
 Gemma3Model::Gemma3Model(const GgufFile& f, const ModelConfig& cfg, ThreadPool& pool) : cfg_(cfg) {
   const int64_t E = cfg.n_embd, D = cfg.head_dim, F = cfg.n_ff;
-  // A repacked copy replaces the file's bytes: release those pages so memory holds one copy.
-  auto pack = [&](const TensorView& t) {
-    PackedMatrix m(t, pool);
-    if (m.repacked()) f.ReleasePages(t);
-    return m;
-  };
+  // Matrices are bound first and packed together at the end, into one arena.
+  std::vector<std::pair<TensorView, PackedMatrix*>> jobs;
+  auto pack = [&](const TensorView& t, PackedMatrix* dst) { jobs.emplace_back(t, dst); };
   tok_embd_ = Bind(f, "token_embd.weight", {E, cfg.n_vocab});
   TensorView out = Bind(f, "output.weight", {E, cfg.n_vocab}, /*optional=*/true);
   // Tied embeddings: lookups read rows of the output projection's packed copy, so the
   // released file pages stay released.
-  output_ = pack(out.data ? out : tok_embd_);
+  pack(out.data ? out : tok_embd_, &output_);
   tied_ = out.data == nullptr;
   output_norm_ = BindVector(f, "output_norm.weight", E);
 
@@ -114,17 +111,17 @@ Gemma3Model::Gemma3Model(const GgufFile& f, const ModelConfig& cfg, ThreadPool& 
     Layer& L = layers_[l];
     const std::string p = "blk." + std::to_string(l) + ".";
     L.attn_norm = BindVector(f, p + "attn_norm.weight", E);
-    L.attn_q = pack(Bind(f, p + "attn_q.weight", {E, cfg.q_dim()}));
-    L.attn_k = pack(Bind(f, p + "attn_k.weight", {E, cfg.kv_dim()}));
-    L.attn_v = pack(Bind(f, p + "attn_v.weight", {E, cfg.kv_dim()}));
-    L.attn_output = pack(Bind(f, p + "attn_output.weight", {cfg.q_dim(), E}));
+    pack(Bind(f, p + "attn_q.weight", {E, cfg.q_dim()}), &L.attn_q);
+    pack(Bind(f, p + "attn_k.weight", {E, cfg.kv_dim()}), &L.attn_k);
+    pack(Bind(f, p + "attn_v.weight", {E, cfg.kv_dim()}), &L.attn_v);
+    pack(Bind(f, p + "attn_output.weight", {cfg.q_dim(), E}), &L.attn_output);
     L.attn_q_norm = BindVector(f, p + "attn_q_norm.weight", D);
     L.attn_k_norm = BindVector(f, p + "attn_k_norm.weight", D);
     L.post_attention_norm = BindVector(f, p + "post_attention_norm.weight", E);
     L.ffn_norm = BindVector(f, p + "ffn_norm.weight", E);
-    L.ffn_gate = pack(Bind(f, p + "ffn_gate.weight", {E, F}));
-    L.ffn_up = pack(Bind(f, p + "ffn_up.weight", {E, F}));
-    L.ffn_down = pack(Bind(f, p + "ffn_down.weight", {F, E}));
+    pack(Bind(f, p + "ffn_gate.weight", {E, F}), &L.ffn_gate);
+    pack(Bind(f, p + "ffn_up.weight", {E, F}), &L.ffn_up);
+    pack(Bind(f, p + "ffn_down.weight", {F, E}), &L.ffn_down);
     L.post_ffw_norm = BindVector(f, p + "post_ffw_norm.weight", E);
 
     // Sliding layers: local base, no scaling. Global layers: global base with linear scaling.
@@ -135,6 +132,17 @@ Gemma3Model::Gemma3Model(const GgufFile& f, const ModelConfig& cfg, ThreadPool& 
     for (int64_t i = 0; i < D / 2; ++i) {
       L.rope_inv_freq[i] = scale * std::pow(base, -2.f * static_cast<float>(i) / static_cast<float>(D));
     }
+  }
+
+  size_t total = 0;
+  for (const auto& job : jobs) total += PackedMatrix::PackedBytes(job.first);
+  arena_ = std::make_unique<WeightArena>(total);
+  size_t offset = 0;
+  for (const auto& [view, dst] : jobs) {
+    *dst = PackedMatrix(view, pool, arena_->data() + offset);
+    offset += PackedMatrix::PackedBytes(view);
+    // The packed copy replaces the file's bytes: release those pages so memory holds one copy.
+    f.ReleasePages(view);
   }
 }
 

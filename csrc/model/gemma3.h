@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "core/config.h"
@@ -59,6 +60,7 @@ class Gemma3Model {
                  ThreadPool& pool) const;
 
   ModelConfig cfg_;
+  std::unique_ptr<WeightArena> arena_;  // every packed matrix below lives here
   TensorView tok_embd_;   // [n_vocab, n_embd] rows looked up per token
   PackedMatrix output_;   // [n_vocab, n_embd], token_embd when tied
   bool tied_ = false;     // output_ is token_embd

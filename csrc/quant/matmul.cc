@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <sys/mman.h>
 #include <new>
 #include <vector>
 
@@ -16,14 +17,38 @@ namespace {
 
 void PackedMatrix::Free::operator()(void* p) const { std::free(p); }
 
-PackedMatrix::PackedMatrix(const TensorView& t, ThreadPool& pool) : src_(t) {
-  if (t.type != GgmlType::kQ8_0) {
-    PackFloat(pool);
-    return;
+size_t PackedMatrix::PackedBytes(const TensorView& t) {
+  size_t bytes;
+  if (t.type == GgmlType::kQ8_0) {
+    bytes = static_cast<size_t>((t.rows() + kQ8Rows - 1) / kQ8Rows * (t.cols() / kQ8_0Block)) * sizeof(Q8x16Block);
+  } else {
+    const size_t elem = t.type == GgmlType::kF32 ? 4 : 2;
+    bytes = static_cast<size_t>((t.rows() + kFloatRows - 1) / kFloatRows * t.cols() * kFloatRows) * elem;
   }
+  return (bytes + 63) / 64 * 64;
+}
+
+PackedMatrix::PackedMatrix(const TensorView& t, ThreadPool& pool, uint8_t* dst) : src_(t) {
+  if (!dst) {
+    // 64-byte alignment: every group's data starts on a cache line.
+    void* mem = std::aligned_alloc(64, PackedBytes(t));
+    if (!mem) throw std::bad_alloc();
+    owned_.reset(static_cast<uint8_t*>(mem));
+    dst = owned_.get();
+  }
+  data_ = dst;
+  if (t.type == GgmlType::kQ8_0) {
+    PackQ8(pool, dst);
+  } else {
+    PackFloat(pool, dst);
+  }
+}
+
+void PackedMatrix::PackQ8(ThreadPool& pool, uint8_t* dst_bytes) {
+  const TensorView& t = src_;
   const int64_t rows = t.rows(), nb = t.cols() / kQ8_0Block;
   const int64_t groups = (rows + kQ8Rows - 1) / kQ8Rows;
-  Q8x16Block* out = static_cast<Q8x16Block*>(Allocate(static_cast<size_t>(groups * nb) * sizeof(Q8x16Block)));
+  Q8x16Block* out = reinterpret_cast<Q8x16Block*>(dst_bytes);
   ParallelRanges(pool, groups, 1, [&](int64_t g0, int64_t g1) {
     for (int64_t g = g0; g < g1; ++g) {
       for (int64_t b = 0; b < nb; ++b) {
@@ -46,20 +71,23 @@ PackedMatrix::PackedMatrix(const TensorView& t, ThreadPool& pool) : src_(t) {
   });
 }
 
-void* PackedMatrix::Allocate(size_t bytes) {
-  packed_bytes_ = bytes;
-  // 64-byte alignment: every group's data starts on a cache line.
-  void* mem = std::aligned_alloc(64, (bytes + 63) / 64 * 64);
+WeightArena::WeightArena(size_t bytes) {
+  constexpr size_t kLargePage = size_t{1} << 21;
+  bytes = (std::max<size_t>(bytes, 1) + kLargePage - 1) / kLargePage * kLargePage;
+  void* mem = std::aligned_alloc(kLargePage, bytes);
   if (!mem) throw std::bad_alloc();
-  packed_.reset(static_cast<uint8_t*>(mem));
-  return mem;
+#ifdef MADV_HUGEPAGE
+  madvise(mem, bytes, MADV_HUGEPAGE);  // a hint: without transparent huge pages, nothing changes
+#endif
+  mem_.reset(static_cast<uint8_t*>(mem));
 }
 
-void PackedMatrix::PackFloat(ThreadPool& pool) {
+void WeightArena::Free::operator()(void* p) const { std::free(p); }
+
+void PackedMatrix::PackFloat(ThreadPool& pool, uint8_t* out) {
   const TensorView& t = src_;
   const int64_t rows = t.rows(), cols = t.cols(), groups = (rows + kFloatRows - 1) / kFloatRows;
   const size_t elem = t.type == GgmlType::kF32 ? 4 : 2;
-  uint8_t* out = static_cast<uint8_t*>(Allocate(static_cast<size_t>(groups * cols * kFloatRows) * elem));
   ParallelRanges(pool, groups, 1, [&](int64_t g0, int64_t g1) {
     for (int64_t g = g0; g < g1; ++g) {
       uint8_t* dst = out + static_cast<size_t>(g * cols * kFloatRows) * elem;  // [cols, 16]
@@ -76,7 +104,7 @@ void PackedMatrix::Row(int64_t r, float* out) const {
   if (type() != GgmlType::kQ8_0) {
     const int64_t lane = r % kFloatRows, cols = this->cols();
     const size_t elem = type() == GgmlType::kF32 ? 4 : 2;
-    const uint8_t* g = packed_.get() + static_cast<size_t>((r / kFloatRows) * cols * kFloatRows) * elem;
+    const uint8_t* g = data_ + static_cast<size_t>((r / kFloatRows) * cols * kFloatRows) * elem;
     for (int64_t k = 0; k < cols; ++k) DequantizeRow(type(), g + (k * kFloatRows + lane) * elem, out + k, 1);
     return;
   }

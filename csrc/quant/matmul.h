@@ -17,17 +17,21 @@ class PackedMatrix {
  public:
   PackedMatrix() = default;
   // Repacks the matrix for the kernels (a copy, built in parallel on `pool`): Q8_0 into
-  // Q8x16Block groups, F16/BF16/F32 into [group][k][16] (see kernel_set.h).
-  PackedMatrix(const TensorView& t, ThreadPool& pool);
+  // Q8x16Block groups, F16/BF16/F32 into [group][k][16] (see kernel_set.h). The copy goes to
+  // `dst` (PackedBytes(t) bytes, 64-byte aligned, owned by the caller) or, when null, to memory
+  // this object owns.
+  PackedMatrix(const TensorView& t, ThreadPool& pool, uint8_t* dst = nullptr);
+
+  // Bytes the packed copy of t takes (a multiple of 64).
+  static size_t PackedBytes(const TensorView& t);
 
   GgmlType type() const { return src_.type; }
   int64_t rows() const { return src_.rows(); }
   int64_t cols() const { return src_.cols(); }
   const TensorView& source() const { return src_; }
-  bool repacked() const { return packed_ != nullptr; }
-  const uint8_t* data() const { return packed_.get(); }
-  size_t packed_bytes() const { return packed_bytes_; }
-  const Q8x16Block* q8() const { return reinterpret_cast<const Q8x16Block*>(packed_.get()); }
+  bool repacked() const { return data_ != nullptr; }
+  const uint8_t* data() const { return data_; }
+  const Q8x16Block* q8() const { return reinterpret_cast<const Q8x16Block*>(data_); }
 
   // Dequantizes row r (an embedding lookup) from whichever copy the matrix reads.
   void Row(int64_t r, float* out) const;
@@ -36,12 +40,26 @@ class PackedMatrix {
   struct Free {
     void operator()(void* p) const;
   };
-  void* Allocate(size_t bytes);
-  void PackFloat(ThreadPool& pool);
+  void PackQ8(ThreadPool& pool, uint8_t* dst);
+  void PackFloat(ThreadPool& pool, uint8_t* dst);
 
   TensorView src_;  // the file's tensor: its data is not read after packing
-  std::unique_ptr<uint8_t, Free> packed_;
-  size_t packed_bytes_ = 0;
+  uint8_t* data_ = nullptr;                // the packed copy
+  std::unique_ptr<uint8_t, Free> owned_;   // data_ when this object allocated it
+};
+
+// Memory for packed weights: one block for a whole model, so large pages (fewer TLB misses,
+// hardware prefetch that does not stop every 4 KB) cost at most one partly used page.
+class WeightArena {
+ public:
+  explicit WeightArena(size_t bytes);
+  uint8_t* data() const { return mem_.get(); }
+
+ private:
+  struct Free {
+    void operator()(void* p) const;
+  };
+  std::unique_ptr<uint8_t, Free> mem_;
 };
 
 // One input of several projections (q, k and v read the same normed rows): the form each
