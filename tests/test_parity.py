@@ -88,3 +88,20 @@ def test_greedy_generation_matches_llama_cpp(tiny_f32, isa):
         ref.append(tok)
         llm.eval([tok])
     assert out.tokens == ref
+
+
+def test_linear_rope_scaling_matches_llama_cpp(make_model):
+    """4B and larger scale global-layer positions linearly (factor 8); tiny models do not."""
+    path = make_model("tiny", "f32", rope_scaling_factor=8.0, n_layer=12)
+    eng = Engine(path, n_ctx=512)
+    assert eng.config["rope_scale"] == pytest.approx(1 / 8)
+    llm = oracle(path)
+    for seed in range(2):
+        ids = prompt_ids(eng.n_vocab, N_PROMPT, seed)
+        ours = eng.logits(ids).astype(np.float64)
+        llm.reset()
+        llm.eval(ids)
+        ref = np.array(llm.scores[: len(ids)], dtype=np.float64)
+        err = np.linalg.norm(ours - ref, axis=1) / np.linalg.norm(ref, axis=1)
+        assert err.max() <= 5e-3
+        assert (ours.argmax(1) == ref.argmax(1)).mean() >= 0.99

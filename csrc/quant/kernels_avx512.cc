@@ -8,21 +8,11 @@
 #include <cstring>
 
 #include "quant/formats.h"
+#include "quant/isa_local.h"
 
 namespace pyengine {
 namespace {
 
-// Conversions used here are local (internal linkage) and use F16C: a shared inline helper
-// compiled in this file with wider instructions could be the copy the linker keeps for every
-// caller, and run on a CPU without them. For the same reason this file uses no STL templates.
-inline float H2F(uint16_t h) { return _cvtsh_ss(h); }
-inline uint16_t F2H(float f) { return static_cast<uint16_t>(_cvtss_sh(f, _MM_FROUND_TO_NEAREST_INT)); }
-inline float B2F(uint16_t h) {
-  const uint32_t bits = static_cast<uint32_t>(h) << 16;
-  float f;
-  std::memcpy(&f, &bits, 4);
-  return f;
-}
 
 inline __m512i Broadcast4(const int8_t* p) {
   int32_t v;
