@@ -287,21 +287,18 @@ PYBIND11_MODULE(_core, m) {
       .def("logits",
            [](Engine& e, const py::iterable& ids) {
              std::vector<int32_t> v = ToIds(ids);
-             auto* out = new std::vector<float>();
+             auto out = std::make_unique<std::vector<float>>();
              {
                py::gil_scoped_release nogil;
-               try {
-                 *out = e.Logits(v);
-               } catch (...) {
-                 delete out;
-                 throw;
-               }
+               *out = e.Logits(v);
              }
              // Hand the buffer to numpy without a copy: [n, n_vocab] float32.
-             py::capsule owner(out, [](void* p) { delete static_cast<std::vector<float>*>(p); });
+             const float* data = out->data();
+             py::capsule owner(out.get(), [](void* p) { delete static_cast<std::vector<float>*>(p); });
+             out.release();  // the capsule owns it now
              const py::ssize_t n = static_cast<py::ssize_t>(v.size());
              const py::ssize_t nv = static_cast<py::ssize_t>(e.config().n_vocab);
-             return py::array_t<float>({n, nv}, {nv * 4, py::ssize_t{4}}, out->data(), owner);
+             return py::array_t<float>({n, nv}, {nv * 4, py::ssize_t{4}}, data, owner);
            },
            py::arg("ids"));
 

@@ -19,6 +19,7 @@ constexpr uint32_t kMagic = 0x46554747;  // "GGUF" little-endian
 // Nested arrays are legal but nothing real nests deeply; the cap keeps recursion bounded.
 constexpr int kMaxArrayDepth = 8;
 constexpr uint64_t kMaxKeyLength = 1 << 16;
+constexpr uint64_t kMaxNestedArrays = 1 << 20;  // per array; real files have none
 
 const TypeTraits kTraits[] = {
     /*0 F32*/ {"F32", 1, 4},     /*1 F16*/ {"F16", 1, 2},
@@ -124,6 +125,9 @@ GgufValue ReadArray(const GgufFile& f, Cursor& c, const std::string& key, int de
     v.strings.reserve(static_cast<size_t>(v.count));
     for (uint64_t k = 0; k < v.count; ++k) v.strings.push_back(c.ReadString("array string"));
   } else {
+    // Each nested array costs ~10x its 12 file bytes in memory: cap them so a hostile file
+    // raises an error instead of exhausting memory.
+    if (v.count > kMaxNestedArrays) f.Fail("key '" + key + "': too many nested arrays");
     v.items.reserve(static_cast<size_t>(v.count));
     for (uint64_t k = 0; k < v.count; ++k) v.items.push_back(ReadArray(f, c, key, depth + 1));
   }

@@ -34,6 +34,7 @@ Generation::Generation(Engine& engine, std::vector<int32_t> prompt, GenerateOpti
 }
 
 GenerationStep Generation::Next() {
+  std::lock_guard<std::mutex> lock(mu_);
   GenerationStep step;
   if (done_) {
     step.done = true;

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -37,8 +38,14 @@ class Generation {
   int64_t eval_count() const { return eval_count_; }
   int64_t prompt_eval_ns() const { return prompt_eval_ns_; }
   int64_t eval_ns() const { return eval_ns_; }
-  const std::vector<int32_t>& output_tokens() const { return output_; }
-  bool done() const { return done_; }
+  std::vector<int32_t> output_tokens() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return output_;
+  }
+  bool done() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return done_;
+  }
 
  private:
   // Moves releasable text out of pending_, holding back a tail that may start a stop string.
@@ -46,6 +53,7 @@ class Generation {
   bool ReleaseText(std::string* out);
   GenerationStep Finish(GenerationStep step, const std::string& reason, bool flush_text);
 
+  mutable std::mutex mu_;  // one step at a time, even if two threads share this object
   Engine& engine_;
   GenerateOptions opts_;
   Sampler sampler_;

@@ -1,5 +1,8 @@
 #include "runtime/thread_pool.h"
 
+#include <sched.h>
+
+#include <algorithm>
 #include <chrono>
 #include <stdexcept>
 #include <string>
@@ -21,8 +24,16 @@ constexpr auto kSpin = std::chrono::microseconds(2000);
 }  // namespace
 
 int DefaultThreadCount() {
+#ifdef __linux__
+  // The CPUs this process may run on (affinity, cgroup cpusets), not all the machine has:
+  // spinning workers on CPUs we do not get would stall every parallel loop.
+  cpu_set_t set;
+  if (sched_getaffinity(0, sizeof(set), &set) == 0 && CPU_COUNT(&set) > 0) {
+    return std::min(CPU_COUNT(&set), ThreadPool::kMaxThreads);
+  }
+#endif
   unsigned n = std::thread::hardware_concurrency();
-  return n == 0 ? 1 : static_cast<int>(n);
+  return n == 0 ? 1 : std::min(static_cast<int>(n), ThreadPool::kMaxThreads);
 }
 
 ThreadPool::ThreadPool(int n_threads)
