@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Builds the core with AddressSanitizer + UBSan (scalar kernels, no Python) and feeds it
+# mutated GGUF files: truncations, byte flips and 64-bit overwrites of a small file with every
+# metadata type, and of a tiny synthetic model's header. Any sanitizer report fails the run.
+#   bash scripts/fuzz_native.sh [N_READER] [N_ENGINE]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+N_READER=${1:-3000}
+N_ENGINE=${2:-400}
+WORK=$(mktemp -d)
+trap 'rm -rf "$WORK"' EXIT
+SRCS=(core/gguf.cc core/config.cc quant/formats.cc quant/cpu_features.cc quant/matmul.cc
+      quant/kernels_scalar.cc quant/kernels_avx2.cc quant/kernels_avx512.cc model/gemma3.cc
+      runtime/tokenizer.cc runtime/vocab.cc runtime/sampler.cc runtime/engine.cc
+      runtime/generation.cc runtime/thread_pool.cc runtime/membw.cc)
+# The ISA files are compiled without their flags: they then define no kernels and the scalar
+# reference runs, which is what the sanitizers should watch.
+g++ -std=c++17 -O1 -g -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer \
+  -Icsrc tests/native/fuzz_driver.cc "${SRCS[@]/#/csrc/}" -o "$WORK/fuzz" -lpthread
+python3 - "$WORK" "$N_READER" "$N_ENGINE" <<'PY'
+import random, sys
+from pathlib import Path
+sys.path[:0] = ["tests", "scripts"]
+from gguf_builder import build_gguf
+from test_gguf import ALL_TYPES_KVS, TENSORS
+from make_model import write_model
+work, n_reader, n_engine = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+write_model(work / "tiny.gguf", "tiny", "q8_0")
+rng = random.Random(1)
+def mutate(data, head):
+    buf = bytearray(data)
+    for _ in range(rng.randint(1, 8)):
+        kind, pos = rng.random(), rng.randrange(min(head, len(buf)))
+        if kind < 0.6:
+            buf[pos] = rng.randrange(256)
+        elif kind < 0.8:
+            buf[pos:pos + 8] = rng.randrange(2**64).to_bytes(8, "little")
+        else:
+            del buf[pos:]
+            break
+    return bytes(buf)
+small, tiny = build_gguf(ALL_TYPES_KVS, TENSORS), (work / "tiny.gguf").read_bytes()
+for kind, src, head, n in (("reader", small, len(small), n_reader), ("engine", tiny, 1 << 16, n_engine)):
+    (work / kind).mkdir()
+    for i in range(n):
+        (work / kind / f"{i}.gguf").write_bytes(mutate(src, head))
+PY
+for kind in reader engine; do
+  printf '%s: ' "$kind"
+  find "$WORK/$kind" -name '*.gguf' -print0 | xargs -0 "$WORK/fuzz" "$kind"
+done
