@@ -11,6 +11,7 @@ WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 SRCS=(core/gguf.cc core/config.cc quant/formats.cc quant/cpu_features.cc quant/matmul.cc
       quant/kernels_scalar.cc quant/kernels_avx2.cc quant/kernels_avx512.cc model/gemma3.cc
+      kv/kv_arena.cc kv/block_table.cc
       runtime/tokenizer.cc runtime/vocab.cc runtime/sampler.cc runtime/engine.cc
       runtime/generation.cc runtime/thread_pool.cc runtime/membw.cc)
 # The ISA files are compiled without their flags: they then define no kernels and the scalar

@@ -247,6 +247,17 @@ PYBIND11_MODULE(_core, m) {
       .def_property_readonly("config", [](const Engine& e) { return ConfigDict(e.config()); })
       .def_property_readonly("n_ctx", &Engine::n_ctx)
       .def_property_readonly("n_threads", &Engine::n_threads)
+      .def("kv_stats",
+           [](Engine& e) {
+             const Engine::KvStats st = e.kv_stats();
+             py::dict d;
+             d["blocks_total"] = st.blocks_total;
+             d["blocks_free"] = st.blocks_free;
+             d["block_tokens"] = st.block_tokens;
+             d["sequence_blocks"] = st.sequence_blocks;
+             return d;
+           },
+           "KV arena counters: blocks in all, free, positions per block, held by the sequence.")
       .def_property_readonly("n_vocab", [](const Engine& e) { return e.config().n_vocab; })
       .def_property_readonly("bos_id", [](const Engine& e) { return e.tokenizer().vocab().bos_id; })
       .def_property_readonly("eos_id", [](const Engine& e) { return e.tokenizer().vocab().eos_id; })

@@ -146,13 +146,13 @@ Gemma3Model::Gemma3Model(const GgufFile& f, const ModelConfig& cfg, ThreadPool& 
   }
 }
 
-void Gemma3Model::Forward(const int32_t* tokens, int64_t n, int64_t pos0, KvCache& kv,
+void Gemma3Model::Forward(const int32_t* tokens, int64_t n, int64_t pos0, const KvView& kv,
                           Workspace& ws, bool all_logits, float* out, ThreadPool& pool) const {
   const ModelConfig& c = cfg_;
   const int64_t E = c.n_embd, D = c.head_dim, F = c.n_ff;
   const int64_t QD = c.q_dim(), KVD = c.kv_dim();
   if (n <= 0) return;
-  if (pos0 < 0 || pos0 + n > kv.n_ctx()) throw EngineError("sequence exceeds the context length");
+  if (pos0 < 0 || pos0 + n > kv.capacity()) throw EngineError("sequence exceeds the context length");
   for (int64_t t = 0; t < n; ++t) {
     if (tokens[t] < 0 || tokens[t] >= c.n_vocab) {
       throw EngineError("token id " + std::to_string(tokens[t]) + " is outside the vocabulary");
@@ -162,7 +162,7 @@ void Gemma3Model::Forward(const int32_t* tokens, int64_t n, int64_t pos0, KvCach
   Grow(ws.q, n * QD); Grow(ws.attn, n * QD);
   Grow(ws.k, n * KVD); Grow(ws.v, n * KVD);
   Grow(ws.gate, n * F); Grow(ws.up, n * F);
-  Grow(ws.scores, pool.size() * kv.n_ctx());
+  Grow(ws.scores, pool.size() * kv.capacity());
   Grow(ws.rope, n * D);
   float* x = ws.x.data();
   // Per-token work is split over the pool only when there are enough tokens to pay for it.
@@ -256,7 +256,7 @@ void Gemma3Model::Forward(const int32_t* tokens, int64_t n, int64_t pos0, KvCach
   }
 }
 
-void Gemma3Model::Attention(int64_t l, int64_t n, int64_t pos0, KvCache& kv, Workspace& ws,
+void Gemma3Model::Attention(int64_t l, int64_t n, int64_t pos0, const KvView& kv, Workspace& ws,
                             ThreadPool& pool) const {
   const ModelConfig& c = cfg_;
   const int64_t D = c.head_dim, QD = c.q_dim();
@@ -266,7 +266,7 @@ void Gemma3Model::Attention(int64_t l, int64_t n, int64_t pos0, KvCache& kv, Wor
   // One task per (token, head); each thread keeps its softmax weights in its own row.
   pool.ParallelFor(n * c.n_head, [&](int64_t task, int thread) {
     const int64_t t = task / c.n_head, h = task % c.n_head;
-    float* scores = ws.scores.data() + thread * kv.n_ctx();
+    float* scores = ws.scores.data() + thread * kv.capacity();
     const int64_t pos = pos0 + t;
     // Causal; a sliding layer also drops keys with pos - key_pos >= window.
     const int64_t first = swa ? std::max<int64_t>(0, pos - c.sliding_window + 1) : 0;

@@ -7,7 +7,7 @@
 
 #include "core/config.h"
 #include "core/tensor.h"
-#include "kv/kv_cache.h"
+#include "kv/block_table.h"
 #include "quant/matmul.h"
 
 namespace pyengine {
@@ -40,11 +40,11 @@ class Gemma3Model {
 
   const ModelConfig& config() const { return cfg_; }
 
-  // Runs tokens [n] of one sequence at positions pos0 .. pos0+n-1, appending their keys and
-  // values to `kv` (which must hold positions < pos0 already). Writes logits of every token
+  // Runs tokens [n] of one sequence at positions pos0 .. pos0+n-1, writing their keys and
+  // values through `kv` (whose blocks must cover them and hold positions < pos0 already). Writes logits of every token
   // (all_logits) or of the last one only: out [all_logits ? n : 1, n_vocab]; with out == nullptr
   // only the keys and values are computed.
-  void Forward(const int32_t* tokens, int64_t n, int64_t pos0, KvCache& kv, Workspace& ws,
+  void Forward(const int32_t* tokens, int64_t n, int64_t pos0, const KvView& kv, Workspace& ws,
                bool all_logits, float* out, ThreadPool& pool) const;
 
  private:
@@ -56,7 +56,7 @@ class Gemma3Model {
     std::vector<float> rope_inv_freq;  // [head_dim / 2] base^(-2i/d) * position scale
   };
 
-  void Attention(int64_t layer, int64_t n, int64_t pos0, KvCache& kv, Workspace& ws,
+  void Attention(int64_t layer, int64_t n, int64_t pos0, const KvView& kv, Workspace& ws,
                  ThreadPool& pool) const;
 
   ModelConfig cfg_;

@@ -10,6 +10,9 @@ namespace {
 
 // Prompt tokens per forward call: bounds the workspace (and matches llama.cpp's ubatch).
 constexpr int64_t kUbatch = 512;
+// Positions per KV block: small enough that a shared prefix wastes little, large enough that
+// the block lookup is rare next to the 16-position stretch it covers.
+constexpr int64_t kBlockTokens = 16;
 
 int64_t ClampCtx(int64_t requested, int64_t train) {
   if (requested <= 0) return train;
@@ -25,11 +28,17 @@ Engine::Engine(const std::string& path, const EngineOptions& opts)
       tok_(std::make_unique<Tokenizer>(LoadVocab(*file_))),
       model_(std::make_unique<Gemma3Model>(*file_, cfg_, pool_)),
       n_ctx_(ClampCtx(opts.n_ctx, cfg_.n_ctx_train)),
-      kv_(cfg_.n_layer, n_ctx_, cfg_.kv_dim()) {
+      arena_(cfg_.n_layer, cfg_.kv_dim(), kBlockTokens, (n_ctx_ + kBlockTokens - 1) / kBlockTokens) {
   if (tok_->n_vocab() > cfg_.n_vocab) {
     throw ModelError(path + ": the tokenizer has " + std::to_string(tok_->n_vocab()) +
                      " tokens but token_embd only " + std::to_string(cfg_.n_vocab) + " rows");
   }
+}
+
+Engine::KvStats Engine::kv_stats() {
+  std::lock_guard<std::mutex> lock(mu_);
+  return {arena_.n_blocks(), arena_.n_free(), arena_.block_tokens(),
+          static_cast<int64_t>(table_.blocks().size())};
 }
 
 void Engine::CheckIds(const std::vector<int32_t>& ids) const {
@@ -52,9 +61,11 @@ std::vector<float> Engine::Logits(const std::vector<int32_t>& ids) {
   std::vector<float> out(static_cast<size_t>(n * cfg_.n_vocab));  // [n, n_vocab]
   std::lock_guard<std::mutex> lock(mu_);
   cached_.clear();
+  if (!table_.Reserve(arena_, n)) throw EngineError("the KV arena is full");
+  const KvView kv{&arena_, &table_};
   for (int64_t s = 0; s < n; s += kUbatch) {
     const int64_t m = std::min(kUbatch, n - s);
-    model_->Forward(ids.data() + s, m, s, kv_, ws_, /*all_logits=*/true, out.data() + s * cfg_.n_vocab, pool_);
+    model_->Forward(ids.data() + s, m, s, kv, ws_, /*all_logits=*/true, out.data() + s * cfg_.n_vocab, pool_);
   }
   cached_ = ids;
   return out;
@@ -69,11 +80,13 @@ int64_t Engine::Eval(const std::vector<int32_t>& ids, float* out) {
   const int64_t max_keep = std::min<int64_t>(n - 1, static_cast<int64_t>(cached_.size()));
   while (keep < max_keep && cached_[keep] == ids[keep]) ++keep;
   cached_.resize(static_cast<size_t>(keep));
+  if (!table_.Reserve(arena_, n)) throw EngineError("the KV arena is full");
+  const KvView kv{&arena_, &table_};
   for (int64_t s = keep; s < n; s += kUbatch) {
     const int64_t m = std::min(kUbatch, n - s);
     // Positions [s, s+m) overwrite whatever an older sequence left there. Only the last
     // chunk's logits are wanted: the others skip the output projection.
-    model_->Forward(ids.data() + s, m, s, kv_, ws_, /*all_logits=*/false,
+    model_->Forward(ids.data() + s, m, s, kv, ws_, /*all_logits=*/false,
                     s + m == n ? out : nullptr, pool_);
     cached_.insert(cached_.end(), ids.begin() + s, ids.begin() + s + m);
   }

@@ -1,4 +1,5 @@
-// Engine: owns a mapped model file, its weights, tokenizer and the KV cache of one sequence.
+// Engine: owns a mapped model file, its weights, tokenizer, the KV arena, and (until the
+// batcher lands) the block table of one sequence.
 #pragma once
 
 #include <cstdint>
@@ -9,7 +10,8 @@
 
 #include "core/config.h"
 #include "core/gguf.h"
-#include "kv/kv_cache.h"
+#include "kv/block_table.h"
+#include "kv/kv_arena.h"
 #include "model/gemma3.h"
 #include "runtime/thread_pool.h"
 #include "runtime/tokenizer.h"
@@ -31,6 +33,11 @@ class Engine {
   int64_t n_ctx() const { return n_ctx_; }
   int n_threads() const { return pool_.size(); }
 
+  struct KvStats {
+    int64_t blocks_total, blocks_free, block_tokens, sequence_blocks;
+  };
+  KvStats kv_stats();
+
   // Teacher-forced logits of `ids` as a fresh sequence: [ids.size(), n_vocab].
   std::vector<float> Logits(const std::vector<int32_t>& ids);
 
@@ -51,7 +58,8 @@ class Engine {
   int64_t n_ctx_;
 
   std::mutex mu_;  // guards everything below
-  KvCache kv_;
+  KvArena arena_;     // sized for n_ctx positions
+  BlockTable table_;  // the one sequence's blocks
   Workspace ws_;
   std::vector<int32_t> cached_;  // tokens whose keys/values kv_ holds, positions 0..
 };
