@@ -22,29 +22,17 @@ python3 - "$WORK" "$N_READER" "$N_ENGINE" <<'PY'
 import random, sys
 from pathlib import Path
 sys.path[:0] = ["tests", "scripts"]
-from gguf_builder import build_gguf
+from gguf_builder import build_gguf, mutate
 from test_gguf import ALL_TYPES_KVS, TENSORS
 from make_model import write_model
 work, n_reader, n_engine = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 write_model(work / "tiny.gguf", "tiny", "q8_0")
 rng = random.Random(1)
-def mutate(data, head):
-    buf = bytearray(data)
-    for _ in range(rng.randint(1, 8)):
-        kind, pos = rng.random(), rng.randrange(min(head, len(buf)))
-        if kind < 0.6:
-            buf[pos] = rng.randrange(256)
-        elif kind < 0.8:
-            buf[pos:pos + 8] = rng.randrange(2**64).to_bytes(8, "little")
-        else:
-            del buf[pos:]
-            break
-    return bytes(buf)
 small, tiny = build_gguf(ALL_TYPES_KVS, TENSORS), (work / "tiny.gguf").read_bytes()
 for kind, src, head, n in (("reader", small, len(small), n_reader), ("engine", tiny, 1 << 16, n_engine)):
     (work / kind).mkdir()
     for i in range(n):
-        (work / kind / f"{i}.gguf").write_bytes(mutate(src, head))
+        (work / kind / f"{i}.gguf").write_bytes(mutate(src, head, rng))
 PY
 for kind in reader engine; do
   printf '%s: ' "$kind"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import struct
 from typing import Any
 
@@ -45,3 +46,19 @@ def build_gguf(kvs: list[tuple[str, int, Any]], tensors: list[tuple[str, list[in
     for (_, _, _, data), off in zip(tensors, offsets):
         out += data + b"\0" * (-len(data) % alignment)
     return bytes(out)
+
+
+def mutate(data: bytes, head: int, rng: random.Random) -> bytes:
+    """A damaged copy of a file: 1-8 byte flips or 64-bit overwrites in its first `head` bytes,
+    possibly ending in a truncation (where a file's structure lives, so parsing meets it)."""
+    buf = bytearray(data)
+    for _ in range(rng.randint(1, 8)):
+        kind, pos = rng.random(), rng.randrange(min(head, len(buf)))
+        if kind < 0.6:
+            buf[pos] = rng.randrange(256)
+        elif kind < 0.8:
+            buf[pos:pos + 8] = rng.randrange(2**64).to_bytes(8, "little")
+        else:
+            del buf[pos:]
+            break
+    return bytes(buf)

@@ -134,27 +134,17 @@ def test_empty_file(tmp_path):
 
 FUZZ = textwrap.dedent('''
     import random, sys
+    tests, src, dst, seed, n, engine = sys.argv[1:7]
+    sys.path.insert(0, tests)
+    from gguf_builder import mutate
     from pyengine import Engine, PyEngineError, _core
-    src, dst, seed, n, engine = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5] == "1"
     data = open(src, "rb").read()
-    head = min(len(data), 1 << 16)  # mutate where the structure lives
-    rng = random.Random(seed)
+    rng = random.Random(int(seed))
     ok = bad = 0
-    for i in range(n):
-        buf = bytearray(data)
-        for _ in range(rng.randint(1, 8)):
-            kind = rng.random()
-            pos = rng.randrange(head)
-            if kind < 0.6:
-                buf[pos] = rng.randrange(256)
-            elif kind < 0.8:
-                buf[pos:pos + 8] = rng.randrange(2**64).to_bytes(8, "little")
-            else:
-                del buf[pos:]
-                break
-        open(dst, "wb").write(buf)
+    for i in range(int(n)):
+        open(dst, "wb").write(mutate(data, 1 << 16, rng))
         try:
-            if engine:
+            if engine == "1":
                 eng = Engine(dst, n_ctx=64)
                 eng.logits(eng.tokenize("fuzz")[:8])
             else:
@@ -171,7 +161,8 @@ def test_fuzzed_files_never_crash(tmp_path, tiny_f32, engine):
     """Random byte flips and truncations: the process survives and errors are PyEngineErrors."""
     src = tiny_f32 if engine else write(tmp_path, build_gguf(ALL_TYPES_KVS, TENSORS), "src.gguf")
     n = 300 if engine else 3000
-    proc = subprocess.run([sys.executable, "-c", FUZZ, str(src), str(tmp_path / "m.gguf"), "7",
+    proc = subprocess.run([sys.executable, "-c", FUZZ, str(Path(__file__).parent), str(src),
+                           str(tmp_path / "m.gguf"), "7",
                            str(n), "1" if engine else "0"], capture_output=True, text=True,
                           cwd=tmp_path,
                           timeout=600)
