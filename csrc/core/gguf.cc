@@ -432,6 +432,18 @@ bool GgufFile::GetBool(const std::string& key, bool fallback) const {
   return v->u != 0;
 }
 
+void GgufFile::Prefault(const TensorView& t) const {
+  const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+  const uintptr_t begin = reinterpret_cast<uintptr_t>(t.data) / page * page;
+  const uintptr_t end = reinterpret_cast<uintptr_t>(t.data) + t.nbytes;
+#ifdef MADV_POPULATE_READ
+  // Best effort: older kernels refuse the advice and the pages fault in as they are read.
+  madvise(reinterpret_cast<void*>(begin), end - begin, MADV_POPULATE_READ);
+#else
+  madvise(reinterpret_cast<void*>(begin), end - begin, MADV_WILLNEED);
+#endif
+}
+
 void GgufFile::ReleasePages(const TensorView& t) const {
   const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
   // Only whole pages inside the tensor: neighbours may still be in use.

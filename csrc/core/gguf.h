@@ -87,6 +87,9 @@ class GgufFile {
   const std::vector<TensorView>& tensors() const { return tensors_; }
   const TensorView* FindTensor(const std::string& name) const;
 
+  // Maps a tensor's pages in ahead of a full read: one call instead of a fault per page.
+  void Prefault(const TensorView& t) const;
+
   // Tells the OS that a tensor's pages will not be read soon (its data was copied elsewhere);
   // they are dropped from this process's memory and re-read from the file if touched again.
   void ReleasePages(const TensorView& t) const;

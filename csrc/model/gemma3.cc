@@ -139,6 +139,7 @@ Gemma3Model::Gemma3Model(const GgufFile& f, const ModelConfig& cfg, ThreadPool& 
   arena_ = std::make_unique<WeightArena>(total);
   size_t offset = 0;
   for (const auto& [view, dst] : jobs) {
+    f.Prefault(view);
     *dst = PackedMatrix(view, pool, arena_->data() + offset);
     offset += PackedMatrix::PackedBytes(view);
     // The packed copy replaces the file's bytes: release those pages so memory holds one copy.

@@ -84,17 +84,34 @@ WeightArena::WeightArena(size_t bytes) {
 
 void WeightArena::Free::operator()(void* p) const { std::free(p); }
 
+namespace {
+
+// Transposes 16 rows of E-typed values into [cols][16]; rows past `valid` are zero.
+template <typename E>
+void InterleaveGroup(const TensorView& t, int64_t g, int64_t valid, E* dst) {
+  const int64_t cols = t.cols();
+  const E* src[kFloatRows];
+  for (int r = 0; r < kFloatRows; ++r) {
+    src[r] = r < valid ? reinterpret_cast<const E*>(t.row(g * kFloatRows + r)) : nullptr;
+  }
+  for (int64_t k = 0; k < cols; ++k) {
+    for (int r = 0; r < kFloatRows; ++r) dst[k * kFloatRows + r] = src[r] ? src[r][k] : E{};
+  }
+}
+
+}  // namespace
+
 void PackedMatrix::PackFloat(ThreadPool& pool, uint8_t* out) {
   const TensorView& t = src_;
   const int64_t rows = t.rows(), cols = t.cols(), groups = (rows + kFloatRows - 1) / kFloatRows;
-  const size_t elem = t.type == GgmlType::kF32 ? 4 : 2;
+  const bool f32 = t.type == GgmlType::kF32;
   ParallelRanges(pool, groups, 1, [&](int64_t g0, int64_t g1) {
     for (int64_t g = g0; g < g1; ++g) {
-      uint8_t* dst = out + static_cast<size_t>(g * cols * kFloatRows) * elem;  // [cols, 16]
-      std::memset(dst, 0, static_cast<size_t>(cols * kFloatRows) * elem);     // padded rows: 0
-      for (int r = 0; r < kFloatRows && g * kFloatRows + r < rows; ++r) {
-        const uint8_t* src = t.row(g * kFloatRows + r);
-        for (int64_t k = 0; k < cols; ++k) std::memcpy(dst + (k * kFloatRows + r) * elem, src + k * elem, elem);
+      const int64_t valid = std::min<int64_t>(kFloatRows, rows - g * kFloatRows);
+      if (f32) {
+        InterleaveGroup(t, g, valid, reinterpret_cast<float*>(out) + g * cols * kFloatRows);
+      } else {
+        InterleaveGroup(t, g, valid, reinterpret_cast<uint16_t*>(out) + g * cols * kFloatRows);
       }
     }
   });
