@@ -21,6 +21,14 @@ inline void Prefetch(uintptr_t at, int lines) {
   for (int p = 0; p < lines; ++p) _mm_prefetch(reinterpret_cast<const char*>(at + 64 * p), _MM_HINT_T0);
 }
 
+// Store mask of row group g (16 rows, Q8_0 or float layout): a padded last group stores only
+// its rows below `rows`.
+static_assert(kQ8Rows == kFloatRows, "one mask serves both layouts");
+inline __mmask16 RowMask(int64_t rows, int64_t g) {
+  const int64_t valid = rows - g * kFloatRows;
+  return valid >= kFloatRows ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << valid) - 1);
+}
+
 inline __m512i Broadcast4(const int8_t* p) {
   int32_t v;
   std::memcpy(&v, p, 4);
@@ -90,16 +98,13 @@ void GemmQ8(const Q8x16Block* w, int64_t nb, const XQ8Block* x, int64_t n_tok, i
   constexpr int kT = 8;
   if (n_tok == 1) {
     for (int64_t g = g0; g < g1; ++g) {
-      const int64_t r0 = g * kQ8Rows;
-      const int64_t valid = rows - r0 < kQ8Rows ? rows - r0 : kQ8Rows;
-      VecQ8(w + g * nb, nb, x, y + r0, static_cast<__mmask16>((1u << valid) - 1));
+      VecQ8(w + g * nb, nb, x, y + g * kQ8Rows, RowMask(rows, g));
     }
     return;
   }
   for (int64_t g = g0; g < g1; ++g) {
     const int64_t r0 = g * kQ8Rows;
-    const int64_t valid = rows - r0 < kQ8Rows ? rows - r0 : kQ8Rows;
-    const __mmask16 mask = static_cast<__mmask16>((1u << valid) - 1);
+    const __mmask16 mask = RowMask(rows, g);
     const Q8x16Block* wg = w + g * nb;
     int64_t t = 0;
     for (; t + kT <= n_tok; t += kT) TileQ8<kT>(wg, nb, x + t * nb, nb, y + t * ldy + r0, ldy, mask);
@@ -188,11 +193,6 @@ void TokensFloat(const typename L::W* wg, int64_t cols, const float* x, int64_t 
       default: break;
     }
   }
-}
-
-inline __mmask16 RowMask(int64_t rows, int64_t g) {
-  const int64_t valid = rows - g * kFloatRows;
-  return valid >= kFloatRows ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << valid) - 1);
 }
 
 template <class L>

@@ -231,9 +231,7 @@ void MatMul(const PackedMatrix& w, MatMulInput& in, float* y, ThreadPool& pool) 
         float* ws;
         in.I16Scratch(pool.size(), &wq, &ws);
         const int64_t nblk = cols / kI16Block;
-        const int64_t chunk = std::max<int64_t>(1, groups / (pool.size() * 8));
-        pool.ParallelFor((groups + chunk - 1) / chunk, [&](int64_t task, int thread) {
-          const int64_t g0 = task * chunk, g1 = std::min(groups, g0 + chunk);
+        ParallelRanges(pool, groups, 1, [&](int64_t g0, int64_t g1, int thread) {
           k.gemm_f16_i16(reinterpret_cast<const uint16_t*>(w.data()), cols, xq, xs, n_tok, g0, g1,
                          rows, y, rows, wq + thread * nblk * 8 * kFloatRows,
                          ws + thread * nblk * kFloatRows);

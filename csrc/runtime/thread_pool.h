@@ -8,6 +8,7 @@
 #include <functional>
 #include <mutex>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 namespace pyengine {
@@ -55,20 +56,28 @@ class ThreadPool {
 int DefaultThreadCount();
 
 // Runs body(begin, end) over contiguous slices of [0, n) on the pool: at most 8 slices per
-// thread, none smaller than min_chunk items (small loops stay on the calling thread).
+// thread, none smaller than min_chunk items (small loops stay on the calling thread). A body
+// taking (begin, end, thread_index) also learns which thread runs it (per-thread scratch).
 template <typename F>
 void ParallelRanges(ThreadPool& pool, int64_t n, int64_t min_chunk, F&& body) {
   if (n <= 0) return;
   int64_t chunk = (n + pool.size() * 8 - 1) / (pool.size() * 8);
   if (chunk < min_chunk) chunk = min_chunk;
   const int64_t tasks = (n + chunk - 1) / chunk;
+  auto run = [&](int64_t a, int64_t b, int thread) {
+    if constexpr (std::is_invocable_v<F&, int64_t, int64_t, int>) {
+      body(a, b, thread);
+    } else {
+      body(a, b);
+    }
+  };
   if (tasks <= 1) {
-    body(int64_t{0}, n);
+    run(int64_t{0}, n, 0);
     return;
   }
-  pool.ParallelFor(tasks, [&](int64_t task, int) {
+  pool.ParallelFor(tasks, [&](int64_t task, int thread) {
     const int64_t a = task * chunk;
-    body(a, a + chunk < n ? a + chunk : n);
+    run(a, a + chunk < n ? a + chunk : n, thread);
   });
 }
 
