@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence, Union
+from typing import Any, AsyncIterator, Iterator, Mapping, Sequence, Union
 
 import numpy as np
 
 from . import _core
+from .aio import ReadyPump
 from .chat import format_gemma
 from .options import GenerateOptions
 
@@ -44,6 +46,7 @@ class Completion:
     eval_duration: int = 0
     total_duration: int = 0
     load_duration: int = 0
+    cached_tokens: int = 0  # prompt tokens whose keys and values came from the prefix cache
 
 
 def resolve_model_path(model: str | os.PathLike[str]) -> Path:
@@ -54,23 +57,76 @@ def resolve_model_path(model: str | os.PathLike[str]) -> Path:
     return path
 
 
-class Engine:
-    """A loaded model.
+def default_kv_cache_mb() -> float:
+    """The KV cache budget: ``MAX_CACHE_SIZE_MB`` from the environment, else 2048 (MiB)."""
+    raw = os.environ.get("MAX_CACHE_SIZE_MB", "").strip()
+    if not raw:
+        return 2048.0
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"MAX_CACHE_SIZE_MB must be a number of MiB, got {raw!r}") from None
+    if not value > 0:
+        raise ValueError(f"MAX_CACHE_SIZE_MB must be positive, got {raw!r}")
+    return value
 
-    ``Engine(model, n_threads=None, n_ctx=4096)``: ``model`` is a GGUF path. Methods may be
-    called from several threads; each native call runs with the GIL released.
+
+def _positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+class Engine:
+    """A loaded model and the scheduler that serves it.
+
+    ``Engine(model, n_threads=None, n_ctx=4096)``: ``model`` is a GGUF path; ``n_ctx`` is a
+    request's default context (a request may ask for more with ``num_ctx``, up to the model's
+    training context, without a reload). Every sequence's keys and values live in one paged
+    cache of ``kv_cache_mb`` MiB (default ``MAX_CACHE_SIZE_MB`` or 2048) that also keeps
+    finished prompts' blocks for reuse. Calls from many threads (and asyncio tasks, through
+    ``astream``/``agenerate``/``achat``) run together: each native step batches every running
+    sequence's next token with chunks of waiting prompts, at most ``max_batch`` sequences and
+    ``max_batch_tokens`` tokens per step; an idle engine waits ``batch_wait_ms`` for company.
     """
 
     def __init__(self, model: str | os.PathLike[str], n_threads: int | None = None,
-                 n_ctx: int = 4096) -> None:
+                 n_ctx: int = 4096, kv_cache_mb: float | None = None, max_batch: int = 16,
+                 max_batch_tokens: int = 512, batch_wait_ms: float = 0.0) -> None:
         if n_threads is not None and (not isinstance(n_threads, int) or n_threads < 0):
             raise ValueError(f"n_threads must be a non-negative integer, got {n_threads!r}")
-        if not isinstance(n_ctx, int) or n_ctx <= 0:
-            raise ValueError(f"n_ctx must be a positive integer, got {n_ctx!r}")
+        _positive_int("n_ctx", n_ctx)
+        _positive_int("max_batch", max_batch)
+        _positive_int("max_batch_tokens", max_batch_tokens)
+        if max_batch_tokens < max_batch:
+            raise ValueError("max_batch_tokens must be at least max_batch")
+        if kv_cache_mb is None:
+            kv_cache_mb = default_kv_cache_mb()
+        if isinstance(kv_cache_mb, bool) or not isinstance(kv_cache_mb, (int, float)) \
+                or not kv_cache_mb > 0 or kv_cache_mb > 2**40:
+            raise ValueError(f"kv_cache_mb must be a positive number, got {kv_cache_mb!r}")
+        if isinstance(batch_wait_ms, bool) or not isinstance(batch_wait_ms, (int, float)) \
+                or not 0 <= batch_wait_ms <= 10_000:
+            raise ValueError(f"batch_wait_ms must be within [0, 10000], got {batch_wait_ms!r}")
         self.path = resolve_model_path(model)
         t0 = time.perf_counter_ns()
-        self._core = _core.Engine(str(self.path), n_ctx=n_ctx, n_threads=n_threads or 0)
+        self._core = _core.Engine(str(self.path), n_ctx=n_ctx, n_threads=n_threads or 0,
+                                  kv_cache_bytes=int(kv_cache_mb * 2**20), max_batch=max_batch,
+                                  max_batch_tokens=max_batch_tokens,
+                                  batch_wait_ms=float(batch_wait_ms))
         self.load_duration = time.perf_counter_ns() - t0
+        self._pump = ReadyPump(self._core)
+
+    def close(self) -> None:
+        """Stops the scheduler; requests still in flight end with ``PyEngineError``."""
+        self._pump.close()
+        self._core.close()
+
+    def __enter__(self) -> "Engine":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
 
     @property
     def config(self) -> dict[str, Any]:
@@ -84,6 +140,19 @@ class Engine:
     @property
     def n_vocab(self) -> int:
         return self._core.n_vocab
+
+    def stats(self) -> dict[str, int]:
+        """Counters of the scheduler and the KV cache.
+
+        ``running``/``waiting`` sequences; ``steps``, ``step_tokens``, ``step_sequences``
+        (mean batch = step_sequences / steps), ``max_step_sequences``, ``decode_tokens``,
+        ``prompt_tokens``, ``preemptions``, ``finished``, ``cancelled``, ``failed``; KV pages
+        (one layer's keys and values for ``kv_block_tokens`` positions, ``kv_page_bytes``
+        each): ``kv_pages_total`` = ``kv_pages_free`` + ``kv_pages_cached`` (unreferenced,
+        kept for prefix reuse, evictable) + ``kv_pages_used``; ``kv_blocks_cached``,
+        ``prefix_query_tokens``, ``prefix_hit_tokens``, ``kv_evictions``.
+        """
+        return self._core.stats()
 
     def tokenize(self, text: str, add_bos: bool = True, special: bool = False) -> list[int]:
         """Text to token ids, as llama.cpp tokenizes it (``special``: parse control-token text)."""
@@ -108,40 +177,99 @@ class Engine:
             raise TypeError("prompt must be a str or a sequence of token ids")
         return [int(t) for t in ids]
 
+    def _submit(self, prompt_or_ids: Prompt, options: dict[str, Any], notify: bool) -> Any:
+        opts = GenerateOptions.from_kwargs(**options)
+        ids = self._prompt_ids(prompt_or_ids)
+        return self._core.submit(
+            ids, opts.temperature, opts.top_k, opts.top_p, opts.min_p, opts.repeat_penalty,
+            opts.repeat_last_n, opts.presence_penalty, opts.frequency_penalty,
+            opts.native_seed(), opts.max_tokens, list(opts.stop), opts.ignore_eos,
+            opts.num_ctx or 0, notify)
+
     def stream(self, prompt_or_ids: Prompt, **options: Any) -> Iterator[Chunk]:
         """Generates token by token, yielding ``Chunk``s whose text never splits a character.
 
         Options: max_tokens, temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n,
-        presence_penalty, frequency_penalty, seed, stop, ignore_eos (or an Ollama ``options``
-        dict). The final chunk has ``done=True`` and carries the ``Completion``.
+        presence_penalty, frequency_penalty, seed, stop, ignore_eos, num_ctx (or an Ollama
+        ``options`` dict). The final chunk has ``done=True`` and carries the ``Completion``.
+        Closing the iterator early cancels the request and frees its KV blocks.
         """
-        opts = GenerateOptions.from_kwargs(**options)
-        ids = self._prompt_ids(prompt_or_ids)
         t0 = time.perf_counter_ns()
-        # Created here, not inside the generator, so a bad prompt raises at the call.
-        gen = _core.Generation(
-            self._core, ids, opts.temperature, opts.top_k, opts.top_p, opts.min_p,
-            opts.repeat_penalty, opts.repeat_last_n, opts.presence_penalty,
-            opts.frequency_penalty, opts.native_seed(), opts.max_tokens, list(opts.stop),
-            opts.ignore_eos)
-        return self._run(gen, t0)
+        # Submitted here, not inside the generator, so a bad prompt raises at the call.
+        req = self._submit(prompt_or_ids, options, notify=False)
+        return self._run(req, t0)
 
-    def _run(self, gen: Any, t0: int) -> Iterator[Chunk]:
+    @staticmethod
+    def _chunk(req: Any, step: tuple, parts: list[str], tokens: list[int], t0: int) -> Chunk:
+        token, text, done, reason = step
+        parts.append(text)
+        if token >= 0:
+            tokens.append(token)
+        if not done:
+            return Chunk(text=text, token=token)
+        c = req.counts
+        completion = Completion(
+            text="".join(parts), tokens=list(tokens), done_reason=reason or "stop",
+            prompt_eval_count=c["prompt_eval_count"], eval_count=c["eval_count"],
+            prompt_eval_duration=c["prompt_eval_duration"], eval_duration=c["eval_duration"],
+            total_duration=time.perf_counter_ns() - t0, load_duration=0,
+            cached_tokens=c["cached_tokens"])
+        return Chunk(text=text, token=token, done=True, done_reason=completion.done_reason,
+                     completion=completion)
+
+    def _run(self, req: Any, t0: int) -> Iterator[Chunk]:
         parts: list[str] = []
-        while True:
-            token, text, done, reason = gen.next()
-            parts.append(text)
-            if not done:
-                yield Chunk(text=text, token=token)
-                continue
-            completion = Completion(
-                text="".join(parts), tokens=list(gen.tokens), done_reason=reason or "stop",
-                prompt_eval_count=gen.prompt_eval_count, eval_count=gen.eval_count,
-                prompt_eval_duration=gen.prompt_eval_duration, eval_duration=gen.eval_duration,
-                total_duration=time.perf_counter_ns() - t0, load_duration=0)
-            yield Chunk(text=text, token=token, done=True, done_reason=completion.done_reason,
-                        completion=completion)
-            return
+        tokens: list[int] = []
+        try:
+            while True:
+                chunk = self._chunk(req, req.next(), parts, tokens, t0)
+                yield chunk
+                if chunk.done:
+                    return
+        finally:
+            if not req.finished:
+                req.cancel()
+
+    async def astream(self, prompt_or_ids: Prompt, **options: Any) -> AsyncIterator[Chunk]:
+        """``stream`` for asyncio: ``async for chunk in eng.astream(...)``.
+
+        Waiting never blocks the event loop; cancelling the task or closing the iterator
+        cancels the request and frees its KV blocks.
+        """
+        t0 = time.perf_counter_ns()
+        req = self._submit(prompt_or_ids, options, notify=True)
+        event = asyncio.Event()
+        self._pump.register(req.id, event)
+        parts: list[str] = []
+        tokens: list[int] = []
+        try:
+            while True:
+                event.clear()
+                steps = req.poll()
+                if not steps:
+                    await event.wait()
+                    continue
+                for step in steps:
+                    chunk = self._chunk(req, step, parts, tokens, t0)
+                    yield chunk
+                    if chunk.done:
+                        return
+        finally:
+            self._pump.unregister(req.id)
+            if not req.finished:
+                req.cancel()
+
+    async def agenerate(self, prompt_or_ids: Prompt, **options: Any) -> Completion:
+        """``generate`` for asyncio."""
+        async for chunk in self.astream(prompt_or_ids, **options):
+            if chunk.done:
+                assert chunk.completion is not None
+                return chunk.completion
+        raise RuntimeError("generation ended without a final chunk")  # unreachable
+
+    async def achat(self, messages: Sequence[Mapping[str, Any]], **options: Any) -> Completion:
+        """``chat`` for asyncio."""
+        return await self.agenerate(self.chat_prompt(messages), **options)
 
     def generate(self, prompt_or_ids: Prompt, max_tokens: int = 128, temperature: float = 0.8,
                  top_k: int = 40, top_p: float = 0.9, min_p: float = 0.0,

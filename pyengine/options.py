@@ -27,6 +27,7 @@ class GenerateOptions:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     ignore_eos: bool = False
+    num_ctx: int | None = None  # positions this request may use (None: the engine's n_ctx)
 
     @classmethod
     def from_kwargs(cls, options: Mapping[str, Any] | None = None, **kwargs: Any) -> "GenerateOptions":
@@ -77,6 +78,8 @@ class GenerateOptions:
         if not isinstance(self.stop, Iterable) or not all(isinstance(s, str) for s in self.stop):
             raise ValueError("option stop must be a string or a list of strings")
         object.__setattr__(self, "stop", tuple(self.stop))
+        if self.num_ctx is not None:
+            integer("num_ctx", 1)
         if not isinstance(self.ignore_eos, bool):
             raise ValueError("option ignore_eos must be a bool")
 

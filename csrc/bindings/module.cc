@@ -19,6 +19,7 @@
 #include "runtime/thread_pool.h"
 #include "quant/matmul.h"
 #include "runtime/generation.h"
+#include "runtime/request.h"
 #include "runtime/membw.h"
 
 namespace py = pybind11;
@@ -129,6 +130,20 @@ py::dict ConfigDict(const ModelConfig& c) {
   return d;
 }
 
+// A request as Python holds it: the engine pointer serves cancellation (the Python object keeps
+// the engine alive).
+struct PyRequest {
+  std::shared_ptr<Request> req;
+  Engine* engine;
+};
+
+// A step as Python sees it; an error step raises the request's error instead.
+py::tuple StepTuple(const PyRequest& r, const GenerationStep& s) {
+  if (s.done && s.done_reason == "error") throw EngineError(r.req->error());
+  return py::make_tuple(s.token, Utf8(s.text), s.done,
+                        s.done_reason.empty() ? py::object(py::none()) : py::object(py::str(s.done_reason)));
+}
+
 std::vector<int32_t> ToIds(const py::iterable& ids) {
   std::vector<int32_t> out;
   for (py::handle h : ids) {
@@ -236,28 +251,68 @@ PYBIND11_MODULE(_core, m) {
         "Reads a GGUF file's metadata and tensor directory: (metadata, tensors, array_lengths, info).");
 
   py::class_<Engine>(m, "Engine")
-      .def(py::init([](const std::string& path, int64_t n_ctx, int32_t n_threads) {
+      .def(py::init([](const std::string& path, int64_t n_ctx, int32_t n_threads, int64_t kv_cache_bytes,
+                       int max_batch, int64_t max_batch_tokens, double batch_wait_ms) {
              EngineOptions o;
              o.n_ctx = n_ctx;
              o.n_threads = n_threads;
+             o.kv_cache_bytes = kv_cache_bytes;
+             o.scheduler.max_batch = max_batch;
+             o.scheduler.max_batch_tokens = max_batch_tokens;
+             o.scheduler.batch_wait_us = static_cast<int64_t>(batch_wait_ms * 1000.0);
              py::gil_scoped_release nogil;
              return std::make_unique<Engine>(path, o);
            }),
-           py::arg("path"), py::arg("n_ctx") = 4096, py::arg("n_threads") = 0)
+           py::arg("path"), py::arg("n_ctx") = 4096, py::arg("n_threads") = 0,
+           py::arg("kv_cache_bytes") = int64_t{2048} << 20, py::arg("max_batch") = 16,
+           py::arg("max_batch_tokens") = 512, py::arg("batch_wait_ms") = 0.0)
       .def_property_readonly("config", [](const Engine& e) { return ConfigDict(e.config()); })
       .def_property_readonly("n_ctx", &Engine::n_ctx)
       .def_property_readonly("n_threads", &Engine::n_threads)
-      .def("kv_stats",
+      .def("stats",
            [](Engine& e) {
-             const Engine::KvStats st = e.kv_stats();
+             const SchedulerStats st = e.stats();
+             const KvCache::Stats kv = e.kv_stats();
              py::dict d;
-             d["blocks_total"] = st.blocks_total;
-             d["blocks_free"] = st.blocks_free;
-             d["block_tokens"] = st.block_tokens;
-             d["sequence_blocks"] = st.sequence_blocks;
+             d["running"] = st.running;
+             d["waiting"] = st.waiting;
+             d["steps"] = st.steps;
+             d["step_tokens"] = st.step_tokens;
+             d["step_sequences"] = st.step_sequences;
+             d["max_step_sequences"] = st.max_step_sequences;
+             d["last_step_sequences"] = st.last_step_sequences;
+             d["decode_tokens"] = st.decode_tokens;
+             d["prompt_tokens"] = st.prompt_tokens;
+             d["preemptions"] = st.preemptions;
+             d["finished"] = st.finished;
+             d["cancelled"] = st.cancelled;
+             d["failed"] = st.failed;
+             d["kv_pages_total"] = kv.pages_total;
+             d["kv_pages_free"] = kv.pages_free;
+             d["kv_pages_cached"] = kv.pages_cached;
+             d["kv_pages_used"] = kv.pages_used;
+             d["kv_page_bytes"] = kv.page_bytes;
+             d["kv_block_tokens"] = kv.block_tokens;
+             d["kv_blocks_cached"] = kv.blocks_cached;
+             d["prefix_query_tokens"] = kv.prefix_query_tokens;
+             d["prefix_hit_tokens"] = kv.prefix_hit_tokens;
+             d["kv_evictions"] = kv.evictions;
              return d;
            },
-           "KV arena counters: blocks in all, free, positions per block, held by the sequence.")
+           "Scheduler and KV cache counters (see Engine.stats in Python).")
+      .def("close",
+           [](Engine& e) {
+             py::gil_scoped_release nogil;
+             e.Close();
+           },
+           "Stops the scheduler; requests still in flight end with an error.")
+      .def("wait_ready",
+           [](Engine& e, int64_t timeout_ms) {
+             py::gil_scoped_release nogil;
+             return e.WaitReady(timeout_ms);
+           },
+           py::arg("timeout_ms"),
+           "Ids of notify-requests with new steps (waits up to timeout_ms for one).")
       .def_property_readonly("n_vocab", [](const Engine& e) { return e.config().n_vocab; })
       .def_property_readonly("bos_id", [](const Engine& e) { return e.tokenizer().vocab().bos_id; })
       .def_property_readonly("eos_id", [](const Engine& e) { return e.tokenizer().vocab().eos_id; })
@@ -311,41 +366,70 @@ PYBIND11_MODULE(_core, m) {
              const py::ssize_t nv = static_cast<py::ssize_t>(e.config().n_vocab);
              return py::array_t<float>({n, nv}, {nv * 4, py::ssize_t{4}}, data, owner);
            },
-           py::arg("ids"));
-
-  py::class_<Generation>(m, "Generation")
-      .def(py::init([](Engine& e, const py::iterable& prompt, float temperature, int32_t top_k,
-                       float top_p, float min_p, float repeat_penalty, int32_t repeat_last_n,
-                       float presence_penalty, float frequency_penalty, uint64_t seed,
-                       int64_t max_tokens, std::vector<std::string> stop, bool ignore_eos) {
-             GenerateOptions o;
-             o.sampling = {temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n,
-                           presence_penalty, frequency_penalty, seed};
-             o.max_tokens = max_tokens;
-             o.stop = std::move(stop);
-             o.ignore_eos = ignore_eos;
-             return std::make_unique<Generation>(e, ToIds(prompt), std::move(o));
-           }),
-           py::arg("engine"), py::arg("prompt"), py::arg("temperature"), py::arg("top_k"),
-           py::arg("top_p"), py::arg("min_p"), py::arg("repeat_penalty"), py::arg("repeat_last_n"),
+           py::arg("ids"))
+      .def("submit",
+           [](Engine& e, const py::iterable& prompt, float temperature, int32_t top_k, float top_p,
+              float min_p, float repeat_penalty, int32_t repeat_last_n, float presence_penalty,
+              float frequency_penalty, uint64_t seed, int64_t max_tokens, std::vector<std::string> stop,
+              bool ignore_eos, int64_t n_ctx, bool notify) {
+             RequestOptions o;
+             o.gen.sampling = {temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n,
+                               presence_penalty, frequency_penalty, seed};
+             o.gen.max_tokens = max_tokens;
+             o.gen.stop = std::move(stop);
+             o.gen.ignore_eos = ignore_eos;
+             o.n_ctx = n_ctx;
+             o.notify = notify;
+             std::vector<int32_t> ids = ToIds(prompt);
+             py::gil_scoped_release nogil;
+             return PyRequest{e.Submit(std::move(ids), o), &e};
+           },
+           py::arg("prompt"), py::arg("temperature"), py::arg("top_k"), py::arg("top_p"),
+           py::arg("min_p"), py::arg("repeat_penalty"), py::arg("repeat_last_n"),
            py::arg("presence_penalty"), py::arg("frequency_penalty"), py::arg("seed"),
-           py::arg("max_tokens"), py::arg("stop"), py::arg("ignore_eos"),
-           py::keep_alive<1, 2>())
+           py::arg("max_tokens"), py::arg("stop"), py::arg("ignore_eos"), py::arg("n_ctx") = 0,
+           py::arg("notify") = false, py::keep_alive<0, 1>(),
+           "Queues a generation; returns its Request at once (the scheduler batches it).");
+
+  py::class_<PyRequest>(m, "Request")
+      .def_property_readonly("id", [](const PyRequest& r) { return r.req->id(); })
       .def("next",
-           [](Generation& g) {
+           [](PyRequest& r, int64_t timeout_ms) -> py::object {
              GenerationStep s;
+             bool got;
              {
                py::gil_scoped_release nogil;
-               s = g.Next();
+               got = r.req->Next(&s, timeout_ms);
              }
-             return py::make_tuple(s.token, Utf8(s.text), s.done,
-                                   s.done_reason.empty() ? py::object(py::none()) : py::object(py::str(s.done_reason)));
+             if (!got) return py::none();
+             return StepTuple(r, s);
            },
-           "Advances one token: (token or -1, text, done, done_reason or None).")
-      .def_property_readonly("prompt_eval_count", &Generation::prompt_eval_count)
-      .def_property_readonly("eval_count", &Generation::eval_count)
-      .def_property_readonly("prompt_eval_duration", &Generation::prompt_eval_ns)
-      .def_property_readonly("eval_duration", &Generation::eval_ns)
-      .def_property_readonly("tokens", &Generation::output_tokens)
-      .def_property_readonly("done", &Generation::done);
+           py::arg("timeout_ms") = -1,
+           "Waits for the next step: (token or -1, text, done, done_reason or None); None on timeout.")
+      .def("poll",
+           [](PyRequest& r) {
+             py::list out;
+             for (const GenerationStep& s : r.req->Poll()) out.append(StepTuple(r, s));
+             return out;
+           },
+           "Every step available now, without waiting.")
+      .def("cancel",
+           [](PyRequest& r) {
+             py::gil_scoped_release nogil;
+             r.engine->Cancel(*r.req);
+           },
+           "Ends the request at the next step; its KV blocks are freed then.")
+      .def_property_readonly("finished", [](const PyRequest& r) { return r.req->finished(); })
+      .def_property_readonly("counts", [](const PyRequest& r) {
+        const RequestCounts c = r.req->counts();
+        py::dict d;
+        d["prompt_tokens"] = c.prompt_tokens;
+        d["prompt_eval_count"] = c.prompt_eval_count;
+        d["cached_tokens"] = c.cached_tokens;
+        d["eval_count"] = c.eval_count;
+        d["prompt_eval_duration"] = c.prompt_eval_ns;
+        d["eval_duration"] = c.eval_ns;
+        d["preemptions"] = c.preemptions;
+        return d;
+      });
 }

@@ -1,46 +1,60 @@
-// BlockTable: one sequence's logical -> physical KV blocks, and KvView, the only KV structure
-// the forward pass sees.
+// BlockTable: one sequence's logical -> physical KV blocks, KvLayout: which layers share a
+// block, and KvView: the only KV structure the forward pass sees.
 #pragma once
 
 #include <cstdint>
 #include <vector>
 
 #include "kv/kv_arena.h"
+#include "kv/prefix_cache.h"
 
 namespace pyengine {
 
-class BlockTable {
- public:
-  const std::vector<int32_t>& blocks() const { return blocks_; }
-  int64_t capacity(const KvArena& arena) const {
-    return static_cast<int64_t>(blocks_.size()) * arena.block_tokens();
-  }
+// Layers whose keys live equally long share blocks: group 0 holds every position (global
+// attention), group 1 (when the model has sliding-window layers) only a window of them.
+constexpr int kMaxKvGroups = 2;
 
-  // Makes room for positions [0, n_tokens). Returns false, holding what it held before, when
-  // the arena has too few free blocks.
-  bool Reserve(KvArena& arena, int64_t n_tokens);
-  // Gives back every block beyond the first n_tokens positions.
-  void Truncate(KvArena& arena, int64_t n_tokens);
-  void Release(KvArena& arena) { Truncate(arena, 0); }
+struct KvLayout {
+  int n_groups = 0;
+  std::vector<int> group_of_layer;  // [n_layer]
+  std::vector<int> page_of_layer;   // [n_layer] the layer's page within its group's blocks
+  int group_pages[kMaxKvGroups] = {0, 0};     // pages (layers) per block of each group
+  int64_t group_window[kMaxKvGroups] = {0, 0};  // attention window; 0: every position
+};
 
- private:
-  std::vector<int32_t> blocks_;
+struct BlockTable {
+  // [logical blocks] physical block of each group; -1 where a sliding group let it go.
+  std::vector<int32_t> blocks[kMaxKvGroups];
+  std::vector<BlockKey> keys;  // [full blocks known so far] prefix key of each full block
+  int64_t n_offered = 0;       // leading full blocks already offered to the prefix cache
+
+  int64_t n_blocks() const { return static_cast<int64_t>(blocks[0].size()); }
 };
 
 // Keys and values of one sequence as the forward pass reads and writes them.
 struct KvView {
   KvArena* arena;
+  const KvLayout* layout;
   const BlockTable* table;
 
-  int64_t capacity() const { return table->capacity(*arena); }
-  uint16_t* k(int64_t layer, int64_t pos) const { return At(layer, pos, true); }
-  uint16_t* v(int64_t layer, int64_t pos) const { return At(layer, pos, false); }
+  int64_t capacity() const { return table->n_blocks() * arena->block_tokens(); }
+  // [block_tokens, kv_dim] keys / values of `layer` for the positions of logical block i.
+  uint16_t* k_block(int64_t layer, int64_t i) const { return Block(layer, i, false); }
+  uint16_t* v_block(int64_t layer, int64_t i) const { return Block(layer, i, true); }
+  // [kv_dim] keys / values of `layer` at position pos.
+  uint16_t* k(int64_t layer, int64_t pos) const { return Slot(layer, pos, false); }
+  uint16_t* v(int64_t layer, int64_t pos) const { return Slot(layer, pos, true); }
 
  private:
-  uint16_t* At(int64_t layer, int64_t pos, bool key) const {
-    const int32_t block = table->blocks()[static_cast<size_t>(pos >> arena->block_shift())];
-    const int64_t slot = pos & (arena->block_tokens() - 1);
-    return key ? arena->k(block, layer, slot) : arena->v(block, layer, slot);
+  uint16_t* Block(int64_t layer, int64_t i, bool value) const {
+    const int g = layout->group_of_layer[static_cast<size_t>(layer)];
+    const int32_t b = table->blocks[g][static_cast<size_t>(i)];
+    const int page = layout->page_of_layer[static_cast<size_t>(layer)];
+    return value ? arena->v(b, page) : arena->k(b, page);
+  }
+  uint16_t* Slot(int64_t layer, int64_t pos, bool value) const {
+    return Block(layer, pos >> arena->block_shift(), value) +
+           (pos & (arena->block_tokens() - 1)) * arena->kv_dim();
   }
 };
 

@@ -1,6 +1,8 @@
-// KvArena: one pool of fixed-size blocks holding keys and values (fp16) for every layer, shared
-// by all sequences of a model. Knows no request: blocks are handed out, reference-counted and
-// returned to the free list; block tables map a sequence's positions onto them.
+// KvArena: one fixed pool of memory holding keys and values (fp16) for every sequence of a model.
+// Storage comes in pages: a page is one layer's keys and values for block_tokens positions, so
+// every page has the same size whatever the layer. A block is the set of pages one KV group (the
+// layers whose keys live equally long: all global layers, or all sliding-window layers) needs for
+// block_tokens positions. Blocks are reference-counted; the arena knows no request and no hash.
 #pragma once
 
 #include <cstdint>
@@ -11,41 +13,59 @@ namespace pyengine {
 
 class KvArena {
  public:
-  // n_blocks blocks of block_tokens positions (a power of two) for n_layer layers of kv_dim.
-  KvArena(int64_t n_layer, int64_t kv_dim, int64_t block_tokens, int64_t n_blocks);
+  // n_pages pages of block_tokens positions (a power of two) x kv_dim; blocks hold at most
+  // max_block_pages pages and at least min_block_pages (which bounds how many blocks can exist).
+  KvArena(int64_t kv_dim, int64_t block_tokens, int64_t n_pages, int max_block_pages,
+          int min_block_pages);
 
-  // Bytes one block takes: keys and values of every layer.
-  static int64_t BlockBytes(int64_t n_layer, int64_t kv_dim, int64_t block_tokens) {
-    return 2 * n_layer * block_tokens * kv_dim * static_cast<int64_t>(sizeof(uint16_t));
+  // Bytes of one page: keys and values of one layer for block_tokens positions.
+  static int64_t PageBytes(int64_t kv_dim, int64_t block_tokens) {
+    return 2 * block_tokens * kv_dim * static_cast<int64_t>(sizeof(uint16_t));
   }
 
-  int64_t n_blocks() const { return static_cast<int64_t>(refs_.size()); }
-  int64_t n_free() const { return static_cast<int64_t>(free_.size()); }
+  int64_t n_pages() const { return n_pages_; }
+  int64_t n_free_pages() const { return static_cast<int64_t>(free_pages_.size()); }
   int64_t block_tokens() const { return block_tokens_; }
   int block_shift() const { return block_shift_; }
+  int64_t kv_dim() const { return kv_dim_; }
 
-  // A free block with reference count 1, or -1 when none is left.
-  int32_t Allocate();
+  // A block of n pages with reference count 1, or -1 when fewer than n pages are free.
+  int32_t Allocate(int n);
+  // One more reference; a block at zero references that still holds its pages may be revived.
   void Ref(int32_t block);
-  // Drops one reference; at zero the block is free again.
-  void Unref(int32_t block);
-  int32_t refs(int32_t block) const { return refs_[static_cast<size_t>(block)]; }
+  // Drops one reference and returns how many are left. At zero the block keeps its pages (a
+  // prefix cache may want it) until Free.
+  int32_t Unref(int32_t block);
+  // Returns the pages of a block nobody references to the free list; its id may be reused.
+  void Free(int32_t block);
 
-  // [kv_dim] fp16 keys / values of `layer` at `slot` (0 .. block_tokens-1) of `block`.
-  uint16_t* k(int32_t block, int64_t layer, int64_t slot) { return At(block, 0, layer, slot); }
-  uint16_t* v(int32_t block, int64_t layer, int64_t slot) { return At(block, 1, layer, slot); }
+  int32_t refs(int32_t block) const { return blocks_[static_cast<size_t>(block)].refs; }
+  int pages(int32_t block) const { return blocks_[static_cast<size_t>(block)].n_pages; }
+
+  // [block_tokens, kv_dim] fp16 keys / values of page i of `block`, position slot 0 first.
+  uint16_t* k(int32_t block, int i) { return Page(block, i); }
+  uint16_t* v(int32_t block, int i) { return Page(block, i) + block_tokens_ * kv_dim_; }
 
  private:
-  uint16_t* At(int32_t block, int kv, int64_t layer, int64_t slot) {
-    return data_.get() + (((static_cast<int64_t>(block) * 2 + kv) * n_layer_ + layer) * block_tokens_ + slot) * kv_dim_;
+  struct Block {
+    int32_t refs = 0;
+    int32_t n_pages = 0;  // 0: the id is unused
+  };
+  uint16_t* Page(int32_t block, int i) {
+    const int64_t page = page_ids_[static_cast<size_t>(block) * max_block_pages_ + i];
+    return data_.get() + page * 2 * block_tokens_ * kv_dim_;
   }
 
-  int64_t n_layer_, kv_dim_, block_tokens_;
-  int block_shift_;
-  // Left uninitialised on purpose: pages are touched only as blocks fill.
-  std::unique_ptr<uint16_t[]> data_;  // [n_blocks, 2 (k, v), n_layer, block_tokens, kv_dim]
-  std::vector<int32_t> refs_;         // [n_blocks]
-  std::vector<int32_t> free_;         // free block ids (a stack: recently freed blocks are warm)
+  int64_t kv_dim_, block_tokens_, n_pages_;
+  int block_shift_ = 0;
+  int max_block_pages_;
+  // Left uninitialised on purpose: pages are touched only as they fill, so memory in use grows
+  // with the work and never exceeds n_pages pages.
+  std::unique_ptr<uint16_t[]> data_;  // [n_pages, 2 (k, v), block_tokens, kv_dim]
+  std::vector<int32_t> free_pages_;   // a stack: recently freed pages are warm
+  std::vector<Block> blocks_;         // [max blocks]
+  std::vector<int32_t> page_ids_;     // [max blocks, max_block_pages] pages of each block
+  std::vector<int32_t> free_ids_;     // unused block ids
 };
 
 }  // namespace pyengine

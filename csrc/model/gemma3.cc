@@ -85,6 +85,9 @@ void Rope(float* x, int64_t d, const float* cs) {
   }
 }
 
+// Query heads per KV head the attention loop keeps running maxima for.
+constexpr int64_t kMaxGroup = 64;
+
 inline float RoundFp16(float x) { return Fp16ToFp32(Fp32ToFp16(x)); }
 
 void Grow(std::vector<float>& v, int64_t n) {
@@ -95,6 +98,10 @@ void Grow(std::vector<float>& v, int64_t n) {
 
 Gemma3Model::Gemma3Model(const GgufFile& f, const ModelConfig& cfg, ThreadPool& pool) : cfg_(cfg) {
   const int64_t E = cfg.n_embd, D = cfg.head_dim, F = cfg.n_ff;
+  if (cfg.n_head % cfg.n_head_kv != 0 || cfg.n_head / cfg.n_head_kv > kMaxGroup) {
+    throw ModelError(f.path() + ": " + std::to_string(cfg.n_head) + " query heads over " +
+                     std::to_string(cfg.n_head_kv) + " KV heads is not a supported grouping");
+  }
   // Matrices are bound first and packed together at the end, into one arena.
   std::vector<std::pair<TensorView, PackedMatrix*>> jobs;
   auto pack = [&](const TensorView& t, PackedMatrix* dst) { jobs.emplace_back(t, dst); };
@@ -147,23 +154,29 @@ Gemma3Model::Gemma3Model(const GgufFile& f, const ModelConfig& cfg, ThreadPool& 
   }
 }
 
-void Gemma3Model::Forward(const int32_t* tokens, int64_t n, int64_t pos0, const KvView& kv,
-                          Workspace& ws, bool all_logits, float* out, ThreadPool& pool) const {
+void Gemma3Model::Forward(const Batch& batch, Workspace& ws, float* out, ThreadPool& pool) const {
   const ModelConfig& c = cfg_;
   const int64_t E = c.n_embd, D = c.head_dim, F = c.n_ff;
   const int64_t QD = c.q_dim(), KVD = c.kv_dim();
+  const int64_t n = batch.size();
   if (n <= 0) return;
-  if (pos0 < 0 || pos0 + n > kv.capacity()) throw EngineError("sequence exceeds the context length");
   for (int64_t t = 0; t < n; ++t) {
-    if (tokens[t] < 0 || tokens[t] >= c.n_vocab) {
-      throw EngineError("token id " + std::to_string(tokens[t]) + " is outside the vocabulary");
+    const int32_t tok = batch.tokens[t];
+    if (tok < 0 || tok >= c.n_vocab) {
+      throw EngineError("token id " + std::to_string(tok) + " is outside the vocabulary");
+    }
+    if (batch.pos[t] < 0 || batch.pos[t] >= batch.views[batch.seq[t]].capacity()) {
+      throw EngineError("position " + std::to_string(batch.pos[t]) + " has no KV block");
     }
   }
+  // Scores rows are as long as the longest sequence in the batch.
+  int64_t longest = 1;
+  for (int64_t t = 0; t < n; ++t) longest = std::max<int64_t>(longest, batch.pos[t] + 1);
   Grow(ws.x, n * E); Grow(ws.xn, n * E); Grow(ws.o, n * E);
   Grow(ws.q, n * QD); Grow(ws.attn, n * QD);
   Grow(ws.k, n * KVD); Grow(ws.v, n * KVD);
   Grow(ws.gate, n * F); Grow(ws.up, n * F);
-  Grow(ws.scores, pool.size() * kv.capacity());
+  Grow(ws.scores, pool.size() * (c.n_head / c.n_head_kv) * longest);
   Grow(ws.rope, n * D);
   float* x = ws.x.data();
   // Per-token work is split over the pool only when there are enough tokens to pay for it.
@@ -174,9 +187,9 @@ void Gemma3Model::Forward(const int32_t* tokens, int64_t n, int64_t pos0, const 
   for (int64_t t = 0; t < n; ++t) {
     float* xr = x + t * E;
     if (tied_) {
-      output_.Row(tokens[t], xr);
+      output_.Row(batch.tokens[t], xr);
     } else {
-      DequantizeRow(tok_embd_.type, tok_embd_.row(tokens[t]), xr, E);
+      DequantizeRow(tok_embd_.type, tok_embd_.row(batch.tokens[t]), xr, E);
     }
     for (int64_t i = 0; i < E; ++i) xr[i] *= emb_scale;
   }
@@ -204,7 +217,7 @@ void Gemma3Model::Forward(const int32_t* tokens, int64_t n, int64_t pos0, const 
     MatMul(L.attn_v, ws.in, ws.v.data(), pool);
     ParallelRanges(pool, n, kMinTokens, [&](int64_t t0, int64_t t1) {
       for (int64_t t = t0; t < t1; ++t) {
-        const int64_t pos = pos0 + t;
+        const int64_t pos = batch.pos[t];
         float* cs = ws.rope.data() + t * D;
         RopeAngles(D, pos, L.rope_inv_freq.data(), cs);
         for (int64_t h = 0; h < c.n_head; ++h) {
@@ -219,11 +232,12 @@ void Gemma3Model::Forward(const int32_t* tokens, int64_t n, int64_t pos0, const 
           RmsNorm(kh, L.attn_k_norm.data(), 1, D, c.rms_eps, kh);
           Rope(kh, D, cs);
         }
+        const KvView& kv = batch.views[batch.seq[t]];
         kernels.to_f16(ws.k.data() + t * KVD, kv.k(l, pos), KVD);
         kernels.to_f16(ws.v.data() + t * KVD, kv.v(l, pos), KVD);
       }
     });
-    Attention(l, n, pos0, kv, ws, pool);
+    Attention(l, batch, ws, pool);
     ws.in.Set(ws.attn.data(), n, QD);
     MatMul(L.attn_output, ws.in, ws.o.data(), pool);
     norm_rows(ws.o.data(), L.post_attention_norm, ws.o.data());
@@ -243,11 +257,12 @@ void Gemma3Model::Forward(const int32_t* tokens, int64_t n, int64_t pos0, const 
     add_rows(ws.o.data());
   }
 
-  if (!out) return;  // keys and values only (an earlier chunk of a long prompt)
   // Only the rows whose logits are wanted go through the (large) output projection.
-  const int64_t n_out = all_logits ? n : 1;
-  const float* last = x + (n - n_out) * E;
-  RmsNorm(last, output_norm_.data(), n_out, E, c.rms_eps, ws.xn.data());
+  const int64_t n_out = static_cast<int64_t>(batch.out_rows.size());
+  if (n_out == 0 || !out) return;
+  for (int64_t r = 0; r < n_out; ++r) {
+    RmsNorm(x + batch.out_rows[r] * E, output_norm_.data(), 1, E, c.rms_eps, ws.xn.data() + r * E);
+  }
   ws.in.Set(ws.xn.data(), n_out, E);
   MatMul(output_, ws.in, out, pool);
   if (c.final_softcap > 0) {
@@ -257,38 +272,57 @@ void Gemma3Model::Forward(const int32_t* tokens, int64_t n, int64_t pos0, const 
   }
 }
 
-void Gemma3Model::Attention(int64_t l, int64_t n, int64_t pos0, const KvView& kv, Workspace& ws,
-                            ThreadPool& pool) const {
+void Gemma3Model::Attention(int64_t l, const Batch& batch, Workspace& ws, ThreadPool& pool) const {
   const ModelConfig& c = cfg_;
-  const int64_t D = c.head_dim, QD = c.q_dim();
+  const int64_t D = c.head_dim, QD = c.q_dim(), KVD = c.kv_dim();
   const int64_t group = c.n_head / c.n_head_kv;  // query heads per KV head (GQA)
   const bool swa = c.layer_is_swa[l];
   const KernelSet& k = ActiveKernels();
-  // One task per (token, head); each thread keeps its softmax weights in its own row.
-  pool.ParallelFor(n * c.n_head, [&](int64_t task, int thread) {
-    const int64_t t = task / c.n_head, h = task % c.n_head;
-    float* scores = ws.scores.data() + thread * kv.capacity();
-    const int64_t pos = pos0 + t;
+  const int64_t n = batch.size();
+  const int64_t stride = static_cast<int64_t>(ws.scores.size()) / (pool.size() * group);
+  // One task per (token, KV head): the group's query heads read each key block once. Each
+  // thread keeps its softmax weights in its own rows.
+  pool.ParallelFor(n * c.n_head_kv, [&](int64_t task, int thread) {
+    const int64_t t = task / c.n_head_kv, kvh = task % c.n_head_kv;
+    const KvView& kv = batch.views[batch.seq[t]];
+    const int64_t pos = batch.pos[t];
     // Causal; a sliding layer also drops keys with pos - key_pos >= window.
     const int64_t first = swa ? std::max<int64_t>(0, pos - c.sliding_window + 1) : 0;
-    const float* qh = ws.q.data() + t * QD + h * D;
-    const int64_t kvh = h / group;
-    float mx = -INFINITY;
-    for (int64_t p = first; p <= pos; ++p) {
-      scores[p] = k.dot_f16(qh, kv.k(l, p) + kvh * D, D);
-      mx = std::max(mx, scores[p]);
+    const int64_t bt = kv.arena->block_tokens();
+    float* scores = ws.scores.data() + thread * group * stride;  // [group, pos - first + 1]
+    float mx[kMaxGroup];
+    for (int64_t j = 0; j < group; ++j) mx[j] = -INFINITY;
+    for (int64_t p = first; p <= pos;) {
+      const int64_t blk = p / bt, end = std::min(pos + 1, (blk + 1) * bt);
+      const uint16_t* kb = kv.k_block(l, blk) + kvh * D;  // [bt, KVD] from this head's slice
+      for (; p < end; ++p) {
+        const uint16_t* key = kb + (p - blk * bt) * KVD;
+        for (int64_t j = 0; j < group; ++j) {
+          const float* qh = ws.q.data() + t * QD + (kvh * group + j) * D;
+          const float s = k.dot_f16(qh, key, D);
+          scores[j * stride + (p - first)] = s;
+          mx[j] = std::max(mx[j], s);
+        }
+      }
     }
-    double sum = 0;
-    for (int64_t p = first; p <= pos; ++p) {
-      scores[p] = std::exp(scores[p] - mx);
-      sum += scores[p];
-    }
-    const float inv = static_cast<float>(1.0 / sum);
-    float* oh = ws.attn.data() + t * QD + h * D;
-    std::fill_n(oh, D, 0.f);
-    for (int64_t p = first; p <= pos; ++p) {
-      // Weights rounded to fp16 as the reference's f16 product with V rounds them.
-      k.axpy_f16(RoundFp16(scores[p] * inv), kv.v(l, p) + kvh * D, oh, D);
+    for (int64_t j = 0; j < group; ++j) {
+      float* sc = scores + j * stride;
+      double sum = 0;
+      for (int64_t p = 0; p <= pos - first; ++p) {
+        sc[p] = std::exp(sc[p] - mx[j]);
+        sum += sc[p];
+      }
+      const float inv = static_cast<float>(1.0 / sum);
+      float* oh = ws.attn.data() + t * QD + (kvh * group + j) * D;
+      std::fill_n(oh, D, 0.f);
+      for (int64_t p = first; p <= pos;) {
+        const int64_t blk = p / bt, end = std::min(pos + 1, (blk + 1) * bt);
+        const uint16_t* vb = kv.v_block(l, blk) + kvh * D;
+        for (; p < end; ++p) {
+          // Weights rounded to fp16 as the reference's f16 product with V rounds them.
+          k.axpy_f16(RoundFp16(sc[p - first] * inv), vb + (p - blk * bt) * KVD, oh, D);
+        }
+      }
     }
   });
 }

@@ -7,8 +7,8 @@
 
 #include "core/config.h"
 #include "core/tensor.h"
-#include "kv/block_table.h"
 #include "quant/matmul.h"
+#include "runtime/batch.h"
 
 namespace pyengine {
 
@@ -26,7 +26,7 @@ struct Workspace {
   std::vector<float> o;      // [n, n_embd]
   std::vector<float> gate;   // [n, n_ff]
   std::vector<float> up;     // [n, n_ff]
-  std::vector<float> scores; // [n_threads, n_ctx] attention weights, one row per thread
+  std::vector<float> scores; // [n_threads, heads per KV head, longest span] attention weights
   std::vector<float> rope;   // [n, head_dim] cos (first half) and sin (second half) per token
   MatMulInput in;            // the current projection input, in the forms its weights want
 };
@@ -40,12 +40,12 @@ class Gemma3Model {
 
   const ModelConfig& config() const { return cfg_; }
 
-  // Runs tokens [n] of one sequence at positions pos0 .. pos0+n-1, writing their keys and
-  // values through `kv` (whose blocks must cover them and hold positions < pos0 already). Writes logits of every token
-  // (all_logits) or of the last one only: out [all_logits ? n : 1, n_vocab]; with out == nullptr
-  // only the keys and values are computed.
-  void Forward(const int32_t* tokens, int64_t n, int64_t pos0, const KvView& kv, Workspace& ws,
-               bool all_logits, float* out, ThreadPool& pool) const;
+  // Runs the batch's tokens, each at its position in its own sequence, writing their keys and
+  // values through the sequence's view (whose blocks must cover them and hold every earlier
+  // position the token attends to). Tokens of one sequence come in position order. Writes the
+  // logits of batch.out_rows to out [n_out, n_vocab] (nothing when there are none).
+  // Token ids must be inside the vocabulary (checked: EngineError).
+  void Forward(const Batch& batch, Workspace& ws, float* out, ThreadPool& pool) const;
 
  private:
   struct Layer {
@@ -56,8 +56,7 @@ class Gemma3Model {
     std::vector<float> rope_inv_freq;  // [head_dim / 2] base^(-2i/d) * position scale
   };
 
-  void Attention(int64_t layer, int64_t n, int64_t pos0, const KvView& kv, Workspace& ws,
-                 ThreadPool& pool) const;
+  void Attention(int64_t layer, const Batch& batch, Workspace& ws, ThreadPool& pool) const;
 
   ModelConfig cfg_;
   std::unique_ptr<WeightArena> arena_;  // every packed matrix below lives here

@@ -8,8 +8,6 @@
 namespace pyengine {
 namespace {
 
-// Prompt tokens per forward call: bounds the workspace (and matches llama.cpp's ubatch).
-constexpr int64_t kUbatch = 512;
 // Positions per KV block: small enough that a shared prefix wastes little, large enough that
 // the block lookup is rare next to the 16-position stretch it covers.
 constexpr int64_t kBlockTokens = 16;
@@ -27,25 +25,38 @@ Engine::Engine(const std::string& path, const EngineOptions& opts)
       pool_(opts.n_threads),
       tok_(std::make_unique<Tokenizer>(LoadVocab(*file_))),
       model_(std::make_unique<Gemma3Model>(*file_, cfg_, pool_)),
-      n_ctx_(ClampCtx(opts.n_ctx, cfg_.n_ctx_train)),
-      arena_(cfg_.n_layer, cfg_.kv_dim(), kBlockTokens, (n_ctx_ + kBlockTokens - 1) / kBlockTokens) {
+      n_ctx_(ClampCtx(opts.n_ctx, cfg_.n_ctx_train)) {
   if (tok_->n_vocab() > cfg_.n_vocab) {
     throw ModelError(path + ": the tokenizer has " + std::to_string(tok_->n_vocab()) +
                      " tokens but token_embd only " + std::to_string(cfg_.n_vocab) + " rows");
   }
+  if (opts.kv_cache_bytes <= 0) throw EngineError("the KV cache budget must be positive");
+  kv_ = std::make_unique<KvCache>(cfg_, kBlockTokens, opts.kv_cache_bytes);
+  scheduler_ = std::make_shared<Scheduler>(*model_, *kv_, *tok_, pool_, opts.scheduler);
 }
 
-Engine::KvStats Engine::kv_stats() {
+Engine::~Engine() { Close(); }
+
+void Engine::Close() {
+  std::shared_ptr<Scheduler> s;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    s.swap(scheduler_);
+  }
+  s.reset();  // joins the loop thread outside the lock
+}
+
+std::shared_ptr<Scheduler> Engine::scheduler() const {
   std::lock_guard<std::mutex> lock(mu_);
-  return {arena_.n_blocks(), arena_.n_free(), arena_.block_tokens(),
-          static_cast<int64_t>(table_.blocks().size())};
+  if (!scheduler_) throw EngineError("the engine is closed");
+  return scheduler_;
 }
 
-void Engine::CheckIds(const std::vector<int32_t>& ids) const {
-  if (ids.empty()) throw EngineError("no tokens to evaluate");
-  if (static_cast<int64_t>(ids.size()) > n_ctx_) {
-    throw EngineError(std::to_string(ids.size()) + " tokens do not fit the context of " +
-                      std::to_string(n_ctx_));
+void Engine::CheckIds(const std::vector<int32_t>& ids, int64_t n_ctx) const {
+  if (ids.empty()) throw EngineError("the prompt is empty: no tokens to evaluate");
+  if (static_cast<int64_t>(ids.size()) > n_ctx) {
+    throw EngineError("the prompt of " + std::to_string(ids.size()) +
+                      " tokens does not fit the context of " + std::to_string(n_ctx));
   }
   for (int32_t t : ids) {
     if (t < 0 || t >= cfg_.n_vocab) {
@@ -55,42 +66,50 @@ void Engine::CheckIds(const std::vector<int32_t>& ids) const {
   }
 }
 
-std::vector<float> Engine::Logits(const std::vector<int32_t>& ids) {
-  CheckIds(ids);
-  const int64_t n = static_cast<int64_t>(ids.size());
-  std::vector<float> out(static_cast<size_t>(n * cfg_.n_vocab));  // [n, n_vocab]
-  std::lock_guard<std::mutex> lock(mu_);
-  cached_.clear();
-  if (!table_.Reserve(arena_, n)) throw EngineError("the KV arena is full");
-  const KvView kv{&arena_, &table_};
-  for (int64_t s = 0; s < n; s += kUbatch) {
-    const int64_t m = std::min(kUbatch, n - s);
-    model_->Forward(ids.data() + s, m, s, kv, ws_, /*all_logits=*/true, out.data() + s * cfg_.n_vocab, pool_);
+std::shared_ptr<Request> Engine::Submit(std::vector<int32_t> prompt, RequestOptions opts) {
+  opts.n_ctx = opts.n_ctx > 0 ? std::min(opts.n_ctx, cfg_.n_ctx_train) : n_ctx_;
+  CheckIds(prompt, opts.n_ctx);
+  std::shared_ptr<Scheduler> s = scheduler();
+  const int64_t need = kv_->PagesFor(static_cast<int64_t>(prompt.size()), s->options().max_batch_tokens);
+  if (need > kv_->n_pages()) {
+    throw EngineError("the prompt of " + std::to_string(prompt.size()) + " tokens needs " +
+                      std::to_string((need * kv_->page_bytes()) >> 20) + " MiB of KV cache, more than the " +
+                      std::to_string((kv_->n_pages() * kv_->page_bytes()) >> 20) + " MiB budget");
   }
-  cached_ = ids;
-  return out;
+  return s->Submit(std::move(prompt), opts);
 }
 
-int64_t Engine::Eval(const std::vector<int32_t>& ids, float* out) {
-  CheckIds(ids);
-  const int64_t n = static_cast<int64_t>(ids.size());
-  std::lock_guard<std::mutex> lock(mu_);
-  // The last token is always evaluated: its logits are the answer.
-  int64_t keep = 0;
-  const int64_t max_keep = std::min<int64_t>(n - 1, static_cast<int64_t>(cached_.size()));
-  while (keep < max_keep && cached_[keep] == ids[keep]) ++keep;
-  cached_.resize(static_cast<size_t>(keep));
-  if (!table_.Reserve(arena_, n)) throw EngineError("the KV arena is full");
-  const KvView kv{&arena_, &table_};
-  for (int64_t s = keep; s < n; s += kUbatch) {
-    const int64_t m = std::min(kUbatch, n - s);
-    // Positions [s, s+m) overwrite whatever an older sequence left there. Only the last
-    // chunk's logits are wanted: the others skip the output projection.
-    model_->Forward(ids.data() + s, m, s, kv, ws_, /*all_logits=*/false,
-                    s + m == n ? out : nullptr, pool_);
-    cached_.insert(cached_.end(), ids.begin() + s, ids.begin() + s + m);
+void Engine::Cancel(Request& r) {
+  std::shared_ptr<Scheduler> s;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    s = scheduler_;
   }
-  return n - keep;
+  if (s) s->Cancel(r);
+}
+
+std::vector<float> Engine::Logits(const std::vector<int32_t>& ids) {
+  RequestOptions o;
+  o.logits_all = true;
+  o.n_ctx = n_ctx_;
+  std::shared_ptr<Request> r = Submit(ids, o);
+  GenerationStep step;
+  while (r->Next(&step, -1) && !step.done) {}
+  if (!r->error().empty()) throw EngineError(r->error());
+  return r->TakeLogits();
+}
+
+SchedulerStats Engine::stats() const { return scheduler()->stats(); }
+KvCache::Stats Engine::kv_stats() const { return scheduler()->kv_stats(); }
+
+std::vector<uint64_t> Engine::WaitReady(int64_t timeout_ms) {
+  std::shared_ptr<Scheduler> s;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    s = scheduler_;
+  }
+  if (!s) return {};
+  return s->WaitReady(timeout_ms);
 }
 
 }  // namespace pyengine

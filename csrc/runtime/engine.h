@@ -1,5 +1,5 @@
-// Engine: owns a mapped model file, its weights, tokenizer, the KV arena, and (until the
-// batcher lands) the block table of one sequence.
+// Engine: owns a mapped model file, its weights, tokenizer, the shared KV cache and the
+// scheduler that batches every request on the model.
 #pragma once
 
 #include <cstdint>
@@ -10,22 +10,26 @@
 
 #include "core/config.h"
 #include "core/gguf.h"
-#include "kv/block_table.h"
-#include "kv/kv_arena.h"
+#include "kv/kv_cache.h"
 #include "model/gemma3.h"
+#include "runtime/request.h"
+#include "runtime/scheduler.h"
 #include "runtime/thread_pool.h"
 #include "runtime/tokenizer.h"
 
 namespace pyengine {
 
 struct EngineOptions {
-  int64_t n_ctx = 4096;  // capped at the model's training context
-  int32_t n_threads = 0; // 0: all cores
+  int64_t n_ctx = 4096;        // a request's default context; capped at the model's training context
+  int32_t n_threads = 0;       // 0: all cores
+  int64_t kv_cache_bytes = int64_t{2048} << 20;  // memory for keys and values of all sequences
+  SchedulerOptions scheduler;
 };
 
 class Engine {
  public:
   Engine(const std::string& path, const EngineOptions& opts);
+  ~Engine();
 
   const ModelConfig& config() const { return cfg_; }
   const Tokenizer& tokenizer() const { return *tok_; }
@@ -33,22 +37,21 @@ class Engine {
   int64_t n_ctx() const { return n_ctx_; }
   int n_threads() const { return pool_.size(); }
 
-  struct KvStats {
-    int64_t blocks_total, blocks_free, block_tokens, sequence_blocks;
-  };
-  KvStats kv_stats();
-
-  // Teacher-forced logits of `ids` as a fresh sequence: [ids.size(), n_vocab].
+  // Checks a request (ids, context, memory; EngineError naming the problem) and queues it.
+  std::shared_ptr<Request> Submit(std::vector<int32_t> prompt, RequestOptions opts);
+  void Cancel(Request& r);
+  // Teacher-forced logits of `ids` as a fresh sequence: [ids.size(), n_vocab]. Blocks.
   std::vector<float> Logits(const std::vector<int32_t>& ids);
 
-  // Makes the cached sequence equal `ids` and writes the last position's logits to
-  // out [n_vocab]. Reuses the longest prefix already cached, so a generation that appends
-  // one token per call costs one token of compute. Returns the number of tokens evaluated.
-  // Thread-safe: calls from several generations interleave correctly (each call is atomic).
-  int64_t Eval(const std::vector<int32_t>& ids, float* out);
+  SchedulerStats stats() const;
+  KvCache::Stats kv_stats() const;
+  std::vector<uint64_t> WaitReady(int64_t timeout_ms);
+  // Stops the scheduler: queued and running requests end with an error, new ones are refused.
+  void Close();
 
  private:
-  void CheckIds(const std::vector<int32_t>& ids) const;
+  void CheckIds(const std::vector<int32_t>& ids, int64_t n_ctx) const;
+  std::shared_ptr<Scheduler> scheduler() const;  // EngineError once closed
 
   std::unique_ptr<GgufFile> file_;
   ModelConfig cfg_;
@@ -56,12 +59,9 @@ class Engine {
   std::unique_ptr<Tokenizer> tok_;       // before the model: a bad vocabulary fails fast
   std::unique_ptr<Gemma3Model> model_;
   int64_t n_ctx_;
-
-  std::mutex mu_;  // guards everything below
-  KvArena arena_;     // sized for n_ctx positions
-  BlockTable table_;  // the one sequence's blocks
-  Workspace ws_;
-  std::vector<int32_t> cached_;  // tokens whose keys/values kv_ holds, positions 0..
+  std::unique_ptr<KvCache> kv_;
+  mutable std::mutex mu_;                 // guards scheduler_ (Close may reset it)
+  std::shared_ptr<Scheduler> scheduler_;  // last: its thread uses everything above
 };
 
 }  // namespace pyengine

@@ -1,12 +1,11 @@
-// Generation: one request's decoding loop: prompt, sampling, stop conditions, streamed text.
+// Generation: the decoding state of one request: sampling, stop conditions and the text
+// released so far. The scheduler feeds it one row of logits per step.
 #pragma once
 
 #include <cstdint>
-#include <mutex>
 #include <string>
 #include <vector>
 
-#include "runtime/engine.h"
 #include "runtime/sampler.h"
 #include "runtime/tokenizer.h"
 
@@ -23,48 +22,37 @@ struct GenerationStep {
   int32_t token = -1;       // sampled token, -1 when the step produced none
   std::string text;         // complete UTF-8 text released by this step (may be empty)
   bool done = false;
-  std::string done_reason;  // "stop" (end token or stop string) or "length"
+  std::string done_reason;  // "stop" (end token or stop string), "length", "cancel" or "error"
 };
 
 class Generation {
  public:
-  Generation(Engine& engine, std::vector<int32_t> prompt, GenerateOptions opts);
+  // n_ctx: positions the sequence may use; a token sampled beyond them ends it with "length".
+  Generation(const Tokenizer& tok, GenerateOptions opts, int64_t n_ctx);
 
-  // Advances by one token; the first call evaluates the prompt. After `done`, returns an
-  // empty done step.
-  GenerationStep Next();
+  // Samples the next token from logits [n_vocab] of `tokens` (prompt + output so far) and
+  // appends it there. Returns the step for the caller; after `done`, nothing more is sampled.
+  GenerationStep Accept(const float* logits, int64_t n_vocab, std::vector<int32_t>& tokens);
+  // Ends the output early (cancel, error, out of memory), releasing any held-back text.
+  GenerationStep Finish(const std::string& reason, bool flush_text);
 
-  int64_t prompt_eval_count() const { return prompt_eval_count_; }
-  int64_t eval_count() const { return eval_count_; }
-  int64_t prompt_eval_ns() const { return prompt_eval_ns_; }
-  int64_t eval_ns() const { return eval_ns_; }
-  std::vector<int32_t> output_tokens() const {
-    std::lock_guard<std::mutex> lock(mu_);
-    return output_;
-  }
-  bool done() const {
-    std::lock_guard<std::mutex> lock(mu_);
-    return done_;
-  }
+  bool done() const { return done_; }
+  int64_t n_output() const { return n_output_; }
 
  private:
   // Moves releasable text out of pending_, holding back a tail that may start a stop string.
   // Returns true when a stop string matched (pending_ is cut before it).
   bool ReleaseText(std::string* out);
-  GenerationStep Finish(GenerationStep step, const std::string& reason, bool flush_text);
+  GenerationStep End(GenerationStep step, const std::string& reason, bool flush_text);
 
-  mutable std::mutex mu_;  // one step at a time, even if two threads share this object
-  Engine& engine_;
+  const Tokenizer& tok_;
   GenerateOptions opts_;
+  int64_t n_ctx_;
   Sampler sampler_;
   StreamDecoder decoder_;
-  std::vector<int32_t> seq_;     // prompt + output so far
-  std::vector<int32_t> output_;  // sampled tokens
-  std::vector<float> logits_;    // [n_vocab]
-  std::string pending_;          // decoded text not yet released (stop-string look-behind)
-  size_t prompt_len_;
+  std::string pending_;  // decoded text not yet released (stop-string look-behind)
   bool done_ = false;
-  int64_t prompt_eval_count_ = 0, eval_count_ = 0, prompt_eval_ns_ = 0, eval_ns_ = 0;
+  int64_t n_output_ = 0;
 };
 
 }  // namespace pyengine

@@ -1,0 +1,385 @@
+#include "runtime/scheduler.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+#include <stdexcept>
+
+#include "core/errors.h"
+
+namespace pyengine {
+namespace {
+
+int64_t NowNs() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+GenerationStep DoneStep(const char* reason) {
+  GenerationStep step;
+  step.done = true;
+  step.done_reason = reason;
+  return step;
+}
+
+}  // namespace
+
+struct Scheduler::Sequence {
+  std::shared_ptr<Request> req;
+  RequestOptions opts;
+  std::vector<int32_t> tokens;      // prompt, then output
+  int64_t prompt_len = 0;
+  std::unique_ptr<Generation> gen;  // null when scoring
+  BlockTable table;
+  int64_t n_done = 0;               // leading positions whose keys and values the table holds
+  int64_t attached = 0;             // of those, shared from the prefix cache at admission
+  bool finished = false;
+  RequestCounts counts;
+  // Logits row of this step (-1: none) and whether the sequence had output before it.
+  int64_t row = -1;
+  bool had_output = false;
+
+  int64_t pending() const { return static_cast<int64_t>(tokens.size()) - n_done; }
+};
+
+Scheduler::Scheduler(const Gemma3Model& model, KvCache& kv, const Tokenizer& tok, ThreadPool& pool,
+                     const SchedulerOptions& opts)
+    : model_(model), kv_(kv), tok_(tok), pool_(pool), opts_(opts) {
+  if (opts_.max_batch < 1 || opts_.max_batch_tokens < opts_.max_batch) {
+    throw EngineError("max_batch must be >= 1 and max_batch_tokens >= max_batch");
+  }
+  thread_ = std::thread([this] { Loop(); });
+}
+
+Scheduler::~Scheduler() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stop_ = true;
+  }
+  cv_.notify_all();
+  ready_cv_.notify_all();
+  if (thread_.joinable()) thread_.join();
+}
+
+std::shared_ptr<Request> Scheduler::Submit(std::vector<int32_t> prompt, const RequestOptions& opts) {
+  auto s = std::make_unique<Sequence>();
+  s->opts = opts;
+  s->tokens = std::move(prompt);
+  s->prompt_len = static_cast<int64_t>(s->tokens.size());
+  s->counts.prompt_tokens = s->prompt_len;
+  if (!opts.logits_all) s->gen = std::make_unique<Generation>(tok_, opts.gen, opts.n_ctx);
+  std::shared_ptr<Request> req;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (stop_) throw EngineError("the engine is closed");
+    req = std::make_shared<Request>(next_id_++);
+    s->req = req;
+    if (s->gen && s->gen->done()) {
+      // Nothing to generate (max_tokens == 0): finished before it starts.
+      s->req->SetCounts(s->counts);
+      s->req->Push(s->gen->Finish("length", true));
+      return req;
+    }
+    incoming_.push_back(std::move(s));
+  }
+  cv_.notify_all();
+  return req;
+}
+
+void Scheduler::Cancel(Request& r) {
+  r.MarkCancelled();
+  cv_.notify_all();
+}
+
+SchedulerStats Scheduler::stats() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  SchedulerStats s = stats_;
+  s.running = static_cast<int64_t>(running_.size());
+  s.waiting = static_cast<int64_t>(waiting_.size() + incoming_.size());
+  return s;
+}
+
+KvCache::Stats Scheduler::kv_stats() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return kv_.stats();
+}
+
+std::vector<uint64_t> Scheduler::WaitReady(int64_t timeout_ms) {
+  std::unique_lock<std::mutex> lock(ready_mu_);
+  ready_cv_.wait_for(lock, std::chrono::milliseconds(std::max<int64_t>(timeout_ms, 0)),
+                     [&] { return !ready_.empty() || stop_; });
+  std::vector<uint64_t> out;
+  out.swap(ready_);
+  return out;
+}
+
+void Scheduler::Notify(const Sequence* s) {
+  if (!s->opts.notify) return;
+  {
+    std::lock_guard<std::mutex> lock(ready_mu_);
+    ready_.push_back(s->req->id());
+  }
+  ready_cv_.notify_all();
+}
+
+void Scheduler::Loop() {
+  std::unique_lock<std::mutex> lock(mu_);
+  for (;;) {
+    cv_.wait(lock, [&] { return stop_ || !incoming_.empty() || !running_.empty() || !waiting_.empty(); });
+    if (stop_) break;
+    if (running_.empty() && waiting_.empty() && opts_.batch_wait_us > 0) {
+      // An idle engine gives requests arriving together a moment to share the first step.
+      cv_.wait_for(lock, std::chrono::microseconds(opts_.batch_wait_us), [&] {
+        return stop_ || static_cast<int64_t>(incoming_.size()) >= opts_.max_batch;
+      });
+      if (stop_) break;
+    }
+    while (!incoming_.empty()) {
+      waiting_.push_back(std::move(incoming_.front()));
+      incoming_.pop_front();
+    }
+    DropCancelled();
+    Admit();
+    if (!Plan()) {
+      // Everything admitted ended while memory was reserved; the waiting ones go next turn.
+      RemoveFinished();
+      continue;
+    }
+    lock.unlock();
+    Run();
+    lock.lock();
+
+    // Bookkeeping of the step: positions computed, blocks offered and trimmed, tokens out.
+    ++stats_.steps;
+    stats_.last_step_sequences = static_cast<int64_t>(plan_.size());
+    stats_.max_step_sequences = std::max(stats_.max_step_sequences, stats_.last_step_sequences);
+    stats_.step_sequences += stats_.last_step_sequences;
+    stats_.step_tokens += batch_.size();
+    for (size_t i = 0; i < plan_.size(); ++i) {
+      Sequence* s = plan_[i].s;
+      if (!step_error_.empty()) {
+        FailSequence(s, step_error_);
+        continue;
+      }
+      const int64_t n = plan_[i].n;
+      s->n_done += n;
+      if (s->n_done <= s->prompt_len || !s->had_output) {
+        s->counts.prompt_eval_count += n;
+        stats_.prompt_tokens += n;
+      } else {
+        stats_.decode_tokens += n;
+      }
+      kv_.Offer(s->table, s->tokens.data(), s->n_done);
+      kv_.Trim(s->table, s->n_done);
+      if (s->had_output) {
+        s->counts.eval_ns += step_ns_;
+      } else {
+        s->counts.prompt_eval_ns += step_ns_;
+      }
+      if (s->opts.logits_all) {
+        if (s->n_done == s->prompt_len) Finish(s, DoneStep("stop"));
+        continue;
+      }
+      if (s->row < 0) continue;
+      GenerationStep& step = sampled_[i];
+      s->counts.eval_count = s->gen->n_output();
+      if (step.done) {
+        Finish(s, std::move(step));
+      } else {
+        s->req->Push(std::move(step));
+        Notify(s);
+      }
+    }
+    step_error_.clear();
+    RemoveFinished();
+  }
+  // Shutting down: nobody will serve what is left.
+  for (auto* q : {&incoming_, &waiting_}) {
+    for (auto& s : *q) s->req->Fail("the engine was closed");
+    q->clear();
+  }
+  for (auto& s : running_) {
+    kv_.Release(s->table);
+    s->req->Fail("the engine was closed");
+  }
+  running_.clear();
+}
+
+void Scheduler::DropCancelled() {
+  for (auto it = waiting_.begin(); it != waiting_.end();) {
+    Sequence* s = it->get();
+    if (!s->req->cancelled()) {
+      ++it;
+      continue;
+    }
+    kv_.Release(s->table);
+    s->req->SetCounts(s->counts);
+    s->req->Push(s->gen ? s->gen->Finish("cancel", true) : DoneStep("cancel"));
+    Notify(s);
+    ++stats_.cancelled;
+    it = waiting_.erase(it);
+  }
+  for (auto& s : running_) {
+    if (s->finished || !s->req->cancelled()) continue;
+    ++stats_.cancelled;
+    Finish(s.get(), s->gen ? s->gen->Finish("cancel", true) : DoneStep("cancel"));
+  }
+  RemoveFinished();
+}
+
+void Scheduler::Admit() {
+  while (!waiting_.empty() && static_cast<int64_t>(running_.size()) < opts_.max_batch) {
+    std::unique_ptr<Sequence> s = std::move(waiting_.front());
+    waiting_.pop_front();
+    // Scoring needs every position's logits, so it computes everything; a generation reuses
+    // all but its last token (whose logits start the output).
+    const int64_t size = static_cast<int64_t>(s->tokens.size());
+    const int64_t reuse = s->opts.logits_all ? 0 : size - 1;
+    s->attached = s->n_done = kv_.AttachPrefix(s->table, s->tokens.data(), size, reuse);
+    if (s->counts.cached_tokens == 0) s->counts.cached_tokens = std::min(s->attached, s->prompt_len);
+    running_.push_back(std::move(s));
+  }
+}
+
+bool Scheduler::Plan() {
+  plan_.clear();
+  int64_t budget = opts_.max_batch_tokens;
+  // Decoding sequences first: one token each keeps every stream moving.
+  for (auto& s : running_) {
+    if (s->pending() == 1 && !s->opts.logits_all) {
+      plan_.push_back({s.get(), 1, true});
+      --budget;
+    }
+  }
+  // Then prompt chunks, oldest sequence first.
+  for (auto& s : running_) {
+    if (budget <= 0) break;
+    if (s->pending() > 1 || (s->opts.logits_all && s->pending() > 0)) {
+      const int64_t n = std::min(s->pending(), budget);
+      plan_.push_back({s.get(), n, n == s->pending() || s->opts.logits_all});
+      budget -= n;
+    }
+  }
+  Reserve();
+  return !plan_.empty();
+}
+
+void Scheduler::Reserve() {
+  // Oldest first, so that when memory runs short the newest sequences give way.
+  for (size_t r = 0; r < running_.size(); ++r) {
+    Sequence* s = running_[r].get();
+    auto item = std::find_if(plan_.begin(), plan_.end(), [&](const Item& it) { return it.s == s; });
+    if (item == plan_.end()) continue;
+    const int64_t end = s->n_done + item->n;
+    while (!kv_.Grow(s->table, end)) {
+      Sequence* newest = running_.back().get();
+      if (newest != s) {
+        // A sequence that computed nothing since admission is only put back in line.
+        Preempt(newest, newest->n_done > newest->attached);
+        continue;
+      }
+      if (running_.size() > 1) {
+        Preempt(s, s->n_done > s->attached);
+      } else if (s->gen && s->n_done >= s->prompt_len) {
+        // Alone and still short: the memory holds no more of this sequence.
+        Finish(s, s->gen->Finish("length", true));
+        plan_.clear();
+      } else {
+        FailSequence(s, "the KV cache is too small for this prompt (" +
+                            std::to_string(end) + " positions)");
+        plan_.clear();
+      }
+      break;
+    }
+    // Preempt() removed the newest sequences; running_ still holds s at index r or earlier.
+    if (r >= running_.size() || running_[r].get() != s) break;
+  }
+  RemoveFinished();
+}
+
+void Scheduler::Preempt(Sequence* s, bool counted) {
+  kv_.Release(s->table);  // its full blocks were offered: a resumed sequence may find them
+  s->n_done = 0;
+  if (counted) {
+    ++s->counts.preemptions;
+    ++stats_.preemptions;
+  }
+  plan_.erase(std::remove_if(plan_.begin(), plan_.end(), [&](const Item& it) { return it.s == s; }),
+              plan_.end());
+  auto it = std::find_if(running_.begin(), running_.end(), [&](const auto& p) { return p.get() == s; });
+  waiting_.push_front(std::move(*it));
+  running_.erase(it);
+}
+
+void Scheduler::Run() {
+  const int64_t t0 = NowNs();
+  batch_.Clear();
+  int64_t rows = 0;
+  for (const Item& it : plan_) {
+    Sequence* s = it.s;
+    const int32_t idx = static_cast<int32_t>(batch_.views.size());
+    batch_.views.push_back(kv_.View(s->table));
+    batch_.Add(idx, s->tokens.data() + s->n_done, it.n, s->n_done, it.logits, s->opts.logits_all);
+    s->had_output = s->gen && s->gen->n_output() > 0;
+    s->row = -1;
+    if (it.logits) {
+      s->row = rows;
+      rows += s->opts.logits_all ? it.n : 1;
+    }
+  }
+  const int64_t n_vocab = model_.config().n_vocab;
+  logits_.resize(static_cast<size_t>(rows * n_vocab));
+  try {
+    model_.Forward(batch_, ws_, logits_.data(), pool_);
+  } catch (const std::exception& e) {
+    step_error_ = e.what();
+    step_ns_ = NowNs() - t0;
+    return;
+  }
+  // Scoring rows go to their requests; generating sequences sample, in parallel.
+  sampled_.assign(plan_.size(), GenerationStep{});
+  for (const Item& it : plan_) {
+    Sequence* s = it.s;
+    if (!s->opts.logits_all || s->row < 0) continue;
+    std::vector<float>& dst = s->req->logits();
+    dst.resize(static_cast<size_t>(s->prompt_len * n_vocab));
+    std::memcpy(dst.data() + s->n_done * n_vocab, logits_.data() + s->row * n_vocab,
+                sizeof(float) * static_cast<size_t>(it.n * n_vocab));
+  }
+  pool_.ParallelFor(static_cast<int64_t>(plan_.size()), [&](int64_t i, int) {
+    Sequence* s = plan_[i].s;
+    if (s->opts.logits_all || s->row < 0) return;
+    // The sequence's tokens grow by the sampled one; its KV is computed next step.
+    sampled_[i] = s->gen->Accept(logits_.data() + s->row * n_vocab, n_vocab, s->tokens);
+  });
+  step_ns_ = NowNs() - t0;
+}
+
+void Scheduler::Finish(Sequence* s, GenerationStep step) {
+  if (s->finished) return;
+  kv_.Release(s->table);
+  s->finished = true;
+  if (s->gen) s->counts.eval_count = s->gen->n_output();
+  s->req->SetCounts(s->counts);
+  s->req->Push(std::move(step));
+  Notify(s);
+  ++stats_.finished;
+}
+
+void Scheduler::FailSequence(Sequence* s, const std::string& error) {
+  if (s->finished) return;
+  kv_.Release(s->table);
+  s->finished = true;
+  s->req->SetCounts(s->counts);
+  s->req->Fail(error);
+  Notify(s);
+  ++stats_.failed;
+}
+
+void Scheduler::RemoveFinished() {
+  running_.erase(std::remove_if(running_.begin(), running_.end(), [](const auto& s) { return s->finished; }),
+                 running_.end());
+}
+
+}  // namespace pyengine

@@ -1,0 +1,118 @@
+// Scheduler: the dynamic (continuous) batcher. One thread owns the model's compute and its KV
+// cache; each step runs every decoding sequence's next token plus chunks of waiting prompts in
+// one forward pass (decode first, chunked prefill), admits new requests while sequences and
+// memory allow, frees a finished or cancelled sequence's blocks at once, and sets the newest
+// sequence back (to be recomputed later, never corrupted) when memory runs out.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "kv/kv_cache.h"
+#include "model/gemma3.h"
+#include "runtime/batch.h"
+#include "runtime/request.h"
+#include "runtime/thread_pool.h"
+#include "runtime/tokenizer.h"
+
+namespace pyengine {
+
+struct SchedulerOptions {
+  int max_batch = 16;              // sequences in one step
+  int64_t max_batch_tokens = 512;  // tokens in one step: decode tokens plus prompt chunks
+  int64_t batch_wait_us = 0;       // an idle engine waits this long for more requests to join
+};
+
+struct SchedulerStats {
+  int64_t running = 0, waiting = 0;         // sequences now
+  int64_t steps = 0;                        // forward passes so far
+  int64_t step_tokens = 0;                  // tokens over all steps
+  int64_t step_sequences = 0;               // sequences over all steps (mean batch = / steps)
+  int64_t max_step_sequences = 0, last_step_sequences = 0;
+  int64_t decode_tokens = 0, prompt_tokens = 0;
+  int64_t preemptions = 0;
+  int64_t finished = 0, cancelled = 0, failed = 0;
+};
+
+class Scheduler {
+ public:
+  Scheduler(const Gemma3Model& model, KvCache& kv, const Tokenizer& tok, ThreadPool& pool,
+            const SchedulerOptions& opts);
+  ~Scheduler();  // stops the thread; requests still queued or running end with an error
+  Scheduler(const Scheduler&) = delete;
+  Scheduler& operator=(const Scheduler&) = delete;
+
+  const SchedulerOptions& options() const { return opts_; }
+
+  // Queues a sequence whose prompt the caller has validated (ids in the vocabulary, length
+  // within opts.n_ctx, memory). Returns at once.
+  std::shared_ptr<Request> Submit(std::vector<int32_t> prompt, const RequestOptions& opts);
+  // Ends the request at the next step boundary; its blocks are freed then.
+  void Cancel(Request& r);
+
+  SchedulerStats stats() const;
+  KvCache::Stats kv_stats() const;
+
+  // For asyncio callers: ids of `notify` requests that got steps since the last call. Waits
+  // up to timeout_ms for one; empty on timeout or when the scheduler stops.
+  std::vector<uint64_t> WaitReady(int64_t timeout_ms);
+
+ private:
+  struct Sequence;
+  struct Item {
+    Sequence* s;
+    int64_t n;    // tokens this step
+    bool logits;  // this step's last token (every token when scoring) gets logits
+  };
+
+  void Loop();
+  void Admit();
+  bool Plan();
+  void Reserve();
+  void Preempt(Sequence* s, bool counted);
+  void Run();  // the forward pass and sampling, without the lock
+  void Finish(Sequence* s, GenerationStep step);
+  void FailSequence(Sequence* s, const std::string& error);
+  void DropCancelled();
+  void RemoveFinished();
+  void Notify(const Sequence* s);
+
+  const Gemma3Model& model_;
+  KvCache& kv_;
+  const Tokenizer& tok_;
+  ThreadPool& pool_;
+  const SchedulerOptions opts_;
+
+  mutable std::mutex mu_;  // guards everything below except what only the loop thread touches
+  std::condition_variable cv_;
+  std::atomic<bool> stop_{false};  // written under mu_, read by WaitReady too
+  uint64_t next_id_ = 1;
+  std::deque<std::unique_ptr<Sequence>> incoming_;  // submitted, not yet seen by the loop
+  std::deque<std::unique_ptr<Sequence>> waiting_;   // not admitted (or set back); front first
+  std::vector<std::unique_ptr<Sequence>> running_;  // admitted, in admission order
+  SchedulerStats stats_;
+
+  // Loop thread only (sequences in running_ are changed by the loop thread alone, so the
+  // forward pass and sampling run without the lock).
+  std::vector<Item> plan_;
+  Batch batch_;
+  Workspace ws_;
+  std::vector<float> logits_;                 // [n_out, n_vocab] of the current step
+  std::vector<GenerationStep> sampled_;       // [items] step each sampling item produced
+  int64_t step_ns_ = 0;                       // duration of the current step
+  std::string step_error_;                    // set when the forward pass failed
+
+  std::mutex ready_mu_;
+  std::condition_variable ready_cv_;
+  std::vector<uint64_t> ready_;
+
+  std::thread thread_;  // last: starts after everything above exists
+};
+
+}  // namespace pyengine
