@@ -66,9 +66,11 @@ inline void TileQ8(const Q8x16Block* wg, int64_t nb, const XQ8Block* x, int64_t 
 }
 
 // One token (decode): bandwidth bound. Four independent dot-product chains per block keep
-// enough loads in flight; the whole block 4 ahead is prefetched.
+// enough loads in flight; the whole block 4 ahead is prefetched. The float accumulation runs in
+// block order through one register, exactly as TileQ8 does, so a token's result does not depend
+// on how many tokens share the product (batched decode equals decode alone, bit for bit).
 inline void VecQ8(const Q8x16Block* wg, int64_t nb, const XQ8Block* x, float* y, __mmask16 store_mask) {
-  __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
+  __m512 acc = _mm512_setzero_ps();
   for (int64_t b = 0; b < nb; ++b) {
     const Q8x16Block& blk = wg[b];
     Prefetch(reinterpret_cast<uintptr_t>(wg + b) + 4 * sizeof(Q8x16Block), 9);
@@ -80,17 +82,13 @@ inline void VecQ8(const Q8x16Block* wg, int64_t nb, const XQ8Block* x, float* y,
     for (int c = 4; c < 8; ++c) {
       s[c - 4] = _mm512_dpbusd_epi32(s[c - 4], _mm512_loadu_si512(blk.q + 64 * c), Broadcast4(xb.q + 4 * c));
     }
+    // Integer sums are exact in any order; only the float steps below must match TileQ8's.
     const __m512i sum = _mm512_sub_epi32(_mm512_add_epi32(_mm512_add_epi32(s[0], s[1]), _mm512_add_epi32(s[2], s[3])),
                                          _mm512_set1_epi32(xb.sum128));
     const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk.d)));
-    const __m512 scaled = _mm512_mul_ps(dw, _mm512_set1_ps(xb.d));
-    if (b & 1) {
-      acc1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), scaled, acc1);
-    } else {
-      acc0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), scaled, acc0);
-    }
+    acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_mul_ps(dw, _mm512_set1_ps(xb.d)), acc);
   }
-  _mm512_mask_storeu_ps(y, store_mask, _mm512_add_ps(acc0, acc1));
+  _mm512_mask_storeu_ps(y, store_mask, acc);
 }
 
 void GemmQ8(const Q8x16Block* w, int64_t nb, const XQ8Block* x, int64_t n_tok, int64_t g0,

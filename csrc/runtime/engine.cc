@@ -73,8 +73,8 @@ std::shared_ptr<Request> Engine::Submit(std::vector<int32_t> prompt, RequestOpti
   const int64_t need = kv_->PagesFor(static_cast<int64_t>(prompt.size()), s->options().max_batch_tokens);
   if (need > kv_->n_pages()) {
     throw EngineError("the prompt of " + std::to_string(prompt.size()) + " tokens needs " +
-                      std::to_string((need * kv_->page_bytes()) >> 20) + " MiB of KV cache, more than the " +
-                      std::to_string((kv_->n_pages() * kv_->page_bytes()) >> 20) + " MiB budget");
+                      std::to_string((need * kv_->page_bytes()) >> 10) + " KiB of KV cache, more than the " +
+                      std::to_string((kv_->n_pages() * kv_->page_bytes()) >> 10) + " KiB budget");
   }
   return s->Submit(std::move(prompt), opts);
 }

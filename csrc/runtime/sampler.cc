@@ -9,14 +9,27 @@ namespace pyengine {
 Sampler::Sampler(const SamplingParams& p) : p_(p), rng_(p.seed) {}
 
 int32_t Sampler::Sample(const float* logits, int32_t n_vocab, const std::vector<int32_t>& history) {
+  const bool penalise = p_.repeat_penalty != 1.f || p_.presence_penalty != 0.f ||
+                        p_.frequency_penalty != 0.f;
+  if (p_.temperature <= 0.f && !penalise) {
+    // Greedy without penalties: the first best id, NaN never winning (a batch of streams
+    // samples every step, so skipping the candidate copy matters at 262k tokens).
+    int32_t best = 0;
+    float best_logit = -INFINITY;
+    for (int32_t i = 0; i < n_vocab; ++i) {
+      if (logits[i] > best_logit) {
+        best_logit = logits[i];
+        best = i;
+      }
+    }
+    return best;
+  }
   cand_.resize(static_cast<size_t>(n_vocab));
   // NaN would break the orderings below: it ranks as impossible.
   for (int32_t i = 0; i < n_vocab; ++i) cand_[i] = {i, std::isnan(logits[i]) ? -INFINITY : logits[i]};
 
   // Penalties over the recent window (llama.cpp / Ollama semantics: divide positive logits,
   // multiply negative ones by repeat_penalty; presence/frequency subtract).
-  const bool penalise = p_.repeat_penalty != 1.f || p_.presence_penalty != 0.f ||
-                        p_.frequency_penalty != 0.f;
   if (penalise && p_.repeat_last_n != 0 && !history.empty()) {
     size_t n = p_.repeat_last_n < 0 ? history.size()
                                     : std::min(history.size(), static_cast<size_t>(p_.repeat_last_n));

@@ -347,11 +347,13 @@ void Scheduler::Run() {
     std::memcpy(dst.data() + s->n_done * n_vocab, logits_.data() + s->row * n_vocab,
                 sizeof(float) * static_cast<size_t>(it.n * n_vocab));
   }
-  pool_.ParallelFor(static_cast<int64_t>(plan_.size()), [&](int64_t i, int) {
-    Sequence* s = plan_[i].s;
-    if (s->opts.logits_all || s->row < 0) return;
-    // The sequence's tokens grow by the sampled one; its KV is computed next step.
-    sampled_[i] = s->gen->Accept(logits_.data() + s->row * n_vocab, n_vocab, s->tokens);
+  ParallelRanges(pool_, static_cast<int64_t>(plan_.size()), 1, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      Sequence* s = plan_[i].s;
+      if (s->opts.logits_all || s->row < 0) continue;
+      // The sequence's tokens grow by the sampled one; its KV is computed next step.
+      sampled_[i] = s->gen->Accept(logits_.data() + s->row * n_vocab, n_vocab, s->tokens);
+    }
   });
   step_ns_ = NowNs() - t0;
 }

@@ -23,11 +23,11 @@ int main(int argc, char** argv) {
         pyengine::EngineOptions opts;
         opts.n_ctx = 64;
         opts.n_threads = 2;
+        opts.kv_cache_bytes = int64_t{4} << 20;
         pyengine::Engine e(argv[i], opts);
-        std::vector<float> out(static_cast<size_t>(e.config().n_vocab));
         std::vector<int32_t> ids = e.tokenizer().Encode("fuzz text", true, false);
         if (ids.size() > 8) ids.resize(8);
-        e.Eval(ids, out.data());
+        e.Logits(ids);
       } else {
         pyengine::GgufFile f(argv[i]);
       }

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Builds the core and the scheduler stress driver with ThreadSanitizer, then with
+# AddressSanitizer + UBSan, and runs each on a tiny synthetic model: eight threads submitting,
+# streaming and cancelling requests under memory pressure. Any sanitizer report fails the run.
+#   bash scripts/sanitize_batch.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+WORK=$(mktemp -d)
+trap 'rm -rf "$WORK"' EXIT
+SRCS=(core/gguf.cc core/config.cc quant/formats.cc quant/cpu_features.cc quant/matmul.cc
+      quant/kernels_scalar.cc quant/kernels_avx2.cc quant/kernels_avx512.cc model/gemma3.cc
+      kv/kv_arena.cc kv/prefix_cache.cc kv/kv_cache.cc
+      runtime/tokenizer.cc runtime/vocab.cc runtime/sampler.cc runtime/engine.cc
+      runtime/generation.cc runtime/request.cc runtime/scheduler.cc runtime/thread_pool.cc
+      runtime/membw.cc)
+python3 -c "import sys; sys.path.insert(0, 'scripts'); from make_model import write_model; write_model('$WORK/tiny.gguf', 'tiny', 'q8_0')"
+for san in thread address,undefined; do
+  echo "== -fsanitize=$san"
+  g++ -std=c++17 -O1 -g -fsanitize=$san -fno-sanitize-recover=all -fno-omit-frame-pointer \
+    -Icsrc tests/native/batch_stress.cc "${SRCS[@]/#/csrc/}" -o "$WORK/stress" -lpthread
+  TSAN_OPTIONS=halt_on_error=1 "$WORK/stress" "$WORK/tiny.gguf"
+done
