@@ -49,7 +49,7 @@ ThreadPool::ThreadPool(int n_threads)
     {
       std::lock_guard<std::mutex> lock(mu_);
       stop_ = true;
-      generation_.fetch_add(1);
+      wake_.fetch_add(1);
     }
     cv_.notify_all();
     for (auto& t : workers_) t.join();
@@ -61,22 +61,61 @@ ThreadPool::~ThreadPool() {
   {
     std::lock_guard<std::mutex> lock(mu_);
     stop_ = true;
-    generation_.fetch_add(1);
+    wake_.fetch_add(1);
   }
   cv_.notify_all();
   for (auto& t : workers_) t.join();
 }
 
-void ThreadPool::RunTasks(int index) {
+thread_local int ThreadPool::thread_index_ = 0;
+
+void ThreadPool::RunJob(uint64_t job) {
+  const int64_t n_tasks = static_cast<int64_t>((job >> kTaskBits) & kTaskMask);
+  uint64_t word = claim_.load(std::memory_order_acquire);
   for (;;) {
-    const int64_t task = next_task_.fetch_add(1, std::memory_order_relaxed);
-    if (task >= n_tasks_ || failed_.load(std::memory_order_relaxed)) break;
-    try {
-      (*fn_)(task, index);
-    } catch (...) {
-      std::lock_guard<std::mutex> lock(mu_);
-      if (!error_) error_ = std::current_exception();
-      failed_.store(true, std::memory_order_relaxed);
+    // Same job (generation and size) and a task left: claim it.
+    if ((word >> kTaskBits) != (job >> kTaskBits)) return;
+    const int64_t task = static_cast<int64_t>(word & kTaskMask);
+    if (task >= n_tasks) return;
+    if (!claim_.compare_exchange_weak(word, word + 1, std::memory_order_acq_rel,
+                                      std::memory_order_acquire)) {
+      continue;  // word now holds the current value
+    }
+    if (!failed_.load(std::memory_order_relaxed)) {
+      try {
+        (*fn_)(task, thread_index_);
+      } catch (...) {
+        std::lock_guard<std::mutex> lock(mu_);
+        if (!error_) error_ = std::current_exception();
+        failed_.store(true, std::memory_order_relaxed);
+      }
+    }
+    remaining_.fetch_sub(1, std::memory_order_acq_rel);
+    word = claim_.load(std::memory_order_acquire);
+  }
+}
+
+void ThreadPool::Job(int64_t n_tasks, const std::function<void(int64_t, int)>& fn) {
+  fn_ = &fn;
+  remaining_.store(n_tasks, std::memory_order_relaxed);
+  const uint64_t gen = ((claim_.load(std::memory_order_relaxed) >> (2 * kTaskBits)) + 1) & 0xffff;
+  const uint64_t job = ((gen == 0 ? 1 : gen) << (2 * kTaskBits)) |
+                       (static_cast<uint64_t>(n_tasks) << kTaskBits);
+  claim_.store(job, std::memory_order_release);  // publishes fn_ and remaining_ with it
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    wake_.fetch_add(1, std::memory_order_release);
+  }
+  cv_.notify_all();
+  thread_index_ = 0;
+  RunJob(job);
+  // Tasks other threads claimed and still run: fn must outlive them. Workers that have not
+  // woken yet are not waited for; they will find the job done.
+  for (int spins = 0; remaining_.load(std::memory_order_acquire) != 0; ++spins) {
+    if (spins < 4096) {
+      PYENGINE_PAUSE();
+    } else {
+      std::this_thread::yield();  // the worker holding a task may be waiting for this CPU
     }
   }
 }
@@ -88,20 +127,19 @@ void ThreadPool::ParallelFor(int64_t n_tasks, const std::function<void(int64_t, 
     return;
   }
   std::lock_guard<std::mutex> call_lock(call_mu_);
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    fn_ = &fn;
-    n_tasks_ = n_tasks;
-    failed_.store(false, std::memory_order_relaxed);
-    error_ = nullptr;
-    next_task_.store(0, std::memory_order_relaxed);
-    busy_workers_.store(static_cast<int>(workers_.size()), std::memory_order_relaxed);
-    generation_.fetch_add(1, std::memory_order_release);
+  failed_.store(false, std::memory_order_relaxed);
+  error_ = nullptr;
+  // A job holds at most 2^24 - 1 tasks; larger loops run as several jobs.
+  const int64_t max_job = static_cast<int64_t>(kTaskMask);
+  for (int64_t base = 0; base < n_tasks && !failed_.load(); base += max_job) {
+    const int64_t n = std::min(max_job, n_tasks - base);
+    if (base == 0 && n == n_tasks) {
+      Job(n, fn);
+    } else {
+      const std::function<void(int64_t, int)> shifted = [&](int64_t t, int i) { fn(base + t, i); };
+      Job(n, shifted);
+    }
   }
-  cv_.notify_all();
-  RunTasks(0);
-  // Workers still finishing their last task: wait for all of them before fn goes out of scope.
-  while (busy_workers_.load(std::memory_order_acquire) != 0) PYENGINE_PAUSE();
   if (failed_.load()) {
     std::exception_ptr e;
     {
@@ -114,23 +152,30 @@ void ThreadPool::ParallelFor(int64_t n_tasks, const std::function<void(int64_t, 
 }
 
 void ThreadPool::WorkerLoop(int index) {
+  thread_index_ = index;
+  // Not wake_'s current value: a pool destroyed before this thread first runs has already
+  // counted its stop, which must still wake this thread.
   uint64_t seen = 0;
   for (;;) {
-    // Spin briefly for a new generation, then sleep on the condition variable.
-    auto deadline = std::chrono::steady_clock::now() + kSpin;
-    uint64_t gen;
+    // Spin briefly for a new job (a decode step issues hundreds of short loops back to back),
+    // yielding after a while so a busy machine's other threads get the CPU, then sleep.
+    const auto deadline = std::chrono::steady_clock::now() + kSpin;
     int spins = 0;
-    while ((gen = generation_.load(std::memory_order_acquire)) == seen) {
-      PYENGINE_PAUSE();
-      if (++spins % 1024 == 0 && std::chrono::steady_clock::now() > deadline) {
+    uint64_t now;
+    while ((now = wake_.load(std::memory_order_acquire)) == seen) {
+      if (++spins < 2048) {
+        PYENGINE_PAUSE();
+        continue;
+      }
+      std::this_thread::yield();
+      if (spins % 64 == 0 && std::chrono::steady_clock::now() > deadline) {
         std::unique_lock<std::mutex> lock(mu_);
-        cv_.wait(lock, [&] { return generation_.load(std::memory_order_acquire) != seen; });
+        cv_.wait(lock, [&] { return wake_.load(std::memory_order_acquire) != seen; });
       }
     }
-    seen = gen;
+    seen = now;
     if (stop_.load()) return;
-    RunTasks(index);
-    busy_workers_.fetch_sub(1, std::memory_order_acq_rel);
+    RunJob(claim_.load(std::memory_order_acquire));
   }
 }
 

@@ -32,24 +32,31 @@ class ThreadPool {
   void ParallelFor(int64_t n_tasks, const std::function<void(int64_t, int)>& fn);
 
  private:
+  // Tasks are claimed through one word: [generation:16][n_tasks:24][next task:24]. A worker
+  // claims task i of the current job only by a compare-and-swap that finds the job it read, so
+  // a worker that wakes late (descheduled on a busy machine) can neither run a finished job's
+  // tasks nor hold up the caller: the caller waits for the job's tasks, not for its workers.
+  static constexpr int kTaskBits = 24;
+  static constexpr uint64_t kTaskMask = (uint64_t{1} << kTaskBits) - 1;
+  void RunJob(uint64_t job);  // claims and runs tasks of the job whose word is `job`
+  void Job(int64_t n_tasks, const std::function<void(int64_t, int)>& fn);
   void WorkerLoop(int index);
-  void RunTasks(int index);
 
   int n_threads_;
   std::vector<std::thread> workers_;
 
-  // One job at a time; a new generation number wakes the workers.
-  std::mutex mu_;
-  std::condition_variable cv_;
-  std::atomic<uint64_t> generation_{0};
-  std::atomic<bool> stop_{false};
-  const std::function<void(int64_t, int)>* fn_ = nullptr;
-  int64_t n_tasks_ = 0;
-  std::atomic<int64_t> next_task_{0};
-  std::atomic<int> busy_workers_{0};
+  std::atomic<uint64_t> claim_{0};       // see above; generation 0 is never a job
+  std::atomic<int64_t> remaining_{0};    // tasks of the current job not yet finished
+  const std::function<void(int64_t, int)>* fn_ = nullptr;  // read after a successful claim
   std::atomic<bool> failed_{false};
   std::exception_ptr error_;  // first exception of the current job (set once, under mu_)
+  std::atomic<bool> stop_{false};
+  // Sleeping workers wait here for a new job; wake_ counts jobs so a sleeper sees any change.
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::atomic<uint64_t> wake_{0};
   std::mutex call_mu_;  // serialises ParallelFor callers
+  static thread_local int thread_index_;  // fn's thread index: 0 the caller, 1.. the workers
 };
 
 // Number of threads to use when the caller asks for 0 ("all").
