@@ -3,7 +3,8 @@
 The scheduler runs in its own native thread and never touches Python. Each engine that serves
 asyncio callers gets one helper thread that blocks in ``wait_ready`` (GIL released) and, for
 each request with new steps, sets the asyncio event of the task awaiting it through that task's
-event loop. No thread per request and no polling interval on the hot path.
+event loop. No thread per request and no polling interval on the hot path; the thread runs
+only while some task is waiting.
 """
 
 from __future__ import annotations
@@ -50,7 +51,10 @@ class ReadyPump:
     def _run(self) -> None:
         while True:
             with self._lock:
-                if self._closed:
+                # Nobody waiting: the thread ends (and stops referencing the engine, which may
+                # then be collected); the next registration starts a new one.
+                if self._closed or not self._waiters:
+                    self._thread = None
                     return
             for request_id in self._core.wait_ready(100):
                 with self._lock:
