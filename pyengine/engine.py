@@ -14,6 +14,7 @@ import numpy as np
 from . import _core
 from .aio import ReadyPump
 from .chat import format_gemma
+from .config import Config
 from .options import GenerateOptions
 
 Prompt = Union[str, Sequence[int]]
@@ -57,20 +58,6 @@ def resolve_model_path(model: str | os.PathLike[str]) -> Path:
     return path
 
 
-def default_kv_cache_mb() -> float:
-    """The KV cache budget: ``MAX_CACHE_SIZE_MB`` from the environment, else 2048 (MiB)."""
-    raw = os.environ.get("MAX_CACHE_SIZE_MB", "").strip()
-    if not raw:
-        return 2048.0
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ValueError(f"MAX_CACHE_SIZE_MB must be a number of MiB, got {raw!r}") from None
-    if not value > 0:
-        raise ValueError(f"MAX_CACHE_SIZE_MB must be positive, got {raw!r}")
-    return value
-
-
 def _positive_int(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -83,16 +70,28 @@ class Engine:
     ``Engine(model, n_threads=None, n_ctx=4096)``: ``model`` is a GGUF path; ``n_ctx`` is a
     request's default context (a request may ask for more with ``num_ctx``, up to the model's
     training context, without a reload). Every sequence's keys and values live in one paged
-    cache of ``kv_cache_mb`` MiB (default ``MAX_CACHE_SIZE_MB`` or 2048) that also keeps
-    finished prompts' blocks for reuse. Calls from many threads (and asyncio tasks, through
+    cache of ``kv_cache_mb`` MiB that also keeps finished prompts' blocks for reuse
+    (``prefix_cache``). Calls from many threads (and asyncio tasks, through
     ``astream``/``agenerate``/``achat``) run together: each native step batches every running
     sequence's next token with chunks of waiting prompts, at most ``max_batch`` sequences and
     ``max_batch_tokens`` tokens per step; an idle engine waits ``batch_wait_ms`` for company.
+    Settings left at None come from ``config`` (default ``Config.from_env()``: the
+    environment's ``MAX_CACHE_SIZE_MB``, ``ENABLE_BATCHED_INFERENCE`` (off: ``max_batch`` 1),
+    ``ENABLE_PROMPT_CACHE`` and ``ENABLE_KV_CACHE``).
     """
 
     def __init__(self, model: str | os.PathLike[str], n_threads: int | None = None,
-                 n_ctx: int = 4096, kv_cache_mb: float | None = None, max_batch: int = 16,
-                 max_batch_tokens: int = 512, batch_wait_ms: float = 0.0) -> None:
+                 n_ctx: int = 4096, kv_cache_mb: float | None = None,
+                 max_batch: int | None = None, max_batch_tokens: int = 512,
+                 batch_wait_ms: float = 0.0, prefix_cache: bool | None = None,
+                 config: Config | None = None) -> None:
+        config = config or Config.from_env()
+        if max_batch is None:
+            max_batch = 16 if config.enable_batched_inference else 1
+        if prefix_cache is None:
+            prefix_cache = config.prefix_reuse
+        if kv_cache_mb is None:
+            kv_cache_mb = config.max_cache_size_mb
         if n_threads is not None and (not isinstance(n_threads, int) or n_threads < 0):
             raise ValueError(f"n_threads must be a non-negative integer, got {n_threads!r}")
         _positive_int("n_ctx", n_ctx)
@@ -100,8 +99,6 @@ class Engine:
         _positive_int("max_batch_tokens", max_batch_tokens)
         if max_batch_tokens < max_batch:
             raise ValueError("max_batch_tokens must be at least max_batch")
-        if kv_cache_mb is None:
-            kv_cache_mb = default_kv_cache_mb()
         if isinstance(kv_cache_mb, bool) or not isinstance(kv_cache_mb, (int, float)) \
                 or not kv_cache_mb > 0 or kv_cache_mb > 2**40:
             raise ValueError(f"kv_cache_mb must be a positive number, got {kv_cache_mb!r}")
@@ -113,7 +110,8 @@ class Engine:
         self._core = _core.Engine(str(self.path), n_ctx=n_ctx, n_threads=n_threads or 0,
                                   kv_cache_bytes=int(kv_cache_mb * 2**20), max_batch=max_batch,
                                   max_batch_tokens=max_batch_tokens,
-                                  batch_wait_ms=float(batch_wait_ms))
+                                  batch_wait_ms=float(batch_wait_ms),
+                                  prefix_cache=bool(prefix_cache))
         self.load_duration = time.perf_counter_ns() - t0
         self._pump = ReadyPump(self._core)
 

@@ -292,3 +292,23 @@ def test_max_cache_size_env(make_model, monkeypatch):
     monkeypatch.setenv("MAX_CACHE_SIZE_MB", "lots")
     with pytest.raises(ValueError, match="MAX_CACHE_SIZE_MB"):
         Engine(path)
+
+
+def test_environment_switches_batching_and_prompt_cache(make_model, monkeypatch):
+    path = make_model("tiny", "q8_0")
+    ps = prompts(17, [40, 50, 60])
+    monkeypatch.setenv("ENABLE_BATCHED_INFERENCE", "false")
+    monkeypatch.setenv("ENABLE_PROMPT_CACHE", "false")
+    with Engine(path, n_ctx=512, batch_wait_ms=20) as eng:
+        got = run_concurrently(eng, ps, 12)
+        again = eng.generate(ps[0], max_tokens=12, temperature=0, ignore_eos=True)
+        st = assert_all_pages_back(eng)
+    assert st["max_step_sequences"] == 1  # one sequence per step
+    assert again.cached_tokens == 0 and st["kv_pages_cached"] == 0 and st["prefix_hit_tokens"] == 0
+    assert got == alone(path, ps, 12) and again.tokens == got[0]
+    monkeypatch.setenv("ENABLE_KV_CACHE", "false")
+    monkeypatch.delenv("ENABLE_PROMPT_CACHE")
+    monkeypatch.delenv("ENABLE_BATCHED_INFERENCE")
+    with Engine(path, n_ctx=512) as eng:
+        eng.generate(ps[0], max_tokens=2, temperature=0)
+        assert eng.generate(ps[0], max_tokens=2, temperature=0).cached_tokens == 0

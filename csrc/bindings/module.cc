@@ -252,7 +252,8 @@ PYBIND11_MODULE(_core, m) {
 
   py::class_<Engine>(m, "Engine")
       .def(py::init([](const std::string& path, int64_t n_ctx, int32_t n_threads, int64_t kv_cache_bytes,
-                       int max_batch, int64_t max_batch_tokens, double batch_wait_ms) {
+                       int max_batch, int64_t max_batch_tokens, double batch_wait_ms,
+                       bool prefix_cache) {
              EngineOptions o;
              o.n_ctx = n_ctx;
              o.n_threads = n_threads;
@@ -260,12 +261,14 @@ PYBIND11_MODULE(_core, m) {
              o.scheduler.max_batch = max_batch;
              o.scheduler.max_batch_tokens = max_batch_tokens;
              o.scheduler.batch_wait_us = static_cast<int64_t>(batch_wait_ms * 1000.0);
+             o.scheduler.prefix_cache = prefix_cache;
              py::gil_scoped_release nogil;
              return std::make_unique<Engine>(path, o);
            }),
            py::arg("path"), py::arg("n_ctx") = 4096, py::arg("n_threads") = 0,
            py::arg("kv_cache_bytes") = int64_t{2048} << 20, py::arg("max_batch") = 16,
-           py::arg("max_batch_tokens") = 512, py::arg("batch_wait_ms") = 0.0)
+           py::arg("max_batch_tokens") = 512, py::arg("batch_wait_ms") = 0.0,
+           py::arg("prefix_cache") = true)
       .def_property_readonly("config", [](const Engine& e) { return ConfigDict(e.config()); })
       .def_property_readonly("n_ctx", &Engine::n_ctx)
       .def_property_readonly("n_threads", &Engine::n_threads)

@@ -170,7 +170,7 @@ void Scheduler::Loop() {
       } else {
         stats_.decode_tokens += n;
       }
-      kv_.Offer(s->table, s->tokens.data(), s->n_done);
+      if (opts_.prefix_cache) kv_.Offer(s->table, s->tokens.data(), s->n_done);
       kv_.Trim(s->table, s->n_done);
       if (s->had_output) {
         s->counts.eval_ns += step_ns_;
@@ -235,7 +235,7 @@ void Scheduler::Admit() {
     // Scoring needs every position's logits, so it computes everything; a generation reuses
     // all but its last token (whose logits start the output).
     const int64_t size = static_cast<int64_t>(s->tokens.size());
-    const int64_t reuse = s->opts.logits_all ? 0 : size - 1;
+    const int64_t reuse = s->opts.logits_all || !opts_.prefix_cache ? 0 : size - 1;
     s->attached = s->n_done = kv_.AttachPrefix(s->table, s->tokens.data(), size, reuse);
     if (s->counts.cached_tokens == 0) s->counts.cached_tokens = std::min(s->attached, s->prompt_len);
     running_.push_back(std::move(s));

@@ -27,6 +27,7 @@ struct SchedulerOptions {
   int max_batch = 16;              // sequences in one step
   int64_t max_batch_tokens = 512;  // tokens in one step: decode tokens plus prompt chunks
   int64_t batch_wait_us = 0;       // an idle engine waits this long for more requests to join
+  bool prefix_cache = true;        // share cached prompt prefixes across requests
 };
 
 struct SchedulerStats {
