@@ -184,18 +184,24 @@ class Engine:
             opts.native_seed(), opts.max_tokens, list(opts.stop), opts.ignore_eos,
             opts.num_ctx or 0, notify)
 
-    def stream(self, prompt_or_ids: Prompt, **options: Any) -> Iterator[Chunk]:
+    def stream(self, prompt_or_ids: Prompt, timeout: float | None = None,
+               **options: Any) -> Iterator[Chunk]:
         """Generates token by token, yielding ``Chunk``s whose text never splits a character.
 
         Options: max_tokens, temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n,
         presence_penalty, frequency_penalty, seed, stop, ignore_eos, num_ctx (or an Ollama
         ``options`` dict). The final chunk has ``done=True`` and carries the ``Completion``.
-        Closing the iterator early cancels the request and frees its KV blocks.
+        Closing the iterator early cancels the request and frees its KV blocks. With
+        ``timeout`` (seconds, for the whole request) a request still running then is cancelled
+        and ``TimeoutError`` raised.
         """
+        if timeout is not None and not (isinstance(timeout, (int, float)) and timeout > 0):
+            raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
         t0 = time.perf_counter_ns()
         # Submitted here, not inside the generator, so a bad prompt raises at the call.
         req = self._submit(prompt_or_ids, options, notify=False)
-        return self._run(req, t0)
+        deadline = None if timeout is None else t0 + int(timeout * 1e9)
+        return self._run(req, t0, deadline)
 
     @staticmethod
     def _chunk(req: Any, step: tuple, parts: list[str], tokens: list[int], t0: int) -> Chunk:
@@ -215,12 +221,20 @@ class Engine:
         return Chunk(text=text, token=token, done=True, done_reason=completion.done_reason,
                      completion=completion)
 
-    def _run(self, req: Any, t0: int) -> Iterator[Chunk]:
+    def _run(self, req: Any, t0: int, deadline: int | None = None) -> Iterator[Chunk]:
         parts: list[str] = []
         tokens: list[int] = []
         try:
             while True:
-                chunk = self._chunk(req, req.next(), parts, tokens, t0)
+                if deadline is None:
+                    step = req.next()
+                else:
+                    left_ms = (deadline - time.perf_counter_ns()) // 1_000_000
+                    step = req.next(max(int(left_ms), 0)) if left_ms > 0 else None
+                    if step is None:
+                        raise TimeoutError(f"the request ran past its {(deadline - t0) / 1e9:g} s "
+                                           "time-out and was cancelled")
+                chunk = self._chunk(req, step, parts, tokens, t0)
                 yield chunk
                 if chunk.done:
                     return

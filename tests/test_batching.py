@@ -312,3 +312,19 @@ def test_environment_switches_batching_and_prompt_cache(make_model, monkeypatch)
     with Engine(path, n_ctx=512) as eng:
         eng.generate(ps[0], max_tokens=2, temperature=0)
         assert eng.generate(ps[0], max_tokens=2, temperature=0).cached_tokens == 0
+
+
+def test_timeout_cancels_the_request(make_model):
+    path = make_model("tiny", "q8_0")
+    with Engine(path, n_ctx=2048) as eng:
+        t0 = time.perf_counter()
+        with pytest.raises(TimeoutError, match="time-out"):
+            eng.generate(prompts(18, [20])[0], max_tokens=100_000, ignore_eos=True, timeout=0.2)
+        assert 0.2 <= time.perf_counter() - t0 < 5
+        for _ in range(100):
+            if eng.stats()["running"] == 0:
+                break
+            time.sleep(0.01)
+        assert_all_pages_back(eng)
+        with pytest.raises(ValueError, match="timeout"):
+            eng.generate("x", timeout=-1)
