@@ -229,11 +229,13 @@ class Engine:
                 if deadline is None:
                     step = req.next()
                 else:
-                    left_ms = (deadline - time.perf_counter_ns()) // 1_000_000
-                    step = req.next(max(int(left_ms), 0)) if left_ms > 0 else None
-                    if step is None:
+                    left_ns = deadline - time.perf_counter_ns()
+                    if left_ns <= 0:
                         raise TimeoutError(f"the request ran past its {(deadline - t0) / 1e9:g} s "
                                            "time-out and was cancelled")
+                    step = req.next(-(-left_ns // 1_000_000))  # whole ms, rounded up
+                    if step is None:
+                        continue
                 chunk = self._chunk(req, step, parts, tokens, t0)
                 yield chunk
                 if chunk.done:
