@@ -51,11 +51,11 @@ class Completion:
 
 
 def resolve_model_path(model: str | os.PathLike[str]) -> Path:
-    """Maps a model argument to a GGUF file path (plain paths for now)."""
-    path = Path(model).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"model not found: {model} (expected a GGUF file path)")
-    return path
+    """Maps a model argument to a GGUF file: a path, or a name the store resolves (the
+    project's registry, then Ollama's on-disk store). Raises ``FileNotFoundError``."""
+    from .store import resolve_model
+
+    return Path(resolve_model(model).path)
 
 
 def _positive_int(name: str, value: Any) -> int:
@@ -67,7 +67,8 @@ def _positive_int(name: str, value: Any) -> int:
 class Engine:
     """A loaded model and the scheduler that serves it.
 
-    ``Engine(model, n_threads=None, n_ctx=4096)``: ``model`` is a GGUF path; ``n_ctx`` is a
+    ``Engine(model, n_threads=None, n_ctx=4096)``: ``model`` is a GGUF path or a name such as
+    ``gemma3:1b`` that the store resolves (``pyengine.store``); ``n_ctx`` is a
     request's default context (a request may ask for more with ``num_ctx``, up to the model's
     training context, without a reload). Every sequence's keys and values live in one paged
     cache of ``kv_cache_mb`` MiB that also keeps finished prompts' blocks for reuse
