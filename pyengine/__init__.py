@@ -2,6 +2,8 @@
 
 from .engine import Chunk, Completion, Engine
 from .errors import GGUFError, ModelError, PyEngineError
+from .gateway import Gateway, complete
 
-__all__ = ["Engine", "Completion", "Chunk", "PyEngineError", "GGUFError", "ModelError"]
+__all__ = ["Engine", "Completion", "Chunk", "PyEngineError", "GGUFError", "ModelError",
+           "Gateway", "complete"]
 __version__ = "0.1.0"

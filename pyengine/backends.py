@@ -227,9 +227,10 @@ class PaidBackend:
                 import anthropic
 
                 client = anthropic.Anthropic(timeout=timeout_s, max_retries=0)
-                system = "\n\n".join(str(m["content"]) for m in messages if m.get("role") == "system")
-                turns = [{"role": "assistant" if m.get("role") in ("assistant", "model") else "user",
-                          "content": str(m.get("content", ""))}
+                system = "\n\n".join(str(m["content"]) for m in messages
+                                       if m.get("role") == "system")
+                turns = [{"role": "assistant" if m.get("role") in ("assistant", "model")
+                          else "user", "content": str(m.get("content", ""))}
                          for m in messages if m.get("role") != "system"]
                 kw = {"max_tokens": max_tokens}
                 if system:

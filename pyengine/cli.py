@@ -1,15 +1,19 @@
-"""Command line: ``python -m pyengine run MODEL PROMPT`` and ``python -m pyengine show MODEL``."""
+"""Command line: ``python -m pyengine run MODEL PROMPT``, ``show MODEL`` and ``list``."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import re
 import sys
+import time
 from collections import Counter
 from typing import Any, Sequence
 
 from . import _core
 from .engine import Engine, resolve_model_path
 from .errors import PyEngineError
+from .store import ModelRef, ModelStore
 
 _FILE_TYPES = {0: "F32", 1: "F16", 7: "Q8_0", 15: "Q4_K_M", 18: "Q6_K", 32: "BF16"}
 
@@ -101,6 +105,75 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _human_bytes(n: int) -> str:
+    """Decimal units as ``ollama list`` prints them: ``815 MB``, ``3.3 GB``, ``512 B``."""
+    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if n >= scale:
+            value = n / scale
+            return f"{value:.1f} {unit}" if value < 10 and value % 1 else f"{int(value)} {unit}"
+    return f"{n} B"
+
+
+def _human_age(mtime: float, now: float) -> str:
+    """``5 minutes ago``, ``3 days ago``: coarse, like ``ollama list``."""
+    seconds = max(now - mtime, 0)
+    for unit, size in (("year", 365 * 86400), ("month", 30 * 86400), ("week", 7 * 86400),
+                       ("day", 86400), ("hour", 3600), ("minute", 60), ("second", 1)):
+        if seconds >= 2 * size:
+            return f"{int(seconds // size)} {unit}s ago"
+        if seconds >= size:
+            return f"About a{'n' if unit == 'hour' else ''} {unit} ago"
+    return "Less than a second ago"
+
+
+def _model_json(ref: ModelRef) -> dict[str, Any]:
+    return {"name": ref.name, "id": ref.digest[:12] if ref.digest else None,
+            "digest": ref.digest, "size": ref.size, "source": ref.source, "tier": ref.tier,
+            "path": str(ref.path), "card": str(ref.card) if ref.card else None,
+            "modified_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ref.modified))}
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    refs = ModelStore().list()
+    if args.json:
+        print(json.dumps({"models": [_model_json(r) for r in refs]}, indent=2))
+        return 0
+    now = time.time()
+    # ID: the start of the model blob's digest (``ollama list`` shows its manifest's instead).
+    # Hashing a registry file of gigabytes just to print an ID is not worth it: those show "-".
+    rows = [["NAME", "ID", "SIZE", "SOURCE", "TIER", "MODIFIED"]]
+    rows += [[r.name, r.digest[:12] if r.digest else "-", _human_bytes(r.size), r.source,
+              r.tier or "-", _human_age(r.modified, now)] for r in refs]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    for row in rows:
+        print("    ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "    " + row[-1])
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    # FastAPI and uvicorn load only for this command.
+    from .server.serve import parse_model_args, resolve_address, serve
+
+    host, port = resolve_address(args.host, args.port)
+    serve(parse_model_args(args.models), host, port, n_threads=args.threads, n_ctx=args.ctx,
+          kv_cache_mb=args.kv_cache_mb, max_loaded=args.max_loaded, keep_alive=args.keep_alive)
+    return 0
+
+
+def cmd_costs(args: argparse.Namespace) -> int:
+    from .ledger import CostLedger, format_report
+
+    if args.month is not None and not re.fullmatch(r"\d{4}-(0[1-9]|1[0-2])", args.month):
+        raise ValueError(f"--month must be YYYY-MM, got {args.month!r}")
+    ledger = CostLedger(args.ledger)
+    try:
+        rep = ledger.report(args.month)
+    finally:
+        ledger.close()
+    print(json.dumps(rep, indent=2) if args.json else format_report(rep))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="pyengine", description=__doc__)
     sub = ap.add_subparsers(dest="command", required=True)
@@ -123,6 +196,32 @@ def build_parser() -> argparse.ArgumentParser:
     show = sub.add_parser("show", help="print a model's architecture, sizes and tokenizer")
     show.add_argument("model")
     show.set_defaults(func=cmd_show)
+
+    serve = sub.add_parser("serve", help="serve models over Ollama's HTTP API")
+    serve.add_argument("models", nargs="*", metavar="MODEL",
+                       help="NAME=PATH, or a GGUF path (named by its file stem)")
+    serve.add_argument("--host", help="address to listen on (default: from PYENGINE_HOST, "
+                       "as host:port, http://host:port or :port; else 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default: from PYENGINE_HOST; else 11435)")
+    serve.add_argument("--threads", type=int, default=None)
+    serve.add_argument("--ctx", type=int, default=4096, help="default context of a request")
+    serve.add_argument("--kv-cache-mb", type=float, default=None,
+                       help="KV cache of each loaded model (default MAX_CACHE_SIZE_MB or 2048)")
+    serve.add_argument("--max-loaded", type=int, default=3, help="models in memory at once")
+    serve.add_argument("--keep-alive", default="5m",
+                       help="how long an idle model stays loaded (default 5m; negative: always)")
+    serve.set_defaults(func=cmd_serve)
+
+    ls = sub.add_parser("list", help="list the models available here (registry and Ollama store)")
+    ls.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    ls.set_defaults(func=cmd_list)
+
+    costs = sub.add_parser("costs", help="report the cost ledger: local vs paid calls and spend")
+    costs.add_argument("--month", help="YYYY-MM (default: this month, UTC)")
+    costs.add_argument("--ledger", help="ledger file (default: PYENGINE_LEDGER or "
+                       "~/.pyengine/ledger.sqlite)")
+    costs.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    costs.set_defaults(func=cmd_costs)
     return ap
 
 

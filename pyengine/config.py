@@ -152,7 +152,8 @@ class Config:
             values["paid_api_max_monthly_spend"] = float(
                 _number("PAID_API_MAX_MONTHLY_SPEND", raw, False, 0))
         if (raw := get("PAID_API_FAILURE_THRESHOLD")) is not None:
-            values["paid_api_failure_threshold"] = _number("PAID_API_FAILURE_THRESHOLD", raw, True, 1)
+            values["paid_api_failure_threshold"] = _number("PAID_API_FAILURE_THRESHOLD", raw,
+                                                           True, 1)
         if (raw := get("MAX_CACHE_SIZE_MB")) is not None:
             values["max_cache_size_mb"] = float(_number("MAX_CACHE_SIZE_MB", raw, False, 0, True))
         return cls(**values)

@@ -64,6 +64,29 @@ def _positive_int(name: str, value: Any) -> int:
     return value
 
 
+class _Stream:
+    """The iterator ``Engine.stream`` returns: closing it (or dropping it, even before the first
+    chunk) cancels the request, which a bare generator could not do before it had started."""
+
+    def __init__(self, chunks: Iterator[Chunk], req: Any) -> None:
+        self._chunks, self._req = chunks, req
+
+    def __iter__(self) -> "_Stream":
+        return self
+
+    def __next__(self) -> Chunk:
+        return next(self._chunks)
+
+    def close(self) -> None:
+        """Stops the stream; a request still running is cancelled and its KV blocks freed."""
+        self._chunks.close()  # type: ignore[attr-defined]
+        if not self._req.finished:
+            self._req.cancel()
+
+    def __del__(self) -> None:
+        self.close()
+
+
 class Engine:
     """A loaded model and the scheduler that serves it.
 
@@ -202,7 +225,7 @@ class Engine:
         # Submitted here, not inside the generator, so a bad prompt raises at the call.
         req = self._submit(prompt_or_ids, options, notify=False)
         deadline = None if timeout is None else t0 + int(timeout * 1e9)
-        return self._run(req, t0, deadline)
+        return _Stream(self._run(req, t0, deadline), req)
 
     @staticmethod
     def _chunk(req: Any, step: tuple, parts: list[str], tokens: list[int], t0: int) -> Chunk:

@@ -79,7 +79,8 @@ class CostLedger:
             rows = self._db.execute(
                 "SELECT backend, COALESCE(task_type, '-'), paid, COUNT(*), SUM(prompt_tokens), "
                 "SUM(completion_tokens), SUM(cost_usd) FROM calls WHERE month = ? "
-                "GROUP BY backend, task_type, paid ORDER BY backend, task_type", (month,)).fetchall()
+                "GROUP BY backend, task_type, paid ORDER BY backend, task_type",
+                (month,)).fetchall()
         groups = [{"backend": b, "task_type": t, "paid": bool(p), "calls": n,
                    "prompt_tokens": pt or 0, "completion_tokens": ct or 0, "cost_usd": c or 0.0}
                   for b, t, p, n, pt, ct, c in rows]
@@ -103,7 +104,8 @@ def format_report(rep: dict[str, Any]) -> str:
              f"{'BACKEND':<10} {'TASK':<20} {'KIND':<5} {'CALLS':>6} {'TOKENS IN':>10} "
              f"{'TOKENS OUT':>10} {'COST USD':>10}"]
     for g in rep["groups"]:
-        lines.append(f"{g['backend']:<10} {g['task_type']:<20} {'paid' if g['paid'] else 'local':<5} "
+        kind = "paid" if g["paid"] else "local"
+        lines.append(f"{g['backend']:<10} {g['task_type']:<20} {kind:<5} "
                      f"{g['calls']:>6} {g['prompt_tokens']:>10} {g['completion_tokens']:>10} "
                      f"{g['cost_usd']:>10.4f}")
     return "\n".join(lines)

@@ -120,7 +120,8 @@ class Task:
             v = getattr(self, name)
             if optional and v is None:
                 return
-            if isinstance(v, bool) or not isinstance(v, int) or v < lo or (hi is not None and v > hi):
+            bad_type = isinstance(v, bool) or not isinstance(v, int)
+            if bad_type or v < lo or (hi is not None and v > hi):
                 span = f"[{lo}, {hi}]" if hi is not None else f">= {lo}"
                 raise ValueError(f"task {name} must be an integer {span}, got {v!r}")
 

@@ -46,3 +46,25 @@ def oracle(path: Path, n_ctx: int = 512, logits_all: bool = True):
 
     return llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_batch=n_ctx,
                            logits_all=logits_all, n_threads=2, verbose=False)
+
+
+@pytest.fixture
+def pyengine_server():
+    """Starts ``python -m pyengine serve`` subprocesses (each a server playing Ollama).
+
+    ``pyengine_server({"name": gguf_path}, args=["--ctx", "512"])`` returns a started
+    ``ServerProcess`` (``.url``, ``.port``) on a free port, up once ``GET /`` answers 200;
+    every server is stopped after the test.
+    """
+    from pyengine.server.testing import ServerProcess
+
+    started = []
+
+    def start(models, **kwargs):
+        server = ServerProcess(models, **kwargs)
+        started.append(server)
+        return server.start()
+
+    yield start
+    for server in started:
+        server.__exit__(None, None, None)

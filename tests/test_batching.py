@@ -79,7 +79,7 @@ def test_batched_logits_within_tolerance(make_model):
         with Engine(path, n_ctx=512, max_batch_tokens=64, batch_wait_ms=50) as eng:
             got: list[np.ndarray | None] = [None] * len(ps)
 
-            def work(i: int) -> None:
+            def work(i: int, eng=eng, got=got, ps=ps) -> None:
                 got[i] = eng.logits(ps[i])
 
             threads = [threading.Thread(target=work, args=(i,)) for i in range(len(ps))]
@@ -232,7 +232,7 @@ def test_async_streams_batch_and_cancel(make_model):
             return (await eng.agenerate(p, max_tokens=16, temperature=0, ignore_eos=True)).tokens
 
         async def abandoned():
-            async for chunk in eng.astream(ps[0], max_tokens=1000, temperature=0, ignore_eos=True):
+            async for _ in eng.astream(ps[0], max_tokens=1000, temperature=0, ignore_eos=True):
                 await asyncio.sleep(0)
 
         task = asyncio.create_task(abandoned())
@@ -328,3 +328,18 @@ def test_timeout_cancels_the_request(make_model):
         assert_all_pages_back(eng)
         with pytest.raises(ValueError, match="timeout"):
             eng.generate("x", timeout=-1)
+
+
+def test_an_unstarted_stream_dropped_is_cancelled(make_model):
+    path = make_model("tiny", "q8_0")
+    with Engine(path, n_ctx=1024, max_batch=1) as eng:
+        for i in range(5):
+            eng.stream(prompts(30 + i, [10])[0], max_tokens=-1, ignore_eos=True)  # dropped
+        s = eng.stream(prompts(40, [10])[0], max_tokens=-1, ignore_eos=True)
+        s.close()
+        for _ in range(200):
+            if eng.stats()["running"] + eng.stats()["waiting"] == 0:
+                break
+            time.sleep(0.01)
+        st = assert_all_pages_back(eng)
+    assert st["cancelled"] == 6

@@ -83,7 +83,8 @@ def test_complexity_profile(complexity, model):
 
 def test_rubric_optimisation_and_its_fallback():
     s = select_model({"type": "rubric_optimization", "estimated_tokens": 10, "priority": 1}, CFG)
-    assert (s.model, s.tier, s.max_tokens, s.temperature) == ("gemma3n:e4b", Tier.QUALITY, 2048, 0.7)
+    assert (s.model, s.tier, s.max_tokens, s.temperature) == (
+        "gemma3n:e4b", Tier.QUALITY, 2048, 0.7)
     assert s.fallback is not None and s.fallback.model == "gemma3:4b"
     constrained = select_model({"type": "rubric_optimization", "resource_constrained": True}, CFG)
     assert (constrained.model, constrained.tier) == ("gemma3:4b", Tier.ALTERNATIVE)

@@ -1,0 +1,51 @@
+"""The FastAPI application: a ``ModelSet`` and the routers that serve it."""
+
+from __future__ import annotations
+
+import os
+from contextlib import asynccontextmanager
+from typing import Any, AsyncIterator, Mapping
+
+from fastapi import FastAPI
+
+from .. import __version__
+from . import ollama_api
+from .errors import install_error_handlers
+from .keep_alive import DEFAULT_KEEP_ALIVE, parse_keep_alive
+from .models import DEFAULT_MAX_LOADED, ModelSet
+
+
+def create_app(models: Mapping[str, str | os.PathLike[str]], *, n_threads: int | None = None,
+               n_ctx: int = 4096, kv_cache_mb: float | None = None,
+               max_loaded: int = DEFAULT_MAX_LOADED,
+               keep_alive: float | str = DEFAULT_KEEP_ALIVE,
+               engine_options: Mapping[str, Any] | None = None) -> FastAPI:
+    """An Ollama-compatible server of ``models`` (name -> GGUF path).
+
+    Models load on their first request (``Engine(path, n_threads=..., n_ctx=...,
+    kv_cache_mb=..., **engine_options)``), at most ``max_loaded`` at once, and unload after
+    ``keep_alive`` (seconds or a duration such as ``"5m"``; negative: never) without requests
+    unless a request says otherwise. The ``ModelSet`` is ``app.state.models``: further routers
+    (OpenAI's API, metrics) serve the same models through it. Engines close on shutdown.
+    Raises ``FileNotFoundError`` for a missing file and ``ValueError`` for bad settings.
+    """
+    options = {"n_threads": n_threads, "n_ctx": n_ctx, "kv_cache_mb": kv_cache_mb,
+               **(engine_options or {})}
+    model_set = ModelSet(models, max_loaded=max_loaded,
+                         keep_alive=parse_keep_alive(keep_alive, DEFAULT_KEEP_ALIVE),
+                         engine_options=options)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            await model_set.close()
+
+    # No generated docs pages: the API is Ollama's, documented by Ollama.
+    app = FastAPI(title="pyengine", version=__version__, lifespan=lifespan, docs_url=None,
+                  redoc_url=None, openapi_url=None)
+    app.state.models = model_set
+    install_error_handlers(app)
+    app.include_router(ollama_api.router)
+    return app

@@ -1,0 +1,335 @@
+"""Ollama's native API: ``/``, ``/api/version``, ``/api/tags``, ``/api/show``, ``/api/ps``,
+``/api/generate`` and ``/api/chat``, with Ollama's field names, defaults and errors.
+
+Generation streams NDJSON by default (``"stream": false`` answers one object); the last record
+has ``done: true``, ``done_reason`` and the timings in nanoseconds. Prompts are built and
+tokenized on the event loop (quick native calls); tokens are awaited through
+``Engine.astream``, so the loop never blocks, and a client that disconnects cancels its
+request. ``/api/pyengine/stats`` adds the engines' scheduler and KV cache counters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any, AsyncGenerator, AsyncIterator, Callable
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+
+from .. import __version__
+from ..chat import format_gemma
+from ..engine import Chunk, Completion
+from ..errors import PyEngineError
+from .errors import APIError, bad_request, log
+from .keep_alive import parse_keep_alive
+from .model_info import model_facts
+from .models import Lease, ModelEntry, ModelNotFound, ModelSet
+from .ollama_options import engine_options
+from .schemas import ChatRequest, GenerateRequest, ShowRequest, parse_body
+from .streaming import ClientDisconnected, NDJSONResponse, until_disconnect
+from .template import GEMMA_TEMPLATE, TemplateError, render
+from .timestamps import rfc3339, utc_now
+
+router = APIRouter()
+
+NO_IMAGES = "this model does not support images"
+_STOP_PARAMETER = 'stop                           "<end_of_turn>"'
+
+Piece = Callable[[str], dict]  # streamed text -> one record
+Final = Callable[[str, Completion, int], dict]  # text, completion, total ns -> last record
+
+
+def _models(request: Request) -> ModelSet:
+    return request.app.state.models
+
+
+def _resolve(models: ModelSet, name: str) -> ModelEntry:
+    if not name:
+        raise bad_request("model is required")
+    try:
+        return models.resolve(name)
+    except ModelNotFound as e:
+        raise APIError(404, str(e)) from None
+
+
+def _keep_alive(models: ModelSet, value: Any) -> float:
+    try:
+        return parse_keep_alive(value, models.keep_alive)
+    except ValueError as e:
+        raise bad_request(str(e)) from None
+
+
+def _options(options: dict[str, Any] | None) -> dict[str, Any]:
+    try:
+        return engine_options(options)
+    except ValueError as e:
+        raise bad_request(str(e)) from None
+
+
+def _unsupported(model: str, *, think: Any, fmt: Any, logprobs: bool | None) -> None:
+    # Fields Ollama honours that this engine cannot: refuse rather than silently ignore.
+    if think not in (None, False, "", "false"):
+        raise bad_request(f'"{model}" does not support thinking')
+    if fmt not in (None, ""):
+        raise bad_request("structured outputs (format) are not supported by this server")
+    if logprobs:
+        raise bad_request("logprobs are not supported by this server")
+
+
+async def _acquire(models: ModelSet, entry: ModelEntry, keep_alive: float) -> Lease:
+    try:
+        return await models.acquire(entry.name, keep_alive)
+    except (PyEngineError, OSError, ValueError) as e:
+        log.error("loading %s failed: %s", entry.name, e)
+        raise APIError(500, f"failed to load model {entry.name}: {e}") from None
+
+
+def _stats(c: Completion, total: int, load: int) -> dict[str, int]:
+    return {"total_duration": int(total), "load_duration": int(load),
+            "prompt_eval_count": int(c.prompt_eval_count),
+            "prompt_eval_duration": int(c.prompt_eval_duration),
+            "eval_count": int(c.eval_count), "eval_duration": int(c.eval_duration)}
+
+
+# -- generation shared by /api/generate and /api/chat ------------------------------------
+
+
+async def _records(first: Chunk, chunks: AsyncGenerator[Chunk, None], lease: Lease, piece: Piece,
+                   final: Final, t0: int) -> AsyncIterator[dict]:
+    try:
+        chunk = first
+        while True:
+            if chunk.text:  # a token that ends inside a character adds no text yet
+                yield piece(chunk.text)
+            if chunk.done:
+                assert chunk.completion is not None
+                yield final("", chunk.completion, time.perf_counter_ns() - t0)
+                return
+            chunk = await chunks.__anext__()
+    except PyEngineError as e:
+        # Headers are sent: like Ollama, report the failure as the stream's last record.
+        yield {"error": str(e)}
+    finally:
+        await chunks.aclose()  # cancels the request (and frees its KV blocks) if unfinished
+        lease.release()
+
+
+async def _rest(first: Chunk, chunks: AsyncGenerator[Chunk, None]) -> Completion:
+    chunk = first
+    while not chunk.done:
+        chunk = await chunks.__anext__()
+        await asyncio.sleep(0)  # ready tokens do not suspend: let other requests run
+    assert chunk.completion is not None
+    return chunk.completion
+
+
+async def _run(request: Request, lease: Lease, ids: list[int], options: dict[str, Any],
+               stream: bool, piece: Piece, final: Final, t0: int) -> Response:
+    """Generates from ``ids`` and answers as a stream of records or as one object."""
+    chunks = lease.engine.astream(ids, **options)
+    try:
+        # The first step submits the prompt: its errors (longer than the context, ...) are the
+        # request's, and are answered with a status before any record is streamed.
+        first = await until_disconnect(request, chunks.__anext__())
+    except BaseException as e:
+        await chunks.aclose()
+        lease.release()
+        if isinstance(e, ClientDisconnected):
+            return Response(status_code=499)
+        if isinstance(e, (PyEngineError, ValueError, TypeError)):
+            raise bad_request(str(e)) from None
+        raise
+    if stream:
+        return NDJSONResponse(_records(first, chunks, lease, piece, final, t0))
+    try:
+        completion = await until_disconnect(request, _rest(first, chunks))
+    except ClientDisconnected:
+        return Response(status_code=499)
+    except PyEngineError as e:
+        raise APIError(500, str(e)) from None
+    finally:
+        await chunks.aclose()
+        lease.release()
+    return JSONResponse(final(completion.text, completion, time.perf_counter_ns() - t0))
+
+
+# -- routes -------------------------------------------------------------------------------
+
+
+@router.api_route("/", methods=["GET", "HEAD"])
+async def root() -> Response:
+    """Ollama's liveness answer."""
+    return PlainTextResponse("Ollama is running")
+
+
+@router.api_route("/api/version", methods=["GET", "HEAD"])
+async def version() -> dict[str, str]:
+    """The server's version."""
+    return {"version": __version__}
+
+
+@router.get("/api/tags")
+async def tags(request: Request) -> dict[str, Any]:
+    """Every model this server offers, loaded or not."""
+    out = []
+    for entry in _models(request).entries():
+        try:
+            facts = await asyncio.to_thread(model_facts, entry.path)
+        except (PyEngineError, OSError) as e:  # a broken file must not hide the others
+            log.warning("cannot read %s: %s", entry.path, e)
+            continue
+        out.append({"name": entry.name, "model": entry.name,
+                    "modified_at": rfc3339(facts.modified_at), "size": facts.size,
+                    "digest": facts.digest, "details": facts.details()})
+    return {"models": out}
+
+
+@router.get("/api/ps")
+async def ps(request: Request) -> dict[str, Any]:
+    """The models in memory, the longest to stay first."""
+    out = []
+    for loaded in sorted(_models(request).loaded(), key=lambda m: m.expires_at, reverse=True):
+        try:
+            s = loaded.engine.stats()
+            facts = await asyncio.to_thread(model_facts, loaded.entry.path)
+        except (PyEngineError, OSError):  # unloaded meanwhile, or its file is gone
+            continue
+        kv_bytes = int(s.get("kv_pages_total", 0)) * int(s.get("kv_page_bytes", 0))
+        out.append({"name": loaded.name, "model": loaded.name, "size": facts.size + kv_bytes,
+                    "digest": facts.digest, "details": facts.details(),
+                    "expires_at": rfc3339(loaded.expires_at), "size_vram": 0,
+                    "context_length": loaded.engine.n_ctx})
+    return {"models": out}
+
+
+@router.get("/api/pyengine/stats")
+async def engine_stats(request: Request) -> dict[str, Any]:
+    """Scheduler and KV cache counters of each loaded model (``Engine.stats``)."""
+    return {m.name: m.engine.stats() for m in _models(request).loaded()}
+
+
+@router.post("/api/show")
+async def show(request: Request) -> dict[str, Any]:
+    """A model's details, GGUF metadata, template and parameters."""
+    req = await parse_body(request, ShowRequest)
+    entry = _resolve(_models(request), req.model or req.name)
+    try:
+        facts = await asyncio.to_thread(model_facts, entry.path)
+        info = await asyncio.to_thread(facts.model_info, req.verbose)
+    except (PyEngineError, OSError) as e:
+        raise APIError(500, str(e)) from None
+    modelfile = (f'# Modelfile generated by "pyengine"\nFROM {entry.path}\n'
+                 f'TEMPLATE """{GEMMA_TEMPLATE}"""\nPARAMETER stop "<end_of_turn>"\n')
+    return {"modelfile": modelfile, "parameters": _STOP_PARAMETER, "template": GEMMA_TEMPLATE,
+            "details": facts.details(), "model_info": info, "capabilities": ["completion"],
+            "modified_at": rfc3339(facts.modified_at)}
+
+
+@router.post("/api/generate")
+async def generate(request: Request) -> Response:
+    """Completes ``prompt`` (in the Gemma chat format unless ``raw`` or ``template``)."""
+    t0 = time.perf_counter_ns()
+    req = await parse_body(request, GenerateRequest)
+    models = _models(request)
+    entry = _resolve(models, req.model)
+    keep_alive = _keep_alive(models, req.keep_alive)
+
+    def record(response: str, done: bool, **extra: Any) -> dict[str, Any]:
+        return {"model": req.model, "created_at": rfc3339(utc_now()), "response": response,
+                "done": done, **extra}
+
+    if not req.prompt and req.keep_alive is not None and keep_alive == 0:
+        await models.unload(entry.name)
+        return JSONResponse(record("", True, done_reason="unload"))
+    if req.images:
+        raise bad_request(NO_IMAGES)
+    if req.suffix:
+        raise bad_request(f'"{req.model}" does not support insert')
+    _unsupported(req.model, think=req.think, fmt=req.format, logprobs=req.logprobs)
+    if req.raw and (req.template or req.system or req.context):
+        raise bad_request("raw mode does not support template, system, or context")
+    options = _options(req.options)
+    text = req.prompt
+    if req.prompt and not req.raw:
+        try:
+            if req.template:
+                text = render(req.template, {"System": req.system or "", "Prompt": req.prompt})
+            else:
+                messages = [{"role": "system", "content": req.system}] if req.system else []
+                text = format_gemma(messages + [{"role": "user", "content": req.prompt}])
+        except (TemplateError, ValueError) as e:
+            raise bad_request(str(e)) from None
+
+    lease = await _acquire(models, entry, keep_alive)
+    if not req.prompt:  # an empty prompt only loads the model
+        lease.release()
+        return JSONResponse(record("", True, done_reason="load"))
+    try:
+        engine = lease.engine
+        if req.context:  # the deprecated conversation memory of an earlier reply
+            ids = list(req.context) + engine.tokenize(text, add_bos=False, special=True)
+        else:
+            ids = engine.tokenize(text, add_bos=True, special=True)
+    except BaseException as e:
+        lease.release()
+        if isinstance(e, (ValueError, TypeError)):
+            raise bad_request(str(e)) from None
+        raise
+
+    def final(response: str, c: Completion, total: int) -> dict[str, Any]:
+        extra: dict[str, Any] = {}
+        if not req.raw:  # as Ollama: raw replies carry no context
+            extra["context"] = ids + engine.tokenize(c.text, add_bos=False, special=False)
+        return record(response, True, done_reason=c.done_reason, **extra,
+                      **_stats(c, total, lease.load_duration))
+
+    return await _run(request, lease, ids, options, req.stream is not False,
+                      lambda piece: record(piece, False), final, t0)
+
+
+@router.post("/api/chat")
+async def chat(request: Request) -> Response:
+    """Replies to ``messages`` in the Gemma chat format."""
+    t0 = time.perf_counter_ns()
+    req = await parse_body(request, ChatRequest)
+    models = _models(request)
+    entry = _resolve(models, req.model)
+    keep_alive = _keep_alive(models, req.keep_alive)
+
+    def record(content: str, done: bool, **extra: Any) -> dict[str, Any]:
+        return {"model": req.model, "created_at": rfc3339(utc_now()),
+                "message": {"role": "assistant", "content": content}, "done": done, **extra}
+
+    if not req.messages and req.keep_alive is not None and keep_alive == 0:
+        await models.unload(entry.name)
+        return JSONResponse(record("", True, done_reason="unload"))
+    if any(m.images for m in req.messages):
+        raise bad_request(NO_IMAGES)
+    if req.tools:
+        raise bad_request(f'"{req.model}" does not support tools')
+    _unsupported(req.model, think=req.think, fmt=req.format, logprobs=req.logprobs)
+    options = _options(req.options)
+    try:
+        text = format_gemma([{"role": m.role, "content": m.content or ""} for m in req.messages])
+    except ValueError as e:
+        raise bad_request(str(e)) from None
+
+    lease = await _acquire(models, entry, keep_alive)
+    if not req.messages:  # no messages only loads the model
+        lease.release()
+        return JSONResponse(record("", True, done_reason="load"))
+    try:
+        ids = lease.engine.tokenize(text, add_bos=True, special=True)
+    except BaseException as e:
+        lease.release()
+        if isinstance(e, (ValueError, TypeError)):
+            raise bad_request(str(e)) from None
+        raise
+
+    def final(content: str, c: Completion, total: int) -> dict[str, Any]:
+        return record(content, True, done_reason=c.done_reason,
+                      **_stats(c, total, lease.load_duration))
+
+    return await _run(request, lease, ids, options, req.stream is not False,
+                      lambda piece: record(piece, False), final, t0)

@@ -1,0 +1,80 @@
+"""Running the server: listening address, model arguments and uvicorn."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+DEFAULT_HOST = "127.0.0.1"  # never all interfaces unless asked
+DEFAULT_PORT = 11435  # next to Ollama's 11434, so both can run side by side
+HOST_ENV = "PYENGINE_HOST"
+
+
+def parse_host(value: str | None) -> tuple[str, int]:
+    """``host:port``, ``http://host:port``, ``:port``, ``host`` or ``[v6]:port`` -> (host, port).
+
+    The syntax of ``OLLAMA_HOST``; a missing host is 127.0.0.1 and a missing port 11435.
+    Raises ``ValueError`` for other schemes and bad ports.
+    """
+    s = (value or "").strip()
+    if "://" in s:
+        scheme, s = s.split("://", 1)
+        if scheme.lower() not in ("http", "https"):
+            raise ValueError(f"unsupported scheme in host {value!r}")
+    s = s.split("/", 1)[0]
+    host, port_text = s, ""
+    if s.startswith("["):  # [v6] or [v6]:port
+        end = s.find("]")
+        if end < 0:
+            raise ValueError(f"bad host {value!r}")
+        host, rest = s[1:end], s[end + 1:]
+        if rest:
+            if not rest.startswith(":"):
+                raise ValueError(f"bad host {value!r}")
+            port_text = rest[1:]
+    elif s.count(":") == 1:
+        host, port_text = s.split(":")
+    elif s.count(":") > 1:  # a bare IPv6 address
+        ipaddress.IPv6Address(s)
+    host = host or DEFAULT_HOST
+    if not port_text:
+        return host, DEFAULT_PORT
+    if not port_text.isdigit() or int(port_text) > 65535:
+        raise ValueError(f"bad port in host {value!r}")
+    return host, int(port_text)
+
+
+def resolve_address(host: str | None = None, port: int | None = None,
+                    env: Mapping[str, str] | None = None) -> tuple[str, int]:
+    """Flags win over ``PYENGINE_HOST``, which wins over 127.0.0.1:11435."""
+    env_host, env_port = parse_host((os.environ if env is None else env).get(HOST_ENV))
+    port = env_port if port is None else port
+    if not 0 <= port <= 65535:
+        raise ValueError(f"bad port {port}")
+    return host or env_host, port
+
+
+def parse_model_args(args: Sequence[str]) -> dict[str, Path]:
+    """``NAME=PATH`` or a plain ``PATH`` (named by its file stem) -> {name: path}."""
+    models: dict[str, Path] = {}
+    for arg in args:
+        name, sep, path = arg.partition("=")
+        if not sep or not name or Path(arg).is_file():  # a file named "a=b.gguf" is a path
+            name, path = Path(arg).stem, arg
+        if name in models:
+            raise ValueError(f"model name {name!r} is given twice")
+        models[name] = Path(path).expanduser()
+    return models
+
+
+def serve(models: Mapping[str, str | os.PathLike[str]], host: str, port: int,
+          log_level: str = "info", **app_options: Any) -> None:
+    """Serves ``models`` on ``host:port`` until interrupted (see ``create_app``)."""
+    import uvicorn
+
+    from .app import create_app
+
+    app = create_app(models, **app_options)
+    uvicorn.run(app, host=host, port=port, log_level=log_level)
