@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 STRATEGIES = ("local-first", "local-only")
@@ -111,10 +111,10 @@ class Config:
     enable_prompt_cache: bool = True
     enable_batched_inference: bool = True
     max_cache_size_mb: float = 2048.0
-    # The document's fallback triggers (FallbackConfig.fallbackTriggers).
+    # The document's fallback triggers (FallbackConfig.fallbackTriggers); its quality threshold
+    # needs a quality score that no backend returns, so the chain has no such trigger.
     local_failure_threshold: int = 3
     timeout_ms: int = 30_000
-    quality_threshold: float = 0.7
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Config":
@@ -167,6 +167,3 @@ class Config:
     def prefix_reuse(self) -> bool:
         """Cached prompt prefixes are shared across requests."""
         return self.enable_kv_cache and self.enable_prompt_cache
-
-    def as_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}

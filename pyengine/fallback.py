@@ -108,11 +108,14 @@ class FallbackChain:
         attempts.append(Attempt(backend.name, model, "served"))
         return reply
 
-    def _paid_refusal(self, cost_bound: float) -> str | None:
+    def _paid_policy_refusal(self) -> str | None:
         if not self.config.paid_api_enabled:
             return "paid APIs are disabled (PAID_API_ENABLED is not true)"
         if self.config.routing_strategy == "local-only":
             return "the routing strategy is local-only"
+        return None
+
+    def _paid_cap_refusal(self, cost_bound: float) -> str | None:
         spent = self.ledger.month_spend()
         cap = self.config.paid_api_max_monthly_spend
         if spent + cost_bound > cap:
@@ -139,7 +142,10 @@ class FallbackChain:
                     break
             if served:
                 break
-        if served is None:
+        policy = self._paid_policy_refusal() if served is None else None
+        if policy is not None:
+            attempts.append(Attempt("paid", "*", "refused", policy))
+        elif served is None:
             out_tokens = int(options.get("max_tokens") or options.get("num_predict")
                              or PAID_DEFAULT_MAX_TOKENS)
             if out_tokens < 0:
@@ -149,7 +155,7 @@ class FallbackChain:
                 if backend is None:
                     continue
                 bound = (estimate_tokens(messages) + out_tokens) * pm.usd_per_million / 1e6
-                refusal = self._paid_refusal(bound)
+                refusal = self._paid_cap_refusal(bound)
                 if refusal is None and not has_key(pm.provider):
                     refusal = f"no API key for {pm.provider}"
                 if refusal is not None:

@@ -148,7 +148,7 @@ def test_config_defaults_are_the_documents():
     assert c.paid_api_max_monthly_spend == 20 and c.paid_api_failure_threshold == 3
     assert c.enable_kv_cache and c.enable_prompt_cache and c.max_cache_size_mb == 2048
     assert c.enable_batched_inference is True  # the one deliberate exception to the document
-    assert (c.local_failure_threshold, c.timeout_ms, c.quality_threshold) == (3, 30_000, 0.7)
+    assert (c.local_failure_threshold, c.timeout_ms) == (3, 30_000)
 
 
 def test_config_overrides():
