@@ -242,3 +242,30 @@ def test_concurrent_front_door_calls(tmp_path, tiny):
     assert len({r.text for r in results}) == 1 and all(r.backend == "native" for r in results)
     assert gw.chain.ledger.report()["local_calls"] == 4
     gw.close()
+
+
+def with_architecture(src: Path, dst: Path, arch: bytes) -> Path:
+    """A copy of a model file whose general.architecture value is ``arch`` (same length)."""
+    data = bytearray(src.read_bytes())
+    key = b"general.architecture"
+    at = data.index(len(key).to_bytes(8, "little") + key) + 8 + len(key) + 4 + 8  # type, length
+    assert data[at:at + len(arch)] == b"gemma3"[:len(arch)] and len(arch) == 6
+    data[at:at + 6] = arch
+    dst.write_bytes(bytes(data))
+    return dst
+
+
+def test_unsupported_architecture_and_low_memory_go_to_ollama(tmp_path, tiny, ollama_url,
+                                                              monkeypatch):
+    odd = with_architecture(tiny, tmp_path / "odd.gguf", b"llama3")
+    fc = chain(tmp_path, registry(tmp_path, {"gemma3n:e2b": odd}), ollama_url)
+    r = Gateway(chain=fc).complete(PRIMARY_TASK, "Hi", **GREEDY)
+    assert r.backend == "ollama" and r.attempts[0].outcome == "cannot-serve"
+    assert "llama3" in r.attempts[0].reason
+    assert fc.breakers["native"].state == CLOSED  # not the backend's failure
+    import pyengine.backends as backends
+
+    monkeypatch.setattr(backends, "available_memory", lambda: 1 << 20)  # 1 MiB free
+    fc2 = chain(tmp_path / "b", registry(tmp_path, {"gemma3n:e2b": tiny}), ollama_url)
+    r = Gateway(chain=fc2).complete(PRIMARY_TASK, "Hi", **GREEDY)
+    assert r.backend == "ollama" and "not enough memory" in r.attempts[0].reason
