@@ -5,7 +5,9 @@ missing, unsupported architecture or quantization, not enough memory), fails, or
 document's time-out (30 s), it goes to the Ollama server at ``OLLAMA_HOST``. After
 ``local_failure_threshold`` (3) consecutive failures a backend's circuit breaker opens and
 requests skip it until a cool-down has passed; one trial call then closes it again or reopens it.
-With ``MODEL_FALLBACK_ENABLED`` the neighbouring tiers' models are tried locally too. Paid APIs
+A task whose rule names a fallback model (rubric optimisation: the alternative tier when the
+quality model cannot run) tries it locally next; with ``MODEL_FALLBACK_ENABLED`` the
+neighbouring tiers' models are tried locally too. Paid APIs
 come last, only when ``PAID_API_ENABLED`` (and the strategy is not ``local-only``), only with an
 API key, and only while this month's paid spend plus the call's worst-case cost stays within
 ``PAID_API_MAX_MONTHLY_SPEND``. Every served call goes into the cost ledger; every fallback is
@@ -130,9 +132,12 @@ class FallbackChain:
         t0 = time.perf_counter()
         attempts: list[Attempt] = []
         candidates = [(selection.model, selection.tier.value)]
+        if selection.fallback is not None:  # the document's own fallback for this task
+            candidates.append((selection.fallback.model, selection.fallback.tier.value))
         if self.config.fallback_enabled:
             candidates += [(tier_model(t, self.config), t.value)
-                           for t in TIER_FALLBACKS[selection.tier]]
+                           for t in TIER_FALLBACKS[selection.tier]
+                           if (tier_model(t, self.config), t.value) not in candidates]
         served: tuple[Any, Reply, str] | None = None
         for model, tier in candidates:
             for backend in (self.native, self.ollama):

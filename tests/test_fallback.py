@@ -269,3 +269,11 @@ def test_unsupported_architecture_and_low_memory_go_to_ollama(tmp_path, tiny, ol
     fc2 = chain(tmp_path / "b", registry(tmp_path, {"gemma3n:e2b": tiny}), ollama_url)
     r = Gateway(chain=fc2).complete(PRIMARY_TASK, "Hi", **GREEDY)
     assert r.backend == "ollama" and "not enough memory" in r.attempts[0].reason
+
+
+def test_rubric_optimisation_falls_back_to_the_alternative_tier(tmp_path, tiny):
+    fc = chain(tmp_path, registry(tmp_path, {"gemma3:4b": tiny}))  # no quality model here
+    r = Gateway(chain=fc).complete({"type": "rubric_optimization"}, "Improve this rubric",
+                                   max_tokens=4)
+    assert (r.backend, r.model, r.tier) == ("native", "gemma3:4b", "alternative")
+    assert [a.outcome for a in r.attempts] == ["cannot-serve", "failed", "served"]
