@@ -190,6 +190,22 @@ class Engine:
         """Teacher-forced logits of ``ids`` as a fresh sequence: float32 ``[len(ids), n_vocab]``."""
         return self._core.logits(list(ids))
 
+    def embed(self, text_or_ids: Prompt, normalize: bool = True) -> np.ndarray:
+        """An embedding of a text (tokenized with BOS) or of token ids: float32 ``[n_embd]``.
+
+        The mean over every position of the final normed hidden state (what llama.cpp pools
+        with mean pooling), scaled to unit length unless ``normalize`` is False. Runs through
+        the scheduler like any request (batched with others; no prefix reuse).
+        """
+        ids = self.tokenize(text_or_ids) if isinstance(text_or_ids, str) \
+            else self._prompt_ids(text_or_ids)
+        v = self._core.embed(ids)
+        if normalize:
+            norm = float(np.linalg.norm(v))
+            if norm > 0:
+                v = v / norm
+        return v.astype(np.float32, copy=False)
+
     def _prompt_ids(self, prompt: Prompt) -> list[int]:
         if isinstance(prompt, str):
             # Raw completion prompts may carry turn markers written as text.

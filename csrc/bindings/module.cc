@@ -370,6 +370,19 @@ PYBIND11_MODULE(_core, m) {
              return py::array_t<float>({n, nv}, {nv * 4, py::ssize_t{4}}, data, owner);
            },
            py::arg("ids"))
+      .def("embed",
+           [](Engine& e, const py::iterable& ids) {
+             std::vector<int32_t> v = ToIds(ids);
+             std::vector<float> out;
+             {
+               py::gil_scoped_release nogil;
+               out = e.Embed(v);
+             }
+             py::array_t<float> a(static_cast<py::ssize_t>(out.size()));
+             std::copy(out.begin(), out.end(), a.mutable_data());
+             return a;
+           },
+           py::arg("ids"), "Mean of the final normed hidden states of ids: float32 [n_embd].")
       .def("submit",
            [](Engine& e, const py::iterable& prompt, float temperature, int32_t top_k, float top_p,
               float min_p, float repeat_penalty, int32_t repeat_last_n, float presence_penalty,

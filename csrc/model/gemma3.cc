@@ -154,7 +154,8 @@ Gemma3Model::Gemma3Model(const GgufFile& f, const ModelConfig& cfg, ThreadPool& 
   }
 }
 
-void Gemma3Model::Forward(const Batch& batch, Workspace& ws, float* out, ThreadPool& pool) const {
+void Gemma3Model::Forward(const Batch& batch, Workspace& ws, float* out, ThreadPool& pool,
+                          float* hidden) const {
   const ModelConfig& c = cfg_;
   const int64_t E = c.n_embd, D = c.head_dim, F = c.n_ff;
   const int64_t QD = c.q_dim(), KVD = c.kv_dim();
@@ -257,6 +258,11 @@ void Gemma3Model::Forward(const Batch& batch, Workspace& ws, float* out, ThreadP
     add_rows(ws.o.data());
   }
 
+  if (hidden) {
+    for (size_t r = 0; r < batch.hidden_rows.size(); ++r) {
+      RmsNorm(x + batch.hidden_rows[r] * E, output_norm_.data(), 1, E, c.rms_eps, hidden + r * E);
+    }
+  }
   // Only the rows whose logits are wanted go through the (large) output projection.
   const int64_t n_out = static_cast<int64_t>(batch.out_rows.size());
   if (n_out == 0 || !out) return;

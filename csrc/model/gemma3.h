@@ -43,9 +43,12 @@ class Gemma3Model {
   // Runs the batch's tokens, each at its position in its own sequence, writing their keys and
   // values through the sequence's view (whose blocks must cover them and hold every earlier
   // position the token attends to). Tokens of one sequence come in position order. Writes the
-  // logits of batch.out_rows to out [n_out, n_vocab] (nothing when there are none).
+  // logits of batch.out_rows to out [n_out, n_vocab] (nothing when there are none), and the
+  // final normed hidden states of batch.hidden_rows to hidden [n_hidden, n_embd] (the vectors
+  // the output projection would read: what llama.cpp pools into embeddings).
   // Token ids must be inside the vocabulary (checked: EngineError).
-  void Forward(const Batch& batch, Workspace& ws, float* out, ThreadPool& pool) const;
+  void Forward(const Batch& batch, Workspace& ws, float* out, ThreadPool& pool,
+               float* hidden = nullptr) const;
 
  private:
   struct Layer {

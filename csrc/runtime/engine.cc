@@ -96,7 +96,18 @@ std::vector<float> Engine::Logits(const std::vector<int32_t>& ids) {
   GenerationStep step;
   while (r->Next(&step, -1) && !step.done) {}
   if (!r->error().empty()) throw EngineError(r->error());
-  return r->TakeLogits();
+  return r->TakeResult();
+}
+
+std::vector<float> Engine::Embed(const std::vector<int32_t>& ids) {
+  RequestOptions o;
+  o.embed = true;
+  o.n_ctx = n_ctx_;
+  std::shared_ptr<Request> r = Submit(ids, o);
+  GenerationStep step;
+  while (r->Next(&step, -1) && !step.done) {}
+  if (!r->error().empty()) throw EngineError(r->error());
+  return r->TakeResult();
 }
 
 SchedulerStats Engine::stats() const { return scheduler()->stats(); }

@@ -42,6 +42,8 @@ class Engine {
   void Cancel(Request& r);
   // Teacher-forced logits of `ids` as a fresh sequence: [ids.size(), n_vocab]. Blocks.
   std::vector<float> Logits(const std::vector<int32_t>& ids);
+  // Mean of the final normed hidden states of `ids` (a fresh sequence): [n_embd]. Blocks.
+  std::vector<float> Embed(const std::vector<int32_t>& ids);
 
   SchedulerStats stats() const;
   KvCache::Stats kv_stats() const;

@@ -40,9 +40,9 @@ std::string Request::error() const {
   return error_;
 }
 
-std::vector<float> Request::TakeLogits() {
+std::vector<float> Request::TakeResult() {
   std::lock_guard<std::mutex> lock(mu_);
-  return std::move(logits_);
+  return std::move(result_);
 }
 
 void Request::Push(GenerationStep step) {

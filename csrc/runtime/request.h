@@ -20,6 +20,9 @@ struct RequestOptions {
   GenerateOptions gen;
   int64_t n_ctx = 0;        // positions the sequence may use; 0: the engine's default
   bool logits_all = false;  // scoring: logits of every prompt position, nothing generated
+  bool embed = false;       // embedding: the mean of every prompt position's final hidden
+                            // state (llama.cpp's mean pooling), nothing generated
+  bool scoring() const { return logits_all || embed; }
   bool notify = false;      // report new steps to the engine's ready list (asyncio callers)
 };
 
@@ -46,15 +49,15 @@ class Request {
   bool finished() const;
   RequestCounts counts() const;
   std::string error() const;
-  // Scoring requests, once finished: [prompt tokens, n_vocab].
-  std::vector<float> TakeLogits();
+  // Scoring requests, once finished: logits [prompt tokens, n_vocab], or the embedding [n_embd].
+  std::vector<float> TakeResult();
 
   // Scheduler side.
   void MarkCancelled() { cancelled_.store(true, std::memory_order_release); }
   void Push(GenerationStep step);  // a done step finishes the request
   void Fail(const std::string& error);
   void SetCounts(const RequestCounts& c);
-  std::vector<float>& logits() { return logits_; }  // written by the scheduler before finishing
+  std::vector<float>& result() { return result_; }  // written by the scheduler before finishing
 
  private:
   const uint64_t id_;
@@ -65,7 +68,7 @@ class Request {
   bool finished_ = false;
   std::string error_;
   RequestCounts counts_;
-  std::vector<float> logits_;
+  std::vector<float> result_;
 };
 
 }  // namespace pyengine

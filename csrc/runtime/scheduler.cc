@@ -36,8 +36,9 @@ struct Scheduler::Sequence {
   int64_t attached = 0;             // of those, shared from the prefix cache at admission
   bool finished = false;
   RequestCounts counts;
-  // Logits row of this step (-1: none) and whether the sequence had output before it.
-  int64_t row = -1;
+  std::vector<double> hidden_sum;   // [n_embd] embedding requests: sum of hidden states so far
+  // Logits and hidden-state rows of this step (-1: none); whether it had output before.
+  int64_t row = -1, hidden_row = -1;
   bool had_output = false;
 
   int64_t pending() const { return static_cast<int64_t>(tokens.size()) - n_done; }
@@ -68,7 +69,7 @@ std::shared_ptr<Request> Scheduler::Submit(std::vector<int32_t> prompt, const Re
   s->tokens = std::move(prompt);
   s->prompt_len = static_cast<int64_t>(s->tokens.size());
   s->counts.prompt_tokens = s->prompt_len;
-  if (!opts.logits_all) s->gen = std::make_unique<Generation>(tok_, opts.gen, opts.n_ctx);
+  if (!opts.scoring()) s->gen = std::make_unique<Generation>(tok_, opts.gen, opts.n_ctx);
   std::shared_ptr<Request> req;
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -177,8 +178,17 @@ void Scheduler::Loop() {
       } else {
         s->counts.prompt_eval_ns += step_ns_;
       }
-      if (s->opts.logits_all) {
-        if (s->n_done == s->prompt_len) Finish(s, DoneStep("stop"));
+      if (s->opts.scoring()) {
+        if (s->n_done == s->prompt_len) {
+          if (s->opts.embed) {
+            std::vector<float>& out = s->req->result();
+            out.resize(s->hidden_sum.size());
+            for (size_t i = 0; i < out.size(); ++i) {
+              out[i] = static_cast<float>(s->hidden_sum[i] / static_cast<double>(s->prompt_len));
+            }
+          }
+          Finish(s, DoneStep("stop"));
+        }
         continue;
       }
       if (s->row < 0) continue;
@@ -235,7 +245,7 @@ void Scheduler::Admit() {
     // Scoring needs every position's logits, so it computes everything; a generation reuses
     // all but its last token (whose logits start the output).
     const int64_t size = static_cast<int64_t>(s->tokens.size());
-    const int64_t reuse = s->opts.logits_all || !opts_.prefix_cache ? 0 : size - 1;
+    const int64_t reuse = s->opts.scoring() || !opts_.prefix_cache ? 0 : size - 1;
     s->attached = s->n_done = kv_.AttachPrefix(s->table, s->tokens.data(), size, reuse);
     if (s->counts.cached_tokens == 0) s->counts.cached_tokens = std::min(s->attached, s->prompt_len);
     running_.push_back(std::move(s));
@@ -247,7 +257,7 @@ bool Scheduler::Plan() {
   int64_t budget = opts_.max_batch_tokens;
   // Decoding sequences first: one token each keeps every stream moving.
   for (auto& s : running_) {
-    if (s->pending() == 1 && !s->opts.logits_all) {
+    if (s->pending() == 1 && !s->opts.scoring()) {
       plan_.push_back({s.get(), 1, true});
       --budget;
     }
@@ -255,9 +265,10 @@ bool Scheduler::Plan() {
   // Then prompt chunks, oldest sequence first.
   for (auto& s : running_) {
     if (budget <= 0) break;
-    if (s->pending() > 1 || (s->opts.logits_all && s->pending() > 0)) {
+    if (s->pending() > 1 || (s->opts.scoring() && s->pending() > 0)) {
       const int64_t n = std::min(s->pending(), budget);
-      plan_.push_back({s.get(), n, n == s->pending() || s->opts.logits_all});
+      const bool logits = s->opts.logits_all || (!s->opts.embed && n == s->pending());
+      plan_.push_back({s.get(), n, logits});
       budget -= n;
     }
   }
@@ -301,6 +312,7 @@ void Scheduler::Reserve() {
 void Scheduler::Preempt(Sequence* s, bool counted) {
   kv_.Release(s->table);  // its full blocks were offered: a resumed sequence may find them
   s->n_done = 0;
+  s->hidden_sum.clear();  // an embedding starts over with its recomputation
   if (counted) {
     ++s->counts.preemptions;
     ++stats_.preemptions;
@@ -315,23 +327,29 @@ void Scheduler::Preempt(Sequence* s, bool counted) {
 void Scheduler::Run() {
   const int64_t t0 = NowNs();
   batch_.Clear();
-  int64_t rows = 0;
+  int64_t rows = 0, hidden_rows = 0;
   for (const Item& it : plan_) {
     Sequence* s = it.s;
     const int32_t idx = static_cast<int32_t>(batch_.views.size());
     batch_.views.push_back(kv_.View(s->table));
-    batch_.Add(idx, s->tokens.data() + s->n_done, it.n, s->n_done, it.logits, s->opts.logits_all);
+    batch_.Add(idx, s->tokens.data() + s->n_done, it.n, s->n_done, it.logits, s->opts.logits_all,
+               s->opts.embed);
     s->had_output = s->gen && s->gen->n_output() > 0;
-    s->row = -1;
+    s->row = s->hidden_row = -1;
     if (it.logits) {
       s->row = rows;
       rows += s->opts.logits_all ? it.n : 1;
     }
+    if (s->opts.embed) {
+      s->hidden_row = hidden_rows;
+      hidden_rows += it.n;
+    }
   }
-  const int64_t n_vocab = model_.config().n_vocab;
+  const int64_t n_vocab = model_.config().n_vocab, n_embd = model_.config().n_embd;
   logits_.resize(static_cast<size_t>(rows * n_vocab));
+  hidden_.resize(static_cast<size_t>(hidden_rows * n_embd));
   try {
-    model_.Forward(batch_, ws_, logits_.data(), pool_);
+    model_.Forward(batch_, ws_, logits_.data(), pool_, hidden_.data());
   } catch (const std::exception& e) {
     step_error_ = e.what();
     step_ns_ = NowNs() - t0;
@@ -341,8 +359,17 @@ void Scheduler::Run() {
   sampled_.assign(plan_.size(), GenerationStep{});
   for (const Item& it : plan_) {
     Sequence* s = it.s;
+    if (s->opts.embed) {
+      // Summed in position order, in double: the same result however the prompt was chunked.
+      s->hidden_sum.resize(static_cast<size_t>(n_embd), 0.0);
+      for (int64_t t = 0; t < it.n; ++t) {
+        const float* h = hidden_.data() + (s->hidden_row + t) * n_embd;
+        for (int64_t i = 0; i < n_embd; ++i) s->hidden_sum[i] += h[i];
+      }
+      continue;
+    }
     if (!s->opts.logits_all || s->row < 0) continue;
-    std::vector<float>& dst = s->req->logits();
+    std::vector<float>& dst = s->req->result();
     dst.resize(static_cast<size_t>(s->prompt_len * n_vocab));
     std::memcpy(dst.data() + s->n_done * n_vocab, logits_.data() + s->row * n_vocab,
                 sizeof(float) * static_cast<size_t>(it.n * n_vocab));
@@ -350,7 +377,7 @@ void Scheduler::Run() {
   ParallelRanges(pool_, static_cast<int64_t>(plan_.size()), 1, [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) {
       Sequence* s = plan_[i].s;
-      if (s->opts.logits_all || s->row < 0) continue;
+      if (s->opts.scoring() || s->row < 0) continue;
       // The sequence's tokens grow by the sampled one; its KV is computed next step.
       sampled_[i] = s->gen->Accept(logits_.data() + s->row * n_vocab, n_vocab, s->tokens);
     }

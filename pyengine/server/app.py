@@ -9,7 +9,7 @@ from typing import Any, AsyncIterator, Mapping
 from fastapi import FastAPI
 
 from .. import __version__
-from . import ollama_api
+from . import embed_api, ollama_api
 from .errors import install_error_handlers
 from .keep_alive import DEFAULT_KEEP_ALIVE, parse_keep_alive
 from .models import DEFAULT_MAX_LOADED, ModelSet
@@ -48,4 +48,5 @@ def create_app(models: Mapping[str, str | os.PathLike[str]], *, n_threads: int |
     app.state.models = model_set
     install_error_handlers(app)
     app.include_router(ollama_api.router)
+    app.include_router(embed_api.router)
     return app
