@@ -136,8 +136,9 @@ class OllamaBackend:
 
     name, paid = "ollama", False
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, headers: Mapping[str, str] | None = None) -> None:
         self.host = config.ollama_host
+        self.headers = dict(headers or {})
 
     def chat(self, model: str, messages: Messages, options: Mapping[str, Any],
              timeout_s: float) -> Reply:
@@ -145,7 +146,7 @@ class OllamaBackend:
         import ollama
 
         opts = {_OLLAMA_OPTIONS.get(k, k): v for k, v in options.items() if v is not None}
-        client = ollama.Client(host=self.host, timeout=timeout_s)
+        client = ollama.Client(host=self.host, timeout=timeout_s, headers=self.headers)
         try:
             r = client.chat(model=model, messages=list(messages), options=opts, stream=False)
         except ollama.ResponseError as e:

@@ -156,7 +156,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     host, port = resolve_address(args.host, args.port)
     serve(parse_model_args(args.models), host, port, n_threads=args.threads, n_ctx=args.ctx,
-          kv_cache_mb=args.kv_cache_mb, max_loaded=args.max_loaded, keep_alive=args.keep_alive)
+          kv_cache_mb=args.kv_cache_mb, max_loaded=args.max_loaded, keep_alive=args.keep_alive,
+          max_queue=args.max_queue, origins=args.origins, api_key=args.api_key)
     return 0
 
 
@@ -172,6 +173,12 @@ def cmd_costs(args: argparse.Namespace) -> int:
         ledger.close()
     print(json.dumps(rep, indent=2) if args.json else format_report(rep))
     return 0
+
+
+def cmd_ab(args: argparse.Namespace) -> int:
+    from .bench.ab import main as ab_main
+
+    return ab_main(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -210,6 +217,15 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-loaded", type=int, default=3, help="models in memory at once")
     serve.add_argument("--keep-alive", default="5m",
                        help="how long an idle model stays loaded (default 5m; negative: always)")
+    serve.add_argument("--max-queue", type=int, default=None,
+                       help="generation requests in flight before more get 503 (default: "
+                       "PYENGINE_MAX_QUEUE, else OLLAMA_MAX_QUEUE, else 512)")
+    serve.add_argument("--origins", action="append", default=None, metavar="ORIGINS",
+                       help="more browser origins CORS allows, comma-separated, * as wildcard "
+                       "(added to PYENGINE_ORIGINS or OLLAMA_ORIGINS and to localhost's)")
+    serve.add_argument("--api-key", default=None,
+                       help="require 'Authorization: Bearer KEY' (default: PYENGINE_API_KEY, "
+                       "which keeps the key out of the process list; unset: no key)")
     serve.set_defaults(func=cmd_serve)
 
     ls = sub.add_parser("list", help="list the models available here (registry and Ollama store)")
@@ -222,6 +238,14 @@ def build_parser() -> argparse.ArgumentParser:
                        "~/.pyengine/ledger.sqlite)")
     costs.add_argument("--json", action="store_true", help="print JSON instead of a table")
     costs.set_defaults(func=cmd_costs)
+
+    from .bench import ab as ab_module  # standard library only: cheap to import
+
+    ab = sub.add_parser("ab", help="compare the speed of two chat endpoints (Ollama/OpenAI)",
+                        description=ab_module.__doc__,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    ab_module.add_arguments(ab)
+    ab.set_defaults(func=cmd_ab)
     return ap
 
 

@@ -4,22 +4,27 @@ from __future__ import annotations
 
 import os
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator, Mapping
+from typing import Any, AsyncIterator, Mapping, Sequence
 
 from fastapi import FastAPI
 
 from .. import __version__
-from . import embed_api, ollama_api
+from ..config import Config
+from . import embed_api, ollama_api, openai_api
 from .errors import install_error_handlers
 from .keep_alive import DEFAULT_KEEP_ALIVE, parse_keep_alive
 from .models import DEFAULT_MAX_LOADED, ModelSet
+from .ops import OpsSettings, install_ops
 
 
 def create_app(models: Mapping[str, str | os.PathLike[str]], *, n_threads: int | None = None,
                n_ctx: int = 4096, kv_cache_mb: float | None = None,
                max_loaded: int = DEFAULT_MAX_LOADED,
                keep_alive: float | str = DEFAULT_KEEP_ALIVE,
-               engine_options: Mapping[str, Any] | None = None) -> FastAPI:
+               engine_options: Mapping[str, Any] | None = None,
+               config: Config | None = None, fallback: bool = True,
+               max_queue: int | None = None, origins: str | Sequence[str] | None = None,
+               api_key: str | None = None, max_body_bytes: int | None = None) -> FastAPI:
     """An Ollama-compatible server of ``models`` (name -> GGUF path).
 
     Models load on their first request (``Engine(path, n_threads=..., n_ctx=...,
@@ -27,8 +32,13 @@ def create_app(models: Mapping[str, str | os.PathLike[str]], *, n_threads: int |
     ``keep_alive`` (seconds or a duration such as ``"5m"``; negative: never) without requests
     unless a request says otherwise. The ``ModelSet`` is ``app.state.models``: further routers
     (OpenAI's API, metrics) serve the same models through it. Engines close on shutdown.
+    ``max_queue``, ``origins``, ``api_key`` and ``max_body_bytes`` bound and guard the API
+    (``OpsSettings.resolve``: None reads ``PYENGINE_MAX_QUEUE``, ``PYENGINE_ORIGINS``,
+    ``PYENGINE_API_KEY`` or Ollama's variables); ``/health`` and ``/metrics`` are served too.
     Raises ``FileNotFoundError`` for a missing file and ``ValueError`` for bad settings.
     """
+    ops = OpsSettings.resolve(max_queue=max_queue, origins=origins, api_key=api_key,
+                              max_body_bytes=max_body_bytes)
     options = {"n_threads": n_threads, "n_ctx": n_ctx, "kv_cache_mb": kv_cache_mb,
                **(engine_options or {})}
     model_set = ModelSet(models, max_loaded=max_loaded,
@@ -46,7 +56,15 @@ def create_app(models: Mapping[str, str | os.PathLike[str]], *, n_threads: int |
     app = FastAPI(title="pyengine", version=__version__, lifespan=lifespan, docs_url=None,
                   redoc_url=None, openapi_url=None)
     app.state.models = model_set
+    # Tiers and "auto" resolve through the router with this configuration; models the server
+    # does not run go to the fallback chain (Ollama at OLLAMA_HOST, then paid APIs if enabled),
+    # created on first use so that a server that never falls back opens no ledger.
+    app.state.config = config or Config.from_env()
+    app.state.fallback = fallback
+    app.state.chain = None
     install_error_handlers(app)
     app.include_router(ollama_api.router)
     app.include_router(embed_api.router)
+    app.include_router(openai_api.router)
+    install_ops(app, ops)
     return app

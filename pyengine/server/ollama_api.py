@@ -28,6 +28,8 @@ from .models import Lease, ModelEntry, ModelNotFound, ModelSet
 from .ollama_options import engine_options
 from .schemas import ChatRequest, GenerateRequest, ShowRequest, parse_body
 from .streaming import ClientDisconnected, NDJSONResponse, until_disconnect
+from .targets import FALLBACK_HEADER, Target, make_chain, run_fallback
+from .targets import resolve as resolve_target
 from .template import GEMMA_TEMPLATE, TemplateError, render
 from .timestamps import rfc3339, utc_now
 
@@ -42,6 +44,43 @@ Final = Callable[[str, Completion, int], dict]  # text, completion, total ns -> 
 
 def _models(request: Request) -> ModelSet:
     return request.app.state.models
+
+
+def _target(request: Request, name: str, options: dict[str, Any] | None,
+            prompt_chars: int) -> tuple[Target, dict[str, Any] | None]:
+    """The request's target (a served model, a tier, ``auto``) and its options without the
+    task hints."""
+    opts = dict(options) if isinstance(options, dict) else options
+    target = resolve_target(_models(request), request.app.state.config, name, opts, prompt_chars)
+    return target, opts
+
+
+async def _fallback(request: Request, target: Target, messages: list[dict[str, Any]],
+                    options: dict[str, Any], stream: bool, record: Callable[..., dict],
+                    t0: int) -> Response:
+    """Serves a request this server cannot run through the fallback chain, answering in the
+    same shape (one content record, then the final one)."""
+    allowed = request.headers.get(FALLBACK_HEADER) is None  # never fall back twice
+    state = request.app.state
+    if allowed and state.fallback and state.chain is None:
+        state.chain = make_chain(state.config)
+    r = await run_fallback(state.chain if state.fallback else None, target, messages, options,
+                           allowed)
+    total = time.perf_counter_ns() - t0
+    # The backend's own timings are not known here: the whole call counts as evaluation.
+    stats = {"done_reason": r.done_reason, "total_duration": total, "load_duration": 0,
+             "prompt_eval_count": r.prompt_tokens, "prompt_eval_duration": 0,
+             "eval_count": r.completion_tokens, "eval_duration": total,
+             "pyengine": {"backend": r.backend, "model": r.model, "tier": r.tier,
+                          "cost_usd": r.cost_usd, "reason": r.reason}}
+    if not stream:
+        return JSONResponse(record(r.text, True, **stats))
+
+    async def records() -> AsyncIterator[dict]:
+        yield record(r.text, False)
+        yield record("", True, **stats)
+
+    return NDJSONResponse(records())
 
 
 def _resolve(models: ModelSet, name: str) -> ModelEntry:
@@ -232,12 +271,22 @@ async def generate(request: Request) -> Response:
     t0 = time.perf_counter_ns()
     req = await parse_body(request, GenerateRequest)
     models = _models(request)
-    entry = _resolve(models, req.model)
+    target, req_options = _target(request, req.model, req.options,
+                                  len(req.prompt) + len(req.system or ""))
     keep_alive = _keep_alive(models, req.keep_alive)
 
     def record(response: str, done: bool, **extra: Any) -> dict[str, Any]:
         return {"model": req.model, "created_at": rfc3339(utc_now()), "response": response,
                 "done": done, **extra}
+
+    if target.entry is None:
+        if not req.prompt:
+            raise APIError(404, str(ModelNotFound(target.model)))
+        messages = [{"role": "system", "content": req.system}] if req.system else []
+        messages.append({"role": "user", "content": req.prompt})
+        return await _fallback(request, target, messages, _options(req_options),
+                               req.stream is not False, record, t0)
+    entry = target.entry
 
     if not req.prompt and req.keep_alive is not None and keep_alive == 0:
         await models.unload(entry.name)
@@ -249,7 +298,9 @@ async def generate(request: Request) -> Response:
     _unsupported(req.model, think=req.think, fmt=req.format, logprobs=req.logprobs)
     if req.raw and (req.template or req.system or req.context):
         raise bad_request("raw mode does not support template, system, or context")
-    options = _options(req.options)
+    if req.context and not all(0 <= t < 2**31 for t in req.context):
+        raise bad_request("context must hold token ids (integers in [0, 2^31))")
+    options = _options(req_options)
     text = req.prompt
     if req.prompt and not req.raw:
         try:
@@ -261,7 +312,20 @@ async def generate(request: Request) -> Response:
         except (TemplateError, ValueError) as e:
             raise bad_request(str(e)) from None
 
-    lease = await _acquire(models, entry, keep_alive)
+    try:
+        lease = await _acquire(models, entry, keep_alive)
+    except APIError as load_error:
+        if not req.prompt:
+            raise
+        # The file is served here but the engine cannot run it: the chain may have the model;
+        # if not, the load error is the better answer.
+        messages = [{"role": "system", "content": req.system}] if req.system else []
+        messages.append({"role": "user", "content": req.prompt})
+        try:
+            return await _fallback(request, target, messages, options, req.stream is not False,
+                                   record, t0)
+        except APIError:
+            raise load_error from None
     if not req.prompt:  # an empty prompt only loads the model
         lease.release()
         return JSONResponse(record("", True, done_reason="load"))
@@ -294,12 +358,23 @@ async def chat(request: Request) -> Response:
     t0 = time.perf_counter_ns()
     req = await parse_body(request, ChatRequest)
     models = _models(request)
-    entry = _resolve(models, req.model)
+    target, req_options = _target(request, req.model, req.options,
+                                  sum(len(m.content or "") for m in req.messages))
     keep_alive = _keep_alive(models, req.keep_alive)
 
     def record(content: str, done: bool, **extra: Any) -> dict[str, Any]:
         return {"model": req.model, "created_at": rfc3339(utc_now()),
                 "message": {"role": "assistant", "content": content}, "done": done, **extra}
+
+    if target.entry is None:
+        if not req.messages:
+            raise APIError(404, str(ModelNotFound(target.model)))
+        if any(m.images for m in req.messages):
+            raise bad_request(NO_IMAGES)
+        messages = [{"role": m.role, "content": m.content or ""} for m in req.messages]
+        return await _fallback(request, target, messages, _options(req_options),
+                               req.stream is not False, record, t0)
+    entry = target.entry
 
     if not req.messages and req.keep_alive is not None and keep_alive == 0:
         await models.unload(entry.name)
@@ -309,13 +384,23 @@ async def chat(request: Request) -> Response:
     if req.tools:
         raise bad_request(f'"{req.model}" does not support tools')
     _unsupported(req.model, think=req.think, fmt=req.format, logprobs=req.logprobs)
-    options = _options(req.options)
+    options = _options(req_options)
     try:
         text = format_gemma([{"role": m.role, "content": m.content or ""} for m in req.messages])
     except ValueError as e:
         raise bad_request(str(e)) from None
 
-    lease = await _acquire(models, entry, keep_alive)
+    try:
+        lease = await _acquire(models, entry, keep_alive)
+    except APIError as load_error:
+        if not req.messages:
+            raise
+        messages = [{"role": m.role, "content": m.content or ""} for m in req.messages]
+        try:
+            return await _fallback(request, target, messages, options, req.stream is not False,
+                                   record, t0)
+        except APIError:
+            raise load_error from None
     if not req.messages:  # no messages only loads the model
         lease.release()
         return JSONResponse(record("", True, done_reason="load"))

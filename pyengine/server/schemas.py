@@ -101,7 +101,7 @@ async def read_json(request: Request) -> Any:
         raise bad_request("missing request body")
     try:
         return json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (ValueError, RecursionError) as e:  # bad UTF-8 or JSON, too deep, too many digits
         raise bad_request(f"invalid JSON in request body: {e}") from None
 
 

@@ -56,16 +56,33 @@ def resolve_address(host: str | None = None, port: int | None = None,
     return host or env_host, port
 
 
+def _looks_like_path(text: str) -> bool:
+    # "library/gemma3:1b" is a store name, "./m.gguf" or "/models/x" a path.
+    return (text.startswith(("/", "~", "./", "../", os.sep)) or text.endswith(".gguf")
+            or Path(text).expanduser().is_file())
+
+
 def parse_model_args(args: Sequence[str]) -> dict[str, Path]:
-    """``NAME=PATH`` or a plain ``PATH`` (named by its file stem) -> {name: path}."""
+    """``NAME=PATH``, ``NAME=STORE_NAME``, a plain ``PATH`` (named by its file stem) or a
+    ``STORE_NAME`` such as ``gemma3:1b`` that the model store resolves (the registry in
+    ``models/``, then Ollama's on-disk store) -> {name: path}.
+
+    Raises ``FileNotFoundError`` for a name found nowhere, ``ValueError`` for a refused one.
+    """
+    from ..store import resolve_model
+
     models: dict[str, Path] = {}
     for arg in args:
-        name, sep, path = arg.partition("=")
-        if not sep or not name or Path(arg).is_file():  # a file named "a=b.gguf" is a path
-            name, path = Path(arg).stem, arg
+        name, sep, target = arg.partition("=")
+        if not sep or not name or Path(arg).expanduser().is_file():  # "a=b.gguf" may be a file
+            target = arg
+            name = Path(arg).stem if _looks_like_path(arg) else arg
         if name in models:
             raise ValueError(f"model name {name!r} is given twice")
-        models[name] = Path(path).expanduser()
+        looks_like_path = _looks_like_path(target)
+        # Paths are checked when the app is built; other names go through the store now.
+        models[name] = Path(target).expanduser() if looks_like_path \
+            else Path(resolve_model(target).path)
     return models
 
 

@@ -1,0 +1,16 @@
+"""A/B speed comparison of two chat endpoints (``pyengine ab``).
+
+- ``clients``: streaming chat clients for Ollama's ``/api/chat`` (NDJSON) and OpenAI's
+  ``/v1/chat/completions`` (SSE); each chunk is timestamped on arrival.
+- ``prompts``: the built-in prompt set and the reader of ``--prompts`` files.
+- ``stats``: percentiles and summaries.
+- ``ab``: the harness (workload, alternation of A and B, per-level summaries) and its CLI.
+- ``report``: the table, the JSON file and the optional PNG chart.
+
+Only the standard library is needed; matplotlib, when installed, draws the chart.
+"""
+
+from .ab import ABConfig, ABError, run_ab
+from .clients import Endpoint, EndpointError, parse_endpoint
+
+__all__ = ["ABConfig", "ABError", "Endpoint", "EndpointError", "parse_endpoint", "run_ab"]

@@ -1,0 +1,317 @@
+"""OpenAI's API, as Ollama offers it under ``/v1``: ``/v1/chat/completions``,
+``/v1/completions``, ``/v1/models`` and ``/v1/models/{model}``.
+
+Requests are translated as Ollama's OpenAI layer translates them and run as ``/api/chat`` and
+``/api/generate`` run (the same prompt format, options mapping, generation loop and
+disconnect handling); replies and errors take OpenAI's shapes. Where Ollama and OpenAI differ,
+this follows Ollama, which is what its clients expect of this server:
+
+- sampling defaults are temperature 1.0 and top_p 1.0 (see ``openai_options``), and without
+  ``max_tokens`` a reply runs until it ends or fills the context (OpenAI's legacy completions
+  stop at 16 tokens);
+- a ``/v1/completions`` prompt is a user turn of the model's chat format, as ``/api/generate``
+  without ``raw`` would render it, not raw text;
+- model ids are the served names (``gemma:latest``), ``created`` is the file's modification
+  time and ``owned_by`` the name's namespace, ``library`` when it has none.
+
+Streams are server-sent events: chat streams open with the assistant's role, then carry the
+text, then a chunk with an empty delta and the ``finish_reason``; with
+``stream_options.include_usage`` a chunk with the token counts (and no choices) follows; the
+last event is ``[DONE]``. Things this engine cannot do (``n`` > 1, images, tools, structured
+output, logprobs) are refused with a 400 rather than silently ignored.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from ..chat import format_gemma
+from ..engine import Completion
+from .models import ModelEntry, ModelNotFound, ModelSet
+from .ollama_api import NO_IMAGES, _acquire, _run
+from .targets import resolve as resolve_target
+from .openai_errors import OpenAIError, OpenAIRoute, error_body, invalid
+from .openai_options import max_tokens_of, sampling_options
+from .openai_schemas import ChatCompletionRequest, ChatMessage, CompletionRequest, parse_openai_body
+from .sse import DONE, SSEResponse
+from .streaming import NDJSONResponse
+
+router = APIRouter(prefix="/v1", route_class=OpenAIRoute)
+
+FINGERPRINT = "fp_pyengine"
+_ROLE_ALIASES = {"developer": "system"}  # OpenAI's newer name for system instructions
+_MEDIA_PARTS = {"image_url": NO_IMAGES, "input_image": NO_IMAGES,
+                "input_audio": "this model does not support audio",
+                "file": "this model does not support files"}
+
+
+def _models(request: Request) -> ModelSet:
+    return request.app.state.models
+
+
+def _entry(request: Request, name: str, prompt_chars: int = 0) -> ModelEntry:
+    """The served model for ``name``: a model served here, or a tier name / ``auto`` resolved
+    by the tier router to one (the fallback chain serves only the Ollama API for now)."""
+    if not name:
+        raise invalid("you must provide a model parameter", param="model")
+    target = resolve_target(_models(request), request.app.state.config, name, None, prompt_chars)
+    if target.entry is None:
+        raise OpenAIError(404, str(ModelNotFound(target.model)), param="model",
+                          code="model_not_found")
+    return target.entry
+
+
+# -- replies ------------------------------------------------------------------------------
+
+
+def finish_reason(done_reason: str) -> str:
+    """OpenAI's ``finish_reason`` for the engine's ``done_reason``."""
+    return "length" if done_reason == "length" else "stop"
+
+
+def usage(c: Completion) -> dict[str, Any]:
+    """Token counts of a reply; ``cached_tokens`` are prompt tokens the prefix cache served."""
+    return {"prompt_tokens": c.prompt_eval_count, "completion_tokens": c.eval_count,
+            "total_tokens": c.prompt_eval_count + c.eval_count,
+            "prompt_tokens_details": {"cached_tokens": c.cached_tokens}}
+
+
+@dataclass
+class Reply:
+    """The objects of one reply, chat (``chat.completion``) or text (``text_completion``):
+    every chunk of a stream shares its ``id`` and ``created``."""
+
+    chat: bool
+    model: str
+    include_usage: bool = False
+    created: int = field(default_factory=lambda: int(time.time()))
+    id: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.id:
+            self.id = ("chatcmpl-" if self.chat else "cmpl-") + secrets.token_hex(12)
+
+    def _object(self, choices: list[dict[str, Any]], chunk: bool) -> dict[str, Any]:
+        kind = ("chat.completion.chunk" if chunk else "chat.completion") if self.chat \
+            else "text_completion"
+        out = {"id": self.id, "object": kind, "created": self.created, "model": self.model,
+               "system_fingerprint": FINGERPRINT, "choices": choices}
+        if chunk and self.include_usage:
+            out["usage"] = None  # OpenAI: null on every chunk but the usage chunk
+        return out
+
+    def _choice(self, text: str, reason: str | None, chunk: bool,
+                role: bool = False) -> dict[str, Any]:
+        choice: dict[str, Any] = {"index": 0}
+        if not self.chat:
+            choice["text"] = text
+        elif chunk:
+            choice["delta"] = ({"role": "assistant"} if role else {}) | \
+                ({"content": text} if text or role else {})
+        else:
+            choice["message"] = {"role": "assistant", "content": text}
+        return choice | {"logprobs": None, "finish_reason": reason}
+
+    def whole(self, c: Completion) -> dict[str, Any]:
+        """The reply as one object."""
+        out = self._object([self._choice(c.text, finish_reason(c.done_reason), False)], False)
+        return out | {"usage": usage(c)}
+
+    def start(self) -> dict[str, Any]:
+        """A chat stream's first chunk: the assistant's role and no text yet."""
+        return self._object([self._choice("", None, True, role=True)], True)
+
+    def piece(self, text: str) -> dict[str, Any]:
+        """A chunk of streamed text."""
+        return self._object([self._choice(text, None, True)], True)
+
+    def finish(self, c: Completion) -> dict[str, Any]:
+        """The chunk with the ``finish_reason`` (and no text)."""
+        return self._object([self._choice("", finish_reason(c.done_reason), True)], True)
+
+    def totals(self, c: Completion) -> dict[str, Any]:
+        """The ``include_usage`` chunk: no choices, the token counts."""
+        return self._object([], True) | {"usage": usage(c)}
+
+
+async def _events(reply: Reply, records: AsyncIterator[dict[str, Any]]
+                  ) -> AsyncIterator[Any]:
+    # ``records`` come from the generation loop shared with Ollama's API: {"text"} pieces, then
+    # {"completion"}, or {"error"} when the engine fails mid-stream. Closing this generator
+    # closes them, which cancels the request if it is unfinished.
+    try:
+        if reply.chat:
+            yield reply.start()
+        async for record in records:
+            if "error" in record:  # headers are sent: OpenAI's clients raise on this event
+                yield error_body(500, record["error"])
+                return
+            if "completion" in record:
+                yield reply.finish(record["completion"])
+                if reply.include_usage:
+                    yield reply.totals(record["completion"])
+                yield DONE
+                return
+            yield reply.piece(record["text"])
+    finally:
+        aclose = getattr(records, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+async def _complete(request: Request, entry: ModelEntry, text: str, options: dict[str, Any],
+                    reply: Reply, stream: bool) -> Response:
+    """Generates the reply to the prompt ``text`` and answers as one object or a stream."""
+    models = _models(request)
+    lease = await _acquire(models, entry, models.keep_alive)
+    try:
+        ids = lease.engine.tokenize(text, add_bos=True, special=True)
+    except BaseException as e:
+        lease.release()
+        if isinstance(e, (ValueError, TypeError)):
+            raise invalid(str(e)) from None
+        raise
+    t0 = time.perf_counter_ns()
+    if not stream:
+        return await _run(request, lease, ids, options, False, lambda _text: {},
+                          lambda _text, c, _ns: reply.whole(c), t0)
+    response = await _run(request, lease, ids, options, True, lambda piece: {"text": piece},
+                          lambda _text, c, _ns: {"completion": c}, t0)
+    if isinstance(response, NDJSONResponse):
+        return SSEResponse(_events(reply, response.records))
+    return response  # the client left before the first token
+
+
+# -- chat completions ---------------------------------------------------------------------
+
+
+def _message_text(i: int, message: ChatMessage) -> str:
+    """A message's text: its string content, or its text parts joined by newlines into one
+    turn (Ollama makes each part a message, which in Gemma's format would open a turn each)."""
+    content = message.content
+    if content is None:
+        if message.role == "assistant":  # an earlier turn that only called tools or refused
+            return ""
+        raise invalid(f"messages[{i}]: content is required", param="messages")
+    if isinstance(content, str):
+        return content
+    texts = []
+    for part in content:
+        kind = part.get("type")
+        if kind in _MEDIA_PARTS:
+            raise invalid(_MEDIA_PARTS[kind], param="messages")
+        if kind != "text" or not isinstance(part.get("text"), str):
+            raise invalid(f"messages[{i}]: content parts must be "
+                          '{"type": "text", "text": "..."}', param="messages")
+        texts.append(part["text"])
+    return "\n".join(texts)
+
+
+def _refuse_unsupported(req: ChatCompletionRequest) -> None:
+    # Fields that ask for something this engine cannot do: refuse rather than ignore them.
+    if req.tools or req.functions:
+        raise invalid(f'"{req.model}" does not support tools',
+                      param="tools" if req.tools else "functions")
+    fmt = req.response_format
+    if fmt is not None and fmt.get("type") not in (None, "text"):
+        if fmt.get("type") in ("json_object", "json_schema"):
+            raise invalid("structured outputs (response_format) are not supported by this "
+                          "server", param="response_format")
+        raise invalid(f"invalid response_format type {fmt.get('type')!r}",
+                      param="response_format")
+    if req.logprobs:
+        raise invalid("logprobs are not supported by this server", param="logprobs")
+    if req.reasoning_effort not in (None, "", "none"):
+        raise invalid(f'"{req.model}" does not support thinking', param="reasoning_effort")
+
+
+@router.post("/chat/completions")
+async def chat_completions(request: Request) -> Response:
+    """Replies to ``messages`` (``chat.completion``, or ``chat.completion.chunk`` events)."""
+    req = await parse_openai_body(request, ChatCompletionRequest)
+    entry = _entry(request, req.model, sum(len(str(m.content or "")) for m in req.messages))
+    if not req.messages:
+        raise invalid("'messages' must not be empty", param="messages")
+    _refuse_unsupported(req)
+    # max_completion_tokens replaces max_tokens in OpenAI's API; the newer name wins.
+    param = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
+    options = sampling_options(req, max_tokens_of(getattr(req, param), param))
+    messages = [{"role": _ROLE_ALIASES.get(m.role, m.role), "content": _message_text(i, m)}
+                for i, m in enumerate(req.messages)]
+    try:
+        text = format_gemma(messages)
+    except ValueError as e:
+        raise invalid(str(e), param="messages") from None
+    include_usage = bool(req.stream_options and req.stream_options.include_usage)
+    reply = Reply(chat=True, model=req.model, include_usage=include_usage)
+    return await _complete(request, entry, text, options, reply, bool(req.stream))
+
+
+# -- completions --------------------------------------------------------------------------
+
+
+@router.post("/completions")
+async def completions(request: Request) -> Response:
+    """Completes ``prompt`` (``text_completion`` objects, streamed as events or not)."""
+    req = await parse_openai_body(request, CompletionRequest)
+    entry = _entry(request, req.model, len(str(req.prompt)))
+    prompt = req.prompt
+    if isinstance(prompt, list):
+        if len(prompt) != 1 or not isinstance(prompt[0], str):
+            raise invalid("only a single string prompt is supported", param="prompt")
+        prompt = prompt[0]
+    if req.suffix:
+        raise invalid(f'"{req.model}" does not support insert', param="suffix")
+    if req.echo:
+        raise invalid("'echo' is not supported by this server", param="echo")
+    if req.best_of is not None and req.best_of != 1:
+        raise invalid("only one choice per request is supported ('best_of' must be 1)",
+                      param="best_of")
+    if req.logprobs:
+        raise invalid("logprobs are not supported by this server", param="logprobs")
+    options = sampling_options(req, max_tokens_of(req.max_tokens, "max_tokens"))
+    text = format_gemma([{"role": "user", "content": prompt}])
+    include_usage = bool(req.stream_options and req.stream_options.include_usage)
+    reply = Reply(chat=False, model=req.model, include_usage=include_usage)
+    return await _complete(request, entry, text, options, reply, bool(req.stream))
+
+
+# -- models -------------------------------------------------------------------------------
+
+
+def owned_by(name: str) -> str:
+    """The namespace of ``[host/]namespace/model:tag``, ``library`` when there is none."""
+    parts = name.split("/")
+    return parts[-2] if len(parts) > 1 else "library"
+
+
+def _model_object(model_id: str, entry: ModelEntry) -> dict[str, Any] | None:
+    try:
+        created = int(entry.path.stat().st_mtime)
+    except OSError:  # the file is gone: the model cannot be served
+        return None
+    return {"id": model_id, "object": "model", "created": created, "owned_by": owned_by(model_id)}
+
+
+@router.get("/models")
+async def list_models(request: Request) -> dict[str, Any]:
+    """Every model this server offers, loaded or not."""
+    data = [_model_object(e.name, e) for e in _models(request).entries()]
+    return {"object": "list", "data": [m for m in data if m is not None]}
+
+
+@router.get("/models/{model:path}")
+async def retrieve_model(request: Request, model: str) -> dict[str, Any]:
+    """One model, under the name it was asked for (as Ollama answers)."""
+    found = _model_object(model, _entry(request, model))
+    if found is None:
+        raise OpenAIError(404, f'model "{model}" not found, try pulling it first',
+                          param="model", code="model_not_found")
+    return found

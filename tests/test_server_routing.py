@@ -1,0 +1,107 @@
+"""Tier names and ``auto`` in the server, resolved by the tier router, and the fallback chain
+for models the server does not run: a second pyengine process plays the Ollama server."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import ollama
+import pytest
+
+from pyengine import Engine
+from pyengine.config import Config
+from pyengine.server.app import create_app
+from pyengine.server.testing import ServerProcess, ServerThread
+
+USER = [{"role": "user", "content": "Hi"}]
+GREEDY = {"temperature": 0, "num_predict": 6}
+
+
+@pytest.fixture(scope="module")
+def tiny(make_model):
+    return make_model("tiny", "q8_0")
+
+
+@pytest.fixture(scope="module")
+def upstream(tiny):
+    """The Ollama server of the fallback chain, with the primary tier's model."""
+    with ServerProcess({"gemma3n:e2b": tiny}, args=["--threads", "1", "--ctx", "512"]) as s:
+        yield s
+
+
+@pytest.fixture
+def front(tiny, upstream, tmp_path, monkeypatch):
+    """A server running the fast and alternative tiers' models itself."""
+    monkeypatch.setenv("PYENGINE_LEDGER", str(tmp_path / "ledger.sqlite"))
+    app = create_app({"gemma3:1b": tiny, "gemma3:4b": tiny}, n_ctx=512, kv_cache_mb=16,
+                     config=Config(ollama_host=upstream.url))
+    with ServerThread(app) as s:
+        yield s
+
+
+def loaded(server) -> set[str]:
+    return set(httpx.get(server.url + "/api/pyengine/stats").json())
+
+
+def test_tier_names_route_to_the_tiers_models(front, tiny):
+    c = ollama.Client(host=front.url)
+    r = c.chat(model="fast", messages=USER, options=GREEDY)
+    assert r.model == "fast" and loaded(front) == {"gemma3:1b"}
+    with Engine(tiny) as eng:
+        assert r.message.content == eng.chat(USER, temperature=0, max_tokens=6).text
+    c.chat(model="alternative", messages=USER, options=GREEDY)
+    assert loaded(front) == {"gemma3:1b", "gemma3:4b"}
+
+
+def test_auto_uses_the_task_hints(front):
+    c = ollama.Client(host=front.url)
+    c.generate(model="auto", prompt="Write a sort function",
+               options={**GREEDY, "task_type": "code_generation", "estimated_tokens": 500,
+                        "priority": 6})
+    assert loaded(front) == {"gemma3:4b"}  # code generation -> alternative tier
+    r = httpx.post(front.url + "/api/chat", json={"model": "auto", "messages": USER,
+                                                  "options": {"priority": 42}})
+    assert r.status_code == 400 and "priority" in r.json()["error"]
+
+
+def test_models_not_served_here_take_the_fallback_chain(front, tiny):
+    c = ollama.Client(host=front.url)
+    r = c.chat(model="primary", messages=USER, options=GREEDY, stream=False)
+    with Engine(tiny) as eng:
+        want = eng.chat(USER, temperature=0, max_tokens=6).text
+    assert r.message.content == want
+    body = httpx.post(front.url + "/api/chat", timeout=60, json={
+        "model": "gemma3n:e2b", "messages": USER, "options": GREEDY, "stream": False}).json()
+    assert body["pyengine"]["backend"] == "ollama" and body["pyengine"]["model"] == "gemma3n:e2b"
+    assert body["message"]["content"] == want and body["eval_count"] > 0
+    streamed = "".join(part.response for part in c.generate(model="gemma3n:e2b", prompt="Hi",
+                                                             options=GREEDY, stream=True))
+    assert streamed == want
+    assert "gemma3n:e2b" not in loaded(front)  # served upstream, not here
+    with pytest.raises(ollama.ResponseError) as e:  # nobody has the quality tier's model
+        c.chat(model="quality", messages=USER, options=GREEDY)
+    assert e.value.status_code == 404 and "gemma3n:e4b" in e.value.error
+
+
+def test_a_server_that_falls_back_to_itself_does_not_loop(tiny, tmp_path, monkeypatch):
+    monkeypatch.setenv("PYENGINE_LEDGER", str(tmp_path / "ledger.sqlite"))
+    app = create_app({"tiny": tiny}, n_ctx=512, kv_cache_mb=16)
+    with ServerThread(app) as s:
+        app.state.config = Config(ollama_host=s.url)  # OLLAMA_HOST pointing at this server
+        t0 = time.time()
+        r = httpx.post(s.url + "/api/chat", timeout=60,
+                       json={"model": "nope", "messages": USER, "stream": False})
+        assert r.status_code == 404 and time.time() - t0 < 30
+        assert r.json() == {"error": 'model "nope" not found, try pulling it first'}
+
+
+def test_openai_api_takes_tier_names(front):
+    import openai
+
+    oa = openai.OpenAI(base_url=front.url + "/v1", api_key="unused", max_retries=0)
+    r = oa.chat.completions.create(model="alternative", messages=USER, max_tokens=4,
+                                   temperature=0)
+    assert r.choices[0].message.content is not None and loaded(front) == {"gemma3:4b"}
+    with pytest.raises(openai.NotFoundError):  # the quality tier's model is not served here
+        oa.chat.completions.create(model="quality", messages=USER, max_tokens=4)
