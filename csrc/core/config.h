@@ -28,6 +28,9 @@ struct ModelConfig {
   float attn_scale = 1.f;         // multiplies q before q.k
   float final_softcap = 0.f;      // 0: none
   std::vector<uint8_t> layer_is_swa;  // [n_layer] 1 when the layer uses the sliding window
+  // [n_layer] the layer whose keys and values each layer attends over: itself, or (Gemma 3n's
+  // KV sharing) an earlier layer of the same kind, in which case it stores none of its own.
+  std::vector<int32_t> kv_layer;
 
   int64_t q_dim() const { return n_head * head_dim; }
   int64_t kv_dim() const { return n_head_kv * head_dim; }

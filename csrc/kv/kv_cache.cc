@@ -17,6 +17,12 @@ KvLayout MakeLayout(const ModelConfig& c) {
   l.page_of_layer.assign(static_cast<size_t>(c.n_layer), -1);
   int group_id[2] = {-1, -1};  // [global, sliding]
   for (int64_t i = 0; i < c.n_layer; ++i) {
+    const int32_t src = c.kv_layer.empty() ? static_cast<int32_t>(i) : c.kv_layer[i];
+    if (src != i) {  // shares an earlier layer's keys and values: no pages of its own
+      l.group_of_layer[static_cast<size_t>(i)] = l.group_of_layer[static_cast<size_t>(src)];
+      l.page_of_layer[static_cast<size_t>(i)] = l.page_of_layer[static_cast<size_t>(src)];
+      continue;
+    }
     const bool sliding = c.layer_is_swa[static_cast<size_t>(i)] && c.sliding_window > 0 &&
                          c.sliding_window < c.n_ctx_train;
     int& g = group_id[sliding ? 1 : 0];

@@ -7,48 +7,21 @@
 
 #include "core/config.h"
 #include "core/tensor.h"
+#include "model/model.h"
 #include "quant/matmul.h"
-#include "runtime/batch.h"
 
 namespace pyengine {
 
-class GgufFile;
-class ThreadPool;
-
-// Scratch buffers of one forward call, kept between calls so steady-state decode allocates nothing.
-struct Workspace {
-  std::vector<float> x;      // [n, n_embd] residual stream
-  std::vector<float> xn;     // [n, n_embd] normed input of a sub-block
-  std::vector<float> q;      // [n, n_head * head_dim]
-  std::vector<float> k;      // [n, n_head_kv * head_dim]
-  std::vector<float> v;      // [n, n_head_kv * head_dim]
-  std::vector<float> attn;   // [n, n_head * head_dim]
-  std::vector<float> o;      // [n, n_embd]
-  std::vector<float> gate;   // [n, n_ff]
-  std::vector<float> up;     // [n, n_ff]
-  std::vector<float> scores; // [n_threads, heads per KV head, longest span] attention weights
-  std::vector<float> rope;   // [n, head_dim] cos (first half) and sin (second half) per token
-  MatMulInput in;            // the current projection input, in the forms its weights want
-};
-
-class Gemma3Model {
+class Gemma3Model : public Model {
  public:
   // Binds the tensors of `file` (kept mapped by the caller) and checks their shapes and types;
   // repacks what the kernels want repacked (on `pool`) and lets the file's copy of those pages
   // go. Throws ModelError / GgufError naming the offending tensor.
   Gemma3Model(const GgufFile& file, const ModelConfig& config, ThreadPool& pool);
 
-  const ModelConfig& config() const { return cfg_; }
-
-  // Runs the batch's tokens, each at its position in its own sequence, writing their keys and
-  // values through the sequence's view (whose blocks must cover them and hold every earlier
-  // position the token attends to). Tokens of one sequence come in position order. Writes the
-  // logits of batch.out_rows to out [n_out, n_vocab] (nothing when there are none), and the
-  // final normed hidden states of batch.hidden_rows to hidden [n_hidden, n_embd] (the vectors
-  // the output projection would read: what llama.cpp pools into embeddings).
-  // Token ids must be inside the vocabulary (checked: EngineError).
+  const ModelConfig& config() const override { return cfg_; }
   void Forward(const Batch& batch, Workspace& ws, float* out, ThreadPool& pool,
-               float* hidden = nullptr) const;
+               float* hidden = nullptr) const override;
 
  private:
   struct Layer {
@@ -58,8 +31,6 @@ class Gemma3Model {
     std::vector<float> ffn_norm, post_ffw_norm;                                   // [n_embd]
     std::vector<float> rope_inv_freq;  // [head_dim / 2] base^(-2i/d) * position scale
   };
-
-  void Attention(int64_t layer, const Batch& batch, Workspace& ws, ThreadPool& pool) const;
 
   ModelConfig cfg_;
   std::unique_ptr<WeightArena> arena_;  // every packed matrix below lives here

@@ -24,7 +24,7 @@ Engine::Engine(const std::string& path, const EngineOptions& opts)
       cfg_(LoadConfig(*file_)),
       pool_(opts.n_threads),
       tok_(std::make_unique<Tokenizer>(LoadVocab(*file_))),
-      model_(std::make_unique<Gemma3Model>(*file_, cfg_, pool_)),
+      model_(LoadModel(*file_, cfg_, pool_)),
       n_ctx_(ClampCtx(opts.n_ctx, cfg_.n_ctx_train)) {
   if (tok_->n_vocab() > cfg_.n_vocab) {
     throw ModelError(path + ": the tokenizer has " + std::to_string(tok_->n_vocab()) +

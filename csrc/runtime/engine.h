@@ -11,7 +11,7 @@
 #include "core/config.h"
 #include "core/gguf.h"
 #include "kv/kv_cache.h"
-#include "model/gemma3.h"
+#include "model/model.h"
 #include "runtime/request.h"
 #include "runtime/scheduler.h"
 #include "runtime/thread_pool.h"
@@ -59,7 +59,7 @@ class Engine {
   ModelConfig cfg_;
   ThreadPool pool_;
   std::unique_ptr<Tokenizer> tok_;       // before the model: a bad vocabulary fails fast
-  std::unique_ptr<Gemma3Model> model_;
+  std::unique_ptr<Model> model_;
   int64_t n_ctx_;
   std::unique_ptr<KvCache> kv_;
   mutable std::mutex mu_;                 // guards scheduler_ (Close may reset it)

@@ -44,7 +44,7 @@ struct Scheduler::Sequence {
   int64_t pending() const { return static_cast<int64_t>(tokens.size()) - n_done; }
 };
 
-Scheduler::Scheduler(const Gemma3Model& model, KvCache& kv, const Tokenizer& tok, ThreadPool& pool,
+Scheduler::Scheduler(const Model& model, KvCache& kv, const Tokenizer& tok, ThreadPool& pool,
                      const SchedulerOptions& opts)
     : model_(model), kv_(kv), tok_(tok), pool_(pool), opts_(opts) {
   if (opts_.max_batch < 1 || opts_.max_batch_tokens < opts_.max_batch) {

@@ -15,7 +15,7 @@
 #include <vector>
 
 #include "kv/kv_cache.h"
-#include "model/gemma3.h"
+#include "model/model.h"
 #include "runtime/batch.h"
 #include "runtime/request.h"
 #include "runtime/thread_pool.h"
@@ -43,7 +43,7 @@ struct SchedulerStats {
 
 class Scheduler {
  public:
-  Scheduler(const Gemma3Model& model, KvCache& kv, const Tokenizer& tok, ThreadPool& pool,
+  Scheduler(const Model& model, KvCache& kv, const Tokenizer& tok, ThreadPool& pool,
             const SchedulerOptions& opts);
   ~Scheduler();  // stops the thread; requests still queued or running end with an error
   Scheduler(const Scheduler&) = delete;
@@ -84,7 +84,7 @@ class Scheduler {
   void RemoveFinished();
   void Notify(const Sequence* s);
 
-  const Gemma3Model& model_;
+  const Model& model_;
   KvCache& kv_;
   const Tokenizer& tok_;
   ThreadPool& pool_;

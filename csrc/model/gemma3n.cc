@@ -1,0 +1,337 @@
+#include "model/gemma3n.h"
+
+#include <algorithm>
+#include <cmath>
+#include <string>
+
+#include "core/errors.h"
+#include "core/gguf.h"
+#include "model/ops.h"
+#include "quant/formats.h"
+#include "quant/kernel_set.h"
+#include "runtime/thread_pool.h"
+
+namespace pyengine {
+namespace {
+
+constexpr int kS = Gemma3nModel::kStreams;
+constexpr int64_t kMinTokens = 8;  // per-token work is split over the pool from this many
+
+// sqrt(sum(x^2)) accumulated in double, as ggml's row sums accumulate.
+float Magnitude(const float* x, int64_t n) {
+  double ss = 0;
+  for (int64_t i = 0; i < n; ++i) ss += static_cast<double>(x[i]) * x[i];
+  return std::sqrt(static_cast<float>(ss));
+}
+
+// Gaussian top-k activation sparsity of one token's gate [n]: g = relu(g - (mean + k * std)),
+// the standard deviation with n - 1.
+void Sparsify(float* g, int64_t n) {
+  double sum = 0;
+  for (int64_t i = 0; i < n; ++i) sum += g[i];
+  const float mean = static_cast<float>(sum / static_cast<double>(n));
+  double ss = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const float d = g[i] - mean;
+    ss += static_cast<double>(d) * d;
+  }
+  const float std = std::sqrt(static_cast<float>(ss) / static_cast<float>(n - 1));
+  const float cut = mean + std * Gemma3nModel::kSparsityStd;
+  for (int64_t i = 0; i < n; ++i) g[i] = std::max(g[i] - cut, 0.f);
+}
+
+// y = w . x for a small float matrix, with x rounded as the reference rounds activations for
+// the weight's type (Q8_0 rows of 4 cannot exist).
+float Round(float x, GgmlType t) {
+  if (t == GgmlType::kF16) return RoundFp16(x);
+  if (t == GgmlType::kBF16) return Bf16ToFp32(Fp32ToBf16(x));
+  return x;
+}
+
+}  // namespace
+
+void Gemma3nModel::Small::Apply(const float* x, float* y) const {
+  float xr[16];
+  for (int64_t c = 0; c < cols; ++c) xr[c] = Round(x[c], type);
+  for (int64_t r = 0; r < rows; ++r) {
+    float s = 0;
+    for (int64_t c = 0; c < cols; ++c) s += w[r * cols + c] * xr[c];
+    y[r] = s;
+  }
+}
+
+Gemma3nModel::Gemma3nModel(const GgufFile& f, const ModelConfig& cfg, ThreadPool& pool) : cfg_(cfg) {
+  const int64_t E = cfg.n_embd, D = cfg.head_dim, F = cfg.n_ff, NL = cfg.n_layer;
+  if (cfg.n_head % cfg.n_head_kv != 0 || cfg.n_head / cfg.n_head_kv > kMaxGroup) {
+    throw ModelError(f.path() + ": " + std::to_string(cfg.n_head) + " query heads over " +
+                     std::to_string(cfg.n_head_kv) + " KV heads is not a supported grouping");
+  }
+  WeightPacker packer;
+  auto pack = [&](const std::string& name, std::vector<int64_t> ne, PackedMatrix* dst) {
+    packer.Add(Bind(f, name, ne), dst);
+  };
+  auto small = [&](const std::string& name, int64_t cols, int64_t rows) {
+    Small s;
+    s.type = Bind(f, name, {cols, rows}).type;
+    s.w = BindFloats(f, name, {cols, rows});
+    s.rows = rows;
+    s.cols = cols;
+    return s;
+  };
+
+  tok_embd_ = Bind(f, "token_embd.weight", {E, cfg.n_vocab});
+  TensorView out = Bind(f, "output.weight", {E, cfg.n_vocab}, /*optional=*/true);
+  packer.Add(out.data ? out : tok_embd_, &output_);
+  tied_ = out.data == nullptr;
+  output_norm_ = BindVector(f, "output_norm.weight", E);
+  // Stays mapped: [n_vocab, n_layer * 256] is the largest tensor of the real models, and a
+  // token reads one row of it.
+  per_layer_tok_embd_ = Bind(f, "per_layer_token_embd.weight", {kPerLayer * NL, cfg.n_vocab});
+  pack("per_layer_model_proj.weight", {E, kPerLayer * NL}, &per_layer_model_proj_);
+  per_layer_proj_norm_ = BindVector(f, "per_layer_proj_norm.weight", kPerLayer);
+  const TensorView altup = Bind(f, "altup_proj.weight", {E, E, kS - 1});
+  const TensorView unembd = Bind(f, "altup_unembd_proj.weight", {E, E, kS - 1});
+  for (int k = 0; k < kS - 1; ++k) {
+    packer.Add(Slice(altup, k), &altup_proj_[k]);
+    packer.Add(Slice(unembd, k), &altup_unembd_proj_[k]);
+  }
+
+  layers_.resize(static_cast<size_t>(NL));
+  for (int64_t l = 0; l < NL; ++l) {
+    Layer& L = layers_[l];
+    const std::string p = "blk." + std::to_string(l) + ".";
+    const bool owns_kv = cfg.kv_layer[l] == l;
+    L.attn_norm = BindVector(f, p + "attn_norm.weight", E);
+    pack(p + "attn_q.weight", {E, cfg.q_dim()}, &L.attn_q);
+    // Layers that share an earlier layer's KV still carry k and v projections: checked, unused.
+    const TensorView wk = Bind(f, p + "attn_k.weight", {E, cfg.kv_dim()});
+    const TensorView wv = Bind(f, p + "attn_v.weight", {E, cfg.kv_dim()});
+    if (owns_kv) {
+      packer.Add(wk, &L.attn_k);
+      packer.Add(wv, &L.attn_v);
+    }
+    pack(p + "attn_output.weight", {cfg.q_dim(), E}, &L.attn_output);
+    L.attn_q_norm = BindVector(f, p + "attn_q_norm.weight", D);
+    L.attn_k_norm = BindVector(f, p + "attn_k_norm.weight", D);
+    L.post_attention_norm = BindVector(f, p + "post_attention_norm.weight", E);
+    L.ffn_norm = BindVector(f, p + "ffn_norm.weight", E);
+    pack(p + "ffn_gate.weight", {E, F}, &L.ffn_gate);
+    pack(p + "ffn_up.weight", {E, F}, &L.ffn_up);
+    pack(p + "ffn_down.weight", {F, E}, &L.ffn_down);
+    L.post_ffw_norm = BindVector(f, p + "post_ffw_norm.weight", E);
+    pack(p + "inp_gate.weight", {E, kPerLayer}, &L.inp_gate);
+    pack(p + "proj.weight", {kPerLayer, E}, &L.proj);
+    L.post_norm = BindVector(f, p + "post_norm.weight", E);
+    pack(p + "laurel_l.weight", {E, kLaurelRank}, &L.laurel_l);
+    pack(p + "laurel_r.weight", {kLaurelRank, E}, &L.laurel_r);
+    L.laurel_post_norm = BindVector(f, p + "laurel_post_norm.weight", E);
+    pack(p + "altup_router.weight", {E, kS}, &L.altup_router);
+    L.altup_router_norm = BindVector(f, p + "altup_router_norm.weight", E);
+    L.altup_predict_coef = small(p + "altup_predict_coef.weight", kS, kS * kS);
+    L.altup_correct_coef = small(p + "altup_correct_coef.weight", kS, kS);
+    L.altup_correct_scale = BindVector(f, p + "altup_correct_scale.weight", E);
+    const bool swa = cfg.layer_is_swa[l];
+    L.rope_inv_freq = RopeInvFreq(D, swa ? cfg.rope_base_swa : cfg.rope_base,
+                                  swa ? 1.f : cfg.rope_scale);
+  }
+  arena_ = packer.Pack(f, pool);
+}
+
+void Gemma3nModel::Route(const Layer& L, const float* x, int64_t n, float* r, Workspace& ws,
+                         ThreadPool& pool) const {
+  const int64_t E = cfg_.n_embd;
+  const float inv_e = 1.f / static_cast<float>(E);
+  ParallelRanges(pool, n, kMinTokens, [&](int64_t t0, int64_t t1) {
+    RmsNorm(x + t0 * E, L.altup_router_norm.data(), t1 - t0, E, cfg_.rms_eps, ws.xn.data() + t0 * E);
+    for (int64_t i = t0 * E; i < t1 * E; ++i) ws.xn[i] *= inv_e;
+  });
+  ws.in.Set(ws.xn.data(), n, E);
+  MatMul(L.altup_router, ws.in, r, pool);
+  for (int64_t i = 0; i < n * kS; ++i) r[i] = std::tanh(r[i]);
+}
+
+void Gemma3nModel::Forward(const Batch& batch, Workspace& ws, float* out, ThreadPool& pool,
+                           float* hidden) const {
+  const ModelConfig& c = cfg_;
+  const int64_t E = c.n_embd, F = c.n_ff, QD = c.q_dim(), NL = c.n_layer;
+  const int64_t n = batch.size();
+  if (n <= 0) return;
+  PrepareBatch(c, batch, ws, pool);
+  Grow(ws.streams, kS * n * E);
+  Grow(ws.pred, kS * n * E);
+  Grow(ws.a, n * E);
+  Grow(ws.laurel, n * E);
+  Grow(ws.small, n * kPerLayer);
+  Grow(ws.per_layer, n * NL * kPerLayer);
+  Grow(ws.coefs, n * (kS * kS + 2 * kS));
+  const KernelSet& kernels = ActiveKernels();
+  float* S = ws.streams.data();  // [4, n, E]
+  float* P = ws.pred.data();     // [4, n, E]
+  auto stream = [&](float* base, int k) { return base + k * n * E; };
+  auto norm_rows = [&](const float* in, const std::vector<float>& w, float* o) {
+    ParallelRanges(pool, n, kMinTokens, [&](int64_t t0, int64_t t1) {
+      RmsNorm(in + t0 * E, w.data(), t1 - t0, E, c.rms_eps, o + t0 * E);
+    });
+  };
+  // Rescales rows of y [n, E] to the L2 norms of the rows of ref [n, E].
+  auto match_magnitude = [&](const float* ref, float* y) {
+    for (int64_t t = 0; t < n; ++t) {
+      const float target = Magnitude(ref + t * E, E), now = Magnitude(y + t * E, E);
+      for (int64_t i = 0; i < E; ++i) y[t * E + i] = y[t * E + i] * target / now;
+    }
+  };
+
+  // Stream 0: the token embedding scaled by sqrt(n_embd); streams 1..3 its projections,
+  // rescaled to its magnitude.
+  float* S0 = stream(S, 0);
+  Embed(c, batch, tok_embd_, output_, tied_, S0);
+  ws.in.Set(S0, n, E);
+  for (int k = 1; k < kS; ++k) {
+    MatMul(altup_proj_[k - 1], ws.in, stream(S, k), pool);
+    match_magnitude(S0, stream(S, k));
+  }
+
+  // Per-layer inputs PL [n, NL, 256] = (RMSNorm(proj . x / sqrt(E)) + 16 * row of
+  // per_layer_token_embd) / sqrt(2).
+  float* PL = ws.per_layer.data();
+  MatMul(per_layer_model_proj_, ws.in, PL, pool);
+  {
+    const float proj_scale = 1.f / std::sqrt(static_cast<float>(E));
+    const float emb_scale = std::sqrt(static_cast<float>(kPerLayer));
+    const float half = 1.f / std::sqrt(2.f);
+    ParallelRanges(pool, n, 1, [&](int64_t t0, int64_t t1) {
+      std::vector<float> row(static_cast<size_t>(NL * kPerLayer));
+      for (int64_t t = t0; t < t1; ++t) {
+        float* pl = PL + t * NL * kPerLayer;
+        for (int64_t i = 0; i < NL * kPerLayer; ++i) pl[i] *= proj_scale;
+        RmsNorm(pl, per_layer_proj_norm_.data(), NL, kPerLayer, c.rms_eps, pl);
+        DequantizeRow(per_layer_tok_embd_.type, per_layer_tok_embd_.row(batch.tokens[t]),
+                      row.data(), NL * kPerLayer);
+        for (int64_t i = 0; i < NL * kPerLayer; ++i) pl[i] = (pl[i] + row[i] * emb_scale) * half;
+      }
+    });
+  }
+
+  float* r = ws.coefs.data();                  // [n, 4] router outputs
+  float* cf = r + n * kS;                      // [n, 16] prediction coefficients
+  float* m = cf + n * kS * kS;                 // [n, 4] correction coefficients
+  const float half = 1.f / std::sqrt(2.f);
+  std::vector<float> ones(static_cast<size_t>(std::max(kPerLayer, E)), 1.f);
+  for (int64_t l = 0; l < NL; ++l) {
+    const Layer& L = layers_[l];
+    // AltUp predict: P_j = S_j + sum_k c[j][k] S_k with c from the router on stream 0.
+    Route(L, S0, n, r, ws, pool);
+    for (int64_t t = 0; t < n; ++t) L.altup_predict_coef.Apply(r + t * kS, cf + t * kS * kS);
+    ParallelRanges(pool, n, kMinTokens, [&](int64_t t0, int64_t t1) {
+      for (int64_t t = t0; t < t1; ++t) {
+        const float* ct = cf + t * kS * kS;
+        for (int j = 0; j < kS; ++j) {
+          float* pj = stream(P, j) + t * E;
+          const float* sj = stream(S, j) + t * E;
+          for (int64_t i = 0; i < E; ++i) {
+            float acc = 0;
+            for (int k = 0; k < kS; ++k) acc += stream(S, k)[t * E + i] * ct[j * kS + k];
+            pj[i] = acc + sj[i];
+          }
+        }
+      }
+    });
+    float* P0 = stream(P, 0);
+    float* xn = ws.x.data();  // [n, E] the attention input (kept: LAuReL adds it back)
+    norm_rows(P0, L.attn_norm, xn);
+
+    // LAuReL: xn + RMSNorm(laurel_r . laurel_l . xn).
+    ws.in.Set(xn, n, E);
+    MatMul(L.laurel_l, ws.in, ws.small.data(), pool);
+    MatMul(L.attn_q, ws.in, ws.q.data(), pool);
+    const bool owns_kv = c.kv_layer[l] == l;
+    if (owns_kv) {
+      MatMul(L.attn_k, ws.in, ws.k.data(), pool);
+      MatMul(L.attn_v, ws.in, ws.v.data(), pool);
+    }
+    ws.in.Set(ws.small.data(), n, kLaurelRank);
+    MatMul(L.laurel_r, ws.in, ws.laurel.data(), pool);
+    norm_rows(ws.laurel.data(), L.laurel_post_norm, ws.laurel.data());
+
+    // Attention over this layer's (or the sharing source's) keys and values; scale 1.
+    PrepareQkv(c, l, batch, ws, L.attn_q_norm.data(), L.attn_k_norm.data(),
+               L.rope_inv_freq.data(), /*write_kv=*/owns_kv, /*v_norm=*/true, pool);
+    Attend(c, l, batch, ws, pool);
+    ws.in.Set(ws.attn.data(), n, QD);
+    MatMul(L.attn_output, ws.in, ws.o.data(), pool);
+    norm_rows(ws.o.data(), L.post_attention_norm, ws.o.data());
+    float* a = ws.a.data();  // (RMSNorm(attn) + P0 + LAuReL) / sqrt(2)
+    for (int64_t i = 0; i < n * E; ++i) a[i] = ((ws.o[i] + P0[i]) + (ws.laurel[i] + xn[i])) * half;
+
+    // Feed-forward with activation sparsity in the first layers.
+    norm_rows(a, L.ffn_norm, ws.xn.data());
+    ws.in.Set(ws.xn.data(), n, E);
+    MatMul(L.ffn_up, ws.in, ws.up.data(), pool);
+    MatMul(L.ffn_gate, ws.in, ws.gate.data(), pool);
+    if (l < kSparseLayers) {
+      ParallelRanges(pool, n, 1, [&](int64_t t0, int64_t t1) {
+        for (int64_t t = t0; t < t1; ++t) Sparsify(ws.gate.data() + t * F, F);
+      });
+    }
+    ParallelRanges(pool, n * F, 4096, [&](int64_t i0, int64_t i1) {
+      kernels.gelu_mul(ws.gate.data() + i0, ws.up.data() + i0, i1 - i0);
+    });
+    ws.in.Set(ws.gate.data(), n, F);
+    MatMul(L.ffn_down, ws.in, ws.o.data(), pool);
+    norm_rows(ws.o.data(), L.post_ffw_norm, ws.o.data());
+    float* o = ws.o.data();  // the layer's output on the active stream
+    for (int64_t i = 0; i < n * E; ++i) o[i] += a[i];
+
+    // AltUp correct: S_j = P_j + (c[j] + 1) (o - P0), c from the router on o.
+    Route(L, o, n, r, ws, pool);
+    for (int64_t t = 0; t < n; ++t) {
+      L.altup_correct_coef.Apply(r + t * kS, m + t * kS);
+      for (int j = 0; j < kS; ++j) m[t * kS + j] += 1.f;
+    }
+    ParallelRanges(pool, n, kMinTokens, [&](int64_t t0, int64_t t1) {
+      for (int64_t t = t0; t < t1; ++t) {
+        for (int j = 0; j < kS; ++j) {
+          float* sj = stream(S, j) + t * E;
+          const float* pj = stream(P, j) + t * E;
+          for (int64_t i = 0; i < E; ++i) sj[i] = (o[t * E + i] - P0[t * E + i]) * m[t * kS + j] + pj[i];
+        }
+      }
+    });
+
+    // Per-layer input: z = RMSNorm(proj . (gelu(inp_gate . (S0 * scale)) * PL[l])), added to
+    // streams 1..3.
+    for (int64_t t = 0; t < n; ++t) {
+      for (int64_t i = 0; i < E; ++i) ws.xn[t * E + i] = S0[t * E + i] * L.altup_correct_scale[i];
+    }
+    ws.in.Set(ws.xn.data(), n, E);
+    MatMul(L.inp_gate, ws.in, ws.small.data(), pool);
+    for (int64_t t = 0; t < n; ++t) {
+      float* g = ws.small.data() + t * kPerLayer;
+      kernels.gelu_mul(g, ones.data(), kPerLayer);
+      const float* pl = PL + (t * NL + l) * kPerLayer;
+      for (int64_t i = 0; i < kPerLayer; ++i) g[i] *= pl[i];
+    }
+    ws.in.Set(ws.small.data(), n, kPerLayer);
+    MatMul(L.proj, ws.in, ws.o.data(), pool);
+    norm_rows(ws.o.data(), L.post_norm, ws.o.data());
+    for (int k = 1; k < kS; ++k) {
+      float* sk = stream(S, k);
+      for (int64_t i = 0; i < n * E; ++i) sk[i] += ws.o[i];
+    }
+  }
+
+  // Unembedding: streams 1..3 projected back and rescaled to stream 0's magnitude, then the
+  // mean of the four.
+  float* h = ws.a.data();
+  std::copy_n(S0, n * E, h);
+  for (int k = 1; k < kS; ++k) {
+    ws.in.Set(stream(S, k), n, E);
+    MatMul(altup_unembd_proj_[k - 1], ws.in, ws.laurel.data(), pool);
+    match_magnitude(S0, ws.laurel.data());
+    for (int64_t i = 0; i < n * E; ++i) h[i] += ws.laurel[i];
+  }
+  for (int64_t i = 0; i < n * E; ++i) h[i] *= 1.f / kS;
+  Output(c, batch, h, output_norm_.data(), output_, ws, out, hidden, pool);
+}
+
+}  // namespace pyengine

@@ -1,0 +1,78 @@
+// Gemma3nModel: the Gemma 3n text model (the e2b / e4b tiers) as llama.cpp computes it: four
+// AltUp streams (predict, correct, router, unembedding), LAuReL, per-layer token embeddings and
+// their projection, activation sparsity in the first layers, a weightless V norm, KV shared by
+// the later layers, and a final soft-cap.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "core/config.h"
+#include "core/tensor.h"
+#include "model/model.h"
+#include "quant/matmul.h"
+
+namespace pyengine {
+
+class Gemma3nModel : public Model {
+ public:
+  // Fixed by the architecture (llama.cpp ignores the file's keys for them).
+  static constexpr int kStreams = 4;           // AltUp streams; stream 0 is the active one
+  static constexpr int64_t kPerLayer = 256;    // width of each layer's per-layer input
+  static constexpr int64_t kLaurelRank = 64;
+  static constexpr int64_t kSparseLayers = 10;  // layers with activation sparsity
+  static constexpr float kSparsityStd = 1.6448533535003662f;  // the normal's 95% quantile
+
+  // Binds and checks the tensors of `file` (kept mapped by the caller: the per-layer token
+  // embeddings, larger than the rest of the model at real sizes, stay there and only the rows
+  // a token needs are read); repacks the matrices on `pool`. Throws ModelError naming a tensor
+  // whose shape or type does not fit.
+  Gemma3nModel(const GgufFile& file, const ModelConfig& config, ThreadPool& pool);
+
+  const ModelConfig& config() const override { return cfg_; }
+  void Forward(const Batch& batch, Workspace& ws, float* out, ThreadPool& pool,
+               float* hidden = nullptr) const override;
+
+ private:
+  // A matrix too narrow to pack (4 or 16 values a row): dequantized, with the rounding its
+  // type makes the reference apply to the input.
+  struct Small {
+    std::vector<float> w;  // [rows, cols]
+    int64_t rows = 0, cols = 0;
+    GgmlType type = GgmlType::kF32;
+    void Apply(const float* x, float* y) const;  // y [rows] = w . x
+  };
+  struct Layer {
+    PackedMatrix attn_q, attn_k, attn_v, attn_output;
+    PackedMatrix ffn_gate, ffn_up, ffn_down;
+    PackedMatrix inp_gate, proj;       // [256, n_embd], [n_embd, 256] per-layer input
+    PackedMatrix laurel_l, laurel_r;   // [64, n_embd], [n_embd, 64]
+    PackedMatrix altup_router;         // [4, n_embd]
+    Small altup_predict_coef;          // [16, 4]
+    Small altup_correct_coef;          // [4, 4]
+    std::vector<float> attn_norm, attn_q_norm, attn_k_norm, post_attention_norm;
+    std::vector<float> ffn_norm, post_ffw_norm, post_norm, laurel_post_norm;
+    std::vector<float> altup_router_norm, altup_correct_scale;  // [n_embd]
+    std::vector<float> rope_inv_freq;  // [head_dim / 2]
+  };
+
+  // coefs [n, 4] = tanh(altup_router . RMSNorm(x, altup_router_norm) / n_embd)
+  void Route(const Layer& L, const float* x, int64_t n, float* r, Workspace& ws,
+             ThreadPool& pool) const;
+
+  ModelConfig cfg_;
+  std::unique_ptr<WeightArena> arena_;
+  TensorView tok_embd_;             // [n_vocab, n_embd]
+  TensorView per_layer_tok_embd_;   // [n_vocab, n_layer * 256], read in place
+  PackedMatrix output_;             // [n_vocab, n_embd], token_embd when tied
+  bool tied_ = false;
+  PackedMatrix per_layer_model_proj_;             // [n_layer * 256, n_embd]
+  std::vector<float> per_layer_proj_norm_;        // [256]
+  std::array<PackedMatrix, kStreams - 1> altup_proj_, altup_unembd_proj_;  // [n_embd, n_embd]
+  std::vector<float> output_norm_;  // [n_embd]
+  std::vector<Layer> layers_;
+};
+
+}  // namespace pyengine

@@ -1,0 +1,281 @@
+#include "model/ops.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "core/errors.h"
+#include "quant/kernel_set.h"
+#include "runtime/thread_pool.h"
+
+namespace pyengine {
+namespace {
+
+std::string Shape(const TensorView& t) {
+  std::string s = "[";
+  for (int d = 0; d < t.n_dims; ++d) s += (d ? ", " : "") + std::to_string(t.ne[d]);
+  return s + "]";
+}
+
+// Per-token work is split over the pool only when there are enough tokens to pay for it.
+constexpr int64_t kMinTokens = 8;
+
+}  // namespace
+
+TensorView Bind(const GgufFile& f, const std::string& name, std::vector<int64_t> ne, bool optional) {
+  const TensorView* t = f.FindTensor(name);
+  if (!t) {
+    if (optional) return TensorView{};
+    throw ModelError(f.path() + ": tensor '" + name + "' is missing");
+  }
+  bool ok = t->n_dims == static_cast<int>(ne.size());
+  for (size_t d = 0; ok && d < ne.size(); ++d) ok = t->ne[d] == ne[d];
+  if (!ok) {
+    TensorView want;
+    want.n_dims = static_cast<int>(ne.size());
+    for (size_t d = 0; d < ne.size(); ++d) want.ne[d] = ne[d];
+    throw ModelError(f.path() + ": tensor '" + name + "' has shape " + Shape(*t) + ", expected " +
+                     Shape(want));
+  }
+  if (!IsSupportedWeightType(t->type)) {
+    throw ModelError(f.path() + ": tensor '" + name + "' has type " + TypeName(t->type) +
+                     ", which this engine cannot compute with yet (F32, F16, BF16, Q8_0)");
+  }
+  return *t;
+}
+
+std::vector<float> BindVector(const GgufFile& f, const std::string& name, int64_t n) {
+  TensorView t = Bind(f, name, {n});
+  std::vector<float> v(static_cast<size_t>(n));
+  DequantizeRow(t.type, t.data, v.data(), n);
+  return v;
+}
+
+std::vector<float> BindFloats(const GgufFile& f, const std::string& name, std::vector<int64_t> ne) {
+  TensorView t = Bind(f, name, ne);
+  const int64_t cols = ne[0], rows = t.rows();
+  std::vector<float> v(static_cast<size_t>(rows * cols));
+  for (int64_t r = 0; r < rows; ++r) DequantizeRow(t.type, t.row(r), v.data() + r * cols, cols);
+  return v;
+}
+
+std::unique_ptr<WeightArena> WeightPacker::Pack(const GgufFile& f, ThreadPool& pool) {
+  size_t total = 0;
+  for (const auto& job : jobs_) total += PackedMatrix::PackedBytes(job.first);
+  auto arena = std::make_unique<WeightArena>(total);
+  size_t offset = 0;
+  for (const auto& [view, dst] : jobs_) {
+    f.Prefault(view);
+    *dst = PackedMatrix(view, pool, arena->data() + offset);
+    offset += PackedMatrix::PackedBytes(view);
+    // The packed copy replaces the file's bytes: release those pages so memory holds one copy.
+    f.ReleasePages(view);
+  }
+  jobs_.clear();
+  return arena;
+}
+
+TensorView Slice(const TensorView& t, int64_t i) {
+  TensorView s = t;
+  s.n_dims = 2;
+  s.ne[2] = 1;
+  const size_t bytes = t.nbytes / static_cast<size_t>(t.ne[2]);
+  s.data = t.data + static_cast<size_t>(i) * bytes;
+  s.nbytes = bytes;
+  s.name = t.name + "[" + std::to_string(i) + "]";
+  return s;
+}
+
+void RmsNorm(const float* x, const float* w, int64_t n, int64_t dim, float eps, float* out) {
+  for (int64_t t = 0; t < n; ++t) {
+    const float* xr = x + t * dim;
+    float* yr = out + t * dim;
+    double ss = 0;
+    for (int64_t i = 0; i < dim; ++i) ss += static_cast<double>(xr[i]) * xr[i];
+    const float scale = 1.f / std::sqrt(static_cast<float>(ss / dim) + eps);
+    if (w) {
+      for (int64_t i = 0; i < dim; ++i) yr[i] = xr[i] * scale * w[i];
+    } else {
+      for (int64_t i = 0; i < dim; ++i) yr[i] = xr[i] * scale;
+    }
+  }
+}
+
+std::vector<float> RopeInvFreq(int64_t d, float base, float scale) {
+  std::vector<float> f(static_cast<size_t>(d / 2));
+  for (int64_t i = 0; i < d / 2; ++i) {
+    f[i] = scale * std::pow(base, -2.f * static_cast<float>(i) / static_cast<float>(d));
+  }
+  return f;
+}
+
+void RopeAngles(int64_t d, int64_t pos, const float* inv_freq, float* cs) {
+  const int64_t half = d / 2;
+  for (int64_t i = 0; i < half; ++i) {
+    const float theta = static_cast<float>(pos) * inv_freq[i];
+    cs[i] = std::cos(theta);
+    cs[half + i] = std::sin(theta);
+  }
+}
+
+void Rope(float* x, int64_t d, const float* cs) {
+  const int64_t half = d / 2;
+  for (int64_t i = 0; i < half; ++i) {
+    const float c = cs[i], s = cs[half + i];
+    const float x0 = x[i], x1 = x[i + half];
+    x[i] = x0 * c - x1 * s;
+    x[i + half] = x0 * s + x1 * c;
+  }
+}
+
+int64_t PrepareBatch(const ModelConfig& c, const Batch& batch, Workspace& ws, ThreadPool& pool) {
+  const int64_t n = batch.size();
+  for (int64_t t = 0; t < n; ++t) {
+    const int32_t tok = batch.tokens[t];
+    if (tok < 0 || tok >= c.n_vocab) {
+      throw EngineError("token id " + std::to_string(tok) + " is outside the vocabulary");
+    }
+    if (batch.pos[t] < 0 || batch.pos[t] >= batch.views[batch.seq[t]].capacity()) {
+      throw EngineError("position " + std::to_string(batch.pos[t]) + " has no KV block");
+    }
+  }
+  // Scores rows are as long as the longest sequence in the batch.
+  int64_t longest = 1;
+  for (int64_t t = 0; t < n; ++t) longest = std::max<int64_t>(longest, batch.pos[t] + 1);
+  const int64_t E = c.n_embd, QD = c.q_dim(), KVD = c.kv_dim(), F = c.n_ff;
+  Grow(ws.x, n * E); Grow(ws.xn, n * E); Grow(ws.o, n * E);
+  Grow(ws.q, n * QD); Grow(ws.attn, n * QD);
+  Grow(ws.k, n * KVD); Grow(ws.v, n * KVD);
+  Grow(ws.gate, n * F); Grow(ws.up, n * F);
+  Grow(ws.scores, pool.size() * (c.n_head / c.n_head_kv) * longest);
+  Grow(ws.rope, n * c.head_dim);
+  return longest;
+}
+
+void PrepareQkv(const ModelConfig& c, int64_t l, const Batch& batch, Workspace& ws,
+                const float* q_norm, const float* k_norm, const float* inv_freq, bool write_kv,
+                bool v_norm, ThreadPool& pool) {
+  const int64_t D = c.head_dim, QD = c.q_dim(), KVD = c.kv_dim();
+  const KernelSet& kernels = ActiveKernels();
+  ParallelRanges(pool, batch.size(), kMinTokens, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t pos = batch.pos[t];
+      float* cs = ws.rope.data() + t * D;
+      RopeAngles(D, pos, inv_freq, cs);
+      for (int64_t h = 0; h < c.n_head; ++h) {
+        float* qh = ws.q.data() + t * QD + h * D;
+        RmsNorm(qh, q_norm, 1, D, c.rms_eps, qh);
+        Rope(qh, D, cs);
+        // q meets the fp16 keys in fp16, as in the reference's f16 dot product.
+        for (int64_t i = 0; i < D; ++i) qh[i] = RoundFp16(qh[i] * c.attn_scale);
+      }
+      if (!write_kv) continue;
+      for (int64_t h = 0; h < c.n_head_kv; ++h) {
+        float* kh = ws.k.data() + t * KVD + h * D;
+        RmsNorm(kh, k_norm, 1, D, c.rms_eps, kh);
+        Rope(kh, D, cs);
+        if (v_norm) {
+          float* vh = ws.v.data() + t * KVD + h * D;
+          RmsNorm(vh, nullptr, 1, D, c.rms_eps, vh);
+        }
+      }
+      const KvView& kv = batch.views[batch.seq[t]];
+      kernels.to_f16(ws.k.data() + t * KVD, kv.k(l, pos), KVD);
+      kernels.to_f16(ws.v.data() + t * KVD, kv.v(l, pos), KVD);
+    }
+  });
+}
+
+void Embed(const ModelConfig& c, const Batch& batch, const TensorView& tok_embd,
+           const PackedMatrix& output, bool tied, float* x) {
+  const int64_t E = c.n_embd;
+  const float scale = std::sqrt(static_cast<float>(E));
+  for (int64_t t = 0; t < batch.size(); ++t) {
+    float* xr = x + t * E;
+    if (tied) {
+      output.Row(batch.tokens[t], xr);
+    } else {
+      DequantizeRow(tok_embd.type, tok_embd.row(batch.tokens[t]), xr, E);
+    }
+    for (int64_t i = 0; i < E; ++i) xr[i] *= scale;
+  }
+}
+
+void Output(const ModelConfig& c, const Batch& batch, const float* x, const float* norm,
+            const PackedMatrix& output, Workspace& ws, float* out, float* hidden,
+            ThreadPool& pool) {
+  const int64_t E = c.n_embd;
+  if (hidden) {
+    for (size_t r = 0; r < batch.hidden_rows.size(); ++r) {
+      RmsNorm(x + batch.hidden_rows[r] * E, norm, 1, E, c.rms_eps, hidden + r * E);
+    }
+  }
+  // Only the rows whose logits are wanted go through the (large) output projection.
+  const int64_t n_out = static_cast<int64_t>(batch.out_rows.size());
+  if (n_out == 0 || !out) return;
+  for (int64_t r = 0; r < n_out; ++r) {
+    RmsNorm(x + batch.out_rows[r] * E, norm, 1, E, c.rms_eps, ws.xn.data() + r * E);
+  }
+  ws.in.Set(ws.xn.data(), n_out, E);
+  MatMul(output, ws.in, out, pool);
+  if (c.final_softcap > 0) {
+    for (int64_t i = 0; i < n_out * c.n_vocab; ++i) {
+      out[i] = c.final_softcap * std::tanh(out[i] / c.final_softcap);
+    }
+  }
+}
+
+void Attend(const ModelConfig& c, int64_t l, const Batch& batch, Workspace& ws, ThreadPool& pool) {
+  const int64_t D = c.head_dim, QD = c.q_dim(), KVD = c.kv_dim();
+  const int64_t group = c.n_head / c.n_head_kv;  // query heads per KV head (GQA)
+  const bool swa = c.layer_is_swa[l];
+  const KernelSet& k = ActiveKernels();
+  const int64_t n = batch.size();
+  const int64_t stride = static_cast<int64_t>(ws.scores.size()) / (pool.size() * group);
+  // One task per (token, KV head): the group's query heads read each key block once. Each
+  // thread keeps its softmax weights in its own rows.
+  pool.ParallelFor(n * c.n_head_kv, [&](int64_t task, int thread) {
+    const int64_t t = task / c.n_head_kv, kvh = task % c.n_head_kv;
+    const KvView& kv = batch.views[batch.seq[t]];
+    const int64_t pos = batch.pos[t];
+    // Causal; a sliding layer also drops keys with pos - key_pos >= window.
+    const int64_t first = swa ? std::max<int64_t>(0, pos - c.sliding_window + 1) : 0;
+    const int64_t bt = kv.arena->block_tokens();
+    float* scores = ws.scores.data() + thread * group * stride;  // [group, pos - first + 1]
+    float mx[kMaxGroup];
+    for (int64_t j = 0; j < group; ++j) mx[j] = -INFINITY;
+    for (int64_t p = first; p <= pos;) {
+      const int64_t blk = p / bt, end = std::min(pos + 1, (blk + 1) * bt);
+      const uint16_t* kb = kv.k_block(l, blk) + kvh * D;  // [bt, KVD] from this head's slice
+      for (; p < end; ++p) {
+        const uint16_t* key = kb + (p - blk * bt) * KVD;
+        for (int64_t j = 0; j < group; ++j) {
+          const float* qh = ws.q.data() + t * QD + (kvh * group + j) * D;
+          const float s = k.dot_f16(qh, key, D);
+          scores[j * stride + (p - first)] = s;
+          mx[j] = std::max(mx[j], s);
+        }
+      }
+    }
+    for (int64_t j = 0; j < group; ++j) {
+      float* sc = scores + j * stride;
+      double sum = 0;
+      for (int64_t p = 0; p <= pos - first; ++p) {
+        sc[p] = std::exp(sc[p] - mx[j]);
+        sum += sc[p];
+      }
+      const float inv = static_cast<float>(1.0 / sum);
+      float* oh = ws.attn.data() + t * QD + (kvh * group + j) * D;
+      std::fill_n(oh, D, 0.f);
+      for (int64_t p = first; p <= pos;) {
+        const int64_t blk = p / bt, end = std::min(pos + 1, (blk + 1) * bt);
+        const uint16_t* vb = kv.v_block(l, blk) + kvh * D;
+        for (; p < end; ++p) {
+          // Weights rounded to fp16 as the reference's f16 product with V rounds them.
+          k.axpy_f16(RoundFp16(sc[p - first] * inv), vb + (p - blk * bt) * KVD, oh, D);
+        }
+      }
+    }
+  });
+}
+
+}  // namespace pyengine

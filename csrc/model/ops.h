@@ -1,0 +1,90 @@
+// Building blocks the forward passes share: binding checked tensors, packing weights into one
+// arena, RMSNorm, RoPE, and attention over a sequence's paged keys and values.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "core/gguf.h"
+#include "core/tensor.h"
+#include "model/model.h"
+#include "quant/formats.h"
+#include "quant/matmul.h"
+
+namespace pyengine {
+
+// Query heads per KV head the attention loop keeps running maxima for.
+constexpr int64_t kMaxGroup = 64;
+
+// A tensor with GGUF shape `ne` (contiguous dimension first) and a supported weight type.
+// Throws ModelError naming it when it is missing (unless optional) or its shape is wrong.
+TensorView Bind(const GgufFile& f, const std::string& name, std::vector<int64_t> ne,
+                bool optional = false);
+// A 1-D tensor [n] as floats.
+std::vector<float> BindVector(const GgufFile& f, const std::string& name, int64_t n);
+// A tensor's values as floats (small matrices the products do not need packed).
+std::vector<float> BindFloats(const GgufFile& f, const std::string& name, std::vector<int64_t> ne);
+
+// Matrices bound while a model is read, packed together at the end into one arena (large
+// pages, one copy: each tensor's file pages are released once copied).
+class WeightPacker {
+ public:
+  void Add(const TensorView& t, PackedMatrix* dst) { jobs_.emplace_back(t, dst); }
+  std::unique_ptr<WeightArena> Pack(const GgufFile& f, ThreadPool& pool);
+
+ private:
+  std::vector<std::pair<TensorView, PackedMatrix*>> jobs_;
+};
+
+// The 2-D matrix i of a 3-D tensor [ne0, ne1, ne2] (ne2 matrices of ne1 rows).
+TensorView Slice(const TensorView& t, int64_t i);
+
+// x[n, dim] normalised row by row in place-or-copy: out = x / sqrt(mean(x^2) + eps) * w, or
+// without a weight when w is null. The sum of squares is accumulated in double as ggml does.
+void RmsNorm(const float* x, const float* w, int64_t n, int64_t dim, float eps, float* out);
+
+// RoPE inverse frequencies of one layer: [head_dim / 2] base^(-2i/d) * position scale.
+std::vector<float> RopeInvFreq(int64_t head_dim, float base, float scale);
+// cs [d] = cos(pos * inv_freq[i]) for i < d/2, then the sines: one token's rotation.
+void RopeAngles(int64_t d, int64_t pos, const float* inv_freq, float* cs);
+// NEOX rotation: element i pairs with i + d/2.
+void Rope(float* x, int64_t d, const float* cs);
+
+inline float RoundFp16(float x) { return Fp16ToFp32(Fp32ToFp16(x)); }
+
+inline void Grow(std::vector<float>& v, int64_t n) {
+  if (v.size() < static_cast<size_t>(n)) v.resize(static_cast<size_t>(n));
+}
+
+// Checks the batch's token ids and positions, sizes the buffers both models use, and returns
+// the longest span of keys a token can attend to.
+int64_t PrepareBatch(const ModelConfig& c, const Batch& batch, Workspace& ws, ThreadPool& pool);
+
+// Per token: q and k head norms, RoPE, q scaled by c.attn_scale and rounded to fp16, and (when
+// write_kv) keys and values stored fp16 through the sequence's view; v_norm applies a
+// weightless RMSNorm to v first (Gemma 3n).
+void PrepareQkv(const ModelConfig& c, int64_t layer, const Batch& batch, Workspace& ws,
+                const float* q_norm, const float* k_norm, const float* inv_freq, bool write_kv,
+                bool v_norm, ThreadPool& pool);
+
+// x [n, n_embd] = the tokens' embeddings scaled by sqrt(n_embd), read from the output
+// projection's packed rows when tied (the file's pages of token_embd are released then).
+void Embed(const ModelConfig& c, const Batch& batch, const TensorView& tok_embd,
+           const PackedMatrix& output, bool tied, float* x);
+
+// The last step of both models: hidden [n_hidden, n_embd] = RMSNorm(x, norm) of the batch's
+// hidden rows, and out [n_out, n_vocab] = the output projection of its logit rows, soft-capped
+// when the model says so.
+void Output(const ModelConfig& c, const Batch& batch, const float* x, const float* norm,
+            const PackedMatrix& output, Workspace& ws, float* out, float* hidden,
+            ThreadPool& pool);
+
+// ws.attn [n, q_dim] = softmax(q . K^T) V over each token's own sequence, causal, and within
+// the sliding window on sliding layers; keys and values of `layer` are read through the views.
+void Attend(const ModelConfig& c, int64_t layer, const Batch& batch, Workspace& ws,
+            ThreadPool& pool);
+
+}  // namespace pyengine
