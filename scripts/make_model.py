@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
-"""Write random-weight Gemma 3 GGUF files for tests and benchmarks.
+"""Write random-weight Gemma 3 and Gemma 3n GGUF files for tests and benchmarks.
 
 Tests and benchmarks cannot rely on downloaded weights, so they run on synthetic files with the
-tensor names, shapes, metadata and tokenizer layout of real Gemma 3 GGUFs. Weights are seeded random
-numbers scaled so the forward pass stays well conditioned; the vocabulary is a SentencePiece-style
-vocabulary learned from an embedded corpus and laid out like Gemma's.
+tensor names, shapes, metadata and tokenizer layout of real Gemma 3 and Gemma 3n GGUFs. Weights are
+seeded random numbers scaled so the forward pass stays well conditioned; the vocabulary is a
+SentencePiece-style vocabulary learned from an embedded corpus and laid out like Gemma's. The Gemma
+3n layout (AltUp, LAuReL, per-layer inputs) is described in gemma3n_tensors.py.
 
     python scripts/make_model.py --preset tiny --dtype f32 -o tiny.gguf [--seed N] [--set k=v]
+    python scripts/make_model.py --preset tiny-3n --dtype q8_0 -o tiny-3n.gguf
 
 From Python: ``from make_model import write_model; write_model("tiny.gguf", "tiny", "q8_0")``.
 """
@@ -26,6 +28,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import gemma3n_tensors as g3n  # sibling module in scripts/, importable wherever make_model is
 import gguf
 import numpy as np
 from gguf.quants import quantize
@@ -38,17 +41,18 @@ DTYPES = {  # dtype name -> (tensor type of the matrices, general.file_type)
     "bf16": (Q.BF16, gguf.LlamaFileType.MOSTLY_BF16),
     "q8_0": (Q.Q8_0, gguf.LlamaFileType.MOSTLY_Q8_0),
 }
-CHUNK_ELEMS = 1 << 22  # values generated and encoded at once: memory stays flat for the 4b preset
+CHUNK_ELEMS = 1 << 22  # values generated and encoded at once: memory stays flat for big presets
+ARCHS = ("gemma3", "gemma3n")
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    """Shape and hyper-parameters of a synthetic Gemma 3 text model (inert data)."""
+    """Shape and hyper-parameters of a synthetic Gemma 3 or Gemma 3n text model (inert data)."""
 
     n_vocab: int
     n_embd: int
     n_ff: int
-    n_layer: int  # layer l uses the sliding window unless l % 6 == 5
+    n_layer: int  # layer l uses the sliding window unless l % swa_period == swa_period - 1
     n_head: int
     n_head_kv: int
     head_dim: int
@@ -63,6 +67,17 @@ class ModelConfig:
     embd_row_spread: float = 0.5  # std of log(row norm) of the embedding matrices
     norm_noise: float = 0.1  # norm weights are gain * (1 + noise): the +1 is folded in, as in GGUFs
     name: str = "synthetic-gemma3"
+    arch: str = "gemma3"  # general.architecture: "gemma3" or "gemma3n"
+    # Sliding-window period: 6 for Gemma 3 (fixed by llama.cpp, not written), 5 for Gemma 3n
+    # (written as attention.sliding_window_pattern, one bool per layer, as the converter does).
+    swa_period: int = 6
+    # Gemma 3n only; llama.cpp fixes these values in code (see gemma3n_tensors).
+    n_altup: int = 4  # AltUp residual streams
+    n_embd_altup: int = 256  # width of the per-layer inputs
+    laurel_rank: int = 64
+    n_layer_kv: int = 20  # layers that own a KV cache; later ones reuse an earlier layer's
+    n_layer_sparse: int = 10  # leading layers with activation sparsity in the FFN gate
+    final_logit_softcap: float = 30.0
 
 
 TINY = ModelConfig(n_vocab=3072, n_embd=128, n_ff=384, n_layer=8, n_head=4, n_head_kv=2,
@@ -78,6 +93,20 @@ PRESETS: dict[str, ModelConfig] = {
     "4b": ModelConfig(n_vocab=262208, n_embd=2560, n_ff=10240, n_layer=34, n_head=8, n_head_kv=4,
                       head_dim=256, sliding_window=1024, context_length=131072,
                       rope_scaling_factor=8.0, name="synthetic-gemma3-4b"),
+    # Gemma 3n. The tiny model has layers past 20 so that KV sharing runs: layers 20-23 (sliding)
+    # read layer 18's KV and layer 24 (global) reads layer 19's. Its window (32) is shorter than
+    # test prompts.
+    "tiny-3n": ModelConfig(n_vocab=3072, n_embd=128, n_ff=256, n_layer=25, n_head=4, n_head_kv=2,
+                           head_dim=64, sliding_window=32, context_length=1024, arch="gemma3n",
+                           swa_period=5, name="synthetic-gemma3n-tiny"),
+    # The real text shapes of gemma3n:e2b and gemma3n:e4b (benchmarks only: per_layer_token_embd
+    # alone holds 262400 x 256 * n_layer values).
+    "e2b": ModelConfig(n_vocab=262400, n_embd=2048, n_ff=8192, n_layer=30, n_head=8, n_head_kv=2,
+                       head_dim=256, sliding_window=512, context_length=32768, arch="gemma3n",
+                       swa_period=5, name="synthetic-gemma3n-e2b"),
+    "e4b": ModelConfig(n_vocab=262400, n_embd=2048, n_ff=16384, n_layer=35, n_head=8,
+                       n_head_kv=2, head_dim=256, sliding_window=512, context_length=32768,
+                       arch="gemma3n", swa_period=5, name="synthetic-gemma3n-e4b"),
 }
 
 # ------------------------------------------------------------------------------------------ vocab
@@ -264,11 +293,16 @@ def build_vocab(n_vocab: int) -> tuple[list[str], list[float], list[int]]:
 
 def make_config(preset: str = "tiny", **overrides: Any) -> ModelConfig:
     """The config of a preset with some fields replaced, e.g. make_config("tiny", n_layer=12)."""
-    return dataclasses.replace(PRESETS[preset], **overrides)
+    cfg = dataclasses.replace(PRESETS[preset], **overrides)
+    if cfg.arch not in ARCHS:
+        raise ValueError(f"arch must be one of {ARCHS}, got {cfg.arch!r}")
+    return cfg
 
 
 def tensor_specs(cfg: ModelConfig) -> list[tuple[str, tuple[int, ...]]]:
     """Names and numpy shapes, (out, in) for matrices, of every tensor in file order."""
+    if cfg.arch == "gemma3n":
+        return g3n.tensor_specs(cfg)
     e, q_dim, kv_dim = cfg.n_embd, cfg.n_head * cfg.head_dim, cfg.n_head_kv * cfg.head_dim
     specs = [("token_embd.weight", (cfg.n_vocab, e))]
     if not cfg.tied_embeddings:
@@ -286,21 +320,25 @@ def tensor_specs(cfg: ModelConfig) -> list[tuple[str, tuple[int, ...]]]:
 
 def _tensor_chunks(name: str, shape: tuple[int, ...], cfg: ModelConfig,
                    seed: int) -> Iterator[np.ndarray]:
-    """Float32 values of one tensor, in chunks of rows.
+    """Float32 values of one tensor, in chunks of rows (a 3-D tensor is a stack of row blocks).
 
     Every tensor has its own generator seeded by (seed, name), so its values do not depend on the
-    other tensors. Matrices have std 1/sqrt(fan_in): each projection keeps its input's RMS, and an
-    embedded token (scaled by sqrt(n_embd)) starts the residual stream at RMS ~1.
+    other tensors. Gemma 3 matrices have std 1/sqrt(fan_in): each projection keeps its input's
+    RMS, and an embedded token (scaled by sqrt(n_embd)) starts the residual stream at RMS ~1.
+    Gemma 3n takes its scales from gemma3n_tensors.tensor_scale.
     """
     key = zlib.crc32(name.encode())
     rng = np.random.default_rng([seed, key])
     if len(shape) == 1:
-        # output_norm carries the logit scale; every other norm keeps its input's scale.
-        gain = cfg.logit_scale if name == "output_norm.weight" else 1.0
+        if cfg.arch == "gemma3n":
+            gain = g3n.tensor_scale(name, shape, cfg)
+        else:  # output_norm carries the logit scale; every other norm keeps its input's scale
+            gain = cfg.logit_scale if name == "output_norm.weight" else 1.0
         yield gain * (1.0 + cfg.norm_noise * rng.standard_normal(shape, dtype=np.float32))
         return
-    rows, cols = shape
-    row_scale = np.full((rows, 1), 1.0 / math.sqrt(cols), dtype=np.float32)
+    rows, cols = math.prod(shape[:-1]), shape[-1]
+    std = g3n.tensor_scale(name, shape, cfg) if cfg.arch == "gemma3n" else 1.0 / math.sqrt(cols)
+    row_scale = np.full((rows, 1), std, dtype=np.float32)
     if name in ("token_embd.weight", "output.weight") and cfg.embd_row_spread > 0:
         # Log-normal row norms (trained embeddings have them too) give the logits a heavy upper
         # tail: the top-1 token then usually stands clear of the runner-up, which keeps top-1
@@ -315,7 +353,7 @@ def _tensor_chunks(name: str, shape: tuple[int, ...], cfg: ModelConfig,
 
 
 def _add_metadata(w: gguf.GGUFWriter, cfg: ModelConfig, dtype: str) -> None:
-    """Model and tokenizer keys, as llama.cpp's converter writes them for Gemma 3."""
+    """Model and tokenizer keys, as llama.cpp's converter writes them for Gemma 3 and 3n."""
     qtype, file_type = DTYPES[dtype]
     w.add_name(cfg.name)
     w.add_file_type(file_type)
@@ -324,7 +362,8 @@ def _add_metadata(w: gguf.GGUFWriter, cfg: ModelConfig, dtype: str) -> None:
     w.add_context_length(cfg.context_length)
     w.add_embedding_length(cfg.n_embd)
     w.add_block_count(cfg.n_layer)
-    w.add_feed_forward_length(cfg.n_ff)
+    # Gemma 3n's config lists one FFN width per layer, and the converter writes that list.
+    w.add_feed_forward_length([cfg.n_ff] * cfg.n_layer if cfg.arch == "gemma3n" else cfg.n_ff)
     w.add_head_count(cfg.n_head)
     w.add_head_count_kv(cfg.n_head_kv)
     w.add_key_length(cfg.head_dim)
@@ -336,6 +375,8 @@ def _add_metadata(w: gguf.GGUFWriter, cfg: ModelConfig, dtype: str) -> None:
     if cfg.rope_scaling_factor:
         w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
         w.add_rope_scaling_factor(cfg.rope_scaling_factor)
+    if cfg.arch == "gemma3n":
+        g3n.add_metadata(w, cfg)
 
     tokens, scores, types = build_vocab(cfg.n_vocab)
     w.add_tokenizer_model("llama")
@@ -355,20 +396,21 @@ def _add_metadata(w: gguf.GGUFWriter, cfg: ModelConfig, dtype: str) -> None:
 
 def write_model(path: str | Path, preset: str = "tiny", dtype: str = "f32", seed: int = 0,
                 **overrides: Any) -> Path:
-    """Write a random-weight Gemma 3 GGUF file and return its path.
+    """Write a random-weight Gemma 3 or Gemma 3n GGUF file and return its path.
 
     preset: a key of PRESETS. dtype: "f32", "f16", "bf16" or "q8_0" for the matrices; the 1-D
-    norm weights stay F32, as in real files. overrides: ModelConfig fields to replace, e.g.
-    n_layer=12. The same (preset, overrides, seed) always gives the same weights, whatever dtype.
-    Tensors are generated and written in chunks, so memory stays small even for the 4b preset.
+    weights (and Gemma 3n's small AltUp coefficient matrices) stay F32, as in real files.
+    overrides: ModelConfig fields to replace, e.g. n_layer=12. The same (preset, overrides, seed)
+    always gives the same weights, whatever dtype. Tensors are generated and written in chunks,
+    so memory stays small even for the 4b and e4b presets.
     """
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     cfg = make_config(preset, **overrides)
-    specs = [(name, shape, DTYPES[dtype][0] if len(shape) == 2 else Q.F32)
+    specs = [(name, shape, _tensor_type(cfg, name, shape, DTYPES[dtype][0]))
              for name, shape in tensor_specs(cfg)]
     path = Path(path)
-    w = gguf.GGUFWriter(path, "gemma3")
+    w = gguf.GGUFWriter(path, cfg.arch)
     _add_metadata(w, cfg, dtype)
     for name, shape, qtype in specs:
         block, type_size = gguf.GGML_QUANT_SIZES[qtype]
@@ -389,6 +431,13 @@ def write_model(path: str | Path, preset: str = "tiny", dtype: str = "f32", seed
     w.write_padding(fout, fout.tell())
     w.close()
     return path
+
+
+def _tensor_type(cfg: ModelConfig, name: str, shape: tuple[int, ...], qtype: Q) -> Q:
+    """Storage type of one tensor when the file's matrices are qtype (1-D tensors are F32)."""
+    if cfg.arch == "gemma3n":
+        return g3n.tensor_type(name, shape, qtype)
+    return qtype if len(shape) == 2 else Q.F32
 
 
 def _parse_override(text: str) -> tuple[str, Any]:
