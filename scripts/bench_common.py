@@ -83,11 +83,11 @@ def ensure_model(model_dir: Path, preset: str, dtype: str) -> Path:
 
     Written under a temporary name and renamed, so an interrupted write is never reused.
     """
-    path = model_dir / f"synthetic-gemma3-{preset}-{dtype}.gguf"
-    if not path.exists():
-        sys.path.insert(0, str(SCRIPTS_DIR))
-        from make_model import write_model
+    sys.path.insert(0, str(SCRIPTS_DIR))
+    from make_model import make_config, write_model
 
+    path = model_dir / f"{make_config(preset).name}-{dtype}.gguf"  # e.g. synthetic-gemma3-1b-q8_0
+    if not path.exists():
         model_dir.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".gguf.tmp")
         t0 = time.perf_counter()
@@ -121,9 +121,9 @@ def random_prompts(n_prompts: int, n_tokens: int, n_vocab: int, seed: int = 0) -
 def weight_bytes_per_token(path: Path) -> int:
     """Bytes of weights one decode step reads.
 
-    Every tensor is read in full, except token_embd when a separate output.weight exists: then
-    the embedding lookup reads one row only. With tied embeddings the output projection reads
-    token_embd in full. The KV cache is left out: it depends on the position and is small next to
+    Every tensor is read in full, except the lookup tables: token_embd when a separate
+    output.weight exists, and Gemma 3n's per_layer_token_embd, of which a step reads one row.
+    With tied embeddings the output projection reads token_embd in full. The KV cache is left out: it depends on the position and is small next to
     the weights at benchmark lengths.
     """
     from pyengine import _core
@@ -132,7 +132,8 @@ def weight_bytes_per_token(path: Path) -> int:
     names = {name for name, *_ in tensors}
     total = 0
     for name, _type, shape, nbytes in tensors:
-        if name == "token_embd.weight" and "output.weight" in names:
+        if name == "per_layer_token_embd.weight" or (
+                name == "token_embd.weight" and "output.weight" in names):
             total += nbytes // shape[-1]  # shape is GGUF order: [n_embd, n_vocab]
         else:
             total += nbytes

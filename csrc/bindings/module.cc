@@ -127,6 +127,8 @@ py::dict ConfigDict(const ModelConfig& c) {
   d["final_softcap"] = c.final_softcap;
   std::vector<bool> swa(c.layer_is_swa.begin(), c.layer_is_swa.end());
   d["layer_is_swa"] = swa;
+  // Layer l reads the keys/values of layer kv_layer[l]: itself, or an earlier layer (Gemma 3n).
+  d["kv_layer"] = c.kv_layer;
   return d;
 }
 
