@@ -52,7 +52,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def describe(path: str) -> str:
     """A human-readable summary of a GGUF model file (no weights are computed with)."""
-    meta, tensors, lengths, info = _core.read_gguf(path, 16)
+    meta, tensors, lengths, info = _core.read_gguf(path, 512)  # per-layer arrays whole
     arch = meta.get("general.architecture", "?")
     p = f"{arch}."
     n_params = 0
@@ -86,8 +86,13 @@ def describe(path: str) -> str:
                        ("rope.freq_base_swa", "rope base (local)"),
                        ("rope.scaling.factor", "rope linear scaling")]:
         if p + key in meta:
-            row(label, meta[p + key])
-    row("supported", "yes" if arch == "gemma3" else "no (this engine runs gemma3)")
+            value = meta[p + key]
+            # A per-layer array (Gemma 3n), read whole only up to 16 entries.
+            if isinstance(value, list) and len(set(value)) == 1 and len(value) == lengths[p + key]:
+                value = f"{value[0]} (every layer)"
+            row(label, value)
+    runs = _core.architectures()
+    row("supported", "yes" if arch in runs else f"no (this engine runs {', '.join(runs)})")
     lines.append("  Tokenizer")
     row("model", meta.get("tokenizer.ggml.model", "none"))
     if "tokenizer.ggml.tokens" in lengths:

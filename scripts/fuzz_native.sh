@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the core with AddressSanitizer + UBSan (scalar kernels, no Python) and feeds it
 # mutated GGUF files: truncations, byte flips and 64-bit overwrites of a small file with every
-# metadata type, and of a tiny synthetic model's header. Any sanitizer report fails the run.
+# metadata type, and of the headers of tiny synthetic Gemma 3 and Gemma 3n models. Any sanitizer
+# report fails the run.
 #   bash scripts/fuzz_native.sh [N_READER] [N_ENGINE]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,12 +29,16 @@ from test_gguf import ALL_TYPES_KVS, TENSORS
 from make_model import write_model
 work, n_reader, n_engine = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 write_model(work / "tiny.gguf", "tiny", "q8_0")
+write_model(work / "tiny-3n.gguf", "tiny-3n", "q8_0")
 rng = random.Random(1)
-small, tiny = build_gguf(ALL_TYPES_KVS, TENSORS), (work / "tiny.gguf").read_bytes()
-for kind, src, head, n in (("reader", small, len(small), n_reader), ("engine", tiny, 1 << 16, n_engine)):
-    (work / kind).mkdir()
-    for i in range(n):
-        (work / kind / f"{i}.gguf").write_bytes(mutate(src, head, rng))
+small = build_gguf(ALL_TYPES_KVS, TENSORS)
+models = [(work / name).read_bytes() for name in ("tiny.gguf", "tiny-3n.gguf")]
+(work / "reader").mkdir()
+for i in range(n_reader):
+    (work / "reader" / f"{i}.gguf").write_bytes(mutate(small, len(small), rng))
+(work / "engine").mkdir()
+for i in range(n_engine):  # Gemma 3 and Gemma 3n in turn; 128 KiB covers either's metadata
+    (work / "engine" / f"{i}.gguf").write_bytes(mutate(models[i % 2], 1 << 17, rng))
 PY
 for kind in reader engine; do
   printf '%s: ' "$kind"

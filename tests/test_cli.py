@@ -46,3 +46,10 @@ def test_cli_errors_are_clean(tmp_path):
     assert proc.returncode == 1 and "Error:" in proc.stderr and "Traceback" not in proc.stderr
     proc = run_cli("run", str(tmp_path / "missing.gguf"), "hi")
     assert proc.returncode == 1 and "model not found" in proc.stderr
+
+
+def test_show_marks_gemma3n_supported(make_model):
+    proc = run_cli("show", str(make_model("tiny-3n", "q8_0")))
+    assert proc.returncode == 0, proc.stderr
+    lines = {ln.split()[0]: ln for ln in proc.stdout.splitlines() if ln.strip()}
+    assert "gemma3n" in lines["architecture"] and lines["supported"].split()[-1] == "yes"

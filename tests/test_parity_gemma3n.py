@@ -204,3 +204,23 @@ def test_prefix_cache_reuses_blocks_beyond_the_window(make_model):
         assert st["prefix_hit_tokens"] == out.cached_tokens
         again = eng.generate(b, max_tokens=20, temperature=0, ignore_eos=True)
         assert again.tokens == ref_b and again.cached_tokens == (len(b) - 1) // 16 * 16
+
+
+def test_server_serves_gemma3n_to_the_ollama_client(make_model, pyengine_server):
+    import ollama
+
+    path = make_model("tiny-3n", "q8_0")
+    messages = [{"role": "user", "content": "Tell me about the quick brown fox."}]
+    greedy = {"temperature": 0, "num_predict": 12, "seed": 1}
+    with Engine(path, n_ctx=512) as eng:
+        want = eng.chat(messages, max_tokens=12, temperature=0)
+    assert want.text
+    server = pyengine_server({"gemma3n:e2b": path}, args=["--ctx", "512", "--threads", "1"])
+    client = ollama.Client(host=server.url)
+    show = client.show("gemma3n:e2b")
+    assert show.modelinfo["general.architecture"] == "gemma3n"
+    parts = [c.message.content for c in client.chat(model="gemma3n:e2b", messages=messages,
+                                                    options=greedy, stream=True)]
+    assert "".join(parts) == want.text
+    whole = client.chat(model="gemma3n:e2b", messages=messages, options=greedy)
+    assert whole.message.content == "".join(parts)

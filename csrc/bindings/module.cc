@@ -180,6 +180,8 @@ PYBIND11_MODULE(_core, m) {
     }
   });
 
+  m.def("architectures", [] { return SupportedArchs(); },
+        "general.architecture values the native core runs.");
   m.def("isa", [] { return std::string(IsaName(ActiveIsa())); },
         "The kernel level in use: 'scalar', 'avx2' or 'avx512'.");
   m.def("best_isa", [] { return std::string(IsaName(BestIsa())); },

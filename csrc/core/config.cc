@@ -7,7 +7,17 @@
 
 namespace pyengine {
 
-bool IsSupportedArch(const std::string& arch) { return arch == "gemma3" || arch == "gemma3n"; }
+const std::vector<std::string>& SupportedArchs() {
+  static const std::vector<std::string> archs = {"gemma3", "gemma3n"};
+  return archs;
+}
+
+bool IsSupportedArch(const std::string& arch) {
+  for (const std::string& a : SupportedArchs()) {
+    if (a == arch) return true;
+  }
+  return false;
+}
 
 namespace {
 
@@ -41,8 +51,10 @@ ModelConfig LoadConfig(const GgufFile& f) {
   ModelConfig c;
   c.arch = f.GetString("general.architecture");
   if (!IsSupportedArch(c.arch)) {
-    throw ModelError(f.path() + ": unsupported architecture '" + c.arch +
-                     "' (this engine runs: gemma3, gemma3n)");
+    std::string runs;
+    for (const std::string& a : SupportedArchs()) runs += (runs.empty() ? "" : ", ") + a;
+    throw ModelError(f.path() + ": unsupported architecture '" + c.arch + "' (this engine runs: " +
+                     runs + ")");
   }
   c.name = f.GetString("general.name", "");
   const std::string p = c.arch + ".";

@@ -37,6 +37,8 @@ struct ModelConfig {
 };
 
 // Architectures this engine can run.
+// general.architecture values this engine runs, in the order error messages list them.
+const std::vector<std::string>& SupportedArchs();
 bool IsSupportedArch(const std::string& arch);
 
 // Reads and checks the config. Throws ModelError for an unsupported architecture (naming it)
