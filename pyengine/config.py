@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 STRATEGIES = ("local-first", "local-only")
+BACKENDS = ("auto", "native", "mlx")
 
 
 class ConfigError(ValueError):
@@ -115,6 +116,9 @@ class Config:
     # needs a quality score that no backend returns, so the chain has no such trigger.
     local_failure_threshold: int = 3
     timeout_ms: int = 30_000
+    # pyengine's own: which engine computes (PYENGINE_BACKEND): "native" (the C++ core), "mlx"
+    # (mlx-lm), or "auto" (MLX on Apple silicon when installed, native elsewhere).
+    backend: str = "auto"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Config":
@@ -148,6 +152,12 @@ class Config:
                 raise ConfigError(f"MODEL_ROUTING_STRATEGY must be one of {', '.join(STRATEGIES)}, "
                                   f"got {raw!r}")
             values["routing_strategy"] = strategy
+        if (raw := get("PYENGINE_BACKEND")) is not None:
+            backend = raw.strip().lower()
+            if backend not in BACKENDS:
+                raise ConfigError(f"PYENGINE_BACKEND must be one of {', '.join(BACKENDS)}, "
+                                  f"got {raw!r}")
+            values["backend"] = backend
         if (raw := get("PAID_API_MAX_MONTHLY_SPEND")) is not None:
             values["paid_api_max_monthly_spend"] = float(
                 _number("PAID_API_MAX_MONTHLY_SPEND", raw, False, 0))

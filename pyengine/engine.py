@@ -11,10 +11,10 @@ from typing import Any, AsyncIterator, Iterator, Mapping, Sequence, Union
 
 import numpy as np
 
-from . import _core
+from . import _core, mlx_backend
 from .aio import ReadyPump
 from .chat import format_gemma
-from .config import Config
+from .config import BACKENDS, Config
 from .options import GenerateOptions
 
 Prompt = Union[str, Sequence[int]]
@@ -48,6 +48,17 @@ class Completion:
     total_duration: int = 0
     load_duration: int = 0
     cached_tokens: int = 0  # prompt tokens whose keys and values came from the prefix cache
+
+
+def pick_backend(name: str) -> str:
+    """``native`` or ``mlx`` for a backend name (``auto`` resolved for this machine)."""
+    if name not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {name!r}")
+    if name == "auto":
+        return "mlx" if mlx_backend.preferred() else "native"
+    if name == "mlx" and not mlx_backend.available():
+        raise ImportError(mlx_backend.EXTRA_HINT)
+    return name
 
 
 def resolve_model_path(model: str | os.PathLike[str]) -> Path:
@@ -102,14 +113,27 @@ class Engine:
     Settings left at None come from ``config`` (default ``Config.from_env()``: the
     environment's ``MAX_CACHE_SIZE_MB``, ``ENABLE_BATCHED_INFERENCE`` (off: ``max_batch`` 1),
     ``ENABLE_PROMPT_CACHE`` and ``ENABLE_KV_CACHE``).
+
+    ``backend``: ``"native"`` (the C++ core), ``"mlx"`` (mlx-lm on MLX: Apple GPUs, or
+    ``mlx[cpu]``; needs ``pyengine[mlx]``), or ``"auto"`` (MLX on Apple silicon when installed,
+    native elsewhere; the default, from ``PYENGINE_BACKEND``). Both backends tokenize, sample
+    and stream with the same native code, so they differ only in the logits. ``dtype`` is the
+    MLX weights' float type (``float32``, ``float16``, ``bfloat16``; default: the file's). With
+    MLX, ``model`` may also be a folder in mlx-lm's layout, and ``n_threads`` and
+    ``batch_wait_ms`` do not apply.
     """
 
     def __init__(self, model: str | os.PathLike[str], n_threads: int | None = None,
                  n_ctx: int = 4096, kv_cache_mb: float | None = None,
                  max_batch: int | None = None, max_batch_tokens: int = 512,
                  batch_wait_ms: float = 0.0, prefix_cache: bool | None = None,
-                 config: Config | None = None) -> None:
+                 config: Config | None = None, backend: str | None = None,
+                 dtype: str | None = None) -> None:
         config = config or Config.from_env()
+        self.backend = pick_backend(backend or config.backend)
+        if dtype is not None and self.backend != "mlx":
+            raise ValueError("dtype chooses the MLX weights' type; the native backend runs the "
+                             "file's own")
         if max_batch is None:
             max_batch = 16 if config.enable_batched_inference else 1
         if prefix_cache is None:
@@ -129,13 +153,22 @@ class Engine:
         if isinstance(batch_wait_ms, bool) or not isinstance(batch_wait_ms, (int, float)) \
                 or not 0 <= batch_wait_ms <= 10_000:
             raise ValueError(f"batch_wait_ms must be within [0, 10000], got {batch_wait_ms!r}")
-        self.path = resolve_model_path(model)
+        if self.backend == "mlx" and Path(model).is_dir():
+            self.path = Path(model)  # an MLX model folder
+        else:
+            self.path = resolve_model_path(model)
         t0 = time.perf_counter_ns()
-        self._core = _core.Engine(str(self.path), n_ctx=n_ctx, n_threads=n_threads or 0,
-                                  kv_cache_bytes=int(kv_cache_mb * 2**20), max_batch=max_batch,
-                                  max_batch_tokens=max_batch_tokens,
-                                  batch_wait_ms=float(batch_wait_ms),
-                                  prefix_cache=bool(prefix_cache))
+        if self.backend == "mlx":
+            self._core = mlx_backend.core_class()(
+                self.path, n_ctx=n_ctx, max_batch=max_batch, max_batch_tokens=max_batch_tokens,
+                kv_cache_bytes=int(kv_cache_mb * 2**20), prefix_cache=bool(prefix_cache),
+                dtype=dtype)
+        else:
+            self._core = _core.Engine(str(self.path), n_ctx=n_ctx, n_threads=n_threads or 0,
+                                      kv_cache_bytes=int(kv_cache_mb * 2**20),
+                                      max_batch=max_batch, max_batch_tokens=max_batch_tokens,
+                                      batch_wait_ms=float(batch_wait_ms),
+                                      prefix_cache=bool(prefix_cache))
         self.load_duration = time.perf_counter_ns() - t0
         self._pump = ReadyPump(self._core)
 

@@ -21,6 +21,8 @@
 #include "runtime/generation.h"
 #include "runtime/request.h"
 #include "runtime/membw.h"
+#include "runtime/tokenizer.h"
+#include "runtime/vocab.h"
 
 namespace py = pybind11;
 using namespace pyengine;
@@ -152,6 +154,87 @@ std::vector<int32_t> ToIds(const py::iterable& ids) {
     long long v = h.cast<long long>();
     if (v < INT32_MIN || v > INT32_MAX) throw EngineError("token id " + std::to_string(v) + " is out of range");
     out.push_back(static_cast<int32_t>(v));
+  }
+  return out;
+}
+
+GenerateOptions MakeGenerateOptions(float temperature, int32_t top_k, float top_p, float min_p,
+                                    float repeat_penalty, int32_t repeat_last_n,
+                                    float presence_penalty, float frequency_penalty, uint64_t seed,
+                                    int64_t max_tokens, std::vector<std::string> stop,
+                                    bool ignore_eos) {
+  GenerateOptions g;
+  g.sampling = {temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n,
+                presence_penalty, frequency_penalty, seed};
+  g.max_tokens = max_tokens;
+  g.stop = std::move(stop);
+  g.ignore_eos = ignore_eos;
+  return g;
+}
+
+// A model file opened for a backend that computes elsewhere (MLX): its config and tokenizer,
+// and its tensors dequantized on request. No weights are packed.
+struct ModelFile {
+  explicit ModelFile(const std::string& path)
+      : file(std::make_unique<GgufFile>(path)),
+        cfg(LoadConfig(*file)),
+        tok(std::make_unique<Tokenizer>(LoadVocab(*file))) {
+    if (tok->n_vocab() > cfg.n_vocab) {
+      throw ModelError(path + ": the tokenizer has " + std::to_string(tok->n_vocab()) +
+                       " tokens but token_embd only " + std::to_string(cfg.n_vocab) + " rows");
+    }
+  }
+  std::unique_ptr<GgufFile> file;
+  ModelConfig cfg;
+  std::unique_ptr<Tokenizer> tok;
+};
+
+// The decoding state of one request of such a backend: its logits go in, steps come out, with
+// the native sampler, stop strings and streamed text. `tokens` is the prompt plus the output.
+struct PyGeneration {
+  std::unique_ptr<Generation> gen;
+  std::vector<int32_t> tokens;
+};
+
+py::tuple PlainStep(const GenerationStep& s) {
+  return py::make_tuple(s.token, Utf8(s.text), s.done,
+                        s.done_reason.empty() ? py::object(py::none()) : py::object(py::str(s.done_reason)));
+}
+
+// Tensor `name` of `f` as a numpy array in numpy's axis order (ggml's reversed), converted to
+// float32, float16 or bfloat16 (returned as its uint16 bit patterns: numpy has no bfloat16).
+py::array TensorArray(const GgufFile& f, const std::string& name, const std::string& dtype) {
+  const TensorView* t = f.FindTensor(name);
+  if (!t) throw ModelError(f.path() + ": tensor '" + name + "' is missing");
+  if (!IsSupportedWeightType(t->type)) {
+    throw ModelError(f.path() + ": tensor '" + name + "' has type " + TypeName(t->type) +
+                     ", which this engine cannot read");
+  }
+  if (dtype != "f32" && dtype != "f16" && dtype != "bf16") {
+    throw EngineError("dtype must be f32, f16 or bf16, got '" + dtype + "'");
+  }
+  std::vector<py::ssize_t> shape;
+  for (int d = t->n_dims - 1; d >= 0; --d) shape.push_back(static_cast<py::ssize_t>(t->ne[d]));
+  const int64_t cols = t->cols(), rows = t->rows();
+  py::array out = dtype == "f32" ? py::array(py::dtype::of<float>(), shape)
+                  : dtype == "f16" ? py::array(py::dtype("float16"), shape)
+                                   : py::array(py::dtype::of<uint16_t>(), shape);
+  char* dst = static_cast<char*>(out.mutable_data());
+  {
+    py::gil_scoped_release nogil;
+    std::vector<float> row(static_cast<size_t>(cols));
+    for (int64_t r = 0; r < rows; ++r) {
+      const uint8_t* src = t->row(r);
+      if (dtype == "f32") {
+        DequantizeRow(t->type, src, reinterpret_cast<float*>(dst) + r * cols, cols);
+        continue;
+      }
+      DequantizeRow(t->type, src, row.data(), cols);
+      uint16_t* d16 = reinterpret_cast<uint16_t*>(dst) + r * cols;
+      for (int64_t c = 0; c < cols; ++c) {
+        d16[c] = dtype == "f16" ? Fp32ToFp16(row[c]) : Fp32ToBf16(row[c]);
+      }
+    }
   }
   return out;
 }
@@ -393,11 +476,9 @@ PYBIND11_MODULE(_core, m) {
               float frequency_penalty, uint64_t seed, int64_t max_tokens, std::vector<std::string> stop,
               bool ignore_eos, int64_t n_ctx, bool notify) {
              RequestOptions o;
-             o.gen.sampling = {temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n,
-                               presence_penalty, frequency_penalty, seed};
-             o.gen.max_tokens = max_tokens;
-             o.gen.stop = std::move(stop);
-             o.gen.ignore_eos = ignore_eos;
+             o.gen = MakeGenerateOptions(temperature, top_k, top_p, min_p, repeat_penalty,
+                                         repeat_last_n, presence_penalty, frequency_penalty, seed,
+                                         max_tokens, std::move(stop), ignore_eos);
              o.n_ctx = n_ctx;
              o.notify = notify;
              std::vector<int32_t> ids = ToIds(prompt);
@@ -452,4 +533,85 @@ PYBIND11_MODULE(_core, m) {
         d["preemptions"] = c.preemptions;
         return d;
       });
+
+  py::class_<ModelFile>(m, "ModelFile")
+      .def(py::init([](const std::string& path) {
+             py::gil_scoped_release nogil;
+             return std::make_unique<ModelFile>(path);
+           }),
+           py::arg("path"), "Opens a GGUF model for another backend: config, tokenizer, tensors.")
+      .def_property_readonly("config", [](const ModelFile& f) { return ConfigDict(f.cfg); })
+      .def_property_readonly("n_vocab", [](const ModelFile& f) { return f.cfg.n_vocab; })
+      .def_property_readonly("tensor_names", [](const ModelFile& f) {
+        py::list out;
+        for (const TensorView& t : f.file->tensors()) out.append(Utf8(t.name));
+        return out;
+      })
+      .def("tokenize",
+           [](const ModelFile& f, const std::string& text, bool add_bos, bool special) {
+             py::gil_scoped_release nogil;
+             return f.tok->Encode(text, add_bos, special);
+           },
+           py::arg("text"), py::arg("add_bos") = true, py::arg("special") = false)
+      .def("detokenize",
+           [](const ModelFile& f, const py::iterable& ids, bool special) {
+             std::vector<int32_t> v = ToIds(ids);
+             for (int32_t t : v) {
+               if (t < 0 || t >= f.tok->n_vocab()) throw EngineError("token id " + std::to_string(t) + " is outside the vocabulary");
+             }
+             return Utf8(f.tok->Decode(v, special));
+           },
+           py::arg("ids"), py::arg("special") = false)
+      .def("tensor", [](const ModelFile& f, const std::string& name, const std::string& dtype) {
+             return TensorArray(*f.file, name, dtype);
+           },
+           py::arg("name"), py::arg("dtype") = "f32",
+           "A tensor in numpy axis order as float32, float16 or bfloat16 bits (uint16).")
+      .def("generation",
+           [](const ModelFile& f, const py::iterable& prompt, float temperature, int32_t top_k,
+              float top_p, float min_p, float repeat_penalty, int32_t repeat_last_n,
+              float presence_penalty, float frequency_penalty, uint64_t seed, int64_t max_tokens,
+              std::vector<std::string> stop, bool ignore_eos, int64_t n_ctx) {
+             auto g = std::make_unique<PyGeneration>();
+             g->tokens = ToIds(prompt);
+             for (int32_t t : g->tokens) {
+               if (t < 0 || t >= f.cfg.n_vocab) throw EngineError("token id " + std::to_string(t) + " is outside the vocabulary");
+             }
+             g->gen = std::make_unique<Generation>(
+                 *f.tok, MakeGenerateOptions(temperature, top_k, top_p, min_p, repeat_penalty,
+                                             repeat_last_n, presence_penalty, frequency_penalty,
+                                             seed, max_tokens, std::move(stop), ignore_eos),
+                 n_ctx);
+             return g;
+           },
+           py::arg("prompt"), py::arg("temperature"), py::arg("top_k"), py::arg("top_p"),
+           py::arg("min_p"), py::arg("repeat_penalty"), py::arg("repeat_last_n"),
+           py::arg("presence_penalty"), py::arg("frequency_penalty"), py::arg("seed"),
+           py::arg("max_tokens"), py::arg("stop"), py::arg("ignore_eos"), py::arg("n_ctx"),
+           py::keep_alive<0, 1>(), "The sampling and streaming state of one request.");
+
+  py::class_<PyGeneration>(m, "Generation")
+      .def("accept",
+           [](PyGeneration& g, const py::array_t<float, py::array::c_style | py::array::forcecast>& logits) {
+             if (logits.ndim() != 1) throw EngineError("logits must be one row [n_vocab]");
+             if (g.gen->done()) throw EngineError("the generation has ended");
+             const int64_t n = static_cast<int64_t>(logits.shape(0));
+             GenerationStep s;
+             {
+               py::gil_scoped_release nogil;
+               s = g.gen->Accept(logits.data(), n, g.tokens);
+             }
+             return PlainStep(s);
+           },
+           py::arg("logits"),
+           "Samples the next token from the last position's logits: (token, text, done, reason).")
+      .def("finish",
+           [](PyGeneration& g, const std::string& reason, bool flush_text) {
+             return PlainStep(g.gen->Finish(reason, flush_text));
+           },
+           py::arg("reason"), py::arg("flush_text") = true,
+           "Ends the output early (cancel, error), releasing held-back text when flush_text.")
+      .def_property_readonly("done", [](const PyGeneration& g) { return g.gen->done(); })
+      .def_property_readonly("n_output", [](const PyGeneration& g) { return g.gen->n_output(); })
+      .def_property_readonly("tokens", [](const PyGeneration& g) { return g.tokens; });
 }

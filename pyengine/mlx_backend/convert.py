@@ -1,0 +1,246 @@
+"""GGUF Gemma weights as the mlx-lm model classes expect them.
+
+One GGUF file serves both backends: its tensors are renamed to mlx-lm's (Hugging Face) names,
+dequantized to the requested float type, and adjusted where the two formats disagree:
+
+- Gemma 3 norm weights are stored with the +1 folded in (llama.cpp's converter adds it); mlx-lm
+  computes ``1 + w``, so 1 is subtracted here. Gemma 3n's norms are used as stored by both.
+- mlx-lm scales Gemma 3 embeddings by sqrt(n_embd) rounded to bfloat16 (11.3125 for 128 where
+  llama.cpp uses 11.3137); the model below hands it embeddings pre-multiplied by the ratio, so
+  the product is llama.cpp's. mlx-lm's Gemma 3 has no final soft-cap; it is applied here when
+  the file has one.
+- mlx-lm's Gaussian top-k sparsity (Gemma 3n) uses the population standard deviation; llama.cpp
+  and the reference use n - 1. The std multiplier is rescaled so the cut-off is llama.cpp's.
+
+Converted weights are cached on disk, content-addressed by the GGUF's SHA-256 (see ``cache``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+from mlx_lm.models import gemma3_text, gemma3n
+
+from .. import _core
+from ..errors import ModelError
+
+DTYPES = {"float32": mx.float32, "float16": mx.float16, "bfloat16": mx.bfloat16}
+_CORE_DTYPE = {"float32": "f32", "float16": "f16", "bfloat16": "bf16"}
+
+# llama.cpp fixes these Gemma 3n widths and counts in code (the native core checks them too).
+G3N_STREAMS, G3N_PER_LAYER, G3N_LAUREL_RANK, G3N_SPARSE_LAYERS = 4, 256, 64, 10
+G3N_SPARSITY = 0.95  # the target sparsity whose normal quantile llama.cpp hard-codes
+
+_GEMMA3_LAYER = {  # GGUF block tensor -> mlx-lm name under model.layers.N
+    "attn_norm": "input_layernorm", "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj", "attn_output": "self_attn.o_proj",
+    "attn_q_norm": "self_attn.q_norm", "attn_k_norm": "self_attn.k_norm",
+    "post_attention_norm": "post_attention_layernorm", "ffn_norm": "pre_feedforward_layernorm",
+    "post_ffw_norm": "post_feedforward_layernorm", "ffn_gate": "mlp.gate_proj",
+    "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj",
+}
+_GEMMA3N_LAYER = {
+    **_GEMMA3_LAYER,
+    "inp_gate": "per_layer_input_gate", "proj": "per_layer_projection",
+    "post_norm": "post_per_layer_input_norm", "altup_correct_coef": "altup.correction_coefs",
+    "altup_correct_scale": "altup.correct_output_scale",
+    "altup_predict_coef": "altup.prediction_coefs", "altup_router": "altup.modality_router",
+    "altup_router_norm": "altup.router_norm", "laurel_l": "laurel.linear_left",
+    "laurel_r": "laurel.linear_right", "laurel_post_norm": "laurel.post_laurel_norm",
+}
+_GEMMA3N_GLOBAL = {
+    "token_embd": "embed_tokens", "per_layer_token_embd": "embed_tokens_per_layer",
+    "per_layer_model_proj": "per_layer_model_projection",
+    "per_layer_proj_norm": "per_layer_projection_norm", "output_norm": "norm",
+}
+# Norms whose GGUF weight is 1 + mlx-lm's (Gemma 3 only).
+_PLUS_ONE = {"attn_norm", "attn_q_norm", "attn_k_norm", "post_attention_norm", "ffn_norm",
+             "post_ffw_norm", "output_norm"}
+
+
+def swa_period(layer_is_swa: list[bool]) -> int:
+    """The period p of a sliding/global pattern where layer i is global iff i % p == p - 1.
+
+    mlx-lm's Gemma 3 takes only such a period; a file whose own pattern is not periodic this
+    way cannot be expressed and is refused.
+    """
+    n = len(layer_is_swa)
+    for p in range(1, n + 1):
+        if all(layer_is_swa[i] == (i % p != p - 1) for i in range(n)):
+            return p
+    if all(layer_is_swa):
+        return n + 1  # no global layer within the model
+    raise ModelError("the file's sliding-window pattern is not periodic; mlx-lm's Gemma 3 "
+                     "cannot express it")
+
+
+def model_args(cfg: dict[str, Any]) -> dict[str, Any]:
+    """mlx-lm's model arguments (its config.json) for a core config dict."""
+    common = {
+        "hidden_size": cfg["n_embd"], "num_hidden_layers": cfg["n_layer"],
+        "intermediate_size": cfg["n_ff"], "num_attention_heads": cfg["n_head"],
+        "head_dim": cfg["head_dim"], "rms_norm_eps": cfg["rms_eps"],
+        "vocab_size": cfg["n_vocab"], "num_key_value_heads": cfg["n_head_kv"],
+        "rope_theta": cfg["rope_base"], "rope_local_base_freq": cfg["rope_base_swa"],
+        "sliding_window": cfg["sliding_window"], "max_position_embeddings": cfg["n_ctx_train"],
+    }
+    if cfg["arch"] == "gemma3":
+        scaling = None
+        if cfg["rope_scale"] != 1.0:
+            scaling = {"rope_type": "linear", "factor": 1.0 / cfg["rope_scale"]}
+        return {"model_type": "gemma3_text", **common,
+                "query_pre_attn_scalar": cfg["attn_scale"] ** -2,
+                "sliding_window_pattern": swa_period(cfg["layer_is_swa"]),
+                "rope_scaling": scaling,
+                "final_logit_softcapping": cfg["final_softcap"] or None}
+    if cfg["arch"] == "gemma3n":
+        n = cfg["n_layer"]
+        shared = sum(1 for i, src in enumerate(cfg["kv_layer"]) if src != i)
+        text = {"model_type": "gemma3n_text", **common,
+                "num_kv_shared_layers": shared, "vocab_size_per_layer_input": cfg["n_vocab"],
+                "final_logit_softcapping": cfg["final_softcap"],
+                "layer_types": ["sliding_attention" if s else "full_attention"
+                                for s in cfg["layer_is_swa"]],
+                "activation_sparsity_pattern": [G3N_SPARSITY if i < G3N_SPARSE_LAYERS else 0.0
+                                                for i in range(n)],
+                "hidden_size_per_layer_input": G3N_PER_LAYER, "altup_num_inputs": G3N_STREAMS,
+                "altup_coef_clip": None, "altup_correct_scale": True, "altup_active_idx": 0,
+                "laurel_rank": G3N_LAUREL_RANK}
+        return {"model_type": "gemma3n", "text_config": text}
+    raise ModelError(f"the MLX backend runs gemma3 and gemma3n, not {cfg['arch']!r}")
+
+
+def mlx_weights(mf: _core.ModelFile, dtype: str) -> dict[str, mx.array]:
+    """Every tensor of the file under mlx-lm's name, as an MLX array of ``dtype``."""
+    cfg = mf.config
+    arch = cfg["arch"]
+    out: dict[str, mx.array] = {}
+    for name in mf.tensor_names:
+        base = name.removesuffix(".weight")
+        parts = base.split(".")
+        if parts[0] == "blk":
+            layer, kind = int(parts[1]), parts[2]
+            table = _GEMMA3_LAYER if arch == "gemma3" else _GEMMA3N_LAYER
+            if kind not in table:
+                raise ModelError(f"tensor {name!r} has no place in mlx-lm's {arch} model")
+            prefix = "model.layers" if arch == "gemma3" else "model.language_model.layers"
+            # correct_output_scale is a bare parameter, not a layer's weight.
+            suffix = "" if kind == "altup_correct_scale" else ".weight"
+            targets = [f"{prefix}.{layer}.{table[kind]}{suffix}"]
+        elif arch == "gemma3":
+            kind = base
+            gemma3_names = {"token_embd": "model.embed_tokens.weight",
+                            "output": "lm_head.weight", "output_norm": "model.norm.weight"}
+            if kind not in gemma3_names:
+                raise ModelError(f"tensor {name!r} has no place in mlx-lm's gemma3 model")
+            targets = [gemma3_names[kind]]
+        else:
+            kind = base
+            lm = "model.language_model"
+            if kind in ("altup_proj", "altup_unembd_proj"):  # [streams - 1, n_embd, n_embd]
+                group = "altup_projections" if kind == "altup_proj" else "altup_unembed_projections"
+                targets = [f"{lm}.{group}.{k}.weight" for k in range(G3N_STREAMS - 1)]
+            elif kind in _GEMMA3N_GLOBAL:
+                targets = [f"{lm}.{_GEMMA3N_GLOBAL[kind]}.weight"]
+            elif kind == "output":
+                raise ModelError("mlx-lm's gemma3n ties the output to the embeddings; this file "
+                                 "has a separate output.weight")
+            else:
+                raise ModelError(f"tensor {name!r} has no place in mlx-lm's gemma3n model")
+        values = mf.tensor(name, "f32" if arch == "gemma3" and kind in _PLUS_ONE
+                           else _CORE_DTYPE[dtype])
+        if arch == "gemma3" and kind in _PLUS_ONE:
+            values = (values - np.float32(1.0))
+        arrays = [values] if len(targets) == 1 else list(values)
+        for target, a in zip(targets, arrays):
+            out[target] = _to_mx(a, dtype)
+    return out
+
+
+def _to_mx(a: np.ndarray, dtype: str) -> mx.array:
+    if a.dtype == np.uint16:  # bfloat16 bit patterns
+        return mx.array(a).view(mx.bfloat16)
+    return mx.array(a).astype(DTYPES[dtype])
+
+
+class _Capture(nn.Module):
+    """Wraps the final norm and keeps its last output: the hidden state embeddings pool."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+        self.last: mx.array | None = None
+
+    def __call__(self, x: mx.array) -> mx.array:
+        y = self.inner(x)
+        self.last = y
+        return y
+
+
+class Gemma3(gemma3_text.Model):
+    """mlx-lm's Gemma 3 with llama.cpp's embedding scale and the file's final soft-cap."""
+
+    def __init__(self, args: gemma3_text.ModelArgs, softcap: float | None) -> None:
+        super().__init__(args)
+        e = args.hidden_size
+        # mlx-lm multiplies by sqrt(n_embd) rounded to bfloat16; pre-multiplying by this ratio
+        # makes the product sqrt(n_embd).
+        self._embd_fix = math.sqrt(e) / float(mx.array(e ** 0.5, mx.bfloat16).astype(mx.float32))
+        self._softcap = softcap
+
+    def __call__(self, inputs: mx.array, cache: Any = None,
+                 input_embeddings: mx.array | None = None) -> mx.array:
+        if input_embeddings is None:
+            input_embeddings = self.model.embed_tokens(inputs) * self._embd_fix
+        out = super().__call__(inputs, cache, input_embeddings)
+        if self._softcap:
+            out = mx.tanh(out / self._softcap) * self._softcap
+        return out
+
+    @property
+    def final_norm(self) -> _Capture:
+        return self.model.norm
+
+
+class Gemma3n(gemma3n.Model):
+    """mlx-lm's Gemma 3n with llama.cpp's sparsity cut-off (sample standard deviation)."""
+
+    def __init__(self, args: gemma3n.ModelArgs) -> None:
+        super().__init__(args)
+        n_ff = args.text_config["intermediate_size"]
+        # mx.std divides by n, llama.cpp by n - 1: scale the multiplier by sqrt(n / (n - 1)).
+        fix = math.sqrt(n_ff / (n_ff - 1))
+        for layer in self.layers:
+            if layer.mlp.activation_sparsity > 0:
+                layer.mlp._std_multiplier = layer.mlp._std_multiplier * fix
+                # Evaluated here: a lazy array made on this thread cannot be computed on the
+                # scheduler's (MLX streams are per thread).
+                mx.eval(layer.mlp._std_multiplier)
+
+    @property
+    def final_norm(self) -> _Capture:
+        return self.model.language_model.norm
+
+
+def build_model(args: dict[str, Any], weights: dict[str, mx.array]) -> nn.Module:
+    """An mlx-lm model of ``args`` (see ``model_args``) holding ``weights``; evaluated."""
+    if args["model_type"] == "gemma3_text":
+        model: nn.Module = Gemma3(gemma3_text.ModelArgs.from_dict(args),
+                                  args.get("final_logit_softcapping"))
+        if "lm_head.weight" not in weights:
+            model.tie_word_embeddings = True
+            model.pop("lm_head")
+        model.load_weights(list(weights.items()), strict=True)
+        model.model.norm = _Capture(model.model.norm)
+    else:
+        model = Gemma3n(gemma3n.ModelArgs.from_dict(args))
+        model.load_weights(list(weights.items()), strict=True)
+        lm = model.model.language_model
+        lm.norm = _Capture(lm.norm)
+    mx.eval(model.parameters())
+    model.eval()
+    return model

@@ -1,0 +1,414 @@
+"""The MLX backend's core: the surface of the native ``_core.Engine``, computed by mlx-lm.
+
+``Engine(..., backend="mlx")`` holds an ``MlxCore`` where it would hold the native core, so
+streaming, asyncio, chat and the server work unchanged. Tokenizing, sampling, stop strings and
+streamed text stay native (``_core.ModelFile`` and its ``Generation``): both backends produce
+the same tokens from the same logits. One worker thread per process makes every MLX call (see
+``_Worker``). Each round it admits an engine's waiting requests, then advances every running
+sequence once: a prompt chunk of up to
+``max_batch_tokens`` tokens, or one decode token. Sequences therefore share the device turn by
+turn (continuous batching of requests; each forward pass is one sequence's). Finished sequences
+leave their KV cache in mlx-lm's ``LRUPromptCache``, from which later prompts sharing a prefix
+start.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import mlx.core as mx
+import numpy as np
+from mlx_lm.models.cache import LRUPromptCache, can_trim_prompt_cache, trim_prompt_cache
+
+from .. import _core
+from ..errors import PyEngineError
+from . import load
+
+_COUNTERS = ("steps", "step_tokens", "step_sequences", "decode_tokens", "prompt_tokens",
+             "preemptions", "finished", "cancelled", "failed", "prefix_query_tokens",
+             "prefix_hit_tokens", "kv_evictions")
+
+
+class MlxRequest:
+    """What a caller holds: the request's steps as a queue, its counts and cancellation."""
+
+    def __init__(self, rid: int, core: "MlxCore", notify: bool) -> None:
+        self.id = rid
+        self._core = core
+        self._notify = notify
+        self._cond = threading.Condition()
+        self._steps: deque[tuple] = deque()
+        self._finished = False
+        self._error = ""
+        self.cancelled = False
+        self._counts = {"prompt_tokens": 0, "prompt_eval_count": 0, "cached_tokens": 0,
+                        "eval_count": 0, "prompt_eval_duration": 0, "eval_duration": 0,
+                        "preemptions": 0}
+        self.result: np.ndarray | None = None  # scoring requests: logits or embedding
+
+    # Caller side.
+    def next(self, timeout_ms: int = -1) -> tuple | None:
+        with self._cond:
+            if not self._steps:
+                self._cond.wait(None if timeout_ms < 0 else timeout_ms / 1000)
+            if not self._steps:
+                return None
+            return self._checked(self._steps.popleft())
+
+    def poll(self) -> list[tuple]:
+        with self._cond:
+            steps, self._steps = list(self._steps), deque()
+        return [self._checked(s) for s in steps]
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        self._core._wake()
+
+    @property
+    def finished(self) -> bool:
+        with self._cond:
+            return self._finished
+
+    @property
+    def counts(self) -> dict[str, int]:
+        with self._cond:
+            return dict(self._counts)
+
+    def _checked(self, step: tuple) -> tuple:
+        if step[2] and step[3] == "error":
+            raise PyEngineError(self._error)
+        return step
+
+    # Scheduler side.
+    def _push(self, step: tuple, counts: dict[str, int] | None = None) -> None:
+        with self._cond:
+            if counts:
+                self._counts.update(counts)
+            self._steps.append(step)
+            self._finished = self._finished or step[2]
+            self._cond.notify_all()
+        if self._notify:
+            self._core._ready(self.id)
+
+    def _fail(self, error: str) -> None:
+        self._error = error
+        self._push((-1, "", True, "error"))
+
+
+@dataclass
+class _Seq:
+    """A running request on the scheduler thread."""
+
+    req: MlxRequest
+    kind: str                      # "generate", "logits" or "embed"
+    prompt: list[int]
+    gen: Any = None                # _core.Generation (generate only)
+    cache: list[Any] | None = None
+    pending: list[int] = field(default_factory=list)  # tokens still to feed
+    fed: list[int] = field(default_factory=list)      # tokens whose keys/values are cached
+    logits: mx.array | None = None  # [vocab] of the last fed position
+    rows: list[np.ndarray] = field(default_factory=list)  # scoring: per-chunk outputs
+    prompt_ns: int = 0
+    eval_ns: int = 0
+    cached: int = 0
+
+
+class _Worker:
+    """The one thread of the process that makes MLX calls, shared by every MLX engine.
+
+    MLX keeps its streams per thread, and a thread that has computed with MLX must outlive
+    the arrays it made: when such a thread ends before the process does, the process aborts at
+    exit. So loading and every forward pass run here, on a daemon thread that never ends.
+    """
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self._cores: list[MlxCore] = []
+        self._calls: deque[tuple[Any, dict[str, Any], threading.Event]] = deque()
+        self._thread: threading.Thread | None = None
+
+    def _ensure_started(self) -> None:  # with the lock held
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="pyengine-mlx", daemon=True)
+            self._thread.start()
+
+    def call(self, fn: Any) -> Any:
+        """Runs fn() on the worker and returns its result (or raises its exception)."""
+        box: dict[str, Any] = {}
+        done = threading.Event()
+        with self.cond:
+            self._ensure_started()
+            self._calls.append((fn, box, done))
+            self.cond.notify_all()
+        done.wait()
+        if "error" in box:
+            raise box["error"]
+        return box["value"]
+
+    def add(self, core: "MlxCore") -> None:
+        with self.cond:
+            self._ensure_started()
+            self._cores.append(core)
+            self.cond.notify_all()
+
+    def _run(self) -> None:
+        while True:
+            with self.cond:
+                while not self._calls and not any(c._has_work() for c in self._cores):
+                    self.cond.wait()
+                calls, self._calls = list(self._calls), deque()
+                cores = [c for c in self._cores if c._has_work()]
+            for fn, box, done in calls:
+                try:
+                    box["value"] = fn()
+                except BaseException as e:  # noqa: BLE001 - re-raised in the caller
+                    box["error"] = e
+                done.set()
+            for core in cores:
+                if not core._round():
+                    with self.cond:
+                        self._cores.remove(core)
+
+
+_WORKER = _Worker()
+
+
+class MlxCore:
+    """A Gemma GGUF (or a converted MLX folder) served by mlx-lm behind the native surface."""
+
+    def __init__(self, path: str | Path, n_ctx: int = 4096, max_batch: int = 16,
+                 max_batch_tokens: int = 512, kv_cache_bytes: int = 2048 << 20,
+                 prefix_cache: bool = True, dtype: str | None = None) -> None:
+        self.file, self.model, self.dtype = _WORKER.call(lambda: load.load(Path(path), dtype))
+        self.config = dict(self.file.config, backend="mlx", mlx_dtype=self.dtype)
+        self.n_vocab = self.file.n_vocab
+        self.n_ctx = min(n_ctx, self.config["n_ctx_train"]) if n_ctx > 0 \
+            else self.config["n_ctx_train"]
+        self.n_threads = 1
+        self._max_batch = max_batch
+        self._chunk = max_batch_tokens
+        self._prompt_cache = LRUPromptCache(max_size=64, max_bytes=kv_cache_bytes) \
+            if prefix_cache else None
+        self._lock = _WORKER.cond  # guards the queues below; the worker waits on it
+        self._waiting: deque[_Seq] = deque()
+        self._running: list[_Seq] = []
+        self._closed = False
+        self._released = threading.Event()
+        self._ids = itertools.count(1)
+        self._stats = dict.fromkeys(_COUNTERS, 0)
+        self._stats["max_step_sequences"] = self._stats["last_step_sequences"] = 0
+        self._ready_ids: set[int] = set()
+        self._ready_cond = threading.Condition()
+        _WORKER.add(self)
+
+    # ------------------------------------------------------------------ the native surface
+    def tokenize(self, text: str, add_bos: bool = True, special: bool = False) -> list[int]:
+        return self.file.tokenize(text, add_bos, special)
+
+    def detokenize(self, ids: list[int], special: bool = False) -> str:
+        return self.file.detokenize(ids, special)
+
+    def submit(self, prompt: list[int], temperature: float, top_k: int, top_p: float,
+               min_p: float, repeat_penalty: float, repeat_last_n: int, presence_penalty: float,
+               frequency_penalty: float, seed: int, max_tokens: int, stop: list[str],
+               ignore_eos: bool, n_ctx: int = 0, notify: bool = False) -> MlxRequest:
+        n_ctx = min(n_ctx, self.config["n_ctx_train"]) if n_ctx > 0 else self.n_ctx
+        prompt = self._check_ids(prompt, n_ctx)
+        gen = self.file.generation(prompt, temperature, top_k, top_p, min_p, repeat_penalty,
+                                   repeat_last_n, presence_penalty, frequency_penalty, seed,
+                                   max_tokens, stop, ignore_eos, n_ctx)
+        return self._enqueue(_Seq(MlxRequest(next(self._ids), self, notify), "generate",
+                                  prompt, gen=gen))
+
+    def logits(self, ids: list[int]) -> np.ndarray:
+        return self._score("logits", ids)
+
+    def embed(self, ids: list[int]) -> np.ndarray:
+        return self._score("embed", ids)
+
+    def stats(self) -> dict[str, int]:
+        with self._lock:
+            out = dict(self._stats, running=len(self._running), waiting=len(self._waiting))
+        pc = self._prompt_cache
+        # The native keys, so the server's metrics read either backend; MLX has no pages.
+        out.update(kv_pages_total=0, kv_pages_free=0, kv_pages_cached=0, kv_pages_used=0,
+                   kv_page_bytes=0, kv_block_tokens=0,
+                   kv_blocks_cached=len(pc) if pc is not None else 0,
+                   kv_cached_bytes=pc.nbytes if pc is not None else 0)
+        return out
+
+    def wait_ready(self, timeout_ms: int) -> list[int]:
+        with self._ready_cond:
+            if not self._ready_ids:
+                self._ready_cond.wait(timeout_ms / 1000)
+            ids, self._ready_ids = list(self._ready_ids), set()
+        return ids
+
+    def close(self) -> None:
+        """Ends the requests in flight with an error and lets the worker drop the model."""
+        with self._lock:
+            self._closed = True
+            self._lock.notify_all()
+        self._released.wait()
+
+    # ---------------------------------------------------------------------------- internals
+    def _check_ids(self, ids: Any, n_ctx: int) -> list[int]:
+        ids = [int(t) for t in ids]
+        if not ids:
+            raise PyEngineError("the prompt is empty: no tokens to evaluate")
+        if len(ids) > n_ctx:
+            raise PyEngineError(f"the prompt of {len(ids)} tokens does not fit the context of "
+                                f"{n_ctx}")
+        bad = next((t for t in ids if not 0 <= t < self.n_vocab), None)
+        if bad is not None:
+            raise PyEngineError(f"token id {bad} is outside the vocabulary of {self.n_vocab}")
+        return ids
+
+    def _enqueue(self, seq: _Seq) -> MlxRequest:
+        with self._lock:
+            if self._closed:
+                raise PyEngineError("the engine is closed")
+            self._waiting.append(seq)
+            self._lock.notify_all()
+        return seq.req
+
+    def _score(self, kind: str, ids: list[int]) -> np.ndarray:
+        ids = self._check_ids(ids, self.n_ctx)
+        req = self._enqueue(_Seq(MlxRequest(next(self._ids), self, False), kind, ids))
+        while not req.finished:
+            req.next()
+        req.poll()  # raises the request's error, if any
+        assert req.result is not None
+        return req.result
+
+    def _wake(self) -> None:
+        with self._lock:
+            self._lock.notify_all()
+
+    def _ready(self, rid: int) -> None:
+        with self._ready_cond:
+            self._ready_ids.add(rid)
+            self._ready_cond.notify_all()
+
+    def _has_work(self) -> bool:  # called with the lock held
+        return self._closed or bool(self._waiting or self._running)
+
+    def _round(self) -> bool:
+        """One scheduling round on the worker thread; False once the engine is closed."""
+        with self._lock:
+            if self._closed:
+                left, self._running, self._waiting = (self._running + list(self._waiting), [],
+                                                      deque())
+                for seq in left:
+                    seq.req._fail("the engine is closed")
+                self._prompt_cache = None
+                self.model = None
+                self._released.set()
+                return False
+            while self._waiting and len(self._running) < self._max_batch:
+                self._running.append(self._waiting.popleft())
+            running = list(self._running)
+        for seq in running:
+            try:
+                done = self._advance(seq)
+            except Exception as e:  # noqa: BLE001 - the request carries it to its caller
+                self._stats["failed"] += 1
+                seq.req._fail(f"MLX backend: {type(e).__name__}: {e}")
+                done = True
+            if done:
+                with self._lock:
+                    self._running.remove(seq)
+        with self._lock:
+            self._stats["steps"] += 1
+            self._stats["step_sequences"] += len(running)
+            self._stats["last_step_sequences"] = len(running)
+            self._stats["max_step_sequences"] = max(self._stats["max_step_sequences"],
+                                                    len(running))
+        return True
+
+    def _start(self, seq: _Seq) -> None:
+        """Gives a new sequence its KV cache, from the prefix cache when one matches."""
+        seq.pending = list(seq.prompt)
+        seq.cache = None
+        if seq.kind == "generate" and self._prompt_cache is not None:
+            self._stats["prefix_query_tokens"] += len(seq.prompt)
+            cache, rest = self._prompt_cache.fetch_nearest_cache("model", seq.prompt)
+            if cache is not None and not rest:  # all cached: the last position is recomputed
+                if can_trim_prompt_cache(cache):
+                    trim_prompt_cache(cache, 1)
+                    rest = seq.prompt[-1:]
+                else:
+                    cache = None
+            if cache is not None:
+                seq.cache, seq.pending = cache, list(rest)
+                seq.cached = len(seq.prompt) - len(rest)
+                seq.fed = seq.prompt[: seq.cached]
+                self._stats["prefix_hit_tokens"] += seq.cached
+        if seq.cache is None:
+            seq.cache = self.model.make_cache()
+
+    def _advance(self, seq: _Seq) -> bool:
+        """One turn of a sequence; True when it has ended."""
+        if seq.cache is None:
+            self._start(seq)
+        if seq.req.cancelled:
+            if seq.gen is not None:
+                seq.req._push(seq.gen.finish("cancel", False))
+            else:
+                seq.req._fail("cancelled")
+            self._stats["cancelled"] += 1
+            return True
+        t0 = time.perf_counter_ns()
+        prefill = len(seq.pending) > 1 or seq.gen is None or seq.gen.n_output == 0
+        chunk, seq.pending = seq.pending[: self._chunk], seq.pending[self._chunk:]
+        out = self.model(mx.array(chunk, dtype=mx.int32)[None], cache=seq.cache)
+        seq.fed += chunk
+        if seq.kind == "logits":
+            seq.rows.append(np.array(out[0].astype(mx.float32)))
+        elif seq.kind == "embed":
+            hidden = self.model.final_norm.last
+            seq.rows.append(np.array(hidden[0].astype(mx.float32).sum(axis=0)))
+        else:
+            seq.logits = out[0, -1]
+        mx.eval(seq.cache)  # keeps the lazy graph from growing across turns
+        with self._lock:
+            self._stats["step_tokens"] += len(chunk)
+            self._stats["prompt_tokens" if prefill else "decode_tokens"] += len(chunk)
+        if seq.pending:
+            seq.prompt_ns += time.perf_counter_ns() - t0
+            return False
+        if seq.kind != "generate":
+            if seq.kind == "logits":
+                seq.req.result = np.concatenate(seq.rows, axis=0)
+            else:
+                seq.req.result = (np.sum(seq.rows, axis=0) / len(seq.prompt)).astype(np.float32)
+            self._stats["finished"] += 1
+            seq.req._push((-1, "", True, "stop"))
+            return True
+        assert seq.logits is not None
+        row = np.array(seq.logits.astype(mx.float32))
+        step = seq.gen.accept(row)
+        elapsed = time.perf_counter_ns() - t0
+        if prefill:
+            seq.prompt_ns += elapsed
+        else:
+            seq.eval_ns += elapsed
+        counts = {"prompt_tokens": len(seq.prompt),
+                  "prompt_eval_count": len(seq.prompt) - seq.cached,
+                  "cached_tokens": seq.cached, "eval_count": seq.gen.n_output,
+                  "prompt_eval_duration": seq.prompt_ns, "eval_duration": seq.eval_ns}
+        if step[2]:
+            self._stats["finished"] += 1
+            if self._prompt_cache is not None:
+                self._prompt_cache.insert_cache("model", seq.fed, seq.cache)
+            seq.req._push(step, counts)
+            return True
+        seq.req._push(step, counts)
+        seq.pending = [step[0]]
+        return False

@@ -1,0 +1,83 @@
+"""Loading a model for the MLX backend: a GGUF file (converted, or from the cache) or a folder
+in mlx-lm's layout."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import mlx.nn as nn
+
+from .. import _core
+from ..errors import ModelError
+from . import cache, convert
+
+# The MLX float type a GGUF's matrices map to unless asked otherwise: exact for F32, F16 and
+# BF16; Q8_0 (int8 times an fp16 scale) is closest in float16.
+_DEFAULT_DTYPE = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "Q8_0": "float16"}
+
+
+def default_dtype(path: Path) -> str:
+    _meta, tensors, _lengths, _info = _core.read_gguf(str(path), 0)
+    types = {name: ttype for name, ttype, _shape, _nbytes in tensors}
+    return _DEFAULT_DTYPE.get(types.get("blk.0.attn_q.weight", "F32"), "float32")
+
+
+def load(path: Path, dtype: str | None) -> tuple[_core.ModelFile, nn.Module, str]:
+    """(the GGUF's ModelFile for config and tokenizer, the mlx-lm model, its float type)."""
+    if dtype is not None and dtype not in convert.DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(convert.DTYPES)}, got {dtype!r}")
+    if path.is_dir():
+        return _load_folder(path, dtype)
+    mf = _core.ModelFile(str(path))
+    dtype = dtype or default_dtype(path)
+    args = convert.model_args(mf.config)
+    root = cache.cache_dir()
+    if root is None:
+        return mf, convert.build_model(args, convert.mlx_weights(mf, dtype)), dtype
+    digest = cache.file_digest(path)
+    folder = cache.entry_dir(root, digest, dtype)
+    entry = cache.load_entry(folder)
+    if entry is None:
+        weights = convert.mlx_weights(mf, dtype)
+        config = dict(args, pyengine={"gguf": str(path.resolve()), "sha256": digest,
+                                      "dtype": dtype, "format": cache.FORMAT})
+        cache.store_entry(folder, config, weights)
+    else:
+        weights = entry[1]
+    return mf, convert.build_model(args, weights), dtype
+
+
+def _load_folder(folder: Path, dtype: str | None) -> tuple[_core.ModelFile, nn.Module, str]:
+    """A folder with mlx-lm's config.json and model.safetensors, and a GGUF for the tokenizer:
+    the one its config names (the cache writes it) or the single ``*.gguf`` inside it."""
+    entry = cache.load_entry(folder)
+    if entry is None:
+        raise ModelError(f"{folder}: an MLX model folder needs config.json and model.safetensors")
+    config, weights = entry
+    gguf = _tokenizer_gguf(folder, config)
+    mf = _core.ModelFile(str(gguf))
+    expected = convert.model_args(mf.config)
+    if config.get("model_type") != expected["model_type"]:
+        raise ModelError(f"{folder}: model_type {config.get('model_type')!r} does not match "
+                         f"the tokenizer's GGUF ({expected['model_type']!r})")
+    saved = config.get("pyengine", {}).get("dtype")
+    want = dtype or saved or "float32"
+    if want not in convert.DTYPES:
+        raise ModelError(f"{folder}: unknown dtype {want!r}")
+    if want != saved:
+        weights = {k: v.astype(convert.DTYPES[want]) for k, v in weights.items()}
+    args = {k: v for k, v in config.items() if k != "pyengine"}
+    return mf, convert.build_model(args, weights), want
+
+
+def _tokenizer_gguf(folder: Path, config: dict[str, Any]) -> Path:
+    named = config.get("pyengine", {}).get("gguf")
+    if named and Path(named).is_file():
+        return Path(named)
+    found = sorted(folder.glob("*.gguf"))
+    if len(found) == 1:
+        return found[0]
+    raise ModelError(f"{folder}: the tokenizer comes from a GGUF of the same model; put one "
+                     "*.gguf in the folder (this engine tokenizes as llama.cpp does)")
