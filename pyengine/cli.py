@@ -11,6 +11,7 @@ from collections import Counter
 from typing import Any, Sequence
 
 from . import _core
+from .config import BACKENDS
 from .engine import Engine, resolve_model_path
 from .errors import PyEngineError
 from .store import ModelRef, ModelStore
@@ -27,7 +28,8 @@ def _human(n: float) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    eng = Engine(args.model, n_threads=args.threads, n_ctx=args.ctx)
+    eng = Engine(args.model, n_threads=args.threads, n_ctx=args.ctx, backend=args.backend,
+                 dtype=args.dtype)
     opts: dict[str, Any] = dict(max_tokens=args.max_tokens, temperature=args.temperature,
                                 top_k=args.top_k, top_p=args.top_p, seed=args.seed,
                                 stop=args.stop or ())
@@ -162,7 +164,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     host, port = resolve_address(args.host, args.port)
     serve(parse_model_args(args.models), host, port, n_threads=args.threads, n_ctx=args.ctx,
           kv_cache_mb=args.kv_cache_mb, max_loaded=args.max_loaded, keep_alive=args.keep_alive,
-          max_queue=args.max_queue, origins=args.origins, api_key=args.api_key)
+          max_queue=args.max_queue, origins=args.origins, api_key=args.api_key,
+          engine_options={"backend": args.backend, "dtype": args.dtype})
     return 0
 
 
@@ -186,6 +189,14 @@ def cmd_ab(args: argparse.Namespace) -> int:
     return ab_main(args)
 
 
+def _backend_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backend", choices=BACKENDS, default=None,
+                   help="native (C++ core), mlx (mlx-lm; pyengine[mlx]) or auto (MLX on Apple "
+                        "silicon when installed); default: PYENGINE_BACKEND, else auto")
+    p.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default=None,
+                   help="MLX backend: the weights' float type (default: the file's)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="pyengine", description=__doc__)
     sub = ap.add_subparsers(dest="command", required=True)
@@ -202,6 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--stop", action="append")
     run.add_argument("--ctx", type=int, default=4096)
     run.add_argument("--threads", type=int, default=None)
+    _backend_arguments(run)
     run.add_argument("--verbose", action="store_true", help="print timings to stderr")
     run.set_defaults(func=cmd_run)
 
@@ -217,6 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="port (default: from PYENGINE_HOST; else 11435)")
     serve.add_argument("--threads", type=int, default=None)
     serve.add_argument("--ctx", type=int, default=4096, help="default context of a request")
+    _backend_arguments(serve)
     serve.add_argument("--kv-cache-mb", type=float, default=None,
                        help="KV cache of each loaded model (default MAX_CACHE_SIZE_MB or 2048)")
     serve.add_argument("--max-loaded", type=int, default=3, help="models in memory at once")
@@ -258,6 +271,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (PyEngineError, FileNotFoundError, ValueError) as e:
+    except (PyEngineError, FileNotFoundError, ValueError, ImportError) as e:
         print(f"Error: {e}", file=sys.stderr)
         return 1

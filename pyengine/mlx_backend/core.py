@@ -14,6 +14,7 @@ start.
 
 from __future__ import annotations
 
+import copy
 import itertools
 import threading
 import time
@@ -24,15 +25,27 @@ from typing import Any
 
 import mlx.core as mx
 import numpy as np
-from mlx_lm.models.cache import LRUPromptCache, can_trim_prompt_cache, trim_prompt_cache
+from mlx_lm.models.cache import (LRUPromptCache, RotatingKVCache, can_trim_prompt_cache,
+                                 trim_prompt_cache)
 
 from .. import _core
 from ..errors import PyEngineError
 from . import load
 
+CHECKPOINT_TOKENS = 16  # prompt caches are kept at multiples of this, as the native blocks
 _COUNTERS = ("steps", "step_tokens", "step_sequences", "decode_tokens", "prompt_tokens",
              "preemptions", "finished", "cancelled", "failed", "prefix_query_tokens",
              "prefix_hit_tokens", "kv_evictions")
+
+
+def _snapshot(cache: list[Any]) -> list[Any]:
+    """A copy of a sequence's cache that its further steps cannot change.
+
+    A full-attention cache only appends past its offset, so a shallow copy (sharing the
+    arrays, keeping the offset) stays valid; a sliding-window cache overwrites old positions in
+    place and is copied whole (it is at most a window long).
+    """
+    return [copy.deepcopy(c) if isinstance(c, RotatingKVCache) else copy.copy(c) for c in cache]
 
 
 class MlxRequest:
@@ -353,6 +366,15 @@ class MlxCore:
         if seq.cache is None:
             seq.cache = self.model.make_cache()
 
+    def _checkpoint_at(self, seq: _Seq) -> int:
+        """Where a prompt's cache is also kept for reuse: the last 16-token boundary before its
+        final token (0: none). Later prompts sharing that much start from it, even when the
+        model's sliding-window caches cannot be trimmed back from a longer entry."""
+        if seq.kind != "generate" or self._prompt_cache is None:
+            return 0
+        at = (len(seq.prompt) - 1) // CHECKPOINT_TOKENS * CHECKPOINT_TOKENS
+        return at if at > seq.cached else 0
+
     def _advance(self, seq: _Seq) -> bool:
         """One turn of a sequence; True when it has ended."""
         if seq.cache is None:
@@ -366,9 +388,17 @@ class MlxCore:
             return True
         t0 = time.perf_counter_ns()
         prefill = len(seq.pending) > 1 or seq.gen is None or seq.gen.n_output == 0
-        chunk, seq.pending = seq.pending[: self._chunk], seq.pending[self._chunk:]
+        n = self._chunk
+        checkpoint = self._checkpoint_at(seq)
+        if checkpoint > len(seq.fed):
+            n = min(n, checkpoint - len(seq.fed))
+        chunk, seq.pending = seq.pending[:n], seq.pending[n:]
         out = self.model(mx.array(chunk, dtype=mx.int32)[None], cache=seq.cache)
         seq.fed += chunk
+        if len(seq.fed) == checkpoint:
+            mx.eval(seq.cache)
+            self._prompt_cache.insert_cache("model", list(seq.fed), _snapshot(seq.cache),
+                                            cache_type="user")
         if seq.kind == "logits":
             seq.rows.append(np.array(out[0].astype(mx.float32)))
         elif seq.kind == "embed":
