@@ -149,6 +149,8 @@ def test_concurrent_requests_equal_alone_and_cancel(mlx_tiny):
     st = eng.stats()
     assert st["max_step_sequences"] > 1 and st["running"] == 0 and st["waiting"] == 0
     assert st["cancelled"] >= 1
+    # Decode steps were shared: more tokens than batched forward passes.
+    assert st["decode_tokens"] > st["decode_steps"]
 
 
 def test_prefix_cache_reuses_a_shared_prompt(mlx_tiny):

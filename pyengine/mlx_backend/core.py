@@ -4,12 +4,12 @@
 streaming, asyncio, chat and the server work unchanged. Tokenizing, sampling, stop strings and
 streamed text stay native (``_core.ModelFile`` and its ``Generation``): both backends produce
 the same tokens from the same logits. One worker thread per process makes every MLX call (see
-``_Worker``). Each round it admits an engine's waiting requests, then advances every running
-sequence once: a prompt chunk of up to
-``max_batch_tokens`` tokens, or one decode token. Sequences therefore share the device turn by
-turn (continuous batching of requests; each forward pass is one sequence's). Finished sequences
-leave their KV cache in mlx-lm's ``LRUPromptCache``, from which later prompts sharing a prefix
-start.
+``_Worker``). Each round it admits an engine's waiting requests, reads one prompt chunk (up to
+``max_batch_tokens``) of every sequence still reading its prompt, then runs one step of
+mlx-lm's ``BatchGenerator``: every generating sequence's next token in one forward pass
+(continuous batching). The native ``Generation`` samples inside the generator, as its logits
+processor. mlx-lm's ``LRUPromptCache`` keeps finished sequences' caches and prompt checkpoints
+at 16-token boundaries; later prompts sharing a prefix start from them.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from typing import Any
 
 import mlx.core as mx
 import numpy as np
+from mlx_lm.generate import BatchGenerator
 from mlx_lm.models.cache import (LRUPromptCache, RotatingKVCache, can_trim_prompt_cache,
                                  trim_prompt_cache)
 
@@ -33,9 +34,9 @@ from ..errors import PyEngineError
 from . import load
 
 CHECKPOINT_TOKENS = 16  # prompt caches are kept at multiples of this, as the native blocks
-_COUNTERS = ("steps", "step_tokens", "step_sequences", "decode_tokens", "prompt_tokens",
-             "preemptions", "finished", "cancelled", "failed", "prefix_query_tokens",
-             "prefix_hit_tokens", "kv_evictions")
+_COUNTERS = ("steps", "decode_steps", "step_tokens", "step_sequences", "decode_tokens",
+             "prompt_tokens", "preemptions", "finished", "cancelled", "failed",
+             "prefix_query_tokens", "prefix_hit_tokens", "kv_evictions")
 
 
 def _snapshot(cache: list[Any]) -> list[Any]:
@@ -125,8 +126,10 @@ class _Seq:
     cache: list[Any] | None = None
     pending: list[int] = field(default_factory=list)  # tokens still to feed
     fed: list[int] = field(default_factory=list)      # tokens whose keys/values are cached
-    logits: mx.array | None = None  # [vocab] of the last fed position
     rows: list[np.ndarray] = field(default_factory=list)  # scoring: per-chunk outputs
+    uid: int | None = None         # the sequence's id in the batch generator, once decoding
+    out_steps: list[tuple] = field(default_factory=list)  # sampled, not yet pushed
+    n_pushed: int = 0
     prompt_ns: int = 0
     eval_ns: int = 0
     cached: int = 0
@@ -199,6 +202,10 @@ class MlxCore:
                  max_batch_tokens: int = 512, kv_cache_bytes: int = 2048 << 20,
                  prefix_cache: bool = True, dtype: str | None = None) -> None:
         self.file, self.model, self.dtype = _WORKER.call(lambda: load.load(Path(path), dtype))
+        # mlx-lm's continuous batching: every generating sequence decodes in one forward pass.
+        self._batch = _WORKER.call(lambda: BatchGenerator(
+            self.model, max_tokens=1 << 30, completion_batch_size=max_batch,
+            prefill_batch_size=max_batch, prefill_step_size=max_batch_tokens))
         self.config = dict(self.file.config, backend="mlx", mlx_dtype=self.dtype)
         self.n_vocab = self.file.n_vocab
         self.n_ctx = min(n_ctx, self.config["n_ctx_train"]) if n_ctx > 0 \
@@ -313,30 +320,53 @@ class MlxCore:
         return self._closed or bool(self._waiting or self._running)
 
     def _round(self) -> bool:
-        """One scheduling round on the worker thread; False once the engine is closed."""
+        """One scheduling round on the worker thread; False once the engine is closed.
+
+        Cancellations first, then one prompt chunk for every sequence still reading its
+        prompt (or a scoring request), then one batched decode step of every generating one.
+        """
         with self._lock:
             if self._closed:
                 left, self._running, self._waiting = (self._running + list(self._waiting), [],
                                                       deque())
+                in_batch = [seq.uid for seq in left if seq.uid is not None]
+                if in_batch:
+                    self._batch.remove(in_batch)
                 for seq in left:
                     seq.req._fail("the engine is closed")
-                self._prompt_cache = None
-                self.model = None
+                self._batch.close()
+                self._batch = self._prompt_cache = self.model = None
                 self._released.set()
                 return False
             while self._waiting and len(self._running) < self._max_batch:
                 self._running.append(self._waiting.popleft())
             running = list(self._running)
+        ended = []
         for seq in running:
             try:
-                done = self._advance(seq)
+                if seq.req.cancelled:
+                    self._cancel(seq)
+                    ended.append(seq)
+                elif seq.uid is None and self._prefill(seq):
+                    ended.append(seq)
             except Exception as e:  # noqa: BLE001 - the request carries it to its caller
-                self._stats["failed"] += 1
-                seq.req._fail(f"MLX backend: {type(e).__name__}: {e}")
-                done = True
-            if done:
-                with self._lock:
-                    self._running.remove(seq)
+                self._fail(seq, e)
+                ended.append(seq)
+        decoding = [seq for seq in running if seq.uid is not None and seq not in ended]
+        if decoding:
+            t0 = time.perf_counter_ns()
+            try:
+                self._batch.next()
+            except Exception as e:  # noqa: BLE001
+                for seq in decoding:
+                    self._fail(seq, e)
+                ended += decoding
+            else:
+                dt = time.perf_counter_ns() - t0
+                self._stats["decode_steps"] += 1
+                for seq in decoding:
+                    if self._deliver(seq, dt):
+                        ended.append(seq)
         with self._lock:
             self._stats["steps"] += 1
             self._stats["step_sequences"] += len(running)
@@ -344,6 +374,29 @@ class MlxCore:
             self._stats["max_step_sequences"] = max(self._stats["max_step_sequences"],
                                                     len(running))
         return True
+
+    def _retire(self, seq: _Seq) -> None:
+        """Takes an ending sequence off the running list, before its last step is pushed (a
+        caller that sees the end then sees the engine idle)."""
+        if seq.uid is not None:
+            self._batch.remove([seq.uid])
+            seq.uid = None
+        with self._lock:
+            if seq in self._running:
+                self._running.remove(seq)
+
+    def _fail(self, seq: _Seq, e: Exception) -> None:
+        self._retire(seq)
+        self._stats["failed"] += 1
+        seq.req._fail(f"MLX backend: {type(e).__name__}: {e}")
+
+    def _cancel(self, seq: _Seq) -> None:
+        self._retire(seq)
+        if seq.gen is not None:
+            seq.req._push(seq.gen.finish("cancel", False))
+        else:
+            seq.req._fail("cancelled")
+        self._stats["cancelled"] += 1
 
     def _start(self, seq: _Seq) -> None:
         """Gives a new sequence its KV cache, from the prefix cache when one matches."""
@@ -375,70 +428,93 @@ class MlxCore:
         at = (len(seq.prompt) - 1) // CHECKPOINT_TOKENS * CHECKPOINT_TOKENS
         return at if at > seq.cached else 0
 
-    def _advance(self, seq: _Seq) -> bool:
-        """One turn of a sequence; True when it has ended."""
+    def _prefill(self, seq: _Seq) -> bool:
+        """One prompt chunk of a sequence; True when the request has ended (scoring).
+
+        A generation reads all but its last prompt token here; the last one enters the batch
+        generator, whose first step yields the first output token.
+        """
         if seq.cache is None:
             self._start(seq)
-        if seq.req.cancelled:
-            if seq.gen is not None:
-                seq.req._push(seq.gen.finish("cancel", False))
-            else:
-                seq.req._fail("cancelled")
-            self._stats["cancelled"] += 1
-            return True
         t0 = time.perf_counter_ns()
-        prefill = len(seq.pending) > 1 or seq.gen is None or seq.gen.n_output == 0
-        n = self._chunk
-        checkpoint = self._checkpoint_at(seq)
-        if checkpoint > len(seq.fed):
-            n = min(n, checkpoint - len(seq.fed))
-        chunk, seq.pending = seq.pending[:n], seq.pending[n:]
-        out = self.model(mx.array(chunk, dtype=mx.int32)[None], cache=seq.cache)
-        seq.fed += chunk
-        if len(seq.fed) == checkpoint:
-            mx.eval(seq.cache)
-            self._prompt_cache.insert_cache("model", list(seq.fed), _snapshot(seq.cache),
-                                            cache_type="user")
-        if seq.kind == "logits":
-            seq.rows.append(np.array(out[0].astype(mx.float32)))
-        elif seq.kind == "embed":
-            hidden = self.model.final_norm.last
-            seq.rows.append(np.array(hidden[0].astype(mx.float32).sum(axis=0)))
-        else:
-            seq.logits = out[0, -1]
-        mx.eval(seq.cache)  # keeps the lazy graph from growing across turns
-        with self._lock:
-            self._stats["step_tokens"] += len(chunk)
-            self._stats["prompt_tokens" if prefill else "decode_tokens"] += len(chunk)
-        if seq.pending:
+        todo = seq.pending[:-1] if seq.kind == "generate" else seq.pending
+        if todo:
+            n = self._chunk
+            checkpoint = self._checkpoint_at(seq)
+            if checkpoint > len(seq.fed):
+                n = min(n, checkpoint - len(seq.fed))
+            chunk, seq.pending = todo[:n], seq.pending[min(n, len(todo)):]
+            out = self.model(mx.array(chunk, dtype=mx.int32)[None], cache=seq.cache)
+            seq.fed += chunk
+            if seq.kind == "logits":
+                seq.rows.append(np.array(out[0].astype(mx.float32)))
+            elif seq.kind == "embed":
+                hidden = self.model.final_norm.last
+                seq.rows.append(np.array(hidden[0].astype(mx.float32).sum(axis=0)))
+            mx.eval(seq.cache)  # keeps the lazy graph from growing across turns
+            if len(seq.fed) == checkpoint:
+                self._prompt_cache.insert_cache("model", list(seq.fed), _snapshot(seq.cache),
+                                                cache_type="user")
             seq.prompt_ns += time.perf_counter_ns() - t0
-            return False
+            with self._lock:
+                self._stats["step_tokens"] += len(chunk)
+                self._stats["prompt_tokens"] += len(chunk)
         if seq.kind != "generate":
+            if seq.pending:
+                return False
             if seq.kind == "logits":
                 seq.req.result = np.concatenate(seq.rows, axis=0)
             else:
                 seq.req.result = (np.sum(seq.rows, axis=0) / len(seq.prompt)).astype(np.float32)
             self._stats["finished"] += 1
+            self._retire(seq)
             seq.req._push((-1, "", True, "stop"))
             return True
-        assert seq.logits is not None
-        row = np.array(seq.logits.astype(mx.float32))
-        step = seq.gen.accept(row)
-        elapsed = time.perf_counter_ns() - t0
-        if prefill:
-            seq.prompt_ns += elapsed
-        else:
-            seq.eval_ns += elapsed
-        counts = {"prompt_tokens": len(seq.prompt),
-                  "prompt_eval_count": len(seq.prompt) - seq.cached,
-                  "cached_tokens": seq.cached, "eval_count": seq.gen.n_output,
-                  "prompt_eval_duration": seq.prompt_ns, "eval_duration": seq.eval_ns}
-        if step[2]:
-            self._stats["finished"] += 1
-            if self._prompt_cache is not None:
-                self._prompt_cache.insert_cache("model", seq.fed, seq.cache)
-            seq.req._push(step, counts)
-            return True
-        seq.req._push(step, counts)
-        seq.pending = [step[0]]
+        if len(seq.pending) == 1:  # the prompt's last token: hand over to the batch
+            (seq.uid,) = self._batch.insert([seq.pending], caches=[seq.cache],
+                                            logits_processors=[[self._sampler(seq)]],
+                                            max_tokens=[1 << 30])
+            seq.cache = None  # the batch generator owns it now
         return False
+
+    @staticmethod
+    def _sampler(seq: _Seq) -> Any:
+        """The sequence's logits processor in the batch generator: it samples with the native
+        Generation (penalties see the raw logits) and leaves only the chosen token possible,
+        so the generator's greedy pick is that token."""
+        def pick(_context: Any, logits: mx.array) -> mx.array:
+            if seq.gen.done:  # ended in this very step; removed right after it
+                return logits
+            step = seq.gen.accept(np.array(logits[0].astype(mx.float32)))
+            seq.out_steps.append(step)
+            token = step[0] if step[0] >= 0 else 0
+            only = mx.arange(logits.shape[-1]) == token
+            return mx.where(only, 0.0, -mx.inf)[None].astype(logits.dtype)
+        return pick
+
+    def _deliver(self, seq: _Seq, dt: int) -> bool:
+        """Pushes what a decode step sampled for a sequence; True when it has ended."""
+        steps, seq.out_steps = seq.out_steps, []
+        for step in steps:
+            if seq.n_pushed == 0:
+                seq.prompt_ns += dt  # the step that read the last prompt token
+                self._stats["prompt_tokens"] += 1
+            else:
+                seq.eval_ns += dt
+                self._stats["decode_tokens"] += 1
+            self._stats["step_tokens"] += 1
+            seq.n_pushed += 1
+            counts = {"prompt_tokens": len(seq.prompt),
+                      "prompt_eval_count": len(seq.prompt) - seq.cached,
+                      "cached_tokens": seq.cached, "eval_count": seq.gen.n_output,
+                      "prompt_eval_duration": seq.prompt_ns, "eval_duration": seq.eval_ns}
+            if step[2]:  # the last step: the sequence leaves first
+                caches = self._batch.remove([seq.uid], return_prompt_caches=True)
+                seq.uid = None
+                if self._prompt_cache is not None and caches:
+                    cache, tokens = next(iter(caches.values()))
+                    self._prompt_cache.insert_cache("model", list(tokens), cache)
+                self._stats["finished"] += 1
+                self._retire(seq)
+            seq.req._push(step, counts)
+        return seq.gen.done
