@@ -262,3 +262,39 @@ def test_server_and_ab_harness_with_the_mlx_backend(make_model, tmp_path):
             capture_output=True, text=True, timeout=300, cwd=tmp_path, check=False)
     assert proc.returncode == 0, proc.stderr
     assert "| 2 | mlx | 2/2 |" in proc.stdout and "| 2 | native | 2/2 |" in proc.stdout
+
+
+def test_an_mlx_lm_quantized_folder_loads(make_model, tmp_path):
+    """A folder as mlx-lm writes one (8-bit quantized, its own config), with the GGUF beside it
+    for the tokenizer, serves like the file it came from, within the quantization's error."""
+    import shutil
+
+    from mlx_lm.models import gemma3_text
+    from mlx_lm.utils import quantize_model, save_config, save_model
+
+    from pyengine import _core
+    from pyengine.mlx_backend import convert
+
+    path = make_model("tiny", "f32")
+    mf = _core.ModelFile(str(path))
+    args = convert.model_args(mf.config)
+    model = gemma3_text.Model(gemma3_text.ModelArgs.from_dict(args))
+    weights = convert.mlx_weights(mf, "float32")
+    model.tie_word_embeddings = "lm_head.weight" not in weights
+    if model.tie_word_embeddings:
+        model.pop("lm_head")
+    model.load_weights(list(weights.items()))
+    model, config = quantize_model(model, dict(args), group_size=32, bits=8)
+    folder = tmp_path / "tiny-8bit"
+    save_model(folder, model)
+    save_config(config, folder / "config.json")
+    shutil.copy(path, folder / "tiny.gguf")
+
+    ids = prompt_ids(3072, 60)
+    with Engine(folder, n_ctx=512, backend="mlx") as eng, \
+            Engine(path, n_ctx=512, backend="native") as native:
+        assert eng.config["mlx_dtype"] == "mlx-lm"
+        err = rel_err(eng.logits(ids).astype(np.float64), native.logits(ids).astype(np.float64))
+        assert err.max() <= 5e-2  # 8-bit weights, like Q8_0's bound
+        assert eng.generate(ids, max_tokens=4, temperature=0, ignore_eos=True).eval_count == 4
+        assert eng.embed("hello").shape == (128,)

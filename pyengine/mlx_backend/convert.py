@@ -201,11 +201,6 @@ class Gemma3(gemma3_text.Model):
             out = mx.tanh(out / self._softcap) * self._softcap
         return out
 
-    @property
-    def final_norm(self) -> _Capture:
-        return self.model.norm
-
-
 class Gemma3n(gemma3n.Model):
     """mlx-lm's Gemma 3n with llama.cpp's sparsity cut-off (sample standard deviation)."""
 
@@ -221,11 +216,6 @@ class Gemma3n(gemma3n.Model):
                 # scheduler's (MLX streams are per thread).
                 mx.eval(layer.mlp._std_multiplier)
 
-    @property
-    def final_norm(self) -> _Capture:
-        return self.model.language_model.norm
-
-
 def build_model(args: dict[str, Any], weights: dict[str, mx.array]) -> nn.Module:
     """An mlx-lm model of ``args`` (see ``model_args``) holding ``weights``; evaluated."""
     if args["model_type"] == "gemma3_text":
@@ -235,12 +225,31 @@ def build_model(args: dict[str, Any], weights: dict[str, mx.array]) -> nn.Module
             model.tie_word_embeddings = True
             model.pop("lm_head")
         model.load_weights(list(weights.items()), strict=True)
-        model.model.norm = _Capture(model.model.norm)
     else:
         model = Gemma3n(gemma3n.ModelArgs.from_dict(args))
         model.load_weights(list(weights.items()), strict=True)
-        lm = model.model.language_model
-        lm.norm = _Capture(lm.norm)
     mx.eval(model.parameters())
     model.eval()
     return model
+
+
+# Where mlx-lm's Gemma models keep their final norm: Gemma 3 text, Gemma 3 (multimodal
+# checkpoint), Gemma 3n.
+_FINAL_NORM_PARENTS = (("model",), ("language_model", "model"), ("model", "language_model"))
+
+
+def capture_final_norm(model: nn.Module) -> _Capture:
+    """Wraps the model's final norm (once) so embeddings can pool its output."""
+    for path in _FINAL_NORM_PARENTS:
+        parent: Any = model
+        for name in path:
+            parent = getattr(parent, name, None)
+            if parent is None:
+                break
+        norm = getattr(parent, "norm", None) if parent is not None else None
+        if isinstance(norm, _Capture):
+            return norm
+        if isinstance(norm, nn.Module):
+            parent.norm = _Capture(norm)
+            return parent.norm
+    raise ModelError("this MLX model has no final norm where Gemma models keep it")

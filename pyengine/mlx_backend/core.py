@@ -31,7 +31,7 @@ from mlx_lm.models.cache import (LRUPromptCache, RotatingKVCache, can_trim_promp
 
 from .. import _core
 from ..errors import PyEngineError
-from . import load
+from . import convert, load
 
 CHECKPOINT_TOKENS = 16  # prompt caches are kept at multiples of this, as the native blocks
 _COUNTERS = ("steps", "decode_steps", "step_tokens", "step_sequences", "decode_tokens",
@@ -202,6 +202,7 @@ class MlxCore:
                  max_batch_tokens: int = 512, kv_cache_bytes: int = 2048 << 20,
                  prefix_cache: bool = True, dtype: str | None = None) -> None:
         self.file, self.model, self.dtype = _WORKER.call(lambda: load.load(Path(path), dtype))
+        self._final_norm = _WORKER.call(lambda: convert.capture_final_norm(self.model))
         # mlx-lm's continuous batching: every generating sequence decodes in one forward pass.
         self._batch = _WORKER.call(lambda: BatchGenerator(
             self.model, max_tokens=1 << 30, completion_batch_size=max_batch,
@@ -449,7 +450,7 @@ class MlxCore:
             if seq.kind == "logits":
                 seq.rows.append(np.array(out[0].astype(mx.float32)))
             elif seq.kind == "embed":
-                hidden = self.model.final_norm.last
+                hidden = self._final_norm.last
                 seq.rows.append(np.array(hidden[0].astype(mx.float32).sum(axis=0)))
             mx.eval(seq.cache)  # keeps the lazy graph from growing across turns
             if len(seq.fed) == checkpoint:

@@ -50,14 +50,31 @@ def load(path: Path, dtype: str | None) -> tuple[_core.ModelFile, nn.Module, str
 
 
 def _load_folder(folder: Path, dtype: str | None) -> tuple[_core.ModelFile, nn.Module, str]:
-    """A folder with mlx-lm's config.json and model.safetensors, and a GGUF for the tokenizer:
-    the one its config names (the cache writes it) or the single ``*.gguf`` inside it."""
-    entry = cache.load_entry(folder)
-    if entry is None:
-        raise ModelError(f"{folder}: an MLX model folder needs config.json and model.safetensors")
-    config, weights = entry
+    """A folder in mlx-lm's layout (config.json, safetensors) and a GGUF for the tokenizer: the
+    one its config names (the cache writes it) or the single ``*.gguf`` inside it.
+
+    A folder this cache wrote is rebuilt with llama.cpp's conventions (see ``convert``); any
+    other, such as an mlx-lm conversion of a Hugging Face checkpoint (quantized or not), loads
+    through mlx-lm as it is, with mlx-lm's conventions, and keeps its own types.
+    """
+    config_path = folder / "config.json"
+    if not config_path.is_file() or not any(folder.glob("*.safetensors")):
+        raise ModelError(f"{folder}: an MLX model folder needs config.json and *.safetensors")
+    config = json.loads(config_path.read_text())
     gguf = _tokenizer_gguf(folder, config)
     mf = _core.ModelFile(str(gguf))
+    if "pyengine" not in config:
+        if dtype is not None:
+            raise ValueError("dtype applies to GGUF conversions; this folder keeps its types")
+        from mlx_lm.utils import load_model
+
+        model, _config = load_model(folder)
+        model.eval()
+        return mf, model, "mlx-lm"
+    entry = cache.load_entry(folder)
+    if entry is None:
+        raise ModelError(f"{folder}: model.safetensors is missing")
+    config, weights = entry
     expected = convert.model_args(mf.config)
     if config.get("model_type") != expected["model_type"]:
         raise ModelError(f"{folder}: model_type {config.get('model_type')!r} does not match "
