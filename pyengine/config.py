@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 STRATEGIES = ("local-first", "local-only")
-BACKENDS = ("auto", "native", "mlx")
+BACKENDS = ("auto", "native", "cuda", "mlx")
 
 
 class ConfigError(ValueError):
@@ -116,8 +116,9 @@ class Config:
     # needs a quality score that no backend returns, so the chain has no such trigger.
     local_failure_threshold: int = 3
     timeout_ms: int = 30_000
-    # pyengine's own: which engine computes (PYENGINE_BACKEND): "native" (the C++ core), "mlx"
-    # (mlx-lm), or "auto" (MLX on Apple silicon when installed, native elsewhere).
+    # pyengine's own: which engine computes (PYENGINE_BACKEND): "native" (the C++ core on the
+    # CPU), "cuda" (the C++ core on a CUDA GPU), "mlx" (mlx-lm), or "auto" (MLX on Apple
+    # silicon when installed, CUDA when built and a GPU is present, else native).
     backend: str = "auto"
 
     @classmethod

@@ -15,6 +15,7 @@ from . import _core, mlx_backend
 from .aio import ReadyPump
 from .chat import format_gemma
 from .config import BACKENDS, Config
+from .errors import PyEngineError
 from .options import GenerateOptions
 
 Prompt = Union[str, Sequence[int]]
@@ -55,9 +56,13 @@ def pick_backend(name: str) -> str:
     if name not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {name!r}")
     if name == "auto":
-        return "mlx" if mlx_backend.preferred() else "native"
+        if mlx_backend.preferred():
+            return "mlx"
+        return "cuda" if _core.cuda_available() else "native"
     if name == "mlx" and not mlx_backend.available():
         raise ImportError(mlx_backend.EXTRA_HINT)
+    if name == "cuda" and not _core.cuda_available():
+        raise PyEngineError(f"backend 'cuda' is unavailable: {_core.cuda_device_info()}")
     return name
 
 
@@ -114,9 +119,11 @@ class Engine:
     environment's ``MAX_CACHE_SIZE_MB``, ``ENABLE_BATCHED_INFERENCE`` (off: ``max_batch`` 1),
     ``ENABLE_PROMPT_CACHE`` and ``ENABLE_KV_CACHE``).
 
-    ``backend``: ``"native"`` (the C++ core), ``"mlx"`` (mlx-lm on MLX: Apple GPUs, or
-    ``mlx[cpu]``; needs ``pyengine[mlx]``), or ``"auto"`` (MLX on Apple silicon when installed,
-    native elsewhere; the default, from ``PYENGINE_BACKEND``). Both backends tokenize, sample
+    ``backend``: ``"native"`` (the C++ core on the CPU), ``"cuda"`` (the C++ core's forward
+    pass on a CUDA GPU: a build with ``PYENGINE_CUDA``), ``"mlx"`` (mlx-lm on MLX: Apple GPUs,
+    or ``mlx[cpu]``; needs ``pyengine[mlx]``), or ``"auto"`` (MLX on Apple silicon when
+    installed, CUDA when a GPU is present, else native; the default, from
+    ``PYENGINE_BACKEND``). Both backends tokenize, sample
     and stream with the same native code, so they differ only in the logits. ``dtype`` is the
     MLX weights' float type (``float32``, ``float16``, ``bfloat16``; default: the file's). With
     MLX, ``model`` may also be a folder in mlx-lm's layout, and ``n_threads`` and
@@ -168,7 +175,8 @@ class Engine:
                                       kv_cache_bytes=int(kv_cache_mb * 2**20),
                                       max_batch=max_batch, max_batch_tokens=max_batch_tokens,
                                       batch_wait_ms=float(batch_wait_ms),
-                                      prefix_cache=bool(prefix_cache))
+                                      prefix_cache=bool(prefix_cache),
+                                      device="cuda" if self.backend == "cuda" else "cpu")
         self.load_duration = time.perf_counter_ns() - t0
         self._pump = ReadyPump(self._core)
 

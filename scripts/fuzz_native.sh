@@ -15,7 +15,7 @@ SRCS=(core/gguf.cc core/config.cc quant/formats.cc quant/cpu_features.cc quant/m
       kv/kv_arena.cc kv/prefix_cache.cc kv/kv_cache.cc
       runtime/tokenizer.cc runtime/vocab.cc runtime/sampler.cc runtime/engine.cc
       runtime/generation.cc runtime/request.cc runtime/scheduler.cc runtime/thread_pool.cc
-      runtime/membw.cc)
+      runtime/membw.cc cuda/cuda_stub.cc)
 # The ISA files are compiled without their flags: they then define no kernels and the scalar
 # reference runs, which is what the sanitizers should watch.
 g++ -std=c++17 -O1 -g -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer \

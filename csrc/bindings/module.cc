@@ -13,6 +13,7 @@
 
 #include "core/errors.h"
 #include "core/gguf.h"
+#include "cuda/cuda_backend.h"
 #include "runtime/engine.h"
 #include "quant/cpu_features.h"
 #include "quant/formats.h"
@@ -263,6 +264,10 @@ PYBIND11_MODULE(_core, m) {
     }
   });
 
+  m.def("cuda_available", [] { return CudaAvailable(); },
+        "Whether this build has the CUDA backend and a CUDA device is present.");
+  m.def("cuda_device_info", [] { return CudaDeviceInfo(); },
+        "The CUDA device the backend uses, or why there is none.");
   m.def("architectures", [] { return SupportedArchs(); },
         "general.architecture values the native core runs.");
   m.def("isa", [] { return std::string(IsaName(ActiveIsa())); },
@@ -340,8 +345,9 @@ PYBIND11_MODULE(_core, m) {
   py::class_<Engine>(m, "Engine")
       .def(py::init([](const std::string& path, int64_t n_ctx, int32_t n_threads, int64_t kv_cache_bytes,
                        int max_batch, int64_t max_batch_tokens, double batch_wait_ms,
-                       bool prefix_cache) {
+                       bool prefix_cache, const std::string& device) {
              EngineOptions o;
+             o.device = device;
              o.n_ctx = n_ctx;
              o.n_threads = n_threads;
              o.kv_cache_bytes = kv_cache_bytes;
@@ -355,7 +361,7 @@ PYBIND11_MODULE(_core, m) {
            py::arg("path"), py::arg("n_ctx") = 4096, py::arg("n_threads") = 0,
            py::arg("kv_cache_bytes") = int64_t{2048} << 20, py::arg("max_batch") = 16,
            py::arg("max_batch_tokens") = 512, py::arg("batch_wait_ms") = 0.0,
-           py::arg("prefix_cache") = true)
+           py::arg("prefix_cache") = true, py::arg("device") = "cpu")
       .def_property_readonly("config", [](const Engine& e) { return ConfigDict(e.config()); })
       .def_property_readonly("n_ctx", &Engine::n_ctx)
       .def_property_readonly("n_threads", &Engine::n_threads)

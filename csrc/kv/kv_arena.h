@@ -42,6 +42,12 @@ class KvArena {
   int32_t refs(int32_t block) const { return blocks_[static_cast<size_t>(block)].refs; }
   int pages(int32_t block) const { return blocks_[static_cast<size_t>(block)].n_pages; }
 
+  // The arena-wide index of page i of `block`: a device copy of the arena (CUDA) lays its pages
+  // out by this index, so the same block tables address both.
+  int64_t page_id(int32_t block, int i) const {
+    return page_ids_[static_cast<size_t>(block) * max_block_pages_ + i];
+  }
+
   // [block_tokens, kv_dim] fp16 keys / values of page i of `block`, position slot 0 first.
   uint16_t* k(int32_t block, int i) { return Page(block, i); }
   uint16_t* v(int32_t block, int i) { return Page(block, i) + block_tokens_ * kv_dim_; }

@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "core/errors.h"
+#include "cuda/cuda_backend.h"
 #include "runtime/vocab.h"
 
 namespace pyengine {
@@ -11,6 +12,13 @@ namespace {
 // Positions per KV block: small enough that a shared prefix wastes little, large enough that
 // the block lookup is rare next to the 16-position stretch it covers.
 constexpr int64_t kBlockTokens = 16;
+
+std::unique_ptr<Model> LoadEngineModel(const GgufFile& file, const ModelConfig& cfg,
+                                       ThreadPool& pool, const std::string& device) {
+  if (device == "cuda") return LoadCudaModel(file, cfg);
+  if (device != "cpu") throw EngineError("device must be cpu or cuda, got '" + device + "'");
+  return LoadModel(file, cfg, pool);
+}
 
 int64_t ClampCtx(int64_t requested, int64_t train) {
   if (requested <= 0) return train;
@@ -24,7 +32,7 @@ Engine::Engine(const std::string& path, const EngineOptions& opts)
       cfg_(LoadConfig(*file_)),
       pool_(opts.n_threads),
       tok_(std::make_unique<Tokenizer>(LoadVocab(*file_))),
-      model_(LoadModel(*file_, cfg_, pool_)),
+      model_(LoadEngineModel(*file_, cfg_, pool_, opts.device)),
       n_ctx_(ClampCtx(opts.n_ctx, cfg_.n_ctx_train)) {
   if (tok_->n_vocab() > cfg_.n_vocab) {
     throw ModelError(path + ": the tokenizer has " + std::to_string(tok_->n_vocab()) +

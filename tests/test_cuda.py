@@ -1,0 +1,95 @@
+"""The CUDA backend against the CPU backend on the synthetic models.
+
+Everything but the first two tests needs a CUDA device and a build with the backend
+(``CMAKE_ARGS="-DPYENGINE_CUDA=ON"``, or AUTO where a toolkit is found); elsewhere they skip.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pyengine import Engine, ModelError, PyEngineError, _core
+
+needs_gpu = pytest.mark.skipif(not _core.cuda_available(),
+                               reason=f"no CUDA backend here: {_core.cuda_device_info()}")
+
+# The native core's bounds per weight type (logits of the CUDA backend against the CPU's).
+BOUNDS = [("f32", 5e-3, 0.99), ("f16", 5e-3, 0.99), ("bf16", 1e-2, 0.99), ("q8_0", 5e-2, 0.95)]
+
+
+def prompt_ids(n_vocab: int, n: int, seed: int = 0) -> list[int]:
+    rng = np.random.default_rng(seed)
+    return [2] + rng.integers(300, n_vocab, n - 1).tolist()
+
+
+def test_without_a_device_cuda_is_a_clean_error(tiny_f32):
+    info = _core.cuda_device_info()
+    assert isinstance(info, str) and info
+    if _core.cuda_available():
+        pytest.skip("a CUDA device is present")
+    with pytest.raises(PyEngineError, match="cuda"):
+        Engine(tiny_f32, backend="cuda")
+    assert Engine(tiny_f32, backend="auto").backend in ("native", "mlx")
+
+
+def test_device_option_is_checked(tiny_f32):
+    with pytest.raises(PyEngineError, match="device must be"):
+        _core.Engine(str(tiny_f32), device="tpu")
+
+
+@needs_gpu
+@pytest.mark.parametrize("dtype,max_err,min_top1", BOUNDS)
+def test_logits_match_the_cpu(make_model, dtype, max_err, min_top1):
+    path = make_model("tiny", dtype)
+    with Engine(path, n_ctx=512, backend="cuda") as gpu, \
+            Engine(path, n_ctx=512, backend="native") as cpu:
+        errs, hits = [], []
+        for seed in range(4):
+            ids = prompt_ids(cpu.n_vocab, 250, seed)
+            ours, ref = gpu.logits(ids).astype(np.float64), cpu.logits(ids).astype(np.float64)
+            errs.append(np.linalg.norm(ours - ref, axis=1) / np.linalg.norm(ref, axis=1))
+            hits.append(ours.argmax(1) == ref.argmax(1))
+    err, top1 = np.concatenate(errs), float(np.concatenate(hits).mean())
+    assert err.max() <= max_err, f"{dtype}: worst position {err.max():.2e}"
+    assert top1 >= min_top1, f"{dtype}: top-1 agreement {top1:.3f}"
+
+
+@needs_gpu
+@pytest.mark.parametrize("dtype", ["f32", "f16"])
+def test_greedy_generation_is_identical(make_model, dtype):
+    path = make_model("tiny", dtype)
+    with Engine(path, n_ctx=512, backend="cuda") as gpu, \
+            Engine(path, n_ctx=512, backend="native") as cpu:
+        for prompt in (gpu.tokenize("The quick brown fox jumps over the lazy dog."),
+                       prompt_ids(cpu.n_vocab, 120, seed=3)):
+            a = gpu.generate(prompt, max_tokens=32, temperature=0, ignore_eos=True)
+            b = cpu.generate(prompt, max_tokens=32, temperature=0, ignore_eos=True)
+            assert a.tokens == b.tokens
+
+
+@needs_gpu
+def test_batched_requests_and_prefix_reuse_on_the_device(make_model):
+    from test_batching import assert_all_pages_back, prompts, run_concurrently
+
+    path = make_model("tiny", "q8_0")
+    ps = prompts(1, [3, 17, 40, 90, 150, 260])
+    with Engine(path, n_ctx=512, backend="cuda") as gpu:
+        ref = [gpu.generate(p, max_tokens=16, temperature=0, ignore_eos=True).tokens for p in ps]
+    with Engine(path, n_ctx=512, backend="cuda", max_batch=4, max_batch_tokens=48) as gpu:
+        got = run_concurrently(gpu, ps, 16, delays=[0, 0.01, 0.0, 0.03, 0.02, 0.005])
+        st = assert_all_pages_back(gpu)
+        assert got == ref and st["max_step_sequences"] > 1
+        shared = prompts(6, [200])[0]
+        gpu.generate(shared + [11, 12], max_tokens=4, temperature=0, ignore_eos=True)
+        again = gpu.generate(shared + [21, 22], max_tokens=8, temperature=0, ignore_eos=True)
+        assert again.cached_tokens == len(shared) // 16 * 16
+    with Engine(path, n_ctx=512, backend="cuda", prefix_cache=False) as cold:
+        assert cold.generate(shared + [21, 22], max_tokens=8, temperature=0,
+                             ignore_eos=True).tokens == again.tokens
+
+
+@needs_gpu
+def test_gemma3n_is_refused_cleanly(make_model):
+    with pytest.raises(ModelError, match="gemma3"):
+        Engine(make_model("tiny-3n", "q8_0"), backend="cuda")
