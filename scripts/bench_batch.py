@@ -31,6 +31,11 @@ report medians. The server is built on first use (see llama_server.py).
 
     python scripts/bench_batch.py --reps 3            # 1b Q8_0 file, 2 threads
     python scripts/bench_batch.py --quick             # tiny model, smoke test
+    python scripts/bench_batch.py --cuda --dtype f16 --streams 1,8,32,64 --gen 128
+
+With --cuda both engines run on the GPU: pyengine's CUDA backend against llama-server built with
+llama.cpp's CUDA backend for the local GPU only (cached apart from the CPU build) and run with
+every layer offloaded; each repetition also records the GPU memory each engine holds.
 
 Writes a markdown table to stdout and OUT/bench_batch.md, OUT/bench_batch.json and
 OUT/bench_batch.png; each llama-server's log is kept in OUT/llama-server-logs/.
@@ -137,7 +142,8 @@ def pyengine_worker(model: str, payload: dict[str, Any]) -> dict[str, Any]:
 
     t0 = time.perf_counter()
     eng = Engine(model, n_threads=payload["threads"], n_ctx=payload["n_ctx"],
-                 max_batch=payload["max_batch"], max_batch_tokens=payload["max_batch_tokens"])
+                 max_batch=payload["max_batch"], max_batch_tokens=payload["max_batch_tokens"],
+                 backend=payload.get("backend", "native"))
     out: dict[str, Any] = {"load_s": time.perf_counter() - t0, "levels": {}}
     fn = pyengine_stream_fn(eng)
     # Faults the weights in; the warm-up has no BOS, so no measured prompt shares its blocks.
@@ -158,6 +164,7 @@ def pyengine_worker(model: str, payload: dict[str, Any]) -> dict[str, Any]:
     out["prefix"]["stats"] = {k: after[k] - before[k] for k in ("prefix_query_tokens",
                                                                 "prefix_hit_tokens") if k in after}
     out["stats_end"] = eng.stats()
+    out["gpu_memory_mib"] = ls.gpu_memory_mib(os.getpid())
     eng.close()
     return out
 
@@ -173,8 +180,9 @@ def worker_main(model: str) -> None:
 
 def llama_rep(args: argparse.Namespace, binary: Path, plan: dict[str, Any]) -> dict[str, Any]:
     """One repetition against llama-server: a fresh server per level and per prefix variant."""
-    common = {"threads": args.threads, "log_dir": args.out / "llama-server-logs"}
-    out: dict[str, Any] = {"levels": {}, "prefix": {}}
+    common = {"threads": args.threads, "log_dir": args.out / "llama-server-logs",
+              "extra": ["-ngl", "999"] if args.cuda else []}
+    out: dict[str, Any] = {"levels": {}, "prefix": {}, "gpu_memory_mib": None}
     for level, prompts in plan["levels"].items():
         n = int(level)
         with ls.LlamaServer(binary, args.model, parallel=n, name=f"streams-{n}",
@@ -185,6 +193,8 @@ def llama_rep(args: argparse.Namespace, binary: Path, plan: dict[str, Any]) -> d
             before = server.decode_counters()
             streams = run_streams(fn, prompts, args.gen)
             after = server.decode_counters()
+            out["gpu_memory_mib"] = max(filter(None, [out["gpu_memory_mib"],
+                                                      server.gpu_memory_mib()]), default=None)
             stats = {k: after[k] - before[k] for k in after if k in before}
             out["levels"][level] = {"streams": streams, "stats": stats, "command": server.command}
     p = plan["prefix"]
@@ -193,8 +203,9 @@ def llama_rep(args: argparse.Namespace, binary: Path, plan: dict[str, Any]) -> d
     if "--swa-full" in ls.help_flags(binary):
         variants["swa-full"] = ["--swa-full"]
     for variant, extra in variants.items():
-        with ls.LlamaServer(binary, args.model, parallel=1, n_ctx=n_ctx, extra=extra,
-                            name=f"prefix-{variant}", **common) as server:
+        with ls.LlamaServer(binary, args.model, parallel=1, n_ctx=n_ctx,
+                            name=f"prefix-{variant}",
+                            **{**common, "extra": [*common["extra"], *extra]}) as server:
             fn = server.stream
             run_streams(fn, [plan["warmup"]], 2)
             out["prefix"][variant] = {**prefix_test(fn, p["prefix"], p["suffix_a"], p["suffix_b"]),
@@ -224,7 +235,8 @@ def pyengine_rep(args: argparse.Namespace, plan: dict[str, Any]) -> dict[str, An
     longest = max(args.prompt_tokens + args.gen, args.prefix_tokens + args.suffix_tokens
                   + PREFIX_GEN) + CTX_MARGIN
     payload = {**plan, "threads": args.threads, "gen": args.gen, "n_ctx": longest,
-               "max_batch": max(16, *args.streams), "max_batch_tokens": args.max_batch_tokens}
+               "max_batch": max(16, *args.streams), "max_batch_tokens": args.max_batch_tokens,
+               "backend": "cuda" if args.cuda else "native"}
     return bc.run_worker(Path(__file__), ["--model", str(args.model)], payload)
 
 
@@ -262,6 +274,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="where llama-server is built and cached (default: bench_out/llama-server"
                     " of the checkout)")
     ap.add_argument("--skip-llama", action="store_true", help="pyengine only")
+    ap.add_argument("--cuda", action="store_true",
+                    help="both engines on the GPU (pyengine's CUDA backend, llama.cpp's CUDA build)")
+    ap.add_argument("--dtype", default="q8_0", help="weights of the synthetic file (q8_0, f16)")
     ap.add_argument("--quick", action="store_true", help="tiny settings for a smoke test")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -288,9 +303,11 @@ def main() -> None:
         worker_main(str(args.model))
         return
     if args.model is None:
-        args.model = bc.ensure_model(args.model_dir, args.preset, "q8_0")
+        args.model = bc.ensure_model(args.model_dir, args.preset, args.dtype)
     args.model = args.model.resolve()
-    binary = None if args.skip_llama else ls.ensure_server(args.server_dir)
+    server_dir = args.server_dir.with_name(args.server_dir.name + "-cuda") if args.cuda \
+        else args.server_dir
+    binary = None if args.skip_llama else ls.ensure_server(server_dir, cuda=args.cuda)
     n_vocab = bc.n_vocab_of(args.model)
     engines = ["pyengine"] + ([] if args.skip_llama else ["llama-server"])
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()

@@ -109,6 +109,18 @@ def summarize(result: dict[str, Any]) -> None:
         _target("pyengine cached-prefix TTFT >= 10x lower than cold", pp.get("ratio", nan), 10.0,
                 f"{pp.get('cold_ms', nan):.1f} vs {pp.get('cached_ms', nan):.1f} ms"),
     ]
+    if result["config"].get("cuda"):  # the CUDA backend's own targets (both engines on the GPU)
+        ll1, ll32 = ll.get("1", {}).get(agg, nan), ll.get("32", {}).get(agg, nan)
+        py32 = py.get("32", {}).get(agg, nan)
+        targets += [
+            _target("pyengine CUDA decode at 1 stream >= 1.0x llama.cpp CUDA",
+                    bc.ratio(py1, ll1), 1.0, f"{py1:.2f} vs {ll1:.2f} tok/s"),
+            _target("pyengine CUDA aggregate at 32 streams >= 1.5x llama.cpp CUDA",
+                    bc.ratio(py32, ll32), 1.5, f"{py32:.2f} vs {ll32:.2f} tok/s"),
+        ]
+    gpu = {engine: bc.median([r["gpu_memory_mib"] for r in runs
+                              if r.get("gpu_memory_mib") is not None] or [nan])
+           for engine, runs in result["runs"].items()}
     # Leading greedy tokens of the single stream the engines agree on: same model, same prompt.
     agreement = []
     if "llama-server" in result["runs"]:
@@ -119,7 +131,8 @@ def summarize(result: dict[str, Any]) -> None:
                 agreement.append(next((i for i, (p, q) in enumerate(zip(x, y)) if p != q),
                                       min(len(x), len(y))))
     result["summary"] = {"levels": levels, "levels_per_rep": per_rep, "prefix": prefix,
-                         "targets": targets, "greedy_agreement": agreement}
+                         "targets": targets, "greedy_agreement": agreement,
+                         "gpu_memory_mib": gpu}
 
 
 def _fmt(v: Any, spec: str | None = None) -> str:
@@ -166,13 +179,19 @@ def markdown(result: dict[str, Any]) -> str:
         f"Shared {cfg['prefix_tokens']}-token prefix, time to first token (suffixes of "
         f"{cfg['suffix_tokens']} tokens; cached = same prefix, another suffix, right after):",
         "",
-        "| engine | cold ms | cached ms | cold / cached | prompt tokens reused |",
-        "|:---|---:|---:|---:|---:|",
+        "| engine | cold ms | cold prompt tok/s | cached ms | cold / cached | prompt tokens reused |",
+        "|:---|---:|---:|---:|---:|---:|",
     ]
     for name, p in summ["prefix"].items():
-        lines.append(f"| {name} | {_fmt(p['cold_ms'])} | {_fmt(p['cached_ms'])} | "
+        cold_tok_s = p["prompt_tokens"] / p["cold_ms"] * 1e3 if p["cold_ms"] else math.nan
+        lines.append(f"| {name} | {_fmt(p['cold_ms'])} | {_fmt(cold_tok_s)} | "
+                     f"{_fmt(p['cached_ms'])} | "
                      f"{_fmt(p['ratio'], '.3g')} x | {_fmt(p['cached_tokens'], '.0f')} of "
                      f"{p['prompt_tokens']} |")
+    gpu = {e: m for e, m in summ.get("gpu_memory_mib", {}).items() if m == m}
+    if gpu:
+        lines += ["", "GPU memory held at the end of a repetition (nvidia-smi, median): "
+                  + ", ".join(f"{e} {_fmt(m)} MiB" for e, m in gpu.items()) + "."]
     lines += ["", "Targets:", ""]
     for t in summ["targets"]:
         verdict = {True: "PASS", False: "FAIL", None: "n/a"}[t["pass"]]

@@ -65,14 +65,24 @@ def _existing_options(src: Path) -> set[str]:
     return set(re.findall(r"\b(?:option|llama_option_depr)\s*\(\s*(?:\w+\s+)?(LLAMA_\w+)", text))
 
 
-def cmake_args(src: Path) -> list[str]:
-    """Configure arguments: a static Release server, plus the CPU flags the oracle is built with."""
+def cuda_arch() -> str:
+    """The local GPU's architecture for CMAKE_CUDA_ARCHITECTURES ("90" for an H100/H200)."""
+    out = subprocess.run(["nvidia-smi", "--query-gpu=compute_cap", "--format=csv,noheader"],
+                         capture_output=True, text=True, check=True, timeout=30).stdout
+    return out.split()[0].replace(".", "")
+
+
+def cmake_args(src: Path, cuda: bool = False) -> list[str]:
+    """Configure arguments: a static Release server, plus the CPU flags the oracle is built with;
+    with cuda, llama.cpp's CUDA backend for the local GPU's architecture only."""
     sys.path.insert(0, str(SCRIPTS_DIR))
     import oracle_cmake_args
 
     have = _existing_options(src)
     args = ["-DCMAKE_BUILD_TYPE=Release", "-DBUILD_SHARED_LIBS=OFF"]
     args += [f"-D{k}={v}" for k, v in WANTED_OPTIONS.items() if k in have]
+    if cuda:
+        args += ["-DGGML_CUDA=ON", f"-DCMAKE_CUDA_ARCHITECTURES={cuda_arch()}"]
     return args + oracle_cmake_args.cmake_args()
 
 
@@ -121,7 +131,7 @@ def _fetch_source(cache: Path, version: str) -> Path:
 
 
 def ensure_server(cache: Path = DEFAULT_CACHE, version: str | None = None,
-                  jobs: int | None = None) -> Path:
+                  jobs: int | None = None, cuda: bool = False) -> Path:
     """Path of the llama-server binary cached in cache, configured and built first when needed.
 
     A stamp next to the binary records the version and configure arguments; a change of either
@@ -133,12 +143,12 @@ def ensure_server(cache: Path = DEFAULT_CACHE, version: str | None = None,
         recorded = json.loads(stamp.read_text())
         src = cache / f"llama_cpp_python-{version}" / "vendor" / "llama.cpp"
         if recorded.get("version") == version and (
-                not src.exists() or recorded.get("cmake_args") == cmake_args(src)):
+                not src.exists() or recorded.get("cmake_args") == cmake_args(src, cuda)):
             return binary
     cache.mkdir(parents=True, exist_ok=True)
     src = _fetch_source(cache, version)
     build, log = cache / "build", cache / "build.log"
-    args = cmake_args(src)
+    args = cmake_args(src, cuda)
     print(f"building llama-server {version} (log: {log}) ...", file=sys.stderr, flush=True)
     t0 = time.monotonic()
     generator = ["-G", "Ninja"] if shutil.which("ninja") else []
@@ -176,6 +186,21 @@ def help_flags(binary: Path) -> set[str]:
         _HELP[str(binary)] = set(re.findall(r"(?<![\w-])(--?[A-Za-z][\w-]*)",
                                             proc.stdout + proc.stderr))
     return _HELP[str(binary)]
+
+
+def gpu_memory_mib(pid: int) -> float | None:
+    """GPU memory a process holds, in MiB, as nvidia-smi reports it (None when unknown)."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,used_memory",
+                              "--format=csv,noheader,nounits"], capture_output=True, text=True,
+                             timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    for line in out.splitlines():
+        fields = [f.strip() for f in line.split(",")]
+        if len(fields) == 2 and fields[0] == str(pid):
+            return float(fields[1])
+    return None
 
 
 def free_port() -> int:
@@ -260,6 +285,10 @@ class LlamaServer:
                     conn.close()
             time.sleep(0.2)
         raise TimeoutError(f"llama-server not healthy after {timeout_s:.0f} s; see {log}")
+
+    def gpu_memory_mib(self) -> float | None:
+        """The server's GPU memory in MiB (None without nvidia-smi or a GPU)."""
+        return gpu_memory_mib(self._proc.pid) if self._proc else None
 
     def get_json(self, path: str) -> Any:
         """GET path and decode its JSON body."""
