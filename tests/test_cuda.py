@@ -33,9 +33,32 @@ def test_without_a_device_cuda_is_a_clean_error(tiny_f32):
     assert Engine(tiny_f32, backend="auto").backend in ("native", "mlx")
 
 
+def test_selftest_needs_the_backend():
+    if _core.cuda_available():
+        pytest.skip("a CUDA device is present")
+    with pytest.raises(PyEngineError, match="CUDA"):
+        _core.cuda_selftest()
+
+
 def test_device_option_is_checked(tiny_f32):
     with pytest.raises(PyEngineError, match="device must be"):
         _core.Engine(str(tiny_f32), device="tpu")
+
+
+# Largest relative error of each kernel against its CPU counterpart (cuda_selftest). Matrix
+# products and norms differ only in summation order; attention and the stored keys/values may
+# differ by an fp16 rounding where exp, rsqrt or sin/cos land on either side of a tie.
+SELFTEST_BOUNDS = {"matmul": 1e-5, "rms_norm": 1e-5, "gelu_mul": 1e-6, "attention": 2e-3,
+                   "kv_write": 2e-3}
+
+
+@needs_gpu
+def test_each_kernel_matches_its_cpu_counterpart():
+    results = _core.cuda_selftest()
+    assert len(results) == 14
+    for name, err in results.items():
+        bound = next(b for prefix, b in SELFTEST_BOUNDS.items() if name.startswith(prefix))
+        assert err <= bound, f"{name}: {err:.2e}"
 
 
 @needs_gpu

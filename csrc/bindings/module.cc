@@ -268,6 +268,11 @@ PYBIND11_MODULE(_core, m) {
         "Whether this build has the CUDA backend and a CUDA device is present.");
   m.def("cuda_device_info", [] { return CudaDeviceInfo(); },
         "The CUDA device the backend uses, or why there is none.");
+  m.def("cuda_selftest", [] {
+        py::dict d;
+        for (const auto& [name, err] : CudaSelfTest()) d[py::str(name)] = err;
+        return d;
+      }, "Each CUDA kernel against its CPU counterpart: check name -> largest relative error.");
   m.def("architectures", [] { return SupportedArchs(); },
         "general.architecture values the native core runs.");
   m.def("isa", [] { return std::string(IsaName(ActiveIsa())); },

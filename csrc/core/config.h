@@ -36,7 +36,6 @@ struct ModelConfig {
   int64_t kv_dim() const { return n_head_kv * head_dim; }
 };
 
-// Architectures this engine can run.
 // general.architecture values this engine runs, in the order error messages list them.
 const std::vector<std::string>& SupportedArchs();
 bool IsSupportedArch(const std::string& arch);

@@ -4,6 +4,8 @@
 
 #include <memory>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "core/config.h"
 #include "model/model.h"
@@ -19,5 +21,7 @@ std::string CudaDeviceInfo();
 // The model of config.arch with its weights uploaded to the device. Throws ModelError for a
 // shape or type the kernels do not handle, EngineError when CUDA is unavailable.
 std::unique_ptr<Model> LoadCudaModel(const GgufFile& file, const ModelConfig& config);
+// Each kernel against its CPU counterpart on random inputs: (check, largest relative error).
+std::vector<std::pair<std::string, double>> CudaSelfTest();
 
 }  // namespace pyengine

@@ -14,6 +14,7 @@
 #include "cuda/cuda_backend.h"
 #include "cuda/device.h"
 #include "cuda/kernels.h"
+#include "cuda/weights.h"
 #include "model/ops.h"
 #include "quant/formats.h"
 #include "quant/kernel_set.h"
@@ -23,60 +24,9 @@ namespace {
 
 using cuda::DevMatrix;
 using cuda::DeviceBuffer;
+using cuda::DevWeight;
+using cuda::UploadFloats;
 using cuda::WType;
-
-// A matrix uploaded to the device with the storage it keeps there.
-struct DevWeight {
-  DeviceBuffer<uint8_t> data;
-  DeviceBuffer<__half> scales;  // Q8_0 only
-  DevMatrix m;
-};
-
-DevWeight Upload(const GgufFile& f, const TensorView& t, const std::string& name) {
-  DevWeight w;
-  const int64_t rows = t.rows(), cols = t.cols();
-  w.m.rows = rows;
-  w.m.cols = cols;
-  switch (t.type) {
-    case GgmlType::kF32: w.m.type = WType::kF32; break;
-    case GgmlType::kF16: w.m.type = WType::kF16; break;
-    case GgmlType::kBF16: w.m.type = WType::kBF16; break;
-    case GgmlType::kQ8_0: w.m.type = WType::kQ8_0; break;
-    default:
-      throw ModelError(f.path() + ": tensor '" + name + "' has type " + TypeName(t.type) +
-                       ", which the CUDA backend does not run");
-  }
-  // The kernels read 4 values at a time (and Q8_0 in blocks of 32).
-  if (cols % 4 != 0) {
-    throw ModelError(f.path() + ": tensor '" + name + "' has rows of " + std::to_string(cols) +
-                     " values; the CUDA backend needs a multiple of 4");
-  }
-  if (w.m.type != WType::kQ8_0) {
-    w.data.Upload(t.data, t.nbytes, nullptr);
-  } else {
-    // [rows, cols / 32] blocks of (fp16 scale, 32 int8) -> quants [rows, cols], scales.
-    const int64_t nb = rows * (cols / 32);
-    std::vector<int8_t> qs(static_cast<size_t>(rows * cols));
-    std::vector<uint16_t> ds(static_cast<size_t>(nb));
-    const BlockQ8_0* blocks = reinterpret_cast<const BlockQ8_0*>(t.data);
-    for (int64_t b = 0; b < nb; ++b) {
-      ds[b] = blocks[b].d;
-      std::copy(blocks[b].qs, blocks[b].qs + 32, qs.begin() + b * 32);
-    }
-    w.data.Upload(reinterpret_cast<const uint8_t*>(qs.data()), qs.size(), nullptr);
-    w.scales.Upload(reinterpret_cast<const __half*>(ds.data()), ds.size(), nullptr);
-    w.m.d = w.scales.get();
-  }
-  w.m.w = w.data.get();
-  PYE_CUDA(cudaDeviceSynchronize());
-  return w;
-}
-
-DeviceBuffer<float> UploadFloats(const std::vector<float>& v) {
-  DeviceBuffer<float> d;
-  d.Upload(v.data(), v.size(), nullptr);
-  return d;
-}
 
 class CudaGemma3Model : public Model {
  public:
@@ -129,9 +79,8 @@ CudaGemma3Model::CudaGemma3Model(const GgufFile& f, const ModelConfig& cfg) : cf
   PYE_CUDA(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
   TensorView out = Bind(f, "output.weight", {E, cfg.n_vocab}, /*optional=*/true);
   tied_ = out.data == nullptr;
-  output_ = Upload(f, tied_ ? Bind(f, "token_embd.weight", {E, cfg.n_vocab}) : out,
-                   tied_ ? "token_embd.weight" : "output.weight");
-  if (!tied_) tok_embd_ = Upload(f, Bind(f, "token_embd.weight", {E, cfg.n_vocab}), "token_embd.weight");
+  output_ = cuda::Upload(f.path(), tied_ ? Bind(f, "token_embd.weight", {E, cfg.n_vocab}) : out);
+  if (!tied_) tok_embd_ = cuda::Upload(f.path(), Bind(f, "token_embd.weight", {E, cfg.n_vocab}));
   output_norm_ = UploadFloats(BindVector(f, "output_norm.weight", E));
   const float* table = GeluFp16Table();
   gelu_table_ = UploadFloats(std::vector<float>(table, table + (1 << 16)));
@@ -141,7 +90,7 @@ CudaGemma3Model::CudaGemma3Model(const GgufFile& f, const ModelConfig& cfg) : cf
     Layer& L = layers_[l];
     const std::string p = "blk." + std::to_string(l) + ".";
     auto mat = [&](const std::string& name, std::vector<int64_t> ne) {
-      return Upload(f, Bind(f, p + name, std::move(ne)), p + name);
+      return cuda::Upload(f.path(), Bind(f, p + name, std::move(ne)));
     };
     auto vec = [&](const std::string& name, int64_t n) {
       return UploadFloats(BindVector(f, p + name, n));
