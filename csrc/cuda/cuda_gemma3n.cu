@@ -1,0 +1,289 @@
+// The Gemma 3n forward pass on a CUDA device: the steps of model/gemma3n.cc in the same order
+// and with the same roundings. The per-layer token table stays in the mapped file on the host
+// (it is larger than the rest of the model at the real sizes); each step gathers its tokens'
+// rows there and uploads them with the batch.
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "cuda/cuda_model.h"
+#include "cuda/kernels_gemma3n.h"
+#include "model/gemma3n.h"
+#include "model/ops.h"
+#include "quant/formats.h"
+
+namespace pyengine {
+namespace {
+
+using cuda::DeviceBuffer;
+using cuda::DevWeight;
+
+constexpr int kS = Gemma3nModel::kStreams;
+constexpr int64_t kPerLayer = Gemma3nModel::kPerLayer;
+constexpr int64_t kLaurelRank = Gemma3nModel::kLaurelRank;
+
+// A small coefficient matrix (AltUp's [16, 4] and [4, 4]) as floats, with the type its input is
+// rounded to (as on the CPU).
+struct DevSmall {
+  DeviceBuffer<float> w;
+  int rows = 0, cols = 0;
+  GgmlType type = GgmlType::kF32;
+};
+
+class CudaGemma3nModel : public CudaModel {
+ public:
+  CudaGemma3nModel(const GgufFile& f, const ModelConfig& cfg);
+
+ protected:
+  void ReserveLayers(int64_t n) const override;
+  void UploadInputs(const Batch& batch) const override;
+  const float* EnqueueLayers(int64_t n, const KvLayout& layout) const override;
+  void AddAddresses(std::vector<const void*>* a) const override;
+
+ private:
+  struct Layer {
+    bool owns_kv = true;
+    DevWeight attn_q, attn_k, attn_v, attn_output, ffn_gate, ffn_up, ffn_down;
+    DevWeight inp_gate, proj, laurel_l, laurel_r, altup_router;
+    DevSmall predict, correct;
+    DeviceBuffer<float> attn_norm, attn_q_norm, attn_k_norm, post_attention_norm, ffn_norm;
+    DeviceBuffer<float> post_ffw_norm, post_norm, laurel_post_norm, altup_router_norm;
+    DeviceBuffer<float> altup_correct_scale, rope_inv_freq;
+  };
+  // r [n, 4] = tanh(router . RMSNorm(x, router_norm) / n_embd).
+  void Route(const Layer& L, const float* x, int64_t n, float* r) const;
+  void Small(const DevSmall& s, const float* x, int64_t n, float add, float* y) const;
+
+  TensorView per_layer_tok_embd_;  // [n_vocab, n_layer * 256], in the mapped file
+  DevWeight per_layer_model_proj_;
+  DeviceBuffer<float> per_layer_proj_norm_;
+  std::array<DevWeight, kS - 1> altup_proj_, altup_unembd_proj_;
+  std::vector<Layer> layers_;
+  // Scratch: streams_/pred_ [4, n, E]; xa_ the attention input, t_ a normed or scaled copy,
+  // a_ the attention + LAuReL branch, laurel_, o_, h_ [n, E]; small_ [n, 256]; q_/attn_
+  // [n, QD]; k_/v_ [n, KVD]; gate_/up_ [n, F]; pl_proj_/pl_rows_ [n, NL * 256] and pl_
+  // [NL, n, 256] per-layer inputs; r_ [n, 4], cf_ [n, 16], m_ [n, 4] AltUp coefficients.
+  mutable DeviceBuffer<float> streams_, pred_, xa_, t_, a_, laurel_, o_, h_, small_, q_, k_, v_;
+  mutable DeviceBuffer<float> attn_, gate_, up_, pl_proj_, pl_rows_, pl_, r_, cf_, m_;
+  mutable std::vector<float> host_rows_;
+};
+
+CudaGemma3nModel::CudaGemma3nModel(const GgufFile& f, const ModelConfig& cfg) : CudaModel(f, cfg) {
+  const int64_t E = cfg.n_embd, D = cfg.head_dim, F = cfg.n_ff, NL = cfg.n_layer;
+  auto upload = [&](const TensorView& t) { return cuda::Upload(f.path(), t); };
+  auto vec = [&](const std::string& name, int64_t n) {
+    return cuda::UploadFloats(BindVector(f, name, n));
+  };
+  auto small = [&](const std::string& name, int cols, int rows) {
+    DevSmall s;
+    s.type = Bind(f, name, {cols, rows}).type;
+    s.w = cuda::UploadFloats(BindFloats(f, name, {cols, rows}));
+    s.rows = rows;
+    s.cols = cols;
+    return s;
+  };
+  per_layer_tok_embd_ = Bind(f, "per_layer_token_embd.weight", {kPerLayer * NL, cfg.n_vocab});
+  per_layer_model_proj_ = upload(Bind(f, "per_layer_model_proj.weight", {E, kPerLayer * NL}));
+  per_layer_proj_norm_ = vec("per_layer_proj_norm.weight", kPerLayer);
+  const TensorView altup = Bind(f, "altup_proj.weight", {E, E, kS - 1});
+  const TensorView unembd = Bind(f, "altup_unembd_proj.weight", {E, E, kS - 1});
+  for (int k = 0; k < kS - 1; ++k) {
+    altup_proj_[k] = upload(Slice(altup, k));
+    altup_unembd_proj_[k] = upload(Slice(unembd, k));
+  }
+  layers_.resize(static_cast<size_t>(NL));
+  for (int64_t l = 0; l < NL; ++l) {
+    Layer& L = layers_[l];
+    const std::string p = "blk." + std::to_string(l) + ".";
+    L.owns_kv = cfg.kv_layer[l] == l;
+    L.attn_norm = vec(p + "attn_norm.weight", E);
+    L.attn_q = upload(Bind(f, p + "attn_q.weight", {E, cfg.q_dim()}));
+    // Layers that share an earlier layer's KV still carry k and v projections: checked, unused.
+    const TensorView wk = Bind(f, p + "attn_k.weight", {E, cfg.kv_dim()});
+    const TensorView wv = Bind(f, p + "attn_v.weight", {E, cfg.kv_dim()});
+    if (L.owns_kv) {
+      L.attn_k = upload(wk);
+      L.attn_v = upload(wv);
+    }
+    L.attn_output = upload(Bind(f, p + "attn_output.weight", {cfg.q_dim(), E}));
+    L.attn_q_norm = vec(p + "attn_q_norm.weight", D);
+    L.attn_k_norm = vec(p + "attn_k_norm.weight", D);
+    L.post_attention_norm = vec(p + "post_attention_norm.weight", E);
+    L.ffn_norm = vec(p + "ffn_norm.weight", E);
+    L.ffn_gate = upload(Bind(f, p + "ffn_gate.weight", {E, F}));
+    L.ffn_up = upload(Bind(f, p + "ffn_up.weight", {E, F}));
+    L.ffn_down = upload(Bind(f, p + "ffn_down.weight", {F, E}));
+    L.post_ffw_norm = vec(p + "post_ffw_norm.weight", E);
+    L.inp_gate = upload(Bind(f, p + "inp_gate.weight", {E, kPerLayer}));
+    L.proj = upload(Bind(f, p + "proj.weight", {kPerLayer, E}));
+    L.post_norm = vec(p + "post_norm.weight", E);
+    L.laurel_l = upload(Bind(f, p + "laurel_l.weight", {E, kLaurelRank}));
+    L.laurel_r = upload(Bind(f, p + "laurel_r.weight", {kLaurelRank, E}));
+    L.laurel_post_norm = vec(p + "laurel_post_norm.weight", E);
+    L.altup_router = upload(Bind(f, p + "altup_router.weight", {E, kS}));
+    L.altup_router_norm = vec(p + "altup_router_norm.weight", E);
+    L.predict = small(p + "altup_predict_coef.weight", kS, kS * kS);
+    L.correct = small(p + "altup_correct_coef.weight", kS, kS);
+    L.altup_correct_scale = vec(p + "altup_correct_scale.weight", E);
+    const bool swa = cfg.layer_is_swa[l];
+    L.rope_inv_freq = cuda::UploadFloats(RopeInvFreq(D, swa ? cfg.rope_base_swa : cfg.rope_base,
+                                                     swa ? 1.f : cfg.rope_scale));
+  }
+}
+
+void CudaGemma3nModel::ReserveLayers(int64_t n) const {
+  const int64_t E = cfg_.n_embd, F = cfg_.n_ff, QD = cfg_.q_dim(), KVD = cfg_.kv_dim();
+  const int64_t NL = cfg_.n_layer;
+  for (auto* b : {&streams_, &pred_}) b->Reserve(static_cast<size_t>(kS * n * E));
+  for (auto* b : {&xa_, &t_, &a_, &laurel_, &o_, &h_}) b->Reserve(static_cast<size_t>(n * E));
+  small_.Reserve(static_cast<size_t>(n * kPerLayer));
+  for (auto* b : {&q_, &attn_}) b->Reserve(static_cast<size_t>(n * QD));
+  for (auto* b : {&k_, &v_}) b->Reserve(static_cast<size_t>(n * KVD));
+  for (auto* b : {&gate_, &up_}) b->Reserve(static_cast<size_t>(n * F));
+  for (auto* b : {&pl_proj_, &pl_rows_, &pl_}) b->Reserve(static_cast<size_t>(n * NL * kPerLayer));
+  r_.Reserve(static_cast<size_t>(n * kS));
+  cf_.Reserve(static_cast<size_t>(n * kS * kS));
+  m_.Reserve(static_cast<size_t>(n * kS));
+  ReserveInput(n, std::max({E, QD, F, kPerLayer}));
+}
+
+void CudaGemma3nModel::AddAddresses(std::vector<const void*>* a) const {
+  for (const auto* b : {&streams_, &pred_, &xa_, &t_, &a_, &laurel_, &o_, &h_, &small_, &q_,
+                        &k_, &v_, &attn_, &gate_, &up_, &pl_proj_, &pl_rows_, &pl_, &r_, &cf_,
+                        &m_}) {
+    a->push_back(b->get());
+  }
+}
+
+void CudaGemma3nModel::UploadInputs(const Batch& batch) const {
+  const int64_t width = cfg_.n_layer * kPerLayer, n = batch.size();
+  host_rows_.resize(static_cast<size_t>(n * width));
+  for (int64_t t = 0; t < n; ++t) {
+    DequantizeRow(per_layer_tok_embd_.type, per_layer_tok_embd_.row(batch.tokens[t]),
+                  host_rows_.data() + t * width, width);
+  }
+  pl_rows_.Reserve(static_cast<size_t>(n * width));  // before the copy: Reserve discards
+  PYE_CUDA(cudaMemcpyAsync(pl_rows_.get(), host_rows_.data(), host_rows_.size() * sizeof(float),
+                           cudaMemcpyHostToDevice, stream_));
+}
+
+void CudaGemma3nModel::Route(const Layer& L, const float* x, int64_t n, float* r) const {
+  const int64_t E = cfg_.n_embd;
+  cuda::RmsNormScaled(x, L.altup_router_norm.get(), n, E, cfg_.rms_eps,
+                      1.f / static_cast<float>(E), t_.get(), stream_);
+  Project(L.altup_router, t_.get(), n, r);
+  cuda::Tanh(r, n * kS, stream_);
+}
+
+void CudaGemma3nModel::Small(const DevSmall& s, const float* x, int64_t n, float add,
+                             float* y) const {
+  cuda::SmallMatVec(s.w.get(), s.rows, s.cols, s.type == GgmlType::kF16,
+                    s.type == GgmlType::kBF16, x, n, add, y, stream_);
+}
+
+const float* CudaGemma3nModel::EnqueueLayers(int64_t n, const KvLayout& layout) const {
+  const ModelConfig& c = cfg_;
+  const int64_t E = c.n_embd, F = c.n_ff, NL = c.n_layer;
+  const int H = static_cast<int>(c.n_head), HKV = static_cast<int>(c.n_head_kv);
+  const int D = static_cast<int>(c.head_dim);
+  const float half = 1.f / std::sqrt(2.f);
+  float* S = streams_.get();  // [4, n, E]
+  float* P = pred_.get();     // [4, n, E]
+  auto stream = [&](float* base, int k) { return base + k * n * E; };
+  float* S0 = stream(S, 0);
+
+  // Stream 0: the token embedding scaled by sqrt(n_embd); streams 1..3 its projections,
+  // rescaled to its magnitude.
+  EnqueueEmbed(n, S0);
+  for (int k = 1; k < kS; ++k) {
+    Project(altup_proj_[k - 1], S0, n, stream(S, k));
+    cuda::MatchMagnitude(S0, stream(S, k), n, E, stream_);
+  }
+  // Per-layer inputs, layer-major [NL, n, 256].
+  Project(per_layer_model_proj_, S0, n, pl_proj_.get());
+  cuda::PerLayerInputs(pl_proj_.get(), pl_rows_.get(), per_layer_proj_norm_.get(), n,
+                       static_cast<int>(NL), c.rms_eps, 1.f / std::sqrt(static_cast<float>(E)),
+                       std::sqrt(static_cast<float>(kPerLayer)), pl_.get(), stream_);
+
+  const cuda::KvArgs kv = Kv();
+  for (int64_t l = 0; l < NL; ++l) {
+    const Layer& L = layers_[l];
+    const int g = layout.group_of_layer[static_cast<size_t>(l)];
+    const int page = layout.page_of_layer[static_cast<size_t>(l)];
+    const int window = c.layer_is_swa[l] ? static_cast<int>(c.sliding_window) : 0;
+    // AltUp predict: P_j = S_j + sum_k c[j][k] S_k with c from the router on stream 0.
+    Route(L, S0, n, r_.get());
+    Small(L.predict, r_.get(), n, 0.f, cf_.get());
+    cuda::AltUpPredict(S, cf_.get(), P, n, E, stream_);
+    float* P0 = stream(P, 0);
+    cuda::RmsNorm(P0, L.attn_norm.get(), n, E, c.rms_eps, xa_.get(), stream_);
+
+    // LAuReL: xa + RMSNorm(laurel_r . laurel_l . xa); attention projections of xa.
+    Project(L.laurel_l, xa_.get(), n, small_.get());
+    Project(L.attn_q, xa_.get(), n, q_.get());
+    if (L.owns_kv) {
+      Project(L.attn_k, xa_.get(), n, k_.get());
+      Project(L.attn_v, xa_.get(), n, v_.get());
+    }
+    Project(L.laurel_r, small_.get(), n, laurel_.get());
+    cuda::RmsNorm(laurel_.get(), L.laurel_post_norm.get(), n, E, c.rms_eps, laurel_.get(),
+                  stream_);
+    // Attention over this layer's (or the sharing source's) keys and values; scale 1.
+    cuda::PrepareQkv(q_.get(), k_.get(), v_.get(), n, H, HKV, D, L.attn_q_norm.get(),
+                     L.attn_k_norm.get(), L.rope_inv_freq.get(), c.attn_scale, c.rms_eps,
+                     /*write_kv=*/L.owns_kv, /*v_norm=*/true, kv, groups_[g], page, stream_);
+    cuda::Attend(q_.get(), attn_.get(), n, H, HKV, D, window, kv, groups_[g], page, stream_);
+    Project(L.attn_output, attn_.get(), n, o_.get());
+    cuda::RmsNorm(o_.get(), L.post_attention_norm.get(), n, E, c.rms_eps, o_.get(), stream_);
+    cuda::Combine(o_.get(), P0, laurel_.get(), xa_.get(), half, a_.get(), n * E, stream_);
+
+    // Feed-forward with activation sparsity in the first layers.
+    cuda::RmsNorm(a_.get(), L.ffn_norm.get(), n, E, c.rms_eps, t_.get(), stream_);
+    Project(L.ffn_up, t_.get(), n, up_.get());
+    Project(L.ffn_gate, t_.get(), n, gate_.get());
+    if (l < Gemma3nModel::kSparseLayers) {
+      cuda::Sparsify(gate_.get(), n, F, Gemma3nModel::kSparsityStd, stream_);
+    }
+    cuda::GeluMul(gate_.get(), up_.get(), gelu_table_.get(), n * F, stream_);
+    Project(L.ffn_down, gate_.get(), n, o_.get());
+    cuda::RmsNorm(o_.get(), L.post_ffw_norm.get(), n, E, c.rms_eps, o_.get(), stream_);
+    cuda::Add(o_.get(), a_.get(), n * E, stream_);  // the layer's output on the active stream
+
+    // AltUp correct: S_j = P_j + (c[j] + 1) (o - P0), c from the router on o.
+    Route(L, o_.get(), n, r_.get());
+    Small(L.correct, r_.get(), n, 1.f, m_.get());
+    cuda::AltUpCorrect(S, P, o_.get(), m_.get(), n, E, stream_);
+
+    // Per-layer input: RMSNorm(proj . (gelu(inp_gate . (S0 * scale)) * PL[l])), added to
+    // streams 1..3.
+    cuda::MulVec(S0, L.altup_correct_scale.get(), n, E, t_.get(), stream_);
+    Project(L.inp_gate, t_.get(), n, small_.get());
+    cuda::GeluMul(small_.get(), pl_.get() + l * n * kPerLayer, gelu_table_.get(), n * kPerLayer,
+                  stream_);
+    Project(L.proj, small_.get(), n, o_.get());
+    cuda::RmsNorm(o_.get(), L.post_norm.get(), n, E, c.rms_eps, o_.get(), stream_);
+    for (int k = 1; k < kS; ++k) cuda::Add(stream(S, k), o_.get(), n * E, stream_);
+  }
+
+  // Unembedding: streams 1..3 projected back and rescaled to stream 0's magnitude, then the
+  // mean of the four.
+  float* h = h_.get();
+  PYE_CUDA(cudaMemcpyAsync(h, S0, n * E * sizeof(float), cudaMemcpyDeviceToDevice, stream_));
+  for (int k = 1; k < kS; ++k) {
+    Project(altup_unembd_proj_[k - 1], stream(S, k), n, laurel_.get());
+    cuda::MatchMagnitude(S0, laurel_.get(), n, E, stream_);
+    cuda::Add(h, laurel_.get(), n * E, stream_);
+  }
+  cuda::Scale(h, n * E, 1.f / kS, stream_);
+  return h;
+}
+
+}  // namespace
+
+std::unique_ptr<Model> MakeCudaGemma3n(const GgufFile& f, const ModelConfig& cfg) {
+  return std::make_unique<CudaGemma3nModel>(f, cfg);
+}
+
+}  // namespace pyengine

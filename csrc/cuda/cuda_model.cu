@@ -1,0 +1,233 @@
+#include "cuda/cuda_model.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <string>
+
+#include "core/errors.h"
+#include "cuda/cuda_backend.h"
+#include "model/ops.h"
+#include "quant/kernel_set.h"
+
+namespace pyengine {
+
+CudaModel::CudaModel(const GgufFile& f, const ModelConfig& cfg) : cfg_(cfg) {
+  const int64_t E = cfg.n_embd, D = cfg.head_dim;
+  if (D % 64 != 0 || D > 256) {
+    throw ModelError(f.path() + ": head_dim " + std::to_string(D) +
+                     " is not run by the CUDA backend (multiples of 64 up to 256)");
+  }
+  if (cfg.n_head % cfg.n_head_kv != 0) {
+    throw ModelError(f.path() + ": query heads are not a multiple of KV heads");
+  }
+  PYE_CUDA(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+  const char* graphs = std::getenv("PYENGINE_CUDA_GRAPHS");
+  use_graphs_ = !(graphs && std::string(graphs) == "0");
+  const TensorView out = Bind(f, "output.weight", {E, cfg.n_vocab}, /*optional=*/true);
+  tied_ = out.data == nullptr;
+  const TensorView embd = Bind(f, "token_embd.weight", {E, cfg.n_vocab});
+  output_ = cuda::Upload(f.path(), tied_ ? embd : out);
+  if (!tied_) tok_embd_ = cuda::Upload(f.path(), embd);
+  output_norm_ = cuda::UploadFloats(BindVector(f, "output_norm.weight", E));
+  const float* table = GeluFp16Table();
+  gelu_table_ = cuda::UploadFloats(std::vector<float>(table, table + (1 << 16)));
+}
+
+CudaModel::~CudaModel() {
+  ClearGraphs();
+  if (stream_) cudaStreamDestroy(stream_);
+}
+
+void CudaModel::ReserveInput(int64_t n, int64_t cols) const {
+  xr_.Reserve(static_cast<size_t>(n * cols));
+  xq_.Reserve(static_cast<size_t>(n * cols));
+  xd_.Reserve(static_cast<size_t>(n * cols / 32 + 1));
+}
+
+void CudaModel::Project(const cuda::DevWeight& w, const float* x, int64_t n, float* y) const {
+  cuda::PrepareInput(w.m.type, x, n, w.m.cols, xr_.get(), xq_.get(), xd_.get(), stream_);
+  cuda::MatMul(w.m, xr_.get(), xq_.get(), xd_.get(), n, y, stream_);
+}
+
+void CudaModel::EnqueueEmbed(int64_t n, float* x) const {
+  cuda::Embed(tied_ ? output_.m : tok_embd_.m, tokens_.get(), n,
+              std::sqrt(static_cast<float>(cfg_.n_embd)), x, stream_);
+}
+
+cuda::KvArgs CudaModel::Kv() const {
+  return {kv_.get(), seq_.get(), pos_.get(), static_cast<int>(kv_arena_->block_tokens()),
+          static_cast<int>(cfg_.kv_dim())};
+}
+
+void CudaModel::UploadBatch(const Batch& batch) const {
+  const KvView& v0 = batch.views[0];
+  const KvArena* arena = v0.arena;
+  if (kv_arena_ != arena) {  // first call: the device copy of the arena
+    const int64_t page_halves = 2 * arena->block_tokens() * arena->kv_dim();
+    kv_ = cuda::DeviceBuffer<__half>(static_cast<size_t>(arena->n_pages() * page_halves));
+    kv_arena_ = arena;
+  }
+  tokens_.Upload(batch.tokens.data(), batch.tokens.size(), stream_);
+  pos_.Upload(batch.pos.data(), batch.pos.size(), stream_);
+  seq_.Upload(batch.seq.data(), batch.seq.size(), stream_);
+  if (!batch.out_rows.empty()) out_rows_.Upload(batch.out_rows.data(), batch.out_rows.size(), stream_);
+  if (!batch.hidden_rows.empty()) {
+    hidden_rows_.Upload(batch.hidden_rows.data(), batch.hidden_rows.size(), stream_);
+  }
+  // Per group: every sequence's blocks, each as its pages' arena ids.
+  const KvLayout& layout = *v0.layout;
+  for (int g = 0; g < layout.n_groups; ++g) {
+    std::vector<int32_t> table, off;
+    for (const KvView& v : batch.views) {
+      off.push_back(static_cast<int32_t>(table.size()));
+      for (int32_t b : v.table->blocks[g]) {
+        for (int p = 0; p < layout.group_pages[g]; ++p) {
+          table.push_back(b >= 0 ? static_cast<int32_t>(arena->page_id(b, p)) : -1);
+        }
+      }
+    }
+    if (table.empty()) table.push_back(-1);
+    table_[g].Upload(table.data(), table.size(), stream_);
+    off_[g].Upload(off.data(), off.size(), stream_);
+    groups_[g] = {table_[g].get(), off_[g].get(), layout.group_pages[g]};
+    // The host vectors are freed at the end of this iteration: wait until the copies read them.
+    PYE_CUDA(cudaStreamSynchronize(stream_));
+  }
+  UploadInputs(batch);
+  PYE_CUDA(cudaStreamSynchronize(stream_));
+}
+
+void CudaModel::Reserve(int64_t n, int64_t n_out, int64_t n_hidden) const {
+  const int64_t E = cfg_.n_embd;
+  ReserveInput(std::max<int64_t>(n_out, 1), E);
+  ReserveLayers(n);
+  rows_.Reserve(static_cast<size_t>(std::max<int64_t>(n_out, 1) * E));
+  hrows_.Reserve(static_cast<size_t>(std::max<int64_t>(n_hidden, 1) * E));
+  logits_.Reserve(static_cast<size_t>(std::max<int64_t>(n_out, 1) * cfg_.n_vocab));
+}
+
+std::vector<const void*> CudaModel::BufferAddresses() const {
+  std::vector<const void*> a = {xr_.get(), xd_.get(), xq_.get(), rows_.get(), hrows_.get(),
+                                logits_.get(), tokens_.get(), pos_.get(), seq_.get(),
+                                out_rows_.get(), hidden_rows_.get(), kv_.get()};
+  for (int g = 0; g < kMaxKvGroups; ++g) {
+    a.push_back(table_[g].get());
+    a.push_back(off_[g].get());
+  }
+  AddAddresses(&a);
+  return a;
+}
+
+void CudaModel::ClearGraphs() const {
+  for (auto& [key, exec] : graphs_) cudaGraphExecDestroy(exec);
+  graphs_.clear();
+}
+
+void CudaModel::Enqueue(int64_t n, int64_t n_out, int64_t n_hidden,
+                        const KvLayout& layout) const {
+  const ModelConfig& c = cfg_;
+  const int64_t E = c.n_embd;
+  const float* h = EnqueueLayers(n, layout);
+  if (n_hidden > 0) {
+    cuda::GatherRows(h, hidden_rows_.get(), n_hidden, E, hrows_.get(), stream_);
+    cuda::RmsNorm(hrows_.get(), output_norm_.get(), n_hidden, E, c.rms_eps, hrows_.get(),
+                  stream_);
+  }
+  if (n_out > 0) {
+    cuda::GatherRows(h, out_rows_.get(), n_out, E, rows_.get(), stream_);
+    cuda::RmsNorm(rows_.get(), output_norm_.get(), n_out, E, c.rms_eps, rows_.get(), stream_);
+    Project(output_, rows_.get(), n_out, logits_.get());
+    if (c.final_softcap > 0) {
+      cuda::Softcap(logits_.get(), n_out * c.n_vocab, c.final_softcap, stream_);
+    }
+  }
+}
+
+void CudaModel::Forward(const Batch& batch, Workspace& ws, float* out, ThreadPool& pool,
+                        float* hidden) const {
+  const ModelConfig& c = cfg_;
+  const int64_t n = batch.size();
+  if (n <= 0) return;
+  for (int64_t t = 0; t < n; ++t) {
+    if (batch.tokens[t] < 0 || batch.tokens[t] >= c.n_vocab) {
+      throw EngineError("token id " + std::to_string(batch.tokens[t]) + " is outside the vocabulary");
+    }
+    if (batch.pos[t] < 0 || batch.pos[t] >= batch.views[batch.seq[t]].capacity()) {
+      throw EngineError("position " + std::to_string(batch.pos[t]) + " has no KV block");
+    }
+  }
+  const int64_t n_out = out ? static_cast<int64_t>(batch.out_rows.size()) : 0;
+  const int64_t n_hidden = hidden ? static_cast<int64_t>(batch.hidden_rows.size()) : 0;
+  UploadBatch(batch);
+  Reserve(n, n_out, n_hidden);
+  const KvLayout& layout = *batch.views[0].layout;
+  // Every step of a batch shape is one CUDA graph, captured the first time and replayed after:
+  // the batch's contents (tokens, positions, block tables) live in device buffers whose
+  // addresses the graph holds, so a replay computes the new batch. A reallocation changes
+  // those addresses and drops the graphs. Large prompt chunks run directly.
+  if (use_graphs_ && n <= kMaxGraphTokens) {
+    const std::vector<const void*> sig = BufferAddresses();
+    if (sig != graph_sig_) {
+      ClearGraphs();
+      graph_sig_ = sig;
+    }
+    const std::array<int64_t, 3> key{n, n_out, n_hidden};
+    auto it = graphs_.find(key);
+    if (it == graphs_.end()) {
+      if (graphs_.size() >= kMaxGraphs) ClearGraphs();
+      cudaGraph_t graph = nullptr;
+      PYE_CUDA(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
+      try {
+        Enqueue(n, n_out, n_hidden, layout);
+      } catch (...) {
+        cudaStreamEndCapture(stream_, &graph);
+        if (graph) cudaGraphDestroy(graph);
+        throw;
+      }
+      PYE_CUDA(cudaStreamEndCapture(stream_, &graph));
+      cudaGraphExec_t exec = nullptr;
+      const cudaError_t e = cudaGraphInstantiate(&exec, graph, 0);
+      cudaGraphDestroy(graph);
+      PYE_CUDA(e);
+      it = graphs_.emplace(key, exec).first;
+    }
+    PYE_CUDA(cudaGraphLaunch(it->second, stream_));
+  } else {
+    Enqueue(n, n_out, n_hidden, layout);
+  }
+  if (n_hidden > 0) {
+    PYE_CUDA(cudaMemcpyAsync(hidden, hrows_.get(), n_hidden * c.n_embd * sizeof(float),
+                             cudaMemcpyDeviceToHost, stream_));
+  }
+  if (n_out > 0) {
+    PYE_CUDA(cudaMemcpyAsync(out, logits_.get(), n_out * c.n_vocab * sizeof(float),
+                             cudaMemcpyDeviceToHost, stream_));
+  }
+  PYE_CUDA(cudaStreamSynchronize(stream_));
+}
+
+bool CudaAvailable() {
+  int n = 0;
+  return cudaGetDeviceCount(&n) == cudaSuccess && n > 0;
+}
+
+std::string CudaDeviceInfo() {
+  int n = 0;
+  const cudaError_t e = cudaGetDeviceCount(&n);
+  if (e != cudaSuccess) return std::string("no CUDA device: ") + cudaGetErrorString(e);
+  if (n == 0) return "no CUDA device";
+  cudaDeviceProp p{};
+  if (cudaGetDeviceProperties(&p, 0) != cudaSuccess) return "a CUDA device (properties unreadable)";
+  return std::string(p.name) + " (compute capability " + std::to_string(p.major) + "." +
+         std::to_string(p.minor) + ", " + std::to_string(p.totalGlobalMem >> 20) + " MiB)";
+}
+
+std::unique_ptr<Model> LoadCudaModel(const GgufFile& file, const ModelConfig& config) {
+  if (!CudaAvailable()) throw EngineError("CUDA backend: " + CudaDeviceInfo());
+  if (config.arch == "gemma3") return MakeCudaGemma3(file, config);
+  if (config.arch == "gemma3n") return MakeCudaGemma3n(file, config);
+  throw ModelError(file.path() + ": the CUDA backend does not run " + config.arch);
+}
+
+}  // namespace pyengine
