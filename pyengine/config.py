@@ -147,18 +147,14 @@ class Config:
                 values[attr] = _bool(var, raw)
         if (raw := get("OLLAMA_HOST")) is not None:
             values["ollama_host"] = normalize_host(raw)
-        if (raw := get("MODEL_ROUTING_STRATEGY")) is not None:
-            strategy = raw.strip().lower()
-            if strategy not in STRATEGIES:
-                raise ConfigError(f"MODEL_ROUTING_STRATEGY must be one of {', '.join(STRATEGIES)}, "
-                                  f"got {raw!r}")
-            values["routing_strategy"] = strategy
-        if (raw := get("PYENGINE_BACKEND")) is not None:
-            backend = raw.strip().lower()
-            if backend not in BACKENDS:
-                raise ConfigError(f"PYENGINE_BACKEND must be one of {', '.join(BACKENDS)}, "
-                                  f"got {raw!r}")
-            values["backend"] = backend
+        choices = {"MODEL_ROUTING_STRATEGY": ("routing_strategy", STRATEGIES),
+                   "PYENGINE_BACKEND": ("backend", BACKENDS)}
+        for var, (attr, allowed) in choices.items():
+            if (raw := get(var)) is not None:
+                choice = raw.strip().lower()
+                if choice not in allowed:
+                    raise ConfigError(f"{var} must be one of {', '.join(allowed)}, got {raw!r}")
+                values[attr] = choice
         if (raw := get("PAID_API_MAX_MONTHLY_SPEND")) is not None:
             values["paid_api_max_monthly_spend"] = float(
                 _number("PAID_API_MAX_MONTHLY_SPEND", raw, False, 0))

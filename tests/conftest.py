@@ -12,6 +12,11 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from make_model import write_model  # noqa: E402
 
+from pyengine import _core  # noqa: E402
+
+_ORDER = ["scalar", "avx2", "avx512"]
+ISA_LEVELS = _ORDER[: _ORDER.index(_core.best_isa()) + 1]  # every kernel level this CPU can run
+
 
 @pytest.fixture(scope="session")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -33,6 +38,15 @@ def make_model(model_dir: Path):
         return cache[key]
 
     return get
+
+
+@pytest.fixture(params=ISA_LEVELS)
+def isa(request):
+    """Runs the test once per kernel level this CPU has, forcing it as PYENGINE_ISA would."""
+    before = _core.isa()
+    _core.set_isa(request.param)
+    yield request.param
+    _core.set_isa(before)
 
 
 @pytest.fixture(scope="session")
@@ -68,3 +82,31 @@ def pyengine_server():
     yield start
     for server in started:
         server.__exit__(None, None, None)
+
+
+def prompt_ids(n_vocab: int, n: int, seed: int = 0) -> list[int]:
+    """BOS and seeded random ids past the control/unused block at the start of the vocabulary,
+    as real text would be."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    return [2] + rng.integers(300, n_vocab, n - 1).tolist()
+
+
+def oracle_agreement(logits_of, path: Path, n_vocab: int, n_prompts: int, n_tokens: int):
+    """(relative L2 error of every position, top-1 agreement rate) of logits_of(ids) against
+    llama.cpp's logits on the same file, over n_prompts seeded prompts of n_tokens tokens."""
+    import numpy as np
+
+    llm = oracle(path)
+    errs, hits = [], []
+    for seed in range(n_prompts):
+        ids = prompt_ids(n_vocab, n_tokens, seed)
+        ours = np.asarray(logits_of(ids), dtype=np.float64)
+        assert ours.shape == (len(ids), n_vocab)
+        llm.reset()
+        llm.eval(ids)
+        ref = np.array(llm.scores[: len(ids)], dtype=np.float64)
+        errs.append(np.linalg.norm(ours - ref, axis=1) / np.linalg.norm(ref, axis=1))
+        hits.append(ours.argmax(1) == ref.argmax(1))
+    return np.concatenate(errs), float(np.concatenate(hits).mean())

@@ -13,7 +13,11 @@ import pytest
 
 from pyengine import Engine, PyEngineError
 
-WINDOW = 32  # the tiny preset's sliding window: prompts below are longer than it
+WINDOW = 32  # the tiny presets' sliding window: prompts below are longer than it
+# Both architectures; Gemma 3n's layers from 20 on share earlier layers' keys and values.
+PRESETS = ["tiny", "tiny-3n"]
+# About two (Gemma 3) or one long (Gemma 3n: 20 pages a block) sequences' worth of KV memory.
+SMALL_CACHE_MB = {"tiny": 1.0, "tiny-3n": 1.5}
 
 
 def prompts(seed: int, lengths: list[int], n_vocab: int = 3000) -> list[list[int]]:
@@ -56,9 +60,10 @@ def assert_all_pages_back(eng: Engine) -> dict:
     return st
 
 
+@pytest.mark.parametrize("preset", PRESETS)
 @pytest.mark.parametrize("dtype", ["q8_0", "f32"])
-def test_batched_greedy_equals_alone(make_model, dtype):
-    path = make_model("tiny", dtype)
+def test_batched_greedy_equals_alone(make_model, preset, dtype):
+    path = make_model(preset, dtype)
     ps = prompts(1, [3, 17, 40, 90, 150, 260])
     ref = alone(path, ps, 24)
     # Small steps force chunked prompts next to decoding sequences; arrivals are staggered.
@@ -120,12 +125,13 @@ def test_cancelled_streams_free_their_blocks(make_model):
     assert got[1] == ref[1][:6] and got[3] == ref[3][:1]
 
 
-def test_preemption_recomputes_without_corruption(make_model):
-    path = make_model("tiny", "q8_0")
+@pytest.mark.parametrize("preset", PRESETS)
+def test_preemption_recomputes_without_corruption(make_model, preset):
+    path = make_model(preset, "q8_0")
     ps = prompts(4, [60, 75, 90, 45, 110, 30])
     ref = alone(path, ps, 48)
-    # About two sequences' worth of pages: the newest give way and are recomputed later.
-    with Engine(path, n_ctx=512, kv_cache_mb=1.0, max_batch_tokens=64) as eng:
+    # Little memory: the newest sequences give way and are recomputed later.
+    with Engine(path, n_ctx=512, kv_cache_mb=SMALL_CACHE_MB[preset], max_batch_tokens=64) as eng:
         budget = eng.stats()["kv_pages_total"]
         samples: list[dict] = []
         stop = threading.Event()
@@ -174,8 +180,9 @@ def test_random_mix_returns_every_page(make_model):
     assert st["finished"] + st["cancelled"] >= 24 and st["failed"] == 0
 
 
-def test_prefix_cache_reuses_blocks_beyond_the_window(make_model):
-    path = make_model("tiny", "q8_0")
+@pytest.mark.parametrize("preset", PRESETS)
+def test_prefix_cache_reuses_blocks_beyond_the_window(make_model, preset):
+    path = make_model(preset, "q8_0")
     shared = prompts(6, [200])[0]  # far longer than the 32-position window
     a = shared + prompts(8, [10])[0][1:]
     b = shared + prompts(9, [7])[0][1:]

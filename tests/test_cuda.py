@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from conftest import prompt_ids
 from pyengine import Engine, PyEngineError, _core
 
 needs_gpu = pytest.mark.skipif(not _core.cuda_available(),
@@ -19,10 +20,6 @@ BOUNDS = [("tiny", "f32", 5e-3, 0.99), ("tiny", "f16", 5e-3, 0.99), ("tiny", "bf
           ("tiny", "q8_0", 5e-2, 0.95), ("tiny-3n", "f32", 5e-3, 0.99),
           ("tiny-3n", "f16", 1e-2, 0.99), ("tiny-3n", "q8_0", 1e-1, 0.85)]
 
-
-def prompt_ids(n_vocab: int, n: int, seed: int = 0) -> list[int]:
-    rng = np.random.default_rng(seed)
-    return [2] + rng.integers(300, n_vocab, n - 1).tolist()
 
 
 def test_without_a_device_cuda_is_a_clean_error(tiny_f32):

@@ -11,7 +11,7 @@ from typing import Any
 import gguf
 import numpy as np
 import pytest
-from conftest import oracle
+from conftest import oracle, prompt_ids
 from gemma3n_tensors import SPARSITY_STD_MUL
 from gguf.quants import dequantize
 from make_model import ModelConfig, make_config
@@ -22,11 +22,6 @@ N_PROMPT = 250  # several times the sliding window, and past it by far
 N_GEN = 32
 KV_LAYERS = 20  # llama.cpp: layers 0-19 own their KV, later ones share it
 
-
-def prompt_ids(n_vocab: int, n: int, seed: int = 0) -> list[int]:
-    """BOS and random ids past the control/unused block, as real text would be."""
-    rng = np.random.default_rng(seed)
-    return [2] + rng.integers(300, n_vocab, n - 1).tolist()
 
 
 def field(reader: gguf.GGUFReader, key: str) -> Any:

@@ -22,7 +22,7 @@ import pytest
 pytest.importorskip("mlx.core")
 pytest.importorskip("mlx_lm")
 
-from conftest import oracle  # noqa: E402
+from conftest import oracle, prompt_ids  # noqa: E402
 from pyengine import Engine, PyEngineError  # noqa: E402
 from pyengine.server.testing import ServerProcess  # noqa: E402
 
@@ -40,10 +40,6 @@ def mlx_cache(tmp_path_factory, monkeypatch):
     """Conversions go to a per-session folder, never the user's cache."""
     monkeypatch.setenv("PYENGINE_MLX_CACHE", str(tmp_path_factory.getbasetemp() / "mlx-cache"))
 
-
-def prompt_ids(n_vocab: int, n: int, seed: int = 0) -> list[int]:
-    rng = np.random.default_rng(seed)
-    return [2] + rng.integers(300, n_vocab, n - 1).tolist()
 
 
 def rel_err(ours: np.ndarray, ref: np.ndarray) -> np.ndarray:

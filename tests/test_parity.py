@@ -5,20 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import oracle
-from pyengine import Engine, _core
-
-ORDER = ["scalar", "avx2", "avx512"]
-LEVELS = ORDER[: ORDER.index(_core.best_isa()) + 1]  # every kernel level this CPU can run
-
-
-@pytest.fixture(params=LEVELS)
-def isa(request):
-    """Runs the test once per kernel level, forcing it as PYENGINE_ISA would."""
-    before = _core.isa()
-    _core.set_isa(request.param)
-    yield request.param
-    _core.set_isa(before)
+from conftest import oracle, oracle_agreement, prompt_ids
+from pyengine import Engine
 
 # (dtype, max relative L2 error per position, min top-1 agreement): the issue's bounds for
 # F32/F16/Q8_0; BF16 (activations rounded to bf16 by both engines) is held to 1e-2 / 99%.
@@ -26,11 +14,6 @@ BOUNDS = [("f32", 5e-3, 0.99), ("f16", 5e-3, 0.99), ("q8_0", 5e-2, 0.95), ("bf16
 N_PROMPT = 250  # several times the tiny preset's sliding window
 N_PROMPTS = 4   # ~1000 positions: top-1 agreement is a rate, and 200 samples are too few to pin it
 
-
-def prompt_ids(n_vocab: int, n: int, seed: int = 0) -> list[int]:
-    rng = np.random.default_rng(seed)
-    # Skip the control/unused block at the start of the vocabulary, as real text would.
-    return [2] + rng.integers(300, n_vocab, n - 1).tolist()
 
 
 def test_model_exercises_window_and_global_layers(tiny_f32):
@@ -45,19 +28,7 @@ def test_model_exercises_window_and_global_layers(tiny_f32):
 def test_logits_match_llama_cpp(make_model, dtype, max_err, min_top1, isa):
     path = make_model("tiny", dtype)
     eng = Engine(path, n_ctx=512)
-    llm = oracle(path)
-    errs, hits = [], []
-    for seed in range(N_PROMPTS):
-        ids = prompt_ids(eng.n_vocab, N_PROMPT, seed)
-        ours = eng.logits(ids).astype(np.float64)
-        assert ours.shape == (len(ids), eng.n_vocab)
-        llm.reset()
-        llm.eval(ids)
-        ref = np.array(llm.scores[: len(ids)], dtype=np.float64)
-        errs.append(np.linalg.norm(ours - ref, axis=1) / np.linalg.norm(ref, axis=1))
-        hits.append(ours.argmax(1) == ref.argmax(1))
-    err = np.concatenate(errs)
-    top1 = float(np.concatenate(hits).mean())
+    err, top1 = oracle_agreement(eng.logits, path, eng.n_vocab, N_PROMPTS, N_PROMPT)
     assert err.max() <= max_err, f"{dtype}/{isa}: worst position rel. error {err.max():.2e}"
     assert top1 >= min_top1, f"{dtype}/{isa}: top-1 agreement {top1:.3f}"
 

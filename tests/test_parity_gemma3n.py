@@ -1,5 +1,6 @@
 """Gemma 3n: logits and greedy generation agree with llama.cpp on the tiny synthetic files, and
-the engine's batching, prefix cache and KV arena work for it as they do for Gemma 3.
+the KV arena, embeddings and the server work for it as they do for Gemma 3 (batching,
+preemption and the prefix cache run on both architectures in test_batching.py).
 
 The tiny-3n preset has 25 layers, so layers 20-24 reuse the keys/values of layers 18 (sliding)
 and 19 (global), and its window (32) is far shorter than the prompts.
@@ -12,32 +13,16 @@ import os
 import numpy as np
 import pytest
 
-from conftest import oracle
-from pyengine import Engine, ModelError, _core
-from test_batching import alone, assert_all_pages_back, prompts, run_concurrently
+from conftest import oracle, oracle_agreement, prompt_ids
+from pyengine import Engine, ModelError
+from test_batching import assert_all_pages_back
 from test_embed import TEXTS, llama_embed
 
-ORDER = ["scalar", "avx2", "avx512"]
-LEVELS = ORDER[: ORDER.index(_core.best_isa()) + 1]
 # (dtype, max relative L2 error per position, min top-1 agreement): the issue's bounds.
 BOUNDS = [("f32", 5e-3, 0.99), ("f16", 1e-2, 0.99), ("q8_0", 1e-1, 0.85)]
 N_PROMPT = 250
 N_PROMPTS = 4  # ~1000 positions: top-1 agreement is a rate
 KV_OWNERS = 20  # llama.cpp: layers 0-19 hold keys/values, later layers reuse them
-
-
-@pytest.fixture(params=LEVELS)
-def isa(request):
-    """Runs the test once per kernel level, forcing it as PYENGINE_ISA would."""
-    before = _core.isa()
-    _core.set_isa(request.param)
-    yield request.param
-    _core.set_isa(before)
-
-
-def prompt_ids(n_vocab: int, n: int, seed: int = 0) -> list[int]:
-    rng = np.random.default_rng(seed)
-    return [2] + rng.integers(300, n_vocab, n - 1).tolist()
 
 
 def oracle_greedy(llm, prompt: list[int], n: int) -> list[int]:
@@ -69,19 +54,7 @@ def test_config_shares_kv_and_slides(make_model):
 def test_logits_match_llama_cpp(make_model, dtype, max_err, min_top1, isa):
     path = make_model("tiny-3n", dtype)
     eng = Engine(path, n_ctx=512)
-    llm = oracle(path)
-    errs, hits = [], []
-    for seed in range(N_PROMPTS):
-        ids = prompt_ids(eng.n_vocab, N_PROMPT, seed)
-        ours = eng.logits(ids).astype(np.float64)
-        assert ours.shape == (len(ids), eng.n_vocab)
-        llm.reset()
-        llm.eval(ids)
-        ref = np.array(llm.scores[: len(ids)], dtype=np.float64)
-        errs.append(np.linalg.norm(ours - ref, axis=1) / np.linalg.norm(ref, axis=1))
-        hits.append(ours.argmax(1) == ref.argmax(1))
-    err = np.concatenate(errs)
-    top1 = float(np.concatenate(hits).mean())
+    err, top1 = oracle_agreement(eng.logits, path, eng.n_vocab, N_PROMPTS, N_PROMPT)
     assert err.max() <= max_err, f"{dtype}/{isa}: worst position rel. error {err.max():.2e}"
     assert top1 >= min_top1, f"{dtype}/{isa}: top-1 agreement {top1:.3f}"
 
@@ -159,51 +132,6 @@ def test_per_layer_table_stays_mapped(make_model):
 def test_shapes_llama_cpp_fixes_are_checked(make_model, overrides, message):
     with pytest.raises(ModelError, match=message):
         Engine(make_model("tiny-3n", "f32", **overrides), n_ctx=512)
-
-
-@pytest.mark.parametrize("dtype", ["q8_0", "f32"])
-def test_batched_greedy_equals_alone(make_model, dtype):
-    path = make_model("tiny-3n", dtype)
-    ps = prompts(1, [3, 17, 40, 90, 150, 260])
-    ref = alone(path, ps, 24)
-    with Engine(path, n_ctx=512, max_batch=4, max_batch_tokens=48) as eng:
-        got = run_concurrently(eng, ps, 24, delays=[0, 0.01, 0.0, 0.03, 0.02, 0.005])
-        st = assert_all_pages_back(eng)
-    assert got == ref
-    assert 1 < st["max_step_sequences"] <= 4
-
-
-def test_preemption_recomputes_without_corruption(make_model):
-    path = make_model("tiny-3n", "q8_0")
-    ps = prompts(4, [60, 75, 90, 45, 110, 30])
-    ref = alone(path, ps, 48)
-    # 192 pages: the longest prompt's admission (all its blocks, 140 pages) and little more, so
-    # the newest sequences give way and are recomputed later.
-    with Engine(path, n_ctx=512, kv_cache_mb=1.5, max_batch_tokens=64) as eng:
-        budget = eng.stats()["kv_pages_total"]
-        got = run_concurrently(eng, ps, 48)
-        st = assert_all_pages_back(eng)
-    assert got == ref
-    assert st["preemptions"] > 0
-    assert st["kv_pages_total"] == budget
-
-
-def test_prefix_cache_reuses_blocks_beyond_the_window(make_model):
-    path = make_model("tiny-3n", "q8_0")
-    shared = prompts(6, [200])[0]  # far longer than the 32-position window
-    a = shared + prompts(8, [10])[0][1:]
-    b = shared + prompts(9, [7])[0][1:]
-    ref_b = alone(path, [b], 20)[0]
-    with Engine(path, n_ctx=512) as eng:
-        eng.generate(a, max_tokens=20, temperature=0, ignore_eos=True)
-        out = eng.generate(b, max_tokens=20, temperature=0, ignore_eos=True)
-        st = assert_all_pages_back(eng)
-        assert out.tokens == ref_b
-        assert out.cached_tokens == len(shared) // 16 * 16
-        assert out.prompt_eval_count == len(b) - out.cached_tokens
-        assert st["prefix_hit_tokens"] == out.cached_tokens
-        again = eng.generate(b, max_tokens=20, temperature=0, ignore_eos=True)
-        assert again.tokens == ref_b and again.cached_tokens == (len(b) - 1) // 16 * 16
 
 
 def test_server_serves_gemma3n_to_the_ollama_client(make_model, pyengine_server):

@@ -4,19 +4,15 @@
 
 #include <algorithm>
 
+#include "cuda/device_math.cuh"
+
 namespace pyengine {
 namespace cuda {
 namespace {
 
-constexpr int kWarp = 32;
 constexpr int kRowsPerBlock = 8;    // MatMul: one warp per output row, 8 warps a block
 constexpr int kMaxHeadDim = 256;
 constexpr int kMaxLaneDims = kMaxHeadDim / kWarp;
-
-__device__ __forceinline__ float WarpSum(float v) {
-  for (int o = kWarp / 2; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
 
 __device__ __forceinline__ float Bf16Bits(uint16_t b) { return __uint_as_float(uint32_t{b} << 16); }
 
@@ -317,10 +313,6 @@ __global__ void AttendKernel(const float* q, float* attn, int64_t n, int n_head,
     for (int j = 0; j < nd; ++j) acc[j] += w * __half2float(val[lane + kWarp * j]);
   }
   for (int j = 0; j < nd; ++j) attn[(t * n_head + h) * head_dim + lane + kWarp * j] = acc[j];
-}
-
-unsigned Blocks(int64_t count, int per_block) {
-  return static_cast<unsigned>((count + per_block - 1) / per_block);
 }
 
 }  // namespace

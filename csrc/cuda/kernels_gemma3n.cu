@@ -2,17 +2,13 @@
 
 #include <cuda_bf16.h>
 
+#include "cuda/device_math.cuh"
+
 namespace pyengine {
 namespace cuda {
 namespace {
 
-constexpr int kWarp = 32;
 constexpr int kPerLayer = 256;
-
-__device__ __forceinline__ float WarpSum(float v) {
-  for (int o = kWarp / 2; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
 
 // The sum of v over a block of up to 1024 threads (every thread gets it).
 __device__ float BlockSum(float v) {
@@ -147,10 +143,6 @@ __global__ void MulVecKernel(const float* x, const float* v, int64_t dim, int64_
 __global__ void ScaleKernel(float* x, int64_t count, float f) {
   const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (i < count) x[i] *= f;
-}
-
-unsigned Blocks(int64_t count, int per_block) {
-  return static_cast<unsigned>((count + per_block - 1) / per_block);
 }
 
 }  // namespace
