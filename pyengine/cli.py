@@ -193,8 +193,9 @@ def _backend_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", choices=BACKENDS, default=None,
                    help="native (C++ core), mlx (mlx-lm; pyengine[mlx]) or auto (MLX on Apple "
                         "silicon when installed); default: PYENGINE_BACKEND, else auto")
-    p.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default=None,
-                   help="MLX backend: the weights' float type (default: the file's)")
+    p.add_argument("--dtype", choices=("float32", "float16", "bfloat16", "q8"), default=None,
+                   help="MLX backend: the weights' type (default: the file's; q8: Q8_0 as MLX "
+                        "8-bit)")
 
 
 def build_parser() -> argparse.ArgumentParser:

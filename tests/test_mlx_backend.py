@@ -22,7 +22,7 @@ import pytest
 pytest.importorskip("mlx.core")
 pytest.importorskip("mlx_lm")
 
-from conftest import oracle, prompt_ids  # noqa: E402
+from conftest import oracle, oracle_agreement, prompt_ids  # noqa: E402
 from pyengine import Engine, PyEngineError  # noqa: E402
 from pyengine.server.testing import ServerProcess  # noqa: E402
 
@@ -294,3 +294,28 @@ def test_an_mlx_lm_quantized_folder_loads(make_model, tmp_path):
         assert err.max() <= 5e-2  # 8-bit weights, like Q8_0's bound
         assert eng.generate(ids, max_tokens=4, temperature=0, ignore_eos=True).eval_count == 4
         assert eng.embed("hello").shape == (128,)
+
+
+@pytest.mark.parametrize("preset,max_err,min_top1", [("tiny", 5e-2, 0.95),
+                                                     ("tiny-3n", 1e-1, 0.85)])
+def test_q8_0_runs_as_mlx_8bit_without_loss(make_model, preset, max_err, min_top1):
+    """A Q8_0 file's matrices become MLX 8-bit matrices holding exactly the file's values."""
+    import mlx.core as mx
+
+    from pyengine import _core
+    from pyengine.mlx_backend import convert
+
+    path = make_model(preset, "q8_0")
+    mf = _core.ModelFile(str(path))
+    weights = convert.mlx_weights(mf, "q8")
+    prefix = "model.layers.0" if preset == "tiny" else "model.language_model.layers.0"
+    for gguf_name, target in (("blk.0.ffn_down.weight", f"{prefix}.mlp.down_proj"),
+                              ("token_embd.weight", prefix.rsplit(".layers", 1)[0]
+                               + ".embed_tokens")):
+        got = mx.dequantize(weights[target + ".weight"], weights[target + ".scales"],
+                            weights[target + ".biases"], group_size=32, bits=8)
+        np.testing.assert_array_equal(np.array(got.astype(mx.float32)), mf.tensor(gguf_name))
+    with Engine(path, n_ctx=512, backend="mlx") as eng:
+        assert eng.config["mlx_dtype"] == "q8"  # the default for Q8_0 files
+        err, top1 = oracle_agreement(eng.logits, path, eng.n_vocab, N_PROMPTS, N_PROMPT)
+    assert err.max() <= max_err and top1 >= min_top1, (err.max(), top1)

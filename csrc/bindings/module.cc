@@ -573,6 +573,37 @@ PYBIND11_MODULE(_core, m) {
              return Utf8(f.tok->Decode(v, special));
            },
            py::arg("ids"), py::arg("special") = false)
+      .def_property_readonly("tensor_types", [](const ModelFile& f) {
+        py::dict out;
+        for (const TensorView& t : f.file->tensors()) out[Utf8(t.name)] = TypeName(t.type);
+        return out;
+      })
+      .def("tensor_q8_0",
+           [](const ModelFile& f, const std::string& name) {
+             const TensorView* t = f.file->FindTensor(name);
+             if (!t) throw ModelError(f.file->path() + ": tensor '" + name + "' is missing");
+             if (t->type != GgmlType::kQ8_0) {
+               throw ModelError(f.file->path() + ": tensor '" + name + "' is not Q8_0");
+             }
+             std::vector<py::ssize_t> shape, dshape;
+             for (int d = t->n_dims - 1; d >= 0; --d) {
+               shape.push_back(static_cast<py::ssize_t>(t->ne[d]));
+               dshape.push_back(static_cast<py::ssize_t>(d == 0 ? t->ne[0] / 32 : t->ne[d]));
+             }
+             py::array_t<int8_t> qs(shape);
+             py::array d(py::dtype("float16"), dshape);
+             int8_t* q = qs.mutable_data();
+             uint16_t* ds = static_cast<uint16_t*>(d.mutable_data());
+             const int64_t nb = t->n_elements() / 32;
+             const BlockQ8_0* blocks = reinterpret_cast<const BlockQ8_0*>(t->data);
+             for (int64_t b = 0; b < nb; ++b) {
+               ds[b] = blocks[b].d;
+               std::memcpy(q + b * 32, blocks[b].qs, 32);
+             }
+             return py::make_tuple(qs, d);
+           },
+           py::arg("name"),
+           "A Q8_0 tensor as stored: int8 quants [..., cols] and fp16 scales [..., cols / 32].")
       .def("tensor", [](const ModelFile& f, const std::string& name, const std::string& dtype) {
              return TensorArray(*f.file, name, dtype);
            },

@@ -29,6 +29,10 @@ from .. import _core
 from ..errors import ModelError
 
 DTYPES = {"float32": mx.float32, "float16": mx.float16, "bfloat16": mx.bfloat16}
+# "q8": Q8_0 matrices become MLX 8-bit affine matrices with groups of 32, losslessly: int8 q
+# with scale d is uint8 q + 128 with scale d and bias -128 d. Scales, biases and every other
+# tensor are float32, where d * (q + 128) - 128 d is exact (in float16 it would round).
+CHOICES = (*DTYPES, "q8")
 _CORE_DTYPE = {"float32": "f32", "float16": "f16", "bfloat16": "bf16"}
 
 # llama.cpp fixes these Gemma 3n widths and counts in code (the native core checks them too).
@@ -115,9 +119,13 @@ def model_args(cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 def mlx_weights(mf: _core.ModelFile, dtype: str) -> dict[str, mx.array]:
-    """Every tensor of the file under mlx-lm's name, as an MLX array of ``dtype``."""
+    """Every tensor of the file under mlx-lm's name, as an MLX array of ``dtype`` (see CHOICES;
+    with "q8", a Q8_0 matrix becomes three arrays: its packed weight, scales and biases)."""
     cfg = mf.config
     arch = cfg["arch"]
+    quantize = dtype == "q8"
+    dtype = "float32" if quantize else dtype
+    types = mf.tensor_types
     out: dict[str, mx.array] = {}
     for name in mf.tensor_names:
         base = name.removesuffix(".weight")
@@ -151,14 +159,32 @@ def mlx_weights(mf: _core.ModelFile, dtype: str) -> dict[str, mx.array]:
                                  "has a separate output.weight")
             else:
                 raise ModelError(f"tensor {name!r} has no place in mlx-lm's gemma3n model")
-        values = mf.tensor(name, "f32" if arch == "gemma3" and kind in _PLUS_ONE
-                           else _CORE_DTYPE[dtype])
+        plus_one = arch == "gemma3" and kind in _PLUS_ONE
+        if quantize and types[name] == "Q8_0" and not plus_one:
+            _add_q8(out, targets, *mf.tensor_q8_0(name))
+            continue
+        values = mf.tensor(name, "f32" if plus_one else _CORE_DTYPE[dtype])
         if arch == "gemma3" and kind in _PLUS_ONE:
             values = (values - np.float32(1.0))
         arrays = [values] if len(targets) == 1 else list(values)
         for target, a in zip(targets, arrays):
             out[target] = _to_mx(a, dtype)
     return out
+
+
+def _add_q8(out: dict[str, mx.array], targets: list[str], qs: np.ndarray, ds: np.ndarray) -> None:
+    """Q8_0 quants [..., cols] and fp16 scales [..., cols / 32] as MLX 8-bit affine matrices:
+    uint8 q + 128 packed four to a uint32 (little-endian, as MLX packs), scale d, bias -128 d,
+    both float32."""
+    if len(targets) == 1:
+        qs, ds = qs[None], ds[None]
+    for target, q, d in zip(targets, qs, ds):
+        base = target.removesuffix(".weight")
+        packed = (q.astype(np.int16) + 128).astype(np.uint8)
+        out[target] = mx.array(np.ascontiguousarray(packed).view(np.uint32))
+        scale = d.astype(np.float32)
+        out[base + ".scales"] = mx.array(scale)
+        out[base + ".biases"] = mx.array(scale * -128.0)
 
 
 def _to_mx(a: np.ndarray, dtype: str) -> mx.array:
@@ -217,17 +243,20 @@ class Gemma3n(gemma3n.Model):
                 mx.eval(layer.mlp._std_multiplier)
 
 def build_model(args: dict[str, Any], weights: dict[str, mx.array]) -> nn.Module:
-    """An mlx-lm model of ``args`` (see ``model_args``) holding ``weights``; evaluated."""
+    """An mlx-lm model of ``args`` (see ``model_args``) holding ``weights``; evaluated. Layers
+    whose weights come with scales (the "q8" conversion) become 8-bit quantized layers."""
     if args["model_type"] == "gemma3_text":
         model: nn.Module = Gemma3(gemma3_text.ModelArgs.from_dict(args),
                                   args.get("final_logit_softcapping"))
         if "lm_head.weight" not in weights:
             model.tie_word_embeddings = True
             model.pop("lm_head")
-        model.load_weights(list(weights.items()), strict=True)
     else:
         model = Gemma3n(gemma3n.ModelArgs.from_dict(args))
-        model.load_weights(list(weights.items()), strict=True)
+    if any(k.endswith(".scales") for k in weights):
+        nn.quantize(model, group_size=32, bits=8,
+                    class_predicate=lambda path, _m: f"{path}.scales" in weights)
+    model.load_weights(list(weights.items()), strict=True)
     mx.eval(model.parameters())
     model.eval()
     return model

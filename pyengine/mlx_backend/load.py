@@ -13,9 +13,9 @@ from .. import _core
 from ..errors import ModelError
 from . import cache, convert
 
-# The MLX float type a GGUF's matrices map to unless asked otherwise: exact for F32, F16 and
-# BF16; Q8_0 (int8 times an fp16 scale) is closest in float16.
-_DEFAULT_DTYPE = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "Q8_0": "float16"}
+# The MLX type a GGUF's matrices map to unless asked otherwise: exact for each (Q8_0 as MLX
+# 8-bit matrices, see convert.CHOICES).
+_DEFAULT_DTYPE = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "Q8_0": "q8"}
 
 
 def default_dtype(path: Path) -> str:
@@ -26,8 +26,8 @@ def default_dtype(path: Path) -> str:
 
 def load(path: Path, dtype: str | None) -> tuple[_core.ModelFile, nn.Module, str]:
     """(the GGUF's ModelFile for config and tokenizer, the mlx-lm model, its float type)."""
-    if dtype is not None and dtype not in convert.DTYPES:
-        raise ValueError(f"dtype must be one of {sorted(convert.DTYPES)}, got {dtype!r}")
+    if dtype is not None and dtype not in convert.CHOICES:
+        raise ValueError(f"dtype must be one of {', '.join(convert.CHOICES)}, got {dtype!r}")
     if path.is_dir():
         return _load_folder(path, dtype)
     mf = _core.ModelFile(str(path))
@@ -81,10 +81,8 @@ def _load_folder(folder: Path, dtype: str | None) -> tuple[_core.ModelFile, nn.M
                          f"the tokenizer's GGUF ({expected['model_type']!r})")
     saved = config.get("pyengine", {}).get("dtype")
     want = dtype or saved or "float32"
-    if want not in convert.DTYPES:
-        raise ModelError(f"{folder}: unknown dtype {want!r}")
     if want != saved:
-        weights = {k: v.astype(convert.DTYPES[want]) for k, v in weights.items()}
+        raise ValueError(f"{folder} holds {saved} weights; convert its GGUF for {want}")
     args = {k: v for k, v in config.items() if k != "pyengine"}
     return mf, convert.build_model(args, weights), want
 
