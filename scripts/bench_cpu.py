@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """CPU benchmark: pyengine against llama.cpp (llama-cpp-python) on the same GGUF and thread count.
 
-For each dtype of a synthetic Gemma 3 model it measures prompt tokens/s, greedy decode tokens/s,
-time to first token, model load time and RSS, for several repetitions, and reports medians and the
-ratio pyengine / llama.cpp. Decode speed is also given as a fraction of the memory-bandwidth
-ceiling (measured read bandwidth / weight bytes read per token).
+For each dtype of a synthetic Gemma 3 or Gemma 3n model it measures prompt tokens/s, greedy
+decode tokens/s, time to first token, model load time and RSS, for several repetitions, and
+reports medians and the ratio pyengine / llama.cpp. Decode speed is also given as a fraction of
+the memory-bandwidth ceiling (measured read bandwidth / weight bytes read per token).
 
     python scripts/bench_cpu.py --preset 1b --dtypes q8_0,f16 --threads 2 --reps 3
 
@@ -269,7 +269,8 @@ def finite(obj: Any) -> Any:
 
 def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--preset", default="1b", help="make_model preset: tiny, 1b, 4b")
+    ap.add_argument("--preset", default="1b",
+                    help="make_model preset: tiny, 1b, 4b, tiny-3n, e2b, e4b")
     ap.add_argument("--dtypes", default="q8_0,f16", help="comma-separated: f32, f16, bf16, q8_0")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--reps", type=int, default=3)

@@ -4,6 +4,7 @@
 // callers and the scheduler thread is reported even when the outputs look right.
 #include <atomic>
 #include <cstdio>
+#include <cstdlib>
 #include <random>
 #include <thread>
 #include <vector>
@@ -11,14 +12,15 @@
 #include "runtime/engine.h"
 
 int main(int argc, char** argv) {
-  if (argc != 2) {
-    std::fprintf(stderr, "usage: %s MODEL.gguf\n", argv[0]);
+  if (argc != 2 && argc != 3) {
+    std::fprintf(stderr, "usage: %s MODEL.gguf [KV_CACHE_MIB]\n", argv[0]);
     return 2;
   }
   pyengine::EngineOptions opts;
   opts.n_ctx = 256;
   opts.n_threads = 2;
-  opts.kv_cache_bytes = int64_t{1} << 20;  // small: preemption and eviction happen
+  // Small (1 MiB unless given): preemption and eviction happen.
+  opts.kv_cache_bytes = (argc == 3 ? std::atoll(argv[2]) : 1) << 20;
   opts.scheduler.max_batch = 6;
   opts.scheduler.max_batch_tokens = 48;
   pyengine::Engine eng(argv[1], opts);
