@@ -54,6 +54,34 @@ def tiny_f32(make_model) -> Path:
     return make_model("tiny", "f32")
 
 
+# What the server tests give every engine they start.
+SERVER_N_CTX = 256
+SERVER_KV_MB = 64
+
+
+@pytest.fixture(scope="session")
+def tiny(make_model) -> Path:
+    """The tiny Q8_0 model the server, routing and fallback tests serve."""
+    return make_model("tiny", "q8_0")
+
+
+@pytest.fixture(scope="session")
+def long_model(make_model) -> Path:
+    # A long training context, so a reply can run long enough to be interrupted or to hold a
+    # place in the queue.
+    return make_model("tiny", "q8_0", context_length=32768)
+
+
+@pytest.fixture(scope="module")
+def ref(tiny):
+    """The engine called directly: what a server of ``tiny`` must reproduce."""
+    from pyengine import Engine
+
+    eng = Engine(tiny, n_ctx=SERVER_N_CTX, kv_cache_mb=SERVER_KV_MB)
+    yield eng
+    eng.close()
+
+
 def oracle(path: Path, n_ctx: int = 512, logits_all: bool = True):
     """llama.cpp (llama-cpp-python) on the same file: the correctness oracle."""
     import llama_cpp  # a hard requirement of the test suite: parity must never skip silently

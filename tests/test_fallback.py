@@ -30,10 +30,6 @@ PRIMARY_TASK = {"type": "summarization", "priority": 5, "estimated_tokens": 400}
 GREEDY = {"temperature": 0, "max_tokens": 8}
 
 
-@pytest.fixture(scope="module")
-def tiny(make_model) -> Path:
-    return make_model("tiny", "q8_0")
-
 
 @pytest.fixture(scope="module")
 def ollama_url(tiny):

@@ -11,21 +11,20 @@ import asyncio
 import json
 import socket
 import time
-from pathlib import Path
 from typing import Any, Callable
 
 import httpx
 import openai
 import pytest
 
+from conftest import SERVER_KV_MB as KV_MB
+from conftest import SERVER_N_CTX as N_CTX
 from pyengine import Engine
 from pyengine.server import create_app
 from pyengine.server.openai_api import Reply, _events, owned_by
 from pyengine.server.sse import DONE, sse_event
 from pyengine.server.testing import ServerThread
 
-N_CTX = 256
-KV_MB = 64
 GREEDY: dict[str, Any] = {"temperature": 0, "max_tokens": 12}
 MESSAGES = [{"role": "system", "content": "You are terse."},
             {"role": "user", "content": "Hi"},
@@ -33,23 +32,7 @@ MESSAGES = [{"role": "system", "content": "You are terse."},
             {"role": "user", "content": "Tell me more"}]
 
 
-@pytest.fixture(scope="module")
-def tiny(make_model) -> Path:
-    return make_model("tiny", "q8_0")
 
-
-@pytest.fixture(scope="module")
-def long_model(make_model) -> Path:
-    # A long training context, so a reply can run long enough to be interrupted.
-    return make_model("tiny", "q8_0", context_length=32768)
-
-
-@pytest.fixture(scope="module")
-def ref(tiny) -> Engine:
-    """The engine called directly: what the server must reproduce."""
-    eng = Engine(tiny, n_ctx=N_CTX, kv_cache_mb=KV_MB)
-    yield eng
-    eng.close()
 
 
 @pytest.fixture(scope="module")

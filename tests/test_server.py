@@ -23,37 +23,20 @@ import ollama
 import pytest
 
 import pyengine
-from pyengine import Engine
+from conftest import SERVER_KV_MB as KV_MB
+from conftest import SERVER_N_CTX as N_CTX
 from pyengine.server import create_app
 from pyengine.server.keep_alive import FOREVER, parse_keep_alive
 from pyengine.server.serve import parse_host, parse_model_args, resolve_address
 from pyengine.server.template import GEMMA_TEMPLATE, TemplateError, render
 from pyengine.server.testing import ServerProcess, ServerThread, free_port, wait_until_up
 
-N_CTX = 256
-KV_MB = 64
 GREEDY = {"temperature": 0, "num_predict": 12}
 STATS = ("total_duration", "load_duration", "prompt_eval_count", "prompt_eval_duration",
          "eval_count", "eval_duration")
 
 
-@pytest.fixture(scope="module")
-def tiny(make_model) -> Path:
-    return make_model("tiny", "q8_0")
 
-
-@pytest.fixture(scope="module")
-def long_model(make_model) -> Path:
-    # A long training context, so a reply can run long enough to be interrupted.
-    return make_model("tiny", "q8_0", context_length=32768)
-
-
-@pytest.fixture(scope="module")
-def ref(tiny) -> Engine:
-    """The engine called directly: what the server must reproduce."""
-    eng = Engine(tiny, n_ctx=N_CTX, kv_cache_mb=KV_MB)
-    yield eng
-    eng.close()
 
 
 @pytest.fixture(scope="module")

@@ -7,24 +7,19 @@ from __future__ import annotations
 import json
 import socket
 import time
-from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import httpx
 import pytest
 
+from conftest import SERVER_KV_MB as KV_MB
+from conftest import SERVER_N_CTX as N_CTX
 from pyengine.server import create_app
 from pyengine.server.limits import DEFAULT_MAX_BODY_BYTES
 from pyengine.server.testing import HOST, ServerThread
 
-N_CTX = 256
-KV_MB = 64
 SMALL = {"num_predict": 2}
 
-
-@pytest.fixture(scope="module")
-def tiny(make_model) -> Path:
-    return make_model("tiny", "q8_0")
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ import json
 import math
 import re
 import time
-from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import httpx
@@ -15,6 +14,8 @@ import ollama
 import openai
 import pytest
 
+from conftest import SERVER_KV_MB as KV_MB
+from conftest import SERVER_N_CTX as N_CTX
 from pyengine.errors import PyEngineError
 from pyengine.server import create_app
 from pyengine.server.exposition import Exposition, escape_label_value
@@ -23,21 +24,10 @@ from pyengine.server.metrics import EngineLedger
 from pyengine.server.security import DEFAULT_ORIGINS, resolve_api_key, resolve_origins
 from pyengine.server.testing import ServerThread
 
-N_CTX = 256
-KV_MB = 64
 ODD = 'odd"na\\me'  # a model name that needs escaping in a label value
 KEY = "s3cret-Key_123"
 
 
-@pytest.fixture(scope="module")
-def tiny(make_model) -> Path:
-    return make_model("tiny", "q8_0")
-
-
-@pytest.fixture(scope="module")
-def long_model(make_model) -> Path:
-    # A long training context: replies can run long enough to hold a place in the queue.
-    return make_model("tiny", "q8_0", context_length=32768)
 
 
 @pytest.fixture(scope="module")

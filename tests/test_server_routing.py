@@ -18,10 +18,6 @@ USER = [{"role": "user", "content": "Hi"}]
 GREEDY = {"temperature": 0, "num_predict": 6}
 
 
-@pytest.fixture(scope="module")
-def tiny(make_model):
-    return make_model("tiny", "q8_0")
-
 
 @pytest.fixture(scope="module")
 def upstream(tiny):

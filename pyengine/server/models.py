@@ -98,6 +98,17 @@ class Lease:
             self._released = True
             self._models._release(self.model)
 
+    def tokenize(self, text: str, add_bos: bool, bad: Callable[[str], Exception]) -> list[int]:
+        """``text`` as the leased model's token ids (turn markers parsed). On failure the lease
+        is released first; a bad text (ValueError, TypeError) raises ``bad(message)``."""
+        try:
+            return self.engine.tokenize(text, add_bos=add_bos, special=True)
+        except BaseException as e:
+            self.release()
+            if isinstance(e, (ValueError, TypeError)):
+                raise bad(str(e)) from None
+            raise
+
 
 class ModelSet:
     """Named GGUF models, loaded on first use, at most ``max_loaded`` at a time.

@@ -329,17 +329,9 @@ async def generate(request: Request) -> Response:
     if not req.prompt:  # an empty prompt only loads the model
         lease.release()
         return JSONResponse(record("", True, done_reason="load"))
-    try:
-        engine = lease.engine
-        if req.context:  # the deprecated conversation memory of an earlier reply
-            ids = list(req.context) + engine.tokenize(text, add_bos=False, special=True)
-        else:
-            ids = engine.tokenize(text, add_bos=True, special=True)
-    except BaseException as e:
-        lease.release()
-        if isinstance(e, (ValueError, TypeError)):
-            raise bad_request(str(e)) from None
-        raise
+    engine = lease.engine
+    # req.context: the deprecated conversation memory of an earlier reply.
+    ids = list(req.context or []) + lease.tokenize(text, not req.context, bad_request)
 
     def final(response: str, c: Completion, total: int) -> dict[str, Any]:
         extra: dict[str, Any] = {}
@@ -404,13 +396,7 @@ async def chat(request: Request) -> Response:
     if not req.messages:  # no messages only loads the model
         lease.release()
         return JSONResponse(record("", True, done_reason="load"))
-    try:
-        ids = lease.engine.tokenize(text, add_bos=True, special=True)
-    except BaseException as e:
-        lease.release()
-        if isinstance(e, (ValueError, TypeError)):
-            raise bad_request(str(e)) from None
-        raise
+    ids = lease.tokenize(text, True, bad_request)
 
     def final(content: str, c: Completion, total: int) -> dict[str, Any]:
         return record(content, True, done_reason=c.done_reason,

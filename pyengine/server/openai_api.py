@@ -171,13 +171,7 @@ async def _complete(request: Request, entry: ModelEntry, text: str, options: dic
     """Generates the reply to the prompt ``text`` and answers as one object or a stream."""
     models = _models(request)
     lease = await _acquire(models, entry, models.keep_alive)
-    try:
-        ids = lease.engine.tokenize(text, add_bos=True, special=True)
-    except BaseException as e:
-        lease.release()
-        if isinstance(e, (ValueError, TypeError)):
-            raise invalid(str(e)) from None
-        raise
+    ids = lease.tokenize(text, True, invalid)
     t0 = time.perf_counter_ns()
     if not stream:
         return await _run(request, lease, ids, options, False, lambda _text: {},
