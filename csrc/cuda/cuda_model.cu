@@ -78,7 +78,10 @@ void CudaModel::UploadBatch(const Batch& batch) const {
   // Per group: every sequence's blocks, each as its pages' arena ids.
   const KvLayout& layout = *v0.layout;
   for (int g = 0; g < layout.n_groups; ++g) {
-    std::vector<int32_t> table, off;
+    std::vector<int32_t>& table = host_table_[g];
+    std::vector<int32_t>& off = host_off_[g];
+    table.clear();
+    off.clear();
     for (const KvView& v : batch.views) {
       off.push_back(static_cast<int32_t>(table.size()));
       for (int32_t b : v.table->blocks[g]) {
@@ -91,10 +94,9 @@ void CudaModel::UploadBatch(const Batch& batch) const {
     table_[g].Upload(table.data(), table.size(), stream_);
     off_[g].Upload(off.data(), off.size(), stream_);
     groups_[g] = {table_[g].get(), off_[g].get(), layout.group_pages[g]};
-    // The host vectors are freed at the end of this iteration: wait until the copies read them.
-    PYE_CUDA(cudaStreamSynchronize(stream_));
   }
   UploadInputs(batch);
+  // The copies read host memory the next step rewrites: let them finish.
   PYE_CUDA(cudaStreamSynchronize(stream_));
 }
 

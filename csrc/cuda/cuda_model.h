@@ -70,6 +70,7 @@ class CudaModel : public Model {
   mutable cuda::DeviceBuffer<float> xr_, xd_, rows_, hrows_, logits_;
   mutable cuda::DeviceBuffer<int8_t> xq_;
   mutable cuda::DeviceBuffer<int32_t> table_[kMaxKvGroups], off_[kMaxKvGroups];
+  mutable std::vector<int32_t> host_table_[kMaxKvGroups], host_off_[kMaxKvGroups];  // their sources
   mutable cuda::DeviceBuffer<__half> kv_;  // [arena pages, 2, block_tokens, kv_dim]
   mutable const KvArena* kv_arena_ = nullptr;
   // Captured steps by (tokens, logit rows, hidden rows), valid while the buffers' addresses

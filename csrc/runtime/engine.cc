@@ -99,6 +99,16 @@ void Engine::Cancel(Request& r) {
 std::vector<float> Engine::Logits(const std::vector<int32_t>& ids) {
   RequestOptions o;
   o.logits_all = true;
+  return Score(ids, o);
+}
+
+std::vector<float> Engine::Embed(const std::vector<int32_t>& ids) {
+  RequestOptions o;
+  o.embed = true;
+  return Score(ids, o);
+}
+
+std::vector<float> Engine::Score(const std::vector<int32_t>& ids, RequestOptions o) {
   o.n_ctx = n_ctx_;
   std::shared_ptr<Request> r = Submit(ids, o);
   GenerationStep step;
@@ -107,16 +117,6 @@ std::vector<float> Engine::Logits(const std::vector<int32_t>& ids) {
   return r->TakeResult();
 }
 
-std::vector<float> Engine::Embed(const std::vector<int32_t>& ids) {
-  RequestOptions o;
-  o.embed = true;
-  o.n_ctx = n_ctx_;
-  std::shared_ptr<Request> r = Submit(ids, o);
-  GenerationStep step;
-  while (r->Next(&step, -1) && !step.done) {}
-  if (!r->error().empty()) throw EngineError(r->error());
-  return r->TakeResult();
-}
 
 SchedulerStats Engine::stats() const { return scheduler()->stats(); }
 KvCache::Stats Engine::kv_stats() const { return scheduler()->kv_stats(); }

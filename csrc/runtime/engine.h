@@ -55,6 +55,8 @@ class Engine {
  private:
   void CheckIds(const std::vector<int32_t>& ids, int64_t n_ctx) const;
   std::shared_ptr<Scheduler> scheduler() const;  // EngineError once closed
+  // Runs a scoring request (logits_all or embed in o) at the engine's context and waits for it.
+  std::vector<float> Score(const std::vector<int32_t>& ids, RequestOptions o);
 
   std::unique_ptr<GgufFile> file_;
   ModelConfig cfg_;
