@@ -558,6 +558,14 @@ PYBIND11_MODULE(_core, m) {
         for (const TensorView& t : f.file->tensors()) out.append(Utf8(t.name));
         return out;
       })
+      .def("check_ids",
+           [](const ModelFile& f, const py::iterable& ids, int64_t n_ctx) {
+             std::vector<int32_t> v = ToIds(ids);
+             CheckPromptIds(f.cfg, v, n_ctx);
+             return v;
+           },
+           py::arg("ids"), py::arg("n_ctx"),
+           "The ids of a prompt for n_ctx positions, checked as the native engine checks them.")
       .def("tokenize",
            [](const ModelFile& f, const std::string& text, bool add_bos, bool special) {
              py::gil_scoped_release nogil;

@@ -60,23 +60,23 @@ std::shared_ptr<Scheduler> Engine::scheduler() const {
   return scheduler_;
 }
 
-void Engine::CheckIds(const std::vector<int32_t>& ids, int64_t n_ctx) const {
+void CheckPromptIds(const ModelConfig& cfg, const std::vector<int32_t>& ids, int64_t n_ctx) {
   if (ids.empty()) throw EngineError("the prompt is empty: no tokens to evaluate");
   if (static_cast<int64_t>(ids.size()) > n_ctx) {
     throw EngineError("the prompt of " + std::to_string(ids.size()) +
                       " tokens does not fit the context of " + std::to_string(n_ctx));
   }
   for (int32_t t : ids) {
-    if (t < 0 || t >= cfg_.n_vocab) {
+    if (t < 0 || t >= cfg.n_vocab) {
       throw EngineError("token id " + std::to_string(t) + " is outside the vocabulary of " +
-                        std::to_string(cfg_.n_vocab));
+                        std::to_string(cfg.n_vocab));
     }
   }
 }
 
 std::shared_ptr<Request> Engine::Submit(std::vector<int32_t> prompt, RequestOptions opts) {
   opts.n_ctx = opts.n_ctx > 0 ? std::min(opts.n_ctx, cfg_.n_ctx_train) : n_ctx_;
-  CheckIds(prompt, opts.n_ctx);
+  CheckPromptIds(cfg_, prompt, opts.n_ctx);
   std::shared_ptr<Scheduler> s = scheduler();
   const int64_t need = kv_->PagesFor(static_cast<int64_t>(prompt.size()), s->options().max_batch_tokens);
   if (need > kv_->n_pages()) {

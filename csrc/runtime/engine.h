@@ -27,6 +27,10 @@ struct EngineOptions {
   SchedulerOptions scheduler;
 };
 
+// Checks a prompt for a sequence of n_ctx positions: not empty, fits, every id in the
+// vocabulary (EngineError naming the problem). Every backend checks requests with it.
+void CheckPromptIds(const ModelConfig& cfg, const std::vector<int32_t>& ids, int64_t n_ctx);
+
 class Engine {
  public:
   Engine(const std::string& path, const EngineOptions& opts);
@@ -53,7 +57,6 @@ class Engine {
   void Close();
 
  private:
-  void CheckIds(const std::vector<int32_t>& ids, int64_t n_ctx) const;
   std::shared_ptr<Scheduler> scheduler() const;  // EngineError once closed
   // Runs a scoring request (logits_all or embed in o) at the engine's context and waits for it.
   std::vector<float> Score(const std::vector<int32_t>& ids, RequestOptions o);

@@ -280,16 +280,7 @@ class MlxCore:
 
     # ---------------------------------------------------------------------------- internals
     def _check_ids(self, ids: Any, n_ctx: int) -> list[int]:
-        ids = [int(t) for t in ids]
-        if not ids:
-            raise PyEngineError("the prompt is empty: no tokens to evaluate")
-        if len(ids) > n_ctx:
-            raise PyEngineError(f"the prompt of {len(ids)} tokens does not fit the context of "
-                                f"{n_ctx}")
-        bad = next((t for t in ids if not 0 <= t < self.n_vocab), None)
-        if bad is not None:
-            raise PyEngineError(f"token id {bad} is outside the vocabulary of {self.n_vocab}")
-        return ids
+        return self.file.check_ids(ids, n_ctx)  # the native engine's checks and messages
 
     def _enqueue(self, seq: _Seq) -> MlxRequest:
         with self._lock:
