@@ -44,6 +44,25 @@ def test_device_option_is_checked(tiny_f32):
         _core.Engine(str(tiny_f32), device="tpu")
 
 
+@pytest.mark.skipif(not hasattr(_core, "cuda_emulator_faults"),
+                    reason="not a build on the CPU emulator of CUDA")
+def test_the_emulator_reports_each_fault():
+    """The emulator that runs this file without a GPU fails where a device would (or would be
+    undefined), naming the kernel: otherwise the tests below could pass on it vacuously."""
+    expect = {"shuffle_after_return": "where 16 lanes have returned",
+              "partial_barrier": "__syncthreads reached by 32 of 64 threads",
+              "host_pointer": "WriteKernel: argument 0 is not device memory",
+              "empty_grid": "invalid configuration argument",
+              "copy_out_of_bounds": "not (wholly) inside a device allocation",
+              "malloc_in_capture": "cudaMalloc while a stream is being captured",
+              "invalidated_capture": "the capture was invalidated",
+              "healthy_after_reset": "ok"}
+    faults = _core.cuda_emulator_faults()
+    assert set(faults) == set(expect)
+    for name, text in expect.items():
+        assert text in faults[name], f"{name}: {faults[name]}"
+
+
 # Largest relative error of each kernel against its CPU counterpart (cuda_selftest). Matrix
 # products and norms differ only in summation order; attention and the stored keys/values may
 # differ by an fp16 rounding where exp, rsqrt or sin/cos land on either side of a tie.
@@ -54,7 +73,7 @@ SELFTEST_BOUNDS = {"matmul": 1e-5, "rms_norm": 1e-5, "gelu_mul": 1e-6, "attentio
 @needs_gpu
 def test_each_kernel_matches_its_cpu_counterpart():
     results = _core.cuda_selftest()
-    assert len(results) == 14
+    assert len(results) == 18
     for name, err in results.items():
         bound = next(b for prefix, b in SELFTEST_BOUNDS.items() if name.startswith(prefix))
         assert err <= bound, f"{name}: {err:.2e}"

@@ -273,6 +273,13 @@ PYBIND11_MODULE(_core, m) {
         for (const auto& [name, err] : CudaSelfTest()) d[py::str(name)] = err;
         return d;
       }, "Each CUDA kernel against its CPU counterpart: check name -> largest relative error.");
+#ifdef PYENGINE_CUDA_EMULATOR
+  m.def("cuda_emulator_faults", [] {
+        py::dict d;
+        for (const auto& [name, err] : CudaEmulatorFaults()) d[py::str(name)] = err;
+        return d;
+      }, "Emulated builds only: broken kernels and calls -> the error the emulator reported.");
+#endif
   m.def("architectures", [] { return SupportedArchs(); },
         "general.architecture values the native core runs.");
   m.def("isa", [] { return std::string(IsaName(ActiveIsa())); },

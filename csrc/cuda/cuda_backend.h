@@ -23,5 +23,9 @@ std::string CudaDeviceInfo();
 std::unique_ptr<Model> LoadCudaModel(const GgufFile& file, const ModelConfig& config);
 // Each kernel against its CPU counterpart on random inputs: (check, largest relative error).
 std::vector<std::pair<std::string, double>> CudaSelfTest();
+#ifdef PYENGINE_CUDA_EMULATOR
+// Builds on the CPU emulator only: (fault, the error the emulator reported for it).
+std::vector<std::pair<std::string, std::string>> CudaEmulatorFaults();
+#endif
 
 }  // namespace pyengine

@@ -101,7 +101,8 @@ const float* CudaGemma3Model::EnqueueLayers(int64_t n, const KvLayout& layout) c
     cuda::PrepareQkv(q_.get(), k_.get(), v_.get(), n, H, HKV, D, L.attn_q_norm.get(),
                      L.attn_k_norm.get(), L.rope_inv_freq.get(), c.attn_scale, c.rms_eps,
                      /*write_kv=*/true, /*v_norm=*/false, kv, groups_[g], page, stream_);
-    cuda::Attend(q_.get(), attn_.get(), n, H, HKV, D, window, kv, groups_[g], page, stream_);
+    cuda::Attend(q_.get(), attn_.get(), n, H, HKV, D, window, kv, groups_[g], page,
+                 AttnScratch(), stream_);
     Project(L.attn_output, attn_.get(), n, o);
     cuda::RmsNorm(o, L.post_attention_norm.get(), n, E, c.rms_eps, o, stream_);
     cuda::Add(x, o, n * E, stream_);

@@ -234,7 +234,8 @@ const float* CudaGemma3nModel::EnqueueLayers(int64_t n, const KvLayout& layout) 
     cuda::PrepareQkv(q_.get(), k_.get(), v_.get(), n, H, HKV, D, L.attn_q_norm.get(),
                      L.attn_k_norm.get(), L.rope_inv_freq.get(), c.attn_scale, c.rms_eps,
                      /*write_kv=*/L.owns_kv, /*v_norm=*/true, kv, groups_[g], page, stream_);
-    cuda::Attend(q_.get(), attn_.get(), n, H, HKV, D, window, kv, groups_[g], page, stream_);
+    cuda::Attend(q_.get(), attn_.get(), n, H, HKV, D, window, kv, groups_[g], page,
+                 AttnScratch(), stream_);
     Project(L.attn_output, attn_.get(), n, o_.get());
     cuda::RmsNorm(o_.get(), L.post_attention_norm.get(), n, E, c.rms_eps, o_.get(), stream_);
     cuda::Combine(o_.get(), P0, laurel_.get(), xa_.get(), half, a_.get(), n * E, stream_);

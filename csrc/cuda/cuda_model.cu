@@ -100,8 +100,12 @@ void CudaModel::UploadBatch(const Batch& batch) const {
   PYE_CUDA(cudaStreamSynchronize(stream_));
 }
 
-void CudaModel::Reserve(int64_t n, int64_t n_out, int64_t n_hidden) const {
+void CudaModel::Reserve(int64_t n, int64_t n_out, int64_t n_hidden, int splits) const {
   const int64_t E = cfg_.n_embd;
+  const int64_t tasks = n * cfg_.n_head * splits;
+  attn_splits_ = splits;
+  attn_stats_.Reserve(static_cast<size_t>(2 * tasks));
+  if (splits > 1) attn_partial_.Reserve(static_cast<size_t>(tasks * cfg_.head_dim));
   ReserveInput(std::max<int64_t>(n_out, 1), E);
   ReserveLayers(n);
   rows_.Reserve(static_cast<size_t>(std::max<int64_t>(n_out, 1) * E));
@@ -111,7 +115,8 @@ void CudaModel::Reserve(int64_t n, int64_t n_out, int64_t n_hidden) const {
 
 std::vector<const void*> CudaModel::BufferAddresses() const {
   std::vector<const void*> a = {xr_.get(), xd_.get(), xq_.get(), rows_.get(), hrows_.get(),
-                                logits_.get(), tokens_.get(), pos_.get(), seq_.get(),
+                                logits_.get(), attn_stats_.get(), attn_partial_.get(),
+                                tokens_.get(), pos_.get(), seq_.get(),
                                 out_rows_.get(), hidden_rows_.get(), kv_.get()};
   for (int g = 0; g < kMaxKvGroups; ++g) {
     a.push_back(table_[g].get());
@@ -162,7 +167,9 @@ void CudaModel::Forward(const Batch& batch, Workspace& ws, float* out, ThreadPoo
   const int64_t n_out = out ? static_cast<int64_t>(batch.out_rows.size()) : 0;
   const int64_t n_hidden = hidden ? static_cast<int64_t>(batch.hidden_rows.size()) : 0;
   UploadBatch(batch);
-  Reserve(n, n_out, n_hidden);
+  const int max_keys = *std::max_element(batch.pos.begin(), batch.pos.end()) + 1;
+  const int splits = cuda::AttendSplits(n, static_cast<int>(c.n_head), max_keys);
+  Reserve(n, n_out, n_hidden, splits);
   const KvLayout& layout = *batch.views[0].layout;
   // Every step of a batch shape is one CUDA graph, captured the first time and replayed after:
   // the batch's contents (tokens, positions, block tables) live in device buffers whose
@@ -174,7 +181,7 @@ void CudaModel::Forward(const Batch& batch, Workspace& ws, float* out, ThreadPoo
       ClearGraphs();
       graph_sig_ = sig;
     }
-    const std::array<int64_t, 3> key{n, n_out, n_hidden};
+    const std::array<int64_t, 4> key{n, n_out, n_hidden, splits};
     auto it = graphs_.find(key);
     if (it == graphs_.end()) {
       if (graphs_.size() >= kMaxGraphs) ClearGraphs();

@@ -47,6 +47,10 @@ class CudaModel : public Model {
   // x [n, n_embd] = the tokens' embedding rows times sqrt(n_embd).
   void EnqueueEmbed(int64_t n, float* x) const;
   cuda::KvArgs Kv() const;
+  // Attend's scratch and split count for this step.
+  cuda::AttendScratch AttnScratch() const {
+    return {attn_stats_.get(), attn_partial_.get(), attn_splits_};
+  }
 
   ModelConfig cfg_;
   cuda::DevWeight tok_embd_, output_;
@@ -62,21 +66,22 @@ class CudaModel : public Model {
   static constexpr size_t kMaxGraphs = 64;         // distinct batch shapes kept
 
   void UploadBatch(const Batch& batch) const;
-  void Reserve(int64_t n, int64_t n_out, int64_t n_hidden) const;
+  void Reserve(int64_t n, int64_t n_out, int64_t n_hidden, int splits) const;
   void Enqueue(int64_t n, int64_t n_out, int64_t n_hidden, const KvLayout& layout) const;
   std::vector<const void*> BufferAddresses() const;
   void ClearGraphs() const;
 
-  mutable cuda::DeviceBuffer<float> xr_, xd_, rows_, hrows_, logits_;
+  mutable cuda::DeviceBuffer<float> xr_, xd_, rows_, hrows_, logits_, attn_stats_, attn_partial_;
+  mutable int attn_splits_ = 1;
   mutable cuda::DeviceBuffer<int8_t> xq_;
   mutable cuda::DeviceBuffer<int32_t> table_[kMaxKvGroups], off_[kMaxKvGroups];
   mutable std::vector<int32_t> host_table_[kMaxKvGroups], host_off_[kMaxKvGroups];  // their sources
   mutable cuda::DeviceBuffer<__half> kv_;  // [arena pages, 2, block_tokens, kv_dim]
   mutable const KvArena* kv_arena_ = nullptr;
-  // Captured steps by (tokens, logit rows, hidden rows), valid while the buffers' addresses
+  // Captured steps by (tokens, logit rows, hidden rows, attention splits), valid while the buffers' addresses
   // equal graph_sig_. PYENGINE_CUDA_GRAPHS=0 turns them off (every step launched directly).
   bool use_graphs_ = true;
-  mutable std::map<std::array<int64_t, 3>, cudaGraphExec_t> graphs_;
+  mutable std::map<std::array<int64_t, 4>, cudaGraphExec_t> graphs_;
   mutable std::vector<const void*> graph_sig_;
 };
 

@@ -229,8 +229,17 @@ double CheckAttention(bool sliding, double* kv_err) {
   cuda::PrepareQkv(dq.get(), dk.get(), dv.get(), n, 4, 2, static_cast<int>(D), dqn.get(),
                    dkn.get(), dinv.get(), c.attn_scale, c.rms_eps, true, false, args, group, 0,
                    nullptr);
-  cuda::Attend(dq.get(), dattn.get(), n, 4, 2, static_cast<int>(D),
-               sliding ? static_cast<int>(c.sliding_window) : 0, args, group, 0, nullptr);
+  // One warp per (token, head), and the keys split 5 ways (uneven shares, empty splits).
+  const std::vector<float> want(ws.attn.begin(), ws.attn.begin() + n * QD);
+  double attn_err = 0;
+  for (int splits : {1, 5}) {
+    DeviceBuffer<float> stats(static_cast<size_t>(2 * n * 4 * splits));
+    DeviceBuffer<float> partial(static_cast<size_t>(n * 4 * splits * D));
+    cuda::Attend(dq.get(), dattn.get(), n, 4, 2, static_cast<int>(D),
+                 sliding ? static_cast<int>(c.sliding_window) : 0, args, group, 0,
+                 {stats.get(), partial.get(), splits}, nullptr);
+    attn_err = std::max(attn_err, RowError(Download(dattn.get(), n * QD), want, D));
+  }
   // Keys and values as stored: every written slot of both sequences.
   std::vector<uint16_t> dev(kv.size());
   PYE_CUDA(cudaDeviceSynchronize());
@@ -250,8 +259,7 @@ double CheckAttention(bool sliding, double* kv_err) {
     }
   }
   *kv_err = worst;
-  return RowError(Download(dattn.get(), n * QD),
-                  std::vector<float>(ws.attn.begin(), ws.attn.begin() + n * QD), D);
+  return attn_err;
 }
 
 }  // namespace
@@ -263,7 +271,7 @@ std::vector<std::pair<std::string, double>> CudaSelfTest() {
   const std::pair<GgmlType, const char*> types[] = {{GgmlType::kF32, "f32"}, {GgmlType::kF16, "f16"},
                                                     {GgmlType::kBF16, "bf16"}, {GgmlType::kQ8_0, "q8_0"}};
   for (const auto& [type, name] : types) {
-    for (int64_t n : {1, 11}) {
+    for (int64_t n : {1, 5, 37}) {  // one token, a register tile, shared-memory tiles
       out.emplace_back(std::string("matmul_") + name + "_n" + std::to_string(n), CheckMatMul(type, n, rng));
     }
   }

@@ -18,6 +18,16 @@ inline void Check(cudaError_t e, const char* what) {
 }
 #define PYE_CUDA(call) ::pyengine::cuda::Check((call), #call)
 
+// Every kernel launch goes through PYE_LAUNCH(kernel, grid, block, shared bytes, stream)(args),
+// so that the same source also runs on the CPU emulator (PYENGINE_CUDA=EMULATE), which tests
+// the backend where there is no GPU.
+#ifdef PYENGINE_CUDA_EMULATOR
+#define PYE_LAUNCH(kernel, grid, block, smem, stream) \
+  ::cuda_emulator::Launch(#kernel, kernel, grid, block, smem, stream)
+#else
+#define PYE_LAUNCH(kernel, grid, block, smem, stream) kernel<<<grid, block, smem, stream>>>
+#endif
+
 // One device allocation, freed with its owner.
 template <typename T>
 class DeviceBuffer {

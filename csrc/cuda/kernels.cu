@@ -77,6 +77,31 @@ __global__ void RoundKernel(const float* x, int64_t count, bool bf16, float* out
   if (i < count) out[i] = bf16 ? RoundBf16(x[i]) : RoundHalf(x[i]);
 }
 
+// Each of a warp's TOK per-lane partial sums, summed over the warp, stored at y[j * stride] for
+// j < nt. The sums are transposed while they are reduced: each step halves the values a lane
+// holds, so TOK = 8 takes 9 shuffles instead of 8 x 5.
+template <int TOK>
+__device__ __forceinline__ void StoreRowSums(float (&acc)[TOK], int lane, int nt, float* y,
+                                             int64_t stride) {
+  static_assert((TOK & (TOK - 1)) == 0 && TOK <= kWarp, "TOK: a power of 2 up to 32");
+  int o = kWarp / 2, j = 0;
+#pragma unroll
+  for (int half = TOK / 2; half >= 1; half /= 2, o /= 2) {
+    const bool upper = (lane & o) != 0;
+#pragma unroll
+    for (int i = 0; i < half; ++i) {
+      const float send = upper ? acc[i] : acc[i + half];
+      const float keep = upper ? acc[i + half] : acc[i];
+      acc[i] = keep + __shfl_xor_sync(0xffffffffu, send, o);
+    }
+    if (upper) j += half;
+  }
+  float s = acc[0];
+  for (; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+  // Lanes that differ only in the low bits hold the same sum: the first of them stores it.
+  if ((lane & (kWarp / TOK - 1)) == 0 && j < nt) y[j * stride] = s;
+}
+
 // y[t, row] for TOK tokens: a warp walks the row 128 values (4 per lane) at a time.
 template <int TOK>
 __global__ void MatMulKernel(DevMatrix m, const float* x, int64_t n, float* y) {
@@ -98,15 +123,12 @@ __global__ void MatMulKernel(DevMatrix m, const float* x, int64_t n, float* y) {
       }
     }
   }
-#pragma unroll
-  for (int j = 0; j < TOK; ++j) {
-    const float s = WarpSum(acc[j]);
-    if (lane == 0 && j < nt) y[(t0 + j) * m.rows + row] = s;
-  }
+  StoreRowSums<TOK>(acc, lane, nt, y + t0 * m.rows + row, m.rows);
 }
 
-// Q8_0 weights against Q8_0 activations: integer dot products per 32-value block (dp4a), each
-// block's sum scaled by both blocks' scales, as llama.cpp's vec_dot_q8_0_q8_0.
+// Q8_0 weights against Q8_0 activations: integer dot products of 4 values (dp4a), each scaled
+// by both blocks' scales. llama.cpp's CUDA kernel scales such partial sums too; only the order
+// of the float additions differs from a per-block sum.
 template <int TOK>
 __global__ void MatMulQ8Kernel(DevMatrix m, const int8_t* xq, const float* xd, int64_t n,
                                float* y) {
@@ -120,32 +142,108 @@ __global__ void MatMulQ8Kernel(DevMatrix m, const int8_t* xq, const float* xd, i
   float acc[TOK];
 #pragma unroll
   for (int j = 0; j < TOK; ++j) acc[j] = 0.f;
-  // A lane handles 4 values; 8 lanes make one block. Per-block sums are reduced over those 8
-  // lanes before scaling, so each block's integer sum is exact. Every lane runs every
-  // iteration (cols is a multiple of 32, not always of 128), so the shuffles see all lanes.
-  for (int64_t c0 = 0; c0 < m.cols; c0 += 4 * kWarp) {
-    const int64_t c = c0 + lane * 4;
-    const bool in = c < m.cols;
-    const int w4 = in ? *reinterpret_cast<const int*>(wq + c) : 0;
+  for (int64_t c = lane * 4; c < m.cols; c += 4 * kWarp) {  // no shuffles inside: lanes may differ
+    const int w4 = *reinterpret_cast<const int*>(wq + c);
     const int64_t b = c / 32;
-    const float dw = in ? __half2float(m.d[row * nb + b]) : 0.f;
+    const float dw = __half2float(m.d[row * nb + b]);
 #pragma unroll
     for (int j = 0; j < TOK; ++j) {
-      int sum = 0;
-      if (in && j < nt) {
-        sum = __dp4a(w4, *reinterpret_cast<const int*>(xq + (t0 + j) * m.cols + c), 0);
-      }
-      // Sum the block's 8 lanes (lanes 8k .. 8k+7 share a block).
-      for (int o = 4; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
-      if (in && j < nt && lane % 8 == 0) {
+      if (j < nt) {
+        const int sum = __dp4a(w4, *reinterpret_cast<const int*>(xq + (t0 + j) * m.cols + c), 0);
         acc[j] += dw * xd[(t0 + j) * nb + b] * static_cast<float>(sum);
       }
     }
   }
+  StoreRowSums<TOK>(acc, lane, nt, y + t0 * m.rows + row, m.rows);
+}
+
+// y [n, rows] for prompts and large batches: a block computes a tile of 64 rows x 32 tokens,
+// staging 32 columns of the weights and of the prepared input in shared memory at a time, so
+// each weight is read once per 32 tokens. Thread (r, c) of 16 x 16 owns rows r + 16 i (i < 4)
+// and tokens c + 16 j (j < 2). For Q8_0 a 32-column step is one block of both sides: the
+// staged quants (held as floats) give an exact integer sum, then scaled by both blocks' scales
+// as llama.cpp's vec_dot_q8_0_q8_0 does; other types stage dequantized weights.
+constexpr int kTileRows = 64, kTileTokens = 32, kTileK = 32;
+
+template <bool Q8>
+__global__ void MatMulTiledKernel(DevMatrix m, const float* xr, const int8_t* xq, const float* xd,
+                                  int64_t n, float* y) {
+  __shared__ float ws[kTileRows][kTileK + 1];  // +1: rows fall in different banks
+  __shared__ float xs[kTileTokens][kTileK + 1];
+  __shared__ float wd[kTileRows], xds[kTileTokens];  // Q8_0: this step's block scales
+  const int tid = threadIdx.x;
+  const int64_t r0 = blockIdx.x * static_cast<int64_t>(kTileRows);
+  const int64_t t0 = blockIdx.y * static_cast<int64_t>(kTileTokens);
+  const int tr = tid % 16, tc = tid / 16;
+  const int64_t nb = m.cols / 32;
+  float acc[4][2] = {};
+  for (int64_t k0 = 0; k0 < m.cols; k0 += kTileK) {
+    {  // weights: 8 values a thread
+      const int r = tid / 4, c = (tid % 4) * 8;
+      const int64_t row = r0 + r;
+      for (int h = 0; h < 8; h += 4) {
+        const int64_t col = k0 + c + h;
+        float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
+        if (row < m.rows && col < m.cols) {
+          if (Q8) {
+            const char4 q = *reinterpret_cast<const char4*>(static_cast<const int8_t*>(m.w) +
+                                                            row * m.cols + col);
+            v = make_float4(q.x, q.y, q.z, q.w);
+          } else {
+            v = Load4(m, row, col);
+          }
+        }
+        ws[r][c + h] = v.x, ws[r][c + h + 1] = v.y, ws[r][c + h + 2] = v.z, ws[r][c + h + 3] = v.w;
+      }
+      if (Q8 && tid < kTileRows) {
+        wd[tid] = r0 + tid < m.rows ? __half2float(m.d[(r0 + tid) * nb + k0 / 32]) : 0.f;
+      }
+    }
+    {  // input: 4 values a thread
+      const int t = tid / 8, c = (tid % 8) * 4;
+      const int64_t tok = t0 + t, col = k0 + c;
+      float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
+      if (tok < n && col < m.cols) {
+        if (Q8) {
+          const char4 q = *reinterpret_cast<const char4*>(xq + tok * m.cols + col);
+          v = make_float4(q.x, q.y, q.z, q.w);
+        } else {
+          v = *reinterpret_cast<const float4*>(xr + tok * m.cols + col);
+        }
+      }
+      xs[t][c] = v.x, xs[t][c + 1] = v.y, xs[t][c + 2] = v.z, xs[t][c + 3] = v.w;
+      if (Q8 && tid < kTileTokens) xds[tid] = t0 + tid < n ? xd[(t0 + tid) * nb + k0 / 32] : 0.f;
+    }
+    __syncthreads();
+    float part[4][2] = {};
+    for (int kk = 0; kk < kTileK; ++kk) {
+      float a[4], b[2];
 #pragma unroll
-  for (int j = 0; j < TOK; ++j) {
-    const float s = WarpSum(acc[j]);
-    if (lane == 0 && j < nt) y[(t0 + j) * m.rows + row] = s;
+      for (int i = 0; i < 4; ++i) a[i] = ws[tr + 16 * i][kk];
+#pragma unroll
+      for (int j = 0; j < 2; ++j) b[j] = xs[tc + 16 * j][kk];
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+#pragma unroll
+        for (int j = 0; j < 2; ++j) part[i][j] += a[i] * b[j];
+      }
+    }
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+#pragma unroll
+      for (int j = 0; j < 2; ++j) {
+        acc[i][j] += Q8 ? wd[tr + 16 * i] * xds[tc + 16 * j] * part[i][j] : part[i][j];
+      }
+    }
+    __syncthreads();  // the tiles are read before the next step overwrites them
+  }
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+      const int64_t row = r0 + tr + 16 * i, tok = t0 + tc + 16 * j;
+      if (row < m.rows && tok < n) y[tok * m.rows + row] = acc[i][j];
+    }
   }
 }
 
@@ -268,51 +366,138 @@ __global__ void PrepareQkvKernel(float* q, const float* k, const float* v, int64
   for (int j = 0; j < nd; ++j) vd[lane + kWarp * j] = __float2half_rn(r[j]);
 }
 
-// One warp per (token, query head). Pass 1: running max and sum of exp over the keys; pass 2:
-// weights exp(s - max) / sum rounded to fp16 (as the CPU's fp16 product with V rounds them),
-// accumulated over the values.
-__global__ void AttendKernel(const float* q, float* attn, int64_t n, int n_head, int n_head_kv,
-                             int head_dim, int window, KvArgs kv, KvGroup g, int page) {
-  const int64_t task = blockIdx.x * static_cast<int64_t>(blockDim.x / kWarp) + threadIdx.x / kWarp;
-  if (task >= n * n_head) return;
-  const int64_t t = task / n_head;
-  const int h = static_cast<int>(task % n_head);
-  const int kvh = h / (n_head / n_head_kv);
-  const int lane = threadIdx.x % kWarp;
-  const int nd = head_dim / kWarp;
-  const int pos = kv.pos[t];
+// Attention is split over the context (flash-decoding): each (token, query head) task's keys are
+// shared among `splits` warps, so a decode step of few tokens still fills the device. Two
+// passes keep the CPU's rounding: AttendStatsKernel finds each split's max score and sum of
+// exp; AttendValuesKernel combines them into the task's softmax, then weighs its split's
+// values with weights exp(s - max) / sum rounded to fp16 (as the CPU's fp16 product with V
+// rounds them); AttendReduceKernel adds the splits' partial outputs in order.
+constexpr int kAttnWarps = 4;  // warps per block
+
+struct AttnTask {
+  int64_t t;
+  int h, kvh, lane, seq, begin, end;  // this split's keys: [begin, end)
+};
+
+// The task of the calling warp and its split's share of the keys (a multiple of 32), or false.
+__device__ __forceinline__ bool GetAttnTask(int64_t n, int n_head, int n_head_kv, int window,
+                                            const KvArgs& kv, AttnTask* a) {
+  const int64_t task =
+      blockIdx.x * static_cast<int64_t>(kAttnWarps) + threadIdx.x / kWarp;
+  if (task >= n * n_head) return false;
+  a->t = task / n_head;
+  a->h = static_cast<int>(task % n_head);
+  a->kvh = a->h / (n_head / n_head_kv);
+  a->lane = threadIdx.x % kWarp;
+  a->seq = kv.seq[a->t];
+  const int pos = kv.pos[a->t];
   const int first = window > 0 ? max(0, pos - window + 1) : 0;
-  const int s = kv.seq[t];
-  float qr[kMaxLaneDims];
-  for (int j = 0; j < nd; ++j) qr[j] = q[(t * n_head + h) * head_dim + lane + kWarp * j];
-  auto key_or_value = [&](int p, bool value) {
-    const int32_t id = g.table[g.off[s] + (p / kv.block_tokens) * g.pages + page];
-    return kv.kv + static_cast<int64_t>(id) * 2 * kv.block_tokens * kv.kv_dim +
-           (value ? kv.block_tokens * kv.kv_dim : 0) + (p % kv.block_tokens) * kv.kv_dim +
-           kvh * head_dim;
-  };
-  auto score = [&](int p) {
-    const __half* key = key_or_value(p, false);
-    float dot = 0.f;
-    for (int j = 0; j < nd; ++j) dot += qr[j] * __half2float(key[lane + kWarp * j]);
-    return WarpSum(dot);
-  };
+  const int splits = static_cast<int>(gridDim.y);
+  const int chunk = ((pos - first + splits) / splits + kWarp - 1) / kWarp * kWarp;
+  a->begin = min(first + static_cast<int>(blockIdx.y) * chunk, pos + 1);
+  a->end = min(a->begin + chunk, pos + 1);
+  return true;
+}
+
+// Position p's key (value = false) or value row of the task's KV head.
+__device__ __forceinline__ const __half* KvRow(const KvArgs& kv, const KvGroup& g, int page,
+                                               const AttnTask& a, int head_dim, int p,
+                                               bool value) {
+  const int32_t id = g.table[g.off[a.seq] + (p / kv.block_tokens) * g.pages + page];
+  return kv.kv + static_cast<int64_t>(id) * 2 * kv.block_tokens * kv.kv_dim +
+         (value ? kv.block_tokens * kv.kv_dim : 0) + (p % kv.block_tokens) * kv.kv_dim +
+         a.kvh * head_dim;
+}
+
+// q . key over head_dim values (one lane, one key).
+__device__ __forceinline__ float KeyDot(const float* qh, const __half* key, int head_dim) {
+  const __half2* k2 = reinterpret_cast<const __half2*>(key);
+  float dot = 0.f;
+  for (int d = 0; d < head_dim / 2; ++d) {
+    const float2 kf = __half22float2(k2[d]);
+    dot += qh[2 * d] * kf.x + qh[2 * d + 1] * kf.y;
+  }
+  return dot;
+}
+
+__device__ __forceinline__ float WarpMax(float v) {
+  for (int o = kWarp / 2; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+
+// stats [n * n_head, splits]: (max score, sum of exp(score - max)) of each split's keys; a
+// lane per key, each lane's running pair merged at the end.
+__global__ void AttendStatsKernel(const float* q, float2* stats, int64_t n, int n_head,
+                                  int n_head_kv, int head_dim, int window, KvArgs kv, KvGroup g,
+                                  int page) {
+  AttnTask a;
+  if (!GetAttnTask(n, n_head, n_head_kv, window, kv, &a)) return;
+  const float* qh = q + (a.t * n_head + a.h) * head_dim;
   float mx = -INFINITY, sum = 0.f;
-  for (int p = first; p <= pos; ++p) {
-    const float sc = score(p);
+  for (int p = a.begin + a.lane; p < a.end; p += kWarp) {
+    const float sc = KeyDot(qh, KvRow(kv, g, page, a, head_dim, p, false), head_dim);
     const float m2 = fmaxf(mx, sc);
     sum = sum * expf(mx - m2) + expf(sc - m2);
     mx = m2;
   }
+  const float m_all = WarpMax(mx);
+  const float total = WarpSum(mx == -INFINITY ? 0.f : sum * expf(mx - m_all));
+  if (a.lane == 0) {
+    stats[(a.t * n_head + a.h) * gridDim.y + blockIdx.y] = make_float2(m_all, total);
+  }
+}
+
+// out: attn [n, n_head * head_dim] with one split, else partial [n * n_head, splits, head_dim].
+// Lane l holds dims l, l + 32, ... of the output; the weights of 32 keys at a time are computed
+// a lane per key and shared through shared memory.
+__global__ void AttendValuesKernel(const float* q, const float2* stats, float* out, int64_t n,
+                                   int n_head, int n_head_kv, int head_dim, int window,
+                                   KvArgs kv, KvGroup g, int page) {
+  __shared__ float weights[kAttnWarps][kWarp];
+  AttnTask a;
+  if (!GetAttnTask(n, n_head, n_head_kv, window, kv, &a)) return;
+  const int64_t task = a.t * n_head + a.h;
+  const int splits = static_cast<int>(gridDim.y);
+  float mx = -INFINITY, sum = 0.f;
+  for (int i = 0; i < splits; ++i) mx = fmaxf(mx, stats[task * splits + i].x);
+  for (int i = 0; i < splits; ++i) {
+    const float2 st = stats[task * splits + i];
+    if (st.y > 0.f) sum += st.y * expf(st.x - mx);
+  }
   const float inv = 1.f / sum;
+  const float* qh = q + task * head_dim;
+  float* w = weights[threadIdx.x / kWarp];
+  const int nd = head_dim / kWarp;
   float acc[kMaxLaneDims];
   for (int j = 0; j < nd; ++j) acc[j] = 0.f;
-  for (int p = first; p <= pos; ++p) {
-    const float w = RoundHalf(expf(score(p) - mx) * inv);
-    const __half* val = key_or_value(p, true);
-    for (int j = 0; j < nd; ++j) acc[j] += w * __half2float(val[lane + kWarp * j]);
+  for (int p0 = a.begin; p0 < a.end; p0 += kWarp) {  // the same trip count on every lane
+    const int p = p0 + a.lane;
+    w[a.lane] = p < a.end
+                    ? RoundHalf(expf(KeyDot(qh, KvRow(kv, g, page, a, head_dim, p, false),
+                                            head_dim) - mx) * inv)
+                    : 0.f;
+    __syncwarp();
+    const int keys = min(kWarp, a.end - p0);
+    for (int i = 0; i < keys; ++i) {
+      const __half* val = KvRow(kv, g, page, a, head_dim, p0 + i, true);
+      const float wi = w[i];
+      for (int j = 0; j < nd; ++j) acc[j] += wi * __half2float(val[a.lane + kWarp * j]);
+    }
+    __syncwarp();  // the weights are read before the next keys' overwrite them
   }
-  for (int j = 0; j < nd; ++j) attn[(t * n_head + h) * head_dim + lane + kWarp * j] = acc[j];
+  float* o = out + (task * splits + blockIdx.y) * head_dim;
+  for (int j = 0; j < nd; ++j) o[a.lane + kWarp * j] = acc[j];
+}
+
+// attn [n * n_head, head_dim] = the sum over splits of partial [n * n_head, splits, head_dim].
+__global__ void AttendReduceKernel(const float* partial, int splits, int head_dim, int64_t count,
+                                   float* attn) {
+  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (i >= count) return;
+  const int64_t task = i / head_dim, d = i % head_dim;
+  float s = 0.f;
+  for (int k = 0; k < splits; ++k) s += partial[(task * splits + k) * head_dim + d];
+  attn[i] = s;
 }
 
 }  // namespace
@@ -321,9 +506,10 @@ void PrepareInput(WType type, const float* x, int64_t n, int64_t cols, float* xr
                   float* xd, cudaStream_t s) {
   if (type == WType::kQ8_0) {
     const int64_t blocks = n * (cols / 32);
-    QuantizeQ8Kernel<<<Blocks(blocks, 8), 8 * kWarp, 0, s>>>(x, n, cols, xq, xd);
+    PYE_LAUNCH(QuantizeQ8Kernel, Blocks(blocks, 8), 8 * kWarp, 0, s)(x, n, cols, xq, xd);
   } else if (type == WType::kF16 || type == WType::kBF16) {
-    RoundKernel<<<Blocks(n * cols, 256), 256, 0, s>>>(x, n * cols, type == WType::kBF16, xr);
+    PYE_LAUNCH(RoundKernel, Blocks(n * cols, 256), 256, 0, s)(x, n * cols,
+                                                              type == WType::kBF16, xr);
   } else if (xr != x) {
     PYE_CUDA(cudaMemcpyAsync(xr, x, n * cols * sizeof(float), cudaMemcpyDeviceToDevice, s));
   }
@@ -333,21 +519,28 @@ void PrepareInput(WType type, const float* x, int64_t n, int64_t cols, float* xr
 void MatMul(const DevMatrix& w, const float* xr, const int8_t* xq, const float* xd, int64_t n,
             float* y, cudaStream_t s) {
   const dim3 block(kRowsPerBlock * kWarp);
-  // One token at a time keeps decode's single row in registers; prompts share each weight
-  // load over 8 tokens.
+  // One token at a time keeps decode's single row in registers; up to 8 tokens share each
+  // weight load in registers; more go through shared-memory tiles of 32 tokens.
   if (n == 1) {
     const dim3 grid(Blocks(w.rows, kRowsPerBlock), 1);
     if (w.type == WType::kQ8_0) {
-      MatMulQ8Kernel<1><<<grid, block, 0, s>>>(w, xq, xd, n, y);
+      PYE_LAUNCH(MatMulQ8Kernel<1>, grid, block, 0, s)(w, xq, xd, n, y);
     } else {
-      MatMulKernel<1><<<grid, block, 0, s>>>(w, xr, n, y);
+      PYE_LAUNCH(MatMulKernel<1>, grid, block, 0, s)(w, xr, n, y);
+    }
+  } else if (n <= 8) {
+    const dim3 grid(Blocks(w.rows, kRowsPerBlock), 1);
+    if (w.type == WType::kQ8_0) {
+      PYE_LAUNCH(MatMulQ8Kernel<8>, grid, block, 0, s)(w, xq, xd, n, y);
+    } else {
+      PYE_LAUNCH(MatMulKernel<8>, grid, block, 0, s)(w, xr, n, y);
     }
   } else {
-    const dim3 grid(Blocks(w.rows, kRowsPerBlock), Blocks(n, 8));
+    const dim3 grid(Blocks(w.rows, kTileRows), Blocks(n, kTileTokens));
     if (w.type == WType::kQ8_0) {
-      MatMulQ8Kernel<8><<<grid, block, 0, s>>>(w, xq, xd, n, y);
+      PYE_LAUNCH(MatMulTiledKernel<true>, grid, 256, 0, s)(w, xr, xq, xd, n, y);
     } else {
-      MatMulKernel<8><<<grid, block, 0, s>>>(w, xr, n, y);
+      PYE_LAUNCH(MatMulTiledKernel<false>, grid, 256, 0, s)(w, xr, xq, xd, n, y);
     }
   }
   PYE_CUDA(cudaGetLastError());
@@ -355,23 +548,23 @@ void MatMul(const DevMatrix& w, const float* xr, const int8_t* xq, const float* 
 
 void Embed(const DevMatrix& table, const int32_t* tokens, int64_t n, float scale, float* x,
            cudaStream_t s) {
-  EmbedKernel<<<static_cast<unsigned>(n), 256, 0, s>>>(table, tokens, scale, x);
+  PYE_LAUNCH(EmbedKernel, static_cast<unsigned>(n), 256, 0, s)(table, tokens, scale, x);
   PYE_CUDA(cudaGetLastError());
 }
 
 void RmsNorm(const float* x, const float* w, int64_t n, int64_t dim, float eps, float* out,
              cudaStream_t s) {
-  RmsNormKernel<<<static_cast<unsigned>(n), 256, 0, s>>>(x, w, dim, eps, out);
+  PYE_LAUNCH(RmsNormKernel, static_cast<unsigned>(n), 256, 0, s)(x, w, dim, eps, out);
   PYE_CUDA(cudaGetLastError());
 }
 
 void Add(float* x, const float* o, int64_t count, cudaStream_t s) {
-  AddKernel<<<Blocks(count, 256), 256, 0, s>>>(x, o, count);
+  PYE_LAUNCH(AddKernel, Blocks(count, 256), 256, 0, s)(x, o, count);
   PYE_CUDA(cudaGetLastError());
 }
 
 void GeluMul(float* g, const float* u, const float* table, int64_t count, cudaStream_t s) {
-  GeluMulKernel<<<Blocks(count, 256), 256, 0, s>>>(g, u, table, count);
+  PYE_LAUNCH(GeluMulKernel, Blocks(count, 256), 256, 0, s)(g, u, table, count);
   PYE_CUDA(cudaGetLastError());
 }
 
@@ -380,28 +573,51 @@ void PrepareQkv(float* q, const float* k, const float* v, int64_t n, int n_head,
                 float attn_scale, float eps, bool write_kv, bool v_norm, const KvArgs& kv,
                 const KvGroup& group, int page, cudaStream_t s) {
   const int64_t tasks = n * (n_head + (write_kv ? n_head_kv : 0));
-  PrepareQkvKernel<<<Blocks(tasks, 4), 4 * kWarp, 0, s>>>(
+  PYE_LAUNCH(PrepareQkvKernel, Blocks(tasks, 4), 4 * kWarp, 0, s)(
       q, k, v, n, n_head, n_head_kv, head_dim, q_norm, k_norm, inv_freq, attn_scale, eps,
       write_kv, v_norm, kv, group, page);
   PYE_CUDA(cudaGetLastError());
 }
 
+int AttendSplits(int64_t n, int n_head, int max_keys) {
+  // Enough warps to fill a large device (about 1024), at least 64 keys a split, at most 64
+  // splits; powers of 2, so that few distinct step shapes are captured as graphs.
+  auto pow2 = [](int64_t v) {
+    int p = 1;
+    while (p < v && p < kMaxAttnSplits) p *= 2;
+    return p;
+  };
+  const int64_t tasks = std::max<int64_t>(n * n_head, 1);
+  return std::min(pow2((1024 + tasks - 1) / tasks), pow2((max_keys + 63) / 64));
+}
+
 void Attend(const float* q, float* attn, int64_t n, int n_head, int n_head_kv, int head_dim,
-            int window, const KvArgs& kv, const KvGroup& group, int page, cudaStream_t s) {
-  AttendKernel<<<Blocks(n * n_head, 4), 4 * kWarp, 0, s>>>(q, attn, n, n_head, n_head_kv,
-                                                           head_dim, window, kv, group, page);
+            int window, const KvArgs& kv, const KvGroup& group, int page,
+            const AttendScratch& scratch, cudaStream_t s) {
+  const dim3 grid(Blocks(n * n_head, kAttnWarps), static_cast<unsigned>(scratch.splits));
+  float2* stats = reinterpret_cast<float2*>(scratch.stats);
+  PYE_LAUNCH(AttendStatsKernel, grid, kAttnWarps * kWarp, 0, s)(
+      q, stats, n, n_head, n_head_kv, head_dim, window, kv, group, page);
+  PYE_LAUNCH(AttendValuesKernel, grid, kAttnWarps * kWarp, 0, s)(
+      q, stats, scratch.splits == 1 ? attn : scratch.partial, n, n_head, n_head_kv, head_dim,
+      window, kv, group, page);
+  if (scratch.splits > 1) {
+    const int64_t count = n * n_head * head_dim;
+    PYE_LAUNCH(AttendReduceKernel, Blocks(count, 256), 256, 0, s)(scratch.partial, scratch.splits,
+                                                                  head_dim, count, attn);
+  }
   PYE_CUDA(cudaGetLastError());
 }
 
 void GatherRows(const float* x, const int32_t* rows_idx, int64_t n_rows, int64_t dim, float* out,
                 cudaStream_t s) {
   if (n_rows == 0) return;
-  GatherKernel<<<static_cast<unsigned>(n_rows), 256, 0, s>>>(x, rows_idx, dim, out);
+  PYE_LAUNCH(GatherKernel, static_cast<unsigned>(n_rows), 256, 0, s)(x, rows_idx, dim, out);
   PYE_CUDA(cudaGetLastError());
 }
 
 void Softcap(float* x, int64_t count, float cap, cudaStream_t s) {
-  SoftcapKernel<<<Blocks(count, 256), 256, 0, s>>>(x, count, cap);
+  PYE_LAUNCH(SoftcapKernel, Blocks(count, 256), 256, 0, s)(x, count, cap);
   PYE_CUDA(cudaGetLastError());
 }
 

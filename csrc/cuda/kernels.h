@@ -61,10 +61,24 @@ void PrepareQkv(float* q, const float* k, const float* v, int64_t n, int n_head,
                 float attn_scale, float eps, bool write_kv, bool v_norm, const KvArgs& kv,
                 const KvGroup& group, int page, cudaStream_t s);
 
+// Device scratch of Attend: stats [n * n_head * splits * 2], partial [n * n_head * splits *
+// head_dim] (unused with one split).
+constexpr int kMaxAttnSplits = 64;
+struct AttendScratch {
+  float* stats = nullptr;
+  float* partial = nullptr;
+  int splits = 1;
+};
+
+// How many warps share each (token, head)'s keys, for n tokens whose longest context is
+// max_keys positions.
+int AttendSplits(int64_t n, int n_head, int max_keys);
+
 // attn [n, n_head * head_dim]: each query head over its KV head's keys from `first` (window:
 // pos - window + 1, else 0) to pos, softmax weights rounded to fp16 as the CPU rounds them.
 void Attend(const float* q, float* attn, int64_t n, int n_head, int n_head_kv, int head_dim,
-            int window, const KvArgs& kv, const KvGroup& group, int page, cudaStream_t s);
+            int window, const KvArgs& kv, const KvGroup& group, int page,
+            const AttendScratch& scratch, cudaStream_t s);
 
 // rows [n_rows, dim] = x [rows_idx[r]] (gathers the rows whose logits are wanted).
 void GatherRows(const float* x, const int32_t* rows_idx, int64_t n_rows, int64_t dim, float* out,

@@ -148,66 +148,66 @@ __global__ void ScaleKernel(float* x, int64_t count, float f) {
 }  // namespace
 
 void MatchMagnitude(const float* ref, float* y, int64_t n, int64_t dim, cudaStream_t s) {
-  MatchMagnitudeKernel<<<static_cast<unsigned>(n), 256, 0, s>>>(ref, y, dim);
+  PYE_LAUNCH(MatchMagnitudeKernel, static_cast<unsigned>(n), 256, 0, s)(ref, y, dim);
   PYE_CUDA(cudaGetLastError());
 }
 
 void PerLayerInputs(const float* proj, const float* rows, const float* norm_w, int64_t n,
                     int n_layer, float eps, float proj_scale, float emb_scale, float* out,
                     cudaStream_t s) {
-  PerLayerInputsKernel<<<Blocks(n * n_layer, 4), 4 * kWarp, 0, s>>>(
+  PYE_LAUNCH(PerLayerInputsKernel, Blocks(n * n_layer, 4), 4 * kWarp, 0, s)(
       proj, rows, norm_w, n, n_layer, eps, proj_scale, emb_scale, out);
   PYE_CUDA(cudaGetLastError());
 }
 
 void RmsNormScaled(const float* x, const float* w, int64_t n, int64_t dim, float eps, float post,
                    float* out, cudaStream_t s) {
-  RmsNormScaledKernel<<<static_cast<unsigned>(n), 256, 0, s>>>(x, w, dim, eps, post, out);
+  PYE_LAUNCH(RmsNormScaledKernel, static_cast<unsigned>(n), 256, 0, s)(x, w, dim, eps, post, out);
   PYE_CUDA(cudaGetLastError());
 }
 
 void Tanh(float* x, int64_t count, cudaStream_t s) {
-  TanhKernel<<<Blocks(count, 256), 256, 0, s>>>(x, count);
+  PYE_LAUNCH(TanhKernel, Blocks(count, 256), 256, 0, s)(x, count);
   PYE_CUDA(cudaGetLastError());
 }
 
 void SmallMatVec(const float* w, int rows, int cols, bool round_f16, bool round_bf16,
                  const float* x, int64_t n, float add, float* y, cudaStream_t s) {
-  SmallMatVecKernel<<<Blocks(n, 128), 128, 0, s>>>(w, rows, cols, round_f16, round_bf16, x, n,
-                                                   add, y);
+  PYE_LAUNCH(SmallMatVecKernel, Blocks(n, 128), 128, 0, s)(w, rows, cols, round_f16,
+                                                            round_bf16, x, n, add, y);
   PYE_CUDA(cudaGetLastError());
 }
 
 void AltUpPredict(const float* streams, const float* coefs, float* pred, int64_t n, int64_t dim,
                   cudaStream_t s) {
-  AltUpPredictKernel<<<Blocks(n * dim, 256), 256, 0, s>>>(streams, coefs, pred, n, dim);
+  PYE_LAUNCH(AltUpPredictKernel, Blocks(n * dim, 256), 256, 0, s)(streams, coefs, pred, n, dim);
   PYE_CUDA(cudaGetLastError());
 }
 
 void AltUpCorrect(float* streams, const float* pred, const float* o, const float* m, int64_t n,
                   int64_t dim, cudaStream_t s) {
-  AltUpCorrectKernel<<<Blocks(n * dim, 256), 256, 0, s>>>(streams, pred, o, m, n, dim);
+  PYE_LAUNCH(AltUpCorrectKernel, Blocks(n * dim, 256), 256, 0, s)(streams, pred, o, m, n, dim);
   PYE_CUDA(cudaGetLastError());
 }
 
 void Combine(const float* o, const float* p0, const float* laurel, const float* xn, float half,
              float* a, int64_t count, cudaStream_t s) {
-  CombineKernel<<<Blocks(count, 256), 256, 0, s>>>(o, p0, laurel, xn, half, a, count);
+  PYE_LAUNCH(CombineKernel, Blocks(count, 256), 256, 0, s)(o, p0, laurel, xn, half, a, count);
   PYE_CUDA(cudaGetLastError());
 }
 
 void Sparsify(float* g, int64_t n, int64_t dim, float k, cudaStream_t s) {
-  SparsifyKernel<<<static_cast<unsigned>(n), 256, 0, s>>>(g, dim, k);
+  PYE_LAUNCH(SparsifyKernel, static_cast<unsigned>(n), 256, 0, s)(g, dim, k);
   PYE_CUDA(cudaGetLastError());
 }
 
 void MulVec(const float* x, const float* v, int64_t n, int64_t dim, float* out, cudaStream_t s) {
-  MulVecKernel<<<Blocks(n * dim, 256), 256, 0, s>>>(x, v, dim, n * dim, out);
+  PYE_LAUNCH(MulVecKernel, Blocks(n * dim, 256), 256, 0, s)(x, v, dim, n * dim, out);
   PYE_CUDA(cudaGetLastError());
 }
 
 void Scale(float* x, int64_t count, float f, cudaStream_t s) {
-  ScaleKernel<<<Blocks(count, 256), 256, 0, s>>>(x, count, f);
+  PYE_LAUNCH(ScaleKernel, Blocks(count, 256), 256, 0, s)(x, count, f);
   PYE_CUDA(cudaGetLastError());
 }
 
