@@ -95,26 +95,21 @@ const float* CudaGemma3Model::EnqueueLayers(int64_t n, const KvLayout& layout) c
 
     // Attention block.
     cuda::RmsNorm(x, L.attn_norm.get(), n, E, c.rms_eps, xn, stream_);
-    Project(L.attn_q, xn, n, q_.get());
-    Project(L.attn_k, xn, n, k_.get());
-    Project(L.attn_v, xn, n, v_.get());
+    Project({{&L.attn_q, q_.get()}, {&L.attn_k, k_.get()}, {&L.attn_v, v_.get()}}, xn, n);
     cuda::PrepareQkv(q_.get(), k_.get(), v_.get(), n, H, HKV, D, L.attn_q_norm.get(),
                      L.attn_k_norm.get(), L.rope_inv_freq.get(), c.attn_scale, c.rms_eps,
                      /*write_kv=*/true, /*v_norm=*/false, kv, groups_[g], page, stream_);
     cuda::Attend(q_.get(), attn_.get(), n, H, HKV, D, window, kv, groups_[g], page,
                  AttnScratch(), stream_);
     Project(L.attn_output, attn_.get(), n, o);
-    cuda::RmsNorm(o, L.post_attention_norm.get(), n, E, c.rms_eps, o, stream_);
-    cuda::Add(x, o, n * E, stream_);
+    cuda::RmsNormAdd(o, L.post_attention_norm.get(), n, E, c.rms_eps, x, stream_);
 
     // Feed-forward block: gelu_tanh(gate) * up, projected down.
     cuda::RmsNorm(x, L.ffn_norm.get(), n, E, c.rms_eps, xn, stream_);
-    Project(L.ffn_gate, xn, n, gate_.get());
-    Project(L.ffn_up, xn, n, up_.get());
+    Project({{&L.ffn_gate, gate_.get()}, {&L.ffn_up, up_.get()}}, xn, n);
     cuda::GeluMul(gate_.get(), up_.get(), gelu_table_.get(), n * F, stream_);
     Project(L.ffn_down, gate_.get(), n, o);
-    cuda::RmsNorm(o, L.post_ffw_norm.get(), n, E, c.rms_eps, o, stream_);
-    cuda::Add(x, o, n * E, stream_);
+    cuda::RmsNormAdd(o, L.post_ffw_norm.get(), n, E, c.rms_eps, x, stream_);
   }
   return x;
 }

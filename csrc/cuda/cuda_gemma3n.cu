@@ -221,11 +221,11 @@ const float* CudaGemma3nModel::EnqueueLayers(int64_t n, const KvLayout& layout) 
     cuda::RmsNorm(P0, L.attn_norm.get(), n, E, c.rms_eps, xa_.get(), stream_);
 
     // LAuReL: xa + RMSNorm(laurel_r . laurel_l . xa); attention projections of xa.
-    Project(L.laurel_l, xa_.get(), n, small_.get());
-    Project(L.attn_q, xa_.get(), n, q_.get());
     if (L.owns_kv) {
-      Project(L.attn_k, xa_.get(), n, k_.get());
-      Project(L.attn_v, xa_.get(), n, v_.get());
+      Project({{&L.attn_q, q_.get()}, {&L.attn_k, k_.get()}, {&L.attn_v, v_.get()},
+               {&L.laurel_l, small_.get()}}, xa_.get(), n);
+    } else {
+      Project({{&L.attn_q, q_.get()}, {&L.laurel_l, small_.get()}}, xa_.get(), n);
     }
     Project(L.laurel_r, small_.get(), n, laurel_.get());
     cuda::RmsNorm(laurel_.get(), L.laurel_post_norm.get(), n, E, c.rms_eps, laurel_.get(),
@@ -242,8 +242,7 @@ const float* CudaGemma3nModel::EnqueueLayers(int64_t n, const KvLayout& layout) 
 
     // Feed-forward with activation sparsity in the first layers.
     cuda::RmsNorm(a_.get(), L.ffn_norm.get(), n, E, c.rms_eps, t_.get(), stream_);
-    Project(L.ffn_up, t_.get(), n, up_.get());
-    Project(L.ffn_gate, t_.get(), n, gate_.get());
+    Project({{&L.ffn_up, up_.get()}, {&L.ffn_gate, gate_.get()}}, t_.get(), n);
     if (l < Gemma3nModel::kSparseLayers) {
       cuda::Sparsify(gate_.get(), n, F, Gemma3nModel::kSparsityStd, stream_);
     }

@@ -50,6 +50,23 @@ void CudaModel::Project(const cuda::DevWeight& w, const float* x, int64_t n, flo
   cuda::MatMul(w.m, xr_.get(), xq_.get(), xd_.get(), n, y, stream_);
 }
 
+void CudaModel::Project(std::initializer_list<std::pair<const cuda::DevWeight*, float*>> wy,
+                        const float* x, int64_t n) const {
+  const cuda::DevMatrix& first = wy.begin()->first->m;
+  bool same = wy.size() <= static_cast<size_t>(cuda::kMaxMatSet);
+  for (const auto& [w, y] : wy) same = same && w->m.type == first.type && w->m.cols == first.cols;
+  if (!same) {
+    for (const auto& [w, y] : wy) Project(*w, x, n, y);
+    return;
+  }
+  const cuda::DevMatrix* ws[cuda::kMaxMatSet];
+  float* ys[cuda::kMaxMatSet];
+  int count = 0;
+  for (const auto& [w, y] : wy) ws[count] = &w->m, ys[count++] = y;
+  cuda::PrepareInput(first.type, x, n, first.cols, xr_.get(), xq_.get(), xd_.get(), stream_);
+  cuda::MatMul(ws, ys, count, xr_.get(), xq_.get(), xd_.get(), n, stream_);
+}
+
 void CudaModel::EnqueueEmbed(int64_t n, float* x) const {
   cuda::Embed(tied_ ? output_.m : tok_embd_.m, tokens_.get(), n,
               std::sqrt(static_cast<float>(cfg_.n_embd)), x, stream_);

@@ -7,6 +7,8 @@
 #include <cuda_runtime.h>
 
 #include <array>
+#include <initializer_list>
+#include <utility>
 #include <map>
 #include <vector>
 
@@ -42,6 +44,10 @@ class CudaModel : public Model {
 
   // y [n, rows] = x [n, cols] . W^T, x prepared for W's storage first.
   void Project(const cuda::DevWeight& w, const float* x, int64_t n, float* y) const;
+  // Several products of one input (q, k, v; gate, up): the input prepared once, and the
+  // matrices in one launch when they share a type and width.
+  void Project(std::initializer_list<std::pair<const cuda::DevWeight*, float*>> wy,
+               const float* x, int64_t n) const;
   // Makes the prepared-input buffers hold n rows of cols values.
   void ReserveInput(int64_t n, int64_t cols) const;
   // x [n, n_embd] = the tokens' embedding rows times sqrt(n_embd).

@@ -2,6 +2,7 @@
 // kernel at fault before any model is involved. Shapes are ragged on purpose: rows not a
 // multiple of the 8 rows a block computes, rows of 160 values (not a multiple of the 128 a warp
 // reads per step), token counts that leave partial tiles.
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <random>
@@ -131,7 +132,33 @@ double CheckMatMul(GgmlType type, int64_t n, std::mt19937& rng) {
   xd.Reserve(n * cols / 32);
   cuda::PrepareInput(w.m.type, dx.get(), n, cols, xr.get(), xq.get(), xd.get(), nullptr);
   cuda::MatMul(w.m, xr.get(), xq.get(), xd.get(), n, y.get(), nullptr);
-  return RowError(Download(y.get(), n * rows), want, rows);
+  double err = RowError(Download(y.get(), n * rows), want, rows);
+  // The same rows as a set of three matrices (rows 0-29, 30-37, 38-66) in one launch.
+  const int64_t cut[] = {0, 30, 38, rows};
+  const size_t elem = type == GgmlType::kF32 ? 4 : type == GgmlType::kQ8_0 ? 1 : 2;
+  cuda::DevMatrix parts[3];
+  DeviceBuffer<float> ys[3];
+  const cuda::DevMatrix* ws[3];
+  float* yp[3];
+  for (int i = 0; i < 3; ++i) {
+    parts[i] = w.m;
+    parts[i].rows = cut[i + 1] - cut[i];
+    parts[i].w = static_cast<const uint8_t*>(w.m.w) + cut[i] * cols * elem;
+    if (w.m.d) parts[i].d = w.m.d + cut[i] * (cols / 32);
+    ys[i].Reserve(static_cast<size_t>(n * parts[i].rows));
+    ws[i] = &parts[i];
+    yp[i] = ys[i].get();
+  }
+  cuda::MatMul(ws, yp, 3, xr.get(), xq.get(), xd.get(), n, nullptr);
+  std::vector<float> got(n * rows);
+  for (int i = 0; i < 3; ++i) {
+    const std::vector<float> part = Download(ys[i].get(), n * parts[i].rows);
+    for (int64_t t = 0; t < n; ++t) {
+      std::copy(part.begin() + t * parts[i].rows, part.begin() + (t + 1) * parts[i].rows,
+                got.begin() + t * rows + cut[i]);
+    }
+  }
+  return std::max(err, RowError(got, want, rows));
 }
 
 double CheckRmsNormGelu(std::mt19937& rng, double* gelu_err) {

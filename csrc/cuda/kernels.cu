@@ -56,6 +56,31 @@ __device__ __forceinline__ float Load1(const DevMatrix& m, int64_t row, int64_t 
   }
 }
 
+// Up to kMaxMatSet matrices of one type and width (q, k, v; gate and up) in one launch: the
+// grid's x blocks are theirs in turn, `first[i]` the first block of matrix i.
+struct MatSet {
+  DevMatrix m[kMaxMatSet];
+  float* y[kMaxMatSet];
+  unsigned first[kMaxMatSet];
+  int count;
+  unsigned block;  // set by Pick: the block within the picked matrix
+
+  // Constant indices only (unrolled selects): an indexed kernel parameter would be copied to
+  // local memory.
+  __device__ __forceinline__ DevMatrix Pick(float** out) {
+    DevMatrix r = m[0];
+    float* yr = y[0];
+    unsigned f = first[0];
+#pragma unroll
+    for (int k = 1; k < kMaxMatSet; ++k) {
+      if (k < count && blockIdx.x >= first[k]) r = m[k], yr = y[k], f = first[k];
+    }
+    block = blockIdx.x - f;
+    *out = yr;
+    return r;
+  }
+};
+
 // One block per (token, 32-value block) group of a row: a warp per row, a lane per value.
 __global__ void QuantizeQ8Kernel(const float* x, int64_t n, int64_t cols, int8_t* xq, float* xd) {
   const int64_t blocks = cols / 32;
@@ -104,8 +129,10 @@ __device__ __forceinline__ void StoreRowSums(float (&acc)[TOK], int lane, int nt
 
 // y[t, row] for TOK tokens: a warp walks the row 128 values (4 per lane) at a time.
 template <int TOK>
-__global__ void MatMulKernel(DevMatrix m, const float* x, int64_t n, float* y) {
-  const int64_t row = blockIdx.x * static_cast<int64_t>(kRowsPerBlock) + threadIdx.x / kWarp;
+__global__ void MatMulKernel(MatSet set, const float* x, int64_t n) {
+  float* y;
+  const DevMatrix m = set.Pick(&y);
+  const int64_t row = set.block * static_cast<int64_t>(kRowsPerBlock) + threadIdx.x / kWarp;
   if (row >= m.rows) return;
   const int lane = threadIdx.x % kWarp;
   const int64_t t0 = blockIdx.y * static_cast<int64_t>(TOK);
@@ -130,9 +157,10 @@ __global__ void MatMulKernel(DevMatrix m, const float* x, int64_t n, float* y) {
 // by both blocks' scales. llama.cpp's CUDA kernel scales such partial sums too; only the order
 // of the float additions differs from a per-block sum.
 template <int TOK>
-__global__ void MatMulQ8Kernel(DevMatrix m, const int8_t* xq, const float* xd, int64_t n,
-                               float* y) {
-  const int64_t row = blockIdx.x * static_cast<int64_t>(kRowsPerBlock) + threadIdx.x / kWarp;
+__global__ void MatMulQ8Kernel(MatSet set, const int8_t* xq, const float* xd, int64_t n) {
+  float* y;
+  const DevMatrix m = set.Pick(&y);
+  const int64_t row = set.block * static_cast<int64_t>(kRowsPerBlock) + threadIdx.x / kWarp;
   if (row >= m.rows) return;
   const int lane = threadIdx.x % kWarp;
   const int64_t t0 = blockIdx.y * static_cast<int64_t>(TOK);
@@ -166,13 +194,15 @@ __global__ void MatMulQ8Kernel(DevMatrix m, const int8_t* xq, const float* xd, i
 constexpr int kTileRows = 64, kTileTokens = 32, kTileK = 32;
 
 template <bool Q8>
-__global__ void MatMulTiledKernel(DevMatrix m, const float* xr, const int8_t* xq, const float* xd,
-                                  int64_t n, float* y) {
+__global__ void MatMulTiledKernel(MatSet set, const float* xr, const int8_t* xq, const float* xd,
+                                  int64_t n) {
   __shared__ float ws[kTileRows][kTileK + 1];  // +1: rows fall in different banks
   __shared__ float xs[kTileTokens][kTileK + 1];
   __shared__ float wd[kTileRows], xds[kTileTokens];  // Q8_0: this step's block scales
+  float* y;
+  const DevMatrix m = set.Pick(&y);
   const int tid = threadIdx.x;
-  const int64_t r0 = blockIdx.x * static_cast<int64_t>(kTileRows);
+  const int64_t r0 = set.block * static_cast<int64_t>(kTileRows);
   const int64_t t0 = blockIdx.y * static_cast<int64_t>(kTileTokens);
   const int tr = tid % 16, tc = tid / 16;
   const int64_t nb = m.cols / 32;
@@ -256,7 +286,8 @@ __global__ void EmbedKernel(DevMatrix m, const int32_t* tokens, float scale, flo
 }
 
 // One block per row: the sum of squares reduced over the block.
-__global__ void RmsNormKernel(const float* x, const float* w, int64_t dim, float eps, float* out) {
+__global__ void RmsNormKernel(const float* x, const float* w, int64_t dim, float eps, bool add,
+                              float* out) {
   __shared__ float partial[32];
   const float* xr = x + blockIdx.x * dim;
   float ss = 0.f;
@@ -273,7 +304,8 @@ __global__ void RmsNormKernel(const float* x, const float* w, int64_t dim, float
   const float scale = rsqrtf(partial[0] / static_cast<float>(dim) + eps);
   float* yr = out + blockIdx.x * dim;
   for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) {
-    yr[i] = w ? xr[i] * scale * w[i] : xr[i] * scale;
+    const float v = w ? xr[i] * scale * w[i] : xr[i] * scale;
+    yr[i] = add ? yr[i] + v : v;
   }
 }
 
@@ -516,34 +548,56 @@ void PrepareInput(WType type, const float* x, int64_t n, int64_t cols, float* xr
   PYE_CUDA(cudaGetLastError());
 }
 
-void MatMul(const DevMatrix& w, const float* xr, const int8_t* xq, const float* xd, int64_t n,
-            float* y, cudaStream_t s) {
-  const dim3 block(kRowsPerBlock * kWarp);
+void MatMul(const DevMatrix* const* ws, float* const* ys, int count, const float* xr,
+            const int8_t* xq, const float* xd, int64_t n, cudaStream_t s) {
+  if (count < 1 || count > kMaxMatSet) throw EngineError("MatMul: 1 to 4 matrices at a time");
+  const DevMatrix& w = *ws[0];
   // One token at a time keeps decode's single row in registers; up to 8 tokens share each
   // weight load in registers; more go through shared-memory tiles of 32 tokens.
-  if (n == 1) {
-    const dim3 grid(Blocks(w.rows, kRowsPerBlock), 1);
-    if (w.type == WType::kQ8_0) {
-      PYE_LAUNCH(MatMulQ8Kernel<1>, grid, block, 0, s)(w, xq, xd, n, y);
-    } else {
-      PYE_LAUNCH(MatMulKernel<1>, grid, block, 0, s)(w, xr, n, y);
+  const bool tiled = n > 8;
+  const int rows_per_block = tiled ? kTileRows : kRowsPerBlock;
+  MatSet set{};
+  set.count = count;
+  unsigned blocks = 0;
+  for (int i = 0; i < count; ++i) {
+    if (ws[i]->type != w.type || ws[i]->cols != w.cols) {
+      throw EngineError("MatMul: matrices of one launch must share type and width");
     }
-  } else if (n <= 8) {
-    const dim3 grid(Blocks(w.rows, kRowsPerBlock), 1);
-    if (w.type == WType::kQ8_0) {
-      PYE_LAUNCH(MatMulQ8Kernel<8>, grid, block, 0, s)(w, xq, xd, n, y);
+    set.m[i] = *ws[i];
+    set.y[i] = ys[i];
+    set.first[i] = blocks;
+    blocks += Blocks(ws[i]->rows, rows_per_block);
+  }
+  const bool q8 = w.type == WType::kQ8_0;
+  if (tiled) {
+    const dim3 grid(blocks, Blocks(n, kTileTokens));
+    if (q8) {
+      PYE_LAUNCH(MatMulTiledKernel<true>, grid, 256, 0, s)(set, xr, xq, xd, n);
     } else {
-      PYE_LAUNCH(MatMulKernel<8>, grid, block, 0, s)(w, xr, n, y);
+      PYE_LAUNCH(MatMulTiledKernel<false>, grid, 256, 0, s)(set, xr, xq, xd, n);
     }
   } else {
-    const dim3 grid(Blocks(w.rows, kTileRows), Blocks(n, kTileTokens));
-    if (w.type == WType::kQ8_0) {
-      PYE_LAUNCH(MatMulTiledKernel<true>, grid, 256, 0, s)(w, xr, xq, xd, n, y);
+    const dim3 block(kRowsPerBlock * kWarp);
+    if (n == 1) {
+      if (q8) {
+        PYE_LAUNCH(MatMulQ8Kernel<1>, blocks, block, 0, s)(set, xq, xd, n);
+      } else {
+        PYE_LAUNCH(MatMulKernel<1>, blocks, block, 0, s)(set, xr, n);
+      }
+    } else if (q8) {
+      PYE_LAUNCH(MatMulQ8Kernel<8>, blocks, block, 0, s)(set, xq, xd, n);
     } else {
-      PYE_LAUNCH(MatMulTiledKernel<false>, grid, 256, 0, s)(w, xr, xq, xd, n, y);
+      PYE_LAUNCH(MatMulKernel<8>, blocks, block, 0, s)(set, xr, n);
     }
   }
   PYE_CUDA(cudaGetLastError());
+}
+
+void MatMul(const DevMatrix& w, const float* xr, const int8_t* xq, const float* xd, int64_t n,
+            float* y, cudaStream_t s) {
+  const DevMatrix* ws[] = {&w};
+  float* ys[] = {y};
+  MatMul(ws, ys, 1, xr, xq, xd, n, s);
 }
 
 void Embed(const DevMatrix& table, const int32_t* tokens, int64_t n, float scale, float* x,
@@ -554,7 +608,13 @@ void Embed(const DevMatrix& table, const int32_t* tokens, int64_t n, float scale
 
 void RmsNorm(const float* x, const float* w, int64_t n, int64_t dim, float eps, float* out,
              cudaStream_t s) {
-  PYE_LAUNCH(RmsNormKernel, static_cast<unsigned>(n), 256, 0, s)(x, w, dim, eps, out);
+  PYE_LAUNCH(RmsNormKernel, static_cast<unsigned>(n), 256, 0, s)(x, w, dim, eps, false, out);
+  PYE_CUDA(cudaGetLastError());
+}
+
+void RmsNormAdd(const float* o, const float* w, int64_t n, int64_t dim, float eps, float* x,
+                cudaStream_t s) {
+  PYE_LAUNCH(RmsNormKernel, static_cast<unsigned>(n), 256, 0, s)(o, w, dim, eps, true, x);
   PYE_CUDA(cudaGetLastError());
 }
 

@@ -37,6 +37,10 @@ void PrepareInput(WType type, const float* x, int64_t n, int64_t cols, float* xr
 // y [n, rows] = x [n, cols] . W^T with x prepared for W's type (xr, or xq/xd for Q8_0).
 void MatMul(const DevMatrix& w, const float* xr, const int8_t* xq, const float* xd, int64_t n,
             float* y, cudaStream_t s);
+// The same for 1 to kMaxMatSet matrices of one type and width on one input, in one launch.
+constexpr int kMaxMatSet = 4;
+void MatMul(const DevMatrix* const* ws, float* const* ys, int count, const float* xr,
+            const int8_t* xq, const float* xd, int64_t n, cudaStream_t s);
 
 // x [n, dim] = row `tokens[t]` of table, times scale.
 void Embed(const DevMatrix& table, const int32_t* tokens, int64_t n, float scale, float* x,
@@ -45,6 +49,10 @@ void Embed(const DevMatrix& table, const int32_t* tokens, int64_t n, float scale
 // out [n, dim] = x / rms(x) * w (w may be null: no weight). out may be x.
 void RmsNorm(const float* x, const float* w, int64_t n, int64_t dim, float eps, float* out,
              cudaStream_t s);
+
+// x [n, dim] += o / rms(o) * w (a sublayer's normed output added to the residual).
+void RmsNormAdd(const float* o, const float* w, int64_t n, int64_t dim, float eps, float* x,
+                cudaStream_t s);
 
 // x += o, count values.
 void Add(float* x, const float* o, int64_t count, cudaStream_t s);

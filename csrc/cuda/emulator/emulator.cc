@@ -456,9 +456,12 @@ cudaError_t cudaMalloc(void** p, size_t bytes) {
   *p = nullptr;
   PYE_EMU_STICKY;
   if (cuda_emulator::CaptureForbids("cudaMalloc")) return cudaErrorStreamCaptureUnsupported;
-  // Rounded up and aligned as device allocations are (256 bytes).
-  void* a = std::aligned_alloc(256, (std::max<size_t>(bytes, 1) + 255) / 256 * 256);
-  if (!a) return Fail(cudaErrorMemoryAllocation, "cudaMalloc of " + std::to_string(bytes));
+  // Aligned as device allocations are (256 bytes), and exactly as large as asked, so that an
+  // address sanitizer sees a kernel reading past the end.
+  void* a = nullptr;
+  if (posix_memalign(&a, 256, std::max<size_t>(bytes, 1)) != 0) {
+    return Fail(cudaErrorMemoryAllocation, "cudaMalloc of " + std::to_string(bytes));
+  }
   cuda_emulator::g_allocs[reinterpret_cast<uintptr_t>(a)] = bytes;
   *p = a;
   return cudaSuccess;
