@@ -81,7 +81,7 @@ void CudaGemma3Model::AddAddresses(std::vector<const void*>* a) const {
 
 const float* CudaGemma3Model::EnqueueLayers(int64_t n, const KvLayout& layout) const {
   const ModelConfig& c = cfg_;
-  const int64_t E = c.n_embd, F = c.n_ff;
+  const int64_t E = c.n_embd;
   const int H = static_cast<int>(c.n_head), HKV = static_cast<int>(c.n_head_kv);
   const int D = static_cast<int>(c.head_dim);
   float *x = x_.get(), *xn = xn_.get(), *o = o_.get();
@@ -94,8 +94,8 @@ const float* CudaGemma3Model::EnqueueLayers(int64_t n, const KvLayout& layout) c
     const int window = c.layer_is_swa[l] ? static_cast<int>(c.sliding_window) : 0;
 
     // Attention block.
-    cuda::RmsNorm(x, L.attn_norm.get(), n, E, c.rms_eps, xn, stream_);
-    Project({{&L.attn_q, q_.get()}, {&L.attn_k, k_.get()}, {&L.attn_v, v_.get()}}, xn, n);
+    NormProject(x, L.attn_norm.get(), n, xn,
+                {{&L.attn_q, q_.get()}, {&L.attn_k, k_.get()}, {&L.attn_v, v_.get()}});
     cuda::PrepareQkv(q_.get(), k_.get(), v_.get(), n, H, HKV, D, L.attn_q_norm.get(),
                      L.attn_k_norm.get(), L.rope_inv_freq.get(), c.attn_scale, c.rms_eps,
                      /*write_kv=*/true, /*v_norm=*/false, kv, groups_[g], page, stream_);
@@ -105,10 +105,8 @@ const float* CudaGemma3Model::EnqueueLayers(int64_t n, const KvLayout& layout) c
     cuda::RmsNormAdd(o, L.post_attention_norm.get(), n, E, c.rms_eps, x, stream_);
 
     // Feed-forward block: gelu_tanh(gate) * up, projected down.
-    cuda::RmsNorm(x, L.ffn_norm.get(), n, E, c.rms_eps, xn, stream_);
-    Project({{&L.ffn_gate, gate_.get()}, {&L.ffn_up, up_.get()}}, xn, n);
-    cuda::GeluMul(gate_.get(), up_.get(), gelu_table_.get(), n * F, stream_);
-    Project(L.ffn_down, gate_.get(), n, o);
+    NormProject(x, L.ffn_norm.get(), n, xn, {{&L.ffn_gate, gate_.get()}, {&L.ffn_up, up_.get()}});
+    ProjectGelu(L.ffn_down, gate_.get(), up_.get(), n, o);
     cuda::RmsNormAdd(o, L.post_ffw_norm.get(), n, E, c.rms_eps, x, stream_);
   }
   return x;

@@ -246,8 +246,7 @@ const float* CudaGemma3nModel::EnqueueLayers(int64_t n, const KvLayout& layout) 
     if (l < Gemma3nModel::kSparseLayers) {
       cuda::Sparsify(gate_.get(), n, F, Gemma3nModel::kSparsityStd, stream_);
     }
-    cuda::GeluMul(gate_.get(), up_.get(), gelu_table_.get(), n * F, stream_);
-    Project(L.ffn_down, gate_.get(), n, o_.get());
+    ProjectGelu(L.ffn_down, gate_.get(), up_.get(), n, o_.get());
     cuda::RmsNorm(o_.get(), L.post_ffw_norm.get(), n, E, c.rms_eps, o_.get(), stream_);
     cuda::Add(o_.get(), a_.get(), n * E, stream_);  // the layer's output on the active stream
 

@@ -50,21 +50,57 @@ void CudaModel::Project(const cuda::DevWeight& w, const float* x, int64_t n, flo
   cuda::MatMul(w.m, xr_.get(), xq_.get(), xd_.get(), n, y, stream_);
 }
 
-void CudaModel::Project(std::initializer_list<std::pair<const cuda::DevWeight*, float*>> wy,
-                        const float* x, int64_t n) const {
+namespace {
+
+// Whether the matrices can share one prepared input and one launch.
+bool OneLaunch(std::initializer_list<std::pair<const cuda::DevWeight*, float*>> wy) {
   const cuda::DevMatrix& first = wy.begin()->first->m;
   bool same = wy.size() <= static_cast<size_t>(cuda::kMaxMatSet);
   for (const auto& [w, y] : wy) same = same && w->m.type == first.type && w->m.cols == first.cols;
-  if (!same) {
-    for (const auto& [w, y] : wy) Project(*w, x, n, y);
-    return;
-  }
+  return same;
+}
+
+}  // namespace
+
+void CudaModel::MatMulSet(std::initializer_list<std::pair<const cuda::DevWeight*, float*>> wy,
+                          int64_t n) const {
   const cuda::DevMatrix* ws[cuda::kMaxMatSet];
   float* ys[cuda::kMaxMatSet];
   int count = 0;
   for (const auto& [w, y] : wy) ws[count] = &w->m, ys[count++] = y;
-  cuda::PrepareInput(first.type, x, n, first.cols, xr_.get(), xq_.get(), xd_.get(), stream_);
   cuda::MatMul(ws, ys, count, xr_.get(), xq_.get(), xd_.get(), n, stream_);
+}
+
+void CudaModel::Project(std::initializer_list<std::pair<const cuda::DevWeight*, float*>> wy,
+                        const float* x, int64_t n) const {
+  if (!OneLaunch(wy)) {
+    for (const auto& [w, y] : wy) Project(*w, x, n, y);
+    return;
+  }
+  const cuda::DevMatrix& m = wy.begin()->first->m;
+  cuda::PrepareInput(m.type, x, n, m.cols, xr_.get(), xq_.get(), xd_.get(), stream_);
+  MatMulSet(wy, n);
+}
+
+void CudaModel::NormProject(const float* x, const float* norm_w, int64_t n, float* scratch,
+                            std::initializer_list<std::pair<const cuda::DevWeight*, float*>> wy)
+    const {
+  const cuda::DevMatrix& m = wy.begin()->first->m;
+  if (!OneLaunch(wy)) {
+    cuda::RmsNorm(x, norm_w, n, m.cols, cfg_.rms_eps, scratch, stream_);
+    Project(wy, scratch, n);
+    return;
+  }
+  cuda::NormPrepare(m.type, x, norm_w, n, m.cols, cfg_.rms_eps, xr_.get(), xq_.get(), xd_.get(),
+                    stream_);
+  MatMulSet(wy, n);
+}
+
+void CudaModel::ProjectGelu(const cuda::DevWeight& w, const float* g, const float* u, int64_t n,
+                            float* y) const {
+  cuda::PrepareInput(w.m.type, g, n, w.m.cols, xr_.get(), xq_.get(), xd_.get(), stream_, u,
+                     gelu_table_.get());
+  cuda::MatMul(w.m, xr_.get(), xq_.get(), xd_.get(), n, y, stream_);
 }
 
 void CudaModel::EnqueueEmbed(int64_t n, float* x) const {
@@ -170,6 +206,16 @@ void CudaModel::Enqueue(int64_t n, int64_t n_out, int64_t n_hidden,
 
 void CudaModel::Forward(const Batch& batch, Workspace& ws, float* out, ThreadPool& pool,
                         float* hidden) const {
+  Step(batch, out, hidden, nullptr);
+}
+
+bool CudaModel::ForwardArgmax(const Batch& batch, Workspace& ws, int32_t* argmax,
+                              ThreadPool& pool) const {
+  Step(batch, nullptr, nullptr, argmax);
+  return true;
+}
+
+void CudaModel::Step(const Batch& batch, float* out, float* hidden, int32_t* argmax) const {
   const ModelConfig& c = cfg_;
   const int64_t n = batch.size();
   if (n <= 0) return;
@@ -181,7 +227,7 @@ void CudaModel::Forward(const Batch& batch, Workspace& ws, float* out, ThreadPoo
       throw EngineError("position " + std::to_string(batch.pos[t]) + " has no KV block");
     }
   }
-  const int64_t n_out = out ? static_cast<int64_t>(batch.out_rows.size()) : 0;
+  const int64_t n_out = out || argmax ? static_cast<int64_t>(batch.out_rows.size()) : 0;
   const int64_t n_hidden = hidden ? static_cast<int64_t>(batch.hidden_rows.size()) : 0;
   UploadBatch(batch);
   const int max_keys = *std::max_element(batch.pos.begin(), batch.pos.end()) + 1;
@@ -226,7 +272,12 @@ void CudaModel::Forward(const Batch& batch, Workspace& ws, float* out, ThreadPoo
     PYE_CUDA(cudaMemcpyAsync(hidden, hrows_.get(), n_hidden * c.n_embd * sizeof(float),
                              cudaMemcpyDeviceToHost, stream_));
   }
-  if (n_out > 0) {
+  if (n_out > 0 && argmax) {
+    argmax_.Reserve(static_cast<size_t>(n_out));
+    cuda::ArgmaxRows(logits_.get(), n_out, c.n_vocab, argmax_.get(), stream_);
+    PYE_CUDA(cudaMemcpyAsync(argmax, argmax_.get(), n_out * sizeof(int32_t),
+                             cudaMemcpyDeviceToHost, stream_));
+  } else if (n_out > 0) {
     PYE_CUDA(cudaMemcpyAsync(out, logits_.get(), n_out * c.n_vocab * sizeof(float),
                              cudaMemcpyDeviceToHost, stream_));
   }

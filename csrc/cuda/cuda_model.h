@@ -27,6 +27,8 @@ class CudaModel : public Model {
   const ModelConfig& config() const override { return cfg_; }
   void Forward(const Batch& batch, Workspace& ws, float* out, ThreadPool& pool,
                float* hidden) const final;
+  bool ForwardArgmax(const Batch& batch, Workspace& ws, int32_t* argmax,
+                     ThreadPool& pool) const final;
 
  protected:
   // Binds and uploads what every Gemma shares: embeddings / output, final norm, GELU table.
@@ -48,6 +50,13 @@ class CudaModel : public Model {
   // matrices in one launch when they share a type and width.
   void Project(std::initializer_list<std::pair<const cuda::DevWeight*, float*>> wy,
                const float* x, int64_t n) const;
+  // The same of RMSNorm(x) with weight norm_w, normed straight into the prepared input
+  // (scratch [n, cols] holds the normed rows only when the matrices cannot share it).
+  void NormProject(const float* x, const float* norm_w, int64_t n, float* scratch,
+                   std::initializer_list<std::pair<const cuda::DevWeight*, float*>> wy) const;
+  // y = (gelu(g) * u) . W^T, the FFN's product made while preparing W's input.
+  void ProjectGelu(const cuda::DevWeight& w, const float* g, const float* u, int64_t n,
+                   float* y) const;
   // Makes the prepared-input buffers hold n rows of cols values.
   void ReserveInput(int64_t n, int64_t cols) const;
   // x [n, n_embd] = the tokens' embedding rows times sqrt(n_embd).
@@ -71,7 +80,13 @@ class CudaModel : public Model {
   static constexpr int64_t kMaxGraphTokens = 64;  // steps up to this size run as CUDA graphs
   static constexpr size_t kMaxGraphs = 64;         // distinct batch shapes kept
 
+  // One step: logits to out, hidden states to hidden, or (argmax set) only the logit rows'
+  // argmax ids to argmax.
+  void Step(const Batch& batch, float* out, float* hidden, int32_t* argmax) const;
   void UploadBatch(const Batch& batch) const;
+  // The matrices on the prepared input (xr_, xq_, xd_), in one launch.
+  void MatMulSet(std::initializer_list<std::pair<const cuda::DevWeight*, float*>> wy,
+                 int64_t n) const;
   void Reserve(int64_t n, int64_t n_out, int64_t n_hidden, int splits) const;
   void Enqueue(int64_t n, int64_t n_out, int64_t n_hidden, const KvLayout& layout) const;
   std::vector<const void*> BufferAddresses() const;
@@ -80,6 +95,7 @@ class CudaModel : public Model {
   mutable cuda::DeviceBuffer<float> xr_, xd_, rows_, hrows_, logits_, attn_stats_, attn_partial_;
   mutable int attn_splits_ = 1;
   mutable cuda::DeviceBuffer<int8_t> xq_;
+  mutable cuda::DeviceBuffer<int32_t> argmax_;
   mutable cuda::DeviceBuffer<int32_t> table_[kMaxKvGroups], off_[kMaxKvGroups];
   mutable std::vector<int32_t> host_table_[kMaxKvGroups], host_off_[kMaxKvGroups];  // their sources
   mutable cuda::DeviceBuffer<__half> kv_;  // [arena pages, 2, block_tokens, kv_dim]

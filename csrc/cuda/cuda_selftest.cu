@@ -21,6 +21,7 @@
 #include "quant/formats.h"
 #include "quant/kernel_set.h"
 #include "runtime/batch.h"
+#include "runtime/sampler.h"
 #include "runtime/thread_pool.h"
 
 namespace pyengine {
@@ -161,6 +162,34 @@ double CheckMatMul(GgmlType type, int64_t n, std::mt19937& rng) {
   return std::max(err, RowError(got, want, rows));
 }
 
+// Rows that test the greedy rule: random, a tie (the first wins), NaN at the top (never
+// wins), all -inf (0), all NaN (0), the best in the last column. Returns the share of rows
+// whose device argmax differs from the CPU sampler's.
+double CheckArgmax(std::mt19937& rng) {
+  const int64_t n = 6, cols = 3000;  // not a multiple of the 256 threads a row gets
+  std::normal_distribution<float> nd(0.f, 1.f);
+  std::vector<float> x(n * cols);
+  for (float& v : x) v = nd(rng);
+  x[1 * cols + 700] = x[1 * cols + 2900] = 50.f;
+  x[2 * cols + 5] = std::nanf(""), x[2 * cols + 9] = 40.f;
+  std::fill(x.begin() + 3 * cols, x.begin() + 4 * cols, -INFINITY);
+  std::fill(x.begin() + 4 * cols, x.begin() + 5 * cols, std::nanf(""));
+  x[5 * cols + cols - 1] = 60.f;
+  DeviceBuffer<float> dx;
+  DeviceBuffer<int32_t> out(n);
+  dx.Upload(x.data(), x.size(), nullptr);
+  cuda::ArgmaxRows(dx.get(), n, cols, out.get(), nullptr);
+  std::vector<int32_t> got(n);
+  PYE_CUDA(cudaDeviceSynchronize());
+  PYE_CUDA(cudaMemcpy(got.data(), out.get(), n * sizeof(int32_t), cudaMemcpyDeviceToHost));
+  SamplingParams greedy;
+  greedy.temperature = 0.f;
+  Sampler sampler(greedy);
+  int wrong = 0;
+  for (int64_t r = 0; r < n; ++r) wrong += got[r] != sampler.Sample(x.data() + r * cols, cols, {});
+  return static_cast<double>(wrong) / n;
+}
+
 double CheckRmsNormGelu(std::mt19937& rng, double* gelu_err) {
   const int64_t n = 5, dim = 160;
   std::normal_distribution<float> nd(0.f, 2.f);
@@ -175,13 +204,35 @@ double CheckRmsNormGelu(std::mt19937& rng, double* gelu_err) {
   dw.Upload(w.data(), w.size(), nullptr);
   du.Upload(u.data(), u.size(), nullptr);
   cuda::RmsNorm(dx.get(), dw.get(), n, dim, 1e-6f, out.get(), nullptr);
-  const double norm_err = RowError(Download(out.get(), n * dim), want, dim);
+  double norm_err = RowError(Download(out.get(), n * dim), want, dim);
+  // Normed straight into a matrix input: as floats, and as Q8_0 blocks (dequantized here,
+  // against the CPU's quantization of the device's normed floats: the quantization itself is
+  // held to exactness, apart from the norm's last bits).
+  DeviceBuffer<float> xr(n * dim), xd(n * dim / 32);
+  DeviceBuffer<int8_t> xq(n * dim);
+  cuda::NormPrepare(cuda::WType::kF32, dx.get(), dw.get(), n, dim, 1e-6f, xr.get(), xq.get(),
+                    xd.get(), nullptr);
+  const std::vector<float> normed = Download(xr.get(), n * dim);
+  norm_err = std::max(norm_err, RowError(normed, want, dim));
+  cuda::NormPrepare(cuda::WType::kQ8_0, dx.get(), dw.get(), n, dim, 1e-6f, xr.get(), xq.get(),
+                    xd.get(), nullptr);
+  std::vector<int8_t> q(n * dim);
+  const std::vector<float> d = Download(xd.get(), n * dim / 32);
+  PYE_CUDA(cudaMemcpy(q.data(), xq.get(), q.size(), cudaMemcpyDeviceToHost));
+  std::vector<float> deq(n * dim), want_q(n * dim);
+  for (int64_t i = 0; i < n * dim; ++i) deq[i] = d[i / 32] * q[i];
+  for (int64_t r = 0; r < n; ++r) QuantizeRef(normed.data() + r * dim, dim, want_q.data() + r * dim);
+  norm_err = std::max(norm_err, RowError(deq, want_q, dim));
   const float* t = GeluFp16Table();
   table.Upload(t, 1 << 16, nullptr);
   std::vector<float> g = x;
   ActiveKernels().gelu_mul(g.data(), u.data(), n * dim);
+  // Fused into a matrix input, then alone (in place).
+  cuda::PrepareInput(cuda::WType::kF32, dx.get(), n, dim, xr.get(), xq.get(), xd.get(), nullptr,
+                     du.get(), table.get());
+  *gelu_err = RowError(Download(xr.get(), n * dim), g, dim);
   cuda::GeluMul(dx.get(), du.get(), table.get(), n * dim, nullptr);
-  *gelu_err = RowError(Download(dx.get(), n * dim), g, dim);
+  *gelu_err = std::max(*gelu_err, RowError(Download(dx.get(), n * dim), g, dim));
   return norm_err;
 }
 
@@ -302,6 +353,7 @@ std::vector<std::pair<std::string, double>> CudaSelfTest() {
       out.emplace_back(std::string("matmul_") + name + "_n" + std::to_string(n), CheckMatMul(type, n, rng));
     }
   }
+  out.emplace_back("argmax", CheckArgmax(rng));
   double gelu = 0, kv = 0;
   out.emplace_back("rms_norm", CheckRmsNormGelu(rng, &gelu));
   out.emplace_back("gelu_mul", gelu);

@@ -81,25 +81,70 @@ struct MatSet {
   }
 };
 
-// One block per (token, 32-value block) group of a row: a warp per row, a lane per value.
-__global__ void QuantizeQ8Kernel(const float* x, int64_t n, int64_t cols, int8_t* xq, float* xd) {
-  const int64_t blocks = cols / 32;
-  const int64_t b = blockIdx.x * (blockDim.x / kWarp) + threadIdx.x / kWarp;
-  if (b >= n * blocks) return;
-  const int lane = threadIdx.x % kWarp;
-  const float v = x[b * 32 + lane];
-  float amax = fabsf(v);
-  for (int o = kWarp / 2; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
-  // llama.cpp's quantize_row_q8_0: d = amax / 127 stored as fp16, quants from the exact 1 / d.
-  const float d = amax / 127.f;
-  const float id = d != 0.f ? 1.f / d : 0.f;
-  xq[b * 32 + lane] = static_cast<int8_t>(roundf(v * id));
-  if (lane == 0) xd[b] = RoundHalf(d);
+// GELU read from the fp16 table (table [65536], as the CPU's), saturated outside +-10.
+__device__ __forceinline__ float Gelu(float x, const float* table) {
+  return x <= -10.f ? 0.f : x >= 10.f ? x : table[__half_as_ushort(__float2half_rn(x))];
 }
 
-__global__ void RoundKernel(const float* x, int64_t count, bool bf16, float* out) {
-  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  if (i < count) out[i] = bf16 ? RoundBf16(x[i]) : RoundHalf(x[i]);
+// Value v (lane `lane` of a warp's 32-value group; every lane calls) stored at i of the input
+// a matrix of `type` reads: rounded to fp16 / bf16 in xr, copied to xr (F32), or quantized
+// with the group (i a multiple of 32 at lane 0) as llama.cpp's quantize_row_q8_0 does:
+// d = amax / 127 stored as fp16, quants from the exact 1 / d.
+__device__ __forceinline__ void EmitInput(WType type, float v, int lane, int64_t i, float* xr,
+                                          int8_t* xq, float* xd) {
+  if (type != WType::kQ8_0) {
+    xr[i] = type == WType::kF16 ? RoundHalf(v) : type == WType::kBF16 ? RoundBf16(v) : v;
+    return;
+  }
+  float amax = fabsf(v);
+  for (int o = kWarp / 2; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+  const float d = amax / 127.f;
+  const float id = d != 0.f ? 1.f / d : 0.f;
+  xq[i] = static_cast<int8_t>(roundf(v * id));
+  if (lane == 0) xd[i / 32] = RoundHalf(d);
+}
+
+// The matrix input from x [n, cols] (with u: gelu(x) * u, the FFN's down input): a warp per
+// 32-value group.
+__global__ void PrepareKernel(WType type, const float* x, const float* u, const float* table,
+                              int64_t groups, float* xr, int8_t* xq, float* xd) {
+  const int64_t g = blockIdx.x * (blockDim.x / kWarp) + threadIdx.x / kWarp;
+  if (g >= groups) return;
+  const int lane = threadIdx.x % kWarp;
+  const int64_t i = g * 32 + lane;
+  const float v = u ? Gelu(x[i], table) * u[i] : x[i];
+  EmitInput(type, v, lane, i, xr, xq, xd);
+}
+
+// 1 / rms of row x [dim] plus eps, reduced over the block (every thread gets it). Once per
+// block: a second call could overwrite `partial` while it is read.
+__device__ float RowRmsScale(const float* xr, int64_t dim, float eps) {
+  __shared__ float partial[32];
+  float ss = 0.f;
+  for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) ss += xr[i] * xr[i];
+  ss = WarpSum(ss);
+  if (threadIdx.x % kWarp == 0) partial[threadIdx.x / kWarp] = ss;
+  __syncthreads();
+  if (threadIdx.x < kWarp) {
+    float v = threadIdx.x < blockDim.x / kWarp ? partial[threadIdx.x] : 0.f;
+    v = WarpSum(v);
+    if (threadIdx.x == 0) partial[0] = v;
+  }
+  __syncthreads();
+  return rsqrtf(partial[0] / static_cast<float>(dim) + eps);
+}
+
+// RMSNorm of each row straight into the input of a matrix of `type`: a block per row, a warp
+// per 32-value group (dim a multiple of 32).
+__global__ void NormPrepareKernel(const float* x, const float* w, int64_t dim, float eps,
+                                  WType type, float* xr, int8_t* xq, float* xd) {
+  const float* row = x + blockIdx.x * dim;
+  const float scale = RowRmsScale(row, dim, eps);
+  const int lane = threadIdx.x % kWarp;
+  for (int64_t g = threadIdx.x / kWarp; g < dim / 32; g += blockDim.x / kWarp) {
+    const int64_t c = g * 32 + lane;
+    EmitInput(type, row[c] * scale * w[c], lane, blockIdx.x * dim + c, xr, xq, xd);
+  }
 }
 
 // Each of a warp's TOK per-lane partial sums, summed over the warp, stored at y[j * stride] for
@@ -288,20 +333,8 @@ __global__ void EmbedKernel(DevMatrix m, const int32_t* tokens, float scale, flo
 // One block per row: the sum of squares reduced over the block.
 __global__ void RmsNormKernel(const float* x, const float* w, int64_t dim, float eps, bool add,
                               float* out) {
-  __shared__ float partial[32];
   const float* xr = x + blockIdx.x * dim;
-  float ss = 0.f;
-  for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) ss += xr[i] * xr[i];
-  ss = WarpSum(ss);
-  if (threadIdx.x % kWarp == 0) partial[threadIdx.x / kWarp] = ss;
-  __syncthreads();
-  if (threadIdx.x < kWarp) {
-    float v = threadIdx.x < blockDim.x / kWarp ? partial[threadIdx.x] : 0.f;
-    v = WarpSum(v);
-    if (threadIdx.x == 0) partial[0] = v;
-  }
-  __syncthreads();
-  const float scale = rsqrtf(partial[0] / static_cast<float>(dim) + eps);
+  const float scale = RowRmsScale(xr, dim, eps);
   float* yr = out + blockIdx.x * dim;
   for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) {
     const float v = w ? xr[i] * scale * w[i] : xr[i] * scale;
@@ -317,14 +350,40 @@ __global__ void AddKernel(float* x, const float* o, int64_t count) {
 __global__ void GeluMulKernel(float* g, const float* u, const float* table, int64_t count) {
   const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (i >= count) return;
-  const float x = g[i];
-  const float gelu = x <= -10.f ? 0.f : x >= 10.f ? x : table[__half_as_ushort(__float2half_rn(x))];
-  g[i] = gelu * u[i];
+  g[i] = Gelu(g[i], table) * u[i];
 }
 
 __global__ void SoftcapKernel(float* x, int64_t count, float cap) {
   const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (i < count) x[i] = cap * tanhf(x[i] / cap);
+}
+
+// One block per row: the first index of the largest value, NaN never winning (0 when no value
+// beats -inf), as the CPU's greedy sampler picks it. Each thread keeps the first best of its
+// strided share; pairs then merge by value, ties to the lower index.
+__global__ void ArgmaxKernel(const float* x, int64_t cols, int32_t* out) {
+  __shared__ float best_v[32];
+  __shared__ int32_t best_i[32];
+  const float* r = x + blockIdx.x * cols;
+  float v = -INFINITY;
+  int32_t idx = INT32_MAX;
+  for (int64_t i = threadIdx.x; i < cols; i += blockDim.x) {
+    if (r[i] > v) v = r[i], idx = static_cast<int32_t>(i);
+  }
+  auto merge = [&](float ov, int32_t oi) {
+    if (ov > v || (ov == v && oi < idx)) v = ov, idx = oi;
+  };
+  for (int o = kWarp / 2; o > 0; o >>= 1) {
+    const float ov = __shfl_xor_sync(0xffffffffu, v, o);
+    const int32_t oi = __shfl_xor_sync(0xffffffffu, idx, o);
+    merge(ov, oi);
+  }
+  if (threadIdx.x % kWarp == 0) best_v[threadIdx.x / kWarp] = v, best_i[threadIdx.x / kWarp] = idx;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    for (unsigned w = 1; w < blockDim.x / kWarp; ++w) merge(best_v[w], best_i[w]);
+    out[blockIdx.x] = idx == INT32_MAX ? 0 : idx;
+  }
 }
 
 __global__ void GatherKernel(const float* x, const int32_t* rows, int64_t dim, float* out) {
@@ -535,16 +594,23 @@ __global__ void AttendReduceKernel(const float* partial, int splits, int head_di
 }  // namespace
 
 void PrepareInput(WType type, const float* x, int64_t n, int64_t cols, float* xr, int8_t* xq,
-                  float* xd, cudaStream_t s) {
-  if (type == WType::kQ8_0) {
-    const int64_t blocks = n * (cols / 32);
-    PYE_LAUNCH(QuantizeQ8Kernel, Blocks(blocks, 8), 8 * kWarp, 0, s)(x, n, cols, xq, xd);
-  } else if (type == WType::kF16 || type == WType::kBF16) {
-    PYE_LAUNCH(RoundKernel, Blocks(n * cols, 256), 256, 0, s)(x, n * cols,
-                                                              type == WType::kBF16, xr);
-  } else if (xr != x) {
-    PYE_CUDA(cudaMemcpyAsync(xr, x, n * cols * sizeof(float), cudaMemcpyDeviceToDevice, s));
+                  float* xd, cudaStream_t s, const float* gelu_u, const float* gelu_table) {
+  if (type == WType::kF32 && !gelu_u) {
+    if (xr != x) {
+      PYE_CUDA(cudaMemcpyAsync(xr, x, n * cols * sizeof(float), cudaMemcpyDeviceToDevice, s));
+    }
+    return;
   }
+  const int64_t groups = n * cols / 32;  // cols: a multiple of 32
+  PYE_LAUNCH(PrepareKernel, Blocks(groups, 8), 8 * kWarp, 0, s)(type, x, gelu_u, gelu_table,
+                                                                groups, xr, xq, xd);
+  PYE_CUDA(cudaGetLastError());
+}
+
+void NormPrepare(WType type, const float* x, const float* w, int64_t n, int64_t dim, float eps,
+                 float* xr, int8_t* xq, float* xd, cudaStream_t s) {
+  PYE_LAUNCH(NormPrepareKernel, static_cast<unsigned>(n), 256, 0, s)(x, w, dim, eps, type, xr,
+                                                                     xq, xd);
   PYE_CUDA(cudaGetLastError());
 }
 
@@ -673,6 +739,11 @@ void GatherRows(const float* x, const int32_t* rows_idx, int64_t n_rows, int64_t
                 cudaStream_t s) {
   if (n_rows == 0) return;
   PYE_LAUNCH(GatherKernel, static_cast<unsigned>(n_rows), 256, 0, s)(x, rows_idx, dim, out);
+  PYE_CUDA(cudaGetLastError());
+}
+
+void ArgmaxRows(const float* x, int64_t n, int64_t cols, int32_t* out, cudaStream_t s) {
+  PYE_LAUNCH(ArgmaxKernel, static_cast<unsigned>(n), 256, 0, s)(x, cols, out);
   PYE_CUDA(cudaGetLastError());
 }
 

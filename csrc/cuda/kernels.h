@@ -31,8 +31,16 @@ struct KvArgs {
 // x [n, cols] float activations in the form a matrix of `type` meets them, as the CPU kernels
 // prepare them: rounded to fp16 / bf16, or quantized to Q8_0 blocks (int8 quants xq [n, cols]
 // and fp16-rounded scales xd [n, cols / 32]), exactly as llama.cpp quantizes activations.
+// With gelu_u: the activations are gelu(x) * gelu_u (GELU from gelu_table, as GeluMul), the
+// FFN's product fused into its down projection's input. cols: a multiple of 32.
 void PrepareInput(WType type, const float* x, int64_t n, int64_t cols, float* xr, int8_t* xq,
-                  float* xd, cudaStream_t s);
+                  float* xd, cudaStream_t s, const float* gelu_u = nullptr,
+                  const float* gelu_table = nullptr);
+
+// RMSNorm of x [n, dim] with weight w, written as PrepareInput writes it (no float copy in
+// between). dim: a multiple of 32.
+void NormPrepare(WType type, const float* x, const float* w, int64_t n, int64_t dim, float eps,
+                 float* xr, int8_t* xq, float* xd, cudaStream_t s);
 
 // y [n, rows] = x [n, cols] . W^T with x prepared for W's type (xr, or xq/xd for Q8_0).
 void MatMul(const DevMatrix& w, const float* xr, const int8_t* xq, const float* xd, int64_t n,
@@ -91,6 +99,10 @@ void Attend(const float* q, float* attn, int64_t n, int n_head, int n_head_kv, i
 // rows [n_rows, dim] = x [rows_idx[r]] (gathers the rows whose logits are wanted).
 void GatherRows(const float* x, const int32_t* rows_idx, int64_t n_rows, int64_t dim, float* out,
                 cudaStream_t s);
+
+// out [n] = the first index of the largest of each row of x [n, cols] (NaN never wins; 0 when
+// nothing beats -inf): the greedy choice, without bringing the logits back.
+void ArgmaxRows(const float* x, int64_t n, int64_t cols, int32_t* out, cudaStream_t s);
 
 // x = cap * tanh(x / cap), count values.
 void Softcap(float* x, int64_t count, float cap, cudaStream_t s);

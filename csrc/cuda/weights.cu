@@ -21,10 +21,10 @@ DevWeight Upload(const std::string& path, const TensorView& t) {
       throw ModelError(path + ": tensor '" + t.name + "' has type " + TypeName(t.type) +
                        ", which the CUDA backend does not run");
   }
-  // The kernels read 4 values at a time (and Q8_0 in blocks of 32).
-  if (cols % 4 != 0) {
+  // Inputs are prepared in groups of 32 values (Q8_0's block), for every type alike.
+  if (cols % 32 != 0) {
     throw ModelError(path + ": tensor '" + t.name + "' has rows of " + std::to_string(cols) +
-                     " values; the CUDA backend needs a multiple of 4");
+                     " values; the CUDA backend needs a multiple of 32");
   }
   if (w.m.type != WType::kQ8_0) {
     w.data.Upload(t.data, t.nbytes, nullptr);

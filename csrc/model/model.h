@@ -52,6 +52,14 @@ class Model {
   // Token ids must be inside the vocabulary (checked: EngineError).
   virtual void Forward(const Batch& batch, Workspace& ws, float* out, ThreadPool& pool,
                        float* hidden = nullptr) const = 0;
+  // The same step where only the argmax of each out row is wanted (first best id, NaN never
+  // winning): writes argmax [n_out] and returns true, or returns false (nothing run) where the
+  // model has no cheaper way than Forward. The CUDA models find it on the device and bring
+  // back n_out ids instead of n_out x n_vocab logits.
+  virtual bool ForwardArgmax(const Batch& batch, Workspace& ws, int32_t* argmax,
+                             ThreadPool& pool) const {
+    return false;
+  }
 };
 
 // The model of config.arch, its weights bound to `file` (kept mapped by the caller) and

@@ -18,7 +18,15 @@ GenerationStep Generation::Accept(const float* logits, int64_t n_vocab, std::vec
   }
   // Only ids the tokenizer knows are candidates (a file may pad token_embd beyond them).
   const int32_t n_cand = static_cast<int32_t>(std::min<int64_t>(n_vocab, tok_.n_vocab()));
-  const int32_t t = sampler_.Sample(logits, n_cand, tokens);
+  return AcceptToken(sampler_.Sample(logits, n_cand, tokens), tokens);
+}
+
+GenerationStep Generation::AcceptToken(int32_t t, std::vector<int32_t>& tokens) {
+  GenerationStep step;
+  if (done_) {
+    step.done = true;
+    return step;
+  }
   const bool eog = !opts_.ignore_eos && tok_.IsEog(t);
   const std::string text = eog ? std::string() : decoder_.Push(t);
   step.token = t;

@@ -33,6 +33,12 @@ class Generation {
   // Samples the next token from logits [n_vocab] of `tokens` (prompt + output so far) and
   // appends it there. Returns the step for the caller; after `done`, nothing more is sampled.
   GenerationStep Accept(const float* logits, int64_t n_vocab, std::vector<int32_t>& tokens);
+  // Whether Accept's choice over logits [n_vocab] is their argmax (first best id, NaN never
+  // winning), so that a step may bring back only that; then AcceptToken takes it.
+  bool TakesArgmax(int64_t n_vocab) const {
+    return sampler_.PlainGreedy() && tok_.n_vocab() >= n_vocab;
+  }
+  GenerationStep AcceptToken(int32_t token, std::vector<int32_t>& tokens);
   // Ends the output early (cancel, error, out of memory), releasing any held-back text.
   GenerationStep Finish(const std::string& reason, bool flush_text);
 

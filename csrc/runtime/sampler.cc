@@ -11,7 +11,7 @@ Sampler::Sampler(const SamplingParams& p) : p_(p), rng_(p.seed) {}
 int32_t Sampler::Sample(const float* logits, int32_t n_vocab, const std::vector<int32_t>& history) {
   const bool penalise = p_.repeat_penalty != 1.f || p_.presence_penalty != 0.f ||
                         p_.frequency_penalty != 0.f;
-  if (p_.temperature <= 0.f && !penalise) {
+  if (PlainGreedy()) {
     // Greedy without penalties: the first best id, NaN never winning (a batch of streams
     // samples every step, so skipping the candidate copy matters at 262k tokens).
     int32_t best = 0;

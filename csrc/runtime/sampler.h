@@ -27,6 +27,12 @@ class Sampler {
   // Picks a token from logits [n_vocab]; `history` is the sequence so far (prompt + output),
   // its tail is what the penalties look at.
   int32_t Sample(const float* logits, int32_t n_vocab, const std::vector<int32_t>& history);
+  // Greedy without penalties: Sample is the first best id (NaN never winning), which a
+  // backend may compute where the logits are.
+  bool PlainGreedy() const {
+    return p_.temperature <= 0.f && p_.repeat_penalty == 1.f && p_.presence_penalty == 0.f &&
+           p_.frequency_penalty == 0.f;
+  }
 
  private:
   struct Candidate {

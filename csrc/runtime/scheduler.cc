@@ -346,10 +346,24 @@ void Scheduler::Run() {
     }
   }
   const int64_t n_vocab = model_.config().n_vocab, n_embd = model_.config().n_embd;
-  logits_.resize(static_cast<size_t>(rows * n_vocab));
-  hidden_.resize(static_cast<size_t>(hidden_rows * n_embd));
+  // A step whose every output row is sampled greedily needs only their argmax: a model that
+  // can find it where the logits are (CUDA) brings back ids instead of logits.
+  bool argmax = rows > 0 && hidden_rows == 0;
+  for (const Item& it : plan_) {
+    const Sequence* s = it.s;
+    if (it.logits && (s->opts.scoring() || !s->gen->TakesArgmax(n_vocab))) argmax = false;
+  }
+  bool took_argmax = false;
   try {
-    model_.Forward(batch_, ws_, logits_.data(), pool_, hidden_.data());
+    if (argmax) {
+      argmax_.resize(static_cast<size_t>(rows));
+      took_argmax = model_.ForwardArgmax(batch_, ws_, argmax_.data(), pool_);
+    }
+    if (!took_argmax) {
+      logits_.resize(static_cast<size_t>(rows * n_vocab));
+      hidden_.resize(static_cast<size_t>(hidden_rows * n_embd));
+      model_.Forward(batch_, ws_, logits_.data(), pool_, hidden_.data());
+    }
   } catch (const std::exception& e) {
     step_error_ = e.what();
     step_ns_ = NowNs() - t0;
@@ -379,7 +393,9 @@ void Scheduler::Run() {
       Sequence* s = plan_[i].s;
       if (s->opts.scoring() || s->row < 0) continue;
       // The sequence's tokens grow by the sampled one; its KV is computed next step.
-      sampled_[i] = s->gen->Accept(logits_.data() + s->row * n_vocab, n_vocab, s->tokens);
+      sampled_[i] = took_argmax ? s->gen->AcceptToken(argmax_[s->row], s->tokens)
+                                : s->gen->Accept(logits_.data() + s->row * n_vocab, n_vocab,
+                                                 s->tokens);
     }
   });
   step_ns_ = NowNs() - t0;

@@ -105,6 +105,7 @@ class Scheduler {
   Batch batch_;
   Workspace ws_;
   std::vector<float> logits_;                 // [n_out, n_vocab] of the current step
+  std::vector<int32_t> argmax_;               // [n_out] of a step that brought back only ids
   std::vector<float> hidden_;                 // [n_hidden, n_embd] of the current step
   std::vector<GenerationStep> sampled_;       // [items] step each sampling item produced
   int64_t step_ns_ = 0;                       // duration of the current step
