@@ -52,6 +52,7 @@ def test_the_emulator_reports_each_fault():
     expect = {"shuffle_after_return": "where 16 lanes have returned",
               "partial_barrier": "__syncthreads reached by 32 of 64 threads",
               "host_pointer": "WriteKernel: argument 0 is not device memory",
+              "misaligned_wmma": "wmma::load_matrix_sync: a pointer off a 32-byte boundary",
               "empty_grid": "invalid configuration argument",
               "copy_out_of_bounds": "not (wholly) inside a device allocation",
               "malloc_in_capture": "cudaMalloc while a stream is being captured",

@@ -1,8 +1,10 @@
 #include "cuda/kernels.h"
 
 #include <cuda_bf16.h>
+#include <mma.h>
 
 #include <algorithm>
+#include <type_traits>
 
 #include "cuda/device_math.cuh"
 
@@ -230,67 +232,39 @@ __global__ void MatMulQ8Kernel(MatSet set, const int8_t* xq, const float* xd, in
   StoreRowSums<TOK>(acc, lane, nt, y + t0 * m.rows + row, m.rows);
 }
 
-// y [n, rows] for prompts and large batches: a block computes a tile of 64 rows x 32 tokens,
-// staging 32 columns of the weights and of the prepared input in shared memory at a time, so
-// each weight is read once per 32 tokens. Thread (r, c) of 16 x 16 owns rows r + 16 i (i < 4)
-// and tokens c + 16 j (j < 2). For Q8_0 a 32-column step is one block of both sides: the
-// staged quants (held as floats) give an exact integer sum, then scaled by both blocks' scales
-// as llama.cpp's vec_dot_q8_0_q8_0 does; other types stage dequantized weights.
+// y [n, rows] for prompts and large batches of F32 matrices (the other types go through the
+// tensor cores below): a block computes a tile of 64 rows x 32 tokens, staging 32 columns of
+// the weights and of the input in shared memory at a time, so each weight is read once per
+// 32 tokens. Thread (r, c) of 16 x 16 owns rows r + 16 i (i < 4) and tokens c + 16 j (j < 2).
 constexpr int kTileRows = 64, kTileTokens = 32, kTileK = 32;
 
-template <bool Q8>
-__global__ void MatMulTiledKernel(MatSet set, const float* xr, const int8_t* xq, const float* xd,
-                                  int64_t n) {
+__global__ void MatMulTiledKernel(MatSet set, const float* xr, int64_t n) {
   __shared__ float ws[kTileRows][kTileK + 1];  // +1: rows fall in different banks
   __shared__ float xs[kTileTokens][kTileK + 1];
-  __shared__ float wd[kTileRows], xds[kTileTokens];  // Q8_0: this step's block scales
   float* y;
   const DevMatrix m = set.Pick(&y);
   const int tid = threadIdx.x;
   const int64_t r0 = set.block * static_cast<int64_t>(kTileRows);
   const int64_t t0 = blockIdx.y * static_cast<int64_t>(kTileTokens);
   const int tr = tid % 16, tc = tid / 16;
-  const int64_t nb = m.cols / 32;
   float acc[4][2] = {};
   for (int64_t k0 = 0; k0 < m.cols; k0 += kTileK) {
     {  // weights: 8 values a thread
       const int r = tid / 4, c = (tid % 4) * 8;
       const int64_t row = r0 + r;
       for (int h = 0; h < 8; h += 4) {
-        const int64_t col = k0 + c + h;
-        float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
-        if (row < m.rows && col < m.cols) {
-          if (Q8) {
-            const char4 q = *reinterpret_cast<const char4*>(static_cast<const int8_t*>(m.w) +
-                                                            row * m.cols + col);
-            v = make_float4(q.x, q.y, q.z, q.w);
-          } else {
-            v = Load4(m, row, col);
-          }
-        }
+        const float4 v = row < m.rows ? Load4(m, row, k0 + c + h) : make_float4(0.f, 0.f, 0.f, 0.f);
         ws[r][c + h] = v.x, ws[r][c + h + 1] = v.y, ws[r][c + h + 2] = v.z, ws[r][c + h + 3] = v.w;
-      }
-      if (Q8 && tid < kTileRows) {
-        wd[tid] = r0 + tid < m.rows ? __half2float(m.d[(r0 + tid) * nb + k0 / 32]) : 0.f;
       }
     }
     {  // input: 4 values a thread
       const int t = tid / 8, c = (tid % 8) * 4;
-      const int64_t tok = t0 + t, col = k0 + c;
-      float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
-      if (tok < n && col < m.cols) {
-        if (Q8) {
-          const char4 q = *reinterpret_cast<const char4*>(xq + tok * m.cols + col);
-          v = make_float4(q.x, q.y, q.z, q.w);
-        } else {
-          v = *reinterpret_cast<const float4*>(xr + tok * m.cols + col);
-        }
-      }
+      const int64_t tok = t0 + t;
+      const float4 v = tok < n ? *reinterpret_cast<const float4*>(xr + tok * m.cols + k0 + c)
+                               : make_float4(0.f, 0.f, 0.f, 0.f);
       xs[t][c] = v.x, xs[t][c + 1] = v.y, xs[t][c + 2] = v.z, xs[t][c + 3] = v.w;
-      if (Q8 && tid < kTileTokens) xds[tid] = t0 + tid < n ? xd[(t0 + tid) * nb + k0 / 32] : 0.f;
     }
     __syncthreads();
-    float part[4][2] = {};
     for (int kk = 0; kk < kTileK; ++kk) {
       float a[4], b[2];
 #pragma unroll
@@ -300,14 +274,7 @@ __global__ void MatMulTiledKernel(MatSet set, const float* xr, const int8_t* xq,
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
 #pragma unroll
-        for (int j = 0; j < 2; ++j) part[i][j] += a[i] * b[j];
-      }
-    }
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-#pragma unroll
-      for (int j = 0; j < 2; ++j) {
-        acc[i][j] += Q8 ? wd[tr + 16 * i] * xds[tc + 16 * j] * part[i][j] : part[i][j];
+        for (int j = 0; j < 2; ++j) acc[i][j] += a[i] * b[j];
       }
     }
     __syncthreads();  // the tiles are read before the next step overwrites them
@@ -318,6 +285,104 @@ __global__ void MatMulTiledKernel(MatSet set, const float* xr, const int8_t* xq,
     for (int j = 0; j < 2; ++j) {
       const int64_t row = r0 + tr + 16 * i, tok = t0 + tc + 16 * j;
       if (row < m.rows && tok < n) y[tok * m.rows + row] = acc[i][j];
+    }
+  }
+}
+
+// Tensor-core products for more than 8 tokens of F16, BF16 and Q8_0 matrices (F32 keeps the
+// CUDA-core tiles above): the same 64-row x 32-token tiles and 32-column steps, each of the 8
+// warps one 16 x 16 piece (rows 16 (w % 4), tokens 16 (w / 4)). F16 / BF16 weights meet the
+// input, already rounded to their type, with float sums. Q8_0 quants give exact int32 sums
+// per 32-value block, scaled by both blocks' scales as the other kernels scale them.
+// Shared tiles are stored as two 16-column halves, so every fragment starts on a 32-byte
+// boundary as WMMA requires.
+template <WType TYPE>
+__global__ void MatMulMmaKernel(MatSet set, const float* xr, const int8_t* xq, const float* xd,
+                                int64_t n) {
+  using namespace nvcuda;
+  constexpr bool kQ8 = TYPE == WType::kQ8_0;
+  using T = std::conditional_t<kQ8, signed char,
+                               std::conditional_t<TYPE == WType::kF16, __half, __nv_bfloat16>>;
+  using Acc = std::conditional_t<kQ8, int, float>;
+  constexpr int kLdH = kQ8 ? 32 : 24;  // elements a row of a half-tile: 32 or 48 bytes
+  constexpr int kLdC = kTileTokens + 4;
+  __shared__ __align__(32) T ws[2][kTileRows][kLdH];
+  __shared__ __align__(32) T xs[2][kTileTokens][kLdH];
+  __shared__ __align__(32) Acc cs[kTileRows][kLdC];
+  __shared__ float wd[kTileRows], xds[kTileTokens];  // Q8_0: this step's block scales
+  float* y;
+  const DevMatrix m = set.Pick(&y);
+  const int tid = threadIdx.x, warp = tid / kWarp, lane = tid % kWarp;
+  const int wr = warp % 4, wc = warp / 4;
+  const int64_t r0 = set.block * static_cast<int64_t>(kTileRows);
+  const int64_t t0 = blockIdx.y * static_cast<int64_t>(kTileTokens);
+  const int64_t nb = m.cols / 32;
+  wmma::fragment<wmma::accumulator, 16, 16, 16, Acc> acc;
+  wmma::fill_fragment(acc, Acc(0));
+  float qacc[8] = {};  // Q8_0: this lane's 8 of the warp's 16 x 16 sums
+  for (int64_t k0 = 0; k0 < m.cols; k0 += kTileK) {
+    {  // weights: 8 values a thread, straight from their storage
+      const int r = tid / 4, c = (tid % 4) * 8;
+      const int64_t row = r0 + r;
+      T* dst = &ws[c / 16][r][c % 16];
+      if (row < m.rows) {
+        const T* src = static_cast<const T*>(m.w) + row * m.cols + k0 + c;
+        for (int i = 0; i < 8; ++i) dst[i] = src[i];
+      } else {
+        for (int i = 0; i < 8; ++i) dst[i] = T{};
+      }
+      if (kQ8 && tid < kTileRows) {
+        wd[tid] = r0 + tid < m.rows ? __half2float(m.d[(r0 + tid) * nb + k0 / 32]) : 0.f;
+      }
+    }
+    {  // input: 4 values a thread
+      const int t = tid / 8, c = (tid % 8) * 4;
+      const int64_t tok = t0 + t;
+      T* dst = &xs[c / 16][t][c % 16];
+      for (int i = 0; i < 4; ++i) {
+        if (tok >= n) {
+          dst[i] = T{};
+        } else if constexpr (kQ8) {
+          dst[i] = xq[tok * m.cols + k0 + c + i];
+        } else if constexpr (TYPE == WType::kF16) {
+          dst[i] = __float2half_rn(xr[tok * m.cols + k0 + c + i]);  // exact: already rounded
+        } else {
+          dst[i] = __float2bfloat16_rn(xr[tok * m.cols + k0 + c + i]);
+        }
+      }
+      if (kQ8 && tid < kTileTokens) xds[tid] = t0 + tid < n ? xd[(t0 + tid) * nb + k0 / 32] : 0.f;
+    }
+    __syncthreads();
+    if constexpr (kQ8) wmma::fill_fragment(acc, 0);
+    for (int h = 0; h < 2; ++h) {
+      wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> a;
+      wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::col_major> b;
+      wmma::load_matrix_sync(a, &ws[h][wr * 16][0], kLdH);
+      wmma::load_matrix_sync(b, &xs[h][wc * 16][0], kLdH);
+      wmma::mma_sync(acc, a, b, acc);
+    }
+    if constexpr (kQ8) {  // this block's exact sums, scaled into float
+      wmma::store_matrix_sync(&cs[wr * 16][wc * 16], acc, kLdC, wmma::mem_row_major);
+      __syncwarp();
+      for (int i = 0; i < 8; ++i) {
+        const int e = lane + kWarp * i, r = wr * 16 + e / 16, t = wc * 16 + e % 16;
+        qacc[i] += wd[r] * xds[t] * static_cast<float>(cs[r][t]);
+      }
+    }
+    __syncthreads();  // the tiles are read before the next step overwrites them
+  }
+  if constexpr (kQ8) {
+    for (int i = 0; i < 8; ++i) {
+      const int e = lane + kWarp * i;
+      const int64_t row = r0 + wr * 16 + e / 16, tok = t0 + wc * 16 + e % 16;
+      if (row < m.rows && tok < n) y[tok * m.rows + row] = qacc[i];
+    }
+  } else {
+    wmma::store_matrix_sync(&cs[wr * 16][wc * 16], acc, kLdC, wmma::mem_row_major);
+    __syncthreads();
+    for (int e = tid; e < kTileRows * kTileTokens; e += blockDim.x) {
+      const int r = e % kTileRows, t = e / kTileRows;
+      if (r0 + r < m.rows && t0 + t < n) y[(t0 + t) * m.rows + r0 + r] = cs[r][t];
     }
   }
 }
@@ -619,7 +684,8 @@ void MatMul(const DevMatrix* const* ws, float* const* ys, int count, const float
   if (count < 1 || count > kMaxMatSet) throw EngineError("MatMul: 1 to 4 matrices at a time");
   const DevMatrix& w = *ws[0];
   // One token at a time keeps decode's single row in registers; up to 8 tokens share each
-  // weight load in registers; more go through shared-memory tiles of 32 tokens.
+  // weight load in registers; more go through shared-memory tiles of 32 tokens (tensor cores
+  // for F16, BF16 and Q8_0).
   const bool tiled = n > 8;
   const int rows_per_block = tiled ? kTileRows : kRowsPerBlock;
   MatSet set{};
@@ -638,9 +704,13 @@ void MatMul(const DevMatrix* const* ws, float* const* ys, int count, const float
   if (tiled) {
     const dim3 grid(blocks, Blocks(n, kTileTokens));
     if (q8) {
-      PYE_LAUNCH(MatMulTiledKernel<true>, grid, 256, 0, s)(set, xr, xq, xd, n);
+      PYE_LAUNCH(MatMulMmaKernel<WType::kQ8_0>, grid, 256, 0, s)(set, xr, xq, xd, n);
+    } else if (w.type == WType::kF16) {
+      PYE_LAUNCH(MatMulMmaKernel<WType::kF16>, grid, 256, 0, s)(set, xr, xq, xd, n);
+    } else if (w.type == WType::kBF16) {
+      PYE_LAUNCH(MatMulMmaKernel<WType::kBF16>, grid, 256, 0, s)(set, xr, xq, xd, n);
     } else {
-      PYE_LAUNCH(MatMulTiledKernel<false>, grid, 256, 0, s)(set, xr, xq, xd, n);
+      PYE_LAUNCH(MatMulTiledKernel, grid, 256, 0, s)(set, xr, n);
     }
   } else {
     const dim3 block(kRowsPerBlock * kWarp);

@@ -97,6 +97,7 @@ struct Block {
   size_t capacity = 0;
   std::vector<uint64_t> slots[2];  // per thread, by exchange parity
   const std::function<void()>* body = nullptr;
+  const char* name = "";  // the kernel's
   Fiber* current = nullptr;
   int current_index = 0;
   bool failed = false;
@@ -304,6 +305,7 @@ void RunKernel(const char* name, dim3 grid, dim3 block, const std::function<void
   }
   for (auto& s : b.slots) s.assign(n, 0);
   b.body = &body;
+  b.name = name;
   b.failed = false;
   gridDim = grid;
   blockDim = block;
@@ -354,6 +356,19 @@ void SyncWarp(unsigned mask) { Exchange(mask, 0, Lane(), "__syncwarp"); }
 void SyncThreads() {
   g_block.current->state = State::kBarrier;
   ToScheduler();
+}
+
+void WmmaCheck(const void* p, unsigned ldm_bytes, const char* what) {
+  SyncWarp(0xffffffffu);  // a warp-wide call: every lane must make it
+  if (reinterpret_cast<uintptr_t>(p) % 32 != 0 || ldm_bytes % 16 != 0) {
+    Block& b = g_block;
+    b.failed = true;
+    Fail(cudaErrorIllegalAddress,
+         std::string(b.name) + ": " + what +
+             ": a pointer off a 32-byte boundary or ldm not a multiple of 16 bytes",
+         true);
+    ToScheduler();
+  }
 }
 
 bool CheckKernelPointer(const char* name, int arg, const void* p) {

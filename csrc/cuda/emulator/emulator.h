@@ -2,14 +2,16 @@
 // its host code (streams, graphs, copies) run and are tested on machines without a GPU.
 //
 // Built with PYENGINE_CUDA=EMULATE: the .cu files are compiled as C++ against this folder's
-// cuda_runtime.h / cuda_fp16.h / cuda_bf16.h, and launches go through PYE_LAUNCH (device.h).
+// cuda_runtime.h / cuda_fp16.h / cuda_bf16.h / mma.h, and launches go through PYE_LAUNCH
+// (device.h).
 // Blocks run one after another; each thread of a block is a fiber that runs until its next
 // synchronisation point (__syncthreads, a warp shuffle), so barriers and shuffles keep CUDA's
 // meaning. It is strict where a GPU would be undefined or fail, and names the kernel:
 //   - a shuffle while some lanes of the warp have returned, a barrier not every thread reaches;
 //   - a launch whose pointer arguments are not device memory, a bad launch configuration;
 //   - copies out of the bounds of an allocation or in the wrong direction;
-//   - allocation, synchronisation or host copies while a stream is being captured.
+//   - allocation, synchronisation or host copies while a stream is being captured;
+//   - WMMA loads and stores off their 32-byte alignment (mma.h).
 // Kernel faults are sticky, as on a device: every later call returns the error.
 // It says nothing about speed, coalescing or races between blocks.
 #pragma once
@@ -31,6 +33,7 @@
 #define __forceinline__ inline
 #define __shared__ static  // blocks run one at a time, so a static is the block's shared memory
 #define __launch_bounds__(...)
+#define __align__(n) __attribute__((aligned(n)))
 
 struct uint3 {
   unsigned x = 0, y = 0, z = 0;

@@ -1,6 +1,8 @@
 // Faults the emulator must report (emulated builds only): each check runs a broken kernel or
 // call and returns the error it got, then clears the emulator's sticky state. The tests hold
 // each message to its fault, so a lenient emulator cannot pass the backend's tests silently.
+#include <mma.h>
+
 #include <string>
 #include <utility>
 #include <vector>
@@ -31,6 +33,14 @@ __global__ void HalfBarrierKernel(float* out) {
 
 __global__ void WriteKernel(float* out) { out[threadIdx.x] = 1.f; }
 
+// A WMMA load 16 bytes off the 32-byte boundary it needs.
+__global__ void MisalignedWmmaKernel(float* out) {
+  __shared__ __align__(32) __half tile[16 * 24 + 8];
+  nvcuda::wmma::fragment<nvcuda::wmma::matrix_a, 16, 16, 16, __half, nvcuda::wmma::row_major> a;
+  nvcuda::wmma::load_matrix_sync(a, tile + 8, 24);
+  out[threadIdx.x] = 1.f;
+}
+
 // What the first failing call returned, the emulator reset afterwards.
 std::string Outcome(cudaError_t launch) {
   cudaError_t e = launch != cudaSuccess ? launch : cudaGetLastError();
@@ -52,6 +62,8 @@ std::vector<std::pair<std::string, std::string>> CudaEmulatorFaults() {
   out.emplace_back("shuffle_after_return", Outcome(cudaSuccess));
   PYE_LAUNCH(HalfBarrierKernel, 1, 64, 0, nullptr)(d);
   out.emplace_back("partial_barrier", Outcome(cudaSuccess));
+  PYE_LAUNCH(MisalignedWmmaKernel, 1, 32, 0, nullptr)(d);
+  out.emplace_back("misaligned_wmma", Outcome(cudaSuccess));
   PYE_LAUNCH(WriteKernel, 1, 64, 0, nullptr)(host.data());
   out.emplace_back("host_pointer", Outcome(cudaSuccess));
   PYE_LAUNCH(WriteKernel, 0, 64, 0, nullptr)(d);
