@@ -219,14 +219,7 @@ void CudaModel::Step(const Batch& batch, float* out, float* hidden, int32_t* arg
   const ModelConfig& c = cfg_;
   const int64_t n = batch.size();
   if (n <= 0) return;
-  for (int64_t t = 0; t < n; ++t) {
-    if (batch.tokens[t] < 0 || batch.tokens[t] >= c.n_vocab) {
-      throw EngineError("token id " + std::to_string(batch.tokens[t]) + " is outside the vocabulary");
-    }
-    if (batch.pos[t] < 0 || batch.pos[t] >= batch.views[batch.seq[t]].capacity()) {
-      throw EngineError("position " + std::to_string(batch.pos[t]) + " has no KV block");
-    }
-  }
+  CheckBatch(c, batch);
   const int64_t n_out = out || argmax ? static_cast<int64_t>(batch.out_rows.size()) : 0;
   const int64_t n_hidden = hidden ? static_cast<int64_t>(batch.hidden_rows.size()) : 0;
   UploadBatch(batch);

@@ -8,8 +8,8 @@
 
 #include <array>
 #include <initializer_list>
-#include <utility>
 #include <map>
+#include <utility>
 #include <vector>
 
 #include "core/config.h"
@@ -100,8 +100,9 @@ class CudaModel : public Model {
   mutable std::vector<int32_t> host_table_[kMaxKvGroups], host_off_[kMaxKvGroups];  // their sources
   mutable cuda::DeviceBuffer<__half> kv_;  // [arena pages, 2, block_tokens, kv_dim]
   mutable const KvArena* kv_arena_ = nullptr;
-  // Captured steps by (tokens, logit rows, hidden rows, attention splits), valid while the buffers' addresses
-  // equal graph_sig_. PYENGINE_CUDA_GRAPHS=0 turns them off (every step launched directly).
+  // Captured steps by (tokens, logit rows, hidden rows, attention splits), valid while the
+  // buffers' addresses equal graph_sig_. PYENGINE_CUDA_GRAPHS=0 turns them off (every step
+  // launched directly).
   bool use_graphs_ = true;
   mutable std::map<std::array<int64_t, 4>, cudaGraphExec_t> graphs_;
   mutable std::vector<const void*> graph_sig_;

@@ -29,10 +29,11 @@ namespace {
 
 using cuda::DeviceBuffer;
 
-std::vector<float> Download(const float* d, size_t n) {
-  std::vector<float> h(n);
+template <typename T>
+std::vector<T> Download(const T* d, size_t n) {
+  std::vector<T> h(n);
   PYE_CUDA(cudaDeviceSynchronize());
-  PYE_CUDA(cudaMemcpy(h.data(), d, n * sizeof(float), cudaMemcpyDeviceToHost));
+  PYE_CUDA(cudaMemcpy(h.data(), d, n * sizeof(T), cudaMemcpyDeviceToHost));
   return h;
 }
 
@@ -51,14 +52,12 @@ double RowError(const std::vector<float>& got, const std::vector<float>& want, i
   return worst;
 }
 
-// x as a Q8_0 activation block row, the llama.cpp way (fp16 scale from amax / 127).
+// x as the CPU quantizes activations to Q8_0 (bit-identical to llama.cpp), dequantized.
 void QuantizeRef(const float* x, int64_t n, float* out) {
+  std::vector<XQ8Block> blocks(static_cast<size_t>(n / 32));
+  ActiveKernels().quantize_q8(x, n, blocks.data());
   for (int64_t b = 0; b < n / 32; ++b) {
-    float amax = 0;
-    for (int i = 0; i < 32; ++i) amax = std::max(amax, std::fabs(x[b * 32 + i]));
-    const float d = amax / 127.f, id = d != 0.f ? 1.f / d : 0.f;
-    const float dr = Fp16ToFp32(Fp32ToFp16(d));
-    for (int i = 0; i < 32; ++i) out[b * 32 + i] = dr * std::round(x[b * 32 + i] * id);
+    for (int i = 0; i < 32; ++i) out[b * 32 + i] = blocks[b].d * blocks[b].q[i];
   }
 }
 
@@ -179,9 +178,7 @@ double CheckArgmax(std::mt19937& rng) {
   DeviceBuffer<int32_t> out(n);
   dx.Upload(x.data(), x.size(), nullptr);
   cuda::ArgmaxRows(dx.get(), n, cols, out.get(), nullptr);
-  std::vector<int32_t> got(n);
-  PYE_CUDA(cudaDeviceSynchronize());
-  PYE_CUDA(cudaMemcpy(got.data(), out.get(), n * sizeof(int32_t), cudaMemcpyDeviceToHost));
+  const std::vector<int32_t> got = Download(out.get(), n);
   SamplingParams greedy;
   greedy.temperature = 0.f;
   Sampler sampler(greedy);
@@ -216,9 +213,8 @@ double CheckRmsNormGelu(std::mt19937& rng, double* gelu_err) {
   norm_err = std::max(norm_err, RowError(normed, want, dim));
   cuda::NormPrepare(cuda::WType::kQ8_0, dx.get(), dw.get(), n, dim, 1e-6f, xr.get(), xq.get(),
                     xd.get(), nullptr);
-  std::vector<int8_t> q(n * dim);
+  const std::vector<int8_t> q = Download(xq.get(), n * dim);
   const std::vector<float> d = Download(xd.get(), n * dim / 32);
-  PYE_CUDA(cudaMemcpy(q.data(), xq.get(), q.size(), cudaMemcpyDeviceToHost));
   std::vector<float> deq(n * dim), want_q(n * dim);
   for (int64_t i = 0; i < n * dim; ++i) deq[i] = d[i / 32] * q[i];
   for (int64_t r = 0; r < n; ++r) QuantizeRef(normed.data() + r * dim, dim, want_q.data() + r * dim);
@@ -319,9 +315,8 @@ double CheckAttention(bool sliding, double* kv_err) {
     attn_err = std::max(attn_err, RowError(Download(dattn.get(), n * QD), want, D));
   }
   // Keys and values as stored: every written slot of both sequences.
-  std::vector<uint16_t> dev(kv.size());
-  PYE_CUDA(cudaDeviceSynchronize());
-  PYE_CUDA(cudaMemcpy(dev.data(), kv.get(), dev.size() * 2, cudaMemcpyDeviceToHost));
+  const std::vector<uint16_t> dev =
+      Download(reinterpret_cast<const uint16_t*>(kv.get()), kv.size());
   double worst = 0;
   for (int64_t t = 0; t < n; ++t) {
     const KvView& v = batch.views[batch.seq[t]];

@@ -477,13 +477,18 @@ __device__ void NormRope(float* v, int nd, int head_dim, const float* w, float e
   }
 }
 
-__device__ __forceinline__ __half* KvSlot(const KvArgs& kv, const KvGroup& g, int page, int64_t t,
-                                          bool value) {
-  const int s = kv.seq[t];
-  const int p = kv.pos[t];
+// Sequence s's keys (value = false) or values at position p: kv_dim halves of the layer's page.
+__device__ __forceinline__ __half* KvAt(const KvArgs& kv, const KvGroup& g, int page, int s,
+                                        int p, bool value) {
   const int32_t id = g.table[g.off[s] + (p / kv.block_tokens) * g.pages + page];
   return kv.kv + static_cast<int64_t>(id) * 2 * kv.block_tokens * kv.kv_dim +
          (value ? kv.block_tokens * kv.kv_dim : 0) + (p % kv.block_tokens) * kv.kv_dim;
+}
+
+// Token t's slot.
+__device__ __forceinline__ __half* KvSlot(const KvArgs& kv, const KvGroup& g, int page, int64_t t,
+                                          bool value) {
+  return KvAt(kv, g, page, kv.seq[t], kv.pos[t], value);
 }
 
 // One warp per (token, head): heads 0 .. n_head-1 are queries, then n_head_kv keys.
@@ -559,10 +564,7 @@ __device__ __forceinline__ bool GetAttnTask(int64_t n, int n_head, int n_head_kv
 __device__ __forceinline__ const __half* KvRow(const KvArgs& kv, const KvGroup& g, int page,
                                                const AttnTask& a, int head_dim, int p,
                                                bool value) {
-  const int32_t id = g.table[g.off[a.seq] + (p / kv.block_tokens) * g.pages + page];
-  return kv.kv + static_cast<int64_t>(id) * 2 * kv.block_tokens * kv.kv_dim +
-         (value ? kv.block_tokens * kv.kv_dim : 0) + (p % kv.block_tokens) * kv.kv_dim +
-         a.kvh * head_dim;
+  return KvAt(kv, g, page, a.seq, p, value) + a.kvh * head_dim;
 }
 
 // q . key over head_dim values (one lane, one key).

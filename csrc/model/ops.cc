@@ -127,9 +127,8 @@ void Rope(float* x, int64_t d, const float* cs) {
   }
 }
 
-int64_t PrepareBatch(const ModelConfig& c, const Batch& batch, Workspace& ws, ThreadPool& pool) {
-  const int64_t n = batch.size();
-  for (int64_t t = 0; t < n; ++t) {
+void CheckBatch(const ModelConfig& c, const Batch& batch) {
+  for (int64_t t = 0; t < batch.size(); ++t) {
     const int32_t tok = batch.tokens[t];
     if (tok < 0 || tok >= c.n_vocab) {
       throw EngineError("token id " + std::to_string(tok) + " is outside the vocabulary");
@@ -138,6 +137,11 @@ int64_t PrepareBatch(const ModelConfig& c, const Batch& batch, Workspace& ws, Th
       throw EngineError("position " + std::to_string(batch.pos[t]) + " has no KV block");
     }
   }
+}
+
+int64_t PrepareBatch(const ModelConfig& c, const Batch& batch, Workspace& ws, ThreadPool& pool) {
+  const int64_t n = batch.size();
+  CheckBatch(c, batch);
   // Scores rows are as long as the longest sequence in the batch.
   int64_t longest = 1;
   for (int64_t t = 0; t < n; ++t) longest = std::max<int64_t>(longest, batch.pos[t] + 1);

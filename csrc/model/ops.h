@@ -62,6 +62,9 @@ inline void Grow(std::vector<float>& v, int64_t n) {
 // Checks the batch's token ids and positions, sizes the buffers both models use, and returns
 // the longest span of keys a token can attend to.
 int64_t PrepareBatch(const ModelConfig& c, const Batch& batch, Workspace& ws, ThreadPool& pool);
+// Every token id inside the vocabulary and every position covered by its sequence's blocks
+// (EngineError naming the first that is not): what any backend checks before a step.
+void CheckBatch(const ModelConfig& c, const Batch& batch);
 
 // Per token: q and k head norms, RoPE, q scaled by c.attn_scale and rounded to fp16, and (when
 // write_kv) keys and values stored fp16 through the sequence's view; v_norm applies a

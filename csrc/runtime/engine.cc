@@ -117,7 +117,6 @@ std::vector<float> Engine::Score(const std::vector<int32_t>& ids, RequestOptions
   return r->TakeResult();
 }
 
-
 SchedulerStats Engine::stats() const { return scheduler()->stats(); }
 KvCache::Stats Engine::kv_stats() const { return scheduler()->kv_stats(); }
 
