@@ -23,7 +23,6 @@
 namespace cuda_emulator {
 
 struct Stream {
-  bool capturing = false;
   bool invalidated = false;
   std::vector<std::function<void()>> ops;  // while capturing
 };
@@ -37,8 +36,9 @@ std::mutex g_mutex;  // one host thread at a time in the emulated device
 cudaError_t g_last = cudaSuccess;    // returned (and cleared) by cudaGetLastError
 cudaError_t g_sticky = cudaSuccess;  // a kernel fault: every later call fails
 std::string g_detail;                // what went wrong, for cudaGetErrorString
-int g_capturing = 0;                 // streams being captured
-Stream* g_capture_stream = nullptr;
+Stream* g_capture_stream = nullptr;  // the stream being captured (one at a time is emulated)
+
+bool Capturing(const Stream* s) { return s && s == g_capture_stream; }
 std::map<uintptr_t, size_t> g_allocs;  // device allocations: start -> bytes
 
 cudaError_t Fail(cudaError_t e, const std::string& detail, bool sticky = false) {
@@ -50,8 +50,8 @@ cudaError_t Fail(cudaError_t e, const std::string& detail, bool sticky = false) 
 
 // A call that is not allowed while a stream is being captured invalidates the capture.
 bool CaptureForbids(const char* what) {
-  if (!g_capturing) return false;
-  if (g_capture_stream) g_capture_stream->invalidated = true;
+  if (!g_capture_stream) return false;
+  g_capture_stream->invalidated = true;
   Fail(cudaErrorStreamCaptureUnsupported,
        std::string(what) + " while a stream is being captured");
   return true;
@@ -392,7 +392,7 @@ void Submit(cudaStream_t s, const char* name, dim3 grid, dim3 block, size_t smem
              std::to_string(threads) + " threads");
     return;
   }
-  if (s && s->capturing) {
+  if (cuda_emulator::Capturing(s)) {
     s->ops.push_back([name, grid, block, body = std::move(body)] {
       if (g_sticky == cudaSuccess) RunKernel(name, grid, block, body);
     });
@@ -505,15 +505,15 @@ cudaError_t CheckCopy(void* dst, const void* src, size_t bytes, cudaMemcpyKind k
   if (kind == cudaMemcpyDefault || kind == cudaMemcpyHostToHost) {
     return Fail(cudaErrorInvalidMemcpyDirection, "only explicit directions are emulated");
   }
-  if (dst_dev != want_dst || src_dev != want_src) {
-    return Fail(cudaErrorInvalidValue,
-                "memcpy of " + std::to_string(bytes) + " bytes: the " +
-                    (dst_dev != want_dst ? "destination" : "source") +
-                    (want_dst && dst_dev != want_dst || want_src && src_dev != want_src
-                         ? " is not (wholly) inside a device allocation"
-                         : " is device memory where host memory was named"));
-  }
-  return cudaSuccess;
+  // The first side that is not what the direction names.
+  const bool dst_wrong = dst_dev != want_dst;
+  if (!dst_wrong && src_dev == want_src) return cudaSuccess;
+  const bool want_device = dst_wrong ? want_dst : want_src;
+  return Fail(cudaErrorInvalidValue,
+              "memcpy of " + std::to_string(bytes) + " bytes: the " +
+                  (dst_wrong ? "destination" : "source") +
+                  (want_device ? " is not (wholly) inside a device allocation"
+                               : " is device memory where host memory was named"));
 }
 
 }  // namespace
@@ -533,7 +533,7 @@ cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpy
   PYE_EMU_LOCK;
   PYE_EMU_STICKY;
   if (const cudaError_t e = cuda_emulator::CheckCopy(dst, src, bytes, kind)) return e;
-  if (s && s->capturing) {
+  if (cuda_emulator::Capturing(s)) {
     // Host memory the application pages in and out cannot be part of a graph.
     if (kind != cudaMemcpyDeviceToDevice) {
       s->invalidated = true;
@@ -563,7 +563,7 @@ cudaError_t cudaMemsetAsync(void* p, int value, size_t bytes, cudaStream_t s) {
   if (!cuda_emulator::InDevice(p, bytes)) {
     return Fail(cudaErrorInvalidValue, "cudaMemsetAsync outside a device allocation");
   }
-  if (s && s->capturing) {
+  if (cuda_emulator::Capturing(s)) {
     s->ops.push_back([p, value, bytes] { std::memset(p, value, bytes); });
     return cudaSuccess;
   }
@@ -586,6 +586,8 @@ cudaError_t cudaStreamCreateWithFlags(cudaStream_t* s, unsigned) {
 }
 
 cudaError_t cudaStreamDestroy(cudaStream_t s) {
+  PYE_EMU_LOCK;
+  if (cuda_emulator::Capturing(s)) cuda_emulator::g_capture_stream = nullptr;
   delete s;
   return cudaSuccess;
 }
@@ -593,7 +595,7 @@ cudaError_t cudaStreamDestroy(cudaStream_t s) {
 cudaError_t cudaStreamSynchronize(cudaStream_t s) {
   PYE_EMU_LOCK;
   PYE_EMU_STICKY;
-  if (s && s->capturing) {
+  if (cuda_emulator::Capturing(s)) {
     s->invalidated = true;
     return Fail(cudaErrorStreamCaptureUnsupported, "cudaStreamSynchronize of a capturing stream");
   }
@@ -603,11 +605,11 @@ cudaError_t cudaStreamSynchronize(cudaStream_t s) {
 cudaError_t cudaStreamBeginCapture(cudaStream_t s, cudaStreamCaptureMode) {
   PYE_EMU_LOCK;
   PYE_EMU_STICKY;
-  if (!s || s->capturing) return Fail(cudaErrorInvalidValue, "capture of this stream");
-  s->capturing = true;
+  if (!s || cuda_emulator::g_capture_stream) {
+    return Fail(cudaErrorInvalidValue, "a capture while another is under way");
+  }
   s->invalidated = false;
   s->ops.clear();
-  ++cuda_emulator::g_capturing;
   cuda_emulator::g_capture_stream = s;
   return cudaSuccess;
 }
@@ -615,9 +617,9 @@ cudaError_t cudaStreamBeginCapture(cudaStream_t s, cudaStreamCaptureMode) {
 cudaError_t cudaStreamEndCapture(cudaStream_t s, cudaGraph_t* graph) {
   PYE_EMU_LOCK;
   *graph = nullptr;
-  if (!s || !s->capturing) return Fail(cudaErrorInvalidValue, "end of a capture never begun");
-  s->capturing = false;
-  --cuda_emulator::g_capturing;
+  if (!cuda_emulator::Capturing(s)) {
+    return Fail(cudaErrorInvalidValue, "end of a capture never begun");
+  }
   cuda_emulator::g_capture_stream = nullptr;
   if (s->invalidated) {
     s->ops.clear();
@@ -638,7 +640,7 @@ cudaError_t cudaGraphLaunch(cudaGraphExec_t exec, cudaStream_t s) {
   PYE_EMU_LOCK;
   PYE_EMU_STICKY;
   if (!exec) return Fail(cudaErrorInvalidValue, "launch of a null graph");
-  if (s && s->capturing) {
+  if (cuda_emulator::Capturing(s)) {
     s->ops.push_back([exec] {
       for (const auto& op : exec->ops) op();
     });
