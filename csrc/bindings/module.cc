@@ -202,6 +202,17 @@ py::tuple PlainStep(const GenerationStep& s) {
                         s.done_reason.empty() ? py::object(py::none()) : py::object(py::str(s.done_reason)));
 }
 
+// The computable weight type called `name` ("Q4_K"), or ValueError.
+GgmlType WeightTypeByName(const std::string& name) {
+  for (uint32_t id = 0; id < 64; ++id) {
+    const TypeTraits* tr = GetTypeTraits(id);
+    if (tr && name == tr->name && IsSupportedWeightType(static_cast<GgmlType>(id))) {
+      return static_cast<GgmlType>(id);
+    }
+  }
+  throw py::value_error("unsupported type " + name);
+}
+
 // Tensor `name` of `f` as a numpy array in numpy's axis order (ggml's reversed), converted to
 // float32, float16 or bfloat16 (returned as its uint16 bit patterns: numpy has no bfloat16).
 py::array TensorArray(const GgufFile& f, const std::string& name, const std::string& dtype) {
@@ -308,15 +319,7 @@ PYBIND11_MODULE(_core, m) {
           // Kernel tests and micro-benchmarks: W (GGUF bytes of a [rows, cols] matrix) times
           // x [n, cols] through the same path the model uses, at the active ISA level.
           TensorView t;
-          bool found = false;
-          for (uint32_t id = 0; id < 64 && !found; ++id) {
-            const TypeTraits* tr = GetTypeTraits(id);
-            if (tr && type_name == tr->name) {
-              t.type = static_cast<GgmlType>(id);
-              found = true;
-            }
-          }
-          if (!found || !IsSupportedWeightType(t.type)) throw py::value_error("unsupported type " + type_name);
+          t.type = WeightTypeByName(type_name);
           const TypeTraits* tr = GetTypeTraits(static_cast<uint32_t>(t.type));
           if (rows <= 0 || cols <= 0 || rows > (int64_t{1} << 31) || cols > (int64_t{1} << 24) ||
               cols % tr->block_size != 0) {
@@ -350,6 +353,21 @@ PYBIND11_MODULE(_core, m) {
         py::arg("type"), py::arg("w"), py::arg("rows"), py::arg("cols"), py::arg("x"),
         py::arg("n_threads") = 1, py::arg("reps") = 1, py::arg("timed") = false,
         "With timed=True returns (y, seconds per product, packing excluded).");
+
+  m.def("dequantize",
+        [](const std::string& type_name, py::array_t<uint8_t, py::array::c_style> raw, int64_t n) {
+          // Tests: the values of n weights stored as `type` (n a multiple of its block).
+          const GgmlType type = WeightTypeByName(type_name);
+          const TypeTraits* tr = GetTypeTraits(static_cast<uint32_t>(type));
+          if (n <= 0 || n % tr->block_size != 0 ||
+              static_cast<int64_t>(raw.size()) != n / tr->block_size * tr->type_size) {
+            throw py::value_error("raw bytes do not hold n values of " + type_name);
+          }
+          py::array_t<float> out(n);
+          DequantizeRow(type, raw.data(), out.mutable_data(), n);
+          return out;
+        },
+        py::arg("type"), py::arg("raw"), py::arg("n"));
 
   m.def("read_gguf", &ReadGguf, py::arg("path"), py::arg("max_array") = static_cast<size_t>(-1),
         "Reads a GGUF file's metadata and tensor directory: (metadata, tensors, array_lengths, info).");
@@ -619,6 +637,18 @@ PYBIND11_MODULE(_core, m) {
            },
            py::arg("name"),
            "A Q8_0 tensor as stored: int8 quants [..., cols] and fp16 scales [..., cols / 32].")
+      .def("tensor_raw",
+           [](const ModelFile& f, const std::string& name) {
+             const TensorView* t = f.file->FindTensor(name);
+             if (!t) throw ModelError(f.file->path() + ": tensor '" + name + "' is missing");
+             const int64_t rows = t->rows();
+             py::array_t<uint8_t> out({static_cast<py::ssize_t>(rows),
+                                       static_cast<py::ssize_t>(t->row_bytes())});
+             std::memcpy(out.mutable_data(), t->data, t->nbytes);
+             return py::make_tuple(std::string(TypeName(t->type)), out);
+           },
+           py::arg("name"),
+           "A tensor's bytes as stored: (type name, uint8 [rows, bytes per row]).")
       .def("tensor", [](const ModelFile& f, const std::string& name, const std::string& dtype) {
              return TensorArray(*f.file, name, dtype);
            },

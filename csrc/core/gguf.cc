@@ -30,12 +30,19 @@ const TypeTraits kTraits[] = {
     /*10 Q2_K*/ {"Q2_K", 256, 84}, /*11 Q3_K*/ {"Q3_K", 256, 110},
     /*12 Q4_K*/ {"Q4_K", 256, 144}, /*13 Q5_K*/ {"Q5_K", 256, 176},
     /*14 Q6_K*/ {"Q6_K", 256, 210}, /*15 Q8_K*/ {"Q8_K", 256, 292},
-    /*16..23 IQ*: not supported*/ {nullptr, 0, 0}, {nullptr, 0, 0}, {nullptr, 0, 0},
-    {nullptr, 0, 0}, {nullptr, 0, 0}, {nullptr, 0, 0}, {nullptr, 0, 0}, {nullptr, 0, 0},
+    // Every type ggml defines, so that a file holding any of them opens and its tensors' types
+    // can be named; which ones the kernels compute is IsSupportedWeightType's to say.
+    /*16*/ {"IQ2_XXS", 256, 66}, /*17*/ {"IQ2_XS", 256, 74}, /*18*/ {"IQ3_XXS", 256, 98},
+    /*19*/ {"IQ1_S", 256, 50},   /*20*/ {"IQ4_NL", 32, 18},  /*21*/ {"IQ3_S", 256, 110},
+    /*22*/ {"IQ2_S", 256, 82},   /*23*/ {"IQ4_XS", 256, 136},
     /*24 I8*/ {"I8", 1, 1},      /*25 I16*/ {"I16", 1, 2},
     /*26 I32*/ {"I32", 1, 4},    /*27 I64*/ {"I64", 1, 8},
-    /*28 F64*/ {"F64", 1, 8},    /*29*/ {nullptr, 0, 0},
+    /*28 F64*/ {"F64", 1, 8},    /*29*/ {"IQ1_M", 256, 56},
     /*30 BF16*/ {"BF16", 1, 2},
+    /*31..33: removed from GGUF*/ {nullptr, 0, 0}, {nullptr, 0, 0}, {nullptr, 0, 0},
+    /*34*/ {"TQ1_0", 256, 54},   /*35*/ {"TQ2_0", 256, 66},
+    /*36..38: removed from GGUF*/ {nullptr, 0, 0}, {nullptr, 0, 0}, {nullptr, 0, 0},
+    /*39*/ {"MXFP4", 32, 17},    /*40*/ {"NVFP4", 64, 36},   /*41*/ {"Q1_0", 128, 18},
 };
 
 // Bytes one scalar of a metadata type occupies; 0 for string/array (variable size).

@@ -38,7 +38,8 @@ TensorView Bind(const GgufFile& f, const std::string& name, std::vector<int64_t>
   }
   if (!IsSupportedWeightType(t->type)) {
     throw ModelError(f.path() + ": tensor '" + name + "' has type " + TypeName(t->type) +
-                     ", which this engine cannot compute with yet (F32, F16, BF16, Q8_0)");
+                     ", which this engine cannot compute with yet (it computes " +
+                     SupportedWeightTypes() + ")");
   }
   return *t;
 }

@@ -1,5 +1,7 @@
 #include "quant/formats.h"
 
+#include "quant/blocks.h"
+
 #include <algorithm>
 #include <cmath>
 #include <stdexcept>
@@ -40,8 +42,96 @@ uint16_t Fp32ToBf16(float f) {
 
 bool IsSupportedWeightType(GgmlType t) {
   return t == GgmlType::kF32 || t == GgmlType::kF16 || t == GgmlType::kBF16 ||
-         t == GgmlType::kQ8_0;
+         t == GgmlType::kQ8_0 || GetBlockLayout(t) != nullptr;
 }
+
+const char* SupportedWeightTypes() {
+  return "F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, "
+         "IQ4_XS";
+}
+
+namespace {
+
+float Half(const uint8_t* p) {
+  uint16_t h;
+  std::memcpy(&h, p, 2);
+  return Fp16ToFp32(h);
+}
+
+// One block of a lane-kernel type to floats, with the reference's arithmetic (each product and
+// difference rounded in the same order), so the values are bit-identical to it.
+void DequantizeBlock(const BlockLayout& l, const uint8_t* b, float* y) {
+  uint8_t u[256];
+  DecodeValues(l, b, u);
+  switch (l.type) {
+    case GgmlType::kQ4_0:
+    case GgmlType::kQ5_0: {
+      const float d = Half(b);
+      for (int k = 0; k < 32; ++k) y[k] = static_cast<float>(u[k] - l.offset) * d;
+      return;
+    }
+    case GgmlType::kQ4_1:
+    case GgmlType::kQ5_1: {
+      const float d = Half(b), m = Half(b + 2);
+      for (int k = 0; k < 32; ++k) y[k] = static_cast<float>(u[k]) * d + m;
+      return;
+    }
+    case GgmlType::kIQ4_NL: {
+      const float d = Half(b);
+      for (int k = 0; k < 32; ++k) y[k] = d * static_cast<float>(kIq4nlValues[u[k]]);
+      return;
+    }
+    case GgmlType::kQ2_K: {  // {u8 scales[16]; u8 qs[64]; fp16 d, dmin}
+      const float d = Half(b + 80), dmin = Half(b + 82);
+      for (int s = 0; s < 16; ++s) {
+        const float dl = d * static_cast<float>(b[s] & 0xF), ml = dmin * static_cast<float>(b[s] >> 4);
+        for (int k = 16 * s; k < 16 * s + 16; ++k) y[k] = dl * static_cast<float>(u[k]) - ml;
+      }
+      return;
+    }
+    case GgmlType::kQ3_K: {  // {u8 hmask[32]; u8 qs[64]; u8 scales[12]; fp16 d}
+      const float d = Half(b + 108);
+      for (int s = 0; s < 16; ++s) {
+        const float dl = d * static_cast<float>(ScaleK3(b + 96, s) - 32);
+        for (int k = 16 * s; k < 16 * s + 16; ++k) y[k] = dl * static_cast<float>(u[k] - 4);
+      }
+      return;
+    }
+    case GgmlType::kQ4_K:
+    case GgmlType::kQ5_K: {  // {fp16 d, dmin; u8 scales[12]; ...}
+      const float d = Half(b), dmin = Half(b + 2);
+      for (int j = 0; j < 8; ++j) {
+        int sc, m;
+        ScaleMinK4(b + 4, j, &sc, &m);
+        const float d1 = d * static_cast<float>(sc), m1 = dmin * static_cast<float>(m);
+        for (int k = 32 * j; k < 32 * j + 32; ++k) y[k] = d1 * static_cast<float>(u[k]) - m1;
+      }
+      return;
+    }
+    case GgmlType::kQ6_K: {  // {u8 ql[128]; u8 qh[64]; i8 scales[16]; fp16 d}
+      const float d = Half(b + 208);
+      for (int s = 0; s < 16; ++s) {
+        const float ds = d * static_cast<float>(static_cast<int8_t>(b[192 + s]));
+        for (int k = 16 * s; k < 16 * s + 16; ++k) y[k] = ds * static_cast<float>(u[k] - 32);
+      }
+      return;
+    }
+    case GgmlType::kIQ4_XS: {  // {fp16 d; u16 scales_h; u8 scales_l[4]; u8 qs[128]}
+      const float d = Half(b);
+      uint16_t scales_h;
+      std::memcpy(&scales_h, b + 2, 2);
+      for (int j = 0; j < 8; ++j) {
+        const float dl = d * static_cast<float>(ScaleIq4xs(scales_h, b + 4, j) - 32);
+        for (int k = 32 * j; k < 32 * j + 32; ++k) y[k] = dl * static_cast<float>(kIq4nlValues[u[k]]);
+      }
+      return;
+    }
+    default:
+      throw std::invalid_argument(std::string("no kernel for weight type ") + TypeName(l.type));
+  }
+}
+
+}  // namespace
 
 void DequantizeRow(GgmlType type, const uint8_t* src, float* dst, int64_t n) {
   switch (type) {
@@ -71,8 +161,12 @@ void DequantizeRow(GgmlType type, const uint8_t* src, float* dst, int64_t n) {
       }
       return;
     }
-    default:
-      throw std::invalid_argument(std::string("no kernel for weight type ") + TypeName(type));
+    default: {
+      const BlockLayout* l = GetBlockLayout(type);
+      if (!l) throw std::invalid_argument(std::string("no kernel for weight type ") + TypeName(type));
+      for (int64_t b = 0; b < n / l->values; ++b) DequantizeBlock(*l, src + b * l->bytes, dst + b * l->values);
+      return;
+    }
   }
 }
 

@@ -1,4 +1,5 @@
-// Weight formats as GGUF stores them (F32, F16, BF16, Q8_0) and scalar conversions.
+// Weight formats as GGUF stores them and scalar conversions (the quantized types' blocks are
+// described in blocks.h).
 #pragma once
 
 #include <cstdint>
@@ -55,8 +56,9 @@ inline float Bf16ToFp32(uint16_t h) {
   return f;
 }
 
-// True for the weight types the kernels can read.
+// True for the weight types the kernels can read; SupportedWeightTypes() lists them.
 bool IsSupportedWeightType(GgmlType t);
+const char* SupportedWeightTypes();
 
 // dst[0..n) = values of one row stored as `type` (n must be a multiple of the block size).
 void DequantizeRow(GgmlType type, const uint8_t* src, float* dst, int64_t n);

@@ -3,7 +3,9 @@
 
 #include <cstdint>
 
+#include "quant/blocks.h"
 #include "quant/cpu_features.h"
+#include "quant/lanes.h"
 
 namespace pyengine {
 
@@ -76,6 +78,13 @@ struct KernelSet {
   // Attention over the fp16 KV cache: x . h, and y += a * h.
   float (*dot_f16)(const float* x, const uint16_t* h, int64_t n);
   void (*axpy_f16)(float a, const uint16_t* h, float* y, int64_t n);
+  // The quantized types of blocks.h in their lane layout (lanes.h): w is [groups][cols /
+  // l.values] units; x holds, per token, cols / 256 XQ8K blocks for the 256-value types or
+  // cols / 32 XQ8Block blocks for the 32-value ones (ldx is implied by cols).
+  void (*gemm_lanes)(const BlockLayout& l, const uint8_t* w, int64_t cols, const void* x,
+                     int64_t n_tok, int64_t g0, int64_t g1, int64_t rows, float* y, int64_t ldy);
+  // Quantizes one row (cols a multiple of 256) as ggml's Q8_K (bit-identical to its reference).
+  void (*quantize_q8k)(const float* x, int64_t cols, XQ8K* out);
 };
 
 // Activations for gemm_f16_i16: each row rounded to fp16 (as the reference rounds them), then

@@ -224,7 +224,8 @@ const KernelSet* Avx2Kernels() {
   static const KernelSet set = {IsaLevel::kAvx2, GemmQ8, GemmFloat<LoadF16>, GemmFloat<LoadBF16>,
                                 GemmFloat<LoadF32>, /*gemm_f16_i16=*/nullptr,
                                 /*quantize_i16=*/nullptr, kXTile, PackX, QuantizeQ8, ToF16, GeluMul,
-                                DotF16, AxpyF16};
+                                DotF16, AxpyF16,
+                                /*gemm_lanes=*/nullptr, /*quantize_q8k=*/nullptr};
   return &set;
 }
 

@@ -404,7 +404,8 @@ const KernelSet* Avx512Kernels() {
   static const KernelSet set = {IsaLevel::kAvx512, GemmQ8, GemmFloat<LoadF16>,
                                 GemmFloat<LoadBF16>, GemmFloat<LoadF32>, GemmF16I16,
                                 QuantizeI16, kXTile, PackX,
-                                QuantizeQ8, ToF16, GeluMul, DotF16, AxpyF16};
+                                QuantizeQ8, ToF16, GeluMul, DotF16, AxpyF16,
+                                /*gemm_lanes=*/nullptr, /*quantize_q8k=*/nullptr};
   return &set;
 }
 

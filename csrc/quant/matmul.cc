@@ -7,7 +7,9 @@
 #include <new>
 #include <vector>
 
+#include "quant/blocks.h"
 #include "quant/formats.h"
+#include "quant/lanes.h"
 #include "runtime/thread_pool.h"
 
 namespace pyengine {
@@ -19,7 +21,10 @@ void PackedMatrix::Free::operator()(void* p) const { std::free(p); }
 
 size_t PackedMatrix::PackedBytes(const TensorView& t) {
   size_t bytes;
-  if (t.type == GgmlType::kQ8_0) {
+  if (const BlockLayout* l = GetBlockLayout(t.type)) {
+    const int64_t groups = (t.rows() + kLaneRows - 1) / kLaneRows;
+    bytes = static_cast<size_t>(groups * (t.cols() / l->values) * GetLaneUnit(*l).bytes);
+  } else if (t.type == GgmlType::kQ8_0) {
     bytes = static_cast<size_t>((t.rows() + kQ8Rows - 1) / kQ8Rows * (t.cols() / kQ8_0Block)) * sizeof(Q8x16Block);
   } else {
     const size_t elem = t.type == GgmlType::kF32 ? 4 : 2;
@@ -37,7 +42,9 @@ PackedMatrix::PackedMatrix(const TensorView& t, ThreadPool& pool, uint8_t* dst) 
     dst = owned_.get();
   }
   data_ = dst;
-  if (t.type == GgmlType::kQ8_0) {
+  if (GetBlockLayout(t.type)) {
+    PackLanes(pool, dst);
+  } else if (t.type == GgmlType::kQ8_0) {
     PackQ8(pool, dst);
   } else {
     PackFloat(pool, dst);
@@ -66,6 +73,26 @@ void PackedMatrix::PackQ8(ThreadPool& pool, uint8_t* dst_bytes) {
           v ^= 0x8080808080808080ull;
           std::memcpy(dst.q + i, &v, 8);
         }
+      }
+    }
+  });
+}
+
+void PackedMatrix::PackLanes(ThreadPool& pool, uint8_t* dst) {
+  const TensorView& t = src_;
+  const BlockLayout& l = *GetBlockLayout(t.type);
+  const int64_t rows = t.rows(), units = t.cols() / l.values;
+  const int64_t groups = (rows + kLaneRows - 1) / kLaneRows;
+  const int unit_bytes = GetLaneUnit(l).bytes;
+  ParallelRanges(pool, groups, 1, [&](int64_t g0, int64_t g1) {
+    for (int64_t g = g0; g < g1; ++g) {
+      for (int64_t u = 0; u < units; ++u) {
+        const uint8_t* blocks[kLaneRows];
+        for (int r = 0; r < kLaneRows; ++r) {
+          const int64_t row = g * kLaneRows + r;
+          blocks[r] = row < rows ? t.row(row) + u * l.bytes : nullptr;
+        }
+        RepackUnit(l, blocks, dst + (g * units + u) * unit_bytes);
       }
     }
   });
@@ -118,6 +145,19 @@ void PackedMatrix::PackFloat(ThreadPool& pool, uint8_t* out) {
 }
 
 void PackedMatrix::Row(int64_t r, float* out) const {
+  if (const BlockLayout* l = GetBlockLayout(type())) {
+    // Each block back in the file's form, then the file's own dequantization: bit-identical
+    // to reading the file.
+    const int unit_bytes = GetLaneUnit(*l).bytes;
+    const int64_t units = cols() / l->values;
+    const uint8_t* g = data_ + (r / kLaneRows) * units * unit_bytes;
+    uint8_t block[256];
+    for (int64_t u = 0; u < units; ++u) {
+      UnpackBlock(*l, g + u * unit_bytes, static_cast<int>(r % kLaneRows), block);
+      DequantizeRow(type(), block, out + u * l->values, l->values);
+    }
+    return;
+  }
   if (type() != GgmlType::kQ8_0) {
     const int64_t lane = r % kFloatRows, cols = this->cols();
     const size_t elem = type() == GgmlType::kF32 ? 4 : 2;
@@ -139,7 +179,20 @@ void MatMulInput::Set(const float* x, int64_t n_tok, int64_t cols) {
   x_ = x;
   n_tok_ = n_tok;
   cols_ = cols;
-  q8_isa_ = tiles_kind_ = tiles_isa_ = i16_isa_ = -1;
+  q8_isa_ = q8k_isa_ = tiles_kind_ = tiles_isa_ = i16_isa_ = -1;
+}
+
+const XQ8K* MatMulInput::Q8K(const KernelSet& k, ThreadPool& pool) {
+  if (q8k_isa_ != static_cast<int>(k.level)) {
+    const int64_t nb = cols_ / 256;
+    q8k_.resize(static_cast<size_t>(n_tok_ * nb));
+    XQ8K* out = q8k_.data();
+    ParallelRanges(pool, n_tok_, 16, [&](int64_t t0, int64_t t1) {
+      for (int64_t t = t0; t < t1; ++t) k.quantize_q8k(x_ + t * cols_, cols_, out + t * nb);
+    });
+    q8k_isa_ = static_cast<int>(k.level);
+  }
+  return q8k_.data();
 }
 
 const XQ8Block* MatMulInput::Q8(const KernelSet& k, ThreadPool& pool) {
@@ -207,6 +260,17 @@ void MatMul(const PackedMatrix& w, MatMulInput& in, float* y, ThreadPool& pool) 
   const KernelSet& k = ActiveKernels();  // one snapshot for the whole product
   const int64_t rows = w.rows(), cols = w.cols(), n_tok = in.n_tok();
   if (in.cols() != cols) throw std::invalid_argument("MatMul: input width does not match the matrix");
+  if (const BlockLayout* l = GetBlockLayout(w.type())) {
+    // Levels without lane kernels of their own use the reference's.
+    const KernelSet& lk = k.gemm_lanes ? k : ScalarKernels();
+    const void* x = l->values == 256 ? static_cast<const void*>(in.Q8K(lk, pool))
+                                     : static_cast<const void*>(in.Q8(lk, pool));
+    const int64_t groups = (rows + kLaneRows - 1) / kLaneRows;
+    ParallelRanges(pool, groups, 1, [&](int64_t g0, int64_t g1) {
+      lk.gemm_lanes(*l, w.data(), cols, x, n_tok, g0, g1, rows, y, rows);
+    });
+    return;
+  }
   switch (w.type()) {
     case GgmlType::kQ8_0: {
       const int64_t nb = cols / kQ8_0Block;

@@ -1,0 +1,92 @@
+#include "quant/blocks.h"
+
+namespace pyengine {
+namespace {
+
+// Offsets follow the block structs of GGUF (ggml-common.h), e.g. Q4_K = {fp16 d, fp16 dmin,
+// u8 scales[12], u8 qs[128]}. Headers are every other byte, in block order.
+constexpr BlockLayout kLayouts[] = {
+    // type            values bytes  lo                             hi                         hdr lut offset
+    {GgmlType::kQ4_0, 32, 18, {FieldMap::kNib32, 2, 4}, {}, 2, false, 8},
+    {GgmlType::kQ4_1, 32, 20, {FieldMap::kNib32, 4, 4}, {}, 4, false, 0},
+    {GgmlType::kQ5_0, 32, 22, {FieldMap::kNib32, 6, 4}, {FieldMap::kBit32, 2, 1}, 2, false, 16},
+    {GgmlType::kQ5_1, 32, 24, {FieldMap::kNib32, 8, 4}, {FieldMap::kBit32, 4, 1}, 4, false, 0},
+    {GgmlType::kIQ4_NL, 32, 18, {FieldMap::kNib32, 2, 4}, {}, 2, true, 128},
+    {GgmlType::kQ2_K, 256, 84, {FieldMap::kCrumbK, 16, 2}, {}, 20, false, 0},
+    {GgmlType::kQ3_K, 256, 110, {FieldMap::kCrumbK, 32, 2}, {FieldMap::kBitK, 0, 1}, 14, false, 0},
+    {GgmlType::kQ4_K, 256, 144, {FieldMap::kNib64, 16, 4}, {}, 16, false, 0},
+    {GgmlType::kQ5_K, 256, 176, {FieldMap::kNib64, 48, 4}, {FieldMap::kBitK, 16, 1}, 16, false, 0},
+    {GgmlType::kQ6_K, 256, 210, {FieldMap::kNibK6, 0, 4}, {FieldMap::kCrumbK, 128, 2}, 18, false, 0},
+    {GgmlType::kIQ4_XS, 256, 136, {FieldMap::kNib64, 8, 4}, {}, 8, true, 0},
+};
+
+// Byte and bit position of value k's field.
+void Locate(const Field& f, int k, int* byte, int* shift) {
+  switch (f.map) {
+    case FieldMap::kNib32: *byte = f.off + k % 16; *shift = 4 * (k / 16); return;
+    case FieldMap::kBit32: *byte = f.off + k / 8; *shift = k % 8; return;
+    case FieldMap::kNib64: *byte = f.off + 32 * (k / 64) + k % 32; *shift = 4 * (k % 64 / 32); return;
+    case FieldMap::kNibK6: {
+      // Per 128 values: quarter q = k % 128 / 32 sits in bytes 64 n + (q odd ? 32 : 0) + k % 32,
+      // low nibble for q < 2, high for q >= 2.
+      const int q = k % 128 / 32;
+      *byte = f.off + 64 * (k / 128) + 32 * (q % 2) + k % 32;
+      *shift = 4 * (q / 2);
+      return;
+    }
+    case FieldMap::kCrumbK: *byte = f.off + 32 * (k / 128) + k % 32; *shift = 2 * (k % 128 / 32); return;
+    case FieldMap::kBitK: *byte = f.off + k % 32; *shift = k / 32; return;
+    case FieldMap::kNone: break;
+  }
+  *byte = 0;
+  *shift = 0;
+}
+
+int FieldValue(const Field& f, const uint8_t* block, int k) {
+  if (f.map == FieldMap::kNone) return 0;
+  int byte, shift;
+  Locate(f, k, &byte, &shift);
+  return (block[byte] >> shift) & ((1 << f.bits) - 1);
+}
+
+}  // namespace
+
+const BlockLayout* GetBlockLayout(GgmlType type) {
+  for (const BlockLayout& l : kLayouts) {
+    if (l.type == type) return &l;
+  }
+  return nullptr;
+}
+
+int BlockValue(const BlockLayout& l, const uint8_t* block, int k) {
+  return FieldValue(l.lo, block, k) | FieldValue(l.hi, block, k) << l.lo.bits;
+}
+
+void SetBlockValue(const BlockLayout& l, uint8_t* block, int k, int u) {
+  int byte, shift;
+  Locate(l.lo, k, &byte, &shift);
+  block[byte] = static_cast<uint8_t>(block[byte] | (u & ((1 << l.lo.bits) - 1)) << shift);
+  if (l.hi.map != FieldMap::kNone) {
+    Locate(l.hi, k, &byte, &shift);
+    block[byte] = static_cast<uint8_t>(block[byte] | (u >> l.lo.bits) << shift);
+  }
+}
+
+void DecodeValues(const BlockLayout& l, const uint8_t* block, uint8_t* u) {
+  for (int k = 0; k < l.values; ++k) u[k] = static_cast<uint8_t>(BlockValue(l, block, k));
+}
+
+void EncodeValues(const BlockLayout& l, const uint8_t* u, uint8_t* block) {
+  for (int i = 0; i < l.bytes; ++i) {
+    if (IsQuantByte(l, i)) block[i] = 0;
+  }
+  for (int k = 0; k < l.values; ++k) SetBlockValue(l, block, k, u[k]);
+}
+
+bool IsQuantByte(const BlockLayout& l, int byte) {
+  auto in = [&](const Field& f, int n) { return f.map != FieldMap::kNone && byte >= f.off && byte < f.off + n; };
+  const int lo_bytes = l.values * l.lo.bits / 8, hi_bytes = l.values * l.hi.bits / 8;
+  return in(l.lo, lo_bytes) || in(l.hi, hi_bytes);
+}
+
+}  // namespace pyengine
