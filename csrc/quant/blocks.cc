@@ -3,27 +3,10 @@
 namespace pyengine {
 namespace {
 
-// Offsets follow the block structs of GGUF (ggml-common.h), e.g. Q4_K = {fp16 d, fp16 dmin,
-// u8 scales[12], u8 qs[128]}. Headers are every other byte, in block order.
-constexpr BlockLayout kLayouts[] = {
-    // type            values bytes  lo                             hi                         hdr lut offset
-    {GgmlType::kQ4_0, 32, 18, {FieldMap::kNib32, 2, 4}, {}, 2, false, 8},
-    {GgmlType::kQ4_1, 32, 20, {FieldMap::kNib32, 4, 4}, {}, 4, false, 0},
-    {GgmlType::kQ5_0, 32, 22, {FieldMap::kNib32, 6, 4}, {FieldMap::kBit32, 2, 1}, 2, false, 16},
-    {GgmlType::kQ5_1, 32, 24, {FieldMap::kNib32, 8, 4}, {FieldMap::kBit32, 4, 1}, 4, false, 0},
-    {GgmlType::kIQ4_NL, 32, 18, {FieldMap::kNib32, 2, 4}, {}, 2, true, 128},
-    {GgmlType::kQ2_K, 256, 84, {FieldMap::kCrumbK, 16, 2}, {}, 20, false, 0},
-    {GgmlType::kQ3_K, 256, 110, {FieldMap::kCrumbK, 32, 2}, {FieldMap::kBitK, 0, 1}, 14, false, 0},
-    {GgmlType::kQ4_K, 256, 144, {FieldMap::kNib64, 16, 4}, {}, 16, false, 0},
-    {GgmlType::kQ5_K, 256, 176, {FieldMap::kNib64, 48, 4}, {FieldMap::kBitK, 16, 1}, 16, false, 0},
-    {GgmlType::kQ6_K, 256, 210, {FieldMap::kNibK6, 0, 4}, {FieldMap::kCrumbK, 128, 2}, 18, false, 0},
-    {GgmlType::kIQ4_XS, 256, 136, {FieldMap::kNib64, 8, 4}, {}, 8, true, 0},
-};
-
 // Byte and bit position of value k's field.
 void Locate(const Field& f, int k, int* byte, int* shift) {
   switch (f.map) {
-    case FieldMap::kNib32: *byte = f.off + k % 16; *shift = 4 * (k / 16); return;
+    case FieldMap::kNib32: *byte = f.off + 16 * (k / 32) + k % 16; *shift = 4 * (k % 32 / 16); return;
     case FieldMap::kBit32: *byte = f.off + k / 8; *shift = k % 8; return;
     case FieldMap::kNib64: *byte = f.off + 32 * (k / 64) + k % 32; *shift = 4 * (k % 64 / 32); return;
     case FieldMap::kNibK6: {
@@ -50,13 +33,6 @@ int FieldValue(const Field& f, const uint8_t* block, int k) {
 }
 
 }  // namespace
-
-const BlockLayout* GetBlockLayout(GgmlType type) {
-  for (const BlockLayout& l : kLayouts) {
-    if (l.type == type) return &l;
-  }
-  return nullptr;
-}
 
 int BlockValue(const BlockLayout& l, const uint8_t* block, int k) {
   return FieldValue(l.lo, block, k) | FieldValue(l.hi, block, k) << l.lo.bits;

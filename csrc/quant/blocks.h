@@ -17,9 +17,9 @@ constexpr int8_t kIq4nlValues[16] = {-127, -104, -83, -65, -49, -35, -22, -10,
 // `bits` bits at byte Byte(k) of the block, from bit Shift(k) up.
 enum class FieldMap {
   kNone,
-  kNib32,    // Q4_0, Q4_1, Q5_*, IQ4_NL low nibbles: byte off + k % 16, shift 4 * (k / 16)
+  kNib32,    // Q4_0, Q4_1, Q5_*, IQ4_*: per 32 values 16 bytes, nibble (k % 32) / 16 of byte k % 16
   kBit32,    // Q5_0 / Q5_1 high bit: bit k of the 32-bit little-endian word at off
-  kNib64,    // Q4_K, Q5_K, IQ4_XS: per 64 values 32 bytes, nibble (k % 64) / 32 of byte k % 32
+  kNib64,    // Q4_K, Q5_K: per 64 values 32 bytes, nibble (k % 64) / 32 of byte k % 32
   kNibK6,    // Q6_K low nibbles: per 128 values 64 bytes (see blocks.cc)
   kCrumbK,   // Q2_K, Q3_K low / Q6_K high 2 bits: per 128 values 32 bytes, crumb (k % 128) / 32
   kBitK,     // Q3_K, Q5_K high bit: byte off + k % 32, bit k / 32
@@ -32,21 +32,47 @@ struct Field {
 };
 
 // How a type's integer value u (0 <= u < 2^(lo.bits + hi.bits), u = lo | hi << lo.bits) becomes
-// a weight, per sub-block of 16 values s: w = d * sc[s] * u - dmin * mn[s] (K family), or per
-// block w = d * u - d * offset + m (legacy family). See scales.h for sc, mn, d and dmin.
+// a weight: per group of `group` values that share a scale,
+//   w = scale * (v - offset) - min,   v = u, or kIq4nlValues[u] + 128 for the table types,
+// with scale and min taken from the block's header (lane_scales.h decodes them).
 struct BlockLayout {
   GgmlType type;
-  int values;          // values per block (32 or 256)
-  int bytes;           // bytes per block
-  Field lo, hi;        // the value's low bits and (optionally) high bits
-  int header_bytes;    // bytes that are not quants (scales, mins), even
-  bool lut;            // u indexes kIq4nlValues (stored + 128 as unsigned)
-  int offset;          // legacy family: the integer subtracted from u (8, 16; 0 with a min)
+  int values;        // values per block (32 or 256)
+  int bytes;         // bytes per block
+  Field lo, hi;      // the value's low bits and (optionally) high bits
+  int header_bytes;  // bytes that are not quants (scales, mins), even
+  bool lut;          // u indexes kIq4nlValues
+  int offset;        // integer subtracted from v
+  int group;         // values per scale: 32, or 16 (Q2_K, Q3_K, Q6_K)
+  bool min;          // a min is subtracted (Q4_1, Q5_1, Q2_K, Q4_K, Q5_K)
+};
+
+// Offsets follow the block structs of GGUF (ggml-common.h), e.g. Q4_K = {fp16 d, fp16 dmin,
+// u8 scales[12], u8 qs[128]}. Headers are every other byte, in block order.
+inline constexpr BlockLayout kBlockLayouts[] = {
+    // type, values, bytes, low bits' field, high bits' field, header bytes, table, offset,
+    // group, min
+    {GgmlType::kQ4_0, 32, 18, {FieldMap::kNib32, 2, 4}, {}, 2, false, 8, 32, false},
+    {GgmlType::kQ4_1, 32, 20, {FieldMap::kNib32, 4, 4}, {}, 4, false, 0, 32, true},
+    {GgmlType::kQ5_0, 32, 22, {FieldMap::kNib32, 6, 4}, {FieldMap::kBit32, 2, 1}, 2, false, 16, 32, false},
+    {GgmlType::kQ5_1, 32, 24, {FieldMap::kNib32, 8, 4}, {FieldMap::kBit32, 4, 1}, 4, false, 0, 32, true},
+    {GgmlType::kIQ4_NL, 32, 18, {FieldMap::kNib32, 2, 4}, {}, 2, true, 128, 32, false},
+    {GgmlType::kQ2_K, 256, 84, {FieldMap::kCrumbK, 16, 2}, {}, 20, false, 0, 16, true},
+    {GgmlType::kQ3_K, 256, 110, {FieldMap::kCrumbK, 32, 2}, {FieldMap::kBitK, 0, 1}, 14, false, 4, 16, false},
+    {GgmlType::kQ4_K, 256, 144, {FieldMap::kNib64, 16, 4}, {}, 16, false, 0, 32, true},
+    {GgmlType::kQ5_K, 256, 176, {FieldMap::kNib64, 48, 4}, {FieldMap::kBitK, 16, 1}, 16, false, 0, 32, true},
+    {GgmlType::kQ6_K, 256, 210, {FieldMap::kNibK6, 0, 4}, {FieldMap::kCrumbK, 128, 2}, 18, false, 32, 16, false},
+    {GgmlType::kIQ4_XS, 256, 136, {FieldMap::kNib32, 8, 4}, {}, 8, true, 128, 32, false},
 };
 
 // The layout of a quantized type the lane kernels compute, or nullptr (F32, F16, BF16, Q8_0 and
-// unknown types have kernels of their own or none).
-const BlockLayout* GetBlockLayout(GgmlType type);
+// unknown types have kernels of their own or none). constexpr: kernels specialise on it.
+constexpr const BlockLayout* GetBlockLayout(GgmlType type) {
+  for (const BlockLayout& l : kBlockLayouts) {
+    if (l.type == type) return &l;
+  }
+  return nullptr;
+}
 
 // The value u of index k of one block.
 int BlockValue(const BlockLayout& l, const uint8_t* block, int k);

@@ -21,12 +21,13 @@ struct Q8x16Block {
 };
 static_assert(sizeof(Q8x16Block) == 16 * 34, "same size as 16 Q8_0 blocks");
 
-// One 32-value block of activations quantized to Q8_0 (bit-identical to ggml's), plus the
-// bias correction the unsigned weights need.
+// One 32-value block of activations quantized to Q8_0 (bit-identical to ggml's), plus the sums
+// that unsigned or offset weights need (128 * sum(q) for the biased Q8_0 layout).
 struct XQ8Block {
   int8_t q[32];
-  float d;         // scale
-  int32_t sum128;  // 128 * sum(q)
+  float d;            // scale
+  int16_t sum16[2];   // sums of q[0..16) and q[16..32)
+  int32_t sum() const { return sum16[0] + sum16[1]; }
 };
 static_assert(sizeof(XQ8Block) == 40, "packed activation block");
 
@@ -79,12 +80,9 @@ struct KernelSet {
   float (*dot_f16)(const float* x, const uint16_t* h, int64_t n);
   void (*axpy_f16)(float a, const uint16_t* h, float* y, int64_t n);
   // The quantized types of blocks.h in their lane layout (lanes.h): w is [groups][cols /
-  // l.values] units; x holds, per token, cols / 256 XQ8K blocks for the 256-value types or
-  // cols / 32 XQ8Block blocks for the 32-value ones (ldx is implied by cols).
-  void (*gemm_lanes)(const BlockLayout& l, const uint8_t* w, int64_t cols, const void* x,
+  // l.values] units; x is [n_tok, cols / 32] blocks from quantize_q8 (ldx is implied by cols).
+  void (*gemm_lanes)(const BlockLayout& l, const uint8_t* w, int64_t cols, const XQ8Block* x,
                      int64_t n_tok, int64_t g0, int64_t g1, int64_t rows, float* y, int64_t ldy);
-  // Quantizes one row (cols a multiple of 256) as ggml's Q8_K (bit-identical to its reference).
-  void (*quantize_q8k)(const float* x, int64_t cols, XQ8K* out);
 };
 
 // Activations for gemm_f16_i16: each row rounded to fp16 (as the reference rounds them), then

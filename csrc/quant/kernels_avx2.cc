@@ -9,6 +9,7 @@
 
 #include "quant/formats.h"
 #include "quant/isa_local.h"
+#include "quant/lane_kernels.h"
 
 namespace pyengine {
 namespace {
@@ -160,17 +161,19 @@ void QuantizeQ8(const float* x, int64_t cols, XQ8Block* out) {
     const float amax = _mm_cvtss_f32(m4);
     const float id = amax != 0.f ? 127.f / amax : 0.f;
     out->d = H2F(F2H(amax / 127.f));
-    __m256i sum = _mm256_setzero_si256();
     int32_t q[32];
     for (int j = 0; j < 4; ++j) {
       const __m256i qi = _mm256_cvtps_epi32(_mm256_mul_ps(v[j], _mm256_set1_ps(id)));  // nearest even
       _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + 8 * j), qi);
-      sum = _mm256_add_epi32(sum, qi);
     }
     for (int j = 0; j < 32; ++j) out->q[j] = static_cast<int8_t>(q[j]);
-    int32_t s[8];
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(s), sum);
-    out->sum128 = 128 * (s[0] + s[1] + s[2] + s[3] + s[4] + s[5] + s[6] + s[7]);
+    int32_t s0 = 0, s1 = 0;
+    for (int j = 0; j < 16; ++j) {
+      s0 += q[j];
+      s1 += q[16 + j];
+    }
+    out->sum16[0] = static_cast<int16_t>(s0);
+    out->sum16[1] = static_cast<int16_t>(s1);
   }
 }
 
@@ -225,7 +228,7 @@ const KernelSet* Avx2Kernels() {
                                 GemmFloat<LoadF32>, /*gemm_f16_i16=*/nullptr,
                                 /*quantize_i16=*/nullptr, kXTile, PackX, QuantizeQ8, ToF16, GeluMul,
                                 DotF16, AxpyF16,
-                                /*gemm_lanes=*/nullptr, /*quantize_q8k=*/nullptr};
+                                GemmLanesAvx2};
   return &set;
 }
 

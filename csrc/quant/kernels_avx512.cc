@@ -10,6 +10,7 @@
 
 #include "quant/formats.h"
 #include "quant/isa_local.h"
+#include "quant/lane_kernels.h"
 
 namespace pyengine {
 namespace {
@@ -58,7 +59,7 @@ inline void TileQ8(const Q8x16Block* wg, int64_t nb, const XQ8Block* x, int64_t 
         s0 = _mm512_dpbusd_epi32(s0, w[c], Broadcast4(xb.q + 4 * c));
         s1 = _mm512_dpbusd_epi32(s1, w[c + 1], Broadcast4(xb.q + 4 * c + 4));
       }
-      const __m512i s = _mm512_sub_epi32(_mm512_add_epi32(s0, s1), _mm512_set1_epi32(xb.sum128));
+      const __m512i s = _mm512_sub_epi32(_mm512_add_epi32(s0, s1), _mm512_set1_epi32(128 * xb.sum()));
       acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(dw, _mm512_set1_ps(xb.d)), acc[t]);
     }
   }
@@ -84,7 +85,7 @@ inline void VecQ8(const Q8x16Block* wg, int64_t nb, const XQ8Block* x, float* y,
     }
     // Integer sums are exact in any order; only the float steps below must match TileQ8's.
     const __m512i sum = _mm512_sub_epi32(_mm512_add_epi32(_mm512_add_epi32(s[0], s[1]), _mm512_add_epi32(s[2], s[3])),
-                                         _mm512_set1_epi32(xb.sum128));
+                                         _mm512_set1_epi32(128 * xb.sum()));
     const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk.d)));
     acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_mul_ps(dw, _mm512_set1_ps(xb.d)), acc);
   }
@@ -351,7 +352,8 @@ void QuantizeQ8(const float* x, int64_t cols, XQ8Block* out) {
     const __m512i q1 = _mm512_cvtps_epi32(_mm512_mul_ps(v1, _mm512_set1_ps(id)));
     _mm_storeu_si128(reinterpret_cast<__m128i*>(out->q), _mm512_cvtepi32_epi8(q0));
     _mm_storeu_si128(reinterpret_cast<__m128i*>(out->q + 16), _mm512_cvtepi32_epi8(q1));
-    out->sum128 = 128 * _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
+    out->sum16[0] = static_cast<int16_t>(_mm512_reduce_add_epi32(q0));
+    out->sum16[1] = static_cast<int16_t>(_mm512_reduce_add_epi32(q1));
   }
 }
 
@@ -405,7 +407,7 @@ const KernelSet* Avx512Kernels() {
                                 GemmFloat<LoadBF16>, GemmFloat<LoadF32>, GemmF16I16,
                                 QuantizeI16, kXTile, PackX,
                                 QuantizeQ8, ToF16, GeluMul, DotF16, AxpyF16,
-                                /*gemm_lanes=*/nullptr, /*quantize_q8k=*/nullptr};
+                                GemmLanesAvx512};
   return &set;
 }
 

@@ -1,6 +1,7 @@
 // Scalar reference kernels: plain loops, the definition the SIMD kernels are tested against.
 #include "quant/formats.h"
 #include "quant/kernel_set.h"
+#include "quant/lane_kernels.h"
 #include "quant/lane_scales.h"
 
 #include <algorithm>
@@ -80,12 +81,13 @@ void QuantizeQ8(const float* x, int64_t cols, XQ8Block* out) {
     for (int j = 0; j < 32; ++j) amax = std::max(amax, std::fabs(x[j]));
     const float id = amax != 0.f ? 127.f / amax : 0.f;
     out->d = Fp16ToFp32(Fp32ToFp16(amax / 127.f));
-    int32_t sum = 0;
+    int32_t sum[2] = {0, 0};
     for (int j = 0; j < 32; ++j) {
       out->q[j] = static_cast<int8_t>(std::nearbyint(x[j] * id));
-      sum += out->q[j];
+      sum[j / 16] += out->q[j];
     }
-    out->sum128 = 128 * sum;
+    out->sum16[0] = static_cast<int16_t>(sum[0]);
+    out->sum16[1] = static_cast<int16_t>(sum[1]);
   }
 }
 
@@ -102,49 +104,15 @@ void GeluMul(float* g, const float* u, int64_t n) {
   }
 }
 
-// ggml's nearest_int: round half to even through the float adder (|f| < 2^22).
-inline int NearestInt(float f) {
-  const float v = f + 12582912.f;
-  int32_t i;
-  std::memcpy(&i, &v, 4);
-  return (i & 0x007fffff) - 0x00400000;
-}
-
-// ggml's quantize_row_q8_K_ref: the value of largest magnitude maps to -127 (so d may be
-// negative), the rest rounded half to even and capped at 127.
-void QuantizeQ8K(const float* x, int64_t cols, XQ8K* out) {
-  for (int64_t b = 0; b < cols / 256; ++b, x += 256, ++out) {
-    float max = 0, amax = 0;
-    for (int j = 0; j < 256; ++j) {
-      const float ax = std::fabs(x[j]);
-      if (ax > amax) {
-        amax = ax;
-        max = x[j];
-      }
-    }
-    if (amax == 0.f) {
-      std::memset(out, 0, sizeof(*out));
-      continue;
-    }
-    const float iscale = -127.f / max;
-    for (int j = 0; j < 256; ++j) out->q[j] = static_cast<int8_t>(std::min(127, NearestInt(iscale * x[j])));
-    for (int j = 0; j < 16; ++j) {
-      int sum = 0;
-      for (int i = 0; i < 16; ++i) sum += out->q[16 * j + i];
-      out->bsums[j] = static_cast<int16_t>(sum);
-    }
-    out->d = 1.f / iscale;
-  }
-}
-
 void DecodeScales(const BlockLayout& l, const uint16_t* h, LaneScales* s) {
+  auto to_float = [](const uint16_t* p, float* out) {
+    for (int r = 0; r < kLaneRows; ++r) out[r] = Fp16ToFp32(p[r]);
+  };
   switch (l.type) {
-    case GgmlType::kQ2_K: DecodeLaneScales<GgmlType::kQ2_K>(h, false, s); return;
-    case GgmlType::kQ3_K: DecodeLaneScales<GgmlType::kQ3_K>(h, false, s); return;
-    case GgmlType::kQ4_K: DecodeLaneScales<GgmlType::kQ4_K>(h, false, s); return;
-    case GgmlType::kQ5_K: DecodeLaneScales<GgmlType::kQ5_K>(h, false, s); return;
-    case GgmlType::kQ6_K: DecodeLaneScales<GgmlType::kQ6_K>(h, false, s); return;
-    case GgmlType::kIQ4_XS: DecodeLaneScales<GgmlType::kIQ4_XS>(h, false, s); return;
+#define PYENGINE_LANE_TYPE(T) \
+  case GgmlType::T: DecodeLaneScales<GgmlType::T>(h, to_float, s); return;
+    PYENGINE_LANE_TYPES(PYENGINE_LANE_TYPE)
+#undef PYENGINE_LANE_TYPE
     default: return;
   }
 }
@@ -155,44 +123,31 @@ inline int32_t KernelValue(const BlockLayout& l, const LaneUnit& lu, const uint8
   return l.lut ? kIq4nlValues[u] + 128 : u;
 }
 
-// The reference for every lane type: exact integer sums per sub-block, then the float scales.
-//   256-value types: y += x.d * (d * sum_s sc[s] * (u . q)_s - dmin * sum_s mn[s] * bsums[s])
-//   32-value types:  y += (d * x.d) * (u . q - offset * sum(q)) [+ m * x.d * sum(q)]
-void GemmLanes(const BlockLayout& l, const uint8_t* w, int64_t cols, const void* x, int64_t n_tok,
-               int64_t g0, int64_t g1, int64_t rows, float* y, int64_t ldy) {
+// The reference for every lane type: per group of values that share a scale, an exact integer
+// dot product with the activations' Q8_0 block, then the float scales:
+//   y += dsc * d_x * (v . q - offset * sum(q)) - dmn * d_x * sum(q).
+void GemmLanes(const BlockLayout& l, const uint8_t* w, int64_t cols, const XQ8Block* x,
+               int64_t n_tok, int64_t g0, int64_t g1, int64_t rows, float* y, int64_t ldy) {
   const LaneUnit lu = GetLaneUnit(l);
-  const int64_t units = cols / l.values;
-  const bool with_min = l.values == 32 && l.header_bytes == 4;  // Q4_1, Q5_1: {d, m}
+  const int64_t units = cols / l.values, nb = cols / 32;
   for (int64_t g = g0; g < g1; ++g) {
     const uint8_t* wg = w + g * units * lu.bytes;
     for (int64_t t = 0; t < n_tok; ++t) {
       float acc[kLaneRows] = {};
       for (int64_t u = 0; u < units; ++u) {
         const uint8_t* unit = wg + u * lu.bytes;
-        const uint16_t* h = LaneHeader(lu, unit);
-        if (l.values == 256) {
-          const XQ8K& xb = static_cast<const XQ8K*>(x)[t * units + u];
-          LaneScales s;
-          DecodeScales(l, h, &s);
-          for (int r = 0; r < kLaneRows; ++r) {
-            int32_t isum = 0, msum = 0;
-            for (int sb = 0; sb < 16; ++sb) {
-              int32_t dot = 0;
-              for (int k = 16 * sb; k < 16 * sb + 16; ++k) dot += KernelValue(l, lu, unit, r, k) * xb.q[k];
-              isum += s.sc[sb][r] * dot;
-              msum += static_cast<int16_t>(s.mn[sb / 2][r] >> (16 * (sb % 2))) * xb.bsums[sb];
-            }
-            acc[r] += xb.d * (Fp16ToFp32(s.d[r]) * static_cast<float>(isum) -
-                              Fp16ToFp32(s.dmin[r]) * static_cast<float>(msum));
-          }
-        } else {
-          const XQ8Block& xb = static_cast<const XQ8Block*>(x)[t * units + u];
-          const int32_t xsum = xb.sum128 / 128;
+        LaneScales s;
+        DecodeScales(l, LaneHeader(lu, unit), &s);
+        for (int gi = 0; gi < l.values / l.group; ++gi) {
+          const int k0 = gi * l.group;
+          const XQ8Block& xb = x[t * nb + (u * l.values + k0) / 32];
+          const int q0 = k0 % 32;  // where the group starts inside the activation block
+          const int32_t xsum = l.group == 32 ? xb.sum() : xb.sum16[q0 / 16];
           for (int r = 0; r < kLaneRows; ++r) {
             int32_t dot = -l.offset * xsum;
-            for (int k = 0; k < 32; ++k) dot += KernelValue(l, lu, unit, r, k) * xb.q[k];
-            acc[r] += static_cast<float>(dot) * (Fp16ToFp32(h[r]) * xb.d);
-            if (with_min) acc[r] += Fp16ToFp32(h[kLaneRows + r]) * (xb.d * static_cast<float>(xsum));
+            for (int k = 0; k < l.group; ++k) dot += KernelValue(l, lu, unit, r, k0 + k) * xb.q[q0 + k];
+            acc[r] += static_cast<float>(dot) * (s.dsc[gi][r] * xb.d);
+            if (l.min) acc[r] -= s.dmn[gi][r] * (xb.d * static_cast<float>(xsum));
           }
         }
       }
@@ -234,7 +189,7 @@ const KernelSet& ScalarKernels() {
                                 GemmFloat<uint16_t, Bf16ToFp32>, GemmFloat<float, LoadF32>,
                                 /*gemm_f16_i16=*/nullptr, /*quantize_i16=*/nullptr,
                                 /*x_tile=*/1, PackX, QuantizeQ8, ToF16, GeluMul,
-                                DotF16, AxpyF16, GemmLanes, QuantizeQ8K};
+                                DotF16, AxpyF16, GemmLanes};
   return set;
 }
 

@@ -19,23 +19,22 @@ inline void HeaderByte(const uint16_t* h, int b, int32_t* out) {
   for (int r = 0; r < kLaneRows; ++r) out[r] = (p[r] >> shift) & 0xFF;
 }
 
-inline void SetPairs(const int32_t (&mn)[16][kLaneRows], LaneScales* s) {
-  for (int p = 0; p < 8; ++p) {
-    for (int r = 0; r < kLaneRows; ++r) {
-      s->mn[p][r] = static_cast<int32_t>(static_cast<uint32_t>(mn[2 * p][r] & 0xFFFF) |
-                                         static_cast<uint32_t>(mn[2 * p + 1][r]) << 16);
-    }
-  }
-}
-
-// Scales of one unit of a 256-value type, from its header lanes h. signed_lut: the kernel reads
-// IQ4_XS values as the table's signed int8 (no +128), so they need no min.
-template <GgmlType T>
-inline void DecodeLaneScales(const uint16_t* h, bool signed_lut, LaneScales* s) {
-  int32_t mn[16][kLaneRows];
+// Scales of one unit of type T from its header lanes h. ToFloat16(p, out) converts the 16 fp16
+// values at p (one header halfword of every row) to floats: each kernel file brings its own.
+template <GgmlType T, class ToFloat16>
+inline void DecodeLaneScales(const uint16_t* h, ToFloat16 to_float, LaneScales* s) {
+  float d[kLaneRows], dmin[kLaneRows];
   int32_t a[kLaneRows], b[kLaneRows], c[kLaneRows];
-  if constexpr (T == GgmlType::kQ4_K || T == GgmlType::kQ5_K) {
-    // {fp16 d, dmin; u8 scales[12]}: 6-bit scale and min per 32 values (blocks.h, ScaleMinK4).
+  if constexpr (T == GgmlType::kQ4_0 || T == GgmlType::kQ5_0 || T == GgmlType::kIQ4_NL) {
+    to_float(h, s->dsc[0]);  // {fp16 d; ...}
+  } else if constexpr (T == GgmlType::kQ4_1 || T == GgmlType::kQ5_1) {
+    to_float(h, s->dsc[0]);  // {fp16 d, m; ...}: w = d * u + m
+    to_float(h + kLaneRows, d);
+    for (int r = 0; r < kLaneRows; ++r) s->dmn[0][r] = -d[r];
+  } else if constexpr (T == GgmlType::kQ4_K || T == GgmlType::kQ5_K) {
+    // {fp16 d, dmin; u8 scales[12]}: a 6-bit scale and min per 32 values (blocks.h ScaleMinK4).
+    to_float(h, d);
+    to_float(h + kLaneRows, dmin);
     for (int j = 0; j < 8; ++j) {
       HeaderByte(h, 4 + (j < 4 ? j : j + 4), a);
       HeaderByte(h, 4 + (j < 4 ? j + 4 : j - 4), b);
@@ -43,58 +42,50 @@ inline void DecodeLaneScales(const uint16_t* h, bool signed_lut, LaneScales* s) 
       for (int r = 0; r < kLaneRows; ++r) {
         const int32_t sc = j < 4 ? a[r] & 63 : (a[r] & 0xF) | ((b[r] >> 6) << 4);
         const int32_t m = j < 4 ? b[r] & 63 : (a[r] >> 4) | ((c[r] >> 6) << 4);
-        s->sc[2 * j][r] = s->sc[2 * j + 1][r] = sc;
-        mn[2 * j][r] = mn[2 * j + 1][r] = m;
+        s->dsc[j][r] = d[r] * static_cast<float>(sc);
+        s->dmn[j][r] = dmin[r] * static_cast<float>(m);
       }
     }
-    s->d = h;
-    s->dmin = h + kLaneRows;
   } else if constexpr (T == GgmlType::kQ6_K) {
-    // {i8 scales[16]; fp16 d}: w = d * sc * (u - 32).
+    // {i8 scales[16]; fp16 d}: w = d * sc * (u - 32) per 16 values.
+    to_float(h + 8 * kLaneRows, d);
     for (int j = 0; j < 16; ++j) {
       HeaderByte(h, j, a);
-      for (int r = 0; r < kLaneRows; ++r) {
-        s->sc[j][r] = static_cast<int8_t>(a[r]);
-        mn[j][r] = 32 * s->sc[j][r];
-      }
+      for (int r = 0; r < kLaneRows; ++r) s->dsc[j][r] = d[r] * static_cast<float>(static_cast<int8_t>(a[r]));
     }
-    s->d = s->dmin = h + 8 * kLaneRows;
   } else if constexpr (T == GgmlType::kQ2_K) {
-    // {u8 scales[16] (scale low nibble, min high nibble); fp16 d, dmin}.
+    // {u8 scales[16] (scale in the low nibble, min in the high one); fp16 d, dmin}.
+    to_float(h + 8 * kLaneRows, d);
+    to_float(h + 9 * kLaneRows, dmin);
     for (int j = 0; j < 16; ++j) {
       HeaderByte(h, j, a);
       for (int r = 0; r < kLaneRows; ++r) {
-        s->sc[j][r] = a[r] & 0xF;
-        mn[j][r] = a[r] >> 4;
+        s->dsc[j][r] = d[r] * static_cast<float>(a[r] & 0xF);
+        s->dmn[j][r] = dmin[r] * static_cast<float>(a[r] >> 4);
       }
     }
-    s->d = h + 8 * kLaneRows;
-    s->dmin = h + 9 * kLaneRows;
   } else if constexpr (T == GgmlType::kQ3_K) {
     // {u8 scales[12] (16 x 6 bits, blocks.h ScaleK3); fp16 d}: w = d * (sc - 32) * (u - 4).
+    to_float(h + 6 * kLaneRows, d);
     for (int j = 0; j < 16; ++j) {
       HeaderByte(h, j < 8 ? j : j - 8, a);
       HeaderByte(h, 8 + j % 4, b);
       for (int r = 0; r < kLaneRows; ++r) {
         const int32_t lo = j < 8 ? a[r] & 0xF : a[r] >> 4;
-        s->sc[j][r] = (lo | ((b[r] >> (2 * (j / 4))) & 3) << 4) - 32;
-        mn[j][r] = 4 * s->sc[j][r];
+        s->dsc[j][r] = d[r] * static_cast<float>((lo | ((b[r] >> (2 * (j / 4))) & 3) << 4) - 32);
       }
     }
-    s->d = s->dmin = h + 6 * kLaneRows;
   } else if constexpr (T == GgmlType::kIQ4_XS) {
-    // {fp16 d; u16 scales_h; u8 scales_l[4]}: w = d * (ls - 32) * table[u].
+    // {fp16 d; u16 scales_h; u8 scales_l[4]}: w = d * (ls - 32) * table[u] per 32 values.
+    to_float(h, d);
     for (int j = 0; j < 8; ++j) {
       HeaderByte(h, 4 + j / 2, a);
       for (int r = 0; r < kLaneRows; ++r) {
         const int32_t ls = ((a[r] >> (4 * (j % 2))) & 0xF) | ((h[kLaneRows + r] >> (2 * j)) & 3) << 4;
-        s->sc[2 * j][r] = s->sc[2 * j + 1][r] = ls - 32;
-        mn[2 * j][r] = mn[2 * j + 1][r] = signed_lut ? 0 : 128 * (ls - 32);
+        s->dsc[j][r] = d[r] * static_cast<float>(ls - 32);
       }
     }
-    s->d = s->dmin = h;
   }
-  SetPairs(mn, s);
 }
 
 }  // namespace

@@ -16,15 +16,6 @@ int HeaderBytes(const BlockLayout& l, const uint8_t* block, uint8_t* out) {
 
 }  // namespace
 
-LaneUnit GetLaneUnit(const BlockLayout& l) {
-  LaneUnit u;
-  u.lo_bytes = l.values * kLaneRows * l.lo.bits / 8;
-  u.hi_bytes = l.values * kLaneRows * l.hi.bits / 8;
-  u.header_bytes = l.header_bytes * kLaneRows;
-  u.bytes = u.lo_bytes + u.hi_bytes + u.header_bytes;
-  return u;
-}
-
 void RepackUnit(const BlockLayout& l, const uint8_t* const blocks[kLaneRows], uint8_t* unit) {
   const LaneUnit lu = GetLaneUnit(l);
   std::memset(unit, 0, static_cast<size_t>(lu.bytes));

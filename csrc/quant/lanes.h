@@ -35,7 +35,11 @@ struct LaneUnit {
   int header_bytes;  // 16 rows' headers, last
   int bytes;         // the whole unit: 16 * block bytes
 };
-LaneUnit GetLaneUnit(const BlockLayout& l);
+constexpr LaneUnit GetLaneUnit(const BlockLayout& l) {
+  const int lo = l.values * kLaneRows * l.lo.bits / 8, hi = l.values * kLaneRows * l.hi.bits / 8;
+  const int header = l.header_bytes * kLaneRows;
+  return {lo, hi, header, lo + hi + header};
+}
 
 // Repacks one unit from 16 rows' blocks (a null block is a row past the matrix: all zero).
 void RepackUnit(const BlockLayout& l, const uint8_t* const blocks[kLaneRows], uint8_t* unit);
@@ -48,25 +52,14 @@ inline const uint16_t* LaneHeader(const LaneUnit& lu, const uint8_t* unit) {
   return reinterpret_cast<const uint16_t*>(unit + lu.lo_bytes + lu.hi_bytes);
 }
 
-// An activation block of 256 values quantized as ggml's Q8_K: x ~= d * q. The K-family kernels'
-// input (llama.cpp multiplies its K-quant weights by activations in this form).
-struct XQ8K {
-  float d;
-  int8_t q[256];
-  int16_t bsums[16];  // sums of q over each 16 values
-};
-static_assert(sizeof(XQ8K) == 292, "Q8_K block as ggml stores it");
-
-// The scales of one unit of a 256-value type, decoded for the kernels: with u the integer value
-// of a weight in sub-block s (16 values) of row r,
-//   w = d[r] * sc[s][r] * u - dmin[r] * mn[s][r].
-// mn is stored as int16 pairs ([s / 2][r], even s in the low half), the operand layout of a
-// pairwise 16-bit dot product against the activations' bsums.
+// The scales of one unit, decoded for the kernels: with v the value of a weight of group g
+// (BlockLayout::group values) in row r,
+//   w = dsc[g][r] * (v - offset) - dmn[g][r],
+// so against a Q8_0 activation block (d, q) the group contributes, exactly in integers up to
+// the last step, dsc * d * (v . q - offset * sum(q)) - dmn * d * sum(q).
 struct LaneScales {
-  int32_t sc[16][kLaneRows];
-  int32_t mn[8][kLaneRows];
-  const uint16_t* d;     // [16] fp16, inside the unit's header
-  const uint16_t* dmin;  // [16] fp16, inside the unit's header
+  float dsc[16][kLaneRows];
+  float dmn[16][kLaneRows];  // written only for types with a min
 };
 
 }  // namespace pyengine

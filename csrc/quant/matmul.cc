@@ -179,20 +179,7 @@ void MatMulInput::Set(const float* x, int64_t n_tok, int64_t cols) {
   x_ = x;
   n_tok_ = n_tok;
   cols_ = cols;
-  q8_isa_ = q8k_isa_ = tiles_kind_ = tiles_isa_ = i16_isa_ = -1;
-}
-
-const XQ8K* MatMulInput::Q8K(const KernelSet& k, ThreadPool& pool) {
-  if (q8k_isa_ != static_cast<int>(k.level)) {
-    const int64_t nb = cols_ / 256;
-    q8k_.resize(static_cast<size_t>(n_tok_ * nb));
-    XQ8K* out = q8k_.data();
-    ParallelRanges(pool, n_tok_, 16, [&](int64_t t0, int64_t t1) {
-      for (int64_t t = t0; t < t1; ++t) k.quantize_q8k(x_ + t * cols_, cols_, out + t * nb);
-    });
-    q8k_isa_ = static_cast<int>(k.level);
-  }
-  return q8k_.data();
+  q8_isa_ = tiles_kind_ = tiles_isa_ = i16_isa_ = -1;
 }
 
 const XQ8Block* MatMulInput::Q8(const KernelSet& k, ThreadPool& pool) {
@@ -263,8 +250,7 @@ void MatMul(const PackedMatrix& w, MatMulInput& in, float* y, ThreadPool& pool) 
   if (const BlockLayout* l = GetBlockLayout(w.type())) {
     // Levels without lane kernels of their own use the reference's.
     const KernelSet& lk = k.gemm_lanes ? k : ScalarKernels();
-    const void* x = l->values == 256 ? static_cast<const void*>(in.Q8K(lk, pool))
-                                     : static_cast<const void*>(in.Q8(lk, pool));
+    const XQ8Block* x = in.Q8(lk, pool);
     const int64_t groups = (rows + kLaneRows - 1) / kLaneRows;
     ParallelRanges(pool, groups, 1, [&](int64_t g0, int64_t g1) {
       lk.gemm_lanes(*l, w.data(), cols, x, n_tok, g0, g1, rows, y, rows);

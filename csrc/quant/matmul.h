@@ -77,7 +77,6 @@ class MatMulInput {
   // Each form is built with (and only valid for) the kernel set `k`: callers take one
   // snapshot of ActiveKernels() per product, so a concurrent SetIsa cannot mix layouts.
   const XQ8Block* Q8(const KernelSet& k, ThreadPool& pool);                // [n_tok, cols / 32]
-  const XQ8K* Q8K(const KernelSet& k, ThreadPool& pool);                   // [n_tok, cols / 256]
   const float* Tiles(const KernelSet& k, GgmlType type, ThreadPool& pool);  // pack_x layout
   // fp16-rounded rows as 15-bit integer blocks: xq [n_tok, cols], scales [n_tok, cols/16].
   void I16(const KernelSet& k, ThreadPool& pool, const int16_t** xq, const float** xs);
@@ -89,13 +88,11 @@ class MatMulInput {
   int64_t n_tok_ = 0, cols_ = 0;
   bool q8_ready_ = false;
   int q8_isa_ = -1;      // kernel level that built each form, -1: not built
-  int q8k_isa_ = -1;
   int tiles_kind_ = -1;  // GgmlType whose rounding tiles_ holds, -1: none
   int tiles_isa_ = -1;   // the tile width depends on the kernel level
   int i16_isa_ = -1;
   bool i16_ready_ = false;
   std::vector<XQ8Block> q8_;
-  std::vector<XQ8K> q8k_;
   std::vector<float> tiles_;
   std::vector<int16_t> i16_;
   std::vector<float> i16_scales_;

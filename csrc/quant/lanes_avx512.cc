@@ -1,0 +1,183 @@
+// AVX-512 VNNI kernels of the lane-layout types (lanes.h), compiled with the flags of
+// kernels_avx512.cc and called only when the CPU has them.
+//
+// A unit's values come out of its planes straight into registers, four 64-byte vectors per 16
+// values (4 values of 16 rows each); vpdpbusd multiplies them (unsigned) by 4 broadcast bytes of
+// the activations' Q8_0 block (signed) and leaves each row's sum in its own 32-bit lane. Sums are
+// exact integers until a group's float scales are applied, as in the reference.
+#include "quant/lane_kernels.h"
+
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
+#include <immintrin.h>
+
+#include <cstring>
+
+#include "quant/formats.h"
+#include "quant/lane_scales.h"
+
+namespace pyengine {
+namespace {
+
+inline __m512i Broadcast4(const int8_t* p) {
+  int32_t v;
+  std::memcpy(&v, p, 4);
+  return _mm512_set1_epi32(v);
+}
+
+inline __m512 Halves16(const uint16_t* h) {
+  return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(h)));
+}
+
+inline __mmask16 RowMask(int64_t rows, int64_t g) {
+  const int64_t valid = rows - g * kLaneRows;
+  return valid >= kLaneRows ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << valid) - 1);
+}
+
+// Values of sub-block s (values 16 s .. 16 s + 15, chunks 4 s .. 4 s + 3) of a unit of type T.
+template <GgmlType T>
+inline void LoadSub(const uint8_t* unit, int s, __m512i w[4]) {
+  constexpr BlockLayout L = *GetBlockLayout(T);
+  constexpr LaneUnit U = GetLaneUnit(L);
+  if constexpr (L.lo.bits == 4) {
+    const __m512i nib = _mm512_set1_epi8(0x0F);
+    const __m512i v0 = _mm512_loadu_si512(unit + 128 * s), v1 = _mm512_loadu_si512(unit + 128 * s + 64);
+    w[0] = _mm512_and_si512(v0, nib);
+    w[1] = _mm512_and_si512(_mm512_srli_epi16(v0, 4), nib);
+    w[2] = _mm512_and_si512(v1, nib);
+    w[3] = _mm512_and_si512(_mm512_srli_epi16(v1, 4), nib);
+  } else {
+    const __m512i crumb = _mm512_set1_epi8(3);
+    const __m512i v = _mm512_loadu_si512(unit + 64 * s);
+    w[0] = _mm512_and_si512(v, crumb);
+    w[1] = _mm512_and_si512(_mm512_srli_epi16(v, 2), crumb);
+    w[2] = _mm512_and_si512(_mm512_srli_epi16(v, 4), crumb);
+    w[3] = _mm512_and_si512(_mm512_srli_epi16(v, 6), crumb);
+  }
+  const uint8_t* hi = unit + U.lo_bytes;
+  if constexpr (L.hi.bits == 1) {
+    // Bit c % 8 of the line of chunk c; adding the bit's weight sets it (it is zero before).
+    const __m512i hb = _mm512_loadu_si512(hi + 64 * (s / 2));
+    const __m512i one = _mm512_set1_epi8(1 << L.lo.bits);
+    for (int m = 0; m < 4; ++m) {
+      const __mmask64 set = _mm512_test_epi8_mask(hb, _mm512_set1_epi8(static_cast<char>(1 << (4 * (s % 2) + m))));
+      w[m] = _mm512_mask_add_epi8(w[m], set, w[m], one);
+    }
+  } else if constexpr (L.hi.bits == 2) {
+    // Bits 2 m, 2 m + 1 of chunk m's line, moved to bits 4 and 5 (Q6_K's high bits).
+    static_assert(L.lo.bits == 4, "2-bit high planes sit above 4-bit values");
+    const __m512i hc = _mm512_loadu_si512(hi + 64 * s);
+    const __m512i top = _mm512_set1_epi8(0x30);
+    w[0] = _mm512_or_si512(w[0], _mm512_and_si512(_mm512_slli_epi16(hc, 4), top));
+    w[1] = _mm512_or_si512(w[1], _mm512_and_si512(_mm512_slli_epi16(hc, 2), top));
+    w[2] = _mm512_or_si512(w[2], _mm512_and_si512(hc, top));
+    w[3] = _mm512_or_si512(w[3], _mm512_and_si512(_mm512_srli_epi16(hc, 2), top));
+  }
+  if constexpr (L.lut) {
+    // Table value + 128 (unsigned for vpdpbusd), looked up in every 128-bit lane.
+    const __m512i lut = _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(kIq4nlBiased.v)));
+    for (int m = 0; m < 4; ++m) w[m] = _mm512_shuffle_epi8(lut, w[m]);
+  }
+}
+
+// One unit against NT tokens: acc[t] += the 16 rows' products with token t. x: the Q8_0 block of
+// the unit's first value for the first token; tokens are ldx blocks apart.
+template <GgmlType T, int NT>
+inline void TileUnit(const uint8_t* unit, const LaneScales& sc, const XQ8Block* x, int64_t ldx,
+                     __m512 acc[NT]) {
+  constexpr BlockLayout L = *GetBlockLayout(T);
+  constexpr int kSubs = L.group / 16;  // LoadSub brings 16 values at a time
+  for (int g = 0; g < L.values / L.group; ++g) {
+    __m512i w[4 * kSubs];
+    for (int i = 0; i < kSubs; ++i) LoadSub<T>(unit, g * kSubs + i, w + 4 * i);
+    const __m512 dsc = _mm512_loadu_ps(sc.dsc[g]);
+    const int blk = g * L.group / 32, q0 = g * L.group % 32;  // the group's activation block
+    for (int t = 0; t < NT; ++t) {
+      const XQ8Block& xb = x[t * ldx + blk];
+      const int8_t* q = xb.q + q0;
+      // Two chains halve the latency of the dependent dot-product instructions.
+      __m512i p0 = _mm512_setzero_si512(), p1 = _mm512_setzero_si512();
+      for (int m = 0; m < 4 * kSubs; m += 2) {
+        p0 = _mm512_dpbusd_epi32(p0, w[m], Broadcast4(q + 4 * m));
+        p1 = _mm512_dpbusd_epi32(p1, w[m + 1], Broadcast4(q + 4 * m + 4));
+      }
+      __m512i p = _mm512_add_epi32(p0, p1);
+      const int32_t xsum = L.group == 32 ? xb.sum() : xb.sum16[q0 / 16];
+      if constexpr (L.offset != 0) p = _mm512_sub_epi32(p, _mm512_set1_epi32(L.offset * xsum));
+      acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_mul_ps(dsc, _mm512_set1_ps(xb.d)), acc[t]);
+      if constexpr (L.min) {
+        acc[t] = _mm512_fnmadd_ps(_mm512_loadu_ps(sc.dmn[g]), _mm512_set1_ps(xb.d * static_cast<float>(xsum)), acc[t]);
+      }
+    }
+  }
+}
+
+// Asks for a unit's cache lines (a prefetch never faults, so the address may lie past the end).
+inline void PrefetchUnit(uintptr_t at, int bytes) {
+  for (int p = 0; p < bytes; p += 64) _mm_prefetch(reinterpret_cast<const char*>(at + p), _MM_HINT_T0);
+}
+
+// One row group against NT tokens: every unit of the group's rows, streamed once.
+template <GgmlType T, int NT>
+void Tokens(const uint8_t* wg, int64_t units, const XQ8Block* x, int64_t ldx, float* y, int64_t ldy,
+            __mmask16 mask) {
+  constexpr BlockLayout L = *GetBlockLayout(T);
+  constexpr LaneUnit U = GetLaneUnit(L);
+  auto to_float = [](const uint16_t* p, float* out) { _mm512_storeu_ps(out, Halves16(p)); };
+  __m512 acc[NT];
+  for (int t = 0; t < NT; ++t) acc[t] = _mm512_setzero_ps();
+  for (int64_t u = 0; u < units; ++u) {
+    const uint8_t* unit = wg + u * U.bytes;
+    // Two units (at least ~600 bytes) ahead: decode streams the weights from memory.
+    PrefetchUnit(reinterpret_cast<uintptr_t>(unit) + 2 * U.bytes, U.bytes);
+    LaneScales sc;
+    DecodeLaneScales<T>(LaneHeader(U, unit), to_float, &sc);
+    TileUnit<T, NT>(unit, sc, x + u * (L.values / 32), ldx, acc);
+  }
+  for (int t = 0; t < NT; ++t) _mm512_mask_storeu_ps(y + t * ldy, mask, acc[t]);
+}
+
+template <GgmlType T>
+void Gemm(const uint8_t* w, int64_t cols, const XQ8Block* x, int64_t n_tok, int64_t g0, int64_t g1,
+          int64_t rows, float* y, int64_t ldy) {
+  constexpr BlockLayout L = *GetBlockLayout(T);
+  constexpr int64_t kUnitBytes = GetLaneUnit(L).bytes;
+  const int64_t units = cols / L.values, nb = cols / 32;  // nb: activation blocks per token
+  for (int64_t g = g0; g < g1; ++g) {
+    const uint8_t* wg = w + g * units * kUnitBytes;
+    const __mmask16 mask = RowMask(rows, g);
+    float* yg = y + g * kLaneRows;
+    int64_t t = 0;
+    // Up to 8 tokens share each pass over the weights (a batched decode step reads them once).
+    for (; t < n_tok; t += 8) {
+      const XQ8Block* xt = x + t * nb;
+      float* yt = yg + t * ldy;
+      switch (n_tok - t < 8 ? n_tok - t : 8) {
+        case 1: Tokens<T, 1>(wg, units, xt, nb, yt, ldy, mask); break;
+        case 2: Tokens<T, 2>(wg, units, xt, nb, yt, ldy, mask); break;
+        case 3: Tokens<T, 3>(wg, units, xt, nb, yt, ldy, mask); break;
+        case 4: Tokens<T, 4>(wg, units, xt, nb, yt, ldy, mask); break;
+        case 5: Tokens<T, 5>(wg, units, xt, nb, yt, ldy, mask); break;
+        case 6: Tokens<T, 6>(wg, units, xt, nb, yt, ldy, mask); break;
+        case 7: Tokens<T, 7>(wg, units, xt, nb, yt, ldy, mask); break;
+        default: Tokens<T, 8>(wg, units, xt, nb, yt, ldy, mask); break;
+      }
+    }
+  }
+}
+
+}  // namespace
+
+void GemmLanesAvx512(const BlockLayout& l, const uint8_t* w, int64_t cols, const XQ8Block* x,
+                     int64_t n_tok, int64_t g0, int64_t g1, int64_t rows, float* y, int64_t ldy) {
+  switch (l.type) {
+#define PYENGINE_LANE_TYPE(T) \
+  case GgmlType::T: Gemm<GgmlType::T>(w, cols, x, n_tok, g0, g1, rows, y, ldy); return;
+    PYENGINE_LANE_TYPES(PYENGINE_LANE_TYPE)
+#undef PYENGINE_LANE_TYPE
+    default: return;
+  }
+}
+
+}  // namespace pyengine
+
+#endif
