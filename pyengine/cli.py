@@ -52,6 +52,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _support(arch: str, tensors: list) -> str:
+    """'yes', or 'no (why)' with the reason loading would give: the architecture, or the first
+    text-model tensor of a type the kernels cannot compute with (a vision tower, v.* and mm.*,
+    is never read)."""
+    runs = _core.architectures()
+    if arch not in runs:
+        return f"no (this engine runs {', '.join(runs)})"
+    computable = set(_core.weight_types())
+    for name, ttype, _shape, _nbytes in tensors:
+        if ttype not in computable and not name.startswith(("v.", "mm.")):
+            return (f"no (tensor '{name}' has type {ttype}, which this engine cannot compute with "
+                    f"yet; it computes {', '.join(sorted(computable))})")
+    return "yes"
+
+
 def describe(path: str) -> str:
     """A human-readable summary of a GGUF model file (no weights are computed with)."""
     meta, tensors, lengths, info = _core.read_gguf(path, 512)  # per-layer arrays whole
@@ -93,8 +108,7 @@ def describe(path: str) -> str:
             if isinstance(value, list) and len(set(value)) == 1 and len(value) == lengths[p + key]:
                 value = f"{value[0]} (every layer)"
             row(label, value)
-    runs = _core.architectures()
-    row("supported", "yes" if arch in runs else f"no (this engine runs {', '.join(runs)})")
+    row("supported", _support(arch, tensors))
     lines.append("  Tokenizer")
     row("model", meta.get("tokenizer.ggml.model", "none"))
     if "tokenizer.ggml.tokens" in lengths:

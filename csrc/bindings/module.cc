@@ -291,6 +291,16 @@ PYBIND11_MODULE(_core, m) {
         return d;
       }, "Emulated builds only: broken kernels and calls -> the error the emulator reported.");
 #endif
+  m.def("weight_types",
+        [] {
+          std::vector<std::string> out;
+          for (uint32_t id = 0; id < 64; ++id) {
+            const TypeTraits* tr = GetTypeTraits(id);
+            if (tr && IsSupportedWeightType(static_cast<GgmlType>(id))) out.push_back(tr->name);
+          }
+          return out;
+        },
+        "Names of the tensor types the kernels compute with.");
   m.def("architectures", [] { return SupportedArchs(); },
         "general.architecture values the native core runs.");
   m.def("isa", [] { return std::string(IsaName(ActiveIsa())); },
