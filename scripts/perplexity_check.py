@@ -12,6 +12,13 @@ one line of text:
 The default text is tests/data/perplexity_en.txt (10 chunks of 512 Gemma tokens). The bar for a
 real model is a ratio within 1% of 1. This is a measurement, not a test: it always reports and
 exits 0 when both tools ran.
+
+llama-perplexity runs with its own defaults unless ``--llama-args`` adds options. One of them
+moves its result: flash attention (``-fa``, default auto, which the CPU backend turns on)
+accumulates the attention output in fp16. On the real Gemma 3 270M Q4_K_M file and the default
+text it gives PPL 23.2338, and ``--llama-args "-fa off"`` 23.2098 (0.1% lower), which is what
+llama-cpp-python (the tests' oracle, flash attention off) gives to every printed digit. The
+batch size does not: ``-b 512`` (one sequence per batch instead of four) prints the same values.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import argparse
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 import time
@@ -75,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="threads for both engines (default: every CPU)")
     ap.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="llama.cpp build cache")
     ap.add_argument("--jobs", type=int, help="parallel compile jobs for the build")
+    ap.add_argument("--llama-args", default="",
+                    help='more llama-perplexity options, one string (e.g. "-fa off")')
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON report")
     args = ap.parse_args(argv)
 
@@ -92,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     threads = str(args.threads)
 
     llama_cmd = [str(binary), "-m", str(model), "-f", str(text), "-c", str(args.ctx),
-                 "-t", threads, "-tb", threads, *chunks]
+                 "-t", threads, "-tb", threads, *chunks, *shlex.split(args.llama_args)]
     # llama.cpp's logger prints from a thread that the process does not wait for at exit, so a
     # run's last lines (the final estimate among them) are now and then lost: run it again.
     for attempt in range(1, LLAMA_ATTEMPTS + 1):
