@@ -1,4 +1,5 @@
-"""Command line: ``python -m pyengine run MODEL PROMPT``, ``show MODEL`` and ``list``."""
+"""Command line: ``python -m pyengine run MODEL PROMPT``, ``show MODEL``, ``list``,
+``perplexity MODEL TEXTFILE`` and the server and benchmark commands."""
 
 from __future__ import annotations
 
@@ -14,7 +15,12 @@ from . import _core
 from .config import BACKENDS
 from .engine import Engine, resolve_model_path
 from .errors import PyEngineError
+from .perplexity import (DEFAULT_N_CTX, check_n_ctx, count_chunks, eta_text, perplexity_of_tokens,
+                         read_text_file, special_bos)
 from .store import ModelRef, ModelStore
+
+# Tokens per forward step of a perplexity chunk (llama-perplexity's physical batch, -ub).
+PPL_BATCH = 512
 
 _FILE_TYPES = {0: "F32", 1: "F16", 7: "Q8_0", 15: "Q4_K_M", 18: "Q6_K", 32: "BF16"}
 
@@ -203,6 +209,58 @@ def cmd_ab(args: argparse.Namespace) -> int:
     return ab_main(args)
 
 
+def cmd_perplexity(args: argparse.Namespace) -> int:
+    # Cheap checks first: a bad --ctx or a missing text file fails before the model loads.
+    n_ctx = check_n_ctx(args.ctx)
+    if args.chunks is not None and args.chunks < 1:
+        raise ValueError(f"--chunks must be a positive integer, got {args.chunks}")
+    text = read_text_file(args.textfile)
+    # One sequence at a time, nothing shared between chunks: each is a fresh sequence.
+    eng = Engine(args.model, n_threads=args.threads, n_ctx=n_ctx, max_batch=1,
+                 max_batch_tokens=PPL_BATCH, prefix_cache=False, backend=args.backend,
+                 dtype=args.dtype)
+    try:
+        if eng.n_ctx < n_ctx:
+            raise ValueError(f"--ctx {n_ctx} exceeds the model's training context "
+                             f"({eng.n_ctx} tokens)")
+        # The lines below follow llama-perplexity's wording and streams (progress and the
+        # final estimate on stderr, the running values on stdout) so runs compare line by line.
+        log = sys.stderr
+        print("perplexity: tokenizing the input ..", file=log)
+        t0 = time.perf_counter()
+        tokens = eng.tokenize(text, add_bos=True, special=False)
+        print(f"perplexity: tokenization took {(time.perf_counter() - t0) * 1e3:g} ms", file=log)
+        bos = special_bos(lambda t, add: eng.tokenize(t, add_bos=add, special=False))
+        n_chunks = count_chunks(len(tokens), n_ctx, args.chunks)
+        print(f"perplexity: calculating perplexity over {n_chunks} chunks, n_ctx={n_ctx}, "
+              f"batch_size={min(n_ctx, PPL_BATCH)}, n_seq=1", file=log)
+        t_pass = time.perf_counter()
+
+        def on_chunk(i: int, running: float) -> None:
+            if i == 0:
+                per_pass = time.perf_counter() - t_pass
+                print(f"perplexity: {per_pass:.2f} seconds per pass - ETA "
+                      f"{eta_text(per_pass, n_chunks)}", file=log)
+            if not args.json:
+                sys.stdout.write(f"[{i + 1}]{running:.4f},")
+                sys.stdout.flush()
+
+        res = perplexity_of_tokens(eng.logits, tokens, n_ctx, bos, args.chunks, on_chunk)
+    finally:
+        eng.close()
+    if args.json:
+        print(json.dumps(dict(res.to_dict(), model=str(eng.path), text_file=args.textfile),
+                         indent=2))
+        return 0
+    sys.stdout.write("\n")
+    sys.stdout.flush()
+    if res.ppl_error is None:
+        print("Unexpected negative standard deviation of log(prob)", file=log)
+    else:
+        print(f"Final estimate: PPL = {res.ppl:.4f} +/- {res.ppl_error:.5f}", file=log)
+    return 0
+
+
 def _backend_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", choices=BACKENDS, default=None,
                    help="native (C++ core), mlx (mlx-lm; pyengine[mlx]) or auto (MLX on Apple "
@@ -271,6 +329,21 @@ def build_parser() -> argparse.ArgumentParser:
                        "~/.pyengine/ledger.sqlite)")
     costs.add_argument("--json", action="store_true", help="print JSON instead of a table")
     costs.set_defaults(func=cmd_costs)
+
+    ppl = sub.add_parser("perplexity", help="perplexity of a model on a text file, computed as "
+                         "llama.cpp's llama-perplexity computes it")
+    ppl.add_argument("model", help="GGUF path or model name")
+    ppl.add_argument("textfile", help="UTF-8 text (one trailing newline is dropped)")
+    ppl.add_argument("--ctx", type=int, default=DEFAULT_N_CTX,
+                     help="tokens per chunk; the second half of each is scored (default 512, "
+                     "as llama-perplexity's -c)")
+    ppl.add_argument("--chunks", type=int, default=None,
+                     help="evaluate at most this many chunks (default: every whole chunk)")
+    ppl.add_argument("--threads", type=int, default=None)
+    _backend_arguments(ppl)
+    ppl.add_argument("--json", action="store_true",
+                     help="print the result as JSON on stdout instead of the running values")
+    ppl.set_defaults(func=cmd_perplexity)
 
     from .bench import ab as ab_module  # standard library only: cheap to import
 

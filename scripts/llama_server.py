@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
 """llama.cpp's HTTP server as a benchmark peer: build it, run it, stream completions from it.
 
-The server is built from the llama-cpp-python source distribution pinned in pyproject.toml (the
-same llama.cpp the oracle uses), with the CMake arguments of oracle_cmake_args.py, and cached in
-bench_out/llama-server/ of the checkout (git-ignored) so later runs reuse the binary:
+The server (and any other llama.cpp tool: ``ensure_tool("llama-perplexity")``) is built from the
+llama-cpp-python source distribution pinned in pyproject.toml (the same llama.cpp the oracle
+uses), with the CMake arguments of oracle_cmake_args.py, in one build tree cached in
+bench_out/llama-server/ of the checkout (git-ignored) so later runs reuse the binaries:
 
     python scripts/llama_server.py            # build (or find) it; print its path and version
+    python scripts/llama_server.py --target llama-perplexity
 
 Only the standard library talks HTTP: one connection per request, SSE streaming, and each token
 timestamped on arrival.
@@ -130,15 +132,17 @@ def _fetch_source(cache: Path, version: str) -> Path:
     return src
 
 
-def ensure_server(cache: Path = DEFAULT_CACHE, version: str | None = None,
-                  jobs: int | None = None, cuda: bool = False) -> Path:
-    """Path of the llama-server binary cached in cache, configured and built first when needed.
+def ensure_tool(target: str, cache: Path = DEFAULT_CACHE, version: str | None = None,
+                jobs: int | None = None, cuda: bool = False) -> Path:
+    """Path of llama.cpp's ``target`` binary (``llama-server``, ``llama-perplexity``, ...) cached
+    in cache, configured and built first when needed.
 
-    A stamp next to the binary records the version and configure arguments; a change of either
+    Every target shares one build tree, so a second tool only compiles its own sources. A stamp
+    next to each binary records the version and configure arguments; a change of either
     (another CPU, another pin) triggers a rebuild, so a stale binary is never measured.
     """
     version = version or pinned_version()
-    binary, stamp = cache / "llama-server", cache / "llama-server.json"
+    binary, stamp = cache / target, cache / f"{target}.json"
     if binary.exists() and stamp.exists():
         recorded = json.loads(stamp.read_text())
         src = cache / f"llama_cpp_python-{version}" / "vendor" / "llama.cpp"
@@ -149,22 +153,27 @@ def ensure_server(cache: Path = DEFAULT_CACHE, version: str | None = None,
     src = _fetch_source(cache, version)
     build, log = cache / "build", cache / "build.log"
     args = cmake_args(src, cuda)
-    print(f"building llama-server {version} (log: {log}) ...", file=sys.stderr, flush=True)
+    print(f"building {target} {version} (log: {log}) ...", file=sys.stderr, flush=True)
     t0 = time.monotonic()
     generator = ["-G", "Ninja"] if shutil.which("ninja") else []
     _run_logged(["cmake", "-S", str(src), "-B", str(build), *generator, *args], log, "configure")
     jobs = jobs or os.cpu_count() or 2
-    _run_logged(["cmake", "--build", str(build), "--target", "llama-server", "-j", str(jobs)],
+    _run_logged(["cmake", "--build", str(build), "--target", target, "-j", str(jobs)],
                 log, "build")
-    built = next((p for p in (build / "bin" / "llama-server", build / "llama-server")
-                  if p.exists()), None)
+    built = next((p for p in (build / "bin" / target, build / target) if p.exists()), None)
     if built is None:
-        raise RuntimeError(f"the build produced no llama-server binary under {build}")
+        raise RuntimeError(f"the build produced no {target} binary under {build}")
     shutil.copy2(built, binary)
     stamp.write_text(json.dumps({"version": version, "cmake_args": args,
                                  "build_s": round(time.monotonic() - t0, 1)}, indent=1) + "\n")
     print(f"  built in {time.monotonic() - t0:.0f} s", file=sys.stderr, flush=True)
     return binary
+
+
+def ensure_server(cache: Path = DEFAULT_CACHE, version: str | None = None,
+                  jobs: int | None = None, cuda: bool = False) -> Path:
+    """Path of the llama-server binary (``ensure_tool("llama-server", ...)``)."""
+    return ensure_tool("llama-server", cache, version, jobs, cuda)
 
 
 def server_version(binary: Path) -> str:
@@ -365,11 +374,13 @@ class LlamaServer:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description="Build (or find) the cached llama-server binary.")
+    ap = argparse.ArgumentParser(description="Build (or find) a cached llama.cpp tool binary.")
+    ap.add_argument("--target", default="llama-server",
+                    help="llama.cpp CMake target (default llama-server; e.g. llama-perplexity)")
     ap.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="build cache folder")
     ap.add_argument("--jobs", type=int, help="parallel compile jobs (default: one per CPU)")
     args = ap.parse_args()
-    binary = ensure_server(args.cache, jobs=args.jobs)
+    binary = ensure_tool(args.target, args.cache, jobs=args.jobs)
     print(binary)
     print(server_version(binary))
 
