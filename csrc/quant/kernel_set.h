@@ -81,8 +81,11 @@ struct KernelSet {
   void (*axpy_f16)(float a, const uint16_t* h, float* y, int64_t n);
   // The quantized types of blocks.h in their lane layout (lanes.h): w is [groups][cols /
   // l.values] units; x is [n_tok, cols / 32] blocks from quantize_q8 (ldx is implied by cols).
+  // scratch: the calling thread's kLaneScratchFloats(cols) floats, where a product of more
+  // tokens than one pass takes decodes each row group's scales once for all its passes.
   void (*gemm_lanes)(const BlockLayout& l, const uint8_t* w, int64_t cols, const XQ8Block* x,
-                     int64_t n_tok, int64_t g0, int64_t g1, int64_t rows, float* y, int64_t ldy);
+                     int64_t n_tok, int64_t g0, int64_t g1, int64_t rows, float* y, int64_t ldy,
+                     float* scratch);
 };
 
 // Activations for gemm_f16_i16: each row rounded to fp16 (as the reference rounds them), then
@@ -93,6 +96,10 @@ constexpr int64_t kI16MinTokens = 16;
 constexpr int64_t kI16WeightMax = 8191, kI16ActMax = 16383;
 static_assert(kI16Block * kI16WeightMax * kI16ActMax <= 2147483647LL,
               "a lane's 16 products must fit int32");
+
+// Scratch floats gemm_lanes needs per thread: a row group's decoded scales and mins
+// (LaneScales per unit, only the groups a unit has), at most 2 * 16 floats per 16 values.
+constexpr int64_t LaneScratchFloats(int64_t cols) { return 2 * cols; }
 
 // GELU-tanh of every fp16 value, rounded to fp16 and stored as float: [65536].
 const float* GeluFp16Table();

@@ -110,7 +110,7 @@ void DecodeScales(const BlockLayout& l, const uint16_t* h, LaneScales* s) {
   };
   switch (l.type) {
 #define PYENGINE_LANE_TYPE(T) \
-  case GgmlType::T: DecodeLaneScales<GgmlType::T>(h, to_float, s); return;
+  case GgmlType::T: DecodeLaneScales<GgmlType::T>(h, to_float, s->dsc, s->dmn); return;
     PYENGINE_LANE_TYPES(PYENGINE_LANE_TYPE)
 #undef PYENGINE_LANE_TYPE
     default: return;
@@ -127,7 +127,8 @@ inline int32_t KernelValue(const BlockLayout& l, const LaneUnit& lu, const uint8
 // dot product with the activations' Q8_0 block, then the float scales:
 //   y += dsc * d_x * (v . q - offset * sum(q)) - dmn * d_x * sum(q).
 void GemmLanes(const BlockLayout& l, const uint8_t* w, int64_t cols, const XQ8Block* x,
-               int64_t n_tok, int64_t g0, int64_t g1, int64_t rows, float* y, int64_t ldy) {
+               int64_t n_tok, int64_t g0, int64_t g1, int64_t rows, float* y, int64_t ldy,
+               float* /*scratch*/) {
   const LaneUnit lu = GetLaneUnit(l);
   const int64_t units = cols / l.values, nb = cols / 32;
   for (int64_t g = g0; g < g1; ++g) {

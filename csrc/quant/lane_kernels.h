@@ -28,8 +28,10 @@ inline constexpr Iq4nlBiased kIq4nlBiased = MakeIq4nlBiased();
 
 // KernelSet::gemm_lanes of each level (defined only where that level is compiled).
 void GemmLanesAvx512(const BlockLayout& l, const uint8_t* w, int64_t cols, const XQ8Block* x,
-                     int64_t n_tok, int64_t g0, int64_t g1, int64_t rows, float* y, int64_t ldy);
+                     int64_t n_tok, int64_t g0, int64_t g1, int64_t rows, float* y, int64_t ldy,
+                     float* scratch);
 void GemmLanesAvx2(const BlockLayout& l, const uint8_t* w, int64_t cols, const XQ8Block* x,
-                   int64_t n_tok, int64_t g0, int64_t g1, int64_t rows, float* y, int64_t ldy);
+                   int64_t n_tok, int64_t g0, int64_t g1, int64_t rows, float* y, int64_t ldy,
+                   float* scratch);
 
 }  // namespace pyengine

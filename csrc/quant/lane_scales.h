@@ -19,18 +19,21 @@ inline void HeaderByte(const uint16_t* h, int b, int32_t* out) {
   for (int r = 0; r < kLaneRows; ++r) out[r] = (p[r] >> shift) & 0xFF;
 }
 
-// Scales of one unit of type T from its header lanes h. ToFloat16(p, out) converts the 16 fp16
-// values at p (one header halfword of every row) to floats: each kernel file brings its own.
+// Scales of one unit of type T from its header lanes h, as LaneScales (lanes.h) lays them out:
+// dsc and dmn are [groups of the unit][16] (dmn only for types with a min). ToFloat16(p, out)
+// converts the 16 fp16 values at p (one header halfword of every row) to floats: each kernel
+// file brings its own.
 template <GgmlType T, class ToFloat16>
-inline void DecodeLaneScales(const uint16_t* h, ToFloat16 to_float, LaneScales* s) {
+inline void DecodeLaneScales(const uint16_t* h, ToFloat16 to_float, float (*dsc)[kLaneRows],
+                             float (*dmn)[kLaneRows]) {
   float d[kLaneRows], dmin[kLaneRows];
   int32_t a[kLaneRows], b[kLaneRows], c[kLaneRows];
   if constexpr (T == GgmlType::kQ4_0 || T == GgmlType::kQ5_0 || T == GgmlType::kIQ4_NL) {
-    to_float(h, s->dsc[0]);  // {fp16 d; ...}
+    to_float(h, dsc[0]);  // {fp16 d; ...}
   } else if constexpr (T == GgmlType::kQ4_1 || T == GgmlType::kQ5_1) {
-    to_float(h, s->dsc[0]);  // {fp16 d, m; ...}: w = d * u + m
+    to_float(h, dsc[0]);  // {fp16 d, m; ...}: w = d * u + m
     to_float(h + kLaneRows, d);
-    for (int r = 0; r < kLaneRows; ++r) s->dmn[0][r] = -d[r];
+    for (int r = 0; r < kLaneRows; ++r) dmn[0][r] = -d[r];
   } else if constexpr (T == GgmlType::kQ4_K || T == GgmlType::kQ5_K) {
     // {fp16 d, dmin; u8 scales[12]}: a 6-bit scale and min per 32 values (blocks.h ScaleMinK4).
     to_float(h, d);
@@ -42,8 +45,8 @@ inline void DecodeLaneScales(const uint16_t* h, ToFloat16 to_float, LaneScales* 
       for (int r = 0; r < kLaneRows; ++r) {
         const int32_t sc = j < 4 ? a[r] & 63 : (a[r] & 0xF) | ((b[r] >> 6) << 4);
         const int32_t m = j < 4 ? b[r] & 63 : (a[r] >> 4) | ((c[r] >> 6) << 4);
-        s->dsc[j][r] = d[r] * static_cast<float>(sc);
-        s->dmn[j][r] = dmin[r] * static_cast<float>(m);
+        dsc[j][r] = d[r] * static_cast<float>(sc);
+        dmn[j][r] = dmin[r] * static_cast<float>(m);
       }
     }
   } else if constexpr (T == GgmlType::kQ6_K) {
@@ -51,7 +54,7 @@ inline void DecodeLaneScales(const uint16_t* h, ToFloat16 to_float, LaneScales* 
     to_float(h + 8 * kLaneRows, d);
     for (int j = 0; j < 16; ++j) {
       HeaderByte(h, j, a);
-      for (int r = 0; r < kLaneRows; ++r) s->dsc[j][r] = d[r] * static_cast<float>(static_cast<int8_t>(a[r]));
+      for (int r = 0; r < kLaneRows; ++r) dsc[j][r] = d[r] * static_cast<float>(static_cast<int8_t>(a[r]));
     }
   } else if constexpr (T == GgmlType::kQ2_K) {
     // {u8 scales[16] (scale in the low nibble, min in the high one); fp16 d, dmin}.
@@ -60,8 +63,8 @@ inline void DecodeLaneScales(const uint16_t* h, ToFloat16 to_float, LaneScales* 
     for (int j = 0; j < 16; ++j) {
       HeaderByte(h, j, a);
       for (int r = 0; r < kLaneRows; ++r) {
-        s->dsc[j][r] = d[r] * static_cast<float>(a[r] & 0xF);
-        s->dmn[j][r] = dmin[r] * static_cast<float>(a[r] >> 4);
+        dsc[j][r] = d[r] * static_cast<float>(a[r] & 0xF);
+        dmn[j][r] = dmin[r] * static_cast<float>(a[r] >> 4);
       }
     }
   } else if constexpr (T == GgmlType::kQ3_K) {
@@ -72,7 +75,7 @@ inline void DecodeLaneScales(const uint16_t* h, ToFloat16 to_float, LaneScales* 
       HeaderByte(h, 8 + j % 4, b);
       for (int r = 0; r < kLaneRows; ++r) {
         const int32_t lo = j < 8 ? a[r] & 0xF : a[r] >> 4;
-        s->dsc[j][r] = d[r] * static_cast<float>((lo | ((b[r] >> (2 * (j / 4))) & 3) << 4) - 32);
+        dsc[j][r] = d[r] * static_cast<float>((lo | ((b[r] >> (2 * (j / 4))) & 3) << 4) - 32);
       }
     }
   } else if constexpr (T == GgmlType::kIQ4_XS) {
@@ -82,7 +85,7 @@ inline void DecodeLaneScales(const uint16_t* h, ToFloat16 to_float, LaneScales* 
       HeaderByte(h, 4 + j / 2, a);
       for (int r = 0; r < kLaneRows; ++r) {
         const int32_t ls = ((a[r] >> (4 * (j % 2))) & 0xF) | ((h[kLaneRows + r] >> (2 * j)) & 3) << 4;
-        s->dsc[j][r] = d[r] * static_cast<float>(ls - 32);
+        dsc[j][r] = d[r] * static_cast<float>(ls - 32);
       }
     }
   }

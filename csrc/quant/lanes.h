@@ -62,4 +62,9 @@ struct LaneScales {
   float dmn[16][kLaneRows];  // written only for types with a min
 };
 
+// Floats of one unit's decoded scales: the groups' dsc, then (with a min) their dmn.
+constexpr int LaneScaleFloats(const BlockLayout& l) {
+  return (l.values / l.group) * kLaneRows * (l.min ? 2 : 1);
+}
+
 }  // namespace pyengine

@@ -111,7 +111,7 @@ inline __m256i Dot16(const __m256i w[4], const int8_t* q) {
 // One unit, rows 8 h .. 8 h + 7, against NT tokens: acc[t] += the rows' products with token t.
 // x: the Q8_0 block of the unit's first value for the first token; tokens are ldx blocks apart.
 template <GgmlType T, int NT>
-inline void TileUnit(const uint8_t* unit, int h, const LaneScales& sc, const XQ8Block* x,
+inline void TileUnit(const uint8_t* unit, int h, const float* sc, const XQ8Block* x,
                      int64_t ldx, __m256 acc[NT]) {
   constexpr BlockLayout L = *GetBlockLayout(T);
   constexpr int kSubs = L.group / 16;
@@ -125,28 +125,41 @@ inline void TileUnit(const uint8_t* unit, int h, const LaneScales& sc, const XQ8
       LoadSub<T>(unit, g * kSubs + i, h, w);
       for (int t = 0; t < NT; ++t) p[t] = _mm256_add_epi32(p[t], Dot16<T>(w, x[t * ldx + blk].q + q0 + 16 * i));
     }
-    const __m256 dsc = _mm256_loadu_ps(sc.dsc[g] + 8 * h);
+    const __m256 dsc = _mm256_loadu_ps(sc + g * kLaneRows + 8 * h);
     for (int t = 0; t < NT; ++t) {
       const XQ8Block& xb = x[t * ldx + blk];
       const int32_t xsum = L.group == 32 ? xb.sum() : xb.sum16[q0 / 16];
       if constexpr (kOffset != 0) p[t] = _mm256_sub_epi32(p[t], _mm256_set1_epi32(kOffset * xsum));
       acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p[t]), _mm256_mul_ps(dsc, _mm256_set1_ps(xb.d)), acc[t]);
       if constexpr (L.min) {
-        acc[t] = _mm256_fnmadd_ps(_mm256_loadu_ps(sc.dmn[g] + 8 * h), _mm256_set1_ps(xb.d * static_cast<float>(xsum)), acc[t]);
+        const __m256 dmn = _mm256_loadu_ps(sc + (L.values / L.group + g) * kLaneRows + 8 * h);
+        acc[t] = _mm256_fnmadd_ps(dmn, _mm256_set1_ps(xb.d * static_cast<float>(xsum)), acc[t]);
       }
     }
   }
 }
 
-template <GgmlType T, int NT>
-void Tokens(const uint8_t* wg, int64_t units, const XQ8Block* x, int64_t ldx, int h, float* y,
-            int64_t ldy, int valid) {
+// The decoded scales of one unit into sc (LaneScaleFloats of its type).
+template <GgmlType T>
+inline void DecodeUnit(const uint8_t* unit, float* sc) {
   constexpr BlockLayout L = *GetBlockLayout(T);
   constexpr LaneUnit U = GetLaneUnit(L);
   auto to_float = [](const uint16_t* p, float* out) {
     _mm256_storeu_ps(out, Halves8(p));
     _mm256_storeu_ps(out + 8, Halves8(p + 8));
   };
+  auto* dsc = reinterpret_cast<float(*)[kLaneRows]>(sc);
+  DecodeLaneScales<T>(LaneHeader(U, unit), to_float, dsc, dsc + L.values / L.group);
+}
+
+// Rows 8 h .. 8 h + 7 of one row group against NT tokens. pre: the group's scales decoded
+// beforehand (units x LaneScaleFloats), or null to decode them here.
+template <GgmlType T, int NT>
+void Tokens(const uint8_t* wg, int64_t units, const float* pre, const XQ8Block* x, int64_t ldx,
+            int h, float* y, int64_t ldy, int valid) {
+  constexpr BlockLayout L = *GetBlockLayout(T);
+  constexpr LaneUnit U = GetLaneUnit(L);
+  constexpr int kScaleFloats = LaneScaleFloats(L);
   __m256 acc[NT];
   for (int t = 0; t < NT; ++t) acc[t] = _mm256_setzero_ps();
   for (int64_t u = 0; u < units; ++u) {
@@ -154,8 +167,9 @@ void Tokens(const uint8_t* wg, int64_t units, const XQ8Block* x, int64_t ldx, in
     for (int p = 0; p < U.bytes; p += 64) {
       _mm_prefetch(reinterpret_cast<const char*>(reinterpret_cast<uintptr_t>(unit) + 2 * U.bytes + p), _MM_HINT_T0);
     }
-    LaneScales sc;
-    DecodeLaneScales<T>(LaneHeader(U, unit), to_float, &sc);
+    alignas(32) float here[kScaleFloats];
+    const float* sc = pre ? pre + u * kScaleFloats : here;
+    if (!pre) DecodeUnit<T>(unit, here);
     TileUnit<T, NT>(unit, h, sc, x + u * (L.values / 32), ldx, acc);
   }
   for (int t = 0; t < NT; ++t) {
@@ -171,12 +185,18 @@ void Tokens(const uint8_t* wg, int64_t units, const XQ8Block* x, int64_t ldx, in
 
 template <GgmlType T>
 void Gemm(const uint8_t* w, int64_t cols, const XQ8Block* x, int64_t n_tok, int64_t g0, int64_t g1,
-          int64_t rows, float* y, int64_t ldy) {
+          int64_t rows, float* y, int64_t ldy, float* scratch) {
   constexpr BlockLayout L = *GetBlockLayout(T);
   constexpr int64_t kUnitBytes = GetLaneUnit(L).bytes;
   const int64_t units = cols / L.values, nb = cols / 32;  // nb: activation blocks per token
   for (int64_t g = g0; g < g1; ++g) {
     const uint8_t* wg = w + g * units * kUnitBytes;
+    // Both halves read every unit, so decode the group's scales once (unless one token).
+    const float* pre = nullptr;
+    if (n_tok > 1 && scratch) {
+      for (int64_t u = 0; u < units; ++u) DecodeUnit<T>(wg + u * kUnitBytes, scratch + u * LaneScaleFloats(L));
+      pre = scratch;
+    }
     for (int h = 0; h < 2; ++h) {
       const int64_t r0 = g * kLaneRows + 8 * h;
       const int valid = static_cast<int>(rows - r0 < 8 ? rows - r0 : 8);
@@ -185,10 +205,10 @@ void Gemm(const uint8_t* w, int64_t cols, const XQ8Block* x, int64_t n_tok, int6
         const XQ8Block* xt = x + t * nb;
         float* yt = y + t * ldy + r0;
         switch (n_tok - t < 4 ? n_tok - t : 4) {
-          case 1: Tokens<T, 1>(wg, units, xt, nb, h, yt, ldy, valid); break;
-          case 2: Tokens<T, 2>(wg, units, xt, nb, h, yt, ldy, valid); break;
-          case 3: Tokens<T, 3>(wg, units, xt, nb, h, yt, ldy, valid); break;
-          default: Tokens<T, 4>(wg, units, xt, nb, h, yt, ldy, valid); break;
+          case 1: Tokens<T, 1>(wg, units, pre, xt, nb, h, yt, ldy, valid); break;
+          case 2: Tokens<T, 2>(wg, units, pre, xt, nb, h, yt, ldy, valid); break;
+          case 3: Tokens<T, 3>(wg, units, pre, xt, nb, h, yt, ldy, valid); break;
+          default: Tokens<T, 4>(wg, units, pre, xt, nb, h, yt, ldy, valid); break;
         }
       }
     }
@@ -198,10 +218,11 @@ void Gemm(const uint8_t* w, int64_t cols, const XQ8Block* x, int64_t n_tok, int6
 }  // namespace
 
 void GemmLanesAvx2(const BlockLayout& l, const uint8_t* w, int64_t cols, const XQ8Block* x,
-                   int64_t n_tok, int64_t g0, int64_t g1, int64_t rows, float* y, int64_t ldy) {
+                   int64_t n_tok, int64_t g0, int64_t g1, int64_t rows, float* y, int64_t ldy,
+                   float* scratch) {
   switch (l.type) {
 #define PYENGINE_LANE_TYPE(T) \
-  case GgmlType::T: Gemm<GgmlType::T>(w, cols, x, n_tok, g0, g1, rows, y, ldy); return;
+  case GgmlType::T: Gemm<GgmlType::T>(w, cols, x, n_tok, g0, g1, rows, y, ldy, scratch); return;
     PYENGINE_LANE_TYPES(PYENGINE_LANE_TYPE)
 #undef PYENGINE_LANE_TYPE
     default: return;

@@ -79,17 +79,18 @@ inline void LoadSub(const uint8_t* unit, int s, __m512i w[4]) {
   }
 }
 
-// One unit against NT tokens: acc[t] += the 16 rows' products with token t. x: the Q8_0 block of
-// the unit's first value for the first token; tokens are ldx blocks apart.
+// One unit against NT tokens: acc[t] += the 16 rows' products with token t. sc: the unit's
+// decoded scales ([groups][16] dsc, then dmn); x: the Q8_0 block of the unit's first value for
+// the first token; tokens are ldx blocks apart.
 template <GgmlType T, int NT>
-inline void TileUnit(const uint8_t* unit, const LaneScales& sc, const XQ8Block* x, int64_t ldx,
+inline void TileUnit(const uint8_t* unit, const float* sc, const XQ8Block* x, int64_t ldx,
                      __m512 acc[NT]) {
   constexpr BlockLayout L = *GetBlockLayout(T);
   constexpr int kSubs = L.group / 16;  // LoadSub brings 16 values at a time
   for (int g = 0; g < L.values / L.group; ++g) {
     __m512i w[4 * kSubs];
     for (int i = 0; i < kSubs; ++i) LoadSub<T>(unit, g * kSubs + i, w + 4 * i);
-    const __m512 dsc = _mm512_loadu_ps(sc.dsc[g]);
+    const __m512 dsc = _mm512_loadu_ps(sc + g * kLaneRows);
     const int blk = g * L.group / 32, q0 = g * L.group % 32;  // the group's activation block
     for (int t = 0; t < NT; ++t) {
       const XQ8Block& xb = x[t * ldx + blk];
@@ -105,7 +106,8 @@ inline void TileUnit(const uint8_t* unit, const LaneScales& sc, const XQ8Block* 
       if constexpr (L.offset != 0) p = _mm512_sub_epi32(p, _mm512_set1_epi32(L.offset * xsum));
       acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_mul_ps(dsc, _mm512_set1_ps(xb.d)), acc[t]);
       if constexpr (L.min) {
-        acc[t] = _mm512_fnmadd_ps(_mm512_loadu_ps(sc.dmn[g]), _mm512_set1_ps(xb.d * static_cast<float>(xsum)), acc[t]);
+        const __m512 dmn = _mm512_loadu_ps(sc + (L.values / L.group + g) * kLaneRows);
+        acc[t] = _mm512_fnmadd_ps(dmn, _mm512_set1_ps(xb.d * static_cast<float>(xsum)), acc[t]);
       }
     }
   }
@@ -116,21 +118,33 @@ inline void PrefetchUnit(uintptr_t at, int bytes) {
   for (int p = 0; p < bytes; p += 64) _mm_prefetch(reinterpret_cast<const char*>(at + p), _MM_HINT_T0);
 }
 
-// One row group against NT tokens: every unit of the group's rows, streamed once.
-template <GgmlType T, int NT>
-void Tokens(const uint8_t* wg, int64_t units, const XQ8Block* x, int64_t ldx, float* y, int64_t ldy,
-            __mmask16 mask) {
+// The decoded scales of one unit into sc (LaneScaleFloats of its type).
+template <GgmlType T>
+inline void DecodeUnit(const uint8_t* unit, float* sc) {
   constexpr BlockLayout L = *GetBlockLayout(T);
   constexpr LaneUnit U = GetLaneUnit(L);
   auto to_float = [](const uint16_t* p, float* out) { _mm512_storeu_ps(out, Halves16(p)); };
+  auto* dsc = reinterpret_cast<float(*)[kLaneRows]>(sc);
+  DecodeLaneScales<T>(LaneHeader(U, unit), to_float, dsc, dsc + L.values / L.group);
+}
+
+// One row group against NT tokens: every unit of the group's rows, streamed once. pre: the
+// group's scales decoded beforehand (units x LaneScaleFloats), or null to decode them here.
+template <GgmlType T, int NT>
+void Tokens(const uint8_t* wg, int64_t units, const float* pre, const XQ8Block* x, int64_t ldx,
+            float* y, int64_t ldy, __mmask16 mask) {
+  constexpr BlockLayout L = *GetBlockLayout(T);
+  constexpr LaneUnit U = GetLaneUnit(L);
+  constexpr int kScaleFloats = LaneScaleFloats(L);
   __m512 acc[NT];
   for (int t = 0; t < NT; ++t) acc[t] = _mm512_setzero_ps();
   for (int64_t u = 0; u < units; ++u) {
     const uint8_t* unit = wg + u * U.bytes;
     // Two units (at least ~600 bytes) ahead: decode streams the weights from memory.
     PrefetchUnit(reinterpret_cast<uintptr_t>(unit) + 2 * U.bytes, U.bytes);
-    LaneScales sc;
-    DecodeLaneScales<T>(LaneHeader(U, unit), to_float, &sc);
+    alignas(64) float here[kScaleFloats];
+    const float* sc = pre ? pre + u * kScaleFloats : here;
+    if (!pre) DecodeUnit<T>(unit, here);
     TileUnit<T, NT>(unit, sc, x + u * (L.values / 32), ldx, acc);
   }
   for (int t = 0; t < NT; ++t) _mm512_mask_storeu_ps(y + t * ldy, mask, acc[t]);
@@ -138,7 +152,7 @@ void Tokens(const uint8_t* wg, int64_t units, const XQ8Block* x, int64_t ldx, fl
 
 template <GgmlType T>
 void Gemm(const uint8_t* w, int64_t cols, const XQ8Block* x, int64_t n_tok, int64_t g0, int64_t g1,
-          int64_t rows, float* y, int64_t ldy) {
+          int64_t rows, float* y, int64_t ldy, float* scratch) {
   constexpr BlockLayout L = *GetBlockLayout(T);
   constexpr int64_t kUnitBytes = GetLaneUnit(L).bytes;
   const int64_t units = cols / L.values, nb = cols / 32;  // nb: activation blocks per token
@@ -146,20 +160,26 @@ void Gemm(const uint8_t* w, int64_t cols, const XQ8Block* x, int64_t n_tok, int6
     const uint8_t* wg = w + g * units * kUnitBytes;
     const __mmask16 mask = RowMask(rows, g);
     float* yg = y + g * kLaneRows;
+    // Several passes over the group (more than 8 tokens): decode its scales once for all.
+    const float* pre = nullptr;
+    if (n_tok > 8 && scratch) {
+      for (int64_t u = 0; u < units; ++u) DecodeUnit<T>(wg + u * kUnitBytes, scratch + u * LaneScaleFloats(L));
+      pre = scratch;
+    }
     int64_t t = 0;
     // Up to 8 tokens share each pass over the weights (a batched decode step reads them once).
     for (; t < n_tok; t += 8) {
       const XQ8Block* xt = x + t * nb;
       float* yt = yg + t * ldy;
       switch (n_tok - t < 8 ? n_tok - t : 8) {
-        case 1: Tokens<T, 1>(wg, units, xt, nb, yt, ldy, mask); break;
-        case 2: Tokens<T, 2>(wg, units, xt, nb, yt, ldy, mask); break;
-        case 3: Tokens<T, 3>(wg, units, xt, nb, yt, ldy, mask); break;
-        case 4: Tokens<T, 4>(wg, units, xt, nb, yt, ldy, mask); break;
-        case 5: Tokens<T, 5>(wg, units, xt, nb, yt, ldy, mask); break;
-        case 6: Tokens<T, 6>(wg, units, xt, nb, yt, ldy, mask); break;
-        case 7: Tokens<T, 7>(wg, units, xt, nb, yt, ldy, mask); break;
-        default: Tokens<T, 8>(wg, units, xt, nb, yt, ldy, mask); break;
+        case 1: Tokens<T, 1>(wg, units, pre, xt, nb, yt, ldy, mask); break;
+        case 2: Tokens<T, 2>(wg, units, pre, xt, nb, yt, ldy, mask); break;
+        case 3: Tokens<T, 3>(wg, units, pre, xt, nb, yt, ldy, mask); break;
+        case 4: Tokens<T, 4>(wg, units, pre, xt, nb, yt, ldy, mask); break;
+        case 5: Tokens<T, 5>(wg, units, pre, xt, nb, yt, ldy, mask); break;
+        case 6: Tokens<T, 6>(wg, units, pre, xt, nb, yt, ldy, mask); break;
+        case 7: Tokens<T, 7>(wg, units, pre, xt, nb, yt, ldy, mask); break;
+        default: Tokens<T, 8>(wg, units, pre, xt, nb, yt, ldy, mask); break;
       }
     }
   }
@@ -168,10 +188,11 @@ void Gemm(const uint8_t* w, int64_t cols, const XQ8Block* x, int64_t n_tok, int6
 }  // namespace
 
 void GemmLanesAvx512(const BlockLayout& l, const uint8_t* w, int64_t cols, const XQ8Block* x,
-                     int64_t n_tok, int64_t g0, int64_t g1, int64_t rows, float* y, int64_t ldy) {
+                     int64_t n_tok, int64_t g0, int64_t g1, int64_t rows, float* y, int64_t ldy,
+                     float* scratch) {
   switch (l.type) {
 #define PYENGINE_LANE_TYPE(T) \
-  case GgmlType::T: Gemm<GgmlType::T>(w, cols, x, n_tok, g0, g1, rows, y, ldy); return;
+  case GgmlType::T: Gemm<GgmlType::T>(w, cols, x, n_tok, g0, g1, rows, y, ldy, scratch); return;
     PYENGINE_LANE_TYPES(PYENGINE_LANE_TYPE)
 #undef PYENGINE_LANE_TYPE
     default: return;

@@ -229,6 +229,11 @@ void MatMulInput::I16(const KernelSet& k, ThreadPool& pool, const int16_t** xq, 
   *xs = i16_scales_.data();
 }
 
+float* MatMulInput::LaneScratch(int n_threads) {
+  lane_scratch_.resize(static_cast<size_t>(n_threads * LaneScratchFloats(cols_)));
+  return lane_scratch_.data();
+}
+
 void MatMulInput::I16Scratch(int n_threads, int32_t** wq, float** ws) {
   const int64_t nblk = cols_ / kI16Block;
   panel_.resize(static_cast<size_t>(n_threads * nblk * 8 * kFloatRows));
@@ -252,8 +257,10 @@ void MatMul(const PackedMatrix& w, MatMulInput& in, float* y, ThreadPool& pool) 
     const KernelSet& lk = k.gemm_lanes ? k : ScalarKernels();
     const XQ8Block* x = in.Q8(lk, pool);
     const int64_t groups = (rows + kLaneRows - 1) / kLaneRows;
-    ParallelRanges(pool, groups, 1, [&](int64_t g0, int64_t g1) {
-      lk.gemm_lanes(*l, w.data(), cols, x, n_tok, g0, g1, rows, y, rows);
+    float* scratch = in.LaneScratch(pool.size());
+    ParallelRanges(pool, groups, 1, [&](int64_t g0, int64_t g1, int thread) {
+      lk.gemm_lanes(*l, w.data(), cols, x, n_tok, g0, g1, rows, y, rows,
+                    scratch + thread * LaneScratchFloats(cols));
     });
     return;
   }

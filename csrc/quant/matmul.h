@@ -80,6 +80,8 @@ class MatMulInput {
   const float* Tiles(const KernelSet& k, GgmlType type, ThreadPool& pool);  // pack_x layout
   // fp16-rounded rows as 15-bit integer blocks: xq [n_tok, cols], scales [n_tok, cols/16].
   void I16(const KernelSet& k, ThreadPool& pool, const int16_t** xq, const float** xs);
+  // Per-thread scratch of the lane kernels (see KernelSet::gemm_lanes).
+  float* LaneScratch(int n_threads);
   // Per-thread scratch for one converted F16 group (see KernelSet::gemm_f16_i16).
   void I16Scratch(int n_threads, int32_t** wq, float** ws);
 
@@ -96,6 +98,7 @@ class MatMulInput {
   std::vector<float> tiles_;
   std::vector<int16_t> i16_;
   std::vector<float> i16_scales_;
+  std::vector<float> lane_scratch_;   // [n_threads, LaneScratchFloats(cols)]
   std::vector<int32_t> panel_;        // [n_threads, cols/16 * 128]
   std::vector<float> panel_scales_;   // [n_threads, cols/16 * 16]
 };
