@@ -12,9 +12,9 @@ from typing import Any, Sequence
 
 from . import _core
 from .config import BACKENDS
-from .engine import Engine, resolve_model_path
+from .engine import Engine
 from .errors import PyEngineError
-from .store import ModelRef, ModelStore
+from .store import ModelRef, ModelStore, resolve_model
 
 _FILE_TYPES = {0: "F32", 1: "F16", 7: "Q8_0", 15: "Q4_K_M", 18: "Q6_K", 32: "BF16"}
 
@@ -107,8 +107,24 @@ def describe(path: str) -> str:
     return "\n".join(lines)
 
 
+def describe_source(ref: ModelRef) -> str:
+    """Where a model name led: the store it came from, the file, and the Ollama blob's digest."""
+    where = {"path": "a file path", "registry": "the project's registry",
+             "ollama": "Ollama's store"}.get(ref.source, ref.source)
+    lines = ["  Source", f"    {'found in':<28}{where}" + (
+        f" as {ref.name}" if ref.source != "path" else "")]
+    if ref.tier:
+        lines.append(f"    {'tier':<28}{ref.tier}")
+    lines.append(f"    {'file':<28}{ref.path}")
+    if ref.digest:
+        lines.append(f"    {'digest':<28}sha256:{ref.digest}")
+    return "\n".join(lines)
+
+
 def cmd_show(args: argparse.Namespace) -> int:
-    print(describe(str(resolve_model_path(args.model))))
+    ref = resolve_model(args.model)
+    print(describe(str(ref.path)))
+    print(describe_source(ref))
     return 0
 
 

@@ -87,6 +87,8 @@ def test_list_show_and_run(store_env: dict[str, str], real_gguf: Path):
                                      "chat template")} == {
         "architecture": "gemma3", "quantization": "Q4_K_M", "layers": "18", "supported": "yes",
         "chat template": "no (Gemma turns)"}, shown.stdout
+    assert rows["found in"] == f"Ollama's store as {NAME}"
+    assert rows["digest"] == f"sha256:{model['digest']}"
 
     ran = pyengine(store_env, "run", NAME, PROMPT, "--raw", "--temperature", "0",
                    "--max-tokens", "2", "--threads", "2", "--ctx", "256", "--verbose")
