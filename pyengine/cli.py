@@ -13,11 +13,11 @@ from typing import Any, Sequence
 
 from . import _core
 from .config import BACKENDS
-from .engine import Engine, resolve_model_path
+from .engine import Engine
 from .errors import PyEngineError
 from .perplexity import (DEFAULT_N_CTX, check_n_ctx, count_chunks, eta_text, perplexity_of_tokens,
                          read_text_file, special_bos)
-from .store import ModelRef, ModelStore
+from .store import ModelRef, ModelStore, resolve_model
 
 # Tokens per forward step of a perplexity chunk (llama-perplexity's physical batch, -ub).
 PPL_BATCH = 512
@@ -127,8 +127,24 @@ def describe(path: str) -> str:
     return "\n".join(lines)
 
 
+def describe_source(ref: ModelRef) -> str:
+    """Where a model name led: the store it came from, the file, and the Ollama blob's digest."""
+    where = {"path": "a file path", "registry": "the project's registry",
+             "ollama": "Ollama's store"}.get(ref.source, ref.source)
+    lines = ["  Source", f"    {'found in':<28}{where}" + (
+        f" as {ref.name}" if ref.source != "path" else "")]
+    if ref.tier:
+        lines.append(f"    {'tier':<28}{ref.tier}")
+    lines.append(f"    {'file':<28}{ref.path}")
+    if ref.digest:
+        lines.append(f"    {'digest':<28}sha256:{ref.digest}")
+    return "\n".join(lines)
+
+
 def cmd_show(args: argparse.Namespace) -> int:
-    print(describe(str(resolve_model_path(args.model))))
+    ref = resolve_model(args.model)
+    print(describe(str(ref.path)))
+    print(describe_source(ref))
     return 0
 
 

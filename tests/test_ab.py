@@ -14,24 +14,46 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import gguf_builder as gb
 import pytest
 
 from pyengine.bench import ABConfig, EndpointError, parse_endpoint, run_ab
-from pyengine.bench.ab import plan_rounds
-from pyengine.bench.clients import Endpoint, GenerationSettings, Reply, _read_openai, probe
-from pyengine.bench.prompts import builtin_prompts, load_prompts
+from pyengine.bench.ab import CONTEXT_CHARS, Measured, _agreement, difference, plan_rounds
+from pyengine.bench.clients import (
+    Endpoint,
+    GenerationSettings,
+    Reply,
+    _read_ollama,
+    _read_openai,
+    completion_body,
+    probe,
+)
+from pyengine.bench.prompts import as_messages, builtin_prompts, load_prompts
 from pyengine.bench.report import format_table, plot, write_outputs
 from pyengine.bench.stats import percentile, summarize
+from pyengine.bench.template import TemplateError, load_template
+from pyengine.chat import format_gemma
 from pyengine.server.testing import ServerProcess, free_port
 
 MAX_TOKENS = 8
 
 
-class OpenAIStandIn:
-    """OpenAI's streaming ``/v1/chat/completions`` in front of a pyengine server's ``/api/chat``
-    (for servers without an OpenAI API of their own): the same tokens, re-framed as SSE."""
+def chatml(messages: list) -> str:
+    """ChatML, the format llama-server gives a conversation when the file has no template."""
+    return "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n"
+                   for m in messages) + "<|im_start|>assistant\n"
 
-    def __init__(self, upstream: str, model: str) -> None:
+
+class OpenAIStandIn:
+    """OpenAI's streaming ``/v1/chat/completions`` and ``/v1/completions`` in front of a pyengine
+    server (for servers without an OpenAI API of their own): the same tokens, re-framed as SSE.
+
+    Chat requests go to ``/api/chat``, or, with ``chat_format`` (messages -> text), to
+    ``/api/generate`` as raw prompts, as llama-server formats them itself; completions go to
+    ``/api/generate`` with ``raw: true``, as llama-server completes a prompt as it is.
+    """
+
+    def __init__(self, upstream: str, model: str, chat_format: Any = None) -> None:
         host, port = upstream.rsplit("//", 1)[1].split(":")
         standin = self
 
@@ -50,17 +72,28 @@ class OpenAIStandIn:
                 self.end_headers()  # no length: the stream ends when the connection closes
                 options = {"num_predict": body["max_tokens"], "temperature": body["temperature"],
                            "seed": body["seed"], "ignore_eos": body.get("ignore_eos", False)}
-                for record in standin.upstream_chat(body["messages"], options):
+                completion = self.path == "/v1/completions"
+                if completion or chat_format is not None:
+                    prompt = body["prompt"] if completion else chat_format(body["messages"])
+                    records = standin.upstream("/api/generate", {"prompt": prompt, "raw": True},
+                                               options)
+                else:
+                    records = standin.upstream("/api/chat", {"messages": body["messages"]},
+                                               options)
+                for record in records:
                     if record.get("done"):
-                        self._event({"choices": [{"index": 0, "delta": {},
-                                                  "finish_reason": "length"}]})
+                        self._event({"choices": [{"index": 0, "finish_reason": "length",
+                                                  **({"text": ""} if completion
+                                                     else {"delta": {}})}]})
                         self._event({"choices": [], "usage": {
                             "prompt_tokens": record["prompt_eval_count"],
                             "completion_tokens": record["eval_count"]}})
                         self._event("[DONE]")
                         return
-                    self._event({"choices": [{"index": 0, "finish_reason": None, "delta": {
-                        "content": record["message"]["content"]}}]})
+                    text = record["response"] if "response" in record \
+                        else record["message"]["content"]
+                    self._event({"choices": [{"index": 0, "finish_reason": None, **(
+                        {"text": text} if completion else {"delta": {"content": text}})}]})
 
             def _event(self, data: Any) -> None:
                 text = data if isinstance(data, str) else json.dumps(data)
@@ -83,11 +116,11 @@ class OpenAIStandIn:
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}/v1"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
-    def upstream_chat(self, messages: list, options: dict) -> Iterator[dict]:
+    def upstream(self, path: str, fields: dict, options: dict) -> Iterator[dict]:
         conn = http.client.HTTPConnection(self._host, self._port, timeout=60)
         try:
-            conn.request("POST", "/api/chat", json.dumps(
-                {"model": self._model, "messages": messages, "options": options}))
+            conn.request("POST", path, json.dumps(
+                {"model": self._model, **fields, "options": options}))
             resp = conn.getresponse()
             for line in resp:
                 if line.strip():
@@ -239,6 +272,203 @@ def test_cli_writes_table_json_and_chart(servers, tmp_path):
         assert (out / "ab.png").exists()
 
 
+# -- raw completions: both sides complete the same text ------------------------------------
+
+
+def test_raw_mode_compares_what_chat_mode_cannot(pyengine_pair, ref):
+    """B formats chat requests as llama-server does for a file without a chat template
+    (ChatML), A as Gemma turns: chat requests read different prompts. Raw completions render
+    the conversation once (Gemma's format) and send both sides the same text."""
+    a_url, b_url = pyengine_pair
+    prompts = [builtin_prompts()[0], "Once upon a time", builtin_prompts()[1]]
+    with OpenAIStandIn(b_url, "tiny", chat_format=chatml) as standin:
+        def config(raw: bool) -> ABConfig:
+            return ABConfig(a=parse_endpoint(f"{a_url},model=tiny,name=pyengine", "A"),
+                            b=parse_endpoint(f"{standin.url},model=tiny,name=llama-like", "B"),
+                            prompts=prompts, concurrency=[3], requests=3, rounds=1, warmup=0,
+                            settings=GenerationSettings(max_tokens=MAX_TOKENS, raw=raw))
+
+        chat = run_ab(config(raw=False), log=lambda _: None)
+        raw = run_ab(config(raw=True), log=lambda _: None)
+
+    agree = chat["agreement"]
+    assert chat["settings"]["mode"] == "chat" and agree["compared"] == 3
+    assert agree["prompt_tokens_compared"] == 3 and agree["prompt_tokens_differ"] == 3
+    table = format_table(chat)
+    assert "Prompt token counts differ on 3 of 3 pairs" in table and "--raw sends both" in table
+
+    assert raw["settings"]["mode"] == "raw" and raw["settings"]["chat_template"] == "gemma"
+    # Conversations rendered in Gemma's format; a text prompt sent as it is.
+    assert raw["payloads"] == [format_gemma(prompts[0]), "Once upon a time",
+                               format_gemma(prompts[2])]
+    agree = raw["agreement"]
+    assert agree["compared"] == 3 and agree["identical"] == 3, agree
+    assert agree["prompt_tokens_differ"] == 0 and "first_difference" not in agree
+    for pair in agree["pairs"]:
+        text = raw["payloads"][pair["prompt"]]
+        # One BOS, added by the server: the prompt is the text's tokens after it, on both sides.
+        ids = ref.tokenize(text, add_bos=True, special=True)
+        assert ids.count(2) == 1
+        assert pair["prompt_tokens"] == [len(ids), len(ids)]
+        assert pair["identical"] and pair["difference"] is None
+        assert 0 < pair["tokens"][0] == pair["tokens"][1] <= MAX_TOKENS
+        # The same greedy text the engine completes the same ids with.
+        reply = next(r for r in raw["requests"] if r["side"] == "A"
+                     and r["index"] == pair["index"])
+        assert reply["text"] == ref.generate(ids, max_tokens=MAX_TOKENS, temperature=0).text
+    table = format_table(raw)
+    assert "raw completions (no server-side template)" in table
+    assert "identical for 3 of 3" in table and "| 3 | 1 | 1 |" in table
+
+
+def _reply(pieces: list[str], prompt_tokens: int | None = 5) -> Reply:
+    return Reply(ok=True, text="".join(pieces), pieces=pieces, completion_tokens=len(pieces),
+                 prompt_tokens=prompt_tokens)
+
+
+def test_difference_finds_the_first_differing_character_and_token():
+    assert difference(_reply(["The", " cat"]), _reply(["The", " cat"])) is None
+    d = difference(_reply(["The", " cat", " sat", "."]), _reply(["The", " cat", " sits"]))
+    assert (d["char"], d["token_a"], d["token_b"]) == (9, 2, 2)
+    assert (d["a"], d["b"], d["context_from"]) == ("The cat sat.", "The cat sits", 0)
+    # Tokenized differently before the texts part: each side's own token index.
+    d = difference(_reply(["Hello", " world"]), _reply(["Hel", "lo", " word"]))
+    assert (d["char"], d["token_a"], d["token_b"]) == (9, 1, 2)
+    # One text a prefix of the other: the shorter one stopped (its next token differs).
+    d = difference(_reply(["The", " cat"]), _reply(["The", " cat", " sat"]))
+    assert (d["char"], d["token_a"], d["token_b"]) == (7, 2, 2)
+    # Context: CONTEXT_CHARS before the difference, twice that after it.
+    long_a, long_b = "x" * 100 + "abc" + "y" * 100, "x" * 100 + "abd" + "y" * 100
+    d = difference(_reply([long_a]), _reply([long_b]))
+    assert d["char"] == 102 and d["context_from"] == 102 - CONTEXT_CHARS
+    assert d["a"] == long_a[102 - CONTEXT_CHARS:102 + 2 * CONTEXT_CHARS]
+
+
+def test_agreement_reports_every_pair():
+    def measured(side: str, index: int, reply: Reply) -> Measured:
+        return Measured(side, 1, 0, index, index % 2, 0.0, reply)
+
+    failed = Reply(ok=False, error="HTTP 500: boom")
+    runs = [measured("A", 0, _reply(["a", "b"])), measured("B", 0, _reply(["a", "b"])),
+            measured("A", 1, _reply(["a", "b"], 7)), measured("B", 1, _reply(["a", "c"], 8)),
+            measured("A", 2, _reply(["x"])), measured("B", 2, failed),
+            measured("A", 3, _reply(["y"], None)), measured("B", 3, _reply(["y"]))]
+    agree = _agreement(runs)
+    assert (agree["compared"], agree["identical"]) == (3, 2)  # a failed reply is no pair
+    assert (agree["prompt_tokens_compared"], agree["prompt_tokens_differ"]) == (2, 1)
+    assert [p["index"] for p in agree["pairs"]] == [0, 1, 3]
+    assert [p["identical"] for p in agree["pairs"]] == [True, False, True]
+    assert agree["pairs"][1]["prompt_tokens"] == [7, 8]
+    assert agree["pairs"][1]["difference"]["token_a"] == 1
+    first = agree["first_difference"]
+    assert (first["index"], first["common_prefix_chars"], first["a"], first["b"]) == \
+        (1, 1, "ab", "ac")
+    report = {"sides": {s: {"label": s, "url": "u", "api": "ollama", "model": "m"}
+                        for s in "AB"},
+              "settings": {"requests": 4, "max_tokens": 2, "seed": 1, "prompts": 2, "warmup": 0,
+                           "ignore_eos": False, "mode": "raw", "chat_template": "gemma"},
+              "duration_s": 1.0, "levels": [], "agreement": agree}
+    table = format_table(report)
+    assert "identical for 2 of 3 request pairs" in table
+    assert "| 1 | 1 | 1 | 7 / 8 | 2 / 2 | **no** | 1, 1 / 1: `\"ab\"` vs `\"ac\"` |" in table
+    assert "| 1 | 3 | 1 | - / 5 | 1 / 1 | yes | - |" in table
+    assert "Prompt token counts differ on 1 of 2 pairs" in table
+
+
+def test_completion_bodies_and_streams():
+    settings = GenerationSettings(max_tokens=5, seed=3, raw=True)
+    ollama_side = Endpoint("A", "http://h:1/x", "ollama", "m")
+    assert ollama_side.completion_path == "/x/api/generate"
+    assert completion_body(ollama_side, "Hi <b>", settings) == {
+        "model": "m", "prompt": "Hi <b>", "raw": True, "stream": True,
+        "options": {"temperature": 0, "seed": 3, "num_predict": 5, "repeat_penalty": 1.0}}
+    openai_side = Endpoint("B", "http://h:1", "openai", "m")
+    assert openai_side.completion_path == "/v1/completions"
+    body = completion_body(openai_side, "Hi", settings)
+    assert body["prompt"] == "Hi" and "messages" not in body and body["max_tokens"] == 5
+    assert body["temperature"] == 0 and body["stream"] is True
+
+    reply = Reply()
+    _read_ollama(iter([(1.1, '{"response": "He", "done": false}'),
+                       (1.2, '{"response": "llo", "done": false}'),
+                       (1.3, ('{"response": "", "done": true, "done_reason": "length", '
+                              '"eval_count": 2, "prompt_eval_count": 4}'))]), reply, 1.0)
+    assert (reply.error, reply.text, reply.pieces) == (None, "Hello", ["He", "llo"])
+    assert (reply.completion_tokens, reply.prompt_tokens) == (2, 4)
+    reply = Reply()
+    _read_openai(iter([(1.1, 'data: {"choices":[{"index":0,"text":"He"}]}'),
+                       (1.2, ('data: {"choices":[{"index":0,"text":"llo",'
+                              '"finish_reason":"length"}]}')),
+                       (1.3, "data: [DONE]")]), reply, 1.0)
+    assert (reply.error, reply.text, reply.pieces) == (None, "Hello", ["He", "llo"])
+
+
+def _gguf_with_template(path: Path, template: str | None, add_bos: bool = True) -> Path:
+    kvs = [("general.architecture", gb.STRING, "gemma3"),
+           ("tokenizer.ggml.tokens", gb.ARRAY, (gb.STRING, ["<pad>", "<eos>", "<bos>"])),
+           ("tokenizer.ggml.bos_token_id", gb.U32, 2), ("tokenizer.ggml.eos_token_id", gb.U32, 1),
+           ("tokenizer.ggml.add_bos_token", gb.BOOL, add_bos)]
+    if template is not None:
+        kvs.append(("tokenizer.chat_template", gb.STRING, template))
+    path.write_bytes(gb.build_gguf(kvs, []))
+    return path
+
+
+def test_chat_template_comes_from_the_file(tmp_path, make_model):
+    convo = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": " Hi "}]
+    # The synthetic model's template is Gemma's: the same text as the server's format.
+    tiny = load_template(str(make_model("tiny", "q8_0")))
+    assert tiny.name.endswith("tokenizer.chat_template")
+    assert tiny.render(convo) == format_gemma(convo)
+    assert tiny.render(convo).startswith("<start_of_turn>user\nBe brief.\n\nHi<end_of_turn>")
+
+    jinja = ("{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] | trim }}"
+             "{{ eos_token }}\n{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}")
+    # The servers add BOS themselves: a template's own BOS text is cut, unless the file says
+    # the tokenizer adds none.
+    t = load_template(str(_gguf_with_template(tmp_path / "j.gguf", jinja)))
+    assert t.render(convo) == "<|system|>Be brief.<eos>\n<|user|>Hi<eos>\n<|assistant|>"
+    t = load_template(str(_gguf_with_template(tmp_path / "k.gguf", jinja, add_bos=False)))
+    assert t.render(convo).startswith("<bos><|system|>")
+
+    none = load_template(str(_gguf_with_template(tmp_path / "n.gguf", None)))
+    assert none.name == "gemma (n.gguf has no chat template)"
+    assert none.render(convo) == format_gemma(convo)
+    assert load_template(None).name == load_template("Gemma").name == "gemma"
+
+    bad = load_template(str(_gguf_with_template(
+        tmp_path / "b.gguf", "{{ raise_exception('system messages are not supported') }}")))
+    with pytest.raises(TemplateError, match="system messages are not supported"):
+        bad.render(convo)
+    with pytest.raises(TemplateError, match="neither 'gemma' nor a GGUF file"):
+        load_template(str(tmp_path / "missing.gguf"))
+    (tmp_path / "x.gguf").write_bytes(b"GGUF")
+    with pytest.raises(TemplateError, match="x.gguf"):
+        load_template(str(tmp_path / "x.gguf"))
+
+
+def test_cli_raw_with_the_files_template(servers, tmp_path, make_model):
+    a_url, _ = servers
+    proc = run_cli("--a", a_url, "--b", a_url, "--chat-template", "gemma", cwd=tmp_path)
+    assert proc.returncode == 1 and "applies to --raw requests only" in proc.stderr
+    proc = run_cli("--a", a_url, "--b", a_url, "--raw", "--chat-template", "nosuch.gguf",
+                   cwd=tmp_path)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "neither 'gemma' nor a GGUF file" in proc.stderr
+
+    proc = run_cli("--a", f"{a_url},name=one", "--b", f"{a_url},name=two", "--raw",
+                   "--chat-template", str(make_model("tiny", "q8_0")), "--concurrency", "1",
+                   "--requests", "2", "--max-tokens", "4", "--warmup", "0", "--out", "r",
+                   cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((tmp_path / "r" / "ab.json").read_text())
+    assert report["settings"]["mode"] == "raw"
+    assert report["settings"]["chat_template"].endswith("tokenizer.chat_template")
+    assert report["payloads"][0] == format_gemma(builtin_prompts()[0])
+    assert report["agreement"]["identical"] == report["agreement"]["compared"] == 2
+    assert "| 1 | 1 | 1 |" in proc.stdout
+
+
 # -- clean errors ----------------------------------------------------------------------------
 
 
@@ -321,12 +551,20 @@ def test_load_prompts(tmp_path):
     f.write_text('plain words\n\n[not json\n[{"role": "user", "content": "hi"}]\n'
                  '{"messages": [{"role": "system", "content": "s"}, '
                  '{"role": "user", "content": "u"}]}\n{"prompt": "p"}\n')
-    assert load_prompts(f) == [
+    # Texts stay texts (a raw completion sends them as they are); a chat request sends a text
+    # as one user message.
+    prompts = load_prompts(f)
+    assert prompts == [
+        "plain words", "[not json", [{"role": "user", "content": "hi"}],
+        [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}], "p"]
+    assert [as_messages(p) for p in prompts] == [
         [{"role": "user", "content": "plain words"}],
         [{"role": "user", "content": "[not json"}],
         [{"role": "user", "content": "hi"}],
         [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}],
         [{"role": "user", "content": "p"}]]
+    f.write_text('{"prompt": " two spaces  "}\n')
+    assert load_prompts(f) == [" two spaces  "]  # JSON keeps a raw prompt's exact text
     f.write_text('{"messages": [{"role": "user"}]}\n')
     with pytest.raises(ValueError, match="p.txt:1"):
         load_prompts(f)

@@ -95,6 +95,20 @@ def test_chat_completion_matches_engine(client, ref):
     assert r.usage.total_tokens == r.usage.prompt_tokens + 12
 
 
+def test_usage_counts_the_whole_prompt_when_cached(server, client, ref):
+    # Several KV blocks (16 positions) long, so a repeat reads them from the prefix cache.
+    messages = user("Pack my box with five dozen liquor jugs, said the sphinx. " * 4)
+    n = len(ref.chat_prompt(messages))
+    first = client.chat.completions.create(model="tiny", messages=messages, **GREEDY)
+    again = client.chat.completions.create(model="tiny", messages=messages, **GREEDY)
+    # OpenAI's meaning: prompt_tokens is the whole prompt, cached_tokens the part of it
+    # that came from the cache.
+    assert first.usage.prompt_tokens == again.usage.prompt_tokens == n
+    assert again.usage.prompt_tokens_details.cached_tokens >= 48
+    assert again.usage.total_tokens == n + again.usage.completion_tokens
+    assert again.choices[0].message.content == first.choices[0].message.content
+
+
 def test_chat_stream_matches_engine_and_non_streamed(client, ref):
     whole = client.chat.completions.create(model="tiny", messages=MESSAGES, **GREEDY)
     chunks = list(client.chat.completions.create(model="tiny", messages=MESSAGES, stream=True,

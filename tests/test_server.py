@@ -25,6 +25,7 @@ import pytest
 import pyengine
 from conftest import SERVER_KV_MB as KV_MB
 from conftest import SERVER_N_CTX as N_CTX
+from pyengine.chat import format_gemma
 from pyengine.server import create_app
 from pyengine.server.keep_alive import FOREVER, parse_keep_alive
 from pyengine.server.serve import parse_host, parse_model_args, resolve_address
@@ -189,6 +190,40 @@ def test_generate_raw_system_and_template(client, ref):
     with pytest.raises(ollama.ResponseError) as e:
         client.generate(model="tiny", prompt="x", raw=True, system="S")
     assert e.value.status_code == 400 and "raw mode" in e.value.error
+
+
+def test_raw_prompt_in_the_chat_format_is_the_chat_request(client, ref):
+    """A raw prompt is tokenized as Ollama tokenizes it: one BOS added, turn markers read as
+    the control tokens. A conversation rendered in Gemma's format therefore completes exactly
+    as the chat request does (what ``pyengine ab --raw`` relies on)."""
+    msgs = [{"role": "system", "content": "Be brief."}] + user("Hello there")
+    text = format_gemma(msgs)
+    ids = ref.tokenize(text, add_bos=True, special=True)
+    assert ids == ref.chat_prompt(msgs) and ids.count(2) == 1 and ids.count(105) == 2
+    raw = client.generate(model="tiny", prompt=text, raw=True, options=GREEDY)
+    chat = client.chat(model="tiny", messages=msgs, options=GREEDY)
+    assert raw.response == chat.message.content == ref.generate(
+        ids, max_tokens=12, temperature=0).text
+    assert raw.prompt_eval_count == chat.prompt_eval_count == len(ids)
+
+
+def test_prompt_eval_count_is_the_whole_prompt_when_cached(server, client, ref):
+    # Several KV blocks (16 positions) long, so a repeat reads them from the prefix cache.
+    prompt = "The quick brown fox jumps over the lazy dog, then naps. " * 4
+    ids = ref.tokenize(prompt, add_bos=True, special=True)
+    assert len(ids) > 48
+
+    def hits() -> int:
+        stats = httpx.get(server.url + "/api/pyengine/stats", timeout=10).json()
+        return int(stats["tiny:latest"]["prefix_hit_tokens"])
+
+    first = client.generate(model="tiny", prompt=prompt, raw=True, options=GREEDY)
+    before = hits()
+    again = client.generate(model="tiny", prompt=prompt, raw=True, options=GREEDY)
+    assert hits() - before >= 48  # the repeat was served from the cache
+    # As in Ollama: caching does not change the count a client sees.
+    assert first.prompt_eval_count == again.prompt_eval_count == len(ids)
+    assert again.response == first.response
 
 
 def test_generate_context_continues_a_reply(client, ref):

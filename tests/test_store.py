@@ -439,6 +439,26 @@ def test_cli_list_prints_a_table_and_json(registry, ollama, tmp_path, gguf):
     assert models[1]["path"] == str((ollama / "blobs" / f"sha256-{digest}").resolve())
 
 
+def test_cli_show_names_the_store_it_found_a_model_in(registry, ollama, tmp_path, gguf):
+    digest = hashlib.sha256(gguf).hexdigest()
+    env = {"PYENGINE_MODELS": str(registry), "OLLAMA_MODELS": str(ollama)}
+    proc = run_cli(tmp_path, "show", "gemma3:1b", **env)  # not in the registry folder: Ollama's
+    assert proc.returncode == 0, proc.stderr
+    model, source = proc.stdout.split("  Source\n")
+    assert "architecture                gemma3" in model
+    assert source.splitlines() == [
+        "    found in                    Ollama's store as gemma3:1b",
+        "    tier                        fast",  # the registry names its tier
+        f"    file                        {(ollama / 'blobs' / f'sha256-{digest}').resolve()}",
+        f"    digest                      sha256:{digest}"]
+    (registry / "gemma3-1b.gguf").write_bytes(gguf)
+    proc = run_cli(tmp_path, "show", "gemma3:1b", **env)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split("  Source\n")[1].splitlines()[:2] == [
+        "    found in                    the project's registry as gemma3:1b",
+        "    tier                        fast"]
+
+
 def test_cli_list_errors_are_clean(tmp_path):
     (tmp_path / "registry.json").write_text("{")
     proc = run_cli(tmp_path, "list", PYENGINE_MODELS=str(tmp_path),

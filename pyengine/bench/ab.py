@@ -1,4 +1,4 @@
-"""``pyengine ab``: the same chat workload against two endpoints, A and B, compared.
+"""``pyengine ab``: the same workload against two endpoints, A and B, compared.
 
 Each endpoint is an Ollama API (``/api/chat``, NDJSON streaming) or an OpenAI API
 (``/v1/chat/completions``, SSE streaming), given as::
@@ -14,12 +14,22 @@ pyengine against a stock Ollama, both serving the same GGUF::
                 --b http://127.0.0.1:11434,model=gemma3:1b,name=ollama
 
 Workload: for each concurrency level (``--concurrency 1,4,8``), ``--requests`` requests per
-side, greedy (temperature 0), a fixed ``--seed``, ``--max-tokens`` each, prompts taken in turn
-from the built-in set or ``--prompts FILE``; request k of a level gets the same prompt on both
-sides. ``--warmup`` unmeasured requests per side come first (they also load the models). A
-level runs in rounds (``--rounds``; fewer when a round would have fewer requests than the
-concurrency); the sides alternate A B, B A, A B, ... from round to round, and never run at the
-same time, so drift (thermal, caches, other load) falls on both.
+side, greedy (temperature 0, no repeat penalty), a fixed ``--seed``, ``--max-tokens`` each,
+prompts taken in turn from the built-in set or ``--prompts FILE``; request k of a level gets the
+same prompt on both sides.
+
+Requests are chat requests (``/api/chat``, ``/v1/chat/completions``): each server formats the
+conversation itself, and two servers that format it differently cannot produce the same text
+(llama-server formats a file without a chat template as ChatML, pyengine and Ollama as Gemma
+turns). With ``--raw`` they are raw completions (``/api/generate`` with ``raw: true``,
+``/v1/completions``): a text prompt is sent as it is, and a conversation is first rendered by
+the harness with ``--chat-template`` (``gemma``, the default, or a GGUF file: its own template),
+so both sides complete exactly the same text. Both sides add the BOS token themselves.
+
+``--warmup`` unmeasured requests per side come first (they also load the models). A level runs
+in rounds (``--rounds``; fewer when a round would have fewer requests than the concurrency);
+the sides alternate A B, B A, A B, ... from round to round, and never run at the same time, so
+drift (thermal, caches, other load) falls on both.
 
 Metrics, measured on the client (a chunk is timestamped when its line arrives):
 
@@ -32,6 +42,12 @@ Metrics, measured on the client (a chunk is timestamped when its line arrives):
   given, else the number of text chunks.
 - server eval / prompt tok/s: Ollama ``eval_count / eval_duration`` and ``prompt_eval_count /
   prompt_eval_duration``; llama.cpp's ``timings`` on its OpenAI API; absent otherwise.
+
+Agreement, per pair (request k of a level on A and on B): whether the texts are identical and,
+where not, the first differing character and the chunk it falls in on each side (servers
+stream one token per chunk, so that is the token's index, give or take a token held back in
+the middle of a UTF-8 character), with both sides' prompt token counts: counts that differ mean
+the sides did not read the same prompt (another chat format, a doubled BOS).
 
 Output in ``--out`` (default ``ab_out/``): ``ab.md`` (the table, also printed), ``ab.json``
 (settings, per-level summaries, every request) and ``ab.png`` (when matplotlib is installed).
@@ -58,9 +74,11 @@ from .clients import (
     parse_endpoint,
     probe,
     stream_chat,
+    stream_completion,
 )
-from .prompts import Message, builtin_prompts, load_prompts
+from .prompts import Prompt, as_messages, builtin_prompts, load_prompts
 from .stats import median, summarize
+from .template import ChatTemplate, TemplateError, gemma_template, load_template
 
 Log = Callable[[str], None]
 
@@ -75,13 +93,15 @@ class ABConfig:
 
     a: Endpoint
     b: Endpoint
-    prompts: list[list[Message]] = field(default_factory=builtin_prompts)
+    prompts: list[Prompt] = field(default_factory=builtin_prompts)
     concurrency: list[int] = field(default_factory=lambda: [1, 4, 8])
     requests: int = 8  # per side and level
     rounds: int = 2  # per level, at most; see plan_rounds
     settings: GenerationSettings = field(default_factory=GenerationSettings)
     warmup: int = 1  # per side
     timeout: float = 600.0  # per request, seconds without a byte
+    # With settings.raw: renders conversations into completion prompts (None: Gemma's format).
+    chat_template: ChatTemplate | None = None
 
     def validate(self) -> None:
         """Raises ``ABError`` for settings that cannot make a benchmark."""
@@ -93,6 +113,26 @@ class ABConfig:
             raise ABError("--max-tokens must be >= 1")
         if not self.prompts:
             raise ABError("no prompts")
+
+    def payloads(self) -> list[Prompt]:
+        """What each prompt is sent as: conversations for chat requests; with ``raw``, texts
+        (conversations rendered with the chat template). Raises ``ABError`` for a template
+        that cannot render one."""
+        if not self.settings.raw:
+            return [as_messages(p) for p in self.prompts]
+        template = self.chat_template or gemma_template()
+        try:
+            return [p if isinstance(p, str) else template.render(p) for p in self.prompts]
+        except (TemplateError, ValueError) as e:
+            raise ABError(str(e)) from None
+
+
+def send(endpoint: Endpoint, payload: Prompt, settings: GenerationSettings,
+         timeout: float) -> Reply:
+    """One request: a raw completion of a text, or a chat request with a conversation."""
+    if isinstance(payload, str):
+        return stream_completion(endpoint, payload, settings, timeout)
+    return stream_chat(endpoint, payload, settings, timeout)
 
 
 def plan_rounds(requests: int, rounds: int, concurrency: int) -> list[int]:
@@ -140,15 +180,16 @@ class RoundResult:
         return sum(m.reply.completion_tokens or 0 for m in self.requests if m.reply.ok)
 
 
-def _run_round(endpoint: Endpoint, side: str, config: ABConfig, concurrency: int,
-               round_no: int, first_index: int, size: int, t_bench: float) -> RoundResult:
+def _run_round(endpoint: Endpoint, side: str, config: ABConfig, payloads: list[Prompt],
+               concurrency: int, round_no: int, first_index: int, size: int,
+               t_bench: float) -> RoundResult:
     """``size`` requests with ``concurrency`` in flight (a closed loop: a finished request makes
     room for the next)."""
 
     def one(index: int) -> Measured:
-        prompt = index % len(config.prompts)
+        prompt = index % len(payloads)
         start = time.perf_counter() - t_bench
-        reply = stream_chat(endpoint, config.prompts[prompt], config.settings, config.timeout)
+        reply = send(endpoint, payloads[prompt], config.settings, config.timeout)
         return Measured(side, concurrency, round_no, index, prompt, start, reply)
 
     t0 = time.perf_counter()
@@ -161,12 +202,11 @@ def _run_round(endpoint: Endpoint, side: str, config: ABConfig, concurrency: int
     return RoundResult(side, concurrency, round_no, time.perf_counter() - t0, measured)
 
 
-def _warm_up(endpoint: Endpoint, config: ABConfig, log: Log) -> None:
+def _warm_up(endpoint: Endpoint, config: ABConfig, payloads: list[Prompt], log: Log) -> None:
     """Unmeasured requests; the first failure aborts with the server's message (a missing
     model shows up here on servers that list none)."""
     for i in range(config.warmup):
-        reply = stream_chat(endpoint, config.prompts[i % len(config.prompts)], config.settings,
-                            config.timeout)
+        reply = send(endpoint, payloads[i % len(payloads)], config.settings, config.timeout)
         if not reply.ok:
             raise ABError(f"{endpoint.label}: warm-up request failed: {reply.error}")
         log(f"  warm-up {endpoint.label} {i + 1}/{config.warmup}: {reply.completion_tokens} "
@@ -216,25 +256,66 @@ def _compare(a: dict[str, Any], b: dict[str, Any]) -> dict[str, float | None]:
             "latency_p50": _ratio(a["latency_ms"].get("p50"), b["latency_ms"].get("p50"))}
 
 
+CONTEXT_CHARS = 24  # shown before a difference; twice that after it
+
+
+def _piece_at(pieces: list[str], char: int) -> int:
+    """Index of the piece holding character ``char`` of their concatenation (``len(pieces)``
+    when the text ends before it: the next token would have been the first difference)."""
+    end = 0
+    for i, piece in enumerate(pieces):
+        end += len(piece)
+        if char < end:
+            return i
+    return len(pieces)
+
+
+def difference(a: Reply, b: Reply) -> dict[str, Any] | None:
+    """Where two replies part (None when their texts are identical): the first differing
+    character, the chunk (token) it falls in on each side, and the text around it."""
+    if a.text == b.text:
+        return None
+    char = len(os.path.commonprefix([a.text, b.text]))
+    lo = max(0, char - CONTEXT_CHARS)
+    return {"char": char, "token_a": _piece_at(a.pieces, char),
+            "token_b": _piece_at(b.pieces, char),
+            "a": a.text[lo:char + 2 * CONTEXT_CHARS], "b": b.text[lo:char + 2 * CONTEXT_CHARS],
+            "context_from": lo}
+
+
 def _agreement(measured: list[Measured]) -> dict[str, Any]:
-    """Whether both sides produced the same text for the same request (greedy decoding on
-    the same model file should)."""
+    """Per pair (request k of a level on both sides), whether both sides produced the same
+    text (greedy decoding of the same prompt on the same model file should), where they part
+    if not, and whether they read prompts of the same length."""
     by_key: dict[tuple[int, int], dict[str, Measured]] = {}
     for m in measured:
         if m.reply.ok:
             by_key.setdefault((m.concurrency, m.index), {})[m.side] = m
-    pairs = [(k, v["A"], v["B"]) for k, v in sorted(by_key.items()) if len(v) == 2]
-    differing = [(k, a, b) for k, a, b in pairs if a.reply.text != b.reply.text]
-    out: dict[str, Any] = {"compared": len(pairs), "identical": len(pairs) - len(differing)}
-    if differing:
-        (c, i), a, b = differing[0]
-        common = 0
-        while common < min(len(a.reply.text), len(b.reply.text)) and \
-                a.reply.text[common] == b.reply.text[common]:
-            common += 1
-        out["first_difference"] = {"concurrency": c, "index": i, "prompt": a.prompt,
-                                   "common_prefix_chars": common,
-                                   "a": a.reply.text[:200], "b": b.reply.text[:200]}
+    pairs = []
+    for (c, i), sides in sorted(by_key.items()):
+        if len(sides) != 2:
+            continue
+        a, b = sides["A"].reply, sides["B"].reply
+        pairs.append({"concurrency": c, "index": i, "prompt": sides["A"].prompt,
+                      "identical": a.text == b.text,
+                      "prompt_tokens": [a.prompt_tokens, b.prompt_tokens],
+                      "tokens": [a.completion_tokens, b.completion_tokens],
+                      "finish_reason": [a.finish_reason, b.finish_reason],
+                      "difference": difference(a, b)})
+    known = [p for p in pairs if None not in p["prompt_tokens"]]
+    out: dict[str, Any] = {
+        "compared": len(pairs), "identical": sum(p["identical"] for p in pairs),
+        "prompt_tokens_compared": len(known),
+        "prompt_tokens_differ": sum(p["prompt_tokens"][0] != p["prompt_tokens"][1]
+                                    for p in known),
+        "pairs": pairs}
+    first = next((p for p in pairs if not p["identical"]), None)
+    if first is not None:
+        d = first["difference"]
+        out["first_difference"] = {"concurrency": first["concurrency"], "index": first["index"],
+                                   "prompt": first["prompt"], "common_prefix_chars": d["char"],
+                                   "token_a": d["token_a"], "token_b": d["token_b"],
+                                   "a": d["a"], "b": d["b"]}
     return out
 
 
@@ -254,13 +335,14 @@ def run_ab(config: ABConfig, log: Log | None = None) -> dict[str, Any]:
     """
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     config.validate()
+    payloads = config.payloads()
     endpoints: dict[str, Endpoint] = {}
     facts: dict[str, dict[str, Any]] = {}
     for side, endpoint in (("A", config.a), ("B", config.b)):
         endpoints[side], facts[side] = probe(endpoint)
         log(f"{side} = {endpoints[side].describe()}")
     for side in ("A", "B"):
-        _warm_up(endpoints[side], config, log)
+        _warm_up(endpoints[side], config, payloads, log)
 
     t_bench = time.perf_counter()
     started = datetime.datetime.now(datetime.timezone.utc)
@@ -274,7 +356,8 @@ def run_ab(config: ABConfig, log: Log | None = None) -> dict[str, Any]:
         first = 0
         for r, size in enumerate(sizes):
             for side in (("B", "A") if order_flip else ("A", "B")):
-                result = _run_round(endpoints[side], side, config, c, r, first, size, t_bench)
+                result = _run_round(endpoints[side], side, config, payloads, c, r, first, size,
+                                    t_bench)
                 rounds[side].append(result)
                 all_measured += result.requests
                 bad = sum(not m.reply.ok for m in result.requests)
@@ -301,9 +384,14 @@ def run_ab(config: ABConfig, log: Log | None = None) -> dict[str, Any]:
                      "rounds": config.rounds, "max_tokens": config.settings.max_tokens,
                      "seed": config.settings.seed, "temperature": 0,
                      "ignore_eos": config.settings.ignore_eos, "warmup": config.warmup,
-                     "prompts": len(config.prompts), "timeout_s": config.timeout},
+                     "prompts": len(config.prompts), "timeout_s": config.timeout,
+                     "repeat_penalty": 1.0, "mode": "raw" if config.settings.raw else "chat",
+                     "chat_template": ((config.chat_template or gemma_template()).name
+                                       if config.settings.raw else None)},
         "levels": levels,
         "agreement": _agreement(all_measured),
+        # What each prompt was sent as: the texts of raw completions show the template's work.
+        "payloads": payloads,
         "requests": [m.to_json() for m in all_measured],
     }
 
@@ -329,8 +417,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "/v1, else ollama; model defaults to the server's only model")
     parser.add_argument("--b", required=True, metavar="SPEC", help="endpoint B, like --a")
     parser.add_argument("--prompts", metavar="FILE",
-                        help="one prompt per line: text, or JSON (a list of messages, "
-                        '{"messages": [...]} or {"prompt": "..."}); default: 12 built-in')
+                        help="one prompt per line: text (stripped) or JSON {\"prompt\": "
+                        '"..."} (exact), or a conversation: JSON, a list of messages or '
+                        '{"messages": [...]}; default: 12 built-in conversations')
+    parser.add_argument("--raw", action="store_true",
+                        help="send raw completions (Ollama /api/generate with raw: true, "
+                        "OpenAI /v1/completions) instead of chat requests: texts as they are, "
+                        "conversations rendered with --chat-template, so both sides complete "
+                        "the same text")
+    parser.add_argument("--chat-template", metavar="gemma|FILE.gguf", default=None,
+                        help="with --raw: how conversations become text: gemma (Gemma's turn "
+                        "format, the default) or a GGUF file's own chat template (Gemma's "
+                        "format when it has none)")
     parser.add_argument("--concurrency", type=_levels, default=[1, 4, 8], metavar="N,N,...",
                         help="requests in flight, one level after another (default 1,4,8)")
     parser.add_argument("--requests", type=int, default=8,
@@ -359,11 +457,15 @@ def config_from_args(args: argparse.Namespace) -> ABConfig:
     a, b = parse_endpoint(args.a, "A"), parse_endpoint(args.b, "B")
     if a.label == b.label:
         b = replace(b, label=b.label + " (B)")
+    if args.chat_template is not None and not args.raw:
+        raise ValueError("--chat-template applies to --raw requests only (chat requests are "
+                         "formatted by each server)")
+    template = load_template(args.chat_template) if args.raw else None
     return ABConfig(a=a, b=b, prompts=prompts, concurrency=list(args.concurrency),
                     requests=args.requests, rounds=args.rounds,
                     settings=GenerationSettings(max_tokens=args.max_tokens, seed=args.seed,
-                                                ignore_eos=args.ignore_eos),
-                    warmup=args.warmup, timeout=args.timeout)
+                                                ignore_eos=args.ignore_eos, raw=args.raw),
+                    warmup=args.warmup, timeout=args.timeout, chat_template=template)
 
 
 def main(args: argparse.Namespace) -> int:

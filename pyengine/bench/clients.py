@@ -1,5 +1,11 @@
-"""Streaming chat clients for the A/B harness: Ollama's ``/api/chat`` and OpenAI's
-``/v1/chat/completions``, over ``http.client`` with one connection per request.
+"""Streaming clients for the A/B harness, over ``http.client`` with one connection per
+request: chat requests (Ollama's ``/api/chat``, OpenAI's ``/v1/chat/completions``) and raw
+completions (Ollama's ``/api/generate`` with ``raw: true``, OpenAI's ``/v1/completions``).
+
+A raw completion prompt reaches the model as it is on Ollama's API and on llama-server's
+``/v1/completions``. Ollama's own ``/v1/completions`` (and pyengine's, which follows it) wraps
+the prompt in the model's chat format instead: address those servers with ``api=ollama`` for
+raw prompts.
 
 Every streamed line is timestamped (``time.perf_counter``) as soon as it is read, so time to
 first token and decode speed are measured on the client, as a user would see them. Failures
@@ -48,6 +54,12 @@ class Endpoint:
         """Path of the streaming chat route, with the URL's prefix."""
         prefix = urlsplit(self.url).path.rstrip("/")
         return prefix + ("/api/chat" if self.api == "ollama" else "/v1/chat/completions")
+
+    @property
+    def completion_path(self) -> str:
+        """Path of the streaming raw completion route, with the URL's prefix."""
+        prefix = urlsplit(self.url).path.rstrip("/")
+        return prefix + ("/api/generate" if self.api == "ollama" else "/v1/completions")
 
     def describe(self) -> str:
         """``A: http://host:port (ollama, model gemma3:1b)``."""
@@ -110,6 +122,7 @@ class GenerationSettings:
     max_tokens: int = 64
     seed: int = 42
     ignore_eos: bool = False  # keep generating past end-of-turn (servers that support it)
+    raw: bool = False  # raw completions instead of chat requests
 
 
 @dataclass
@@ -129,6 +142,7 @@ class Reply:
     server_eval_tps: float | None = None
     server_prompt_tps: float | None = None
     finish_reason: str | None = None
+    pieces: list[str] = field(default_factory=list)  # the text of each text-bearing chunk
 
     @property
     def decode_tps(self) -> float | None:
@@ -243,23 +257,43 @@ def _ollama_has(models: Sequence[str], name: str) -> bool:
     return full(name) in {full(m) for m in models}
 
 
-def request_body(endpoint: Endpoint, messages: Messages,
-                 settings: GenerationSettings) -> dict[str, Any]:
-    """The JSON body of one greedy, seeded, streaming chat request in the endpoint's API."""
-    if endpoint.api == "ollama":
-        options: dict[str, Any] = {"temperature": 0, "seed": settings.seed,
-                                   "num_predict": settings.max_tokens}
-        if settings.ignore_eos:
-            options["ignore_eos"] = True  # honoured by pyengine; stock Ollama ignores it
-        return {"model": endpoint.model, "messages": list(messages), "stream": True,
-                "options": options}
-    body: dict[str, Any] = {"model": endpoint.model, "messages": list(messages), "stream": True,
+def _ollama_options(settings: GenerationSettings) -> dict[str, Any]:
+    # Ollama's own default repeat_penalty is 1.1; llama-server's and pyengine's is 1.0. Greedy
+    # texts compare only without a penalty on both sides, so it is sent explicitly.
+    options: dict[str, Any] = {"temperature": 0, "seed": settings.seed,
+                               "num_predict": settings.max_tokens, "repeat_penalty": 1.0}
+    if settings.ignore_eos:
+        options["ignore_eos"] = True  # honoured by pyengine; stock Ollama ignores it
+    return options
+
+
+def _openai_body(endpoint: Endpoint, settings: GenerationSettings) -> dict[str, Any]:
+    body: dict[str, Any] = {"model": endpoint.model, "stream": True,
                             "stream_options": {"include_usage": True},
                             "max_tokens": settings.max_tokens, "temperature": 0,
                             "seed": settings.seed}
     if settings.ignore_eos:
         body["ignore_eos"] = True  # a llama.cpp server extension
     return body
+
+
+def request_body(endpoint: Endpoint, messages: Messages,
+                 settings: GenerationSettings) -> dict[str, Any]:
+    """The JSON body of one greedy, seeded, streaming chat request in the endpoint's API."""
+    if endpoint.api == "ollama":
+        return {"model": endpoint.model, "messages": list(messages), "stream": True,
+                "options": _ollama_options(settings)}
+    return {**_openai_body(endpoint, settings), "messages": list(messages)}
+
+
+def completion_body(endpoint: Endpoint, prompt: str,
+                    settings: GenerationSettings) -> dict[str, Any]:
+    """The JSON body of one greedy, seeded, streaming raw completion of ``prompt``: Ollama's
+    ``/api/generate`` with ``raw: true`` (no template), or OpenAI's ``/v1/completions``."""
+    if endpoint.api == "ollama":
+        return {"model": endpoint.model, "prompt": prompt, "raw": True, "stream": True,
+                "options": _ollama_options(settings)}
+    return {**_openai_body(endpoint, settings), "prompt": prompt}
 
 
 def _lines(resp: http.client.HTTPResponse) -> Iterator[tuple[float, str]]:
@@ -278,12 +312,25 @@ def stream_chat(endpoint: Endpoint, messages: Messages, settings: GenerationSett
                 timeout: float = 600.0) -> Reply:
     """Sends one streaming chat request and reads the reply to its end; never raises for
     transport or server errors (they are in ``Reply.error``)."""
+    return _stream(endpoint, endpoint.chat_path, request_body(endpoint, messages, settings),
+                   timeout)
+
+
+def stream_completion(endpoint: Endpoint, prompt: str, settings: GenerationSettings,
+                      timeout: float = 600.0) -> Reply:
+    """Sends one streaming raw completion request (see ``completion_body``) and reads the reply
+    to its end; never raises for transport or server errors (they are in ``Reply.error``)."""
+    return _stream(endpoint, endpoint.completion_path,
+                   completion_body(endpoint, prompt, settings), timeout)
+
+
+def _stream(endpoint: Endpoint, path: str, payload: dict[str, Any], timeout: float) -> Reply:
     reply = Reply()
-    body = json.dumps(request_body(endpoint, messages, settings)).encode()
+    body = json.dumps(payload).encode()
     conn = _connection(endpoint.url, timeout)
     t0 = time.perf_counter()
     try:
-        conn.request("POST", endpoint.chat_path, body=body,
+        conn.request("POST", path, body=body,
                      headers=endpoint.headers(**{
                          "Content-Type": "application/json",
                          "Accept": "application/x-ndjson, text/event-stream"}))
@@ -310,19 +357,21 @@ def stream_chat(endpoint: Endpoint, messages: Messages, settings: GenerationSett
 
 def _arrived(reply: Reply, now: float, t0: float, text: str) -> None:
     reply.text += text
+    reply.pieces.append(text)
     reply.chunk_times.append(now - t0)
     if reply.ttft is None:
         reply.ttft = now - t0
 
 
 def _read_ollama(lines: Iterator[tuple[float, str]], reply: Reply, t0: float) -> None:
-    """NDJSON records: ``message.content`` pieces, then ``done: true`` with counts in ns."""
+    """NDJSON records: ``message.content`` (chat) or ``response`` (generate) pieces, then
+    ``done: true`` with counts in ns."""
     for now, line in lines:
         record = json.loads(line)
         if "error" in record:
             reply.error = f"stream error: {record['error']}"
             return
-        content = (record.get("message") or {}).get("content") or ""
+        content = (record.get("message") or {}).get("content") or record.get("response") or ""
         if content:
             _arrived(reply, now, t0, content)
         if record.get("done"):
@@ -343,8 +392,9 @@ def _read_ollama(lines: Iterator[tuple[float, str]], reply: Reply, t0: float) ->
 
 
 def _read_openai(lines: Iterator[tuple[float, str]], reply: Reply, t0: float) -> None:
-    """SSE events ``data: {chunk}``: ``choices[0].delta.content`` pieces, ``usage`` (asked for
-    with ``stream_options.include_usage``) and llama.cpp's ``timings``; ``data: [DONE]`` ends."""
+    """SSE events ``data: {chunk}``: ``choices[0].delta.content`` (chat) or ``choices[0].text``
+    (completions) pieces, ``usage`` (asked for with ``stream_options.include_usage``) and
+    llama.cpp's ``timings``; ``data: [DONE]`` ends."""
     finished = False
     for now, line in lines:
         if line.startswith(("event:", "id:", "retry:", ":")):
@@ -365,7 +415,7 @@ def _read_openai(lines: Iterator[tuple[float, str]], reply: Reply, t0: float) ->
             reply.error = f"stream error: {message}"
             return
         for choice in event.get("choices") or []:
-            content = (choice.get("delta") or {}).get("content") or ""
+            content = (choice.get("delta") or {}).get("content") or choice.get("text") or ""
             if content:
                 _arrived(reply, now, t0, content)
             if choice.get("finish_reason"):

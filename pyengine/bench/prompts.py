@@ -1,16 +1,20 @@
 """The A/B workload's prompts: a built-in set of short, varied chat prompts, or a file.
 
-A prompts file holds one prompt per line: plain text (one user message), or JSON: a list of
-messages, ``{"messages": [...]}`` or ``{"prompt": "..."}``. Blank lines are skipped.
+A prompt is a conversation (a list of messages) or a text. A prompts file holds one prompt per
+line: plain text or JSON ``{"prompt": "..."}`` (a text), or JSON: a list of messages or
+``{"messages": [...]}`` (a conversation). Blank lines are skipped. A chat request sends a text
+as one user message; a raw completion request sends it as it is and renders a conversation
+with a chat template first (``template.py``).
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Union
 
 Message = dict[str, str]
+Prompt = Union[str, list[Message]]  # a text, or a conversation
 
 BUILTIN_PROMPTS: tuple[str, ...] = (
     "Why is the sky blue? Answer in two sentences.",
@@ -28,17 +32,22 @@ BUILTIN_PROMPTS: tuple[str, ...] = (
 )
 
 
-def builtin_prompts() -> list[list[Message]]:
+def builtin_prompts() -> list[Prompt]:
     """The built-in prompts, each as a one-message conversation."""
     return [[{"role": "user", "content": p}] for p in BUILTIN_PROMPTS]
 
 
-def _messages(value: Any, where: str) -> list[Message]:
+def as_messages(prompt: Prompt) -> list[Message]:
+    """The prompt as a conversation: a text becomes one user message."""
+    return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+
+
+def _prompt(value: Any, where: str) -> Prompt:
     if isinstance(value, dict):
         if "messages" in value:
             value = value["messages"]
         elif isinstance(value.get("prompt"), str):
-            return [{"role": "user", "content": value["prompt"]}]
+            return value["prompt"]
         else:
             raise ValueError(f"{where}: a JSON object needs \"messages\" or \"prompt\"")
     if not isinstance(value, list) or not value:
@@ -53,9 +62,9 @@ def _messages(value: Any, where: str) -> list[Message]:
     return out
 
 
-def load_prompts(path: str | Path) -> list[list[Message]]:
-    """Conversations from a prompts file (see the module docstring); ``ValueError`` when it
-    has none or a malformed JSON line, ``FileNotFoundError`` when it is missing."""
+def load_prompts(path: str | Path) -> list[Prompt]:
+    """Texts and conversations from a prompts file (see the module docstring); ``ValueError``
+    when it has none or a malformed JSON line, ``FileNotFoundError`` when it is missing."""
     path = Path(path)
     prompts = []
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
@@ -68,9 +77,9 @@ def load_prompts(path: str | Path) -> list[list[Message]]:
             except ValueError:
                 value = None  # text that merely starts with a bracket
             if value is not None:
-                prompts.append(_messages(value, f"{path}:{number}"))
+                prompts.append(_prompt(value, f"{path}:{number}"))
                 continue
-        prompts.append([{"role": "user", "content": text}])
+        prompts.append(text)
     if not prompts:
         raise ValueError(f"{path}: no prompts")
     return prompts

@@ -19,6 +19,15 @@ def _num(value: float | None, digits: int = 1) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+def _count(value: int | None) -> str:
+    return "-" if value is None else str(value)
+
+
+def _quote(text: str) -> str:
+    """Text for a table cell: JSON-quoted (newlines visible), pipes escaped."""
+    return "`" + json.dumps(text, ensure_ascii=False).replace("|", "\\|").replace("`", "'") + "`"
+
+
 def _side_name(report: dict[str, Any], side: str) -> str:
     return report["sides"][side]["label"]
 
@@ -37,6 +46,11 @@ def format_table(report: dict[str, Any]) -> str:
                  f"tokens, greedy, seed {cfg['seed']}, {cfg['prompts']} prompts, "
                  f"{cfg['warmup']} warm-up, ignore EOS: {'yes' if cfg['ignore_eos'] else 'no'}; "
                  f"sides alternate by round (ABBA...)")
+    if cfg.get("mode") == "raw":
+        lines.append(f"- raw completions (no server-side template); conversations rendered "
+                     f"with {cfg.get('chat_template')}")
+    elif cfg.get("mode") == "chat":
+        lines.append("- chat requests: each server formats the conversation itself")
     client = report.get("client", {})
     if client.get("load_average_start") is not None:
         lines.append(f"- load average of the client's machine: {client['load_average_start']} "
@@ -74,6 +88,27 @@ def format_table(report: dict[str, Any]) -> str:
     if diff:
         lines.append(f"First difference: concurrency {diff['concurrency']}, request "
                      f"{diff['index']}, after {diff['common_prefix_chars']} common characters.")
+    if agree.get("prompt_tokens_differ"):
+        hint = ("an OpenAI API of Ollama or pyengine wraps a /v1/completions prompt in the chat "
+                "format: address them with api=ollama" if cfg.get("mode") == "raw"
+                else "each server formats chats its own way: --raw sends both the same text")
+        lines.append(f"Prompt token counts differ on {agree['prompt_tokens_differ']} of "
+                     f"{agree['prompt_tokens_compared']} pairs: the sides did not read the same "
+                     f"prompt (another format, or a doubled BOS; {hint}).")
+    if agree.get("pairs"):
+        lines += ["", ("| conc | request | prompt | prompt tokens A / B | tokens A / B | "
+                       "identical | first difference: character, token A / B, A vs B |"),
+                  "|---:|---:|---:|---:|---:|---|---|"]
+        for pair in agree["pairs"]:
+            d = pair["difference"]
+            where = "-" if d is None else (
+                f"{d['char']}, {d['token_a']} / {d['token_b']}: {_quote(d['a'])} vs "
+                f"{_quote(d['b'])}")
+            lines.append(f"| {pair['concurrency']} | {pair['index']} | {pair['prompt']} | "
+                         f"{_count(pair['prompt_tokens'][0])} / "
+                         f"{_count(pair['prompt_tokens'][1])} | {_count(pair['tokens'][0])} / "
+                         f"{_count(pair['tokens'][1])} | "
+                         f"{'yes' if pair['identical'] else '**no**'} | {where} |")
     uneven = [f"concurrency {lv['concurrency']} {_side_name(report, s)} "
               f"{lv[s]['aggregate_tps']['spread']:.1f}x" for lv in report["levels"]
               for s in ("A", "B") if (lv[s]["aggregate_tps"].get("spread") or 1) > UNEVEN]

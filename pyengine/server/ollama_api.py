@@ -125,8 +125,11 @@ async def _acquire(models: ModelSet, entry: ModelEntry, keep_alive: float) -> Le
 
 
 def _stats(c: Completion, total: int, load: int) -> dict[str, int]:
+    # As Ollama reports it since its prompt cache: prompt_eval_count is the whole prompt,
+    # whether its keys and values were computed or came from the prefix cache (caching must
+    # not change what a client sees); the duration is the time spent on the computed part.
     return {"total_duration": int(total), "load_duration": int(load),
-            "prompt_eval_count": int(c.prompt_eval_count),
+            "prompt_eval_count": int(c.prompt_eval_count + c.cached_tokens),
             "prompt_eval_duration": int(c.prompt_eval_duration),
             "eval_count": int(c.eval_count), "eval_duration": int(c.eval_duration)}
 

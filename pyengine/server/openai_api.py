@@ -77,9 +77,11 @@ def finish_reason(done_reason: str) -> str:
 
 
 def usage(c: Completion) -> dict[str, Any]:
-    """Token counts of a reply; ``cached_tokens`` are prompt tokens the prefix cache served."""
-    return {"prompt_tokens": c.prompt_eval_count, "completion_tokens": c.eval_count,
-            "total_tokens": c.prompt_eval_count + c.eval_count,
+    """Token counts of a reply: ``prompt_tokens`` is the whole prompt, of which
+    ``cached_tokens`` came from the prefix cache (OpenAI's meaning, and Ollama's)."""
+    prompt = c.prompt_eval_count + c.cached_tokens
+    return {"prompt_tokens": prompt, "completion_tokens": c.eval_count,
+            "total_tokens": prompt + c.eval_count,
             "prompt_tokens_details": {"cached_tokens": c.cached_tokens}}
 
 
