@@ -59,9 +59,11 @@ GEMMA3N_QUIRKS = {
     "eos-ids": GEMMA3_QUIRKS["eos-ids"],
 }
 QUIRKS = {"gemma3": GEMMA3_QUIRKS, "gemma3n": GEMMA3N_QUIRKS}
-# "all": a blob as Ollama published it. Gemma 3 has two converters: the text-only one of the 1B
-# and 270M (nested rope keys, softcap 30), and the multimodal one of the 4B/12B/27B (no rope
-# keys, no scaling, a 131072 context), which --like-4b selects.
+# "all": every quirk that combines. Ollama's Gemma 3 converter has two paths, and a published
+# blob shows one of them: the text-only 1B/270M one (nested rope keys, softcap 30, the extra
+# token; it does write the epsilon) and the multimodal 4B/12B/27B one (no epsilon, no rope
+# keys, no scaling at a 131072 context, the vision tower), which --like-4b selects. Both write
+# the tokenizer flags, no space-prefix key, and (since mid-2025) the eos list.
 ALL = {
     "gemma3": [q for q in GEMMA3_QUIRKS if q not in ("no-rope-keys", "no-rope-scaling")],
     "gemma3n": list(GEMMA3N_QUIRKS),
@@ -317,7 +319,7 @@ _ORDER = ["no-rms-eps", "nested-rope", "softcap-30", "no-rope-keys", "no-rope-sc
 def rewrite(src: str | Path, dst: str | Path, quirks: Iterable[str] = ("all",),
             like_4b: bool = False, vision: VisionSpec = VisionSpec(),
             tokenizer_model: str = "gemma3n") -> dict[str, Any]:
-    """Write dst: src with the given Ollama quirks ("all": the blob as Ollama published it).
+    """Write dst: src with the given Ollama quirks ("all": every quirk that combines).
 
     like_4b: a Gemma 3 file with explicit linear x8 RoPE scaling gets a context of 131072 and no
     scaling keys, as Ollama's blobs of Gemma 3 4B/12B/27B ("all" is then their converter's
@@ -379,7 +381,7 @@ def main() -> None:
     ap.add_argument("input", nargs="?")
     ap.add_argument("-o", "--output")
     ap.add_argument("--quirk", action="append", default=None, metavar="NAME",
-                    help="apply this quirk (repeatable; default 'all': the blob as published)")
+                    help="apply this quirk (repeatable; default 'all': every one that combines)")
     ap.add_argument("--like-4b", action="store_true",
                     help="context 131072 and no rope scaling keys (input: linear x8 scaling)")
     ap.add_argument("--tokenizer-model", default="gemma3n",
