@@ -337,18 +337,21 @@ def test_rewrites_refuse_to_change_meaning(make_model, tmp_path):
 
 # --------------------------------------------------------------------- the MLX backend
 
-@pytest.mark.parametrize("preset", ["tiny", "tiny-3n"])
-def test_mlx_backend_reads_the_blobs(make_model, gemma3n, blobs, preset, tmp_path, monkeypatch):
+@pytest.mark.parametrize("preset,dtype", [("tiny", "float32"), ("tiny-3n", "float32"),
+                                          ("tiny-3n", "q8")])
+def test_mlx_backend_reads_the_blobs(make_model, gemma3n, blobs, preset, dtype, tmp_path,
+                                     monkeypatch):
     pytest.importorskip("mlx.core")
     pytest.importorskip("mlx_lm")
     monkeypatch.setenv("PYENGINE_MLX_CACHE", str(tmp_path / "mlx-cache"))
-    original = make_model("tiny", "f32") if preset == "tiny" else gemma3n("f32")
+    file_dtype = "q8_0" if dtype == "q8" else "f32"
+    original = make_model("tiny", file_dtype) if preset == "tiny" else gemma3n(file_dtype)
     blob = blobs(original, "all")
     ids = prompt_ids(3000, 64, seed=7)
     if preset == "tiny-3n":
         ids[5:9] = list(range(G3N_TEXT, G3N_TEXT + 4))
-    with Engine(original, n_ctx=256, backend="mlx", dtype="float32") as a, \
-            Engine(blob, n_ctx=256, backend="mlx", dtype="float32") as b:
+    with Engine(original, n_ctx=256, backend="mlx", dtype=dtype) as a, \
+            Engine(blob, n_ctx=256, backend="mlx", dtype=dtype) as b:
         assert b.tokenize(TEXTS[1]) == a.tokenize(TEXTS[1])
         np.testing.assert_array_equal(b.logits(ids), a.logits(ids))
 
