@@ -58,34 +58,73 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _support(arch: str, tensors: list) -> str:
-    """'yes', or 'no (why)' with the reason loading would give: the architecture, or the first
-    text-model tensor of a type the kernels cannot compute with (a vision tower, v.* and mm.*,
-    is never read)."""
+_VISION_PREFIXES = ("v.", "mm.")  # the vision tower Ollama's Gemma 3 blobs carry in the file
+
+
+def _effective_config(path: str) -> tuple[dict[str, Any] | None, str | None]:
+    """(the config the engine computes with, or the error that stops it) of a model file.
+
+    Opening the file as a model reads its metadata and tokenizer, never tensor data."""
+    try:
+        return _core.ModelFile(path).config, None
+    except PyEngineError as e:
+        return None, str(e)
+
+
+def _ollama_markers(meta: dict[str, Any], tensor_names: list[str]) -> bool:
+    """Whether a gemma3 file was written by Ollama's converter (the markers the core's
+    IsOllamaGemma3 checks)."""
+    return (meta.get("general.architecture") == "gemma3" and (
+        "gemma3.mm.tokens_per_image" in meta or "gemma3.rope.global.freq_base" in meta
+        or "gemma3.rope.local.freq_base" in meta or "tokenizer.ggml.add_padding_token" in meta
+        or "tokenizer.ggml.add_unknown_token" in meta
+        or "gemma3.attention.layer_norm_rms_epsilon" not in meta
+        or any(n.startswith(_VISION_PREFIXES) for n in tensor_names)))
+
+
+def _support(arch: str, tensors: list, error: str | None) -> str:
+    """'yes', or 'no (why)' with the reason loading would give: the architecture, the config
+    error, or the first text-model tensor of a type the kernels cannot compute with (the vision
+    tower is never read)."""
     runs = _core.architectures()
     if arch not in runs:
         return f"no (this engine runs {', '.join(runs)})"
+    if error:
+        return f"no ({error})"
     computable = set(_core.weight_types())
     for name, ttype, _shape, _nbytes in tensors:
-        if ttype not in computable and not name.startswith(("v.", "mm.")):
+        if ttype not in computable and not name.startswith(_VISION_PREFIXES):
             return (f"no (tensor '{name}' has type {ttype}, which this engine cannot compute with "
                     f"yet; it computes {', '.join(sorted(computable))})")
     return "yes"
 
 
 def describe(path: str) -> str:
-    """A human-readable summary of a GGUF model file (no weights are computed with)."""
+    """A human-readable summary of a GGUF model file (no tensor data is read).
+
+    Values are the ones the engine computes with; where the file leaves one out, names it
+    differently or states one the engine overrides (as Ollama's published blobs do), the row
+    says so."""
     meta, tensors, lengths, info = _core.read_gguf(path, 512)  # per-layer arrays whole
     arch = meta.get("general.architecture", "?")
     p = f"{arch}."
-    n_params = 0
+    shapes = {name: shape for name, _ttype, shape, _nbytes in tensors}
+    text_params = vision_params = n_vision = 0
     types: Counter[str] = Counter()
-    for _name, ttype, shape, _nbytes in tensors:
+    vision_types: Counter[str] = Counter()
+    for name, ttype, shape, _nbytes in tensors:
         count = 1
         for d in shape:
             count *= d
-        n_params += count
-        types[ttype] += 1
+        if name.startswith(_VISION_PREFIXES):
+            vision_params += count
+            n_vision += 1
+            vision_types[ttype] += 1
+        else:
+            text_params += count
+            types[ttype] += 1
+    runs = _core.architectures()
+    cfg, error = _effective_config(path) if arch in runs else (None, None)
     lines = ["  Model"]
 
     def row(label: str, value: Any) -> None:
@@ -94,7 +133,15 @@ def describe(path: str) -> str:
     row("architecture", arch)
     if "general.name" in meta:
         row("name", meta["general.name"])
-    row("parameters", _human(n_params))
+    if _ollama_markers(meta, list(shapes)) or (
+            cfg and arch == "gemma3n" and cfg.get("n_vocab") != shapes.get(
+                "per_layer_token_embd.weight", [0, cfg.get("n_vocab")])[1]):
+        row("written by", "Ollama's converter (read as it is; see the notes in brackets)")
+    row("parameters", _human(text_params))
+    if n_vision:
+        row("vision tower", f"{n_vision} tensors, {_human(vision_params)} parameters "
+            f"({', '.join(f'{t} x{n}' for t, n in sorted(vision_types.items()))}): "
+            "not used, never read (text only)")
     row("file size", f"{info['file_size'] / 2**20:.1f} MiB (GGUF v{info['version']})")
     ft = meta.get("general.file_type")
     row("quantization", _FILE_TYPES.get(ft, f"file_type {ft}") if ft is not None else "unknown")
@@ -103,26 +150,37 @@ def describe(path: str) -> str:
                        ("block_count", "layers"), ("feed_forward_length", "feed-forward length"),
                        ("attention.head_count", "attention heads"),
                        ("attention.head_count_kv", "key/value heads"),
-                       ("attention.key_length", "head dimension"),
-                       ("attention.sliding_window", "sliding window"),
-                       ("rope.freq_base", "rope base (global)"),
-                       ("rope.freq_base_swa", "rope base (local)"),
-                       ("rope.scaling.factor", "rope linear scaling")]:
+                       ("attention.sliding_window", "sliding window")]:
         if p + key in meta:
             value = meta[p + key]
             # A per-layer array (Gemma 3n), read whole only up to 16 entries.
             if isinstance(value, list) and len(set(value)) == 1 and len(value) == lengths[p + key]:
                 value = f"{value[0]} (every layer)"
             row(label, value)
-    row("supported", _support(arch, tensors))
+    if cfg is not None:
+        _describe_config(meta, p, cfg, shapes, row)
+    elif error:
+        row("loads", f"no: {error}")
+    row("supported", _support(arch, tensors, error))
     lines.append("  Tokenizer")
-    row("model", meta.get("tokenizer.ggml.model", "none"))
+    model = meta.get("tokenizer.ggml.model", "none")
+    row("model", model if model == "llama" or cfg is None
+        else f"{model} (read as SentencePiece, as for every {arch} file)")
     if "tokenizer.ggml.tokens" in lengths:
-        row("vocabulary", lengths["tokenizer.ggml.tokens"])
-    for key in ("bos_token_id", "eos_token_id", "unknown_token_id", "padding_token_id",
-                "add_bos_token", "add_eos_token", "add_space_prefix"):
+        listed = lengths["tokenizer.ggml.tokens"]
+        # The core's tokenizer stops at token_embd's rows (the ids the model can embed).
+        n_tokens = min(listed, cfg["n_vocab"]) if cfg is not None else listed
+        if n_tokens < listed:
+            row("vocabulary", f"{n_tokens} ({listed} listed; the {listed - n_tokens} past "
+                "token_embd's rows are multimodal tokens the text model cannot embed)")
+        else:
+            row("vocabulary", listed)
+    for key in ("bos_token_id", "eos_token_id", "eos_token_ids", "unknown_token_id",
+                "padding_token_id", "add_bos_token", "add_eos_token", "add_space_prefix"):
         if "tokenizer.ggml." + key in meta:
             row(key, meta["tokenizer.ggml." + key])
+        elif key == "add_space_prefix" and arch in ("gemma3", "gemma3n"):
+            row(key, "False (no key: Gemma's SentencePiece model adds no prefix)")
     row("chat template", "yes" if "tokenizer.chat_template" in meta else "no (Gemma turns)")
     return "\n".join(lines)
 
@@ -130,7 +188,7 @@ def describe(path: str) -> str:
 def describe_source(ref: ModelRef) -> str:
     """Where a model name led: the store it came from, the file, and the Ollama blob's digest."""
     where = {"path": "a file path", "registry": "the project's registry",
-             "ollama": "Ollama's store"}.get(ref.source, ref.source)
+             "ollama": "Ollama's store", "package": "a Python package"}.get(ref.source, ref.source)
     lines = ["  Source", f"    {'found in':<28}{where}" + (
         f" as {ref.name}" if ref.source != "path" else "")]
     if ref.tier:
@@ -139,6 +197,46 @@ def describe_source(ref: ModelRef) -> str:
     if ref.digest:
         lines.append(f"    {'digest':<28}sha256:{ref.digest}")
     return "\n".join(lines)
+
+
+def _describe_config(meta: dict[str, Any], p: str, cfg: dict[str, Any],
+                     shapes: dict[str, list[int]], row: Any) -> None:
+    """The rows of describe() whose value the engine may take from elsewhere than the key."""
+    def source(value: Any, key: str, alternatives: tuple[str, ...], default: str) -> str:
+        if p + key in meta:
+            return f"{value}"
+        for alt in alternatives:
+            if p + alt in meta:
+                return f"{value} (from {p + alt})"
+        return f"{value} ({default})"
+
+    row("head dimension", source(cfg["head_dim"], "attention.key_length", ("head_dim",),
+                                 "no key: embedding length / heads"))
+    row("rms epsilon", source(f"{cfg['rms_eps']:.0e}", "attention.layer_norm_rms_epsilon", (),
+                              "no key: Gemma's value"))
+    row("rope base (global)", source(f"{cfg['rope_base']:g}", "rope.freq_base",
+                                     ("rope.global.freq_base",), "no key: Gemma's value"))
+    row("rope base (local)", source(f"{cfg['rope_base_swa']:g}", "rope.freq_base_swa",
+                                    ("rope.local.freq_base", "rope.freq_base_local"),
+                                    "no key: Gemma's value"))
+    if cfg["rope_scale"] != 1.0:
+        factor = f"linear x{1.0 / cfg['rope_scale']:g}"
+        if p + "rope.scaling.factor" in meta:
+            row("rope scaling", factor)
+        else:
+            row("rope scaling", f"{factor} (no key: implied for an Ollama blob with a context "
+                "of 131072, as Ollama's patch for llama.cpp fills it in)")
+    stated = meta.get(p + "final_logit_softcapping")
+    if cfg["final_softcap"]:
+        row("final softcap", f"{cfg['final_softcap']:g}" + ("" if stated is not None else
+                                                           " (fixed for this architecture)"))
+    elif stated is not None:
+        row("final softcap", f"none (the file's {stated:g} is a default Ollama's converter "
+            "filled in; Gemma 3 has none)")
+    ple = shapes.get("per_layer_token_embd.weight")
+    if ple is not None and len(ple) == 2 and ple[1] < cfg["n_vocab"]:
+        row("per-layer table", f"{ple[1]} of {cfg['n_vocab']} ids (the ids past it, image and "
+            "audio tokens, get a zero per-layer input)")
 
 
 def cmd_show(args: argparse.Namespace) -> int:

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Builds the core with AddressSanitizer + UBSan (scalar kernels, no Python) and feeds it
 # mutated GGUF files: truncations, byte flips and 64-bit overwrites of a small file with every
-# metadata type, and of the headers of tiny synthetic Gemma 3 and Gemma 3n models. Any sanitizer
+# metadata type, and of the headers of tiny synthetic Gemma 3 and Gemma 3n models, both as
+# llama.cpp writes them and as Ollama's blobs are (scripts/ollama_style.py: renamed and missing
+# keys, tokens past the embedding, a vision tower, a short per-layer table). Any sanitizer
 # report fails the run.
 #   bash scripts/fuzz_native.sh [N_READER] [N_ENGINE]
 set -euo pipefail
@@ -27,18 +29,24 @@ sys.path[:0] = ["tests", "scripts"]
 from gguf_builder import build_gguf, mutate
 from test_gguf import ALL_TYPES_KVS, TENSORS
 from make_model import write_model
+from ollama_style import VisionSpec, rewrite
 work, n_reader, n_engine = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 write_model(work / "tiny.gguf", "tiny", "q8_0")
 write_model(work / "tiny-3n.gguf", "tiny-3n", "q8_0")
+small_vision = VisionSpec(width=64, ff=128, blocks=1, heads=2, image=28, patch=14, tokens_per_image=4)
+rewrite(work / "tiny.gguf", work / "tiny-ollama.gguf", ["all"], vision=small_vision)
+write_model(work / "tiny-3n-mm.gguf", "tiny-3n", "q8_0", n_vocab=3136, n_vocab_per_layer=3072)
+rewrite(work / "tiny-3n-mm.gguf", work / "tiny-3n-ollama.gguf", ["all"])
 rng = random.Random(1)
 small = build_gguf(ALL_TYPES_KVS, TENSORS)
-models = [(work / name).read_bytes() for name in ("tiny.gguf", "tiny-3n.gguf")]
+names = ("tiny.gguf", "tiny-3n.gguf", "tiny-ollama.gguf", "tiny-3n-ollama.gguf")
+models = [(work / name).read_bytes() for name in names]
 (work / "reader").mkdir()
 for i in range(n_reader):
     (work / "reader" / f"{i}.gguf").write_bytes(mutate(small, len(small), rng))
 (work / "engine").mkdir()
-for i in range(n_engine):  # Gemma 3 and Gemma 3n in turn; 128 KiB covers either's metadata
-    (work / "engine" / f"{i}.gguf").write_bytes(mutate(models[i % 2], 1 << 17, rng))
+for i in range(n_engine):  # each model in turn; 128 KiB covers any one's metadata
+    (work / "engine" / f"{i}.gguf").write_bytes(mutate(models[i % len(models)], 1 << 17, rng))
 PY
 for kind in reader engine; do
   printf '%s: ' "$kind"

@@ -78,6 +78,10 @@ class ModelConfig:
     n_layer_kv: int = 20  # layers that own a KV cache; later ones reuse an earlier layer's
     n_layer_sparse: int = 10  # leading layers with activation sparsity in the FFN gate
     final_logit_softcap: float = 30.0
+    # Gemma 3n: ids from here to n_vocab are multimodal (image/audio) tokens: control tokens in
+    # the vocabulary, whose per_layer_token_embd rows are zero as llama.cpp's converter pads
+    # them (the real models: 262144 of 262400). 0: every id is a text token.
+    n_vocab_per_layer: int = 0
 
 
 TINY = ModelConfig(n_vocab=3072, n_embd=128, n_ff=384, n_layer=8, n_head=4, n_head_kv=2,
@@ -244,14 +248,22 @@ def _train_merges(words: Counter[str], max_merges: int) -> list[str]:
     return merges
 
 
-def build_vocab(n_vocab: int) -> tuple[list[str], list[float], list[int]]:
+def build_vocab(n_vocab: int, n_text: int = 0) -> tuple[list[str], list[float], list[int]]:
     """Gemma-like SentencePiece vocabulary of exactly n_vocab pieces: (tokens, scores, types).
 
     Layout: 0 <pad>, 1 <eos>, 2 <bos>, 3 <unk>, 4 <mask>, 5..104 <unused0..99>, 105
     <start_of_turn>, 106 <end_of_turn>, then user-defined whitespace runs and tags, the 256 byte
     tokens, merged pieces (score -rank), filler pieces once the corpus runs out of merges, and the
-    single characters last.
+    single characters last. With 0 < n_text < n_vocab, those are the first n_text pieces and the
+    rest are Gemma 3n's multimodal control tokens (<image_soft_token>, <audio_soft_token>,
+    <mm_unused{i}>), which plain text never produces.
     """
+    if 0 < n_text < n_vocab:
+        tokens, scores, types = build_vocab(n_text)
+        extra = ["<image_soft_token>", "<audio_soft_token>"]
+        extra += [f"<mm_unused{i}>" for i in range(n_vocab - n_text - len(extra))]
+        extra = extra[: n_vocab - n_text]
+        return tokens + extra, scores + [0.0] * len(extra), types + [int(T.CONTROL)] * len(extra)
     tokens = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>"]
     types = [T.CONTROL, T.CONTROL, T.CONTROL, T.UNKNOWN, T.CONTROL]
     tokens += [f"<unused{i}>" for i in range(100)] + ["<start_of_turn>", "<end_of_turn>"]
@@ -296,6 +308,9 @@ def make_config(preset: str = "tiny", **overrides: Any) -> ModelConfig:
     cfg = dataclasses.replace(PRESETS[preset], **overrides)
     if cfg.arch not in ARCHS:
         raise ValueError(f"arch must be one of {ARCHS}, got {cfg.arch!r}")
+    if cfg.n_vocab_per_layer and (cfg.arch != "gemma3n" or
+                                  not 0 < cfg.n_vocab_per_layer <= cfg.n_vocab):
+        raise ValueError("n_vocab_per_layer is a gemma3n setting, at most n_vocab")
     return cfg
 
 
@@ -345,6 +360,8 @@ def _tensor_chunks(name: str, shape: tuple[int, ...], cfg: ModelConfig,
         # comparisons between two implementations meaningful.
         spread = np.random.default_rng([seed, key, 1]).standard_normal((rows, 1))
         row_scale *= np.exp(cfg.embd_row_spread * spread).astype(np.float32)
+    if name == "per_layer_token_embd.weight" and 0 < cfg.n_vocab_per_layer < rows:
+        row_scale[cfg.n_vocab_per_layer:] = 0.0  # the multimodal ids: zero rows, as llama.cpp
     step = max(1, CHUNK_ELEMS // cols)
     for r0 in range(0, rows, step):
         x = rng.standard_normal((min(step, rows - r0), cols), dtype=np.float32)
@@ -378,7 +395,7 @@ def _add_metadata(w: gguf.GGUFWriter, cfg: ModelConfig, dtype: str) -> None:
     if cfg.arch == "gemma3n":
         g3n.add_metadata(w, cfg)
 
-    tokens, scores, types = build_vocab(cfg.n_vocab)
+    tokens, scores, types = build_vocab(cfg.n_vocab, cfg.n_vocab_per_layer)
     w.add_tokenizer_model("llama")
     w.add_tokenizer_pre("default")
     w.add_token_list(tokens)

@@ -99,6 +99,27 @@ def test_logits_match_the_cpu(make_model, preset, dtype, max_err, min_top1):
 
 @needs_gpu
 @pytest.mark.parametrize("preset", ["tiny", "tiny-3n"])
+def test_ollama_blobs_match_the_cpu(make_model, tmp_path, preset):
+    """Ollama's blobs as published (scripts/ollama_style.py): Gemma 3 with its vision tower in
+    the file, Gemma 3n with ids past its per-layer table in the prompt."""
+    from ollama_style import TINY_VISION, rewrite
+
+    text = 3072
+    original = (make_model("tiny", "f32") if preset == "tiny" else
+                make_model("tiny-3n", "f32", n_vocab=text + 64, n_vocab_per_layer=text))
+    blob = tmp_path / "blob.gguf"
+    rewrite(original, blob, ["all"], vision=TINY_VISION)
+    with Engine(blob, n_ctx=512, backend="cuda") as gpu, \
+            Engine(blob, n_ctx=512, backend="native") as cpu:
+        ids = prompt_ids(text, 120, seed=2)
+        ids[7:11] = list(range(cpu.n_vocab - 4, cpu.n_vocab))  # 3n: past the per-layer table
+        ours, ref = gpu.logits(ids).astype(np.float64), cpu.logits(ids).astype(np.float64)
+    err = np.linalg.norm(ours - ref, axis=1) / np.linalg.norm(ref, axis=1)
+    assert err.max() <= 5e-3 and (ours.argmax(1) == ref.argmax(1)).mean() >= 0.99
+
+
+@needs_gpu
+@pytest.mark.parametrize("preset", ["tiny", "tiny-3n"])
 @pytest.mark.parametrize("dtype", ["f32", "f16"])
 def test_greedy_generation_is_identical(make_model, preset, dtype):
     path = make_model(preset, dtype)

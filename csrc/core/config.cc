@@ -1,6 +1,7 @@
 #include "core/config.h"
 
 #include <cmath>
+#include <initializer_list>
 
 #include "core/errors.h"
 #include "core/gguf.h"
@@ -45,7 +46,39 @@ int64_t IntOrUniformArray(const GgufFile& f, const std::string& key) {
   return f.GetInt(key);
 }
 
+// The first of `keys` the file has, as a float; `fallback` when it has none.
+double FirstFloat(const GgufFile& f, std::initializer_list<std::string> keys, double fallback) {
+  for (const std::string& k : keys) {
+    if (f.Find(k)) return f.GetFloat(k);
+  }
+  return fallback;
+}
+
+bool HasTensorWithPrefix(const GgufFile& f, const std::string& prefix) {
+  for (const TensorView& t : f.tensors()) {
+    if (t.name.compare(0, prefix.size(), prefix) == 0) return true;
+  }
+  return false;
+}
+
+// Context length from which Ollama's blobs of Gemma 3 4B/12B/27B imply linear RoPE scaling x8
+// (their converter wrote no rope.scaling keys; the 1B and 270M have 32768 and no scaling).
+constexpr int64_t kOllamaScaledContext = 131072;
+constexpr double kOllamaImpliedScaling = 8.0;
+// What Ollama's older Gemma 3 converter wrote as final_logit_softcapping when the model has
+// none (every Gemma 3 text model); it wrote it next to rope.global.freq_base.
+constexpr double kOllamaDefaultSoftcap = 30.0;
+
 }  // namespace
+
+bool IsOllamaGemma3(const GgufFile& f) {
+  if (f.GetString("general.architecture", "") != "gemma3") return false;
+  return f.Find("gemma3.mm.tokens_per_image") || HasTensorWithPrefix(f, "v.") ||
+         HasTensorWithPrefix(f, "mm.") || f.Find("gemma3.rope.global.freq_base") ||
+         f.Find("gemma3.rope.local.freq_base") || f.Find("tokenizer.ggml.add_padding_token") ||
+         f.Find("tokenizer.ggml.add_unknown_token") ||
+         !f.Find("gemma3.attention.layer_norm_rms_epsilon");
+}
 
 ModelConfig LoadConfig(const GgufFile& f) {
   ModelConfig c;
@@ -74,7 +107,8 @@ ModelConfig LoadConfig(const GgufFile& f) {
     f.Fail("head_count " + std::to_string(c.n_head) + " is not a multiple of head_count_kv " +
            std::to_string(c.n_head_kv));
   }
-  int64_t hk = f.GetInt(p + "attention.key_length", c.n_embd / c.n_head);
+  // Ollama's Gemma 3n blobs name the head dimension '<arch>.head_dim' instead.
+  int64_t hk = f.GetInt(p + "attention.key_length", f.GetInt(p + "head_dim", c.n_embd / c.n_head));
   int64_t hv = f.GetInt(p + "attention.value_length", hk);
   if (hk != hv) f.Fail("key_length != value_length is not supported");
   c.head_dim = positive(p + "attention.key_length", hk, 4096);
@@ -83,15 +117,34 @@ ModelConfig LoadConfig(const GgufFile& f) {
                               f.GetInt(p + "attention.sliding_window"), int64_t{1} << 24);
   c.rms_eps = static_cast<float>(f.GetFloat(p + "attention.layer_norm_rms_epsilon", 1e-6));
   if (!(c.rms_eps >= 0.f && c.rms_eps < 1.f)) f.Fail("layer_norm_rms_epsilon is out of range");
-  c.rope_base = static_cast<float>(f.GetFloat(p + "rope.freq_base", 1e6));
-  c.rope_base_swa = static_cast<float>(f.GetFloat(p + "rope.freq_base_swa", 10000.0));
+  // Ollama's blobs name the bases rope.global.freq_base / rope.local.freq_base (Gemma 3) or
+  // rope.freq_base_local (Gemma 3n), or leave them out (Gemma 3 4B and larger); the flat
+  // names win where both are present, as in Ollama's patch.
+  c.rope_base = static_cast<float>(
+      FirstFloat(f, {p + "rope.freq_base", p + "rope.global.freq_base"}, 1e6));
+  c.rope_base_swa = static_cast<float>(FirstFloat(
+      f, {p + "rope.freq_base_swa", p + "rope.local.freq_base", p + "rope.freq_base_local"},
+      10000.0));
   if (!(c.rope_base > 0) || !(c.rope_base_swa > 0) || !std::isfinite(c.rope_base) ||
       !std::isfinite(c.rope_base_swa)) {
     f.Fail("rope.freq_base must be positive and finite");
   }
-  std::string scaling = f.GetString(p + "rope.scaling.type", "none");
+  // Ollama's blobs of the 131072-context models (4B/12B/27B) carry no scaling keys although
+  // the models scale linearly by 8; its patch fills in each missing key by context length.
+  // Its older engine decided by layer count (34/48/62) instead: where the two rules disagree
+  // the scaling cannot be told from the file.
+  const bool ollama = IsOllamaGemma3(f);
+  const bool implied = ollama && c.n_ctx_train >= kOllamaScaledContext;
+  if (ollama && !implied && !f.Find(p + "rope.scaling.type") &&
+      !f.Find(p + "rope.scaling.factor") &&
+      (c.n_layer == 34 || c.n_layer == 48 || c.n_layer == 62)) {
+    f.Fail("key '" + p + "rope.scaling.factor' is missing and cannot be inferred: a " +
+           std::to_string(c.n_layer) + "-layer Ollama Gemma 3 blob with a context of " +
+           std::to_string(c.n_ctx_train) + " may or may not scale RoPE by 8");
+  }
+  std::string scaling = f.GetString(p + "rope.scaling.type", implied ? "linear" : "none");
   if (scaling == "linear") {
-    double factor = f.GetFloat(p + "rope.scaling.factor", 1.0);
+    double factor = f.GetFloat(p + "rope.scaling.factor", implied ? kOllamaImpliedScaling : 1.0);
     if (!(factor >= 1e-3 && factor <= 1e6)) f.Fail("rope.scaling.factor is out of range");
     c.rope_scale = static_cast<float>(1.0 / factor);
   } else if (scaling != "none") {
@@ -106,6 +159,11 @@ ModelConfig LoadConfig(const GgufFile& f) {
   if (!std::isfinite(c.attn_scale)) f.Fail("embedding_length / head_count is zero");
   c.final_softcap = is3n ? kGemma3nSoftcap
                          : static_cast<float>(f.GetFloat(p + "final_logit_softcapping", 0.0));
+  // Ollama's older Gemma 3 converter (the one that wrote rope.global.freq_base) filled in 30
+  // where the model has no final softcap (no Gemma 3 has one); its own engine dropped it again.
+  if (!is3n && f.Find(p + "rope.global.freq_base") && c.final_softcap == kOllamaDefaultSoftcap) {
+    c.final_softcap = 0.f;
+  }
   if (!(c.final_softcap >= 0.f && std::isfinite(c.final_softcap))) f.Fail("final_logit_softcapping is out of range");
 
   // Gemma 3: five sliding-window layers, then one global; Gemma 3n: four, then one; unless the
@@ -140,6 +198,20 @@ ModelConfig LoadConfig(const GgufFile& f) {
   }
   c.n_vocab = emb->ne[1];
   if (c.n_vocab > (int64_t{1} << 30)) f.Fail("vocabulary of " + std::to_string(c.n_vocab) + " rows is too large");
+  if (is3n) {
+    // llama.cpp's converter pads this table with zero rows to token_embd's 262400; Ollama's
+    // blobs keep HF's 262144 rows (ids past them are the image/audio tokens). The model binds
+    // and checks the tensor itself; here only its row count matters.
+    c.n_vocab_per_layer = c.n_vocab;
+    const TensorView* ple = f.FindTensor("per_layer_token_embd.weight");
+    if (ple && ple->n_dims == 2) {
+      if (ple->ne[1] > c.n_vocab) {
+        f.Fail("per_layer_token_embd.weight has " + std::to_string(ple->ne[1]) +
+               " rows, more than token_embd.weight's " + std::to_string(c.n_vocab));
+      }
+      c.n_vocab_per_layer = ple->ne[1];
+    }
+  }
   return c;
 }
 

@@ -13,6 +13,10 @@ struct ModelConfig {
   std::string arch;        // general.architecture, e.g. "gemma3"
   std::string name;        // general.name (may be empty)
   int64_t n_vocab = 0;     // rows of token_embd
+  // Gemma 3n: rows of per_layer_token_embd (<= n_vocab). Ollama's blobs keep the text
+  // vocabulary there while token_embd also has the multimodal ids; an id past this table has
+  // a zero per-layer embedding, as llama.cpp's converter writes those rows. 0 for Gemma 3.
+  int64_t n_vocab_per_layer = 0;
   int64_t n_ctx_train = 0;
   int64_t n_embd = 0;
   int64_t n_layer = 0;
@@ -41,7 +45,15 @@ const std::vector<std::string>& SupportedArchs();
 bool IsSupportedArch(const std::string& arch);
 
 // Reads and checks the config. Throws ModelError for an unsupported architecture (naming it)
-// and GgufError for missing or inconsistent keys.
+// and GgufError for missing or inconsistent keys. Reads Ollama's published blobs as they are
+// (see IsOllamaGemma3 and config.cc for what differs in them).
 ModelConfig LoadConfig(const GgufFile& file);
+
+// Whether a gemma3 file was written by Ollama's own converter (a published Ollama blob) rather
+// than llama.cpp's: it carries the vision tower (v.*, mm.* tensors, gemma3.mm.* key), the
+// nested rope key names, Ollama's extra tokenizer flags, or no rms epsilon key. These are the
+// markers Ollama's own load-time patch for llama.cpp keys on; the metadata such a file leaves
+// out is then filled in as that patch does.
+bool IsOllamaGemma3(const GgufFile& file);
 
 }  // namespace pyengine

@@ -56,7 +56,7 @@ class CudaGemma3nModel : public CudaModel {
   void Route(const Layer& L, const float* x, int64_t n, float* r) const;
   void Small(const DevSmall& s, const float* x, int64_t n, float add, float* y) const;
 
-  TensorView per_layer_tok_embd_;  // [n_vocab, n_layer * 256], in the mapped file
+  TensorView per_layer_tok_embd_;  // [n_vocab_per_layer, n_layer * 256], in the mapped file
   DevWeight per_layer_model_proj_;
   DeviceBuffer<float> per_layer_proj_norm_;
   std::array<DevWeight, kS - 1> altup_proj_, altup_unembd_proj_;
@@ -84,7 +84,8 @@ CudaGemma3nModel::CudaGemma3nModel(const GgufFile& f, const ModelConfig& cfg) : 
     s.cols = cols;
     return s;
   };
-  per_layer_tok_embd_ = Bind(f, "per_layer_token_embd.weight", {kPerLayer * NL, cfg.n_vocab});
+  per_layer_tok_embd_ =
+      Bind(f, "per_layer_token_embd.weight", {kPerLayer * NL, cfg.n_vocab_per_layer});
   per_layer_model_proj_ = upload(Bind(f, "per_layer_model_proj.weight", {E, kPerLayer * NL}));
   per_layer_proj_norm_ = vec("per_layer_proj_norm.weight", kPerLayer);
   const TensorView altup = Bind(f, "altup_proj.weight", {E, E, kS - 1});
@@ -161,8 +162,15 @@ void CudaGemma3nModel::UploadInputs(const Batch& batch) const {
   const int64_t width = cfg_.n_layer * kPerLayer, n = batch.size();
   host_rows_.resize(static_cast<size_t>(n * width));
   for (int64_t t = 0; t < n; ++t) {
-    DequantizeRow(per_layer_tok_embd_.type, per_layer_tok_embd_.row(batch.tokens[t]),
-                  host_rows_.data() + t * width, width);
+    float* dst = host_rows_.data() + t * width;
+    // Ids past the table (Ollama's blobs: the multimodal tokens) have a zero row, as in
+    // llama.cpp's files.
+    if (batch.tokens[t] < cfg_.n_vocab_per_layer) {
+      DequantizeRow(per_layer_tok_embd_.type, per_layer_tok_embd_.row(batch.tokens[t]), dst,
+                    width);
+    } else {
+      std::fill(dst, dst + width, 0.f);
+    }
   }
   pl_rows_.Reserve(static_cast<size_t>(n * width));  // before the copy: Reserve discards
   PYE_CUDA(cudaMemcpyAsync(pl_rows_.get(), host_rows_.data(), host_rows_.size() * sizeof(float),

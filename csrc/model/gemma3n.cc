@@ -85,8 +85,9 @@ Gemma3nModel::Gemma3nModel(const GgufFile& f, const ModelConfig& cfg, ThreadPool
   tied_ = out.data == nullptr;
   output_norm_ = BindVector(f, "output_norm.weight", E);
   // Stays mapped: [n_vocab, n_layer * 256] is the largest tensor of the real models, and a
-  // token reads one row of it.
-  per_layer_tok_embd_ = Bind(f, "per_layer_token_embd.weight", {kPerLayer * NL, cfg.n_vocab});
+  // token reads one row of it. It may stop short of n_vocab (Ollama's blobs): see the lookup.
+  per_layer_tok_embd_ =
+      Bind(f, "per_layer_token_embd.weight", {kPerLayer * NL, cfg.n_vocab_per_layer});
   pack("per_layer_model_proj.weight", {E, kPerLayer * NL}, &per_layer_model_proj_);
   per_layer_proj_norm_ = BindVector(f, "per_layer_proj_norm.weight", kPerLayer);
   const TensorView altup = Bind(f, "altup_proj.weight", {E, E, kS - 1});
@@ -205,8 +206,14 @@ void Gemma3nModel::Forward(const Batch& batch, Workspace& ws, float* out, Thread
         float* pl = PL + t * NL * kPerLayer;
         for (int64_t i = 0; i < NL * kPerLayer; ++i) pl[i] *= proj_scale;
         RmsNorm(pl, per_layer_proj_norm_.data(), NL, kPerLayer, c.rms_eps, pl);
-        DequantizeRow(per_layer_tok_embd_.type, per_layer_tok_embd_.row(batch.tokens[t]),
-                      row.data(), NL * kPerLayer);
+        // Ids past the table (the multimodal tokens) have a zero row, as in llama.cpp's files.
+        const int32_t tok = batch.tokens[t];
+        if (tok < c.n_vocab_per_layer) {
+          DequantizeRow(per_layer_tok_embd_.type, per_layer_tok_embd_.row(tok), row.data(),
+                        NL * kPerLayer);
+        } else {
+          std::fill(row.begin(), row.end(), 0.f);
+        }
         for (int64_t i = 0; i < NL * kPerLayer; ++i) pl[i] = (pl[i] + row[i] * emb_scale) * half;
       }
     });

@@ -65,7 +65,7 @@ class Gemma3nModel : public Model {
   ModelConfig cfg_;
   std::unique_ptr<WeightArena> arena_;
   TensorView tok_embd_;             // [n_vocab, n_embd]
-  TensorView per_layer_tok_embd_;   // [n_vocab, n_layer * 256], read in place
+  TensorView per_layer_tok_embd_;   // [n_vocab_per_layer, n_layer * 256], read in place
   PackedMatrix output_;             // [n_vocab, n_embd], token_embd when tied
   bool tied_ = false;
   PackedMatrix per_layer_model_proj_;             // [n_layer * 256, n_embd]

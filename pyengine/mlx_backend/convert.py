@@ -128,6 +128,8 @@ def mlx_weights(mf: _core.ModelFile, dtype: str) -> dict[str, mx.array]:
     types = mf.tensor_types
     out: dict[str, mx.array] = {}
     for name in mf.tensor_names:
+        if name.startswith(("v.", "mm.")):
+            continue  # the vision tower Ollama's Gemma 3 blobs carry: never read by text models
         base = name.removesuffix(".weight")
         parts = base.split(".")
         if parts[0] == "blk":
@@ -160,16 +162,27 @@ def mlx_weights(mf: _core.ModelFile, dtype: str) -> dict[str, mx.array]:
             else:
                 raise ModelError(f"tensor {name!r} has no place in mlx-lm's gemma3n model")
         plus_one = arch == "gemma3" and kind in _PLUS_ONE
+        # Ollama's Gemma 3n blobs stop the per-layer table at the text vocabulary; the ids past
+        # it (image/audio tokens) get zero rows, as in llama.cpp's files and the native core.
+        # (mlx-lm would look row 0 up for them instead.)
+        pad = cfg["n_vocab"] if kind == "per_layer_token_embd" else 0
         if quantize and types[name] == "Q8_0" and not plus_one:
-            _add_q8(out, targets, *mf.tensor_q8_0(name))
+            _add_q8(out, targets, *(_pad_rows(a, pad) for a in mf.tensor_q8_0(name)))
             continue
-        values = mf.tensor(name, "f32" if plus_one else _CORE_DTYPE[dtype])
+        values = _pad_rows(mf.tensor(name, "f32" if plus_one else _CORE_DTYPE[dtype]), pad)
         if arch == "gemma3" and kind in _PLUS_ONE:
             values = (values - np.float32(1.0))
         arrays = [values] if len(targets) == 1 else list(values)
         for target, a in zip(targets, arrays):
             out[target] = _to_mx(a, dtype)
     return out
+
+
+def _pad_rows(a: np.ndarray, rows: int) -> np.ndarray:
+    """a [r, ...] with zero rows appended up to `rows` (unchanged when it has as many)."""
+    if a.shape[0] >= rows:
+        return a
+    return np.concatenate([a, np.zeros((rows - a.shape[0], *a.shape[1:]), dtype=a.dtype)])
 
 
 def _add_q8(out: dict[str, mx.array], targets: list[str], qs: np.ndarray, ds: np.ndarray) -> None:
