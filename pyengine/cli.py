@@ -146,7 +146,8 @@ def describe(path: str) -> str:
     ft = meta.get("general.file_type")
     row("quantization", _FILE_TYPES.get(ft, f"file_type {ft}") if ft is not None else "unknown")
     row("tensor types", ", ".join(f"{t} x{n}" for t, n in sorted(types.items())))
-    for key, label in [("context_length", "context length"), ("embedding_length", "embedding length"),
+    for key, label in [("context_length", "context length"),
+                       ("embedding_length", "embedding length"),
                        ("block_count", "layers"), ("feed_forward_length", "feed-forward length"),
                        ("attention.head_count", "attention heads"),
                        ("attention.head_count_kv", "key/value heads"),

@@ -57,7 +57,8 @@ def test_dequantization_is_gguf_py_bit_for_bit(type_name):
 @pytest.mark.parametrize("type_name", TYPES)
 @pytest.mark.parametrize("rows,units,n", SHAPES)
 @pytest.mark.parametrize("threads", [1, 2])
-def test_product_matches_exact_arithmetic_and_the_reference(isa, type_name, rows, units, n, threads):
+def test_product_matches_exact_arithmetic_and_the_reference(isa, type_name, rows, units, n,
+                                                            threads):
     cols = units * 256  # a whole number of blocks for both families
     raw = random_blocks(type_name, rows, cols, seed=rows * 100 + units)
     w = np.asarray(gguf.quants.dequantize(raw.reshape(rows, -1), Q[type_name]), np.float64)

@@ -23,7 +23,7 @@ import pytest
 from conftest import prompt_ids
 from ollama_style import GEMMA3_QUIRKS, GEMMA3N_QUIRKS, TINY_VISION, VisionSpec, _Blob, rewrite
 
-from pyengine import Engine, GGUFError, ModelError, _core
+from pyengine import Engine, GGUFError, _core
 
 TEXTS = [
     "The quick brown fox jumps over the lazy dog. Once upon a time",

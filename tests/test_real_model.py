@@ -70,7 +70,8 @@ def test_file_holds_the_types_of_ollamas_q4_k_m(real_path):
 
 
 def test_tokenizer_matches_llama_cpp_on_real_text(engine, llama):
-    for text in [TEXT] + PROMPTS + ["Numbers 3.14159 and 2026; émigré café, naïve — «quoted» 東京 🙂"]:
+    other = "Numbers 3.14159 and 2026; émigré café, naïve — «quoted» 東京 🙂"
+    for text in [TEXT, other] + PROMPTS:
         assert engine.tokenize(text) == llama.tokenize(text.encode(), add_bos=True, special=False)
 
 
@@ -124,7 +125,7 @@ def test_teacher_forced_on_llama_cpps_greedy_continuations(engine, llama):
         for step, (tok, margin) in enumerate(zip(cont, margins)):
             if margin >= 0.5:
                 checked += 1
-                assert int(ours[step].argmax()) == tok, f"{prompt!r} step {step}: margin {margin:.2f}"
+                assert int(ours[step].argmax()) == tok, f"{prompt!r} step {step}: {margin:.2f}"
     assert checked >= 60  # most steps are decisive; the test must check many
 
 
