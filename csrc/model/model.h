@@ -26,7 +26,8 @@ struct Workspace {
   std::vector<float> o;      // [n, n_embd]
   std::vector<float> gate;   // [n, n_ff]
   std::vector<float> up;     // [n, n_ff]
-  std::vector<float> scores; // [n_threads, heads per KV head, longest span] attention weights
+  std::vector<float> scores; // [n_threads, ...] Attend's scratch: a tile's scores and key chunks
+  std::vector<int64_t> attn_tiles;  // Attend's tiles: first token of each, then n
   std::vector<float> rope;   // [n, head_dim] cos (first half) and sin (second half) per token
   // Gemma 3n only.
   std::vector<float> streams;  // [4, n, n_embd] AltUp streams

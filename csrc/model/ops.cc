@@ -151,7 +151,11 @@ int64_t PrepareBatch(const ModelConfig& c, const Batch& batch, Workspace& ws, Th
   Grow(ws.q, n * QD); Grow(ws.attn, n * QD);
   Grow(ws.k, n * KVD); Grow(ws.v, n * KVD);
   Grow(ws.gate, n * F); Grow(ws.up, n * F);
-  Grow(ws.scores, pool.size() * (c.n_head / c.n_head_kv) * longest);
+  // Attend's per-thread scratch: a tile's scores over its keys, and two key chunks.
+  const int64_t bt = n > 0 ? batch.views[batch.seq[0]].arena->block_tokens() : 1;
+  const int64_t lds = (longest + bt) + kAttnKeys;
+  Grow(ws.scores, pool.size() * (kAttnTileTokens * (c.n_head / c.n_head_kv) * lds +
+                                 2 * kAttnKeys * c.head_dim));
   Grow(ws.rope, n * c.head_dim);
   return longest;
 }
@@ -171,7 +175,8 @@ void PrepareQkv(const ModelConfig& c, int64_t l, const Batch& batch, Workspace& 
         RmsNorm(qh, q_norm, 1, D, c.rms_eps, qh);
         Rope(qh, D, cs);
         // q meets the fp16 keys in fp16, as in the reference's f16 dot product.
-        for (int64_t i = 0; i < D; ++i) qh[i] = RoundFp16(qh[i] * c.attn_scale);
+        for (int64_t i = 0; i < D; ++i) qh[i] *= c.attn_scale;
+        kernels.round_f16(qh, D);
       }
       if (!write_kv) continue;
       for (int64_t h = 0; h < c.n_head_kv; ++h) {
@@ -235,51 +240,82 @@ void Attend(const ModelConfig& c, int64_t l, const Batch& batch, Workspace& ws, 
   const bool swa = c.layer_is_swa[l];
   const KernelSet& k = ActiveKernels();
   const int64_t n = batch.size();
-  const int64_t stride = static_cast<int64_t>(ws.scores.size()) / (pool.size() * group);
-  // One task per (token, KV head): the group's query heads read each key block once. Each
-  // thread keeps its softmax weights in its own rows.
-  pool.ParallelFor(n * c.n_head_kv, [&](int64_t task, int thread) {
-    const int64_t t = task / c.n_head_kv, kvh = task % c.n_head_kv;
-    const KvView& kv = batch.views[batch.seq[t]];
-    const int64_t pos = batch.pos[t];
-    // Causal; a sliding layer also drops keys with pos - key_pos >= window.
-    const int64_t first = swa ? std::max<int64_t>(0, pos - c.sliding_window + 1) : 0;
-    const int64_t bt = kv.arena->block_tokens();
-    float* scores = ws.scores.data() + thread * group * stride;  // [group, pos - first + 1]
-    float mx[kMaxGroup];
-    for (int64_t j = 0; j < group; ++j) mx[j] = -INFINITY;
-    for (int64_t p = first; p <= pos;) {
-      const int64_t blk = p / bt, end = std::min(pos + 1, (blk + 1) * bt);
-      const uint16_t* kb = kv.k_block(l, blk) + kvh * D;  // [bt, KVD] from this head's slice
-      for (; p < end; ++p) {
-        const uint16_t* key = kb + (p - blk * bt) * KVD;
-        for (int64_t j = 0; j < group; ++j) {
-          const float* qh = ws.q.data() + t * QD + (kvh * group + j) * D;
-          const float s = k.dot_f16(qh, key, D);
-          scores[j * stride + (p - first)] = s;
-          mx[j] = std::max(mx[j], s);
-        }
-      }
+  // Tiles: runs of at most kAttnTileTokens consecutive tokens of one sequence.
+  std::vector<int64_t>& starts = ws.attn_tiles;
+  starts.clear();
+  for (int64_t t = 0; t < n; ++t) {
+    if (t == 0 || batch.seq[t] != batch.seq[t - 1] || t - starts.back() == kAttnTileTokens) {
+      starts.push_back(t);
     }
-    for (int64_t j = 0; j < group; ++j) {
-      float* sc = scores + j * stride;
+  }
+  starts.push_back(n);
+  const int64_t per_thread = static_cast<int64_t>(ws.scores.size()) / pool.size();
+  auto first_key = [&](int64_t t) {  // causal; a sliding layer also drops pos - key >= window
+    return swa ? std::max<int64_t>(0, batch.pos[t] - c.sliding_window + 1) : int64_t{0};
+  };
+  // One task per (tile, KV head): the tile's query rows (tokens x the group's heads) share every
+  // key and value block, converted from fp16 once for all of them.
+  pool.ParallelFor((static_cast<int64_t>(starts.size()) - 1) * c.n_head_kv, [&](int64_t task, int thread) {
+    const int64_t t0 = starts[task / c.n_head_kv], t1 = starts[task / c.n_head_kv + 1];
+    const int64_t kvh = task % c.n_head_kv;
+    const KvView& kv = batch.views[batch.seq[t0]];
+    const int64_t bt = kv.arena->block_tokens();
+    const int rows = static_cast<int>((t1 - t0) * group);
+    // Keys [base, last] cover every row's range; scores are kept from base, a block start.
+    const int64_t base = first_key(t0) / bt * bt, last = batch.pos[t1 - 1];
+    const int64_t lds = last - base + 1 + kAttnKeys;  // room for a last, partial key chunk
+    float* s = ws.scores.data() + thread * per_thread;  // [rows, lds] scores, then weights
+    float* kt = s + rows * lds;                         // [D, 16] a key chunk, transposed
+    float* vf = kt + D * kAttnKeys;                     // [16, D] a key or value chunk
+    const float* qrow[kAttnTileTokens * kMaxGroup];
+    float* orow[kAttnTileTokens * kMaxGroup];
+    for (int r = 0; r < rows; ++r) {
+      const int64_t off = (t0 + r / group) * QD + (kvh * group + r % group) * D;
+      qrow[r] = ws.q.data() + off;
+      orow[r] = ws.attn.data() + off;
+      std::fill_n(orow[r], D, 0.f);
+    }
+    // Calls f(p, nk, kv row offset) for the chunks of at most 16 keys of [base, last].
+    auto chunks = [&](auto&& f) {
+      for (int64_t p = base; p <= last;) {
+        const int64_t blk = p / bt;
+        const int64_t nk = std::min({int64_t{kAttnKeys}, (blk + 1) * bt - p, last + 1 - p});
+        f(p, blk, static_cast<int>(nk), (p - blk * bt) * KVD + kvh * D);
+        p += nk;
+      }
+    };
+    chunks([&](int64_t p, int64_t blk, int nk, int64_t off) {
+      const uint16_t* kb = kv.k_block(l, blk) + off;
+      for (int j = 0; j < nk; ++j) k.f16_to_f32(kb + j * KVD, vf + j * D, D);
+      for (int64_t i = 0; i < D; ++i) {
+        for (int j = 0; j < kAttnKeys; ++j) kt[i * kAttnKeys + j] = j < nk ? vf[j * D + i] : 0.f;
+      }
+      k.attn_scores(qrow, rows, kt, D, s + (p - base), lds);
+    });
+    for (int r = 0; r < rows; ++r) {
+      const int64_t t = t0 + r / group;
+      float* sr = s + r * lds;
+      const int64_t c0 = first_key(t) - base, c1 = batch.pos[t] - base;  // the row's keys
+      float mx = -INFINITY;
+      for (int64_t p = c0; p <= c1; ++p) mx = std::max(mx, sr[p]);
       double sum = 0;
-      for (int64_t p = 0; p <= pos - first; ++p) {
-        sc[p] = std::exp(sc[p] - mx[j]);
-        sum += sc[p];
+      for (int64_t p = c0; p <= c1; ++p) {
+        sr[p] = std::exp(sr[p] - mx);
+        sum += sr[p];
       }
       const float inv = static_cast<float>(1.0 / sum);
-      float* oh = ws.attn.data() + t * QD + (kvh * group + j) * D;
-      std::fill_n(oh, D, 0.f);
-      for (int64_t p = first; p <= pos;) {
-        const int64_t blk = p / bt, end = std::min(pos + 1, (blk + 1) * bt);
-        const uint16_t* vb = kv.v_block(l, blk) + kvh * D;
-        for (; p < end; ++p) {
-          // Weights rounded to fp16 as the reference's f16 product with V rounds them.
-          k.axpy_f16(RoundFp16(sc[p - first] * inv), vb + (p - blk * bt) * KVD, oh, D);
-        }
-      }
+      for (int64_t p = c0; p <= c1; ++p) sr[p] *= inv;
+      // Weights rounded to fp16 as the reference's f16 product with V rounds them; keys
+      // outside the row's range weigh nothing.
+      k.round_f16(sr + c0, c1 - c0 + 1);
+      std::fill(sr, sr + c0, 0.f);
+      std::fill(sr + c1 + 1, sr + (last - base + 1), 0.f);
     }
+    chunks([&](int64_t p, int64_t blk, int nk, int64_t off) {
+      const uint16_t* vb = kv.v_block(l, blk) + off;
+      for (int j = 0; j < nk; ++j) k.f16_to_f32(vb + j * KVD, vf + j * D, D);
+      k.attn_values(s + (p - base), lds, rows, vf, nk, D, orow);
+    });
   });
 }
 

@@ -12,12 +12,15 @@
 #include "core/tensor.h"
 #include "model/model.h"
 #include "quant/formats.h"
+#include "quant/kernel_set.h"
 #include "quant/matmul.h"
 
 namespace pyengine {
 
-// Query heads per KV head the attention loop keeps running maxima for.
+// Query heads per KV head a model may have (GQA).
 constexpr int64_t kMaxGroup = 64;
+// Attend: tokens of one sequence whose query rows share each key chunk.
+constexpr int64_t kAttnTileTokens = 16;
 
 // A tensor with GGUF shape `ne` (contiguous dimension first) and a supported weight type.
 // Throws ModelError naming it when it is missing (unless optional) or its shape is wrong.

@@ -41,6 +41,9 @@ constexpr int kFloatRows = 16;
 // kernels broadcast one value per token from one contiguous stream.
 enum class XRound { kNone, kF16, kBF16 };
 
+// Keys per chunk of the attention kernels (attn_scores, attn_values).
+constexpr int kAttnKeys = 16;
+
 // Every kernel computes y[t * ldy + r] = W[r, :] . x[t, :] for tokens [0, n_tok) and the row
 // groups [g0, g1) it is given (16 rows each; `rows` bounds the stores of a padded last group).
 // Levels differ only in speed and float summation order.
@@ -76,9 +79,17 @@ struct KernelSet {
   // g[i] = gelu(g[i]) * u[i] with GELU read from GeluFp16Table() at fp16(g[i]), as the
   // reference's CPU backend computes it (0 below -10, identity above 10).
   void (*gelu_mul)(float* g, const float* u, int64_t n);
-  // Attention over the fp16 KV cache: x . h, and y += a * h.
-  float (*dot_f16)(const float* x, const uint16_t* h, int64_t n);
-  void (*axpy_f16)(float a, const uint16_t* h, float* y, int64_t n);
+  // Attention over the fp16 KV cache, a tile of query rows against a block of keys at a time
+  // (ops.cc, Attend; attn_tiles.h). attn_scores: s[r * lds + j] = q[r] . kt[:, j] for j < 16,
+  // kt [d][16] a key block transposed to floats. attn_values: o[r][:] += sum over j < nk of
+  // p[r * ldp + j] * v[j][:], v [nk][d] floats.
+  void (*attn_scores)(const float* const* q, int rows, const float* kt, int64_t d, float* s,
+                      int64_t lds);
+  void (*attn_values)(const float* p, int64_t ldp, int rows, const float* v, int nk, int64_t d,
+                      float* const* o);
+  // out[i] = float(h[i]) for fp16 h; and x[i] rounded to the nearest fp16 in place.
+  void (*f16_to_f32)(const uint16_t* h, float* out, int64_t n);
+  void (*round_f16)(float* x, int64_t n);
   // The quantized types of blocks.h in their lane layout (lanes.h): w is [groups][cols /
   // l.values] units; x is [n_tok, cols / 32] blocks from quantize_q8 (ldx is implied by cols).
   // scratch: the calling thread's kLaneScratchFloats(cols) floats, where a product of more

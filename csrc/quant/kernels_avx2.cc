@@ -7,6 +7,7 @@
 
 #include <cstring>
 
+#include "quant/attn_tiles.h"
 #include "quant/formats.h"
 #include "quant/isa_local.h"
 #include "quant/lane_kernels.h"
@@ -203,22 +204,18 @@ void GeluMul(float* g, const float* u, int64_t n) {
   }
 }
 
-float DotF16(const float* x, const uint16_t* h, int64_t n) {
-  __m256 acc = _mm256_setzero_ps();
+void F16ToF32(const uint16_t* h, float* out, int64_t n) {
   int64_t i = 0;
-  for (; i + 8 <= n; i += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(x + i), LoadF16::Load(h + i), acc);
-  float s = HorizontalSum(acc);
-  for (; i < n; ++i) s += x[i] * H2F(h[i]);
-  return s;
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(out + i, LoadF16::Load(h + i));
+  for (; i < n; ++i) out[i] = H2F(h[i]);
 }
 
-void AxpyF16(float a, const uint16_t* h, float* y, int64_t n) {
-  const __m256 av = _mm256_set1_ps(a);
+void RoundF16(float* x, int64_t n) {
   int64_t i = 0;
   for (; i + 8 <= n; i += 8) {
-    _mm256_storeu_ps(y + i, _mm256_fmadd_ps(av, LoadF16::Load(h + i), _mm256_loadu_ps(y + i)));
+    _mm256_storeu_ps(x + i, _mm256_cvtph_ps(_mm256_cvtps_ph(_mm256_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT)));
   }
-  for (; i < n; ++i) y[i] += a * H2F(h[i]);
+  for (; i < n; ++i) x[i] = H2F(F2H(x[i]));
 }
 
 }  // namespace
@@ -227,7 +224,7 @@ const KernelSet* Avx2Kernels() {
   static const KernelSet set = {IsaLevel::kAvx2, GemmQ8, GemmFloat<LoadF16>, GemmFloat<LoadBF16>,
                                 GemmFloat<LoadF32>, /*gemm_f16_i16=*/nullptr,
                                 /*quantize_i16=*/nullptr, kXTile, PackX, QuantizeQ8, ToF16, GeluMul,
-                                DotF16, AxpyF16,
+                                AttnScoresTile, AttnValuesTile, F16ToF32, RoundF16,
                                 GemmLanesAvx2};
   return &set;
 }

@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <cstring>
 
+#include "quant/attn_tiles.h"
 #include "quant/formats.h"
 #include "quant/isa_local.h"
 #include "quant/lane_kernels.h"
@@ -383,20 +384,18 @@ void GeluMul(float* g, const float* u, int64_t n) {
   }
 }
 
-float DotF16(const float* x, const uint16_t* h, int64_t n) {
-  __m512 acc = _mm512_setzero_ps();
+void F16ToF32(const uint16_t* h, float* out, int64_t n) {
   for (int64_t i = 0; i < n; i += 16) {
     const __mmask16 m = n - i >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << (n - i)) - 1);
-    acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, x + i), LoadF16::LoadMasked(h + i, m), acc);
+    _mm512_mask_storeu_ps(out + i, m, LoadF16::LoadMasked(h + i, m));
   }
-  return _mm512_reduce_add_ps(acc);
 }
 
-void AxpyF16(float a, const uint16_t* h, float* y, int64_t n) {
-  const __m512 av = _mm512_set1_ps(a);
+void RoundF16(float* x, int64_t n) {
   for (int64_t i = 0; i < n; i += 16) {
     const __mmask16 m = n - i >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << (n - i)) - 1);
-    _mm512_mask_storeu_ps(y + i, m, _mm512_fmadd_ps(av, LoadF16::LoadMasked(h + i, m), _mm512_maskz_loadu_ps(m, y + i)));
+    const __m512 v = _mm512_maskz_loadu_ps(m, x + i);
+    _mm512_mask_storeu_ps(x + i, m, _mm512_cvtph_ps(_mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)));
   }
 }
 
@@ -406,7 +405,8 @@ const KernelSet* Avx512Kernels() {
   static const KernelSet set = {IsaLevel::kAvx512, GemmQ8, GemmFloat<LoadF16>,
                                 GemmFloat<LoadBF16>, GemmFloat<LoadF32>, GemmF16I16,
                                 QuantizeI16, kXTile, PackX,
-                                QuantizeQ8, ToF16, GeluMul, DotF16, AxpyF16,
+                                QuantizeQ8, ToF16, GeluMul, AttnScoresTile, AttnValuesTile,
+                                F16ToF32, RoundF16,
                                 GemmLanesAvx512};
   return &set;
 }

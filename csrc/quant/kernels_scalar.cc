@@ -1,4 +1,5 @@
 // Scalar reference kernels: plain loops, the definition the SIMD kernels are tested against.
+#include "quant/attn_tiles.h"
 #include "quant/formats.h"
 #include "quant/kernel_set.h"
 #include "quant/lane_kernels.h"
@@ -64,14 +65,12 @@ void PackX(const float* x, int64_t n_tok, int64_t cols, int64_t t0, int64_t t1, 
 
 float LoadF32(float v) { return v; }
 
-float DotF16(const float* x, const uint16_t* h, int64_t n) {
-  float s = 0;
-  for (int64_t i = 0; i < n; ++i) s += x[i] * Fp16ToFp32(h[i]);
-  return s;
+void F16ToF32(const uint16_t* h, float* out, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) out[i] = Fp16ToFp32(h[i]);
 }
 
-void AxpyF16(float a, const uint16_t* h, float* y, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) y[i] += a * Fp16ToFp32(h[i]);
+void RoundF16(float* x, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) x[i] = Fp16ToFp32(Fp32ToFp16(x[i]));
 }
 
 // ggml's SIMD quantizer: scale amax/127 stored as fp16, values x * (127/amax) rounded half to even.
@@ -190,7 +189,8 @@ const KernelSet& ScalarKernels() {
                                 GemmFloat<uint16_t, Bf16ToFp32>, GemmFloat<float, LoadF32>,
                                 /*gemm_f16_i16=*/nullptr, /*quantize_i16=*/nullptr,
                                 /*x_tile=*/1, PackX, QuantizeQ8, ToF16, GeluMul,
-                                DotF16, AxpyF16, GemmLanes};
+                                AttnScoresTile, AttnValuesTile, F16ToF32, RoundF16,
+                                GemmLanes};
   return set;
 }
 
