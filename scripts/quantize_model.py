@@ -6,7 +6,8 @@ function the ``llama-quantize`` tool calls, so files come out exactly as llama.c
 (its per-tensor type mix, its fallbacks for rows that are not a multiple of a block) and no
 separate llama.cpp build is needed. No importance matrix is used.
 
-    python scripts/quantize_model.py model-f32.gguf --ftype Q4_K_M -o model-q4_k_m.gguf [--pure]
+    python scripts/quantize_model.py model-f32.gguf --ftype Q4_K_M -o model-q4_k_m.gguf
+        [--pure] [--token-embedding-type q8_0] [--output-tensor-type q6_k] [--types]
     python scripts/quantize_model.py --preset 1b --ftype Q4_K_M -o bench_models/1b-q4_k_m.gguf
 
 The second form writes the preset's source model (scripts/make_model.py, F16 by default) into a
@@ -244,6 +245,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--output-tensor-type", metavar="TYPE")
     ap.add_argument("--threads", type=int, default=0, help="0: every core")
     ap.add_argument("--verbose", action="store_true", help="show llama.cpp's log on stderr")
+    ap.add_argument("--types", action="store_true",
+                    help="count the output's tensor types (gguf-py; slow on 262k vocabularies)")
     args = ap.parse_args(argv)
     if (args.source is None) == (args.preset is None):
         ap.error("give either a source file or --preset, not both")
@@ -266,9 +269,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, QuantizeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    print(f"{out}: {args.ftype}{' (pure)' if args.pure else ''}, "
-          f"{out.stat().st_size / 2**20:.1f} MiB; tensor types: "
-          f"{_format_counts(tensor_type_counts(out))}")
+    summary = (f"{out}: {args.ftype}{' (pure)' if args.pure else ''}, "
+               f"{out.stat().st_size / 2**20:.1f} MiB")
+    if args.types:
+        summary += f"; tensor types: {_format_counts(tensor_type_counts(out))}"
+    print(summary)
     return 0
 
 
