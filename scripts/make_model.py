@@ -112,6 +112,14 @@ PRESETS: dict[str, ModelConfig] = {
                        n_head_kv=2, head_dim=256, sliding_window=512, context_length=32768,
                        arch="gemma3n", swa_period=5, name="synthetic-gemma3n-e4b"),
 }
+# Models for K-quant tests: every matrix row (GGUF ne0) is a multiple of 256, the K-quants' block,
+# so llama.cpp's quantizer really writes Q2_K..Q6_K and IQ4_XS; on tiny's rows of 128 it falls back
+# to Q5_0 / Q8_0 / IQ4_NL. (In Gemma 3n the small AltUp, LAuReL and per_layer_model_proj matrices
+# are never quantized.)
+PRESETS["tiny-k"] = dataclasses.replace(TINY, n_embd=256, n_ff=512,
+                                        name="synthetic-gemma3-tiny-k")
+PRESETS["tiny-3n-k"] = dataclasses.replace(PRESETS["tiny-3n"], n_embd=256, n_ff=512,
+                                           name="synthetic-gemma3n-tiny-k")
 
 # ------------------------------------------------------------------------------------------ vocab
 

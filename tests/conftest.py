@@ -40,6 +40,24 @@ def make_model(model_dir: Path):
     return get
 
 
+@pytest.fixture(scope="session")
+def quant_model(make_model, model_dir: Path):
+    """Returns path(preset, ftype, pure=False) of a preset quantized by llama.cpp's own quantizer
+    (scripts/quantize_model.py) from its F32 source; each file is written once per session."""
+    from quantize_model import quantize
+
+    cache: dict[tuple, Path] = {}
+
+    def get(preset: str, ftype: str, pure: bool = False) -> Path:
+        key = (preset, ftype.upper(), pure)
+        if key not in cache:
+            path = model_dir / f"{preset}-llama-{ftype.lower()}{'-pure' if pure else ''}.gguf"
+            cache[key] = quantize(make_model(preset, "f32"), path, ftype, pure=pure)
+        return cache[key]
+
+    return get
+
+
 @pytest.fixture(params=ISA_LEVELS)
 def isa(request):
     """Runs the test once per kernel level this CPU has, forcing it as PYENGINE_ISA would."""
