@@ -380,9 +380,10 @@ def _backend_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", choices=BACKENDS, default=None,
                    help="native (C++ core), mlx (mlx-lm; pyengine[mlx]) or auto (MLX on Apple "
                         "silicon when installed); default: PYENGINE_BACKEND, else auto")
-    p.add_argument("--dtype", choices=("float32", "float16", "bfloat16", "q8"), default=None,
-                   help="MLX backend: the weights' type (default: the file's; q8: Q8_0 as MLX "
-                        "8-bit)")
+    p.add_argument("--dtype", choices=("float32", "float16", "bfloat16", "quantized", "q8"),
+                   default=None,
+                   help="MLX backend: the weights' type (default: the file's; quantized: "
+                        "quantized matrices as MLX quantized matrices; q8: its former name)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -307,7 +307,7 @@ def test_q8_0_runs_as_mlx_8bit_without_loss(make_model, preset, max_err, min_top
 
     path = make_model(preset, "q8_0")
     mf = _core.ModelFile(str(path))
-    weights = convert.mlx_weights(mf, "q8")
+    weights = convert.mlx_weights(mf, "quantized")
     prefix = "model.layers.0" if preset == "tiny" else "model.language_model.layers.0"
     for gguf_name, target in (("blk.0.ffn_down.weight", f"{prefix}.mlp.down_proj"),
                               ("token_embd.weight", prefix.rsplit(".layers", 1)[0]
@@ -316,6 +316,6 @@ def test_q8_0_runs_as_mlx_8bit_without_loss(make_model, preset, max_err, min_top
                             weights[target + ".biases"], group_size=32, bits=8)
         np.testing.assert_array_equal(np.array(got.astype(mx.float32)), mf.tensor(gguf_name))
     with Engine(path, n_ctx=512, backend="mlx") as eng:
-        assert eng.config["mlx_dtype"] == "q8"  # the default for Q8_0 files
+        assert eng.config["mlx_dtype"] == "quantized"  # the default for Q8_0 files
         err, top1 = oracle_agreement(eng.logits, path, eng.n_vocab, N_PROMPTS, N_PROMPT)
     assert err.max() <= max_err and top1 >= min_top1, (err.max(), top1)

@@ -24,7 +24,9 @@ import mlx.core as mx
 
 from ..store import default_registry_dir
 
-FORMAT = 1  # bumped when the conversion changes, so old entries are not reused
+# Bumped when the conversion changes, so old entries are not reused. 2: quantized types other
+# than Q8_0 stay quantized ("quantized", formerly "q8"); layers of several bit widths.
+FORMAT = 2
 _OLLAMA_BLOB = re.compile(r"^sha256-([0-9a-f]{64})$")
 
 

@@ -12,6 +12,10 @@ dequantized to the requested float type, and adjusted where the two formats disa
 - mlx-lm's Gaussian top-k sparsity (Gemma 3n) uses the population standard deviation; llama.cpp
   and the reference use n - 1. The std multiplier is rescaled so the cut-off is llama.cpp's.
 
+With ``dtype="quantized"`` the quantized matrices stay quantized: every GGUF type that MLX's
+affine quantization expresses exactly becomes an MLX quantized matrix holding the file's values
+(see ``quant``); Q6_K and Q2_K, which it cannot express, are re-quantized to MLX 8-bit.
+
 Converted weights are cached on disk, content-addressed by the GGUF's SHA-256 (see ``cache``).
 """
 
@@ -27,12 +31,16 @@ from mlx_lm.models import gemma3_text, gemma3n
 
 from .. import _core
 from ..errors import ModelError
+from . import quant
 
 DTYPES = {"float32": mx.float32, "float16": mx.float16, "bfloat16": mx.bfloat16}
-# "q8": Q8_0 matrices become MLX 8-bit affine matrices with groups of 32, losslessly: int8 q
-# with scale d is uint8 q + 128 with scale d and bias -128 d. Scales, biases and every other
-# tensor are float32, where d * (q + 128) - 128 d is exact (in float16 it would round).
-CHOICES = (*DTYPES, "q8")
+# "quantized": quantized matrices become MLX quantized matrices (exactly the file's values where
+# ``quant.EXACT`` has the type, re-quantized to 8 bits where ``quant.REQUANTIZED`` has it).
+# Scales, biases and every other tensor are float32: the exact forms need float32 arithmetic
+# (in float16, d * (q + 128) - 128 d would round).
+CHOICES = (*DTYPES, "quantized")
+# Earlier names of a choice, still accepted: "q8" converted Q8_0 files only, as "quantized" does.
+ALIASES = {"q8": "quantized"}
 _CORE_DTYPE = {"float32": "f32", "float16": "f16", "bfloat16": "bf16"}
 
 # llama.cpp fixes these Gemma 3n widths and counts in code (the native core checks them too).
@@ -118,12 +126,21 @@ def model_args(cfg: dict[str, Any]) -> dict[str, Any]:
     raise ModelError(f"the MLX backend runs gemma3 and gemma3n, not {cfg['arch']!r}")
 
 
+def canonical_dtype(dtype: str) -> str:
+    """The CHOICES name of ``dtype`` (an alias's current name); ValueError when unknown."""
+    dtype = ALIASES.get(dtype, dtype)
+    if dtype not in CHOICES:
+        raise ValueError(f"dtype must be one of {', '.join(CHOICES)}, got {dtype!r}")
+    return dtype
+
+
 def mlx_weights(mf: _core.ModelFile, dtype: str) -> dict[str, mx.array]:
     """Every tensor of the file under mlx-lm's name, as an MLX array of ``dtype`` (see CHOICES;
-    with "q8", a Q8_0 matrix becomes three arrays: its packed weight, scales and biases)."""
+    with "quantized", a quantized matrix becomes three arrays: its packed weight, scales and
+    biases)."""
     cfg = mf.config
     arch = cfg["arch"]
-    quantize = dtype == "q8"
+    quantize = canonical_dtype(dtype) == "quantized"
     dtype = "float32" if quantize else dtype
     types = mf.tensor_types
     out: dict[str, mx.array] = {}
@@ -166,8 +183,17 @@ def mlx_weights(mf: _core.ModelFile, dtype: str) -> dict[str, mx.array]:
         # it (image/audio tokens) get zero rows, as in llama.cpp's files and the native core.
         # (mlx-lm would look row 0 up for them instead.)
         pad = cfg["n_vocab"] if kind == "per_layer_token_embd" else 0
-        if quantize and types[name] == "Q8_0" and not plus_one:
-            _add_q8(out, targets, *(_pad_rows(a, pad) for a in mf.tensor_q8_0(name)))
+        if quantize and not plus_one and types[name] in quant.EXACT:
+            ttype, raw = mf.tensor_raw(name)
+            p = quant.to_mlx(ttype, raw)
+            # Zero weights, scales and biases: the padded rows dequantize to zero.
+            p = p._replace(weight=_pad_rows(p.weight, pad), scales=_pad_rows(p.scales, pad),
+                           biases=_pad_rows(p.biases, pad))
+            _add_quantized(out, targets, p)
+            continue
+        if quantize and not plus_one and types[name] in quant.REQUANTIZED:
+            _add_requantized(out, targets, _pad_rows(mf.tensor(name, "f32"), pad),
+                             quant.REQUANTIZED[types[name]])
             continue
         values = _pad_rows(mf.tensor(name, "f32" if plus_one else _CORE_DTYPE[dtype]), pad)
         if arch == "gemma3" and kind in _PLUS_ONE:
@@ -185,19 +211,30 @@ def _pad_rows(a: np.ndarray, rows: int) -> np.ndarray:
     return np.concatenate([a, np.zeros((rows - a.shape[0], *a.shape[1:]), dtype=a.dtype)])
 
 
-def _add_q8(out: dict[str, mx.array], targets: list[str], qs: np.ndarray, ds: np.ndarray) -> None:
-    """Q8_0 quants [..., cols] and fp16 scales [..., cols / 32] as MLX 8-bit affine matrices:
-    uint8 q + 128 packed four to a uint32 (little-endian, as MLX packs), scale d, bias -128 d,
-    both float32."""
-    if len(targets) == 1:
-        qs, ds = qs[None], ds[None]
-    for target, q, d in zip(targets, qs, ds):
+def _split(a: np.ndarray, n: int) -> list[np.ndarray]:
+    """A tensor's rows as n equal stacked matrices ([n * rows, ...] -> n x [rows, ...])."""
+    return list(a.reshape(n, a.shape[0] // n, *a.shape[1:])) if n > 1 else [a]
+
+
+def _add_quantized(out: dict[str, mx.array], targets: list[str], p: quant.Packed) -> None:
+    """One matrix already in MLX's layout (``quant.to_mlx``), or several stacked ones."""
+    n = len(targets)
+    for target, w, s, b in zip(targets, _split(p.weight, n), _split(p.scales, n),
+                               _split(p.biases, n)):
         base = target.removesuffix(".weight")
-        packed = (q.astype(np.int16) + 128).astype(np.uint8)
-        out[target] = mx.array(np.ascontiguousarray(packed).view(np.uint32))
-        scale = d.astype(np.float32)
-        out[base + ".scales"] = mx.array(scale)
-        out[base + ".biases"] = mx.array(scale * -128.0)
+        out[target] = mx.array(w)
+        out[base + ".scales"] = mx.array(s)
+        out[base + ".biases"] = mx.array(b)
+
+
+def _add_requantized(out: dict[str, mx.array], targets: list[str], values: np.ndarray,
+                     bits: int) -> None:
+    """Float32 values [..., rows, cols] quantized by MLX's own (min-max) affine quantizer."""
+    arrays = [values] if len(targets) == 1 else list(values)
+    for target, a in zip(targets, arrays):
+        base = target.removesuffix(".weight")
+        w, s, b = mx.quantize(mx.array(a), group_size=quant.REQUANT_GROUP, bits=bits)
+        out[target], out[base + ".scales"], out[base + ".biases"] = w, s, b
 
 
 def _to_mx(a: np.ndarray, dtype: str) -> mx.array:
@@ -257,7 +294,8 @@ class Gemma3n(gemma3n.Model):
 
 def build_model(args: dict[str, Any], weights: dict[str, mx.array]) -> nn.Module:
     """An mlx-lm model of ``args`` (see ``model_args``) holding ``weights``; evaluated. Layers
-    whose weights come with scales (the "q8" conversion) become 8-bit quantized layers."""
+    whose weights come with scales (the "quantized" conversion) become quantized layers, each
+    with the bits and group size its arrays' shapes imply."""
     if args["model_type"] == "gemma3_text":
         model: nn.Module = Gemma3(gemma3_text.ModelArgs.from_dict(args),
                                   args.get("final_logit_softcapping"))
@@ -267,12 +305,25 @@ def build_model(args: dict[str, Any], weights: dict[str, mx.array]) -> nn.Module
     else:
         model = Gemma3n(gemma3n.ModelArgs.from_dict(args))
     if any(k.endswith(".scales") for k in weights):
-        nn.quantize(model, group_size=32, bits=8,
-                    class_predicate=lambda path, _m: f"{path}.scales" in weights)
+        nn.quantize(model, class_predicate=lambda path, m: _layout(path, m, weights))
     model.load_weights(list(weights.items()), strict=True)
     mx.eval(model.parameters())
     model.eval()
     return model
+
+
+def _layout(path: str, module: nn.Module, weights: dict[str, mx.array]) -> dict[str, Any] | bool:
+    """``nn.quantize``'s parameters for the layer at ``path``, or False to keep it as it is.
+
+    Layers differ (a Q4_K_M file mixes 4, 5 and 8 bits), and the arrays tell: a row of ``cols``
+    values packs into cols * bits / 32 words and has cols / group_size scales.
+    """
+    scales = weights.get(f"{path}.scales")
+    if scales is None:
+        return False
+    cols = module.weight.shape[-1]
+    return {"group_size": cols // scales.shape[-1],
+            "bits": weights[f"{path}.weight"].shape[-1] * 32 // cols}
 
 
 # Where mlx-lm's Gemma models keep their final norm: Gemma 3 text, Gemma 3 (multimodal

@@ -13,21 +13,24 @@ from .. import _core
 from ..errors import ModelError
 from . import cache, convert
 
-# The MLX type a GGUF's matrices map to unless asked otherwise: exact for each (Q8_0 as MLX
-# 8-bit matrices, see convert.CHOICES).
-_DEFAULT_DTYPE = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "Q8_0": "q8"}
+# The MLX type an unquantized GGUF's matrices map to unless asked otherwise: their own.
+_FLOAT_DTYPE = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
 
 
 def default_dtype(path: Path) -> str:
+    """The file's own type: "quantized" when any tensor is quantized (Q8_0, Q4_K, ...: they
+    stay quantized, see convert.CHOICES), else the float type of its matrices."""
     _meta, tensors, _lengths, _info = _core.read_gguf(str(path), 0)
     types = {name: ttype for name, ttype, _shape, _nbytes in tensors}
-    return _DEFAULT_DTYPE.get(types.get("blk.0.attn_q.weight", "F32"), "float32")
+    if any(t not in _FLOAT_DTYPE for t in types.values()):
+        return "quantized"
+    return _FLOAT_DTYPE.get(types.get("blk.0.attn_q.weight", "F32"), "float32")
 
 
 def load(path: Path, dtype: str | None) -> tuple[_core.ModelFile, nn.Module, str]:
-    """(the GGUF's ModelFile for config and tokenizer, the mlx-lm model, its float type)."""
-    if dtype is not None and dtype not in convert.CHOICES:
-        raise ValueError(f"dtype must be one of {', '.join(convert.CHOICES)}, got {dtype!r}")
+    """(the GGUF's ModelFile for config and tokenizer, the mlx-lm model, its type)."""
+    if dtype is not None:
+        dtype = convert.canonical_dtype(dtype)
     if path.is_dir():
         return _load_folder(path, dtype)
     mf = _core.ModelFile(str(path))
@@ -80,6 +83,7 @@ def _load_folder(folder: Path, dtype: str | None) -> tuple[_core.ModelFile, nn.M
         raise ModelError(f"{folder}: model_type {config.get('model_type')!r} does not match "
                          f"the tokenizer's GGUF ({expected['model_type']!r})")
     saved = config.get("pyengine", {}).get("dtype")
+    saved = convert.ALIASES.get(saved, saved)
     want = dtype or saved or "float32"
     if want != saved:
         raise ValueError(f"{folder} holds {saved} weights; convert its GGUF for {want}")
