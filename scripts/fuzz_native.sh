@@ -31,16 +31,22 @@ from gguf_builder import build_gguf, mutate
 from test_gguf import ALL_TYPES_KVS, TENSORS
 from make_model import write_model
 from ollama_style import VisionSpec, rewrite
+from quantize_model import quantize
 work, n_reader, n_engine = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 write_model(work / "tiny.gguf", "tiny", "q8_0")
 write_model(work / "tiny-3n.gguf", "tiny-3n", "q8_0")
+# K-quant and 32-value blocks, as llama.cpp's Q4_K_M mix writes them.
+for preset in ("tiny-k", "tiny-3n-k"):
+    write_model(work / f"{preset}-f32.gguf", preset, "f32")
+    quantize(work / f"{preset}-f32.gguf", work / f"{preset}-q4_k_m.gguf", "Q4_K_M")
 small_vision = VisionSpec(width=64, ff=128, blocks=1, heads=2, image=28, patch=14, tokens_per_image=4)
 rewrite(work / "tiny.gguf", work / "tiny-ollama.gguf", ["all"], vision=small_vision)
 write_model(work / "tiny-3n-mm.gguf", "tiny-3n", "q8_0", n_vocab=3136, n_vocab_per_layer=3072)
 rewrite(work / "tiny-3n-mm.gguf", work / "tiny-3n-ollama.gguf", ["all"])
 rng = random.Random(1)
 small = build_gguf(ALL_TYPES_KVS, TENSORS)
-names = ("tiny.gguf", "tiny-3n.gguf", "tiny-ollama.gguf", "tiny-3n-ollama.gguf")
+names = ("tiny.gguf", "tiny-3n.gguf", "tiny-ollama.gguf", "tiny-3n-ollama.gguf",
+         "tiny-k-q4_k_m.gguf", "tiny-3n-k-q4_k_m.gguf")
 models = [(work / name).read_bytes() for name in names]
 (work / "reader").mkdir()
 for i in range(n_reader):

@@ -156,10 +156,14 @@ FUZZ = textwrap.dedent('''
 ''')
 
 
-@pytest.mark.parametrize("engine", [False, True])
-def test_fuzzed_files_never_crash(tmp_path, tiny_f32, engine):
-    """Random byte flips and truncations: the process survives and errors are PyEngineErrors."""
-    src = tiny_f32 if engine else write(tmp_path, build_gguf(ALL_TYPES_KVS, TENSORS), "src.gguf")
+@pytest.mark.parametrize("engine", [False, True, "q4_k_m"])
+def test_fuzzed_files_never_crash(tmp_path, tiny_f32, quant_model, engine):
+    """Random byte flips and truncations: the process survives and errors are PyEngineErrors
+    (also on a file of K-quant and 32-value quantized blocks, llama.cpp's Q4_K_M mix)."""
+    if engine == "q4_k_m":
+        src = quant_model("tiny-k", "Q4_K_M")
+    else:
+        src = tiny_f32 if engine else write(tmp_path, build_gguf(ALL_TYPES_KVS, TENSORS), "src.gguf")
     n = 300 if engine else 3000
     proc = subprocess.run([sys.executable, "-c", FUZZ, str(Path(__file__).parent), str(src),
                            str(tmp_path / "m.gguf"), "7",
