@@ -81,18 +81,28 @@ def now_iso() -> str:
 def ensure_model(model_dir: Path, preset: str, dtype: str) -> Path:
     """The cached synthetic GGUF of (preset, dtype), written on first use.
 
-    Written under a temporary name and renamed, so an interrupted write is never reused.
+    dtype is one of make_model's (f32, f16, bf16, q8_0), or any ftype llama-quantize takes
+    (q4_k_m, q4_0, iq4_xs, ...): then the preset's F16 file is written first and quantized by
+    llama.cpp's own quantizer (scripts/quantize_model.py), as Ollama's files are made. Written
+    under a temporary name and renamed, so an interrupted write is never reused.
     """
     sys.path.insert(0, str(SCRIPTS_DIR))
-    from make_model import make_config, write_model
+    from make_model import DTYPES, make_config, write_model
 
     path = model_dir / f"{make_config(preset).name}-{dtype}.gguf"  # e.g. synthetic-gemma3-1b-q8_0
     if not path.exists():
         model_dir.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".gguf.tmp")
         t0 = time.perf_counter()
-        print(f"writing {path.name} ...", file=sys.stderr, flush=True)
-        write_model(tmp, preset, dtype)
+        if dtype in DTYPES:
+            print(f"writing {path.name} ...", file=sys.stderr, flush=True)
+            write_model(tmp, preset, dtype)
+        else:
+            from quantize_model import quantize
+
+            source = ensure_model(model_dir, preset, "f16")
+            print(f"quantizing {source.name} to {dtype} ...", file=sys.stderr, flush=True)
+            quantize(source, tmp, dtype)
         tmp.rename(path)
         print(f"  done in {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
     return path

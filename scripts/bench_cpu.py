@@ -146,8 +146,9 @@ def rep_metrics(res: dict[str, Any], ceiling: float) -> dict[str, Any]:
 
 
 def bench_dtype(args: argparse.Namespace, dtype: str, bandwidth: float) -> dict[str, Any]:
-    """All repetitions of every engine on one dtype; raw records, medians and ratios."""
-    path = bc.ensure_model(args.model_dir, args.preset, dtype)
+    """All repetitions of every engine on one dtype (or on the --file given); raw records,
+    medians and ratios."""
+    path = Path(args.file) if args.file else bc.ensure_model(args.model_dir, args.preset, dtype)
     n_vocab = bc.n_vocab_of(path)
     bytes_per_token = bc.weight_bytes_per_token(path)
     ceiling = bandwidth * 1e9 / bytes_per_token
@@ -248,7 +249,8 @@ def plot(report: dict[str, Any], path: Path) -> bool:
     # One legend under both plots: inside, it would cover the bars or the ceiling line.
     fig.legend(*axes[1].get_legend_handles_labels(), loc="lower center", ncol=3, fontsize=8)
     cfg = report["config"]
-    fig.suptitle(f"{cfg['preset']} preset, {cfg['threads']} threads, {cfg['prompt_tokens']}-token "
+    what = Path(cfg["file"]).name if cfg.get("file") else f"{cfg['preset']} preset"
+    fig.suptitle(f"{what}, {cfg['threads']} threads, {cfg['prompt_tokens']}-token "
                  f"prompt, {cfg['gen_tokens']} generated (labels: pyengine / llama.cpp)", fontsize=10)
     fig.tight_layout(rect=(0, 0.06, 1, 1))
     fig.savefig(path, dpi=120)
@@ -271,7 +273,11 @@ def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", default="1b",
                     help="make_model preset: tiny, 1b, 4b, tiny-3n, e2b, e4b")
-    ap.add_argument("--dtypes", default="q8_0,f16", help="comma-separated: f32, f16, bf16, q8_0")
+    ap.add_argument("--dtypes", default="q8_0,f16",
+                    help="comma-separated: f32, f16, bf16, q8_0, or any ftype llama-quantize "
+                    "takes (q4_k_m, q4_0, iq4_xs, ...: quantized from the F16 file by llama.cpp)")
+    ap.add_argument("--file", help="benchmark this GGUF file instead of a preset (e.g. a real "
+                    "model: `gemma3:270m` resolves as pyengine run does)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--prompt-tokens", type=int, default=512)
@@ -286,6 +292,11 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--model", help=argparse.SUPPRESS)
     args = ap.parse_args()
     args.dtypes = [d for d in args.dtypes.split(",") if d]
+    if args.file and not args.worker:
+        from pyengine.store import resolve_model
+
+        args.file = str(resolve_model(args.file).path)
+        args.dtypes = [Path(args.file).stem]
     args.engines = [e for e in args.engines.split(",") if e]
     if bad := set(args.engines) - set(ENGINES):
         ap.error(f"unknown engines {sorted(bad)}")
