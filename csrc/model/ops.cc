@@ -64,12 +64,24 @@ std::unique_ptr<WeightArena> WeightPacker::Pack(const GgufFile& f, ThreadPool& p
   for (const auto& job : jobs_) total += PackedMatrix::PackedBytes(job.first);
   auto arena = std::make_unique<WeightArena>(total);
   size_t offset = 0;
+  // Slices of about 16 MB: the packed copy replaces the file's bytes slice by slice, and the
+  // slice's file pages are released at once, so memory never holds a large tensor twice.
+  constexpr size_t kSliceBytes = size_t{16} << 20;
   for (const auto& [view, dst] : jobs_) {
-    f.Prefault(view);
-    *dst = PackedMatrix(view, pool, arena->data() + offset);
+    uint8_t* at = arena->data() + offset;
+    *dst = PackedMatrix::Unpacked(view, at);
+    const int64_t step = std::max<int64_t>(
+        1, static_cast<int64_t>(kSliceBytes / std::max<size_t>(view.row_bytes(), 1)) / 16) * 16;
+    for (int64_t r0 = 0; r0 < view.rows(); r0 += step) {
+      const int64_t r1 = std::min(view.rows(), r0 + step);
+      TensorView rows = view;
+      rows.data = view.row(r0);
+      rows.nbytes = static_cast<size_t>(r1 - r0) * view.row_bytes();
+      f.Prefault(rows);
+      PackedMatrix::PackRows(view, r0, r1, pool, at);
+      f.ReleasePages(rows);
+    }
     offset += PackedMatrix::PackedBytes(view);
-    // The packed copy replaces the file's bytes: release those pages so memory holds one copy.
-    f.ReleasePages(view);
   }
   jobs_.clear();
   return arena;

@@ -48,8 +48,39 @@ void SetBlockValue(const BlockLayout& l, uint8_t* block, int k, int u) {
   }
 }
 
+const BlockBits& GetBlockBits(const BlockLayout& l) {
+  static const auto* tables = [] {
+    constexpr size_t n = sizeof(kBlockLayouts) / sizeof(kBlockLayouts[0]);
+    auto* t = new BlockBits[n]();  // one per layout, for the life of the process
+    for (size_t i = 0; i < n; ++i) {
+      const BlockLayout& bl = kBlockLayouts[i];
+      for (int k = 0; k < bl.values; ++k) {
+        int byte, shift;
+        Locate(bl.lo, k, &byte, &shift);
+        t[i].lo_byte[k] = static_cast<uint16_t>(byte);
+        t[i].lo_shift[k] = static_cast<uint8_t>(shift);
+        Locate(bl.hi, k, &byte, &shift);
+        t[i].hi_byte[k] = static_cast<uint16_t>(byte);
+        t[i].hi_shift[k] = static_cast<uint8_t>(shift);
+      }
+      int h = 0;
+      for (int b = 0; b < bl.bytes; ++b) {
+        if (!IsQuantByte(bl, b)) t[i].header[h++] = static_cast<uint16_t>(b);
+      }
+    }
+    return t;
+  }();
+  return tables[&l - kBlockLayouts];
+}
+
 void DecodeValues(const BlockLayout& l, const uint8_t* block, uint8_t* u) {
-  for (int k = 0; k < l.values; ++k) u[k] = static_cast<uint8_t>(BlockValue(l, block, k));
+  const BlockBits& b = GetBlockBits(l);
+  const int lo_mask = (1 << l.lo.bits) - 1, hi_mask = (1 << l.hi.bits) - 1;
+  for (int k = 0; k < l.values; ++k) {
+    int v = (block[b.lo_byte[k]] >> b.lo_shift[k]) & lo_mask;
+    if (l.hi.bits) v |= ((block[b.hi_byte[k]] >> b.hi_shift[k]) & hi_mask) << l.lo.bits;
+    u[k] = static_cast<uint8_t>(v);
+  }
 }
 
 void EncodeValues(const BlockLayout& l, const uint8_t* u, uint8_t* block) {

@@ -81,6 +81,15 @@ void SetBlockValue(const BlockLayout& l, uint8_t* block, int k, int u);
 // True for bytes of the block that hold quants (the rest is the header, in block order).
 bool IsQuantByte(const BlockLayout& l, int byte);
 
+// Where every value's bits and every header byte sit in a block of one type, precomputed once
+// (the load-time repack and the dequantization walk these tables instead of the field maps).
+struct BlockBits {
+  uint8_t lo_shift[256], hi_shift[256];
+  uint16_t lo_byte[256], hi_byte[256];
+  uint16_t header[256];  // block offsets of the header bytes, in block order
+};
+const BlockBits& GetBlockBits(const BlockLayout& l);
+
 // u[0..values) = every value of one block (DecodeValues), or the block's quant bytes from u
 // (EncodeValues: the quant bytes are overwritten, the header is left alone).
 void DecodeValues(const BlockLayout& l, const uint8_t* block, uint8_t* u);

@@ -19,18 +19,43 @@ namespace {
 
 void PackedMatrix::Free::operator()(void* p) const { std::free(p); }
 
-size_t PackedMatrix::PackedBytes(const TensorView& t) {
-  size_t bytes;
+static_assert(kLaneRows == kQ8Rows && kQ8Rows == kFloatRows, "every layout groups 16 rows");
+
+size_t PackedMatrix::GroupBytes(const TensorView& t) {
   if (const BlockLayout* l = GetBlockLayout(t.type)) {
-    const int64_t groups = (t.rows() + kLaneRows - 1) / kLaneRows;
-    bytes = static_cast<size_t>(groups * (t.cols() / l->values) * GetLaneUnit(*l).bytes);
-  } else if (t.type == GgmlType::kQ8_0) {
-    bytes = static_cast<size_t>((t.rows() + kQ8Rows - 1) / kQ8Rows * (t.cols() / kQ8_0Block)) * sizeof(Q8x16Block);
-  } else {
-    const size_t elem = t.type == GgmlType::kF32 ? 4 : 2;
-    bytes = static_cast<size_t>((t.rows() + kFloatRows - 1) / kFloatRows * t.cols() * kFloatRows) * elem;
+    return static_cast<size_t>(t.cols() / l->values * GetLaneUnit(*l).bytes);
   }
+  if (t.type == GgmlType::kQ8_0) return static_cast<size_t>(t.cols() / kQ8_0Block) * sizeof(Q8x16Block);
+  return static_cast<size_t>(t.cols() * kFloatRows) * (t.type == GgmlType::kF32 ? 4 : 2);
+}
+
+size_t PackedMatrix::PackedBytes(const TensorView& t) {
+  const size_t bytes = static_cast<size_t>((t.rows() + kLaneRows - 1) / kLaneRows) * GroupBytes(t);
   return (bytes + 63) / 64 * 64;
+}
+
+PackedMatrix PackedMatrix::Unpacked(const TensorView& t, uint8_t* dst) {
+  PackedMatrix m;
+  m.src_ = t;
+  m.data_ = dst;
+  return m;
+}
+
+void PackedMatrix::PackRows(const TensorView& t, int64_t r0, int64_t r1, ThreadPool& pool, uint8_t* dst) {
+  TensorView slice = t;
+  slice.n_dims = 2;
+  slice.ne[1] = r1 - r0;
+  slice.ne[2] = slice.ne[3] = 1;
+  slice.data = t.row(r0);
+  slice.nbytes = static_cast<size_t>(r1 - r0) * t.row_bytes();
+  dst += static_cast<size_t>(r0 / kLaneRows) * GroupBytes(t);
+  if (GetBlockLayout(t.type)) {
+    PackLanes(slice, pool, dst);
+  } else if (t.type == GgmlType::kQ8_0) {
+    PackQ8(slice, pool, dst);
+  } else {
+    PackFloat(slice, pool, dst);
+  }
 }
 
 PackedMatrix::PackedMatrix(const TensorView& t, ThreadPool& pool, uint8_t* dst) : src_(t) {
@@ -42,17 +67,10 @@ PackedMatrix::PackedMatrix(const TensorView& t, ThreadPool& pool, uint8_t* dst) 
     dst = owned_.get();
   }
   data_ = dst;
-  if (GetBlockLayout(t.type)) {
-    PackLanes(pool, dst);
-  } else if (t.type == GgmlType::kQ8_0) {
-    PackQ8(pool, dst);
-  } else {
-    PackFloat(pool, dst);
-  }
+  PackRows(t, 0, t.rows(), pool, dst);
 }
 
-void PackedMatrix::PackQ8(ThreadPool& pool, uint8_t* dst_bytes) {
-  const TensorView& t = src_;
+void PackedMatrix::PackQ8(const TensorView& t, ThreadPool& pool, uint8_t* dst_bytes) {
   const int64_t rows = t.rows(), nb = t.cols() / kQ8_0Block;
   const int64_t groups = (rows + kQ8Rows - 1) / kQ8Rows;
   Q8x16Block* out = reinterpret_cast<Q8x16Block*>(dst_bytes);
@@ -78,8 +96,7 @@ void PackedMatrix::PackQ8(ThreadPool& pool, uint8_t* dst_bytes) {
   });
 }
 
-void PackedMatrix::PackLanes(ThreadPool& pool, uint8_t* dst) {
-  const TensorView& t = src_;
+void PackedMatrix::PackLanes(const TensorView& t, ThreadPool& pool, uint8_t* dst) {
   const BlockLayout& l = *GetBlockLayout(t.type);
   const int64_t rows = t.rows(), units = t.cols() / l.values;
   const int64_t groups = (rows + kLaneRows - 1) / kLaneRows;
@@ -128,8 +145,7 @@ void InterleaveGroup(const TensorView& t, int64_t g, int64_t valid, E* dst) {
 
 }  // namespace
 
-void PackedMatrix::PackFloat(ThreadPool& pool, uint8_t* out) {
-  const TensorView& t = src_;
+void PackedMatrix::PackFloat(const TensorView& t, ThreadPool& pool, uint8_t* out) {
   const int64_t rows = t.rows(), cols = t.cols(), groups = (rows + kFloatRows - 1) / kFloatRows;
   const bool f32 = t.type == GgmlType::kF32;
   ParallelRanges(pool, groups, 1, [&](int64_t g0, int64_t g1) {

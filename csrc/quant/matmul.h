@@ -25,6 +25,15 @@ class PackedMatrix {
 
   // Bytes the packed copy of t takes (a multiple of 64).
   static size_t PackedBytes(const TensorView& t);
+  // Bytes of one group of 16 rows of t's packed copy (groups lie one after another).
+  static size_t GroupBytes(const TensorView& t);
+
+  // A matrix whose packed copy is at `dst` (PackedBytes(t) bytes, owned by the caller) but not
+  // written yet: the caller fills it with PackRows, a slice at a time.
+  static PackedMatrix Unpacked(const TensorView& t, uint8_t* dst);
+  // Packs rows [r0, r1) of t (r0 a multiple of 16, r1 a multiple of 16 or t's last row) into
+  // their place in dst, the packed copy of all of t.
+  static void PackRows(const TensorView& t, int64_t r0, int64_t r1, ThreadPool& pool, uint8_t* dst);
 
   GgmlType type() const { return src_.type; }
   int64_t rows() const { return src_.rows(); }
@@ -41,9 +50,10 @@ class PackedMatrix {
   struct Free {
     void operator()(void* p) const;
   };
-  void PackQ8(ThreadPool& pool, uint8_t* dst);
-  void PackLanes(ThreadPool& pool, uint8_t* dst);
-  void PackFloat(ThreadPool& pool, uint8_t* dst);
+  // Pack the rows of view t (a slice of src_ or all of it) into dst, its own packed copy.
+  static void PackQ8(const TensorView& t, ThreadPool& pool, uint8_t* dst);
+  static void PackLanes(const TensorView& t, ThreadPool& pool, uint8_t* dst);
+  static void PackFloat(const TensorView& t, ThreadPool& pool, uint8_t* dst);
 
   TensorView src_;  // the file's tensor: its data is not read after packing
   uint8_t* data_ = nullptr;                // the packed copy
