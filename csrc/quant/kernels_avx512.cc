@@ -405,7 +405,7 @@ const KernelSet* Avx512Kernels() {
   static const KernelSet set = {IsaLevel::kAvx512, GemmQ8, GemmFloat<LoadF16>,
                                 GemmFloat<LoadBF16>, GemmFloat<LoadF32>, GemmF16I16,
                                 QuantizeI16, kXTile, PackX,
-                                QuantizeQ8, ToF16, GeluMul, AttnScoresTile, AttnValuesTile,
+                                QuantizeQ8, ToF16, GeluMul, AttnScoresTile, AttnDotsTile, AttnValuesTile,
                                 F16ToF32, RoundF16,
                                 GemmLanesAvx512};
   return &set;
