@@ -160,12 +160,14 @@ void Tokens(const uint8_t* wg, int64_t units, const float* pre, const XQ8Block* 
   constexpr BlockLayout L = *GetBlockLayout(T);
   constexpr LaneUnit U = GetLaneUnit(L);
   constexpr int kScaleFloats = LaneScaleFloats(L);
+  constexpr int kAhead = U.bytes >= 1024 ? 2 : (2048 + U.bytes - 1) / U.bytes;
   __m256 acc[NT];
   for (int t = 0; t < NT; ++t) acc[t] = _mm256_setzero_ps();
   for (int64_t u = 0; u < units; ++u) {
     const uint8_t* unit = wg + u * U.bytes;
+    // About 2 KB (at least two units) ahead, as in the AVX-512 kernels.
     for (int p = 0; p < U.bytes; p += 64) {
-      _mm_prefetch(reinterpret_cast<const char*>(reinterpret_cast<uintptr_t>(unit) + 2 * U.bytes + p), _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(reinterpret_cast<uintptr_t>(unit) + kAhead * U.bytes + p), _MM_HINT_T0);
     }
     alignas(32) float here[kScaleFloats];
     const float* sc = pre ? pre + u * kScaleFloats : here;

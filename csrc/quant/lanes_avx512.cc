@@ -136,12 +136,14 @@ void Tokens(const uint8_t* wg, int64_t units, const float* pre, const XQ8Block* 
   constexpr BlockLayout L = *GetBlockLayout(T);
   constexpr LaneUnit U = GetLaneUnit(L);
   constexpr int kScaleFloats = LaneScaleFloats(L);
+  constexpr int kAhead = U.bytes >= 1024 ? 2 : (2048 + U.bytes - 1) / U.bytes;
   __m512 acc[NT];
   for (int t = 0; t < NT; ++t) acc[t] = _mm512_setzero_ps();
   for (int64_t u = 0; u < units; ++u) {
     const uint8_t* unit = wg + u * U.bytes;
-    // Two units (at least ~600 bytes) ahead: decode streams the weights from memory.
-    PrefetchUnit(reinterpret_cast<uintptr_t>(unit) + 2 * U.bytes, U.bytes);
+    // Decode streams the weights from memory: ask for the unit about 2 KB ahead (at least
+    // two units), as far ahead as the Q8_0 kernel asks.
+    PrefetchUnit(reinterpret_cast<uintptr_t>(unit) + kAhead * U.bytes, U.bytes);
     alignas(64) float here[kScaleFloats];
     const float* sc = pre ? pre + u * kScaleFloats : here;
     if (!pre) DecodeUnit<T>(unit, here);
