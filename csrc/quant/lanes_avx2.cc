@@ -112,11 +112,18 @@ inline __m256i Dot16(const __m256i w[4], const int8_t* q) {
 // x: the Q8_0 block of the unit's first value for the first token; tokens are ldx blocks apart.
 template <GgmlType T, int NT>
 inline void TileUnit(const uint8_t* unit, int h, const float* sc, const XQ8Block* x,
-                     int64_t ldx, __m256 acc[NT]) {
+                     int64_t ldx, uintptr_t prefetch, __m256 acc[NT]) {
   constexpr BlockLayout L = *GetBlockLayout(T);
+  constexpr LaneUnit U = GetLaneUnit(L);
   constexpr int kSubs = L.group / 16;
   constexpr int kOffset = L.lut ? 0 : L.offset;  // the IQ4 tables come out signed here
-  for (int g = 0; g < L.values / L.group; ++g) {
+  constexpr int kGroups = L.values / L.group;
+  // The unit at `prefetch` is asked for a slice per group, not in one burst (as AVX-512 does).
+  constexpr int kSlice = (U.bytes / kGroups + 63) / 64 * 64;
+  for (int g = 0; g < kGroups; ++g) {
+    for (int p = g * kSlice; p < (g + 1) * kSlice && p < U.bytes; p += 64) {
+      _mm_prefetch(reinterpret_cast<const char*>(prefetch + p), _MM_HINT_T0);
+    }
     const int blk = g * L.group / 32, q0 = g * L.group % 32;  // the group's activation block
     __m256i p[NT];
     for (int t = 0; t < NT; ++t) p[t] = _mm256_setzero_si256();
@@ -165,14 +172,13 @@ void Tokens(const uint8_t* wg, int64_t units, const float* pre, const XQ8Block* 
   for (int t = 0; t < NT; ++t) acc[t] = _mm256_setzero_ps();
   for (int64_t u = 0; u < units; ++u) {
     const uint8_t* unit = wg + u * U.bytes;
-    // About 2 KB (at least two units) ahead, as in the AVX-512 kernels.
-    for (int p = 0; p < U.bytes; p += 64) {
-      _mm_prefetch(reinterpret_cast<const char*>(reinterpret_cast<uintptr_t>(unit) + kAhead * U.bytes + p), _MM_HINT_T0);
-    }
     alignas(32) float here[kScaleFloats];
     const float* sc = pre ? pre + u * kScaleFloats : here;
     if (!pre) DecodeUnit<T>(unit, here);
-    TileUnit<T, NT>(unit, h, sc, x + u * (L.values / 32), ldx, acc);
+    // About 2 KB (at least two units) ahead, as in the AVX-512 kernels; the second half's
+    // pass finds the group's units in cache and asks again for nothing new.
+    TileUnit<T, NT>(unit, h, sc, x + u * (L.values / 32), ldx,
+                    reinterpret_cast<uintptr_t>(unit) + kAhead * U.bytes, acc);
   }
   for (int t = 0; t < NT; ++t) {
     if (valid >= 8) {

@@ -84,10 +84,18 @@ inline void LoadSub(const uint8_t* unit, int s, __m512i w[4]) {
 // the first token; tokens are ldx blocks apart.
 template <GgmlType T, int NT>
 inline void TileUnit(const uint8_t* unit, const float* sc, const XQ8Block* x, int64_t ldx,
-                     __m512 acc[NT]) {
+                     uintptr_t prefetch, __m512 acc[NT]) {
   constexpr BlockLayout L = *GetBlockLayout(T);
+  constexpr LaneUnit U = GetLaneUnit(L);
   constexpr int kSubs = L.group / 16;  // LoadSub brings 16 values at a time
-  for (int g = 0; g < L.values / L.group; ++g) {
+  constexpr int kGroups = L.values / L.group;
+  // The unit at `prefetch` is asked for a slice per group, not in one burst: a stream of
+  // requests the memory system keeps up with.
+  constexpr int kSlice = (U.bytes / kGroups + 63) / 64 * 64;
+  for (int g = 0; g < kGroups; ++g) {
+    for (int p = g * kSlice; p < (g + 1) * kSlice && p < U.bytes; p += 64) {
+      _mm_prefetch(reinterpret_cast<const char*>(prefetch + p), _MM_HINT_T0);
+    }
     __m512i w[4 * kSubs];
     for (int i = 0; i < kSubs; ++i) LoadSub<T>(unit, g * kSubs + i, w + 4 * i);
     const __m512 dsc = _mm512_loadu_ps(sc + g * kLaneRows);
@@ -113,11 +121,6 @@ inline void TileUnit(const uint8_t* unit, const float* sc, const XQ8Block* x, in
   }
 }
 
-// Asks for a unit's cache lines (a prefetch never faults, so the address may lie past the end).
-inline void PrefetchUnit(uintptr_t at, int bytes) {
-  for (int p = 0; p < bytes; p += 64) _mm_prefetch(reinterpret_cast<const char*>(at + p), _MM_HINT_T0);
-}
-
 // The decoded scales of one unit into sc (LaneScaleFloats of its type).
 template <GgmlType T>
 inline void DecodeUnit(const uint8_t* unit, float* sc) {
@@ -141,13 +144,13 @@ void Tokens(const uint8_t* wg, int64_t units, const float* pre, const XQ8Block* 
   for (int t = 0; t < NT; ++t) acc[t] = _mm512_setzero_ps();
   for (int64_t u = 0; u < units; ++u) {
     const uint8_t* unit = wg + u * U.bytes;
-    // Decode streams the weights from memory: ask for the unit about 2 KB ahead (at least
-    // two units), as far ahead as the Q8_0 kernel asks.
-    PrefetchUnit(reinterpret_cast<uintptr_t>(unit) + kAhead * U.bytes, U.bytes);
     alignas(64) float here[kScaleFloats];
     const float* sc = pre ? pre + u * kScaleFloats : here;
     if (!pre) DecodeUnit<T>(unit, here);
-    TileUnit<T, NT>(unit, sc, x + u * (L.values / 32), ldx, acc);
+    // Decode streams the weights from memory: the unit about 2 KB ahead (at least two units)
+    // is asked for while this one is computed, as far ahead as the Q8_0 kernel asks.
+    TileUnit<T, NT>(unit, sc, x + u * (L.values / 32), ldx,
+                    reinterpret_cast<uintptr_t>(unit) + kAhead * U.bytes, acc);
   }
   for (int t = 0; t < NT; ++t) _mm512_mask_storeu_ps(y + t * ldy, mask, acc[t]);
 }
