@@ -22,14 +22,25 @@ struct Q8x16Block {
 static_assert(sizeof(Q8x16Block) == 16 * 34, "same size as 16 Q8_0 blocks");
 
 // One 32-value block of activations quantized to Q8_0 (bit-identical to ggml's), plus the sums
-// that unsigned or offset weights need (128 * sum(q) for the biased Q8_0 layout).
+// that unsigned, offset or min-carrying weights need: 128 * sum(q) for the biased Q8_0 layout,
+// and d times the sums of each half and of the block for the lane kernels' min terms.
 struct XQ8Block {
   int8_t q[32];
   float d;            // scale
   int16_t sum16[2];   // sums of q[0..16) and q[16..32)
+  float dsum16[2];    // d * sum16[i]
+  float dsum;         // d * (sum16[0] + sum16[1])
   int32_t sum() const { return sum16[0] + sum16[1]; }
+  // Sets the sums from q's halves' sums, once d is set.
+  void SetSums(int32_t s0, int32_t s1) {
+    sum16[0] = static_cast<int16_t>(s0);
+    sum16[1] = static_cast<int16_t>(s1);
+    dsum16[0] = d * static_cast<float>(s0);
+    dsum16[1] = d * static_cast<float>(s1);
+    dsum = d * static_cast<float>(s0 + s1);
+  }
 };
-static_assert(sizeof(XQ8Block) == 40, "packed activation block");
+static_assert(sizeof(XQ8Block) == 52, "packed activation block");
 
 // F16, BF16 and F32 weights are repacked the same way: [group][k][16], the k-th value of each of
 // 16 rows side by side, so a vector load yields one value of 16 rows, lane r accumulates row r,

@@ -173,8 +173,7 @@ void QuantizeQ8(const float* x, int64_t cols, XQ8Block* out) {
       s0 += q[j];
       s1 += q[16 + j];
     }
-    out->sum16[0] = static_cast<int16_t>(s0);
-    out->sum16[1] = static_cast<int16_t>(s1);
+    out->SetSums(s0, s1);
   }
 }
 

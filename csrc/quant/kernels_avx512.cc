@@ -353,8 +353,7 @@ void QuantizeQ8(const float* x, int64_t cols, XQ8Block* out) {
     const __m512i q1 = _mm512_cvtps_epi32(_mm512_mul_ps(v1, _mm512_set1_ps(id)));
     _mm_storeu_si128(reinterpret_cast<__m128i*>(out->q), _mm512_cvtepi32_epi8(q0));
     _mm_storeu_si128(reinterpret_cast<__m128i*>(out->q + 16), _mm512_cvtepi32_epi8(q1));
-    out->sum16[0] = static_cast<int16_t>(_mm512_reduce_add_epi32(q0));
-    out->sum16[1] = static_cast<int16_t>(_mm512_reduce_add_epi32(q1));
+    out->SetSums(_mm512_reduce_add_epi32(q0), _mm512_reduce_add_epi32(q1));
   }
 }
 

@@ -85,8 +85,7 @@ void QuantizeQ8(const float* x, int64_t cols, XQ8Block* out) {
       out->q[j] = static_cast<int8_t>(std::nearbyint(x[j] * id));
       sum[j / 16] += out->q[j];
     }
-    out->sum16[0] = static_cast<int16_t>(sum[0]);
-    out->sum16[1] = static_cast<int16_t>(sum[1]);
+    out->SetSums(sum[0], sum[1]);
   }
 }
 
@@ -124,7 +123,7 @@ inline int32_t KernelValue(const BlockLayout& l, const LaneUnit& lu, const uint8
 
 // The reference for every lane type: per group of values that share a scale, an exact integer
 // dot product with the activations' Q8_0 block, then the float scales:
-//   y += dsc * d_x * (v . q - offset * sum(q)) - dmn * d_x * sum(q).
+//   y += dsc * d_x * (v . q) - dmn * d_x * sum(q),   dmn = min, or offset * dsc.
 void GemmLanes(const BlockLayout& l, const uint8_t* w, int64_t cols, const XQ8Block* x,
                int64_t n_tok, int64_t g0, int64_t g1, int64_t rows, float* y, int64_t ldy,
                float* /*scratch*/) {
@@ -142,12 +141,12 @@ void GemmLanes(const BlockLayout& l, const uint8_t* w, int64_t cols, const XQ8Bl
           const int k0 = gi * l.group;
           const XQ8Block& xb = x[t * nb + (u * l.values + k0) / 32];
           const int q0 = k0 % 32;  // where the group starts inside the activation block
-          const int32_t xsum = l.group == 32 ? xb.sum() : xb.sum16[q0 / 16];
+          const float dsum = l.group == 32 ? xb.dsum : xb.dsum16[q0 / 16];
           for (int r = 0; r < kLaneRows; ++r) {
-            int32_t dot = -l.offset * xsum;
+            int32_t dot = 0;
             for (int k = 0; k < l.group; ++k) dot += KernelValue(l, lu, unit, r, k0 + k) * xb.q[q0 + k];
             acc[r] += static_cast<float>(dot) * (s.dsc[gi][r] * xb.d);
-            if (l.min) acc[r] -= s.dmn[gi][r] * (xb.d * static_cast<float>(xsum));
+            acc[r] -= s.dmn[gi][r] * dsum;
           }
         }
       }

@@ -41,7 +41,7 @@ inline LaneFloats ToFloats(LaneInts v) { return __builtin_convertvector(v, LaneF
 inline void Store(float* out, LaneFloats v) { std::memcpy(out, &v, sizeof(v)); }
 
 // Scales of one unit of type T from its header lanes h, as LaneScales (lanes.h) lays them out:
-// dsc and dmn are [groups of the unit][16] (dmn only for types with a min). ToFloat16(p, out)
+// dsc and dmn are [groups of the unit][16]. ToFloat16(p, out)
 // converts the 16 fp16 values at p (one header halfword of every row) to floats: each kernel
 // file brings its own.
 template <GgmlType T, class ToFloat16>
@@ -106,6 +106,16 @@ inline void DecodeLaneScales(const uint16_t* h, ToFloat16 to_float, float (*dsc)
       const LaneInts ls = ((HeaderByte(h, 4 + j / 2) >> (4 * (j % 2))) & 0xF) |
                           (((scales_h >> (2 * j)) & 3) << 4);
       Store(dsc[j], d * ToFloats(ls - 32));
+    }
+  }
+  // A type with an integer offset instead of a min: dmn = offset * dsc, exactly (the offsets
+  // are powers of two).
+  constexpr BlockLayout L = *GetBlockLayout(T);
+  if constexpr (!L.min) {
+    for (int g = 0; g < L.values / L.group; ++g) {
+      LaneFloats v;
+      std::memcpy(&v, dsc[g], sizeof(v));
+      Store(dmn[g], static_cast<float>(L.offset) * v);
     }
   }
 }

@@ -54,17 +54,15 @@ inline const uint16_t* LaneHeader(const LaneUnit& lu, const uint8_t* unit) {
 
 // The scales of one unit, decoded for the kernels: with v the value of a weight of group g
 // (BlockLayout::group values) in row r,
-//   w = dsc[g][r] * (v - offset) - dmn[g][r],
-// so against a Q8_0 activation block (d, q) the group contributes, exactly in integers up to
-// the last step, dsc * d * (v . q - offset * sum(q)) - dmn * d * sum(q).
+//   w = dsc[g][r] * v - dmn[g][r],   dmn = the block's min, or offset * dsc,
+// so against a Q8_0 activation block (d, q) the group contributes
+// dsc * d * (v . q) - dmn * d * sum(q): an exact integer dot product, then two float terms.
 struct LaneScales {
   float dsc[16][kLaneRows];
-  float dmn[16][kLaneRows];  // written only for types with a min
+  float dmn[16][kLaneRows];
 };
 
-// Floats of one unit's decoded scales: the groups' dsc, then (with a min) their dmn.
-constexpr int LaneScaleFloats(const BlockLayout& l) {
-  return (l.values / l.group) * kLaneRows * (l.min ? 2 : 1);
-}
+// Floats of one unit's decoded scales: the groups' dsc, then their dmn.
+constexpr int LaneScaleFloats(const BlockLayout& l) { return 2 * (l.values / l.group) * kLaneRows; }
 
 }  // namespace pyengine

@@ -133,14 +133,15 @@ inline void TileUnit(const uint8_t* unit, int h, const float* sc, const XQ8Block
       for (int t = 0; t < NT; ++t) p[t] = _mm256_add_epi32(p[t], Dot16<T>(w, x[t * ldx + blk].q + q0 + 16 * i));
     }
     const __m256 dsc = _mm256_loadu_ps(sc + g * kLaneRows + 8 * h);
+    const __m256 dmn = _mm256_loadu_ps(sc + (kGroups + g) * kLaneRows + 8 * h);
     for (int t = 0; t < NT; ++t) {
       const XQ8Block& xb = x[t * ldx + blk];
-      const int32_t xsum = L.group == 32 ? xb.sum() : xb.sum16[q0 / 16];
-      if constexpr (kOffset != 0) p[t] = _mm256_sub_epi32(p[t], _mm256_set1_epi32(kOffset * xsum));
       acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p[t]), _mm256_mul_ps(dsc, _mm256_set1_ps(xb.d)), acc[t]);
-      if constexpr (L.min) {
-        const __m256 dmn = _mm256_loadu_ps(sc + (L.values / L.group + g) * kLaneRows + 8 * h);
-        acc[t] = _mm256_fnmadd_ps(dmn, _mm256_set1_ps(xb.d * static_cast<float>(xsum)), acc[t]);
+      // The offset or min, times d * sum(q) of the group's activations; the IQ4 tables'
+      // signed values here have neither.
+      if constexpr (kOffset != 0 || L.min) {
+        const float dsum = L.group == 32 ? xb.dsum : xb.dsum16[q0 / 16];
+        acc[t] = _mm256_fnmadd_ps(dmn, _mm256_set1_ps(dsum), acc[t]);
       }
     }
   }

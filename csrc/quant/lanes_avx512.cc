@@ -99,6 +99,7 @@ inline void TileUnit(const uint8_t* unit, const float* sc, const XQ8Block* x, in
     __m512i w[4 * kSubs];
     for (int i = 0; i < kSubs; ++i) LoadSub<T>(unit, g * kSubs + i, w + 4 * i);
     const __m512 dsc = _mm512_loadu_ps(sc + g * kLaneRows);
+    const __m512 dmn = _mm512_loadu_ps(sc + (kGroups + g) * kLaneRows);
     const int blk = g * L.group / 32, q0 = g * L.group % 32;  // the group's activation block
     for (int t = 0; t < NT; ++t) {
       const XQ8Block& xb = x[t * ldx + blk];
@@ -109,14 +110,11 @@ inline void TileUnit(const uint8_t* unit, const float* sc, const XQ8Block* x, in
         p0 = _mm512_dpbusd_epi32(p0, w[m], Broadcast4(q + 4 * m));
         p1 = _mm512_dpbusd_epi32(p1, w[m + 1], Broadcast4(q + 4 * m + 4));
       }
-      __m512i p = _mm512_add_epi32(p0, p1);
-      const int32_t xsum = L.group == 32 ? xb.sum() : xb.sum16[q0 / 16];
-      if constexpr (L.offset != 0) p = _mm512_sub_epi32(p, _mm512_set1_epi32(L.offset * xsum));
+      const __m512i p = _mm512_add_epi32(p0, p1);
+      // The offset or min, times d * sum(q) of the group's activations.
+      const float dsum = L.group == 32 ? xb.dsum : xb.dsum16[q0 / 16];
       acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_mul_ps(dsc, _mm512_set1_ps(xb.d)), acc[t]);
-      if constexpr (L.min) {
-        const __m512 dmn = _mm512_loadu_ps(sc + (L.values / L.group + g) * kLaneRows);
-        acc[t] = _mm512_fnmadd_ps(dmn, _mm512_set1_ps(xb.d * static_cast<float>(xsum)), acc[t]);
-      }
+      acc[t] = _mm512_fnmadd_ps(dmn, _mm512_set1_ps(dsum), acc[t]);
     }
   }
 }
