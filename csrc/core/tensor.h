@@ -56,6 +56,16 @@ struct TensorView {
   int64_t n_elements() const { return ne[0] * ne[1] * ne[2] * ne[3]; }
   size_t row_bytes() const { return rows() == 0 ? 0 : nbytes / static_cast<size_t>(rows()); }
   const uint8_t* row(int64_t r) const { return data + static_cast<size_t>(r) * row_bytes(); }
+  // Rows [r0, r1) as a 2-D view of their own.
+  TensorView Rows(int64_t r0, int64_t r1) const {
+    TensorView v = *this;
+    v.n_dims = 2;
+    v.ne[1] = r1 - r0;
+    v.ne[2] = v.ne[3] = 1;
+    v.data = row(r0);
+    v.nbytes = static_cast<size_t>(r1 - r0) * row_bytes();
+    return v;
+  }
 };
 
 }  // namespace pyengine

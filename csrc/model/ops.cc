@@ -74,12 +74,9 @@ std::unique_ptr<WeightArena> WeightPacker::Pack(const GgufFile& f, ThreadPool& p
         1, static_cast<int64_t>(kSliceBytes / std::max<size_t>(view.row_bytes(), 1)) / 16) * 16;
     for (int64_t r0 = 0; r0 < view.rows(); r0 += step) {
       const int64_t r1 = std::min(view.rows(), r0 + step);
-      TensorView rows = view;
-      rows.data = view.row(r0);
-      rows.nbytes = static_cast<size_t>(r1 - r0) * view.row_bytes();
-      f.Prefault(rows);
+      f.Prefault(view.Rows(r0, r1));
       PackedMatrix::PackRows(view, r0, r1, pool, at);
-      f.ReleasePages(rows);
+      f.ReleasePages(view.Rows(r0, r1));
     }
     offset += PackedMatrix::PackedBytes(view);
   }

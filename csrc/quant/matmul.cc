@@ -42,12 +42,7 @@ PackedMatrix PackedMatrix::Unpacked(const TensorView& t, uint8_t* dst) {
 }
 
 void PackedMatrix::PackRows(const TensorView& t, int64_t r0, int64_t r1, ThreadPool& pool, uint8_t* dst) {
-  TensorView slice = t;
-  slice.n_dims = 2;
-  slice.ne[1] = r1 - r0;
-  slice.ne[2] = slice.ne[3] = 1;
-  slice.data = t.row(r0);
-  slice.nbytes = static_cast<size_t>(r1 - r0) * t.row_bytes();
+  const TensorView slice = t.Rows(r0, r1);
   dst += static_cast<size_t>(r0 / kLaneRows) * GroupBytes(t);
   if (GetBlockLayout(t.type)) {
     PackLanes(slice, pool, dst);
