@@ -148,6 +148,23 @@ def prompt_ids(n_vocab: int, n: int, seed: int = 0) -> list[int]:
     return [2] + rng.integers(300, n_vocab, n - 1).tolist()
 
 
+def oracle_greedy(llm, ids: list[int], n: int) -> tuple[list[int], list[float]]:
+    """llama.cpp's greedy continuation of ids (n tokens) and, at each step, the gap between its
+    top two logits (how decisive the step was)."""
+    import numpy as np
+
+    llm.reset()
+    llm.eval(ids)
+    tokens, margins = [], []
+    for _ in range(n):
+        row = np.array(llm.scores[llm.n_tokens - 1], dtype=np.float64)
+        top2 = np.sort(row)[-2:]
+        tokens.append(int(row.argmax()))
+        margins.append(float(top2[1] - top2[0]))
+        llm.eval([tokens[-1]])
+    return tokens, margins
+
+
 def oracle_agreement(logits_of, path: Path, n_vocab: int, n_prompts: int, n_tokens: int):
     """(relative L2 error of every position, top-1 agreement rate) of logits_of(ids) against
     llama.cpp's logits on the same file, over n_prompts seeded prompts of n_tokens tokens."""

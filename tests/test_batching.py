@@ -321,9 +321,10 @@ def test_environment_switches_batching_and_prompt_cache(make_model, monkeypatch)
         assert eng.generate(ps[0], max_tokens=2, temperature=0).cached_tokens == 0
 
 
-def test_timeout_cancels_the_request(make_model):
-    path = make_model("tiny", "q8_0")
-    with Engine(path, n_ctx=2048) as eng:
+def test_timeout_cancels_the_request(long_model):
+    # A 32768-token context: the reply could run for tens of seconds (its attention alone grows
+    # with the square of the length), so it is the timeout that ends it however fast the CPU.
+    with Engine(long_model, n_ctx=32768) as eng:
         t0 = time.perf_counter()
         with pytest.raises(TimeoutError, match="time-out"):
             eng.generate(prompts(18, [20])[0], max_tokens=100_000, ignore_eos=True, timeout=0.2)

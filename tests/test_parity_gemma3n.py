@@ -13,7 +13,7 @@ import os
 import numpy as np
 import pytest
 
-from conftest import oracle, oracle_agreement, prompt_ids
+from conftest import oracle, oracle_agreement, oracle_greedy, prompt_ids
 from pyengine import Engine, ModelError
 from test_batching import assert_all_pages_back
 from test_embed import TEXTS, llama_embed
@@ -23,17 +23,6 @@ BOUNDS = [("f32", 5e-3, 0.99), ("f16", 1e-2, 0.99), ("q8_0", 1e-1, 0.85)]
 N_PROMPT = 250
 N_PROMPTS = 4  # ~1000 positions: top-1 agreement is a rate
 KV_OWNERS = 20  # llama.cpp: layers 0-19 hold keys/values, later layers reuse them
-
-
-def oracle_greedy(llm, prompt: list[int], n: int) -> list[int]:
-    """llama.cpp's greedy continuation, one decode step at a time."""
-    llm.reset()
-    llm.eval(prompt)
-    out: list[int] = []
-    for _ in range(n):
-        out.append(int(np.argmax(llm.scores[llm.n_tokens - 1])))
-        llm.eval([out[-1]])
-    return out
 
 
 def test_config_shares_kv_and_slides(make_model):
@@ -68,7 +57,7 @@ def test_greedy_generation_matches_llama_cpp(make_model, isa):
     for prompt in (text, prompt_ids(eng.n_vocab, 120, seed=7)):
         out = eng.generate(prompt, max_tokens=32, temperature=0.0, ignore_eos=True)
         assert out.eval_count == 32
-        assert out.tokens == oracle_greedy(llm, prompt, 32)
+        assert out.tokens == oracle_greedy(llm, prompt, 32)[0]
 
 
 def test_embeddings_match_llama_cpp_mean_pooling(make_model):

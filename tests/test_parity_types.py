@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import oracle, prompt_ids
+from conftest import oracle, oracle_greedy, prompt_ids
 from pyengine import Engine, _core
 
 N_PROMPTS, N_TOKENS = 4, 250  # several times the tiny presets' window (32)
@@ -91,15 +91,7 @@ def test_greedy_generation_on_a_q4_k_m_file_matches_llama_cpp(quant_model):
     path = quant_model("tiny-k", "Q4_K_M")
     eng = Engine(path, n_ctx=512)
     ids = eng.tokenize("The quick brown fox jumps over the lazy dog. Once upon a time")
-    llm = oracle(path)
-    llm.eval(ids)
-    cont, margins = [], []
-    for _ in range(32):
-        row = np.array(llm.scores[llm.n_tokens - 1], dtype=np.float64)
-        top2 = np.sort(row)[-2:]
-        cont.append(int(row.argmax()))
-        margins.append(top2[1] - top2[0])
-        llm.eval([cont[-1]])
+    cont, margins = oracle_greedy(oracle(path), ids, 32)
     ours = eng.logits(ids + cont[:-1])[len(ids) - 1:]
     decisive = [s for s, m in enumerate(margins) if m >= 0.5]
     assert len(decisive) >= 16

@@ -76,7 +76,7 @@ def test_a_type_the_kernels_do_not_compute_is_named_by_load_and_show(tmp_path, q
                                          "cannot compute with yet"):
         Engine(path)
     shown = subprocess.run([sys.executable, "-m", "pyengine", "show", path], capture_output=True,
-                           text=True, timeout=120)
+                           text=True, timeout=120, cwd=tmp_path)  # not the source tree
     assert shown.returncode == 0, shown.stderr
     line = next(row for row in shown.stdout.splitlines() if row.strip().startswith("supported"))
     assert f"no (tensor '{TENSOR}' has type IQ2_XXS" in line
@@ -84,7 +84,7 @@ def test_a_type_the_kernels_do_not_compute_is_named_by_load_and_show(tmp_path, q
 
 def test_every_lane_type_is_supported_by_show(q4_k_m, tmp_path):
     shown = subprocess.run([sys.executable, "-m", "pyengine", "show", write(tmp_path, q4_k_m)],
-                           capture_output=True, text=True, timeout=120)
+                           capture_output=True, text=True, timeout=120, cwd=tmp_path)
     line = next(row for row in shown.stdout.splitlines() if row.strip().startswith("supported"))
     assert line.split()[-1] == "yes"
     assert {"Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_NL",

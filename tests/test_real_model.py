@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import oracle
+from conftest import oracle, oracle_greedy
 from pyengine import Engine
 
 # Written for these tests: ordinary English prose, about 160 tokens.
@@ -112,15 +112,7 @@ def test_teacher_forced_on_llama_cpps_greedy_continuations(engine, llama):
     checked = 0
     for prompt in PROMPTS:
         ids = engine.tokenize(prompt)
-        llama.reset()
-        llama.eval(ids)
-        cont, margins = [], []
-        for _ in range(32):
-            row = np.array(llama.scores[llama.n_tokens - 1], dtype=np.float64)
-            top2 = np.sort(row)[-2:]
-            cont.append(int(row.argmax()))
-            margins.append(top2[1] - top2[0])
-            llama.eval([cont[-1]])
+        cont, margins = oracle_greedy(llama, ids, 32)
         ours = engine.logits(ids + cont[:-1])[len(ids) - 1:]
         for step, (tok, margin) in enumerate(zip(cont, margins)):
             if margin >= 0.5:

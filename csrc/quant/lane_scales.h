@@ -120,6 +120,15 @@ inline void DecodeLaneScales(const uint16_t* h, ToFloat16 to_float, float (*dsc)
   }
 }
 
+// The scales of one unit into sc, laid out as LaneScaleFloats counts them (every group's dsc,
+// then every group's dmn).
+template <GgmlType T, class ToFloat16>
+inline void DecodeUnitScales(const uint8_t* unit, ToFloat16 to_float, float* sc) {
+  constexpr BlockLayout L = *GetBlockLayout(T);
+  auto* dsc = reinterpret_cast<float(*)[kLaneRows]>(sc);
+  DecodeLaneScales<T>(LaneHeader(GetLaneUnit(L), unit), to_float, dsc, dsc + L.values / L.group);
+}
+
 }  // namespace
 }  // namespace pyengine
 

@@ -150,14 +150,11 @@ inline void TileUnit(const uint8_t* unit, int h, const float* sc, const XQ8Block
 // The decoded scales of one unit into sc (LaneScaleFloats of its type).
 template <GgmlType T>
 inline void DecodeUnit(const uint8_t* unit, float* sc) {
-  constexpr BlockLayout L = *GetBlockLayout(T);
-  constexpr LaneUnit U = GetLaneUnit(L);
   auto to_float = [](const uint16_t* p, float* out) {
     _mm256_storeu_ps(out, Halves8(p));
     _mm256_storeu_ps(out + 8, Halves8(p + 8));
   };
-  auto* dsc = reinterpret_cast<float(*)[kLaneRows]>(sc);
-  DecodeLaneScales<T>(LaneHeader(U, unit), to_float, dsc, dsc + L.values / L.group);
+  DecodeUnitScales<T>(unit, to_float, sc);
 }
 
 // Rows 8 h .. 8 h + 7 of one row group against NT tokens. pre: the group's scales decoded

@@ -122,11 +122,7 @@ inline void TileUnit(const uint8_t* unit, const float* sc, const XQ8Block* x, in
 // The decoded scales of one unit into sc (LaneScaleFloats of its type).
 template <GgmlType T>
 inline void DecodeUnit(const uint8_t* unit, float* sc) {
-  constexpr BlockLayout L = *GetBlockLayout(T);
-  constexpr LaneUnit U = GetLaneUnit(L);
-  auto to_float = [](const uint16_t* p, float* out) { _mm512_storeu_ps(out, Halves16(p)); };
-  auto* dsc = reinterpret_cast<float(*)[kLaneRows]>(sc);
-  DecodeLaneScales<T>(LaneHeader(U, unit), to_float, dsc, dsc + L.values / L.group);
+  DecodeUnitScales<T>(unit, [](const uint16_t* p, float* out) { _mm512_storeu_ps(out, Halves16(p)); }, sc);
 }
 
 // One row group against NT tokens: every unit of the group's rows, streamed once. pre: the
