@@ -164,6 +164,7 @@ void Gemma3nModel::Forward(const Batch& batch, Workspace& ws, float* out, Thread
   Grow(ws.laurel, n * E);
   Grow(ws.small, n * kPerLayer);
   Grow(ws.per_layer, n * NL * kPerLayer);
+  Grow(ws.per_layer_emb, n * NL * kPerLayer);
   Grow(ws.coefs, n * (kS * kS + 2 * kS));
   const KernelSet& kernels = ActiveKernels();
   float* S = ws.streams.data();  // [4, n, E]
@@ -201,18 +202,17 @@ void Gemma3nModel::Forward(const Batch& batch, Workspace& ws, float* out, Thread
     const float emb_scale = std::sqrt(static_cast<float>(kPerLayer));
     const float half = 1.f / std::sqrt(2.f);
     ParallelRanges(pool, n, 1, [&](int64_t t0, int64_t t1) {
-      std::vector<float> row(static_cast<size_t>(NL * kPerLayer));
       for (int64_t t = t0; t < t1; ++t) {
         float* pl = PL + t * NL * kPerLayer;
+        float* row = ws.per_layer_emb.data() + t * NL * kPerLayer;
         for (int64_t i = 0; i < NL * kPerLayer; ++i) pl[i] *= proj_scale;
         RmsNorm(pl, per_layer_proj_norm_.data(), NL, kPerLayer, c.rms_eps, pl);
         // Ids past the table (the multimodal tokens) have a zero row, as in llama.cpp's files.
         const int32_t tok = batch.tokens[t];
         if (tok < c.n_vocab_per_layer) {
-          DequantizeRow(per_layer_tok_embd_.type, per_layer_tok_embd_.row(tok), row.data(),
-                        NL * kPerLayer);
+          DequantizeRow(per_layer_tok_embd_.type, per_layer_tok_embd_.row(tok), row, NL * kPerLayer);
         } else {
-          std::fill(row.begin(), row.end(), 0.f);
+          std::fill_n(row, NL * kPerLayer, 0.f);
         }
         for (int64_t i = 0; i < NL * kPerLayer; ++i) pl[i] = (pl[i] + row[i] * emb_scale) * half;
       }
@@ -223,7 +223,6 @@ void Gemma3nModel::Forward(const Batch& batch, Workspace& ws, float* out, Thread
   float* cf = r + n * kS;                      // [n, 16] prediction coefficients
   float* m = cf + n * kS * kS;                 // [n, 4] correction coefficients
   const float half = 1.f / std::sqrt(2.f);
-  std::vector<float> ones(static_cast<size_t>(std::max(kPerLayer, E)), 1.f);
   for (int64_t l = 0; l < NL; ++l) {
     const Layer& L = layers_[l];
     // AltUp predict: P_j = S_j + sum_k c[j][k] S_k with c from the router on stream 0.
@@ -314,7 +313,7 @@ void Gemma3nModel::Forward(const Batch& batch, Workspace& ws, float* out, Thread
     MatMul(L.inp_gate, ws.in, ws.small.data(), pool);
     for (int64_t t = 0; t < n; ++t) {
       float* g = ws.small.data() + t * kPerLayer;
-      kernels.gelu_mul(g, ones.data(), kPerLayer);
+      kernels.gelu_mul(g, ones_.data(), kPerLayer);
       const float* pl = PL + (t * NL + l) * kPerLayer;
       for (int64_t i = 0; i < kPerLayer; ++i) g[i] *= pl[i];
     }

@@ -70,6 +70,7 @@ class Gemma3nModel : public Model {
   bool tied_ = false;
   PackedMatrix per_layer_model_proj_;             // [n_layer * 256, n_embd]
   std::vector<float> per_layer_proj_norm_;        // [256]
+  const std::vector<float> ones_ = std::vector<float>(kPerLayer, 1.f);  // [256] gelu alone is gelu_mul by ones
   std::array<PackedMatrix, kStreams - 1> altup_proj_, altup_unembd_proj_;  // [n_embd, n_embd]
   std::vector<float> output_norm_;  // [n_embd]
   std::vector<Layer> layers_;

@@ -36,6 +36,7 @@ struct Workspace {
   std::vector<float> laurel;   // [n, n_embd]
   std::vector<float> small;    // [n, max(laurel rank, per-layer width, 16)] narrow products
   std::vector<float> per_layer;  // [n, n_layer, per-layer width] per-layer inputs
+  std::vector<float> per_layer_emb;  // [n, n_layer, per-layer width] their embedding rows
   std::vector<float> coefs;    // [n, 16] AltUp router outputs and coefficients
   MatMulInput in;            // the current projection input, in the forms its weights want
 };
