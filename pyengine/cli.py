@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 import time
 from collections import Counter
 from typing import Any, Sequence
 
-from . import _core
+from . import __version__, _core
 from .config import BACKENDS
 from .engine import Engine
 from .errors import PyEngineError
@@ -276,9 +277,19 @@ def _model_json(ref: ModelRef) -> dict[str, Any]:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    refs = ModelStore().list()
+    store = ModelStore()
+    refs = store.list()
     if args.json:
         print(json.dumps({"models": [_model_json(r) for r in refs]}, indent=2))
+        return 0
+    if not refs:
+        # Module names of the packaged models; pip spells the distributions with dashes.
+        packaged = ", ".join(f"{name} (pip install {module.replace('_', '-')})"
+                             for name, module in sorted(store.packaged_models.items()))
+        print("No models found. Looked in the registry "
+              f"{store.registry_dir or '(none)'} (PYENGINE_MODELS) and Ollama's store "
+              f"{store.ollama_models or '(none)'} (OLLAMA_MODELS)"
+              + (f"; packaged models, once installed: {packaged}." if packaged else "."))
         return 0
     now = time.time()
     # ID: the start of the model blob's digest (``ollama list`` shows its manifest's instead).
@@ -297,7 +308,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .server.serve import parse_model_args, resolve_address, serve
 
     host, port = resolve_address(args.host, args.port)
-    serve(parse_model_args(args.models), host, port, n_threads=args.threads, n_ctx=args.ctx,
+    models = parse_model_args(args.models)
+    shown = f"[{host}]" if ":" in host else host
+    print(f"pyengine {__version__} serving on http://{shown}:{port}", file=sys.stderr)
+    for name, path in models.items():
+        print(f"  {name}: {path}", file=sys.stderr)
+    if not models:
+        print("  no models given: requests go to the fallback chain", file=sys.stderr)
+    serve(models, host, port, n_threads=args.threads, n_ctx=args.ctx,
           kv_cache_mb=args.kv_cache_mb, max_loaded=args.max_loaded, keep_alive=args.keep_alive,
           max_queue=args.max_queue, origins=args.origins, api_key=args.api_key,
           engine_options={"backend": args.backend, "dtype": args.dtype})
@@ -386,38 +404,70 @@ def _backend_arguments(p: argparse.ArgumentParser) -> None:
                         "quantized matrices as MLX quantized matrices; q8: its former name)")
 
 
+def _plain(doc: str) -> str:
+    """A docstring as help text: reST's literal markup dropped."""
+    return doc.replace("``", "").replace("::\n", ":\n")
+
+
+_THREADS_HELP = "CPU threads (default: every core this process may use)"
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Adds each option's default to its help, unless the help already speaks of it or there
+    is none to show."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if ("(default" in text or "default:" in text or not action.option_strings
+                or action.default in (None, False, argparse.SUPPRESS)):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="pyengine", description=__doc__)
+    ap = argparse.ArgumentParser(
+        prog="pyengine", formatter_class=_HelpFormatter,
+        description="A native inference engine for Gemma models: run, show and list models, "
+                    "serve Ollama's and OpenAI's HTTP APIs, measure perplexity, compare "
+                    "endpoints. 'pyengine COMMAND --help' describes each command.")
     sub = ap.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="stream a reply to PROMPT")
-    run.add_argument("model")
-    run.add_argument("prompt")
+    run = sub.add_parser("run", help="stream a reply to PROMPT", description="Streams a reply "
+                         "to PROMPT: the model's chat turn, or with --raw its continuation.",
+                         formatter_class=_HelpFormatter)
+    run.add_argument("model", help="a model name (gemma3:270m, a registry or Ollama store "
+                     "name) or a GGUF path")
+    run.add_argument("prompt", help="the user's message (or the text to continue, with --raw)")
     run.add_argument("--raw", action="store_true", help="no chat template: complete PROMPT as is")
-    run.add_argument("--max-tokens", type=int, default=256)
-    run.add_argument("--temperature", type=float, default=0.8)
-    run.add_argument("--top-k", type=int, default=40)
-    run.add_argument("--top-p", type=float, default=0.9)
-    run.add_argument("--seed", type=int, default=None)
-    run.add_argument("--stop", action="append")
-    run.add_argument("--ctx", type=int, default=4096)
-    run.add_argument("--threads", type=int, default=None)
+    run.add_argument("--max-tokens", type=int, default=256, help="tokens to generate at most")
+    run.add_argument("--temperature", type=float, default=0.8, help="0: greedy")
+    run.add_argument("--top-k", type=int, default=40, help="sample from the k likeliest tokens")
+    run.add_argument("--top-p", type=float, default=0.9, help="nucleus sampling threshold")
+    run.add_argument("--seed", type=int, default=None, help="sampling seed (default: random)")
+    run.add_argument("--stop", action="append", help="stop at this text (repeatable)")
+    run.add_argument("--ctx", type=int, default=4096, help="context length in tokens")
+    run.add_argument("--threads", type=int, default=None, help=_THREADS_HELP)
     _backend_arguments(run)
     run.add_argument("--verbose", action="store_true", help="print timings to stderr")
     run.set_defaults(func=cmd_run)
 
-    show = sub.add_parser("show", help="print a model's architecture, sizes and tokenizer")
-    show.add_argument("model")
+    show = sub.add_parser("show", help="print a model's architecture, sizes and tokenizer",
+                         description="Prints a model's architecture, sizes, weight types and tokenizer, and whether this engine runs it (no tensor data is read).",
+                         formatter_class=_HelpFormatter)
+    show.add_argument("model", help="a model name or a GGUF path")
     show.set_defaults(func=cmd_show)
 
-    serve = sub.add_parser("serve", help="serve models over Ollama's HTTP API")
+    serve = sub.add_parser("serve", help="serve models over Ollama's and OpenAI's HTTP APIs",
+                         description="Serves MODELs over Ollama's and OpenAI's HTTP APIs; requests for other models go to the fallback chain (a real Ollama server, paid APIs when enabled).",
+                         formatter_class=_HelpFormatter)
     serve.add_argument("models", nargs="*", metavar="MODEL",
-                       help="NAME=PATH, or a GGUF path (named by its file stem)")
+                       help="a store name (gemma3:270m), NAME=PATH or NAME=STORE_NAME, or a GGUF "
+                       "path (named by its file stem)")
     serve.add_argument("--host", help="address to listen on (default: from PYENGINE_HOST, "
                        "as host:port, http://host:port or :port; else 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default: from PYENGINE_HOST; else 11435)")
-    serve.add_argument("--threads", type=int, default=None)
-    serve.add_argument("--ctx", type=int, default=4096, help="default context of a request")
+    serve.add_argument("--threads", type=int, default=None, help=_THREADS_HELP)
+    serve.add_argument("--ctx", type=int, default=4096, help="context of a request that sets none")
     _backend_arguments(serve)
     serve.add_argument("--kv-cache-mb", type=float, default=None,
                        help="KV cache of each loaded model (default MAX_CACHE_SIZE_MB or 2048)")
@@ -435,11 +485,15 @@ def build_parser() -> argparse.ArgumentParser:
                        "which keeps the key out of the process list; unset: no key)")
     serve.set_defaults(func=cmd_serve)
 
-    ls = sub.add_parser("list", help="list the models available here (registry and Ollama store)")
+    ls = sub.add_parser("list", help="list the models available here (registry and Ollama store)",
+                         description="Lists the models of the registry, Ollama's store and the packaged models.",
+                         formatter_class=_HelpFormatter)
     ls.add_argument("--json", action="store_true", help="print JSON instead of a table")
     ls.set_defaults(func=cmd_list)
 
-    costs = sub.add_parser("costs", help="report the cost ledger: local vs paid calls and spend")
+    costs = sub.add_parser("costs", help="report the cost ledger: local vs paid calls and spend",
+                         description="Reports the cost ledger: local and paid calls, tokens and spend.",
+                         formatter_class=_HelpFormatter)
     costs.add_argument("--month", help="YYYY-MM (default: this month, UTC)")
     costs.add_argument("--ledger", help="ledger file (default: PYENGINE_LEDGER or "
                        "~/.pyengine/ledger.sqlite)")
@@ -447,7 +501,9 @@ def build_parser() -> argparse.ArgumentParser:
     costs.set_defaults(func=cmd_costs)
 
     ppl = sub.add_parser("perplexity", help="perplexity of a model on a text file, computed as "
-                         "llama.cpp's llama-perplexity computes it")
+                         "llama.cpp's llama-perplexity computes it",
+                         description="Perplexity of a model on a text file, computed as llama.cpp's llama-perplexity computes it.",
+                         formatter_class=_HelpFormatter)
     ppl.add_argument("model", help="GGUF path or model name")
     ppl.add_argument("textfile", help="UTF-8 text (one trailing newline is dropped)")
     ppl.add_argument("--ctx", type=int, default=DEFAULT_N_CTX,
@@ -455,7 +511,7 @@ def build_parser() -> argparse.ArgumentParser:
                      "as llama-perplexity's -c)")
     ppl.add_argument("--chunks", type=int, default=None,
                      help="evaluate at most this many chunks (default: every whole chunk)")
-    ppl.add_argument("--threads", type=int, default=None)
+    ppl.add_argument("--threads", type=int, default=None, help=_THREADS_HELP)
     _backend_arguments(ppl)
     ppl.add_argument("--json", action="store_true",
                      help="print the result as JSON on stdout instead of the running values")
@@ -464,7 +520,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .bench import ab as ab_module  # standard library only: cheap to import
 
     ab = sub.add_parser("ab", help="compare the speed of two chat endpoints (Ollama/OpenAI)",
-                        description=ab_module.__doc__,
+                        description=_plain(ab_module.__doc__ or ""),
                         formatter_class=argparse.RawDescriptionHelpFormatter)
     ab_module.add_arguments(ab)
     ab.set_defaults(func=cmd_ab)
@@ -475,6 +531,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
+    except BrokenPipeError:
+        # The reader went away (``pyengine show M | head``): nothing of ours failed. Python
+        # would report the pipe again when it flushes stdout at exit, so stdout now goes nowhere.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # what a shell reports for a writer stopped by SIGPIPE
     except (PyEngineError, FileNotFoundError, ValueError, ImportError) as e:
         print(f"Error: {e}", file=sys.stderr)
         return 1

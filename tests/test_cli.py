@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import argparse
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-from pyengine import Engine
+import pyengine
+from pyengine import Engine, cli, store
+from pyengine.server import serve as serve_module
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
@@ -53,3 +58,69 @@ def test_show_marks_gemma3n_supported(make_model):
     assert proc.returncode == 0, proc.stderr
     lines = {ln.split()[0]: ln for ln in proc.stdout.splitlines() if ln.strip()}
     assert "gemma3n" in lines["architecture"] and lines["supported"].split()[-1] == "yes"
+
+
+def test_show_into_a_closed_pipe_is_quiet(tiny_f32):
+    # `pyengine show M | head -1`: the reader is gone before the output is written.
+    r, w = os.pipe()
+    os.close(r)
+    try:
+        proc = subprocess.run([sys.executable, "-m", "pyengine", "show", str(tiny_f32)],
+                              stdout=w, stderr=subprocess.PIPE, text=True, timeout=300,
+                              cwd=Path(__file__).parent)
+    finally:
+        os.close(w)
+    assert proc.returncode == 141 and proc.stderr == ""
+
+
+def test_list_without_models_says_where_it_looked(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("PYENGINE_MODELS", str(tmp_path / "registry"))
+    monkeypatch.setenv("OLLAMA_MODELS", str(tmp_path / "ollama"))
+    monkeypatch.setattr(store, "PACKAGED_MODELS", {"gemma3:270m": "no_such_module_here"})
+    assert cli.main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("No models found.")
+    for place in (str(tmp_path / "registry"), str(tmp_path / "ollama"), "PYENGINE_MODELS",
+                  "OLLAMA_MODELS", "gemma3:270m (pip install no-such-module-here)"):
+        assert place in out
+
+
+def test_serve_says_what_it_serves(tiny_f32, monkeypatch, capsys):
+    served = {}
+    monkeypatch.setattr(serve_module, "serve",
+                        lambda models, host, port, **kw: served.update(models, at=(host, port)))
+    assert cli.main(["serve", f"tiny={tiny_f32}", "--port", "12345"]) == 0
+    err = capsys.readouterr().err
+    assert served == {"tiny": Path(tiny_f32), "at": ("127.0.0.1", 12345)}
+    assert f"serving on http://127.0.0.1:12345" in err and f"  tiny: {tiny_f32}" in err
+
+
+def test_help_is_plain_text_with_defaults():
+    top = cli.build_parser().format_help()
+    assert "``" not in top and "COMMAND --help" in top
+    parser = cli.build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    options = sub.choices["run"].format_help().split("\noptions:\n", 1)[1]
+    for option, default in [("--max-tokens", 256), ("--temperature", 0.8), ("--top-k", 40),
+                            ("--top-p", 0.9), ("--ctx", 4096)]:
+        entry = options[options.index("  " + option + " "):].split("\n  -", 1)[0]
+        assert f"(default: {default})" in " ".join(entry.split()), entry
+    for name, action_parser in sub.choices.items():
+        text = action_parser.format_help()
+        assert "``" not in text, name
+        # Every option says what it does.
+        for action in action_parser._actions:
+            assert action.help, (name, action.dest)
+
+
+def test_the_source_folder_without_a_built_core_says_what_to_do(tmp_path):
+    # The package's Python files with no extension beside them, first on sys.path: what
+    # `python -m pyengine` meets in a checkout after a (non-editable) `pip install .`.
+    src = Path(pyengine.__file__).parent
+    shutil.copytree(src, tmp_path / "pyengine",
+                    ignore=shutil.ignore_patterns("_core*", "__pycache__"))
+    proc = subprocess.run([sys.executable, "-S", "-m", "pyengine", "list"], capture_output=True,
+                          text=True, timeout=60, cwd=tmp_path)
+    assert proc.returncode == 1
+    assert "pip install -e ." in proc.stderr and "source folder" in proc.stderr
+    assert "circular import" not in proc.stderr

@@ -28,6 +28,7 @@ from conftest import SERVER_N_CTX as N_CTX
 from pyengine.chat import format_gemma
 from pyengine.server import create_app
 from pyengine.server.keep_alive import FOREVER, parse_keep_alive
+from pyengine.server.ollama_api import OLLAMA_API_VERSION
 from pyengine.server.serve import parse_host, parse_model_args, resolve_address
 from pyengine.server.template import GEMMA_TEMPLATE, TemplateError, render
 from pyengine.server.testing import ServerProcess, ServerThread, free_port, wait_until_up
@@ -104,7 +105,8 @@ def test_root_version_and_unknown_routes(server):
     r = httpx.get(server.url + "/")
     assert r.status_code == 200 and r.text == "Ollama is running"
     assert httpx.head(server.url + "/").status_code == 200
-    assert httpx.get(server.url + "/api/version").json() == {"version": pyengine.__version__}
+    assert httpx.get(server.url + "/api/version").json() == {
+        "version": OLLAMA_API_VERSION, "pyengine_version": pyengine.__version__}
     r = httpx.get(server.url + "/api/nothing-here")
     assert r.status_code == 404 and isinstance(r.json()["error"], str)
     r = httpx.get(server.url + "/api/generate")  # wrong method

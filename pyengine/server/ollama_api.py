@@ -205,10 +205,15 @@ async def root() -> Response:
     return PlainTextResponse("Ollama is running")
 
 
+# The Ollama release whose API this server speaks (Gemma 3 arrived in 0.6.0). Clients read
+# "version" as Ollama's own and gate features on it, so pyengine's version goes in its own field.
+OLLAMA_API_VERSION = "0.6.0"
+
+
 @router.api_route("/api/version", methods=["GET", "HEAD"])
 async def version() -> dict[str, str]:
-    """The server's version."""
-    return {"version": __version__}
+    """The Ollama API level served, and pyengine's own version."""
+    return {"version": OLLAMA_API_VERSION, "pyengine_version": __version__}
 
 
 @router.get("/api/tags")

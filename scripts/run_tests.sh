@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The whole test procedure, as the README's test command and CI run it: a virtual environment
+# (.venv, made when missing), llama-cpp-python (the oracle) built from source, the project with
+# its test extra, then the test suite. Arguments go to pytest (default: -q tests).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}"
+[ -x .venv/bin/python ] || python3 -m venv .venv
+. .venv/bin/activate
+python -m pip install --quiet --upgrade pip
+# llama.cpp is built for this CPU's instruction sets but without AMX (see the script). pip's own
+# wheel cache ignores build flags, so the oracle's wheel is kept in a folder named after them:
+# a wheel built for another CPU (or with AMX) is never picked up.
+ORACLE="$(grep -o 'llama-cpp-python==[0-9][0-9A-Za-z.]*' pyproject.toml | head -1)"
+ORACLE_ARGS="$(python scripts/oracle_cmake_args.py)"
+KEY="$(printf '%s %s' "$ORACLE" "$ORACLE_ARGS" | sha256sum | cut -c1-16)"
+WHEELS="${XDG_CACHE_HOME:-$HOME/.cache}/pyengine-oracle/$KEY"
+if ! ls "$WHEELS"/llama_cpp_python-*.whl >/dev/null 2>&1; then
+  CMAKE_ARGS="$ORACLE_ARGS" python -m pip wheel --no-cache-dir --no-deps -w "$WHEELS" "$ORACLE"
+fi
+python -m pip install --force-reinstall --no-deps "$WHEELS"/llama_cpp_python-*.whl
+python -m pip install ".[test]"
+if [ "$#" -eq 0 ]; then set -- -q tests; fi
+pytest "$@"
