@@ -17,7 +17,7 @@ SRCS=(core/gguf.cc core/config.cc quant/formats.cc quant/cpu_features.cc quant/m
       quant/lanes_avx2.cc quant/lanes_avx512.cc model/model.cc model/ops.cc model/gemma3.cc model/gemma3n.cc
       kv/kv_arena.cc kv/prefix_cache.cc kv/kv_cache.cc
       runtime/tokenizer.cc runtime/vocab.cc runtime/sampler.cc runtime/engine.cc
-      runtime/generation.cc runtime/request.cc runtime/scheduler.cc runtime/thread_pool.cc
+      runtime/generation.cc runtime/request.cc runtime/scheduler.cc runtime/model_runner.cc core/thread_pool.cc
       runtime/membw.cc cuda/cuda_stub.cc)
 # The ISA files are compiled without their flags: they then define no kernels and the scalar
 # reference runs, which is what the sanitizers should watch.

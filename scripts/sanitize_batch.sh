@@ -13,7 +13,7 @@ SRCS=(core/gguf.cc core/config.cc quant/formats.cc quant/cpu_features.cc quant/m
       quant/lanes_avx2.cc quant/lanes_avx512.cc model/model.cc model/ops.cc model/gemma3.cc model/gemma3n.cc
       kv/kv_arena.cc kv/prefix_cache.cc kv/kv_cache.cc
       runtime/tokenizer.cc runtime/vocab.cc runtime/sampler.cc runtime/engine.cc
-      runtime/generation.cc runtime/request.cc runtime/scheduler.cc runtime/thread_pool.cc
+      runtime/generation.cc runtime/request.cc runtime/scheduler.cc runtime/model_runner.cc core/thread_pool.cc
       runtime/membw.cc cuda/cuda_stub.cc)
 python3 -c "import sys; sys.path.insert(0, 'scripts'); from make_model import write_model; write_model('$WORK/tiny.gguf', 'tiny', 'q8_0'); write_model('$WORK/tiny-3n.gguf', 'tiny-3n', 'q8_0')"
 for san in thread address,undefined; do

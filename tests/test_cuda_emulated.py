@@ -1,7 +1,7 @@
 """The CUDA backend's tests (test_cuda.py) on the CPU emulator of CUDA.
 
 CI has no GPU, so the backend is built a second time with ``PYENGINE_CUDA=EMULATE`` (its .cu
-files compiled as C++ against csrc/cuda/emulator) and test_cuda.py runs against that build in
+files compiled as C++ against tests/cuda/emulator) and test_cuda.py runs against that build in
 a subprocess: every kernel, the split attention, the graphs and the batcher's use of the
 device run and are compared with the CPU backend. The emulator is strict where a GPU would
 fail or be undefined (test_cuda.py checks that it is); it says nothing about speed.

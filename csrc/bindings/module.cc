@@ -17,7 +17,7 @@
 #include "runtime/engine.h"
 #include "quant/cpu_features.h"
 #include "quant/formats.h"
-#include "runtime/thread_pool.h"
+#include "core/thread_pool.h"
 #include "quant/matmul.h"
 #include "runtime/generation.h"
 #include "runtime/request.h"

@@ -9,7 +9,7 @@
 #include "model/ops.h"
 #include "quant/formats.h"
 #include "quant/kernel_set.h"
-#include "runtime/thread_pool.h"
+#include "core/thread_pool.h"
 
 namespace pyengine {
 namespace {

@@ -7,7 +7,7 @@
 
 #include "core/config.h"
 #include "quant/matmul.h"
-#include "runtime/batch.h"
+#include "model/batch.h"
 
 namespace pyengine {
 

@@ -5,7 +5,7 @@
 
 #include "core/errors.h"
 #include "quant/kernel_set.h"
-#include "runtime/thread_pool.h"
+#include "core/thread_pool.h"
 
 namespace pyengine {
 namespace {

@@ -10,7 +10,7 @@
 #include "quant/blocks.h"
 #include "quant/formats.h"
 #include "quant/lanes.h"
-#include "runtime/thread_pool.h"
+#include "core/thread_pool.h"
 
 namespace pyengine {
 namespace {

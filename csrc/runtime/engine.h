@@ -14,7 +14,7 @@
 #include "model/model.h"
 #include "runtime/request.h"
 #include "runtime/scheduler.h"
-#include "runtime/thread_pool.h"
+#include "core/thread_pool.h"
 #include "runtime/tokenizer.h"
 
 namespace pyengine {

@@ -8,7 +8,7 @@
 #include <new>
 
 #include "quant/cpu_features.h"
-#include "runtime/thread_pool.h"
+#include "core/thread_pool.h"
 
 namespace pyengine {
 namespace {

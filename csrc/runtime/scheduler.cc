@@ -46,7 +46,7 @@ struct Scheduler::Sequence {
 
 Scheduler::Scheduler(const Model& model, KvCache& kv, const Tokenizer& tok, ThreadPool& pool,
                      const SchedulerOptions& opts)
-    : model_(model), kv_(kv), tok_(tok), pool_(pool), opts_(opts) {
+    : model_(model), kv_(kv), tok_(tok), runner_(model, pool), opts_(opts) {
   if (opts_.max_batch < 1 || opts_.max_batch_tokens < opts_.max_batch) {
     throw EngineError("max_batch must be >= 1 and max_batch_tokens >= max_batch");
   }
@@ -156,7 +156,7 @@ void Scheduler::Loop() {
     stats_.last_step_sequences = static_cast<int64_t>(plan_.size());
     stats_.max_step_sequences = std::max(stats_.max_step_sequences, stats_.last_step_sequences);
     stats_.step_sequences += stats_.last_step_sequences;
-    stats_.step_tokens += batch_.size();
+    for (const Item& it : plan_) stats_.step_tokens += it.n;
     for (size_t i = 0; i < plan_.size(); ++i) {
       Sequence* s = plan_[i].s;
       if (!step_error_.empty()) {
@@ -326,58 +326,42 @@ void Scheduler::Preempt(Sequence* s, bool counted) {
 
 void Scheduler::Run() {
   const int64_t t0 = NowNs();
-  batch_.Clear();
-  int64_t rows = 0, hidden_rows = 0;
-  for (const Item& it : plan_) {
-    Sequence* s = it.s;
-    const int32_t idx = static_cast<int32_t>(batch_.views.size());
-    batch_.views.push_back(kv_.View(s->table));
-    batch_.Add(idx, s->tokens.data() + s->n_done, it.n, s->n_done, it.logits, s->opts.logits_all,
-               s->opts.embed);
-    s->had_output = s->gen && s->gen->n_output() > 0;
-    s->row = s->hidden_row = -1;
-    if (it.logits) {
-      s->row = rows;
-      rows += s->opts.logits_all ? it.n : 1;
-    }
-    if (s->opts.embed) {
-      s->hidden_row = hidden_rows;
-      hidden_rows += it.n;
-    }
-  }
   const int64_t n_vocab = model_.config().n_vocab, n_embd = model_.config().n_embd;
-  // A step whose every output row is sampled greedily needs only their argmax: a model that
-  // can find it where the logits are (CUDA) brings back ids instead of logits.
-  bool argmax = rows > 0 && hidden_rows == 0;
-  for (const Item& it : plan_) {
-    const Sequence* s = it.s;
-    if (it.logits && (s->opts.scoring() || !s->gen->TakesArgmax(n_vocab))) argmax = false;
+  runs_.resize(plan_.size());
+  for (size_t i = 0; i < plan_.size(); ++i) {
+    const Item& it = plan_[i];
+    Sequence* s = it.s;
+    StepRun& r = runs_[i];
+    r.tokens = s->tokens.data() + s->n_done;
+    r.pos = s->n_done;
+    r.n = it.n;
+    r.view = kv_.View(s->table);
+    r.logits = it.logits;
+    r.every_logit = s->opts.logits_all;
+    r.hidden = s->opts.embed;
+    r.argmax_suffices = !s->opts.scoring() && s->gen->TakesArgmax(n_vocab);
+    s->had_output = s->gen && s->gen->n_output() > 0;
   }
-  bool took_argmax = false;
+  const StepOutput* out = nullptr;
   try {
-    if (argmax) {
-      argmax_.resize(static_cast<size_t>(rows));
-      took_argmax = model_.ForwardArgmax(batch_, ws_, argmax_.data(), pool_);
-    }
-    if (!took_argmax) {
-      logits_.resize(static_cast<size_t>(rows * n_vocab));
-      hidden_.resize(static_cast<size_t>(hidden_rows * n_embd));
-      model_.Forward(batch_, ws_, logits_.data(), pool_, hidden_.data());
-    }
+    out = &runner_.Run(runs_);
   } catch (const std::exception& e) {
     step_error_ = e.what();
     step_ns_ = NowNs() - t0;
     return;
   }
-  // Scoring rows go to their requests; generating sequences sample, in parallel.
-  sampled_.assign(plan_.size(), GenerationStep{});
+  for (size_t i = 0; i < plan_.size(); ++i) {
+    plan_[i].s->row = out->row[i];
+    plan_[i].s->hidden_row = out->hidden_row[i];
+  }
+  // Scoring rows go to their requests; embeddings add up their hidden states.
   for (const Item& it : plan_) {
     Sequence* s = it.s;
     if (s->opts.embed) {
       // Summed in position order, in double: the same result however the prompt was chunked.
       s->hidden_sum.resize(static_cast<size_t>(n_embd), 0.0);
       for (int64_t t = 0; t < it.n; ++t) {
-        const float* h = hidden_.data() + (s->hidden_row + t) * n_embd;
+        const float* h = out->hidden + (s->hidden_row + t) * n_embd;
         for (int64_t i = 0; i < n_embd; ++i) s->hidden_sum[i] += h[i];
       }
       continue;
@@ -385,20 +369,28 @@ void Scheduler::Run() {
     if (!s->opts.logits_all || s->row < 0) continue;
     std::vector<float>& dst = s->req->result();
     dst.resize(static_cast<size_t>(s->prompt_len * n_vocab));
-    std::memcpy(dst.data() + s->n_done * n_vocab, logits_.data() + s->row * n_vocab,
+    std::memcpy(dst.data() + s->n_done * n_vocab, out->logits + s->row * n_vocab,
                 sizeof(float) * static_cast<size_t>(it.n * n_vocab));
   }
-  ParallelRanges(pool_, static_cast<int64_t>(plan_.size()), 1, [&](int64_t i0, int64_t i1) {
+  Sample(*out);
+  step_ns_ = NowNs() - t0;
+}
+
+void Scheduler::Sample(const StepOutput& out) {
+  // Generating sequences sample their row, in parallel. A row's token comes from the model's
+  // argmax when it brought one back, else from the sequence's own sampler over the logits:
+  // this is where a per-row constraint (a grammar's mask) or a draft's check would apply.
+  const int64_t n_vocab = model_.config().n_vocab;
+  sampled_.assign(plan_.size(), GenerationStep{});
+  ParallelRanges(runner_.pool(), static_cast<int64_t>(plan_.size()), 1, [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) {
       Sequence* s = plan_[i].s;
       if (s->opts.scoring() || s->row < 0) continue;
       // The sequence's tokens grow by the sampled one; its KV is computed next step.
-      sampled_[i] = took_argmax ? s->gen->AcceptToken(argmax_[s->row], s->tokens)
-                                : s->gen->Accept(logits_.data() + s->row * n_vocab, n_vocab,
-                                                 s->tokens);
+      sampled_[i] = out.argmax ? s->gen->AcceptToken(out.argmax[s->row], s->tokens)
+                               : s->gen->Accept(out.logits + s->row * n_vocab, n_vocab, s->tokens);
     }
   });
-  step_ns_ = NowNs() - t0;
 }
 
 void Scheduler::Finish(Sequence* s, GenerationStep step) {

@@ -15,10 +15,10 @@
 #include <vector>
 
 #include "kv/kv_cache.h"
+#include "core/thread_pool.h"
 #include "model/model.h"
-#include "runtime/batch.h"
+#include "runtime/model_runner.h"
 #include "runtime/request.h"
-#include "runtime/thread_pool.h"
 #include "runtime/tokenizer.h"
 
 namespace pyengine {
@@ -77,7 +77,8 @@ class Scheduler {
   bool Plan();
   void Reserve();
   void Preempt(Sequence* s, bool counted);
-  void Run();  // the forward pass and sampling, without the lock
+  void Run();  // the step on the runner, then sampling; without the lock
+  void Sample(const StepOutput& out);  // the sampling stage: each generating row's next token
   void Finish(Sequence* s, GenerationStep step);
   void FailSequence(Sequence* s, const std::string& error);
   void DropCancelled();
@@ -87,7 +88,7 @@ class Scheduler {
   const Model& model_;
   KvCache& kv_;
   const Tokenizer& tok_;
-  ThreadPool& pool_;
+  ModelRunner runner_;
   const SchedulerOptions opts_;
 
   mutable std::mutex mu_;  // guards everything below except what only the loop thread touches
@@ -102,11 +103,7 @@ class Scheduler {
   // Loop thread only (sequences in running_ are changed by the loop thread alone, so the
   // forward pass and sampling run without the lock).
   std::vector<Item> plan_;
-  Batch batch_;
-  Workspace ws_;
-  std::vector<float> logits_;                 // [n_out, n_vocab] of the current step
-  std::vector<int32_t> argmax_;               // [n_out] of a step that brought back only ids
-  std::vector<float> hidden_;                 // [n_hidden, n_embd] of the current step
+  std::vector<StepRun> runs_;                 // [items] the plan as the runner takes it
   std::vector<GenerationStep> sampled_;       // [items] step each sampling item produced
   int64_t step_ns_ = 0;                       // duration of the current step
   std::string step_error_;                    // set when the forward pass failed

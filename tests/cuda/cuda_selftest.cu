@@ -20,9 +20,9 @@
 #include "model/ops.h"
 #include "quant/formats.h"
 #include "quant/kernel_set.h"
-#include "runtime/batch.h"
+#include "model/batch.h"
 #include "runtime/sampler.h"
-#include "runtime/thread_pool.h"
+#include "core/thread_pool.h"
 
 namespace pyengine {
 namespace {
