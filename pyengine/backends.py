@@ -2,9 +2,11 @@
 Ollama server through the official ``ollama`` client, and the paid APIs of the strategy document
 through their official SDKs (OpenAI, Anthropic; installed with ``pip install pyengine[paid]``).
 
-Each backend answers ``chat(model, messages, options, timeout_s) -> Reply`` or raises
-``CannotServe`` (this backend cannot serve that model at all: not a failure of the backend) or
-``BackendFailure`` (it tried and failed, or timed out: counts against its circuit breaker).
+Each backend answers ``chat_stream(model, messages, options, timeout_s)``, an iterator of the
+reply's text pieces ending with the ``Reply`` (``chat`` collects it), or raises ``CannotServe``
+(this backend cannot serve that model at all: not a failure of the backend) or
+``BackendFailure`` (it tried and failed, or timed out: counts against its circuit breaker),
+before its first piece or mid-stream.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence, Union
 
 from .config import Config
 
@@ -41,6 +43,18 @@ class Reply:
     prompt_tokens: int
     completion_tokens: int
     cost_usd: float = 0.0
+
+
+# A backend's stream: text pieces, then the Reply.
+ReplyStream = Iterator[Union[str, Reply]]
+
+
+def collect(stream: ReplyStream) -> Reply:
+    """The Reply at the end of a stream (its text is the whole reply)."""
+    for item in stream:
+        if isinstance(item, Reply):
+            return item
+    raise BackendFailure("the reply stream ended without its final record")
 
 
 # --------------------------------------------------------------------------------- native
@@ -104,19 +118,33 @@ class NativeBackend:
                 old.close()
             return eng
 
-    def chat(self, model: str, messages: Messages, options: Mapping[str, Any],
-             timeout_s: float) -> Reply:
+    def chat_stream(self, model: str, messages: Messages, options: Mapping[str, Any],
+                    timeout_s: float) -> ReplyStream:
         from .errors import PyEngineError
 
         eng = self._engine(model)
+        chunks: Iterator[Any] = iter(())
         try:
-            c = eng.chat(messages, timeout=timeout_s, **options)
+            chunks = eng.chat_stream(messages, timeout=timeout_s, **options)
+            for chunk in chunks:
+                if chunk.text:
+                    yield chunk.text
+                if chunk.done and chunk.completion is not None:
+                    c = chunk.completion
+                    yield Reply(c.text, model, c.done_reason,
+                                c.prompt_eval_count + c.cached_tokens, c.eval_count)
         except TimeoutError as e:
             raise BackendFailure(str(e), timeout=True) from None
         except PyEngineError as e:
             raise BackendFailure(f"native engine error: {e}") from None
-        return Reply(c.text, model, c.done_reason, c.prompt_eval_count + c.cached_tokens,
-                     c.eval_count)
+        finally:
+            close = getattr(chunks, "close", None)
+            if close is not None:
+                close()  # a stream left early cancels its request
+
+    def chat(self, model: str, messages: Messages, options: Mapping[str, Any],
+             timeout_s: float) -> Reply:
+        return collect(self.chat_stream(model, messages, options, timeout_s))
 
     def close(self) -> None:
         with self._lock:
@@ -140,15 +168,25 @@ class OllamaBackend:
         self.host = config.ollama_host
         self.headers = dict(headers or {})
 
-    def chat(self, model: str, messages: Messages, options: Mapping[str, Any],
-             timeout_s: float) -> Reply:
+    def chat_stream(self, model: str, messages: Messages, options: Mapping[str, Any],
+                    timeout_s: float) -> ReplyStream:
         import httpx
         import ollama
 
         opts = {_OLLAMA_OPTIONS.get(k, k): v for k, v in options.items() if v is not None}
+        # timeout_s bounds each read: a stream that stalls that long fails.
         client = ollama.Client(host=self.host, timeout=timeout_s, headers=self.headers)
+        parts: list[str] = []
         try:
-            r = client.chat(model=model, messages=list(messages), options=opts, stream=False)
+            for r in client.chat(model=model, messages=list(messages), options=opts, stream=True):
+                piece = r.message.content or ""
+                if piece:
+                    parts.append(piece)
+                    yield piece
+                if r.done:
+                    yield Reply("".join(parts), model, r.done_reason or "stop",
+                                r.prompt_eval_count or 0, r.eval_count or 0)
+                    return
         except ollama.ResponseError as e:
             if e.status_code == 404:
                 raise CannotServe(f"the Ollama server at {self.host} has no model {model!r}") \
@@ -160,8 +198,11 @@ class OllamaBackend:
                                  timeout=True) from None
         except (httpx.HTTPError, ConnectionError, OSError) as e:
             raise BackendFailure(f"Ollama at {self.host} is unreachable: {e}") from None
-        return Reply(r.message.content or "", model, r.done_reason or "stop",
-                     r.prompt_eval_count or 0, r.eval_count or 0)
+        raise BackendFailure(f"Ollama at {self.host} ended the stream before its last record")
+
+    def chat(self, model: str, messages: Messages, options: Mapping[str, Any],
+             timeout_s: float) -> Reply:
+        return collect(self.chat_stream(model, messages, options, timeout_s))
 
 
 # ---------------------------------------------------------------------------------- paid
@@ -251,6 +292,14 @@ class PaidBackend:
         price = next(m.usd_per_million for m in PAID_MODELS if m.model == model)
         cost = (usage[0] + usage[1]) * price / 1e6
         return Reply(text, model, reason, usage[0], usage[1], cost)
+
+    def chat_stream(self, model: str, messages: Messages, options: Mapping[str, Any],
+                    timeout_s: float) -> ReplyStream:
+        # Asked whole: a paid call is billed and capped as one, and the cap is checked first.
+        reply = self.chat(model, messages, options, timeout_s)
+        if reply.text:
+            yield reply.text
+        yield reply
 
 
 def has_key(provider: str) -> bool:

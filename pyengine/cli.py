@@ -16,6 +16,7 @@ from . import __version__, _core
 from .config import BACKENDS
 from .engine import Engine
 from .errors import PyEngineError
+from .model_check import VISION_PREFIXES, effective_config, support_reason
 from .perplexity import (DEFAULT_N_CTX, check_n_ctx, count_chunks, eta_text, perplexity_of_tokens,
                          read_text_file, special_bos)
 from .store import ModelRef, ModelStore, resolve_model
@@ -59,19 +60,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-_VISION_PREFIXES = ("v.", "mm.")  # the vision tower Ollama's Gemma 3 blobs carry in the file
-
-
-def _effective_config(path: str) -> tuple[dict[str, Any] | None, str | None]:
-    """(the config the engine computes with, or the error that stops it) of a model file.
-
-    Opening the file as a model reads its metadata and tokenizer, never tensor data."""
-    try:
-        return _core.ModelFile(path).config, None
-    except PyEngineError as e:
-        return None, str(e)
-
-
 def _ollama_markers(meta: dict[str, Any], tensor_names: list[str]) -> bool:
     """Whether a gemma3 file was written by Ollama's converter (the markers the core's
     IsOllamaGemma3 checks)."""
@@ -80,24 +68,13 @@ def _ollama_markers(meta: dict[str, Any], tensor_names: list[str]) -> bool:
         or "gemma3.rope.local.freq_base" in meta or "tokenizer.ggml.add_padding_token" in meta
         or "tokenizer.ggml.add_unknown_token" in meta
         or "gemma3.attention.layer_norm_rms_epsilon" not in meta
-        or any(n.startswith(_VISION_PREFIXES) for n in tensor_names)))
+        or any(n.startswith(VISION_PREFIXES) for n in tensor_names)))
 
 
 def _support(arch: str, tensors: list, error: str | None) -> str:
-    """'yes', or 'no (why)' with the reason loading would give: the architecture, the config
-    error, or the first text-model tensor of a type the kernels cannot compute with (the vision
-    tower is never read)."""
-    runs = _core.architectures()
-    if arch not in runs:
-        return f"no (this engine runs {', '.join(runs)})"
-    if error:
-        return f"no ({error})"
-    computable = set(_core.weight_types())
-    for name, ttype, _shape, _nbytes in tensors:
-        if ttype not in computable and not name.startswith(_VISION_PREFIXES):
-            return (f"no (tensor '{name}' has type {ttype}, which this engine cannot compute with "
-                    f"yet; it computes {', '.join(sorted(computable))})")
-    return "yes"
+    """'yes', or 'no (why)' with the reason loading would give (the vision tower is never read)."""
+    reason = support_reason(arch, tensors, error)
+    return "yes" if reason is None else f"no ({reason})"
 
 
 def describe(path: str) -> str:
@@ -117,7 +94,7 @@ def describe(path: str) -> str:
         count = 1
         for d in shape:
             count *= d
-        if name.startswith(_VISION_PREFIXES):
+        if name.startswith(VISION_PREFIXES):
             vision_params += count
             n_vision += 1
             vision_types[ttype] += 1
@@ -125,7 +102,7 @@ def describe(path: str) -> str:
             text_params += count
             types[ttype] += 1
     runs = _core.architectures()
-    cfg, error = _effective_config(path) if arch in runs else (None, None)
+    cfg, error = effective_config(path) if arch in runs else (None, None)
     lines = ["  Model"]
 
     def row(label: str, value: Any) -> None:

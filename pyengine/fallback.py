@@ -19,10 +19,11 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence, Union
 
 from .backends import (BackendFailure, CannotServe, Messages, NativeBackend, OllamaBackend,
-                       PaidBackend, Reply, estimate_tokens, has_key, paid_models_for)
+                       PaidBackend, Reply, ReplyStream, estimate_tokens, has_key,
+                       paid_models_for)
 from .breaker import CircuitBreaker
 from .config import Config
 from .ledger import CostLedger
@@ -58,6 +59,11 @@ class Result:
     duration_s: float = 0.0
 
 
+class StreamInterrupted(RuntimeError):
+    """The backend serving a stream failed after its first piece was passed on: what was sent
+    cannot be taken back, so the stream ends with this error instead of trying another."""
+
+
 class NoBackendAvailable(RuntimeError):
     """Every backend of the chain refused or failed; ``attempts`` says why, one by one."""
 
@@ -88,15 +94,21 @@ class FallbackChain:
             self.breakers[b.name] = CircuitBreaker(self.config.paid_api_failure_threshold,
                                                    cooldown_s, clock)
 
-    def _try(self, backend: Any, model: str, messages: Messages, options: Mapping[str, Any],
-             attempts: list[Attempt]) -> Reply | None:
+    def _start(self, backend: Any, model: str, messages: Messages, options: Mapping[str, Any],
+               attempts: list[Attempt], whole: bool) -> tuple[list, ReplyStream] | None:
+        """Asks ``backend``; on success the items received so far and the rest of its stream.
+
+        Until this returns, a refusal or failure only moves the request on to the next backend:
+        with ``whole`` that covers the entire reply (nothing is passed on before it is complete),
+        otherwise up to its first item. A started backend's breaker is settled by ``_relay``."""
         breaker = self.breakers[backend.name]
         if not breaker.allow():
             attempts.append(Attempt(backend.name, model, "skipped",
                                     f"circuit open after {breaker.threshold} failures"))
             return None
         try:
-            reply = backend.chat(model, messages, options, self.config.timeout_ms / 1000)
+            stream = backend.chat_stream(model, messages, options, self.config.timeout_ms / 1000)
+            head = list(stream) if whole else [next(stream)]
         except CannotServe as e:
             breaker.release()
             attempts.append(Attempt(backend.name, model, "cannot-serve", str(e)))
@@ -106,9 +118,51 @@ class FallbackChain:
             attempts.append(Attempt(backend.name, model, "timeout" if e.timeout else "failed",
                                     str(e)))
             return None
-        breaker.record_success()
-        attempts.append(Attempt(backend.name, model, "served"))
-        return reply
+        except StopIteration:
+            breaker.record_failure()
+            attempts.append(Attempt(backend.name, model, "failed", "an empty reply stream"))
+            return None
+        return head, stream
+
+    def _relay(self, backend: Any, model: str, tier: str, head: list, stream: ReplyStream,
+               attempts: list[Attempt], selection: Selection, task_type: str | None,
+               t0: float) -> Iterator[Union[str, Result]]:
+        """The started backend's pieces, then the Result (recorded in the ledger)."""
+        breaker = self.breakers[backend.name]
+        settled = False
+        try:
+            for item in _chain(head, stream):
+                if not isinstance(item, Reply):
+                    yield item
+                    continue
+                breaker.record_success()
+                settled = True
+                attempts.append(Attempt(backend.name, model, "served"))
+                for a in attempts[:-1]:
+                    log.warning("fallback: %s/%s %s: %s", a.backend, a.model, a.outcome, a.reason)
+                if len(attempts) > 1:
+                    log.warning("fallback: served by %s/%s after %d attempt(s)", backend.name,
+                                item.model, len(attempts))
+                self.ledger.record(backend.name, item.model, backend.paid, item.prompt_tokens,
+                                   item.completion_tokens, item.cost_usd, tier=tier,
+                                   task_type=task_type)
+                yield Result(item.text, item.model, tier, backend.name, item.cost_usd,
+                             item.done_reason, item.prompt_tokens, item.completion_tokens,
+                             selection.reason, attempts, time.perf_counter() - t0)
+                return
+            raise BackendFailure("the reply stream ended without its final record")
+        except (BackendFailure, CannotServe) as e:
+            breaker.record_failure()
+            settled = True
+            attempts.append(Attempt(backend.name, model, "failed", f"mid-stream: {e}"))
+            log.warning("fallback: %s/%s failed mid-stream: %s", backend.name, model, e)
+            raise StreamInterrupted(f"{backend.name}/{model} failed mid-stream: {e}") from None
+        finally:
+            if not settled:  # the caller stopped reading: neither a success nor a failure
+                breaker.release()
+            close = getattr(stream, "close", None)
+            if close is not None:
+                close()
 
     def _paid_policy_refusal(self) -> str | None:
         if not self.config.paid_api_enabled:
@@ -128,6 +182,24 @@ class FallbackChain:
     def run(self, selection: Selection, messages: Messages,
             options: Mapping[str, Any] | None = None, task_type: str | None = None) -> Result:
         """Serves ``messages`` with the selected model, falling back as the policy allows."""
+        for item in self._serve(selection, messages, options, task_type, whole=True):
+            if isinstance(item, Result):
+                return item
+        raise AssertionError("a served stream ends with its Result")
+
+    def stream(self, selection: Selection, messages: Messages,
+               options: Mapping[str, Any] | None = None,
+               task_type: str | None = None) -> Iterator[Union[str, Result]]:
+        """``run`` as the reply is made: text pieces, then the Result. Backends are tried in
+        the same order until one produces its first piece; if that one fails later,
+        ``StreamInterrupted`` is raised (the pieces passed on cannot be taken back). Raises
+        ``NoBackendAvailable`` before any piece when no backend serves the request. Closing
+        the iterator early cancels the backend's request."""
+        return self._serve(selection, messages, options, task_type, whole=False)
+
+    def _serve(self, selection: Selection, messages: Messages,
+               options: Mapping[str, Any] | None, task_type: str | None,
+               whole: bool) -> Iterator[Union[str, Result]]:
         options = dict(options or {})
         t0 = time.perf_counter()
         attempts: list[Attempt] = []
@@ -138,19 +210,17 @@ class FallbackChain:
             candidates += [(tier_model(t, self.config), t.value)
                            for t in TIER_FALLBACKS[selection.tier]
                            if (tier_model(t, self.config), t.value) not in candidates]
-        served: tuple[Any, Reply, str] | None = None
         for model, tier in candidates:
             for backend in (self.native, self.ollama):
-                reply = self._try(backend, model, messages, options, attempts)
-                if reply is not None:
-                    served = (backend, reply, tier)
-                    break
-            if served:
-                break
-        policy = self._paid_policy_refusal() if served is None else None
+                started = self._start(backend, model, messages, options, attempts, whole)
+                if started is not None:
+                    yield from self._relay(backend, model, tier, *started, attempts, selection,
+                                           task_type, t0)
+                    return
+        policy = self._paid_policy_refusal()
         if policy is not None:
             attempts.append(Attempt("paid", "*", "refused", policy))
-        elif served is None:
+        else:
             out_tokens = int(options.get("max_tokens") or options.get("num_predict")
                              or PAID_DEFAULT_MAX_TOKENS)
             if out_tokens < 0:
@@ -166,27 +236,22 @@ class FallbackChain:
                 if refusal is not None:
                     attempts.append(Attempt(pm.provider, pm.model, "refused", refusal))
                     continue
-                reply = self._try(backend, pm.model, messages, {**options,
-                                                                "max_tokens": out_tokens},
-                                  attempts)
-                if reply is not None:
-                    served = (backend, reply, selection.tier.value)
-                    break
-        for a in attempts[:-1] if served else attempts:
+                started = self._start(backend, pm.model, messages,
+                                      {**options, "max_tokens": out_tokens}, attempts, whole)
+                if started is not None:
+                    yield from self._relay(backend, pm.model, selection.tier.value, *started,
+                                           attempts, selection, task_type, t0)
+                    return
+        for a in attempts:
             log.warning("fallback: %s/%s %s: %s", a.backend, a.model, a.outcome, a.reason)
-        if served is None:
-            raise NoBackendAvailable(attempts)
-        backend, reply, tier = served
-        self.ledger.record(backend.name, reply.model, backend.paid, reply.prompt_tokens,
-                           reply.completion_tokens, reply.cost_usd, tier=tier, task_type=task_type)
-        if len(attempts) > 1:
-            log.warning("fallback: served by %s/%s after %d attempt(s)", backend.name, reply.model,
-                        len(attempts))
-        return Result(reply.text, reply.model, tier, backend.name, reply.cost_usd,
-                      reply.done_reason, reply.prompt_tokens, reply.completion_tokens,
-                      selection.reason, attempts, time.perf_counter() - t0)
+        raise NoBackendAvailable(attempts)
 
     def close(self) -> None:
         close = getattr(self.native, "close", None)
         if close:
             close()
+
+
+def _chain(head: list, stream: ReplyStream) -> Iterator[Union[str, Reply]]:
+    yield from head
+    yield from stream

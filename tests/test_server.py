@@ -26,6 +26,7 @@ import pyengine
 from conftest import SERVER_KV_MB as KV_MB
 from conftest import SERVER_N_CTX as N_CTX
 from pyengine.chat import format_gemma
+from pyengine.config import Config
 from pyengine.server import create_app
 from pyengine.server.keep_alive import FOREVER, parse_keep_alive
 from pyengine.server.ollama_api import OLLAMA_API_VERSION
@@ -511,15 +512,30 @@ def test_max_loaded_evicts_the_least_recently_used(fresh_server):
     assert r.load_duration > 0
 
 
-def test_load_failure_is_a_server_error_and_not_fatal(tmp_path, tiny):
+def test_a_model_that_cannot_run_is_reported_once_and_never_served(tmp_path, tiny, caplog):
     bad = tmp_path / "bad.gguf"
     bad.write_bytes(b"GGUF" + b"\x03\x00\x00\x00" + b"\xff" * 16)
-    with ServerThread(create_app({"bad": bad, "tiny": tiny}, n_ctx=N_CTX,
-                                 kv_cache_mb=KV_MB)) as s:
-        r = httpx.post(s.url + "/api/generate", json={"model": "bad", "prompt": "x"})
-        assert r.status_code == 500 and "bad" in r.json()["error"]
+    reason = str(pytest.raises(pyengine.PyEngineError, pyengine.Engine, bad).value)
+    app = create_app({"bad": bad, "tiny": tiny}, n_ctx=N_CTX, kv_cache_mb=KV_MB,
+                     config=Config(ollama_host="http://127.0.0.1:9"))  # no fallback answers
+    # Checked at start, from the file's metadata: reported once, with the reason.
+    assert app.state.models.unavailable("bad") == reason
+    reports = [r for r in caplog.records if "cannot run on this server" in r.getMessage()]
+    assert len(reports) == 1 and reason in reports[0].getMessage()
+    with ServerThread(app) as s:
+        for _ in range(2):  # every request: the reason, never a fresh load attempt
+            r = httpx.post(s.url + "/api/generate", json={"model": "bad", "prompt": "x"})
+            assert r.status_code == 503 and reason in r.json()["error"]
+            r = httpx.post(s.url + "/v1/chat/completions", json={
+                "model": "bad", "messages": [{"role": "user", "content": "x"}]})
+            assert r.status_code == 503 and reason in r.json()["error"]["message"]
+        assert app.state.models.loaded() == []
+        assert len([r for r in caplog.records if "cannot run on this server" in r.getMessage()]) == 1
         assert [m["name"] for m in httpx.get(s.url + "/api/tags").json()["models"]] == \
             ["tiny:latest"]
+        assert [m["id"] for m in httpx.get(s.url + "/v1/models").json()["data"]] == ["tiny:latest"]
+        assert httpx.get(s.url + "/health").json() == {"status": "degraded",
+                                                        "unavailable": {"bad:latest": reason}}
         r = httpx.post(s.url + "/api/generate", timeout=60,
                        json={"model": "tiny", "prompt": "x", "stream": False,
                              "options": {"num_predict": 2}})

@@ -101,3 +101,92 @@ def test_openai_api_takes_tier_names(front):
     assert r.choices[0].message.content is not None and loaded(front) == {"gemma3:4b"}
     with pytest.raises(openai.NotFoundError):  # the quality tier's model is not served here
         oa.chat.completions.create(model="quality", messages=USER, max_tokens=4)
+
+
+def test_the_openai_api_falls_back_like_the_ollama_api(front, tiny):
+    import openai
+
+    oa = openai.OpenAI(base_url=front.url + "/v1", api_key="unused", max_retries=0)
+    with Engine(tiny) as eng:
+        want = eng.chat(USER, temperature=0, max_tokens=6).text
+    # "primary" (gemma3n:e2b) is not served here: the upstream Ollama answers, as on /api/chat.
+    r = oa.chat.completions.create(model="primary", messages=USER, max_tokens=6, temperature=0)
+    assert r.choices[0].message.content == want and r.model == "primary"
+    assert r.usage.completion_tokens == 6 and "gemma3n:e2b" not in loaded(front)
+    events = list(oa.chat.completions.create(model="gemma3n:e2b", messages=USER, max_tokens=6,
+                                             temperature=0, stream=True))
+    texts = [e.choices[0].delta.content for e in events if e.choices and e.choices[0].delta.content]
+    assert "".join(texts) == want and len(texts) > 1  # streamed as the fallback made it
+    assert events[-1].choices[0].finish_reason == "length"
+    c = oa.completions.create(model="gemma3n:e2b", prompt="Hi", max_tokens=6, temperature=0)
+    assert c.choices[0].text == want
+
+
+def test_a_fallback_stream_streams(front, tiny):
+    with Engine(tiny) as eng:
+        want = eng.chat(USER, temperature=0, max_tokens=24).text
+    parts = list(ollama.Client(host=front.url).chat(
+        model="gemma3n:e2b", messages=USER, options={"temperature": 0, "num_predict": 24},
+        stream=True))
+    pieces = [p.message.content for p in parts if not p.done]
+    # One record per piece the upstream sent, not the whole reply in one.
+    assert "".join(pieces) == want and len(pieces) > 1 and all(pieces)
+    assert parts[-1].done and parts[-1].eval_count == 24
+
+
+def test_a_fallback_that_dies_mid_stream_ends_the_stream_with_an_error(long_model, tmp_path,
+                                                                         monkeypatch):
+    import openai
+
+    monkeypatch.setenv("PYENGINE_LEDGER", str(tmp_path / "ledger.sqlite"))
+    for api in ("ollama", "openai"):
+        # A reply as long as the context (32768 positions): far from done when it is killed.
+        with ServerProcess({"gemma3n:e2b": long_model},
+                           args=["--threads", "1", "--ctx", "32768"]) as upstream:
+            app = create_app({"gemma3:1b": long_model}, n_ctx=512, kv_cache_mb=16,
+                             config=Config(ollama_host=upstream.url))
+            with ServerThread(app) as s:
+                got: list[str] = []
+                if api == "ollama":
+                    stream = ollama.Client(host=s.url).chat(
+                        model="gemma3n:e2b", messages=USER, stream=True,
+                        options={"temperature": 0, "num_predict": -1})
+                    with pytest.raises(ollama.ResponseError) as e:
+                        for part in stream:
+                            got.append(part.message.content)
+                            if len(got) == 3:
+                                upstream.proc.kill()
+                            assert not part.done
+                else:
+                    oa = openai.OpenAI(base_url=s.url + "/v1", api_key="unused", max_retries=0)
+                    stream = oa.chat.completions.create(model="gemma3n:e2b", messages=USER,
+                                                        stream=True)
+                    with pytest.raises(openai.APIError) as e:
+                        for event in stream:
+                            got.append(event.choices[0].delta.content or "")
+                            if len(got) == 3:
+                                upstream.proc.kill()
+                            assert event.choices[0].finish_reason is None
+                assert len(got) >= 3 and "mid-stream" in str(e.value)
+                # The front keeps serving: its own model, and the chain's verdict next time.
+                r = httpx.post(s.url + "/api/chat", timeout=60, json={
+                    "model": "gemma3:1b", "messages": USER, "stream": False,
+                    "options": GREEDY})
+                assert r.status_code == 200 and r.json()["eval_count"] == 6
+
+
+def test_every_served_call_is_in_the_cost_ledger(front):
+    c = ollama.Client(host=front.url)
+    c.chat(model="gemma3:1b", messages=USER, options=GREEDY)  # here
+    list(c.generate(model="gemma3:1b", prompt="Hi", options=GREEDY, stream=True))  # streamed
+    c.chat(model="gemma3n:e2b", messages=USER, options=GREEDY)  # the upstream Ollama
+    import openai
+
+    openai.OpenAI(base_url=front.url + "/v1", api_key="unused", max_retries=0) \
+        .chat.completions.create(model="gemma3:1b", messages=USER, max_tokens=6)
+    ledger = front.app.state.ledger
+    rep = ledger.report()
+    calls = {(g["backend"], g["paid"]): (g["calls"], g["completion_tokens"], g["cost_usd"])
+             for g in rep["groups"]}
+    assert calls == {("native", False): (3, 18, 0.0), ("ollama", False): (1, 6, 0.0)}
+    assert rep["local_calls"] == 4 and rep["paid_calls"] == 0

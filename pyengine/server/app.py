@@ -10,6 +10,7 @@ from fastapi import FastAPI
 
 from .. import __version__
 from ..config import Config
+from ..model_check import unsupported_reason
 from . import embed_api, ollama_api, openai_api
 from .errors import install_error_handlers
 from .keep_alive import DEFAULT_KEEP_ALIVE, parse_keep_alive
@@ -44,6 +45,9 @@ def create_app(models: Mapping[str, str | os.PathLike[str]], *, n_threads: int |
     model_set = ModelSet(models, max_loaded=max_loaded,
                          keep_alive=parse_keep_alive(keep_alive, DEFAULT_KEEP_ALIVE),
                          engine_options=options)
+    # Each model's metadata, read once now: one that cannot run here is reported at start and
+    # never offered or loaded; its requests go to the fallback chain.
+    model_set.check(unsupported_reason)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -51,6 +55,8 @@ def create_app(models: Mapping[str, str | os.PathLike[str]], *, n_threads: int |
             yield
         finally:
             await model_set.close()
+            if app.state.ledger is not None:
+                app.state.ledger.close()
 
     # No generated docs pages: the API is Ollama's, documented by Ollama.
     app = FastAPI(title="pyengine", version=__version__, lifespan=lifespan, docs_url=None,
@@ -62,6 +68,7 @@ def create_app(models: Mapping[str, str | os.PathLike[str]], *, n_threads: int |
     app.state.config = config or Config.from_env()
     app.state.fallback = fallback
     app.state.chain = None
+    app.state.ledger = None  # the cost ledger, opened when the first call is recorded
     install_error_handlers(app)
     app.include_router(ollama_api.router)
     app.include_router(embed_api.router)

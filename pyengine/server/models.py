@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from ..engine import Engine
+from ..errors import PyEngineError
+from .errors import log
 from .keep_alive import DEFAULT_KEEP_ALIVE, FOREVER
 from .timestamps import after
 
@@ -43,6 +45,15 @@ class ModelNotFound(LookupError):
     def __init__(self, name: str) -> None:
         super().__init__(f'model "{name}" not found, try pulling it first')
         self.name = name
+
+
+class ModelUnavailable(RuntimeError):
+    """A model served here that this engine cannot run (the reason was reported once)."""
+
+    def __init__(self, name: str, reason: str) -> None:
+        super().__init__(f"model {name!r} cannot run on this server: {reason}")
+        self.name = name
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -139,6 +150,7 @@ class ModelSet:
             if not entry.path.is_file():
                 raise FileNotFoundError(f"model not found: {path} (expected a GGUF file path)")
             self._entries[entry.key] = entry
+        self._unavailable: dict[str, str] = {}  # key -> why the engine cannot run it
         self._loaded: dict[str, LoadedModel] = {}
         self._load_lock: asyncio.Lock | None = None
         self._released: asyncio.Event | None = None
@@ -159,6 +171,25 @@ class ModelSet:
         """Every served model, in the order given."""
         return list(self._entries.values())
 
+    def unavailable(self, name: str) -> str | None:
+        """Why model ``name`` cannot run here (found by ``check`` or a failed load), or None."""
+        return self._unavailable.get(_key(name))
+
+    def mark_unavailable(self, name: str, reason: str) -> None:
+        """Records that ``name`` cannot run here: reported once, never loaded again."""
+        key = _key(name)
+        if key not in self._unavailable:
+            self._unavailable[key] = reason
+            log.error("model %s cannot run on this server: %s (its requests go to the fallback "
+                      "chain)", self.resolve(name).name, reason)
+
+    def check(self, reason_of: Callable[[Path], str | None]) -> None:
+        """Marks every model ``reason_of(path)`` finds a reason against (a server's start)."""
+        for entry in self._entries.values():
+            reason = reason_of(entry.path)
+            if reason is not None:
+                self.mark_unavailable(entry.name, reason)
+
     def loaded(self) -> list[LoadedModel]:
         """The models in memory now."""
         return list(self._loaded.values())
@@ -176,6 +207,8 @@ class ModelSet:
         Load failures propagate (``PyEngineError``, ``FileNotFoundError``).
         """
         entry = self.resolve(name)
+        if entry.key in self._unavailable:
+            raise ModelUnavailable(entry.name, self._unavailable[entry.key])
         t0 = time.perf_counter_ns()
         loaded = self._loaded.get(entry.key)
         if loaded is None:
@@ -222,7 +255,11 @@ class ModelSet:
 
     async def _load(self, entry: ModelEntry) -> LoadedModel:
         await self._make_room()
-        engine = await asyncio.to_thread(self._factory, entry.path, **self.engine_options)
+        try:
+            engine = await asyncio.to_thread(self._factory, entry.path, **self.engine_options)
+        except PyEngineError as e:  # the file itself: unsupported, malformed; never retried
+            self.mark_unavailable(entry.name, str(e))
+            raise
         loaded = LoadedModel(entry, engine, keep_alive=self.keep_alive,
                              expires_at=after(self.keep_alive))
         self._loaded[entry.key] = loaded

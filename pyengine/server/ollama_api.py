@@ -24,11 +24,12 @@ from ..errors import PyEngineError
 from .errors import APIError, bad_request, log
 from .keep_alive import parse_keep_alive
 from .model_info import model_facts
-from .models import Lease, ModelEntry, ModelNotFound, ModelSet
+from ..fallback import Result
+from .models import Lease, ModelEntry, ModelNotFound, ModelSet, ModelUnavailable
 from .ollama_options import engine_options
 from .schemas import ChatRequest, GenerateRequest, ShowRequest, parse_body
 from .streaming import ClientDisconnected, NDJSONResponse, until_disconnect
-from .targets import FALLBACK_HEADER, Target, make_chain, run_fallback
+from .targets import FALLBACK_HEADER, Target, record_local, run_fallback, stream_fallback
 from .targets import resolve as resolve_target
 from .template import GEMMA_TEMPLATE, TemplateError, render
 from .timestamps import rfc3339, utc_now
@@ -55,30 +56,39 @@ def _target(request: Request, name: str, options: dict[str, Any] | None,
     return target, opts
 
 
+def _fallback_stats(r: Result, t0: int) -> dict[str, Any]:
+    total = time.perf_counter_ns() - t0
+    # The backend's own timings are not known here: the whole call counts as evaluation.
+    return {"done_reason": r.done_reason, "total_duration": total, "load_duration": 0,
+            "prompt_eval_count": r.prompt_tokens, "prompt_eval_duration": 0,
+            "eval_count": r.completion_tokens, "eval_duration": total,
+            "pyengine": {"backend": r.backend, "model": r.model, "tier": r.tier,
+                         "cost_usd": r.cost_usd, "reason": r.reason}}
+
+
 async def _fallback(request: Request, target: Target, messages: list[dict[str, Any]],
                     options: dict[str, Any], stream: bool, record: Callable[..., dict],
                     t0: int) -> Response:
     """Serves a request this server cannot run through the fallback chain, answering in the
-    same shape (one content record, then the final one)."""
+    same shape: streamed as the fallback produces it, or as one object."""
     allowed = request.headers.get(FALLBACK_HEADER) is None  # never fall back twice
     state = request.app.state
-    if allowed and state.fallback and state.chain is None:
-        state.chain = make_chain(state.config)
-    r = await run_fallback(state.chain if state.fallback else None, target, messages, options,
-                           allowed)
-    total = time.perf_counter_ns() - t0
-    # The backend's own timings are not known here: the whole call counts as evaluation.
-    stats = {"done_reason": r.done_reason, "total_duration": total, "load_duration": 0,
-             "prompt_eval_count": r.prompt_tokens, "prompt_eval_duration": 0,
-             "eval_count": r.completion_tokens, "eval_duration": total,
-             "pyengine": {"backend": r.backend, "model": r.model, "tier": r.tier,
-                          "cost_usd": r.cost_usd, "reason": r.reason}}
     if not stream:
-        return JSONResponse(record(r.text, True, **stats))
+        r = await run_fallback(state, target, messages, options, allowed)
+        return JSONResponse(record(r.text, True, **_fallback_stats(r, t0)))
+    pieces = await stream_fallback(state, target, messages, options, allowed)
 
     async def records() -> AsyncIterator[dict]:
-        yield record(r.text, False)
-        yield record("", True, **stats)
+        try:
+            async for piece in pieces:
+                if "text" in piece:
+                    yield record(piece["text"], False)
+                elif "result" in piece:
+                    yield record("", True, **_fallback_stats(piece["result"], t0))
+                else:  # the fallback failed mid-stream: Ollama's last-record error
+                    yield {"error": piece["error"]}
+        finally:
+            await pieces.aclose()
 
     return NDJSONResponse(records())
 
@@ -117,9 +127,16 @@ def _unsupported(model: str, *, think: Any, fmt: Any, logprobs: bool | None) -> 
 
 
 async def _acquire(models: ModelSet, entry: ModelEntry, keep_alive: float) -> Lease:
+    """A lease on ``entry``. A model this engine cannot run (known, or found by this load) is
+    a 503 naming why; another load failure (memory, a file that went away) a 500."""
     try:
         return await models.acquire(entry.name, keep_alive)
-    except (PyEngineError, OSError, ValueError) as e:
+    except ModelUnavailable as e:
+        raise APIError(503, str(e)) from None
+    except PyEngineError:
+        raise APIError(503, str(ModelUnavailable(entry.name, models.unavailable(entry.name)
+                                                 or "it failed to load"))) from None
+    except (OSError, ValueError) as e:
         log.error("loading %s failed: %s", entry.name, e)
         raise APIError(500, f"failed to load model {entry.name}: {e}") from None
 
@@ -169,6 +186,13 @@ async def _rest(first: Chunk, chunks: AsyncGenerator[Chunk, None]) -> Completion
 async def _run(request: Request, lease: Lease, ids: list[int], options: dict[str, Any],
                stream: bool, piece: Piece, final: Final, t0: int) -> Response:
     """Generates from ``ids`` and answers as a stream of records or as one object."""
+    name, state = lease.model.name, request.app.state
+    answer = final
+
+    def final(text: str, c: Completion, total: int) -> dict:  # noqa: F811 (recorded, then shaped)
+        record_local(state, name, c.prompt_eval_count + c.cached_tokens, c.eval_count)
+        return answer(text, c, total)
+
     chunks = lease.engine.astream(ids, **options)
     try:
         # The first step submits the prompt: its errors (longer than the context, ...) are the
@@ -220,7 +244,10 @@ async def version() -> dict[str, str]:
 async def tags(request: Request) -> dict[str, Any]:
     """Every model this server offers, loaded or not."""
     out = []
-    for entry in _models(request).entries():
+    models = _models(request)
+    for entry in models.entries():
+        if models.unavailable(entry.name):  # reported at start; its requests go elsewhere
+            continue
         try:
             facts = await asyncio.to_thread(model_facts, entry.path)
         except (PyEngineError, OSError) as e:  # a broken file must not hide the others
@@ -327,6 +354,7 @@ async def generate(request: Request) -> Response:
             raise
         # The file is served here but the engine cannot run it: the chain may have the model;
         # if not, the load error is the better answer.
+        target.unavailable = models.unavailable(entry.name)
         messages = [{"role": "system", "content": req.system}] if req.system else []
         messages.append({"role": "user", "content": req.prompt})
         try:
@@ -395,6 +423,7 @@ async def chat(request: Request) -> Response:
     except APIError as load_error:
         if not req.messages:
             raise
+        target.unavailable = models.unavailable(entry.name)
         messages = [{"role": m.role, "content": m.content or ""} for m in req.messages]
         try:
             return await _fallback(request, target, messages, options, req.stream is not False,

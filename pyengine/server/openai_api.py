@@ -18,7 +18,8 @@ Streams are server-sent events: chat streams open with the assistant's role, the
 text, then a chunk with an empty delta and the ``finish_reason``; with
 ``stream_options.include_usage`` a chunk with the token counts (and no choices) follows; the
 last event is ``[DONE]``. Things this engine cannot do (``n`` > 1, images, tools, structured
-output, logprobs) are refused with a 400 rather than silently ignored.
+output, logprobs) are refused with a 400 rather than silently ignored. Models this server does
+not run (or cannot) go to the fallback chain, as on Ollama's API.
 """
 
 from __future__ import annotations
@@ -30,12 +31,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import Response
+from fastapi.responses import JSONResponse, Response
 
 from ..chat import format_gemma
 from ..engine import Completion
+from ..fallback import Result
+from .errors import APIError
 from .models import ModelEntry, ModelNotFound, ModelSet
 from .ollama_api import NO_IMAGES, _acquire, _run
+from .targets import FALLBACK_HEADER, Target, run_fallback, stream_fallback
 from .targets import resolve as resolve_target
 from .openai_errors import OpenAIError, OpenAIRoute, error_body, invalid
 from .openai_options import max_tokens_of, sampling_options
@@ -56,16 +60,51 @@ def _models(request: Request) -> ModelSet:
     return request.app.state.models
 
 
-def _entry(request: Request, name: str, prompt_chars: int = 0) -> ModelEntry:
-    """The served model for ``name``: a model served here, or a tier name / ``auto`` resolved
-    by the tier router to one (the fallback chain serves only the Ollama API for now)."""
+def _target(request: Request, name: str, prompt_chars: int = 0) -> Target:
+    """Where a request for ``name`` goes: a model served here, or a tier name / ``auto``
+    resolved by the tier router; what this server cannot run goes to the fallback chain."""
     if not name:
         raise invalid("you must provide a model parameter", param="model")
-    target = resolve_target(_models(request), request.app.state.config, name, None, prompt_chars)
-    if target.entry is None:
-        raise OpenAIError(404, str(ModelNotFound(target.model)), param="model",
-                          code="model_not_found")
-    return target.entry
+    return resolve_target(_models(request), request.app.state.config, name, None, prompt_chars)
+
+
+def _openai_error(e: APIError) -> OpenAIError:
+    code = "model_not_found" if e.status_code == 404 else None
+    return OpenAIError(e.status_code, e.message, param="model", code=code)
+
+
+async def _fallback(request: Request, target: Target, messages: list[dict[str, Any]],
+                    options: dict[str, Any], reply: Reply, stream: bool) -> Response:
+    """Serves a request this server cannot run through the fallback chain (as Ollama's API
+    does), in OpenAI's shapes: one object, or events as the fallback produces them."""
+    allowed = request.headers.get(FALLBACK_HEADER) is None  # never fall back twice
+    state = request.app.state
+    try:
+        if not stream:
+            r = await run_fallback(state, target, messages, options, allowed)
+            return JSONResponse(reply.whole(_completion_of(r)))
+        pieces = await stream_fallback(state, target, messages, options, allowed)
+    except APIError as e:
+        raise _openai_error(e) from None
+
+    async def records() -> AsyncIterator[dict[str, Any]]:
+        async for piece in pieces:
+            yield {"completion": _completion_of(piece["result"])} if "result" in piece else piece
+
+    async def closing() -> AsyncIterator[Any]:
+        try:
+            async for event in _events(reply, records()):
+                yield event
+        finally:
+            await pieces.aclose()
+
+    return SSEResponse(closing())
+
+
+def _completion_of(r: Result) -> Completion:
+    """A fallback's result as the engine's Completion (what the reply shapes read)."""
+    return Completion(r.text, done_reason=r.done_reason, prompt_eval_count=r.prompt_tokens,
+                      eval_count=r.completion_tokens)
 
 
 # -- replies ------------------------------------------------------------------------------
@@ -168,11 +207,23 @@ async def _events(reply: Reply, records: AsyncIterator[dict[str, Any]]
             await aclose()
 
 
-async def _complete(request: Request, entry: ModelEntry, text: str, options: dict[str, Any],
-                    reply: Reply, stream: bool) -> Response:
-    """Generates the reply to the prompt ``text`` and answers as one object or a stream."""
+async def _complete(request: Request, target: Target, messages: list[dict[str, Any]],
+                    text: str, options: dict[str, Any], reply: Reply, stream: bool) -> Response:
+    """Generates the reply to the prompt ``text`` (``messages`` in Gemma's format) and answers
+    as one object or a stream; what this server cannot run, the fallback chain answers."""
+    if target.entry is None:
+        return await _fallback(request, target, messages, options, reply, stream)
     models = _models(request)
-    lease = await _acquire(models, entry, models.keep_alive)
+    try:
+        lease = await _acquire(models, target.entry, models.keep_alive)
+    except APIError as load_error:
+        # Served here but the engine cannot run it: the chain may have the model; if not, the
+        # load error is the better answer.
+        target.unavailable = models.unavailable(target.entry.name)
+        try:
+            return await _fallback(request, target, messages, options, reply, stream)
+        except APIError:
+            raise _openai_error(load_error) from None
     ids = lease.tokenize(text, True, invalid)
     t0 = time.perf_counter_ns()
     if not stream:
@@ -232,7 +283,7 @@ def _refuse_unsupported(req: ChatCompletionRequest) -> None:
 async def chat_completions(request: Request) -> Response:
     """Replies to ``messages`` (``chat.completion``, or ``chat.completion.chunk`` events)."""
     req = await parse_openai_body(request, ChatCompletionRequest)
-    entry = _entry(request, req.model, sum(len(str(m.content or "")) for m in req.messages))
+    target = _target(request, req.model, sum(len(str(m.content or "")) for m in req.messages))
     if not req.messages:
         raise invalid("'messages' must not be empty", param="messages")
     _refuse_unsupported(req)
@@ -247,7 +298,7 @@ async def chat_completions(request: Request) -> Response:
         raise invalid(str(e), param="messages") from None
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
     reply = Reply(chat=True, model=req.model, include_usage=include_usage)
-    return await _complete(request, entry, text, options, reply, bool(req.stream))
+    return await _complete(request, target, messages, text, options, reply, bool(req.stream))
 
 
 # -- completions --------------------------------------------------------------------------
@@ -257,7 +308,7 @@ async def chat_completions(request: Request) -> Response:
 async def completions(request: Request) -> Response:
     """Completes ``prompt`` (``text_completion`` objects, streamed as events or not)."""
     req = await parse_openai_body(request, CompletionRequest)
-    entry = _entry(request, req.model, len(str(req.prompt)))
+    target = _target(request, req.model, len(str(req.prompt)))
     prompt = req.prompt
     if isinstance(prompt, list):
         if len(prompt) != 1 or not isinstance(prompt[0], str):
@@ -273,10 +324,11 @@ async def completions(request: Request) -> Response:
     if req.logprobs:
         raise invalid("logprobs are not supported by this server", param="logprobs")
     options = sampling_options(req, max_tokens_of(req.max_tokens, "max_tokens"))
-    text = format_gemma([{"role": "user", "content": prompt}])
+    messages = [{"role": "user", "content": prompt}]
+    text = format_gemma(messages)
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
     reply = Reply(chat=False, model=req.model, include_usage=include_usage)
-    return await _complete(request, entry, text, options, reply, bool(req.stream))
+    return await _complete(request, target, messages, text, options, reply, bool(req.stream))
 
 
 # -- models -------------------------------------------------------------------------------
@@ -299,14 +351,16 @@ def _model_object(model_id: str, entry: ModelEntry) -> dict[str, Any] | None:
 @router.get("/models")
 async def list_models(request: Request) -> dict[str, Any]:
     """Every model this server offers, loaded or not."""
-    data = [_model_object(e.name, e) for e in _models(request).entries()]
+    models = _models(request)
+    data = [_model_object(e.name, e) for e in models.entries() if not models.unavailable(e.name)]
     return {"object": "list", "data": [m for m in data if m is not None]}
 
 
 @router.get("/models/{model:path}")
 async def retrieve_model(request: Request, model: str) -> dict[str, Any]:
     """One model, under the name it was asked for (as Ollama answers)."""
-    found = _model_object(model, _entry(request, model))
+    target = _target(request, model)
+    found = _model_object(model, target.entry) if target.entry is not None else None
     if found is None:
         raise OpenAIError(404, f'model "{model}" not found, try pulling it first',
                           param="model", code="model_not_found")

@@ -14,14 +14,16 @@ server whose ``OLLAMA_HOST`` points at itself cannot loop.
 from __future__ import annotations
 
 import asyncio
+import threading
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, AsyncIterator, Iterator, Mapping, Sequence
 
 from ..backends import CannotServe, Messages, OllamaBackend, Reply
 from ..config import Config
-from ..fallback import FallbackChain, NoBackendAvailable, Result
+from ..fallback import FallbackChain, NoBackendAvailable, Result, StreamInterrupted
+from ..ledger import CostLedger
 from ..routing import Selection, Task, Tier, select_model, tier_model
-from .errors import APIError, bad_request
+from .errors import APIError, bad_request, log
 from .models import ModelEntry, ModelNotFound, ModelSet
 
 FALLBACK_HEADER = "X-Pyengine-Fallback"
@@ -35,12 +37,13 @@ TASK_HINTS = {"task_type": "type", "priority": "priority", "estimated_tokens": "
 @dataclass
 class Target:
     """Where a request goes: ``entry`` (a model served here) or, when None, the fallback
-    chain with ``selection``."""
+    chain with ``selection``; ``unavailable`` says why a model listed here cannot run here."""
 
     requested: str
     model: str
     entry: ModelEntry | None
     selection: Selection
+    unavailable: str | None = None
 
 
 class _NotServedHere:
@@ -48,15 +51,40 @@ class _NotServedHere:
 
     name, paid = "native", False
 
-    def chat(self, model: str, messages: Messages, options: Mapping[str, Any],
-             timeout_s: float) -> Reply:
+    def chat_stream(self, model: str, messages: Messages, options: Mapping[str, Any],
+                    timeout_s: float) -> Iterator[Reply]:
         raise CannotServe(f"model {model!r} is not served by this server")
+        yield  # a generator, as every backend's stream
 
 
-def make_chain(config: Config) -> FallbackChain:
+def make_chain(config: Config, ledger: CostLedger | None = None) -> FallbackChain:
     """The server's fallback chain: no native step (the server's own models come first)."""
-    return FallbackChain(config, native=_NotServedHere(),
+    return FallbackChain(config, native=_NotServedHere(), ledger=ledger,
                          ollama=OllamaBackend(config, headers={FALLBACK_HEADER: "1"}))
+
+
+def ledger_of(state: Any) -> CostLedger:
+    """The app's cost ledger, opened on first use (a server that records nothing opens none)."""
+    if getattr(state, "ledger", None) is None:
+        state.ledger = CostLedger()
+    return state.ledger
+
+
+def record_local(state: Any, model: str, prompt_tokens: int, completion_tokens: int) -> None:
+    """A call this server answered itself, in the ledger at $0 (the strategy's cost tracking
+    compares local and paid use). A ledger that cannot be written is logged, not fatal."""
+    try:
+        ledger_of(state).record("native", model, False, prompt_tokens, completion_tokens, 0.0)
+    except Exception as e:  # sqlite errors: the answer was given; the count is lost
+        log.warning("cost ledger: cannot record a native call: %s", e)
+
+
+def _chain(state: Any, fallback_allowed: bool) -> FallbackChain | None:
+    if not (state.fallback and fallback_allowed):
+        return None
+    if state.chain is None:
+        state.chain = make_chain(state.config, ledger_of(state))
+    return state.chain
 
 
 def task_from_options(options: dict[str, Any] | None, prompt_chars: int) -> Task:
@@ -85,31 +113,102 @@ def resolve(models: ModelSet, config: Config, name: str, options: dict[str, Any]
         tier = TIERS[key]
         selection = Selection(tier_model(tier, config), tier, f"the {tier.value} tier was asked for")
     else:
-        try:
-            return Target(name, name, models.resolve(name), Selection(name, Tier.PRIMARY,
-                                                                      "asked by name"))
-        except ModelNotFound:
-            return Target(name, name, None, Selection(name, Tier.PRIMARY, "asked by name"))
+        selection = Selection(name, Tier.PRIMARY, "asked by name")
     try:
-        entry = models.resolve(selection.model)
+        entry: ModelEntry | None = models.resolve(selection.model)
     except ModelNotFound:
         entry = None
-    return Target(name, selection.model, entry, selection)
+    unavailable = models.unavailable(entry.name) if entry is not None else None
+    # A model listed here that cannot run here goes to the fallback chain like a missing one.
+    return Target(name, selection.model, None if unavailable else entry, selection, unavailable)
 
 
-async def run_fallback(chain: FallbackChain | None, target: Target, messages: Sequence[Mapping],
-                       options: Mapping[str, Any], fallback_allowed: bool) -> Result:
-    """Serves ``messages`` through the chain (in a worker thread). When no backend serves it,
-    the answer is Ollama's 404 for an unknown model (what a client of Ollama expects); the
-    chain has logged each backend's reason."""
-    if chain is None or not fallback_allowed:
-        raise APIError(404, str(ModelNotFound(target.model)))
+def _not_served(target: Target) -> APIError:
+    """The answer when no backend of the chain serves the request: Ollama's 404 for an unknown
+    model (what its clients expect), or a 503 naming why a model listed here cannot run."""
+    if target.unavailable:
+        return APIError(503, f"model {target.model!r} cannot run on this server "
+                             f"({target.unavailable}), and no fallback could serve it")
+    return APIError(404, str(ModelNotFound(target.model)))
+
+
+def _chain_options(options: Mapping[str, Any]) -> dict[str, Any]:
     opts = {k: v for k, v in options.items() if k in ("max_tokens", "temperature", "top_k",
                                                       "top_p", "min_p", "seed", "stop",
                                                       "repeat_penalty", "num_ctx")}
     if opts.get("max_tokens") == -1:
         opts.pop("max_tokens")
+    return opts
+
+
+async def run_fallback(state: Any, target: Target, messages: Sequence[Mapping],
+                       options: Mapping[str, Any], fallback_allowed: bool) -> Result:
+    """Serves ``messages`` through the chain (in a worker thread), the whole reply at once.
+    When no backend serves it, see ``_not_served``; the chain has logged each reason."""
+    chain = _chain(state, fallback_allowed)
+    if chain is None:
+        raise _not_served(target)
     try:
-        return await asyncio.to_thread(chain.run, target.selection, list(messages), opts)
+        return await asyncio.to_thread(chain.run, target.selection, list(messages),
+                                       _chain_options(options))
     except NoBackendAvailable:
-        raise APIError(404, str(ModelNotFound(target.model))) from None
+        raise _not_served(target) from None
+
+
+_END = object()
+
+
+async def stream_fallback(state: Any, target: Target, messages: Sequence[Mapping],
+                          options: Mapping[str, Any], fallback_allowed: bool
+                          ) -> AsyncIterator[dict[str, Any]]:
+    """Serves ``messages`` through the chain as the reply is made: records ``{"text"}``, then
+    ``{"result": Result}``, or ``{"error"}`` when the serving backend fails mid-stream.
+
+    Returns once the first piece is there, so a request no backend serves still gets its
+    status (see ``_not_served``). A worker thread reads the chain's stream; closing the
+    records (a client that left) stops it after its current piece and closes the upstream."""
+    chain = _chain(state, fallback_allowed)
+    if chain is None:
+        raise _not_served(target)
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[Any] = asyncio.Queue()
+    stop = threading.Event()
+    stream = chain.stream(target.selection, list(messages), _chain_options(options))
+
+    def pump() -> None:
+        try:
+            for item in stream:
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+                if stop.is_set():
+                    break
+        except BaseException as e:  # delivered to the loop, raised there
+            loop.call_soon_threadsafe(queue.put_nowait, e)
+        finally:
+            stream.close()
+            loop.call_soon_threadsafe(queue.put_nowait, _END)
+
+    worker = loop.run_in_executor(None, pump)
+    first = await queue.get()
+    if isinstance(first, BaseException):
+        await worker
+        if isinstance(first, NoBackendAvailable):
+            raise _not_served(target)
+        raise first
+
+    async def records() -> AsyncIterator[dict[str, Any]]:
+        item = first
+        try:
+            while item is not _END:
+                if isinstance(item, Result):
+                    yield {"result": item}
+                elif isinstance(item, StreamInterrupted):
+                    yield {"error": str(item)}
+                elif isinstance(item, BaseException):
+                    yield {"error": f"the fallback failed: {item}"}
+                else:
+                    yield {"text": item}
+                item = await queue.get()
+        finally:
+            stop.set()
+
+    return records()

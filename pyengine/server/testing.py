@@ -123,6 +123,7 @@ class ServerThread:
                  timeout: float = 60.0) -> None:
         import uvicorn
 
+        self.app = app
         self.port = free_port(host) if port is None else port
         self.url = f"http://{host}:{self.port}"
         config = uvicorn.Config(app, host=host, port=self.port, log_level="warning",
