@@ -294,16 +294,13 @@ void Attend(const ModelConfig& c, int64_t l, const Batch& batch, Workspace& ws, 
         p += nk;
       }
     };
-    // Many rows (a prompt's tokens) repay transposing each key chunk; a decoding token's few
-    // heads take dot products with the keys as stored.
-    const bool transpose = rows >= kAttnTransposeRows;
+    // Every tile, a prompt's or a decoding token's, transposes each key chunk and takes its
+    // scores in the same order: a position's result must not depend on how the step that
+    // computed it was batched (a preempted or prefix-shared sequence recomputes positions in
+    // other tiles, and the greedy tokens must not change).
     chunks([&](int64_t p, int64_t blk, int nk, int64_t off) {
       const uint16_t* kb = kv.k_block(l, blk) + off;
       for (int j = 0; j < nk; ++j) k.f16_to_f32(kb + j * KVD, vf + j * D, D);
-      if (!transpose) {
-        k.attn_dots(qrow, rows, vf, nk, D, s + (p - base), lds);
-        return;
-      }
       for (int64_t i = 0; i < D; ++i) {
         for (int j = 0; j < kAttnKeys; ++j) kt[i * kAttnKeys + j] = j < nk ? vf[j * D + i] : 0.f;
       }

@@ -19,10 +19,8 @@ namespace pyengine {
 
 // Query heads per KV head a model may have (GQA).
 constexpr int64_t kMaxGroup = 64;
-// Attend: tokens of one sequence whose query rows share each key chunk, and the rows from which
-// transposing a chunk pays.
+// Attend: tokens of one sequence whose query rows share each key chunk.
 constexpr int64_t kAttnTileTokens = 16;
-constexpr int kAttnTransposeRows = 8;
 
 // A tensor with GGUF shape `ne` (contiguous dimension first) and a supported weight type.
 // Throws ModelError naming it when it is missing (unless optional) or its shape is wrong.

@@ -44,27 +44,6 @@ inline void AttnScoresTile(const float* const* q, int rows, const float* kt, int
   }
 }
 
-// s[r * lds + j] = q[r] . k[j] for r < rows, j < nk; k is [nk][d] (keys as stored, converted):
-// few rows (a decoding token's heads) do not repay transposing the keys.
-inline void AttnDotsTile(const float* const* q, int rows, const float* k, int nk, int64_t d,
-                         float* s, int64_t lds) {
-  constexpr int kLanes = 16;  // partial sums the compiler keeps in one vector register
-  for (int j = 0; j < nk; ++j) {
-    const float* kj = k + j * d;
-    for (int r = 0; r < rows; ++r) {
-      float acc[kLanes] = {};
-      int64_t i = 0;
-      for (; i + kLanes <= d; i += kLanes) {
-        for (int l = 0; l < kLanes; ++l) acc[l] += q[r][i + l] * kj[i + l];
-      }
-      float sum = 0;
-      for (int l = 0; l < kLanes; ++l) sum += acc[l];
-      for (; i < d; ++i) sum += q[r][i] * kj[i];
-      s[r * lds + j] = sum;
-    }
-  }
-}
-
 // o[r][:d] += sum_{j < nk} p[r * ldp + j] * v[j * d + :] for r < rows. A row's 64-value slice of
 // o stays in registers while the keys stream past; two rows share each load of v.
 inline void AttnValuesTile(const float* p, int64_t ldp, int rows, const float* v, int nk, int64_t d,

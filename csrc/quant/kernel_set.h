@@ -96,9 +96,6 @@ struct KernelSet {
   // p[r * ldp + j] * v[j][:], v [nk][d] floats.
   void (*attn_scores)(const float* const* q, int rows, const float* kt, int64_t d, float* s,
                       int64_t lds);
-  // The same scores from keys as stored, k [nk][d] floats (for a few rows: decoding).
-  void (*attn_dots)(const float* const* q, int rows, const float* k, int nk, int64_t d, float* s,
-                    int64_t lds);
   void (*attn_values)(const float* p, int64_t ldp, int rows, const float* v, int nk, int64_t d,
                       float* const* o);
   // out[i] = float(h[i]) for fp16 h; and x[i] rounded to the nearest fp16 in place.

@@ -160,23 +160,6 @@ inline void TileFloat(const typename L::W* wg, int64_t cols, const float* xt, in
     for (int t = 0; t < T; ++t) _mm512_mask_storeu_ps(y + t * ldy + g * kFloatRows, masks[g], acc[g][t]);
 }
 
-// One token (decode): bandwidth bound. One group at a time keeps each thread on a single
-// sequential stream; four accumulators hide the FMA latency; the stream is prefetched ahead.
-template <class L>
-inline void VecFloat(const typename L::W* wg, int64_t cols, const float* x, float* y, __mmask16 mask) {
-  __m512 a[4];
-  for (int j = 0; j < 4; ++j) a[j] = _mm512_setzero_ps();
-  int64_t k = 0;
-  for (; k + 4 <= cols; k += 4) {
-    const typename L::W* p = wg + k * kFloatRows;
-    // Two cache lines (4 values of 16 rows, 16-bit types) about 2 KB ahead.
-    Prefetch(reinterpret_cast<uintptr_t>(p) + 64 * kFloatRows * sizeof(typename L::W), 2);
-    for (int j = 0; j < 4; ++j) a[j] = _mm512_fmadd_ps(L::Load(p + j * kFloatRows), _mm512_set1_ps(x[k + j]), a[j]);
-  }
-  for (; k < cols; ++k) a[0] = _mm512_fmadd_ps(L::Load(wg + k * kFloatRows), _mm512_set1_ps(x[k]), a[0]);
-  _mm512_mask_storeu_ps(y, mask, _mm512_add_ps(_mm512_add_ps(a[0], a[1]), _mm512_add_ps(a[2], a[3])));
-}
-
 template <class L, int G>
 void TokensFloat(const typename L::W* wg, int64_t cols, const float* x, int64_t n_tok, float* y,
                  int64_t ldy, const __mmask16* masks) {
@@ -198,12 +181,9 @@ void TokensFloat(const typename L::W* wg, int64_t cols, const float* x, int64_t 
 template <class L>
 void GemmFloat(const typename L::W* w, int64_t cols, const float* x, int64_t n_tok, int64_t g0,
                int64_t g1, int64_t rows, float* y, int64_t ldy) {
-  if (n_tok == 1) {
-    for (int64_t g = g0; g < g1; ++g) {
-      VecFloat<L>(w + g * cols * kFloatRows, cols, x, y + g * kFloatRows, RowMask(rows, g));
-    }
-    return;
-  }
+  // Every token count, one token included, goes through the same tiles: a token's products
+  // never depend on how many others share its step (a separate one-token loop summed in
+  // another order and was no faster).
   int64_t g = g0;
   for (; g + 2 <= g1; g += 2) {
     const __mmask16 masks[2] = {RowMask(rows, g), RowMask(rows, g + 1)};
@@ -404,7 +384,7 @@ const KernelSet* Avx512Kernels() {
   static const KernelSet set = {IsaLevel::kAvx512, GemmQ8, GemmFloat<LoadF16>,
                                 GemmFloat<LoadBF16>, GemmFloat<LoadF32>, GemmF16I16,
                                 QuantizeI16, kXTile, PackX,
-                                QuantizeQ8, ToF16, GeluMul, AttnScoresTile, AttnDotsTile, AttnValuesTile,
+                                QuantizeQ8, ToF16, GeluMul, AttnScoresTile, AttnValuesTile,
                                 F16ToF32, RoundF16,
                                 GemmLanesAvx512};
   return &set;
