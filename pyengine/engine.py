@@ -12,6 +12,7 @@ from typing import Any, AsyncIterator, Iterator, Mapping, Sequence, Union
 import numpy as np
 
 from . import _core, mlx_backend
+from .core_protocol import BackendCore
 from .aio import ReadyPump
 from .chat import format_gemma
 from .config import BACKENDS, Config
@@ -165,6 +166,7 @@ class Engine:
         else:
             self.path = resolve_model_path(model)
         t0 = time.perf_counter_ns()
+        self._core: BackendCore
         if self.backend == "mlx":
             self._core = mlx_backend.core_class()(
                 self.path, n_ctx=n_ctx, max_batch=max_batch, max_batch_tokens=max_batch_tokens,
@@ -259,11 +261,7 @@ class Engine:
     def _submit(self, prompt_or_ids: Prompt, options: dict[str, Any], notify: bool) -> Any:
         opts = GenerateOptions.from_kwargs(**options)
         ids = self._prompt_ids(prompt_or_ids)
-        return self._core.submit(
-            ids, opts.temperature, opts.top_k, opts.top_p, opts.min_p, opts.repeat_penalty,
-            opts.repeat_last_n, opts.presence_penalty, opts.frequency_penalty,
-            opts.native_seed(), opts.max_tokens, list(opts.stop), opts.ignore_eos,
-            opts.num_ctx or 0, notify)
+        return self._core.submit(ids, opts.native(), opts.num_ctx or 0, notify)
 
     def stream(self, prompt_or_ids: Prompt, timeout: float | None = None,
                **options: Any) -> Iterator[Chunk]:

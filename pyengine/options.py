@@ -88,3 +88,16 @@ class GenerateOptions:
         if self.seed is None or self.seed < 0:
             return int.from_bytes(os.urandom(8), "little")
         return self.seed % 2**64
+
+    def native(self) -> Any:
+        """These options as the core's ``GenerateOptions``: what every backend core's ``submit``
+        takes (the seed drawn here when none was given)."""
+        from . import _core
+
+        n = _core.GenerateOptions()
+        for name in ("temperature", "top_k", "top_p", "min_p", "repeat_penalty", "repeat_last_n",
+                     "presence_penalty", "frequency_penalty", "max_tokens", "ignore_eos"):
+            setattr(n, name, getattr(self, name))
+        n.seed = self.native_seed()
+        n.stop = list(self.stop)
+        return n

@@ -3,24 +3,19 @@
 from __future__ import annotations
 
 import os
-import sys
 import tempfile
 from pathlib import Path
 
 import pytest
+from make_model import write_model  # scripts/ (pytest's pythonpath)
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "scripts"))
-
-from make_model import write_model  # noqa: E402
+from pyengine import _core
 
 # Served calls go into the cost ledger: the tests' own, never the user's (server subprocesses
 # inherit it). A test that reads a ledger sets its own path.
 if not os.environ.get("PYENGINE_LEDGER"):
     os.environ["PYENGINE_LEDGER"] = str(Path(tempfile.mkdtemp(prefix="pyengine-ledger-"))
                                         / "ledger.sqlite")
-
-from pyengine import _core  # noqa: E402
 
 _ORDER = ["scalar", "avx2", "avx512"]
 ISA_LEVELS = _ORDER[: _ORDER.index(_core.best_isa()) + 1]  # every kernel level this CPU can run

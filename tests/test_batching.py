@@ -12,52 +12,13 @@ import numpy as np
 import pytest
 
 from pyengine import Engine, PyEngineError
+from support import alone, assert_all_pages_back, prompts, run_concurrently
 
 WINDOW = 32  # the tiny presets' sliding window: prompts below are longer than it
 # Both architectures; Gemma 3n's layers from 20 on share earlier layers' keys and values.
 PRESETS = ["tiny", "tiny-3n"]
 # About two (Gemma 3) or one long (Gemma 3n: 20 pages a block) sequences' worth of KV memory.
 SMALL_CACHE_MB = {"tiny": 1.0, "tiny-3n": 1.5}
-
-
-def prompts(seed: int, lengths: list[int], n_vocab: int = 3000) -> list[list[int]]:
-    rng = random.Random(seed)
-    return [[2] + [rng.randrange(10, n_vocab) for _ in range(n - 1)] for n in lengths]
-
-
-def alone(path, ps, max_tokens, **kw) -> list[list[int]]:
-    """Each prompt on its own engine, one after another: the reference outputs."""
-    out = []
-    for p in ps:
-        with Engine(path, n_ctx=512) as eng:
-            out.append(eng.generate(p, max_tokens=max_tokens, temperature=0, ignore_eos=True,
-                                    **kw).tokens)
-    return out
-
-
-def run_concurrently(eng: Engine, ps, max_tokens, delays=None, **kw) -> list[list[int]]:
-    results: list[list[int] | None] = [None] * len(ps)
-
-    def work(i: int) -> None:
-        if delays:
-            time.sleep(delays[i])
-        results[i] = eng.generate(ps[i], max_tokens=max_tokens, temperature=0, ignore_eos=True,
-                                  **kw).tokens
-
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(ps))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return results  # type: ignore[return-value]
-
-
-def assert_all_pages_back(eng: Engine) -> dict:
-    st = eng.stats()
-    assert st["running"] == 0 and st["waiting"] == 0
-    assert st["kv_pages_used"] == 0
-    assert st["kv_pages_free"] + st["kv_pages_cached"] == st["kv_pages_total"]
-    return st
 
 
 @pytest.mark.parametrize("preset", PRESETS)

@@ -11,20 +11,7 @@ import pytest
 
 from conftest import oracle  # noqa: F401  (keeps the oracle's import rules in one place)
 from pyengine import Engine, PyEngineError
-
-TEXTS = ["The quick brown fox jumps over the lazy dog. " * 3,
-         "Embeddings are the mean of the final hidden states.",
-         "日本語のテキストも埋め込みます。 " * 5]
-
-
-def llama_embed(path, text: str) -> np.ndarray:
-    import llama_cpp
-
-    llm = llama_cpp.Llama(model_path=str(path), embedding=True,
-                          pooling_type=llama_cpp.LLAMA_POOLING_TYPE_MEAN, n_ctx=512, n_batch=512,
-                          n_threads=2, verbose=False)
-    return np.array(llm.embed(text, normalize=False), dtype=np.float64)
-
+from support import TEXTS, llama_embed
 
 @pytest.mark.parametrize("dtype,bound", [("f32", 5e-3), ("f16", 5e-3), ("q8_0", 5e-2)])
 def test_embeddings_match_llama_cpp_mean_pooling(make_model, dtype, bound):

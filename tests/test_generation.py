@@ -80,7 +80,8 @@ def test_repeat_penalty_changes_greedy_choice(eng):
 def test_max_tokens_and_timings(eng):
     out = eng.generate("Count", max_tokens=5, temperature=0, ignore_eos=True)
     assert out.eval_count == 5 and len(out.tokens) == 5 and out.done_reason == "length"
-    assert out.prompt_eval_count >= 1 and out.prompt_eval_duration > 0 and out.eval_duration > 0
+    assert out.prompt_eval_count == len(eng.tokenize("Count"))
+    assert out.prompt_eval_duration > 0 and out.eval_duration > 0
     assert out.total_duration >= out.prompt_eval_duration + out.eval_duration
 
 
@@ -223,4 +224,27 @@ def test_chat_tokenizes_turn_markers_as_specials(eng):
     last = len(ids) - 1 - ids[::-1].index(105)
     assert eng.detokenize(ids[last + 1:]) == "model\n"
     out = eng.chat([{"role": "user", "content": "Hi"}], max_tokens=4, temperature=0)
-    assert out.prompt_eval_count >= 1 and out.eval_count >= 1
+    assert out.prompt_eval_count + out.cached_tokens == len(ids)
+    assert out.eval_count == len(out.tokens) and 1 <= out.eval_count <= 4
+    assert out.tokens == eng.generate(ids, max_tokens=4, temperature=0).tokens
+
+
+def test_the_native_core_meets_the_backend_contract(eng):
+    from pyengine.core_protocol import BackendCore, CoreRequest
+    from pyengine.options import GenerateOptions
+
+    core = eng._core
+    assert isinstance(core, BackendCore)
+    opts = GenerateOptions.from_kwargs(max_tokens=3, temperature=0, ignore_eos=True, seed=7,
+                                       stop=["zz"]).native()
+    assert (opts.max_tokens, opts.temperature, opts.seed, opts.stop, opts.ignore_eos) == \
+        (3, 0.0, 7, ["zz"], True)
+    req = core.submit(eng.tokenize("Hi"), opts)
+    assert isinstance(req, CoreRequest)
+    tokens, done = [], False
+    while not done:
+        token, _text, done, _reason = req.next()  # waits (no timeout): never None
+        if token >= 0:
+            tokens.append(token)
+    assert req.finished
+    assert tokens == eng.generate("Hi", max_tokens=3, temperature=0, ignore_eos=True).tokens

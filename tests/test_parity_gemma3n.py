@@ -15,8 +15,7 @@ import pytest
 
 from conftest import oracle, oracle_agreement, oracle_greedy, prompt_ids
 from pyengine import Engine, ModelError
-from test_batching import assert_all_pages_back
-from test_embed import TEXTS, llama_embed
+from support import TEXTS, assert_all_pages_back, llama_embed
 
 # (dtype, max relative L2 error per position, min top-1 agreement): the bounds.
 BOUNDS = [("f32", 5e-3, 0.99), ("f16", 1e-2, 0.99), ("q8_0", 1e-1, 0.85)]

@@ -18,7 +18,7 @@ from conftest import SERVER_KV_MB as KV_MB
 from conftest import SERVER_N_CTX as N_CTX
 from pyengine.errors import PyEngineError
 from pyengine.server import create_app
-from pyengine.server.exposition import Exposition, escape_label_value
+from pyengine.server.exposition import Exposition
 from pyengine.server.limits import BUSY_MESSAGE, DEFAULT_MAX_QUEUE, resolve_max_queue
 from pyengine.server.metrics import EngineLedger
 from pyengine.server.security import DEFAULT_ORIGINS, resolve_api_key, resolve_origins
@@ -141,13 +141,17 @@ def test_exposition_escapes_labels_and_help():
     out.family("y", "gauge", "nan and inf", [({"k": "1"}, math.inf), ({"k": "2"}, 0.5)])
     text = out.text()
     assert '# HELP x_total a \\\\ help\\nline' in text
-    assert 'x_total{l="a\\"b\\\\c\\nd"} 3' in text
+    assert 'x_total{l="a\\"b\\\\c\\nd"} 3.0' in text
     assert 'y{k="1"} +Inf' in text and 'y{k="2"} 0.5' in text
-    assert escape_label_value("plain") == "plain"
+    samples, types = parse_exposition(text)
+    assert samples[("x_total", frozenset({("l", 'a"b\\c\nd')}))] == 3
+    assert types == {"x_total": "counter", "y": "gauge"}
     with pytest.raises(ValueError):
         out.family("x_total", "counter", "twice")
     with pytest.raises(ValueError):
         out.family("z", "gauge", "bad label", [({"__reserved": "v"}, 1)])
+    with pytest.raises(ValueError):
+        out.family("w", "counter", "a counter's name ends in _total")
 
 
 def test_metrics_format_and_counters_grow(server):
@@ -196,7 +200,9 @@ def test_metrics_format_and_counters_grow(server):
     assert value(after, "pyengine_kv_capacity_bytes", **model) == total * page_bytes
     stats = httpx.get(server.url + "/api/pyengine/stats").json()["tiny:latest"]
     assert stats["kv_pages_total"] == total and stats["kv_page_bytes"] == page_bytes
-    assert 1.0 <= value(after, "pyengine_batch_size_mean", **model) <= 16
+    assert value(after, "pyengine_batch_size_mean", **model) == \
+        value(after, "pyengine_step_sequences_total", **model) / \
+        value(after, "pyengine_steps_total", **model)
     assert per_model(after, "pyengine_sequences", "tiny:latest") == {"running": 0, "waiting": 0}
     assert value(after, "pyengine_models_loaded") >= 1
     assert value(after, "pyengine_max_queue") == DEFAULT_MAX_QUEUE

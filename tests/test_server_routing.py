@@ -92,13 +92,15 @@ def test_a_server_that_falls_back_to_itself_does_not_loop(tiny, tmp_path, monkey
         assert r.json() == {"error": 'model "nope" not found, try pulling it first'}
 
 
-def test_openai_api_takes_tier_names(front):
+def test_openai_api_takes_tier_names(front, tiny):
     import openai
 
     oa = openai.OpenAI(base_url=front.url + "/v1", api_key="unused", max_retries=0)
     r = oa.chat.completions.create(model="alternative", messages=USER, max_tokens=4,
                                    temperature=0)
-    assert r.choices[0].message.content is not None and loaded(front) == {"gemma3:4b"}
+    with Engine(tiny) as eng:
+        want = eng.chat(USER, temperature=0, max_tokens=4).text
+    assert r.choices[0].message.content == want and loaded(front) == {"gemma3:4b"}
     with pytest.raises(openai.NotFoundError):  # the quality tier's model is not served here
         oa.chat.completions.create(model="quality", messages=USER, max_tokens=4)
 

@@ -159,20 +159,6 @@ std::vector<int32_t> ToIds(const py::iterable& ids) {
   return out;
 }
 
-GenerateOptions MakeGenerateOptions(float temperature, int32_t top_k, float top_p, float min_p,
-                                    float repeat_penalty, int32_t repeat_last_n,
-                                    float presence_penalty, float frequency_penalty, uint64_t seed,
-                                    int64_t max_tokens, std::vector<std::string> stop,
-                                    bool ignore_eos) {
-  GenerateOptions g;
-  g.sampling = {temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n,
-                presence_penalty, frequency_penalty, seed};
-  g.max_tokens = max_tokens;
-  g.stop = std::move(stop);
-  g.ignore_eos = ignore_eos;
-  return g;
-}
-
 // A model file opened for a backend that computes elsewhere (MLX): its config and tokenizer,
 // and its tensors dequantized on request. No weights are packed.
 struct ModelFile {
@@ -180,10 +166,7 @@ struct ModelFile {
       : file(std::make_unique<GgufFile>(path)),
         cfg(LoadConfig(*file)),
         tok(std::make_unique<Tokenizer>(LoadVocab(*file))) {
-    if (tok->n_vocab() > cfg.n_vocab) {
-      throw ModelError(path + ": the tokenizer has " + std::to_string(tok->n_vocab()) +
-                       " tokens but token_embd only " + std::to_string(cfg.n_vocab) + " rows");
-    }
+    CheckTokenizerFits(path, *tok, cfg);
   }
   std::unique_ptr<GgufFile> file;
   ModelConfig cfg;
@@ -382,6 +365,22 @@ PYBIND11_MODULE(_core, m) {
   m.def("read_gguf", &ReadGguf, py::arg("path"), py::arg("max_array") = static_cast<size_t>(-1),
         "Reads a GGUF file's metadata and tensor directory: (metadata, tensors, array_lengths, info).");
 
+  // A request's sampling and stopping settings: the one structure both backends take (the
+  // Python layer validates and fills it once, pyengine.options.GenerateOptions.native).
+  py::class_<GenerateOptions>(m, "GenerateOptions")
+      .def(py::init<>())
+#define PYENGINE_SAMPLING(field) \
+  .def_property(#field, [](const GenerateOptions& g) { return g.sampling.field; }, \
+                [](GenerateOptions& g, decltype(SamplingParams::field) v) { g.sampling.field = v; })
+      PYENGINE_SAMPLING(temperature) PYENGINE_SAMPLING(top_k) PYENGINE_SAMPLING(top_p)
+      PYENGINE_SAMPLING(min_p) PYENGINE_SAMPLING(repeat_penalty) PYENGINE_SAMPLING(repeat_last_n)
+      PYENGINE_SAMPLING(presence_penalty) PYENGINE_SAMPLING(frequency_penalty)
+      PYENGINE_SAMPLING(seed)
+#undef PYENGINE_SAMPLING
+      .def_readwrite("max_tokens", &GenerateOptions::max_tokens)
+      .def_readwrite("stop", &GenerateOptions::stop)
+      .def_readwrite("ignore_eos", &GenerateOptions::ignore_eos);
+
   py::class_<Engine>(m, "Engine")
       .def(py::init([](const std::string& path, int64_t n_ctx, int32_t n_threads, int64_t kv_cache_bytes,
                        int max_batch, int64_t max_batch_tokens, double batch_wait_ms,
@@ -463,9 +462,7 @@ PYBIND11_MODULE(_core, m) {
       .def("detokenize",
            [](const Engine& e, const py::iterable& ids, bool special) {
              std::vector<int32_t> v = ToIds(ids);
-             for (int32_t t : v) {
-               if (t < 0 || t >= e.tokenizer().n_vocab()) throw EngineError("token id " + std::to_string(t) + " is outside the vocabulary");
-             }
+             CheckTokenIds(v, e.tokenizer().n_vocab());
              return Utf8(e.tokenizer().Decode(v, special));
            },
            py::arg("ids"), py::arg("special") = false)
@@ -473,16 +470,15 @@ PYBIND11_MODULE(_core, m) {
            [](const Engine& e, const py::iterable& ids) {
              StreamDecoder dec(e.tokenizer());
              py::list out;
-             for (int32_t t : ToIds(ids)) {
-               if (t < 0 || t >= e.tokenizer().n_vocab()) throw EngineError("token id " + std::to_string(t) + " is outside the vocabulary");
-               out.append(Utf8(dec.Push(t)));
-             }
+             const std::vector<int32_t> v = ToIds(ids);
+             CheckTokenIds(v, e.tokenizer().n_vocab());
+             for (int32_t t : v) out.append(Utf8(dec.Push(t)));
              return out;
            },
            py::arg("ids"), "Text a stream releases after each token (never half a character).")
       .def("token_piece",
            [](const Engine& e, int32_t id, bool special) {
-             if (id < 0 || id >= e.tokenizer().n_vocab()) throw EngineError("token id " + std::to_string(id) + " is outside the vocabulary");
+             CheckTokenIds({id}, e.tokenizer().n_vocab());
              return py::bytes(e.tokenizer().Piece(id, special));
            },
            py::arg("id"), py::arg("special") = true)
@@ -517,24 +513,17 @@ PYBIND11_MODULE(_core, m) {
            },
            py::arg("ids"), "Mean of the final normed hidden states of ids: float32 [n_embd].")
       .def("submit",
-           [](Engine& e, const py::iterable& prompt, float temperature, int32_t top_k, float top_p,
-              float min_p, float repeat_penalty, int32_t repeat_last_n, float presence_penalty,
-              float frequency_penalty, uint64_t seed, int64_t max_tokens, std::vector<std::string> stop,
-              bool ignore_eos, int64_t n_ctx, bool notify) {
+           [](Engine& e, const py::iterable& prompt, const GenerateOptions& gen, int64_t n_ctx,
+              bool notify) {
              RequestOptions o;
-             o.gen = MakeGenerateOptions(temperature, top_k, top_p, min_p, repeat_penalty,
-                                         repeat_last_n, presence_penalty, frequency_penalty, seed,
-                                         max_tokens, std::move(stop), ignore_eos);
+             o.gen = gen;
              o.n_ctx = n_ctx;
              o.notify = notify;
              std::vector<int32_t> ids = ToIds(prompt);
              py::gil_scoped_release nogil;
              return PyRequest{e.Submit(std::move(ids), o), &e};
            },
-           py::arg("prompt"), py::arg("temperature"), py::arg("top_k"), py::arg("top_p"),
-           py::arg("min_p"), py::arg("repeat_penalty"), py::arg("repeat_last_n"),
-           py::arg("presence_penalty"), py::arg("frequency_penalty"), py::arg("seed"),
-           py::arg("max_tokens"), py::arg("stop"), py::arg("ignore_eos"), py::arg("n_ctx") = 0,
+           py::arg("prompt"), py::arg("options"), py::arg("n_ctx") = 0,
            py::arg("notify") = false, py::keep_alive<0, 1>(),
            "Queues a generation; returns its Request at once (the scheduler batches it).");
 
@@ -610,9 +599,7 @@ PYBIND11_MODULE(_core, m) {
       .def("detokenize",
            [](const ModelFile& f, const py::iterable& ids, bool special) {
              std::vector<int32_t> v = ToIds(ids);
-             for (int32_t t : v) {
-               if (t < 0 || t >= f.tok->n_vocab()) throw EngineError("token id " + std::to_string(t) + " is outside the vocabulary");
-             }
+             CheckTokenIds(v, f.tok->n_vocab());
              return Utf8(f.tok->Decode(v, special));
            },
            py::arg("ids"), py::arg("special") = false)
@@ -665,27 +652,16 @@ PYBIND11_MODULE(_core, m) {
            py::arg("name"), py::arg("dtype") = "f32",
            "A tensor in numpy axis order as float32, float16 or bfloat16 bits (uint16).")
       .def("generation",
-           [](const ModelFile& f, const py::iterable& prompt, float temperature, int32_t top_k,
-              float top_p, float min_p, float repeat_penalty, int32_t repeat_last_n,
-              float presence_penalty, float frequency_penalty, uint64_t seed, int64_t max_tokens,
-              std::vector<std::string> stop, bool ignore_eos, int64_t n_ctx) {
+           [](const ModelFile& f, const py::iterable& prompt, const GenerateOptions& opts,
+              int64_t n_ctx) {
              auto g = std::make_unique<PyGeneration>();
              g->tokens = ToIds(prompt);
-             for (int32_t t : g->tokens) {
-               if (t < 0 || t >= f.cfg.n_vocab) throw EngineError("token id " + std::to_string(t) + " is outside the vocabulary");
-             }
-             g->gen = std::make_unique<Generation>(
-                 *f.tok, MakeGenerateOptions(temperature, top_k, top_p, min_p, repeat_penalty,
-                                             repeat_last_n, presence_penalty, frequency_penalty,
-                                             seed, max_tokens, std::move(stop), ignore_eos),
-                 n_ctx);
+             CheckTokenIds(g->tokens, f.cfg.n_vocab);
+             g->gen = std::make_unique<Generation>(*f.tok, opts, n_ctx);
              return g;
            },
-           py::arg("prompt"), py::arg("temperature"), py::arg("top_k"), py::arg("top_p"),
-           py::arg("min_p"), py::arg("repeat_penalty"), py::arg("repeat_last_n"),
-           py::arg("presence_penalty"), py::arg("frequency_penalty"), py::arg("seed"),
-           py::arg("max_tokens"), py::arg("stop"), py::arg("ignore_eos"), py::arg("n_ctx"),
-           py::keep_alive<0, 1>(), "The sampling and streaming state of one request.");
+           py::arg("prompt"), py::arg("options"), py::arg("n_ctx"), py::keep_alive<0, 1>(),
+           "The sampling and streaming state of one request.");
 
   py::class_<PyGeneration>(m, "Generation")
       .def("accept",

@@ -34,10 +34,7 @@ Engine::Engine(const std::string& path, const EngineOptions& opts)
       tok_(std::make_unique<Tokenizer>(LoadVocab(*file_))),
       model_(LoadEngineModel(*file_, cfg_, pool_, opts.device)),
       n_ctx_(ClampCtx(opts.n_ctx, cfg_.n_ctx_train)) {
-  if (tok_->n_vocab() > cfg_.n_vocab) {
-    throw ModelError(path + ": the tokenizer has " + std::to_string(tok_->n_vocab()) +
-                     " tokens but token_embd only " + std::to_string(cfg_.n_vocab) + " rows");
-  }
+  CheckTokenizerFits(path, *tok_, cfg_);
   if (opts.kv_cache_bytes <= 0) throw EngineError("the KV cache budget must be positive");
   kv_ = std::make_unique<KvCache>(cfg_, kBlockTokens, opts.kv_cache_bytes);
   scheduler_ = std::make_shared<Scheduler>(*model_, *kv_, *tok_, pool_, opts.scheduler);
@@ -66,11 +63,22 @@ void CheckPromptIds(const ModelConfig& cfg, const std::vector<int32_t>& ids, int
     throw EngineError("the prompt of " + std::to_string(ids.size()) +
                       " tokens does not fit the context of " + std::to_string(n_ctx));
   }
+  CheckTokenIds(ids, cfg.n_vocab);
+}
+
+void CheckTokenIds(const std::vector<int32_t>& ids, int64_t n_vocab) {
   for (int32_t t : ids) {
-    if (t < 0 || t >= cfg.n_vocab) {
+    if (t < 0 || t >= n_vocab) {
       throw EngineError("token id " + std::to_string(t) + " is outside the vocabulary of " +
-                        std::to_string(cfg.n_vocab));
+                        std::to_string(n_vocab));
     }
+  }
+}
+
+void CheckTokenizerFits(const std::string& path, const Tokenizer& tok, const ModelConfig& cfg) {
+  if (tok.n_vocab() > cfg.n_vocab) {
+    throw ModelError(path + ": the tokenizer has " + std::to_string(tok.n_vocab()) +
+                     " tokens but token_embd only " + std::to_string(cfg.n_vocab) + " rows");
   }
 }
 

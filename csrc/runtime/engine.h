@@ -30,6 +30,10 @@ struct EngineOptions {
 // Checks a prompt for a sequence of n_ctx positions: not empty, fits, every id in the
 // vocabulary (EngineError naming the problem). Every backend checks requests with it.
 void CheckPromptIds(const ModelConfig& cfg, const std::vector<int32_t>& ids, int64_t n_ctx);
+// The one check of token ids against a vocabulary of n_vocab ids (EngineError naming the id).
+void CheckTokenIds(const std::vector<int32_t>& ids, int64_t n_vocab);
+// A tokenizer must not name ids token_embd has no row for (ModelError naming the file).
+void CheckTokenizerFits(const std::string& path, const Tokenizer& tok, const ModelConfig& cfg);
 
 class Engine {
  public:

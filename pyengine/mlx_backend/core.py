@@ -235,15 +235,11 @@ class MlxCore:
     def detokenize(self, ids: list[int], special: bool = False) -> str:
         return self.file.detokenize(ids, special)
 
-    def submit(self, prompt: list[int], temperature: float, top_k: int, top_p: float,
-               min_p: float, repeat_penalty: float, repeat_last_n: int, presence_penalty: float,
-               frequency_penalty: float, seed: int, max_tokens: int, stop: list[str],
-               ignore_eos: bool, n_ctx: int = 0, notify: bool = False) -> MlxRequest:
+    def submit(self, prompt: list[int], options: Any, n_ctx: int = 0,
+               notify: bool = False) -> MlxRequest:
         n_ctx = min(n_ctx, self.config["n_ctx_train"]) if n_ctx > 0 else self.n_ctx
         prompt = self._check_ids(prompt, n_ctx)
-        gen = self.file.generation(prompt, temperature, top_k, top_p, min_p, repeat_penalty,
-                                   repeat_last_n, presence_penalty, frequency_penalty, seed,
-                                   max_tokens, stop, ignore_eos, n_ctx)
+        gen = self.file.generation(prompt, options, n_ctx)
         return self._enqueue(_Seq(MlxRequest(next(self._ids), self, notify), "generate",
                                   prompt, gen=gen))
 

@@ -1,82 +1,67 @@
-"""The Prometheus text exposition format (version 0.0.4), written by hand.
+"""Metric families in Prometheus' text exposition format (0.0.4), written by the official
+``prometheus_client`` (which escapes label values and help text, spells NaN and infinities,
+and names counters as Prometheus expects).
 
-Each metric family is a ``# HELP`` line, a ``# TYPE`` line and its samples,
-``name{label="value",...} number``; label values escape backslash, double quote and newline.
+``Exposition`` collects the families of one scrape, in order; ``text()`` renders them.
 """
 
 from __future__ import annotations
 
-import math
 import re
 from typing import Iterable, Mapping
 
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-KINDS = frozenset({"counter", "gauge", "untyped"})
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
+CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
+_KINDS = {"counter": CounterMetricFamily, "gauge": GaugeMetricFamily}
 _NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
 _LABEL = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 
 Sample = tuple[Mapping[str, str], float]
 
 
-def escape_label_value(value: str) -> str:
-    """A label value as it appears between double quotes."""
-    return value.replace("\\", "\\\\").replace("\"", "\\\"").replace("\n", "\\n")
+class _Snapshot:
+    """A collector that returns the families it was given (one scrape's values)."""
 
+    def __init__(self, families: list[Metric]) -> None:
+        self.families = families
 
-def escape_help(text: str) -> str:
-    """A HELP text: backslash and newline escaped."""
-    return text.replace("\\", "\\\\").replace("\n", "\\n")
-
-
-def format_value(value: float) -> str:
-    """A sample value: integers exactly, floats in Python's shortest form, NaN and infinities
-    as Prometheus spells them."""
-    if isinstance(value, bool):
-        return str(int(value))
-    if isinstance(value, int):
-        return str(value)
-    if math.isnan(value):
-        return "NaN"
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    return repr(float(value))
-
-
-def format_labels(labels: Mapping[str, str]) -> str:
-    """``{a="x",b="y"}``, or nothing without labels."""
-    if not labels:
-        return ""
-    for name in labels:
-        if not _LABEL.fullmatch(name) or name.startswith("__"):
-            raise ValueError(f"invalid label name {name!r}")
-    inner = ",".join(f'{name}="{escape_label_value(str(value))}"'
-                     for name, value in labels.items())
-    return "{" + inner + "}"
+    def collect(self) -> list[Metric]:
+        return self.families
 
 
 class Exposition:
     """Metric families collected in order, rendered by ``text()``."""
 
     def __init__(self) -> None:
-        self._lines: list[str] = []
+        self._families: list[Metric] = []
         self._names: set[str] = set()
 
     def family(self, name: str, kind: str, help_text: str,
                samples: Iterable[Sample] | float = ()) -> None:
-        """Adds family ``name`` of ``kind`` (a bare number is one sample without labels)."""
-        if not _NAME.fullmatch(name) or name in self._names:
-            raise ValueError(f"invalid or repeated metric name {name!r}")
-        if kind not in KINDS:
-            raise ValueError(f"invalid metric type {kind!r}")
-        self._names.add(name)
-        self._lines.append(f"# HELP {name} {escape_help(help_text)}")
-        self._lines.append(f"# TYPE {name} {kind}")
+        """Adds family ``name`` of ``kind`` (``counter`` names end in ``_total``; a bare number
+        is one sample without labels). Every sample of a family has the same label names."""
+        if not _NAME.fullmatch(name) or name in self._names or kind not in _KINDS:
+            raise ValueError(f"invalid or repeated metric {name!r} of type {kind!r}")
+        if kind == "counter" and not name.endswith("_total"):
+            raise ValueError(f"counter {name!r} must end in _total")
         if isinstance(samples, (int, float)):
             samples = [({}, samples)]
-        for labels, value in samples:
-            self._lines.append(f"{name}{format_labels(labels)} {format_value(value)}")
+        samples = list(samples)
+        labels = list(samples[0][0]) if samples else []
+        if any(not _LABEL.fullmatch(n) or n.startswith("__") for n in labels):
+            raise ValueError(f"invalid label names {labels}")
+        family = _KINDS[kind](name, help_text, labels=labels)
+        for sample_labels, value in samples:
+            if list(sample_labels) != labels:
+                raise ValueError(f"{name}: every sample needs the labels {labels}")
+            family.add_metric([str(sample_labels[n]) for n in labels], value)
+        self._names.add(name)
+        self._families.append(family)
 
     def text(self) -> str:
-        """The exposition, one line each, ending with a newline."""
-        return "\n".join(self._lines) + "\n"
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(_Snapshot(self._families))
+        return generate_latest(registry).decode("utf-8")

@@ -1,0 +1,66 @@
+"""Helpers several test modules share: prompts, running them alone or concurrently, the KV
+check every scheduler test ends with, and llama.cpp's embeddings."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+
+import numpy as np
+
+from pyengine import Engine
+
+
+def prompts(seed: int, lengths: list[int], n_vocab: int = 3000) -> list[list[int]]:
+    rng = random.Random(seed)
+    return [[2] + [rng.randrange(10, n_vocab) for _ in range(n - 1)] for n in lengths]
+
+
+def alone(path, ps, max_tokens, **kw) -> list[list[int]]:
+    """Each prompt on its own engine, one after another: the reference outputs."""
+    out = []
+    for p in ps:
+        with Engine(path, n_ctx=512) as eng:
+            out.append(eng.generate(p, max_tokens=max_tokens, temperature=0, ignore_eos=True,
+                                    **kw).tokens)
+    return out
+
+
+def run_concurrently(eng: Engine, ps, max_tokens, delays=None, **kw) -> list[list[int]]:
+    results: list[list[int] | None] = [None] * len(ps)
+
+    def work(i: int) -> None:
+        if delays:
+            time.sleep(delays[i])
+        results[i] = eng.generate(ps[i], max_tokens=max_tokens, temperature=0, ignore_eos=True,
+                                  **kw).tokens
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(ps))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results  # type: ignore[return-value]
+
+
+def assert_all_pages_back(eng: Engine) -> dict:
+    st = eng.stats()
+    assert st["running"] == 0 and st["waiting"] == 0
+    assert st["kv_pages_used"] == 0
+    assert st["kv_pages_free"] + st["kv_pages_cached"] == st["kv_pages_total"]
+    return st
+
+
+TEXTS = ["The quick brown fox jumps over the lazy dog. " * 3,
+         "Embeddings are the mean of the final hidden states.",
+         "日本語のテキストも埋め込みます。 " * 5]
+
+
+def llama_embed(path, text: str) -> np.ndarray:
+    import llama_cpp
+
+    llm = llama_cpp.Llama(model_path=str(path), embedding=True,
+                          pooling_type=llama_cpp.LLAMA_POOLING_TYPE_MEAN, n_ctx=512, n_batch=512,
+                          n_threads=2, verbose=False)
+    return np.array(llm.embed(text, normalize=False), dtype=np.float64)
