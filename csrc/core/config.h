@@ -1,4 +1,5 @@
-// ModelConfig: the plain hyper-parameters of a model, read once from GGUF metadata.
+// ModelConfig: the plain hyper-parameters of a model, read once from GGUF metadata (by
+// LoadConfig in model/architecture.h, with each architecture's own rules).
 #pragma once
 
 #include <cstdint>
@@ -6,8 +7,6 @@
 #include <vector>
 
 namespace pyengine {
-
-class GgufFile;
 
 struct ModelConfig {
   std::string arch;        // general.architecture, e.g. "gemma3"
@@ -39,21 +38,5 @@ struct ModelConfig {
   int64_t q_dim() const { return n_head * head_dim; }
   int64_t kv_dim() const { return n_head_kv * head_dim; }
 };
-
-// general.architecture values this engine runs, in the order error messages list them.
-const std::vector<std::string>& SupportedArchs();
-bool IsSupportedArch(const std::string& arch);
-
-// Reads and checks the config. Throws ModelError for an unsupported architecture (naming it)
-// and GgufError for missing or inconsistent keys. Reads Ollama's published blobs as they are
-// (see IsOllamaGemma3 and config.cc for what differs in them).
-ModelConfig LoadConfig(const GgufFile& file);
-
-// Whether a gemma3 file was written by Ollama's own converter (a published Ollama blob) rather
-// than llama.cpp's: it carries the vision tower (v.*, mm.* tensors, gemma3.mm.* key), the
-// nested rope key names, Ollama's extra tokenizer flags, or no rms epsilon key. These are the
-// markers Ollama's own load-time patch for llama.cpp keys on; the metadata such a file leaves
-// out is then filled in as that patch does.
-bool IsOllamaGemma3(const GgufFile& file);
 
 }  // namespace pyengine

@@ -6,10 +6,11 @@
 
 #include "core/errors.h"
 #include "core/gguf.h"
+#include "core/thread_pool.h"
+#include "model/architecture.h"
 #include "model/ops.h"
 #include "quant/formats.h"
 #include "quant/kernel_set.h"
-#include "core/thread_pool.h"
 
 namespace pyengine {
 namespace {
@@ -118,6 +119,76 @@ void Gemma3Model::Forward(const Batch& batch, Workspace& ws, float* out, ThreadP
   }
 
   Output(c, batch, x, output_norm_.data(), output_, ws, out, hidden, pool);
+}
+
+namespace {
+
+bool HasTensorWithPrefix(const GgufFile& f, const std::string& prefix) {
+  for (const TensorView& t : f.tensors()) {
+    if (t.name.compare(0, prefix.size(), prefix) == 0) return true;
+  }
+  return false;
+}
+
+// Context length from which Ollama's blobs of Gemma 3 4B/12B/27B imply linear RoPE scaling x8
+// (their converter wrote no rope.scaling keys; the 1B and 270M have 32768 and no scaling).
+constexpr int64_t kOllamaScaledContext = 131072;
+constexpr double kOllamaImpliedScaling = 8.0;
+// What Ollama's older Gemma 3 converter wrote as final_logit_softcapping when the model has
+// none (every Gemma 3 text model); it wrote it next to rope.global.freq_base.
+constexpr double kOllamaDefaultSoftcap = 30.0;
+
+}  // namespace
+
+bool IsOllamaGemma3(const GgufFile& f) {
+  if (f.GetString("general.architecture", "") != "gemma3") return false;
+  return f.Find("gemma3.mm.tokens_per_image") || HasTensorWithPrefix(f, "v.") ||
+         HasTensorWithPrefix(f, "mm.") || f.Find("gemma3.rope.global.freq_base") ||
+         f.Find("gemma3.rope.local.freq_base") || f.Find("tokenizer.ggml.add_padding_token") ||
+         f.Find("tokenizer.ggml.add_unknown_token") ||
+         !f.Find("gemma3.attention.layer_norm_rms_epsilon");
+}
+
+void ConfigureGemma3(const GgufFile& f, ModelConfig& c) {
+  const std::string p = c.arch + ".";
+  // Ollama's blobs of the 131072-context models (4B/12B/27B) carry no scaling keys although
+  // the models scale linearly by 8; its patch fills in each missing key by context length.
+  // Its older engine decided by layer count (34/48/62) instead: where the two rules disagree
+  // the scaling cannot be told from the file.
+  const bool ollama = IsOllamaGemma3(f);
+  const bool implied = ollama && c.n_ctx_train >= kOllamaScaledContext;
+  if (ollama && !implied && !f.Find(p + "rope.scaling.type") &&
+      !f.Find(p + "rope.scaling.factor") &&
+      (c.n_layer == 34 || c.n_layer == 48 || c.n_layer == 62)) {
+    f.Fail("key '" + p + "rope.scaling.factor' is missing and cannot be inferred: a " +
+           std::to_string(c.n_layer) + "-layer Ollama Gemma 3 blob with a context of " +
+           std::to_string(c.n_ctx_train) + " may or may not scale RoPE by 8");
+  }
+  if (implied && !f.Find(p + "rope.scaling.type")) {
+    const double factor = f.GetFloat(p + "rope.scaling.factor", kOllamaImpliedScaling);
+    if (!(factor >= 1e-3 && factor <= 1e6)) f.Fail("rope.scaling.factor is out of range");
+    c.rope_scale = static_cast<float>(1.0 / factor);
+  }
+  // Gemma 3 27B (62 layers) scales queries by 1/sqrt(n_embd/n_head), the others by
+  // 1/sqrt(head_dim).
+  c.attn_scale = c.n_layer == 62 ? 1.f / std::sqrt(static_cast<float>(c.n_embd / c.n_head))
+                                 : 1.f / std::sqrt(static_cast<float>(c.head_dim));
+  if (!std::isfinite(c.attn_scale)) f.Fail("embedding_length / head_count is zero");
+  c.final_softcap = static_cast<float>(f.GetFloat(p + "final_logit_softcapping", 0.0));
+  // Ollama's older Gemma 3 converter (the one that wrote rope.global.freq_base) filled in 30
+  // where the model has no final softcap (no Gemma 3 has one); its own engine dropped it again.
+  if (f.Find(p + "rope.global.freq_base") && c.final_softcap == kOllamaDefaultSoftcap) {
+    c.final_softcap = 0.f;
+  }
+  if (!(c.final_softcap >= 0.f && std::isfinite(c.final_softcap))) {
+    f.Fail("final_logit_softcapping is out of range");
+  }
+  // Five sliding-window layers, then one global, unless the file lists the pattern itself.
+  SetLayerPattern(f, c, 6);
+}
+
+std::unique_ptr<Model> LoadGemma3(const GgufFile& f, const ModelConfig& c, ThreadPool& pool) {
+  return std::make_unique<Gemma3Model>(f, c, pool);
 }
 
 }  // namespace pyengine

@@ -41,4 +41,15 @@ class Gemma3Model : public Model {
   std::vector<Layer> layers_;
 };
 
+// The architecture's entry (architecture.h): its configuration rules and its model.
+void ConfigureGemma3(const GgufFile& file, ModelConfig& config);
+std::unique_ptr<Model> LoadGemma3(const GgufFile& file, const ModelConfig& config, ThreadPool& pool);
+
+// Whether a gemma3 file was written by Ollama's own converter (a published Ollama blob) rather
+// than llama.cpp's: it carries the vision tower (v.*, mm.* tensors, gemma3.mm.* key), the
+// nested rope key names, Ollama's extra tokenizer flags, or no rms epsilon key. These are the
+// markers Ollama's own load-time patch for llama.cpp keys on; the metadata such a file leaves
+// out is then filled in as that patch does.
+bool IsOllamaGemma3(const GgufFile& file);
+
 }  // namespace pyengine

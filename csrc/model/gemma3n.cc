@@ -6,10 +6,11 @@
 
 #include "core/errors.h"
 #include "core/gguf.h"
+#include "core/thread_pool.h"
+#include "model/architecture.h"
 #include "model/ops.h"
 #include "quant/formats.h"
 #include "quant/kernel_set.h"
-#include "core/thread_pool.h"
 
 namespace pyengine {
 namespace {
@@ -151,6 +152,150 @@ void Gemma3nModel::Route(const Layer& L, const float* x, int64_t n, float* r, Wo
   for (int64_t i = 0; i < n * kS; ++i) r[i] = std::tanh(r[i]);
 }
 
+namespace {
+
+// Rescales rows of y [n, E] to the L2 norms of the rows of ref [n, E].
+void MatchMagnitude(const float* ref, float* y, int64_t n, int64_t E) {
+  for (int64_t t = 0; t < n; ++t) {
+    const float target = Magnitude(ref + t * E, E), now = Magnitude(y + t * E, E);
+    for (int64_t i = 0; i < E; ++i) y[t * E + i] = y[t * E + i] * target / now;
+  }
+}
+
+}  // namespace
+
+void Gemma3nModel::NormRows(const float* in, const std::vector<float>& w, float* o, int64_t n,
+                            ThreadPool& pool) const {
+  const int64_t E = cfg_.n_embd;
+  ParallelRanges(pool, n, kMinTokens, [&](int64_t t0, int64_t t1) {
+    RmsNorm(in + t0 * E, w.data(), t1 - t0, E, cfg_.rms_eps, o + t0 * E);
+  });
+}
+
+void Gemma3nModel::Streams(const Batch& batch, Workspace& ws, ThreadPool& pool) const {
+  const int64_t E = cfg_.n_embd, n = batch.size();
+  float* S0 = ws.streams.data();
+  Embed(cfg_, batch, tok_embd_, output_, tied_, S0);
+  ws.in.Set(S0, n, E);
+  for (int k = 1; k < kStreams; ++k) {
+    float* Sk = S0 + k * n * E;
+    MatMul(altup_proj_[k - 1], ws.in, Sk, pool);
+    MatchMagnitude(S0, Sk, n, E);
+  }
+}
+
+void Gemma3nModel::PerLayerInputs(const Batch& batch, Workspace& ws, ThreadPool& pool) const {
+  const int64_t E = cfg_.n_embd, NL = cfg_.n_layer, n = batch.size();
+  float* PL = ws.per_layer.data();
+  ws.in.Set(ws.streams.data(), n, E);
+  MatMul(per_layer_model_proj_, ws.in, PL, pool);
+  const float proj_scale = 1.f / std::sqrt(static_cast<float>(E));
+  const float emb_scale = std::sqrt(static_cast<float>(kPerLayer));
+  const float half = 1.f / std::sqrt(2.f);
+  ParallelRanges(pool, n, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      float* pl = PL + t * NL * kPerLayer;
+      float* row = ws.per_layer_emb.data() + t * NL * kPerLayer;
+      for (int64_t i = 0; i < NL * kPerLayer; ++i) pl[i] *= proj_scale;
+      RmsNorm(pl, per_layer_proj_norm_.data(), NL, kPerLayer, cfg_.rms_eps, pl);
+      // Ids past the table (the multimodal tokens) have a zero row, as in llama.cpp's files.
+      const int32_t tok = batch.tokens[t];
+      if (tok < cfg_.n_vocab_per_layer) {
+        DequantizeRow(per_layer_tok_embd_.type, per_layer_tok_embd_.row(tok), row, NL * kPerLayer);
+      } else {
+        std::fill_n(row, NL * kPerLayer, 0.f);
+      }
+      for (int64_t i = 0; i < NL * kPerLayer; ++i) pl[i] = (pl[i] + row[i] * emb_scale) * half;
+    }
+  });
+}
+
+void Gemma3nModel::Predict(const Layer& L, int64_t n, Workspace& ws, ThreadPool& pool) const {
+  const int64_t E = cfg_.n_embd;
+  const float* S = ws.streams.data();
+  float* P = ws.pred.data();
+  float* r = ws.coefs.data();  // [n, 4] router outputs
+  float* cf = r + n * kStreams;  // [n, 16] prediction coefficients
+  Route(L, S, n, r, ws, pool);
+  for (int64_t t = 0; t < n; ++t) L.altup_predict_coef.Apply(r + t * kStreams, cf + t * kStreams * kStreams);
+  ParallelRanges(pool, n, kMinTokens, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const float* ct = cf + t * kStreams * kStreams;
+      for (int j = 0; j < kStreams; ++j) {
+        float* pj = P + j * n * E + t * E;
+        const float* sj = S + j * n * E + t * E;
+        for (int64_t i = 0; i < E; ++i) {
+          float acc = 0;
+          for (int k = 0; k < kStreams; ++k) acc += S[k * n * E + t * E + i] * ct[j * kStreams + k];
+          pj[i] = acc + sj[i];
+        }
+      }
+    }
+  });
+}
+
+void Gemma3nModel::Correct(const Layer& L, const float* o, int64_t n, Workspace& ws,
+                           ThreadPool& pool) const {
+  const int64_t E = cfg_.n_embd;
+  float* S = ws.streams.data();
+  const float* P = ws.pred.data();
+  float* r = ws.coefs.data();
+  float* m = r + n * kStreams + n * kStreams * kStreams;  // [n, 4] correction coefficients
+  Route(L, o, n, r, ws, pool);
+  for (int64_t t = 0; t < n; ++t) {
+    L.altup_correct_coef.Apply(r + t * kStreams, m + t * kStreams);
+    for (int j = 0; j < kStreams; ++j) m[t * kStreams + j] += 1.f;
+  }
+  ParallelRanges(pool, n, kMinTokens, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      for (int j = 0; j < kStreams; ++j) {
+        float* sj = S + j * n * E + t * E;
+        const float* pj = P + j * n * E + t * E;
+        for (int64_t i = 0; i < E; ++i) sj[i] = (o[t * E + i] - P[t * E + i]) * m[t * kStreams + j] + pj[i];
+      }
+    }
+  });
+}
+
+void Gemma3nModel::AddPerLayerInput(const Layer& L, int64_t l, int64_t n, Workspace& ws,
+                                    ThreadPool& pool) const {
+  const int64_t E = cfg_.n_embd, NL = cfg_.n_layer;
+  const KernelSet& kernels = ActiveKernels();
+  float* S0 = ws.streams.data();
+  for (int64_t t = 0; t < n; ++t) {
+    for (int64_t i = 0; i < E; ++i) ws.xn[t * E + i] = S0[t * E + i] * L.altup_correct_scale[i];
+  }
+  ws.in.Set(ws.xn.data(), n, E);
+  MatMul(L.inp_gate, ws.in, ws.small.data(), pool);
+  for (int64_t t = 0; t < n; ++t) {
+    float* g = ws.small.data() + t * kPerLayer;
+    kernels.gelu_mul(g, ones_.data(), kPerLayer);
+    const float* pl = ws.per_layer.data() + (t * NL + l) * kPerLayer;
+    for (int64_t i = 0; i < kPerLayer; ++i) g[i] *= pl[i];
+  }
+  ws.in.Set(ws.small.data(), n, kPerLayer);
+  MatMul(L.proj, ws.in, ws.o.data(), pool);
+  NormRows(ws.o.data(), L.post_norm, ws.o.data(), n, pool);
+  for (int k = 1; k < kStreams; ++k) {
+    float* sk = S0 + k * n * E;
+    for (int64_t i = 0; i < n * E; ++i) sk[i] += ws.o[i];
+  }
+}
+
+void Gemma3nModel::Unembed(int64_t n, Workspace& ws, ThreadPool& pool) const {
+  const int64_t E = cfg_.n_embd;
+  const float* S0 = ws.streams.data();
+  float* h = ws.a.data();
+  std::copy_n(S0, n * E, h);
+  for (int k = 1; k < kStreams; ++k) {
+    ws.in.Set(S0 + k * n * E, n, E);
+    MatMul(altup_unembd_proj_[k - 1], ws.in, ws.laurel.data(), pool);
+    MatchMagnitude(S0, ws.laurel.data(), n, E);
+    for (int64_t i = 0; i < n * E; ++i) h[i] += ws.laurel[i];
+  }
+  for (int64_t i = 0; i < n * E; ++i) h[i] *= 1.f / kStreams;
+}
+
 void Gemma3nModel::Forward(const Batch& batch, Workspace& ws, float* out, ThreadPool& pool,
                            float* hidden) const {
   const ModelConfig& c = cfg_;
@@ -158,93 +303,30 @@ void Gemma3nModel::Forward(const Batch& batch, Workspace& ws, float* out, Thread
   const int64_t n = batch.size();
   if (n <= 0) return;
   PrepareBatch(c, batch, ws, pool);
-  Grow(ws.streams, kS * n * E);
-  Grow(ws.pred, kS * n * E);
+  Grow(ws.streams, kStreams * n * E);
+  Grow(ws.pred, kStreams * n * E);
   Grow(ws.a, n * E);
   Grow(ws.laurel, n * E);
   Grow(ws.small, n * kPerLayer);
   Grow(ws.per_layer, n * NL * kPerLayer);
   Grow(ws.per_layer_emb, n * NL * kPerLayer);
-  Grow(ws.coefs, n * (kS * kS + 2 * kS));
+  Grow(ws.coefs, n * (kStreams * kStreams + 2 * kStreams));
   const KernelSet& kernels = ActiveKernels();
-  float* S = ws.streams.data();  // [4, n, E]
-  float* P = ws.pred.data();     // [4, n, E]
-  auto stream = [&](float* base, int k) { return base + k * n * E; };
-  auto norm_rows = [&](const float* in, const std::vector<float>& w, float* o) {
-    ParallelRanges(pool, n, kMinTokens, [&](int64_t t0, int64_t t1) {
-      RmsNorm(in + t0 * E, w.data(), t1 - t0, E, c.rms_eps, o + t0 * E);
-    });
-  };
-  // Rescales rows of y [n, E] to the L2 norms of the rows of ref [n, E].
-  auto match_magnitude = [&](const float* ref, float* y) {
-    for (int64_t t = 0; t < n; ++t) {
-      const float target = Magnitude(ref + t * E, E), now = Magnitude(y + t * E, E);
-      for (int64_t i = 0; i < E; ++i) y[t * E + i] = y[t * E + i] * target / now;
-    }
-  };
+  const float half = 1.f / std::sqrt(2.f);
 
   // Stream 0: the token embedding scaled by sqrt(n_embd); streams 1..3 its projections,
-  // rescaled to its magnitude.
-  float* S0 = stream(S, 0);
-  Embed(c, batch, tok_embd_, output_, tied_, S0);
-  ws.in.Set(S0, n, E);
-  for (int k = 1; k < kS; ++k) {
-    MatMul(altup_proj_[k - 1], ws.in, stream(S, k), pool);
-    match_magnitude(S0, stream(S, k));
-  }
+  // rescaled to its magnitude. Per-layer inputs PL [n, NL, 256] = (RMSNorm(proj . x /
+  // sqrt(E)) + 16 * row of per_layer_token_embd) / sqrt(2).
+  Streams(batch, ws, pool);
+  PerLayerInputs(batch, ws, pool);
 
-  // Per-layer inputs PL [n, NL, 256] = (RMSNorm(proj . x / sqrt(E)) + 16 * row of
-  // per_layer_token_embd) / sqrt(2).
-  float* PL = ws.per_layer.data();
-  MatMul(per_layer_model_proj_, ws.in, PL, pool);
-  {
-    const float proj_scale = 1.f / std::sqrt(static_cast<float>(E));
-    const float emb_scale = std::sqrt(static_cast<float>(kPerLayer));
-    const float half = 1.f / std::sqrt(2.f);
-    ParallelRanges(pool, n, 1, [&](int64_t t0, int64_t t1) {
-      for (int64_t t = t0; t < t1; ++t) {
-        float* pl = PL + t * NL * kPerLayer;
-        float* row = ws.per_layer_emb.data() + t * NL * kPerLayer;
-        for (int64_t i = 0; i < NL * kPerLayer; ++i) pl[i] *= proj_scale;
-        RmsNorm(pl, per_layer_proj_norm_.data(), NL, kPerLayer, c.rms_eps, pl);
-        // Ids past the table (the multimodal tokens) have a zero row, as in llama.cpp's files.
-        const int32_t tok = batch.tokens[t];
-        if (tok < c.n_vocab_per_layer) {
-          DequantizeRow(per_layer_tok_embd_.type, per_layer_tok_embd_.row(tok), row, NL * kPerLayer);
-        } else {
-          std::fill_n(row, NL * kPerLayer, 0.f);
-        }
-        for (int64_t i = 0; i < NL * kPerLayer; ++i) pl[i] = (pl[i] + row[i] * emb_scale) * half;
-      }
-    });
-  }
-
-  float* r = ws.coefs.data();                  // [n, 4] router outputs
-  float* cf = r + n * kS;                      // [n, 16] prediction coefficients
-  float* m = cf + n * kS * kS;                 // [n, 4] correction coefficients
-  const float half = 1.f / std::sqrt(2.f);
   for (int64_t l = 0; l < NL; ++l) {
     const Layer& L = layers_[l];
     // AltUp predict: P_j = S_j + sum_k c[j][k] S_k with c from the router on stream 0.
-    Route(L, S0, n, r, ws, pool);
-    for (int64_t t = 0; t < n; ++t) L.altup_predict_coef.Apply(r + t * kS, cf + t * kS * kS);
-    ParallelRanges(pool, n, kMinTokens, [&](int64_t t0, int64_t t1) {
-      for (int64_t t = t0; t < t1; ++t) {
-        const float* ct = cf + t * kS * kS;
-        for (int j = 0; j < kS; ++j) {
-          float* pj = stream(P, j) + t * E;
-          const float* sj = stream(S, j) + t * E;
-          for (int64_t i = 0; i < E; ++i) {
-            float acc = 0;
-            for (int k = 0; k < kS; ++k) acc += stream(S, k)[t * E + i] * ct[j * kS + k];
-            pj[i] = acc + sj[i];
-          }
-        }
-      }
-    });
-    float* P0 = stream(P, 0);
+    Predict(L, n, ws, pool);
+    const float* P0 = ws.pred.data();
     float* xn = ws.x.data();  // [n, E] the attention input (kept: LAuReL adds it back)
-    norm_rows(P0, L.attn_norm, xn);
+    NormRows(P0, L.attn_norm, xn, n, pool);
 
     // LAuReL: xn + RMSNorm(laurel_r . laurel_l . xn).
     ws.in.Set(xn, n, E);
@@ -257,7 +339,7 @@ void Gemma3nModel::Forward(const Batch& batch, Workspace& ws, float* out, Thread
     }
     ws.in.Set(ws.small.data(), n, kLaurelRank);
     MatMul(L.laurel_r, ws.in, ws.laurel.data(), pool);
-    norm_rows(ws.laurel.data(), L.laurel_post_norm, ws.laurel.data());
+    NormRows(ws.laurel.data(), L.laurel_post_norm, ws.laurel.data(), n, pool);
 
     // Attention over this layer's (or the sharing source's) keys and values; scale 1.
     PrepareQkv(c, l, batch, ws, L.attn_q_norm.data(), L.attn_k_norm.data(),
@@ -265,12 +347,12 @@ void Gemma3nModel::Forward(const Batch& batch, Workspace& ws, float* out, Thread
     Attend(c, l, batch, ws, pool);
     ws.in.Set(ws.attn.data(), n, QD);
     MatMul(L.attn_output, ws.in, ws.o.data(), pool);
-    norm_rows(ws.o.data(), L.post_attention_norm, ws.o.data());
+    NormRows(ws.o.data(), L.post_attention_norm, ws.o.data(), n, pool);
     float* a = ws.a.data();  // (RMSNorm(attn) + P0 + LAuReL) / sqrt(2)
     for (int64_t i = 0; i < n * E; ++i) a[i] = ((ws.o[i] + P0[i]) + (ws.laurel[i] + xn[i])) * half;
 
     // Feed-forward with activation sparsity in the first layers.
-    norm_rows(a, L.ffn_norm, ws.xn.data());
+    NormRows(a, L.ffn_norm, ws.xn.data(), n, pool);
     ws.in.Set(ws.xn.data(), n, E);
     MatMul(L.ffn_up, ws.in, ws.up.data(), pool);
     MatMul(L.ffn_gate, ws.in, ws.gate.data(), pool);
@@ -284,60 +366,59 @@ void Gemma3nModel::Forward(const Batch& batch, Workspace& ws, float* out, Thread
     });
     ws.in.Set(ws.gate.data(), n, F);
     MatMul(L.ffn_down, ws.in, ws.o.data(), pool);
-    norm_rows(ws.o.data(), L.post_ffw_norm, ws.o.data());
+    NormRows(ws.o.data(), L.post_ffw_norm, ws.o.data(), n, pool);
     float* o = ws.o.data();  // the layer's output on the active stream
     for (int64_t i = 0; i < n * E; ++i) o[i] += a[i];
 
-    // AltUp correct: S_j = P_j + (c[j] + 1) (o - P0), c from the router on o.
-    Route(L, o, n, r, ws, pool);
-    for (int64_t t = 0; t < n; ++t) {
-      L.altup_correct_coef.Apply(r + t * kS, m + t * kS);
-      for (int j = 0; j < kS; ++j) m[t * kS + j] += 1.f;
-    }
-    ParallelRanges(pool, n, kMinTokens, [&](int64_t t0, int64_t t1) {
-      for (int64_t t = t0; t < t1; ++t) {
-        for (int j = 0; j < kS; ++j) {
-          float* sj = stream(S, j) + t * E;
-          const float* pj = stream(P, j) + t * E;
-          for (int64_t i = 0; i < E; ++i) sj[i] = (o[t * E + i] - P0[t * E + i]) * m[t * kS + j] + pj[i];
-        }
-      }
-    });
-
-    // Per-layer input: z = RMSNorm(proj . (gelu(inp_gate . (S0 * scale)) * PL[l])), added to
+    // AltUp correct: S_j = P_j + (c[j] + 1) (o - P0), c from the router on o. Then the
+    // per-layer input: RMSNorm(proj . (gelu(inp_gate . (S0 * scale)) * PL[l])), added to
     // streams 1..3.
-    for (int64_t t = 0; t < n; ++t) {
-      for (int64_t i = 0; i < E; ++i) ws.xn[t * E + i] = S0[t * E + i] * L.altup_correct_scale[i];
-    }
-    ws.in.Set(ws.xn.data(), n, E);
-    MatMul(L.inp_gate, ws.in, ws.small.data(), pool);
-    for (int64_t t = 0; t < n; ++t) {
-      float* g = ws.small.data() + t * kPerLayer;
-      kernels.gelu_mul(g, ones_.data(), kPerLayer);
-      const float* pl = PL + (t * NL + l) * kPerLayer;
-      for (int64_t i = 0; i < kPerLayer; ++i) g[i] *= pl[i];
-    }
-    ws.in.Set(ws.small.data(), n, kPerLayer);
-    MatMul(L.proj, ws.in, ws.o.data(), pool);
-    norm_rows(ws.o.data(), L.post_norm, ws.o.data());
-    for (int k = 1; k < kS; ++k) {
-      float* sk = stream(S, k);
-      for (int64_t i = 0; i < n * E; ++i) sk[i] += ws.o[i];
-    }
+    Correct(L, o, n, ws, pool);
+    AddPerLayerInput(L, l, n, ws, pool);
   }
 
   // Unembedding: streams 1..3 projected back and rescaled to stream 0's magnitude, then the
   // mean of the four.
-  float* h = ws.a.data();
-  std::copy_n(S0, n * E, h);
-  for (int k = 1; k < kS; ++k) {
-    ws.in.Set(stream(S, k), n, E);
-    MatMul(altup_unembd_proj_[k - 1], ws.in, ws.laurel.data(), pool);
-    match_magnitude(S0, ws.laurel.data());
-    for (int64_t i = 0; i < n * E; ++i) h[i] += ws.laurel[i];
+  Unembed(n, ws, pool);
+  Output(c, batch, ws.a.data(), output_norm_.data(), output_, ws, out, hidden, pool);
+}
+
+namespace {
+
+// Gemma 3n constants llama.cpp fixes in code, whatever the file's keys say.
+constexpr int64_t kKvLayers = 20;  // layers 0..19 own their KV; later ones share it
+constexpr float kSoftcap = 30.f;
+
+}  // namespace
+
+void ConfigureGemma3n(const GgufFile& f, ModelConfig& c) {
+  c.attn_scale = 1.f;  // the q norm carries the scale
+  c.final_softcap = kSoftcap;
+  // Four sliding-window layers, then one global, unless the file lists the pattern itself.
+  SetLayerPattern(f, c, 5);
+  // Layers from 20 on read the KV of the last earlier layer of their own kind.
+  for (int64_t l = kKvLayers; l < c.n_layer; ++l) {
+    int64_t src = kKvLayers - 1;
+    while (src >= 0 && c.layer_is_swa[src] != c.layer_is_swa[l]) --src;
+    if (src < 0) f.Fail("no earlier layer of the same kind to share KV with");
+    c.kv_layer[l] = static_cast<int32_t>(src);
   }
-  for (int64_t i = 0; i < n * E; ++i) h[i] *= 1.f / kS;
-  Output(c, batch, h, output_norm_.data(), output_, ws, out, hidden, pool);
+  // llama.cpp's converter pads this table with zero rows to token_embd's 262400; Ollama's
+  // blobs keep HF's 262144 rows (ids past them are the image/audio tokens). The model binds
+  // and checks the tensor itself; here only its row count matters.
+  c.n_vocab_per_layer = c.n_vocab;
+  const TensorView* ple = f.FindTensor("per_layer_token_embd.weight");
+  if (ple && ple->n_dims == 2) {
+    if (ple->ne[1] > c.n_vocab) {
+      f.Fail("per_layer_token_embd.weight has " + std::to_string(ple->ne[1]) +
+             " rows, more than token_embd.weight's " + std::to_string(c.n_vocab));
+    }
+    c.n_vocab_per_layer = ple->ne[1];
+  }
+}
+
+std::unique_ptr<Model> LoadGemma3n(const GgufFile& f, const ModelConfig& c, ThreadPool& pool) {
+  return std::make_unique<Gemma3nModel>(f, c, pool);
 }
 
 }  // namespace pyengine

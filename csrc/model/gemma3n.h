@@ -58,9 +58,26 @@ class Gemma3nModel : public Model {
     std::vector<float> rope_inv_freq;  // [head_dim / 2]
   };
 
+  // The forward pass's sub-blocks, in the order it runs them. Each works on the workspace's
+  // Gemma 3n buffers for the batch's n tokens.
+  // streams [4, n, E]: the scaled token embedding and its three AltUp projections.
+  void Streams(const Batch& batch, Workspace& ws, ThreadPool& pool) const;
+  // per_layer [n, n_layer, 256]: each layer's per-layer input of each token.
+  void PerLayerInputs(const Batch& batch, Workspace& ws, ThreadPool& pool) const;
+  // pred [4, n, E]: AltUp's prediction of the streams from the router on stream 0.
+  void Predict(const Layer& L, int64_t n, Workspace& ws, ThreadPool& pool) const;
+  // streams: corrected by the layer's output o [n, E] on the active stream.
+  void Correct(const Layer& L, const float* o, int64_t n, Workspace& ws, ThreadPool& pool) const;
+  // streams 1..3 += RMSNorm(proj . (gelu(inp_gate . scaled stream 0) * per-layer input l)).
+  void AddPerLayerInput(const Layer& L, int64_t l, int64_t n, Workspace& ws, ThreadPool& pool) const;
+  // a [n, E]: the mean of stream 0 and the other streams projected back and rescaled.
+  void Unembed(int64_t n, Workspace& ws, ThreadPool& pool) const;
   // coefs [n, 4] = tanh(altup_router . RMSNorm(x, altup_router_norm) / n_embd)
   void Route(const Layer& L, const float* x, int64_t n, float* r, Workspace& ws,
              ThreadPool& pool) const;
+  // o [n, E] = RMSNorm(in) * w, row by row.
+  void NormRows(const float* in, const std::vector<float>& w, float* o, int64_t n,
+                ThreadPool& pool) const;
 
   ModelConfig cfg_;
   std::unique_ptr<WeightArena> arena_;
@@ -75,5 +92,9 @@ class Gemma3nModel : public Model {
   std::vector<float> output_norm_;  // [n_embd]
   std::vector<Layer> layers_;
 };
+
+// The architecture's entry (architecture.h): its configuration rules and its model.
+void ConfigureGemma3n(const GgufFile& file, ModelConfig& config);
+std::unique_ptr<Model> LoadGemma3n(const GgufFile& file, const ModelConfig& config, ThreadPool& pool);
 
 }  // namespace pyengine

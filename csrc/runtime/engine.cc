@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "core/errors.h"
+#include "model/architecture.h"
 #include "cuda/cuda_backend.h"
 #include "runtime/vocab.h"
 

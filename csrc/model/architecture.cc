@@ -1,0 +1,153 @@
+#include "model/architecture.h"
+
+#include <cmath>
+
+#include "core/errors.h"
+#include "core/gguf.h"
+#include "model/gemma3.h"
+#include "model/gemma3n.h"
+
+namespace pyengine {
+
+const std::vector<Architecture>& Architectures() {
+  static const std::vector<Architecture> archs = {
+      {"gemma3", ConfigureGemma3, LoadGemma3},
+      {"gemma3n", ConfigureGemma3n, LoadGemma3n},
+  };
+  return archs;
+}
+
+const Architecture* FindArchitecture(const std::string& name) {
+  for (const Architecture& a : Architectures()) {
+    if (a.name == name) return &a;
+  }
+  return nullptr;
+}
+
+std::vector<std::string> SupportedArchs() {
+  std::vector<std::string> names;
+  for (const Architecture& a : Architectures()) names.push_back(a.name);
+  return names;
+}
+
+namespace {
+
+// An integer key that may also be a per-layer array (Gemma 3n writes feed_forward_length so);
+// every entry must be equal, since this engine has one width per model.
+int64_t IntOrUniformArray(const GgufFile& f, const std::string& key) {
+  const GgufValue* v = f.Find(key);
+  if (v && v->type == GgufType::kArray) {
+    if (v->count == 0 || v->elem_type == GgufType::kArray || v->elem_type == GgufType::kString) {
+      f.Fail("key '" + key + "' must be an integer or an array of integers");
+    }
+    const int64_t first = v->IntegerAt(0);
+    for (uint64_t i = 1; i < v->count; ++i) {
+      if (v->IntegerAt(i) != first) {
+        throw ModelError(f.path() + ": per-layer '" + key + "' values differ; this engine runs "
+                         "one width for all layers");
+      }
+    }
+    return first;
+  }
+  return f.GetInt(key);
+}
+
+}  // namespace
+
+double FirstFloat(const GgufFile& f, const std::vector<std::string>& keys, double fallback) {
+  for (const std::string& k : keys) {
+    if (f.Find(k)) return f.GetFloat(k);
+  }
+  return fallback;
+}
+
+void SetLayerPattern(const GgufFile& f, ModelConfig& c, int64_t period) {
+  const std::string p = c.arch + ".";
+  c.layer_is_swa.assign(static_cast<size_t>(c.n_layer), 0);
+  if (const GgufValue* pat = f.Find(p + "attention.sliding_window_pattern")) {
+    if (pat->type != GgufType::kArray || pat->elem_type != GgufType::kBool ||
+        pat->count != static_cast<uint64_t>(c.n_layer)) {
+      f.Fail("attention.sliding_window_pattern must be a bool array of block_count entries");
+    }
+    for (int64_t l = 0; l < c.n_layer; ++l) c.layer_is_swa[l] = pat->NumberAt(l) != 0;
+  } else {
+    for (int64_t l = 0; l < c.n_layer; ++l) c.layer_is_swa[l] = (l % period) < period - 1;
+  }
+  c.kv_layer.resize(static_cast<size_t>(c.n_layer));
+  for (int64_t l = 0; l < c.n_layer; ++l) c.kv_layer[l] = static_cast<int32_t>(l);
+}
+
+ModelConfig LoadConfig(const GgufFile& f) {
+  ModelConfig c;
+  c.arch = f.GetString("general.architecture");
+  const Architecture* arch = FindArchitecture(c.arch);
+  if (!arch) {
+    std::string runs;
+    for (const std::string& a : SupportedArchs()) runs += (runs.empty() ? "" : ", ") + a;
+    throw ModelError(f.path() + ": unsupported architecture '" + c.arch + "' (this engine runs: " +
+                     runs + ")");
+  }
+  c.name = f.GetString("general.name", "");
+  const std::string p = c.arch + ".";
+  auto positive = [&](const std::string& key, int64_t v, int64_t max) {
+    if (v <= 0 || v > max) f.Fail("key '" + key + "' = " + std::to_string(v) + " is out of range");
+    return v;
+  };
+  c.n_ctx_train = positive(p + "context_length", f.GetInt(p + "context_length"), int64_t{1} << 24);
+  c.n_embd = positive(p + "embedding_length", f.GetInt(p + "embedding_length"), 1 << 16);
+  c.n_layer = positive(p + "block_count", f.GetInt(p + "block_count"), 1024);
+  c.n_ff = positive(p + "feed_forward_length", IntOrUniformArray(f, p + "feed_forward_length"),
+                   1 << 20);
+  c.n_head = positive(p + "attention.head_count", f.GetInt(p + "attention.head_count"), 1024);
+  c.n_head_kv = positive(p + "attention.head_count_kv",
+                         f.GetInt(p + "attention.head_count_kv", c.n_head), 1024);
+  if (c.n_head % c.n_head_kv != 0) {
+    f.Fail("head_count " + std::to_string(c.n_head) + " is not a multiple of head_count_kv " +
+           std::to_string(c.n_head_kv));
+  }
+  // Ollama's Gemma 3n blobs name the head dimension '<arch>.head_dim' instead.
+  int64_t hk = f.GetInt(p + "attention.key_length", f.GetInt(p + "head_dim", c.n_embd / c.n_head));
+  int64_t hv = f.GetInt(p + "attention.value_length", hk);
+  if (hk != hv) f.Fail("key_length != value_length is not supported");
+  c.head_dim = positive(p + "attention.key_length", hk, 4096);
+  if (c.head_dim % 2 != 0) f.Fail("head dimension must be even for RoPE");
+  c.sliding_window = positive(p + "attention.sliding_window",
+                              f.GetInt(p + "attention.sliding_window"), int64_t{1} << 24);
+  c.rms_eps = static_cast<float>(f.GetFloat(p + "attention.layer_norm_rms_epsilon", 1e-6));
+  if (!(c.rms_eps >= 0.f && c.rms_eps < 1.f)) f.Fail("layer_norm_rms_epsilon is out of range");
+  // Ollama's blobs name the bases rope.global.freq_base / rope.local.freq_base (Gemma 3) or
+  // rope.freq_base_local (Gemma 3n), or leave them out (Gemma 3 4B and larger); the flat
+  // names win where both are present, as in Ollama's patch.
+  c.rope_base = static_cast<float>(
+      FirstFloat(f, {p + "rope.freq_base", p + "rope.global.freq_base"}, 1e6));
+  c.rope_base_swa = static_cast<float>(FirstFloat(
+      f, {p + "rope.freq_base_swa", p + "rope.local.freq_base", p + "rope.freq_base_local"},
+      10000.0));
+  if (!(c.rope_base > 0) || !(c.rope_base_swa > 0) || !std::isfinite(c.rope_base) ||
+      !std::isfinite(c.rope_base_swa)) {
+    f.Fail("rope.freq_base must be positive and finite");
+  }
+  // Linear RoPE scaling where the file states it (Gemma 3 fills in what Ollama's blobs leave
+  // out: see ConfigureGemma3).
+  const std::string scaling = f.GetString(p + "rope.scaling.type", "none");
+  if (scaling == "linear") {
+    const double factor = f.GetFloat(p + "rope.scaling.factor", 1.0);
+    if (!(factor >= 1e-3 && factor <= 1e6)) f.Fail("rope.scaling.factor is out of range");
+    c.rope_scale = static_cast<float>(1.0 / factor);
+  } else if (scaling != "none") {
+    throw ModelError(f.path() + ": rope scaling '" + scaling + "' is not supported for " + c.arch);
+  }
+
+  const TensorView* emb = f.FindTensor("token_embd.weight");
+  if (!emb) f.Fail("tensor 'token_embd.weight' is missing");
+  if (emb->n_dims != 2 || emb->ne[0] != c.n_embd) {
+    f.Fail("token_embd.weight has shape [" + std::to_string(emb->ne[0]) + ", " +
+           std::to_string(emb->ne[1]) + "], expected [" + std::to_string(c.n_embd) + ", n_vocab]");
+  }
+  c.n_vocab = emb->ne[1];
+  if (c.n_vocab > (int64_t{1} << 30)) f.Fail("vocabulary of " + std::to_string(c.n_vocab) + " rows is too large");
+  arch->configure(f, c);
+  return c;
+}
+
+}  // namespace pyengine
