@@ -92,7 +92,7 @@ def test_serve_says_what_it_serves(tiny_f32, monkeypatch, capsys):
     assert cli.main(["serve", f"tiny={tiny_f32}", "--port", "12345"]) == 0
     err = capsys.readouterr().err
     assert served == {"tiny": Path(tiny_f32), "at": ("127.0.0.1", 12345)}
-    assert f"serving on http://127.0.0.1:12345" in err and f"  tiny: {tiny_f32}" in err
+    assert "serving on http://127.0.0.1:12345" in err and f"  tiny: {tiny_f32}" in err
 
 
 def test_help_is_plain_text_with_defaults():

@@ -12,35 +12,33 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any, AsyncGenerator, AsyncIterator, Callable
+from typing import Any, AsyncIterator, Callable
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from .. import __version__
 from ..chat import format_gemma
-from ..engine import Chunk, Completion
+from ..engine import Completion
 from ..errors import PyEngineError
+from ..fallback import Result
 from .errors import APIError, bad_request, log
 from .keep_alive import parse_keep_alive
 from .model_info import model_facts
-from ..fallback import Result
-from .models import Lease, ModelEntry, ModelNotFound, ModelSet, ModelUnavailable
+from .models import ModelEntry, ModelNotFound, ModelSet
 from .ollama_options import engine_options
 from .schemas import ChatRequest, GenerateRequest, ShowRequest, parse_body
-from .streaming import ClientDisconnected, NDJSONResponse, until_disconnect
-from .targets import FALLBACK_HEADER, Target, record_local, run_fallback, stream_fallback
+from .streaming import NDJSONResponse
+from .generation import NO_IMAGES, acquire, run_generation
+from .targets import FALLBACK_HEADER, Target, run_fallback, stream_fallback
 from .targets import resolve as resolve_target
 from .template import GEMMA_TEMPLATE, TemplateError, render
 from .timestamps import rfc3339, utc_now
 
 router = APIRouter()
 
-NO_IMAGES = "this model does not support images"
 _STOP_PARAMETER = 'stop                           "<end_of_turn>"'
 
-Piece = Callable[[str], dict]  # streamed text -> one record
-Final = Callable[[str, Completion, int], dict]  # text, completion, total ns -> last record
 
 
 def _models(request: Request) -> ModelSet:
@@ -126,21 +124,6 @@ def _unsupported(model: str, *, think: Any, fmt: Any, logprobs: bool | None) -> 
         raise bad_request("logprobs are not supported by this server")
 
 
-async def _acquire(models: ModelSet, entry: ModelEntry, keep_alive: float) -> Lease:
-    """A lease on ``entry``. A model this engine cannot run (known, or found by this load) is
-    a 503 naming why; another load failure (memory, a file that went away) a 500."""
-    try:
-        return await models.acquire(entry.name, keep_alive)
-    except ModelUnavailable as e:
-        raise APIError(503, str(e)) from None
-    except PyEngineError:
-        raise APIError(503, str(ModelUnavailable(entry.name, models.unavailable(entry.name)
-                                                 or "it failed to load"))) from None
-    except (OSError, ValueError) as e:
-        log.error("loading %s failed: %s", entry.name, e)
-        raise APIError(500, f"failed to load model {entry.name}: {e}") from None
-
-
 def _stats(c: Completion, total: int, load: int) -> dict[str, int]:
     # As Ollama reports it since its prompt cache: prompt_eval_count is the whole prompt,
     # whether its keys and values were computed or came from the prefix cache (caching must
@@ -149,75 +132,6 @@ def _stats(c: Completion, total: int, load: int) -> dict[str, int]:
             "prompt_eval_count": int(c.prompt_eval_count + c.cached_tokens),
             "prompt_eval_duration": int(c.prompt_eval_duration),
             "eval_count": int(c.eval_count), "eval_duration": int(c.eval_duration)}
-
-
-# -- generation shared by /api/generate and /api/chat ------------------------------------
-
-
-async def _records(first: Chunk, chunks: AsyncGenerator[Chunk, None], lease: Lease, piece: Piece,
-                   final: Final, t0: int) -> AsyncIterator[dict]:
-    try:
-        chunk = first
-        while True:
-            if chunk.text:  # a token that ends inside a character adds no text yet
-                yield piece(chunk.text)
-            if chunk.done:
-                assert chunk.completion is not None
-                yield final("", chunk.completion, time.perf_counter_ns() - t0)
-                return
-            chunk = await chunks.__anext__()
-    except PyEngineError as e:
-        # Headers are sent: like Ollama, report the failure as the stream's last record.
-        yield {"error": str(e)}
-    finally:
-        await chunks.aclose()  # cancels the request (and frees its KV blocks) if unfinished
-        lease.release()
-
-
-async def _rest(first: Chunk, chunks: AsyncGenerator[Chunk, None]) -> Completion:
-    chunk = first
-    while not chunk.done:
-        chunk = await chunks.__anext__()
-        await asyncio.sleep(0)  # ready tokens do not suspend: let other requests run
-    assert chunk.completion is not None
-    return chunk.completion
-
-
-async def _run(request: Request, lease: Lease, ids: list[int], options: dict[str, Any],
-               stream: bool, piece: Piece, final: Final, t0: int) -> Response:
-    """Generates from ``ids`` and answers as a stream of records or as one object."""
-    name, state = lease.model.name, request.app.state
-    answer = final
-
-    def final(text: str, c: Completion, total: int) -> dict:  # noqa: F811 (recorded, then shaped)
-        record_local(state, name, c.prompt_eval_count + c.cached_tokens, c.eval_count)
-        return answer(text, c, total)
-
-    chunks = lease.engine.astream(ids, **options)
-    try:
-        # The first step submits the prompt: its errors (longer than the context, ...) are the
-        # request's, and are answered with a status before any record is streamed.
-        first = await until_disconnect(request, chunks.__anext__())
-    except BaseException as e:
-        await chunks.aclose()
-        lease.release()
-        if isinstance(e, ClientDisconnected):
-            return Response(status_code=499)
-        if isinstance(e, (PyEngineError, ValueError, TypeError)):
-            raise bad_request(str(e)) from None
-        raise
-    if stream:
-        return NDJSONResponse(_records(first, chunks, lease, piece, final, t0))
-    try:
-        completion = await until_disconnect(request, _rest(first, chunks))
-    except ClientDisconnected:
-        return Response(status_code=499)
-    except PyEngineError as e:
-        raise APIError(500, str(e)) from None
-    finally:
-        await chunks.aclose()
-        lease.release()
-    return JSONResponse(final(completion.text, completion, time.perf_counter_ns() - t0))
 
 
 # -- routes -------------------------------------------------------------------------------
@@ -348,7 +262,7 @@ async def generate(request: Request) -> Response:
             raise bad_request(str(e)) from None
 
     try:
-        lease = await _acquire(models, entry, keep_alive)
+        lease = await acquire(models, entry, keep_alive)
     except APIError as load_error:
         if not req.prompt:
             raise
@@ -376,7 +290,7 @@ async def generate(request: Request) -> Response:
         return record(response, True, done_reason=c.done_reason, **extra,
                       **_stats(c, total, lease.load_duration))
 
-    return await _run(request, lease, ids, options, req.stream is not False,
+    return await run_generation(request, lease, ids, options, req.stream is not False,
                       lambda piece: record(piece, False), final, t0)
 
 
@@ -419,7 +333,7 @@ async def chat(request: Request) -> Response:
         raise bad_request(str(e)) from None
 
     try:
-        lease = await _acquire(models, entry, keep_alive)
+        lease = await acquire(models, entry, keep_alive)
     except APIError as load_error:
         if not req.messages:
             raise
@@ -439,5 +353,5 @@ async def chat(request: Request) -> Response:
         return record(content, True, done_reason=c.done_reason,
                       **_stats(c, total, lease.load_duration))
 
-    return await _run(request, lease, ids, options, req.stream is not False,
+    return await run_generation(request, lease, ids, options, req.stream is not False,
                       lambda piece: record(piece, False), final, t0)

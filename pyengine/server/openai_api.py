@@ -37,8 +37,8 @@ from ..chat import format_gemma
 from ..engine import Completion
 from ..fallback import Result
 from .errors import APIError
-from .models import ModelEntry, ModelNotFound, ModelSet
-from .ollama_api import NO_IMAGES, _acquire, _run
+from .models import ModelEntry, ModelSet
+from .generation import NO_IMAGES, acquire, run_generation
 from .targets import FALLBACK_HEADER, Target, run_fallback, stream_fallback
 from .targets import resolve as resolve_target
 from .openai_errors import OpenAIError, OpenAIRoute, error_body, invalid
@@ -215,7 +215,7 @@ async def _complete(request: Request, target: Target, messages: list[dict[str, A
         return await _fallback(request, target, messages, options, reply, stream)
     models = _models(request)
     try:
-        lease = await _acquire(models, target.entry, models.keep_alive)
+        lease = await acquire(models, target.entry, models.keep_alive)
     except APIError as load_error:
         # Served here but the engine cannot run it: the chain may have the model; if not, the
         # load error is the better answer.
@@ -227,9 +227,9 @@ async def _complete(request: Request, target: Target, messages: list[dict[str, A
     ids = lease.tokenize(text, True, invalid)
     t0 = time.perf_counter_ns()
     if not stream:
-        return await _run(request, lease, ids, options, False, lambda _text: {},
+        return await run_generation(request, lease, ids, options, False, lambda _text: {},
                           lambda _text, c, _ns: reply.whole(c), t0)
-    response = await _run(request, lease, ids, options, True, lambda piece: {"text": piece},
+    response = await run_generation(request, lease, ids, options, True, lambda piece: {"text": piece},
                           lambda _text, c, _ns: {"completion": c}, t0)
     if isinstance(response, NDJSONResponse):
         return SSEResponse(_events(reply, response.records))
