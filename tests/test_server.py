@@ -634,3 +634,19 @@ def test_parse_model_args(tmp_path):
         "a": Path("/m/x.gguf"), "gemma-3": Path("/m/gemma-3.gguf")}
     with pytest.raises(ValueError):
         parse_model_args(["/a/x.gguf", "/b/x.gguf"])
+
+
+def test_a_model_too_large_for_free_memory_is_refused_this_time(tiny, monkeypatch):
+    from pyengine.server import models as models_module
+
+    app = create_app({"tiny": tiny}, n_ctx=N_CTX, kv_cache_mb=KV_MB,
+                     config=Config(ollama_host="http://127.0.0.1:9"))  # no fallback answers
+    with ServerThread(app) as s:
+        monkeypatch.setattr(models_module, "available_memory", lambda: 1 << 20)  # 1 MiB free
+        r = httpx.post(s.url + "/api/generate", json={"model": "tiny", "prompt": "x"})
+        assert r.status_code == 503 and "not enough memory" in r.json()["error"]
+        assert app.state.models.loaded() == [] and app.state.models.unavailable("tiny") is None
+        monkeypatch.setattr(models_module, "available_memory", lambda: None)  # unknown: try
+        r = httpx.post(s.url + "/api/generate", timeout=60, json={
+            "model": "tiny", "prompt": "x", "stream": False, "options": {"num_predict": 2}})
+        assert r.status_code == 200 and r.json()["eval_count"] == 2

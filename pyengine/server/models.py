@@ -18,6 +18,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from ..backends import available_memory
 from ..engine import Engine
 from ..errors import PyEngineError
 from .errors import log
@@ -255,6 +256,12 @@ class ModelSet:
 
     async def _load(self, entry: ModelEntry) -> LoadedModel:
         await self._make_room()
+        # After making room, so the memory idle models held counts as available.
+        need = entry.path.stat().st_size
+        free = available_memory()
+        if free is not None and need > free:  # this time: memory may be free on a later request
+            raise ModelUnavailable(entry.name, f"not enough memory: its weights take "
+                                               f"{need >> 20} MiB, {free >> 20} MiB available")
         try:
             engine = await asyncio.to_thread(self._factory, entry.path, **self.engine_options)
         except PyEngineError as e:  # the file itself: unsupported, malformed; never retried

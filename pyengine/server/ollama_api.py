@@ -268,7 +268,7 @@ async def generate(request: Request) -> Response:
             raise
         # The file is served here but the engine cannot run it: the chain may have the model;
         # if not, the load error is the better answer.
-        target.unavailable = models.unavailable(entry.name)
+        target.unavailable = models.unavailable(entry.name) or load_error.message
         messages = [{"role": "system", "content": req.system}] if req.system else []
         messages.append({"role": "user", "content": req.prompt})
         try:
@@ -337,7 +337,7 @@ async def chat(request: Request) -> Response:
     except APIError as load_error:
         if not req.messages:
             raise
-        target.unavailable = models.unavailable(entry.name)
+        target.unavailable = models.unavailable(entry.name) or load_error.message
         messages = [{"role": m.role, "content": m.content or ""} for m in req.messages]
         try:
             return await _fallback(request, target, messages, options, req.stream is not False,

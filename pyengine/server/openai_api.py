@@ -219,7 +219,7 @@ async def _complete(request: Request, target: Target, messages: list[dict[str, A
     except APIError as load_error:
         # Served here but the engine cannot run it: the chain may have the model; if not, the
         # load error is the better answer.
-        target.unavailable = models.unavailable(target.entry.name)
+        target.unavailable = models.unavailable(target.entry.name) or load_error.message
         try:
             return await _fallback(request, target, messages, options, reply, stream)
         except APIError:
