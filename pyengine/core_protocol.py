@@ -5,9 +5,38 @@ written once. Requests are ``submit``ted with the core's ``GenerateOptions``
 
 from __future__ import annotations
 
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypedDict, runtime_checkable
 
 import numpy as np
+
+
+class EngineStats(TypedDict):
+    """``stats()`` of every core (a core may add keys of its own; MLX has no KV pages and
+    answers 0 for them). Counters run from the core's start."""
+
+    running: int                # sequences being computed now
+    waiting: int                # sequences queued, not yet admitted (or set back)
+    steps: int                  # forward passes
+    step_tokens: int            # tokens over all steps
+    step_sequences: int         # sequences over all steps (mean batch = / steps)
+    max_step_sequences: int
+    last_step_sequences: int
+    prompt_tokens: int          # prompt positions computed (cache hits are not)
+    decode_tokens: int          # generated tokens fed back through the model
+    preemptions: int
+    finished: int
+    cancelled: int
+    failed: int
+    kv_pages_total: int
+    kv_pages_free: int
+    kv_pages_cached: int
+    kv_pages_used: int
+    kv_page_bytes: int
+    kv_block_tokens: int
+    kv_blocks_cached: int       # blocks the prefix cache holds
+    kv_evictions: int
+    prefix_query_tokens: int    # prompt positions looked up in the prefix cache
+    prefix_hit_tokens: int      # of those, positions shared instead of computed
 
 
 @runtime_checkable
@@ -37,7 +66,7 @@ class BackendCore(Protocol):
     @property
     def n_vocab(self) -> int: ...
 
-    def stats(self) -> dict[str, int]: ...
+    def stats(self) -> EngineStats: ...
     def tokenize(self, text: str, add_bos: bool = True, special: bool = False) -> list[int]: ...
     def detokenize(self, ids: list[int], special: bool = False) -> str: ...
     def logits(self, ids: list[int]) -> np.ndarray: ...

@@ -14,6 +14,7 @@ at 16-token boundaries; later prompts sharing a prefix start from them.
 
 from __future__ import annotations
 
+import atexit
 import copy
 import itertools
 import threading
@@ -192,7 +193,21 @@ class _Worker:
                         self._cores.remove(core)
 
 
+    def shutdown(self) -> None:
+        """At interpreter exit: closes the engines still open, so the worker drops their
+        arrays and finishes MLX's work before MLX's own state is torn down (otherwise the
+        process can abort at exit, one time in a few)."""
+        with self.cond:
+            cores = list(self._cores)
+            started = self._thread is not None
+        for core in cores:
+            core.close()
+        if started:
+            self.call(mx.synchronize)
+
+
 _WORKER = _Worker()
+atexit.register(_WORKER.shutdown)
 
 
 class MlxCore:
