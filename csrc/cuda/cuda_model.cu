@@ -204,13 +204,11 @@ void CudaModel::Enqueue(int64_t n, int64_t n_out, int64_t n_hidden,
   }
 }
 
-void CudaModel::Forward(const Batch& batch, Workspace& ws, float* out, ThreadPool& pool,
-                        float* hidden) const {
+void CudaModel::Forward(const Batch& batch, float* out, float* hidden) const {
   Step(batch, out, hidden, nullptr);
 }
 
-bool CudaModel::ForwardArgmax(const Batch& batch, Workspace& ws, int32_t* argmax,
-                              ThreadPool& pool) const {
+bool CudaModel::ForwardArgmax(const Batch& batch, int32_t* argmax) const {
   Step(batch, nullptr, nullptr, argmax);
   return true;
 }

@@ -25,10 +25,8 @@ class CudaModel : public Model {
  public:
   ~CudaModel() override;
   const ModelConfig& config() const override { return cfg_; }
-  void Forward(const Batch& batch, Workspace& ws, float* out, ThreadPool& pool,
-               float* hidden) const final;
-  bool ForwardArgmax(const Batch& batch, Workspace& ws, int32_t* argmax,
-                     ThreadPool& pool) const final;
+  void Forward(const Batch& batch, float* out, float* hidden) const final;
+  bool ForwardArgmax(const Batch& batch, int32_t* argmax) const final;
 
  protected:
   // Binds and uploads what every Gemma shares: embeddings / output, final norm, GELU table.

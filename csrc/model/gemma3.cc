@@ -20,7 +20,8 @@ constexpr int64_t kMinTokens = 8;
 
 }  // namespace
 
-Gemma3Model::Gemma3Model(const GgufFile& f, const ModelConfig& cfg, ThreadPool& pool) : cfg_(cfg) {
+Gemma3Model::Gemma3Model(const GgufFile& f, const ModelConfig& cfg, ThreadPool& pool)
+    : cfg_(cfg), pool_(pool) {
   const int64_t E = cfg.n_embd, D = cfg.head_dim, F = cfg.n_ff;
   if (cfg.n_head % cfg.n_head_kv != 0 || cfg.n_head / cfg.n_head_kv > kMaxGroup) {
     throw ModelError(f.path() + ": " + std::to_string(cfg.n_head) + " query heads over " +
@@ -64,7 +65,7 @@ Gemma3Model::Gemma3Model(const GgufFile& f, const ModelConfig& cfg, ThreadPool& 
   arena_ = packer.Pack(f, pool);
 }
 
-void Gemma3Model::Forward(const Batch& batch, Workspace& ws, float* out, ThreadPool& pool,
+void Gemma3Model::Run(const Batch& batch, Workspace& ws, float* out, ThreadPool& pool,
                           float* hidden) const {
   const ModelConfig& c = cfg_;
   const int64_t E = c.n_embd, F = c.n_ff, QD = c.q_dim();

@@ -8,6 +8,7 @@
 #include "core/config.h"
 #include "core/tensor.h"
 #include "model/model.h"
+#include "model/ops.h"
 #include "quant/matmul.h"
 
 namespace pyengine {
@@ -20,10 +21,13 @@ class Gemma3Model : public Model {
   Gemma3Model(const GgufFile& file, const ModelConfig& config, ThreadPool& pool);
 
   const ModelConfig& config() const override { return cfg_; }
-  void Forward(const Batch& batch, Workspace& ws, float* out, ThreadPool& pool,
-               float* hidden = nullptr) const override;
+  void Forward(const Batch& batch, float* out, float* hidden = nullptr) const override {
+    Run(batch, ws_, out, pool_, hidden);
+  }
 
  private:
+  void Run(const Batch& batch, Workspace& ws, float* out, ThreadPool& pool, float* hidden) const;
+
   struct Layer {
     PackedMatrix attn_q, attn_k, attn_v, attn_output;
     PackedMatrix ffn_gate, ffn_up, ffn_down;
@@ -33,6 +37,8 @@ class Gemma3Model : public Model {
   };
 
   ModelConfig cfg_;
+  ThreadPool& pool_;           // the forward pass's threads (the packing's too)
+  mutable Workspace ws_;       // one forward pass at a time (Model::Forward)
   std::unique_ptr<WeightArena> arena_;  // every packed matrix below lives here
   TensorView tok_embd_;   // [n_vocab, n_embd] rows looked up per token
   PackedMatrix output_;   // [n_vocab, n_embd], token_embd when tied

@@ -61,7 +61,8 @@ void Gemma3nModel::Small::Apply(const float* x, float* y) const {
   }
 }
 
-Gemma3nModel::Gemma3nModel(const GgufFile& f, const ModelConfig& cfg, ThreadPool& pool) : cfg_(cfg) {
+Gemma3nModel::Gemma3nModel(const GgufFile& f, const ModelConfig& cfg, ThreadPool& pool)
+    : cfg_(cfg), pool_(pool) {
   const int64_t E = cfg.n_embd, D = cfg.head_dim, F = cfg.n_ff, NL = cfg.n_layer;
   if (cfg.n_head % cfg.n_head_kv != 0 || cfg.n_head / cfg.n_head_kv > kMaxGroup) {
     throw ModelError(f.path() + ": " + std::to_string(cfg.n_head) + " query heads over " +
@@ -296,7 +297,7 @@ void Gemma3nModel::Unembed(int64_t n, Workspace& ws, ThreadPool& pool) const {
   for (int64_t i = 0; i < n * E; ++i) h[i] *= 1.f / kStreams;
 }
 
-void Gemma3nModel::Forward(const Batch& batch, Workspace& ws, float* out, ThreadPool& pool,
+void Gemma3nModel::Run(const Batch& batch, Workspace& ws, float* out, ThreadPool& pool,
                            float* hidden) const {
   const ModelConfig& c = cfg_;
   const int64_t E = c.n_embd, F = c.n_ff, QD = c.q_dim(), NL = c.n_layer;

@@ -12,6 +12,7 @@
 #include "core/config.h"
 #include "core/tensor.h"
 #include "model/model.h"
+#include "model/ops.h"
 #include "quant/matmul.h"
 
 namespace pyengine {
@@ -32,8 +33,9 @@ class Gemma3nModel : public Model {
   Gemma3nModel(const GgufFile& file, const ModelConfig& config, ThreadPool& pool);
 
   const ModelConfig& config() const override { return cfg_; }
-  void Forward(const Batch& batch, Workspace& ws, float* out, ThreadPool& pool,
-               float* hidden = nullptr) const override;
+  void Forward(const Batch& batch, float* out, float* hidden = nullptr) const override {
+    Run(batch, ws_, out, pool_, hidden);
+  }
 
  private:
   // A matrix too narrow to pack (4 or 16 values a row): dequantized, with the rounding its
@@ -58,6 +60,7 @@ class Gemma3nModel : public Model {
     std::vector<float> rope_inv_freq;  // [head_dim / 2]
   };
 
+  void Run(const Batch& batch, Workspace& ws, float* out, ThreadPool& pool, float* hidden) const;
   // The forward pass's sub-blocks, in the order it runs them. Each works on the workspace's
   // Gemma 3n buffers for the batch's n tokens.
   // streams [4, n, E]: the scaled token embedding and its three AltUp projections.
@@ -80,6 +83,8 @@ class Gemma3nModel : public Model {
                 ThreadPool& pool) const;
 
   ModelConfig cfg_;
+  ThreadPool& pool_;      // the forward pass's threads (the packing's too)
+  mutable Workspace ws_;  // one forward pass at a time (Model::Forward)
   std::unique_ptr<WeightArena> arena_;
   TensorView tok_embd_;             // [n_vocab, n_embd]
   TensorView per_layer_tok_embd_;   // [n_vocab_per_layer, n_layer * 256], read in place

@@ -17,6 +17,34 @@
 
 namespace pyengine {
 
+// The CPU models' scratch: buffers of one forward call, kept between calls so steady-state
+// decode allocates nothing. n is the batch's token count.
+struct Workspace {
+  std::vector<float> x;      // [n, n_embd] residual stream (gemma3n: the active AltUp stream)
+  std::vector<float> xn;     // [n, n_embd] normed input of a sub-block
+  std::vector<float> q;      // [n, n_head * head_dim]
+  std::vector<float> k;      // [n, n_head_kv * head_dim]
+  std::vector<float> v;      // [n, n_head_kv * head_dim]
+  std::vector<float> attn;   // [n, n_head * head_dim]
+  std::vector<float> o;      // [n, n_embd]
+  std::vector<float> gate;   // [n, n_ff]
+  std::vector<float> up;     // [n, n_ff]
+  std::vector<float> scores; // [n_threads, ...] Attend's scratch: a tile's scores and key chunks
+  std::vector<int64_t> attn_tiles;  // Attend's tiles: first token of each, then n
+  std::vector<float> rope;   // [n, head_dim] cos (first half) and sin (second half) per token
+  // Gemma 3n only.
+  std::vector<float> streams;  // [4, n, n_embd] AltUp streams
+  std::vector<float> pred;     // [4, n, n_embd] predictions of a layer
+  std::vector<float> a;        // [n, n_embd] attention + LAuReL branch
+  std::vector<float> laurel;   // [n, n_embd]
+  std::vector<float> small;    // [n, max(laurel rank, per-layer width, 16)] narrow products
+  std::vector<float> per_layer;  // [n, n_layer, per-layer width] per-layer inputs
+  std::vector<float> per_layer_emb;  // [n, n_layer, per-layer width] their embedding rows
+  std::vector<float> coefs;    // [n, 16] AltUp router outputs and coefficients
+  MatMulInput in;            // the current projection input, in the forms its weights want
+};
+
+
 // Query heads per KV head a model may have (GQA).
 constexpr int64_t kMaxGroup = 64;
 // Attend: tokens of one sequence whose query rows share each key chunk.

@@ -28,7 +28,7 @@ const StepOutput& ModelRunner::Run(const std::vector<StepRun>& runs) {
   out_.hidden = nullptr;
   if (argmax && rows > 0 && hidden_rows == 0) {
     argmax_.resize(static_cast<size_t>(rows));
-    if (model_.ForwardArgmax(batch_, ws_, argmax_.data(), pool_)) {
+    if (model_.ForwardArgmax(batch_, argmax_.data())) {
       out_.argmax = argmax_.data();
       return out_;
     }
@@ -36,7 +36,7 @@ const StepOutput& ModelRunner::Run(const std::vector<StepRun>& runs) {
   const int64_t n_vocab = model_.config().n_vocab, n_embd = model_.config().n_embd;
   logits_.resize(static_cast<size_t>(rows * n_vocab));
   hidden_.resize(static_cast<size_t>(hidden_rows * n_embd));
-  model_.Forward(batch_, ws_, logits_.data(), pool_, hidden_.data());
+  model_.Forward(batch_, logits_.data(), hidden_.data());
   out_.logits = logits_.data();
   out_.hidden = hidden_.data();
   return out_;

@@ -48,7 +48,6 @@ class ModelRunner {
   const Model& model_;
   ThreadPool& pool_;
   Batch batch_;
-  Workspace ws_;
   std::vector<float> logits_;   // [rows, n_vocab]
   std::vector<int32_t> argmax_; // [rows]
   std::vector<float> hidden_;   // [hidden rows, n_embd]

@@ -65,7 +65,7 @@ class ScriptedModel : public Model {
     while (!waiting_) std::this_thread::yield();
   }
 
-  void Forward(const Batch& b, Workspace&, float* out, ThreadPool&, float* hidden) const override {
+  void Forward(const Batch& b, float* out, float* hidden) const override {
     if (held_) {
       waiting_ = true;
       while (held_) std::this_thread::yield();
