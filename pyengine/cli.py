@@ -401,6 +401,12 @@ class _HelpFormatter(argparse.HelpFormatter):
         return f"{text} (default: %(default)s)"
 
 
+def _command(sub: Any, name: str, help_text: str, description: str) -> argparse.ArgumentParser:
+    """A subcommand: a one-line help in the list, a description and defaults on its own page."""
+    return sub.add_parser(name, help=help_text, description=description,
+                          formatter_class=_HelpFormatter)
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="pyengine", formatter_class=_HelpFormatter,
@@ -409,9 +415,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "endpoints. 'pyengine COMMAND --help' describes each command.")
     sub = ap.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="stream a reply to PROMPT", description="Streams a reply "
-                         "to PROMPT: the model's chat turn, or with --raw its continuation.",
-                         formatter_class=_HelpFormatter)
+    run = _command(sub, "run", "stream a reply to PROMPT",
+                   "Streams a reply to PROMPT: the model's chat turn, or with --raw its "
+                   "continuation.")
     run.add_argument("model", help="a model name (gemma3:270m, a registry or Ollama store "
                      "name) or a GGUF path")
     run.add_argument("prompt", help="the user's message (or the text to continue, with --raw)")
@@ -428,15 +434,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--verbose", action="store_true", help="print timings to stderr")
     run.set_defaults(func=cmd_run)
 
-    show = sub.add_parser("show", help="print a model's architecture, sizes and tokenizer",
-                         description="Prints a model's architecture, sizes, weight types and tokenizer, and whether this engine runs it (no tensor data is read).",
-                         formatter_class=_HelpFormatter)
+    show = _command(sub, "show", "print a model's architecture, sizes and tokenizer",
+                    "Prints a model's architecture, sizes, weight types and tokenizer, and "
+                    "whether this engine runs it (no tensor data is read).")
     show.add_argument("model", help="a model name or a GGUF path")
     show.set_defaults(func=cmd_show)
 
-    serve = sub.add_parser("serve", help="serve models over Ollama's and OpenAI's HTTP APIs",
-                         description="Serves MODELs over Ollama's and OpenAI's HTTP APIs; requests for other models go to the fallback chain (a real Ollama server, paid APIs when enabled).",
-                         formatter_class=_HelpFormatter)
+    serve = _command(sub, "serve", "serve models over Ollama's and OpenAI's HTTP APIs",
+                     "Serves MODELs over Ollama's and OpenAI's HTTP APIs; requests for other "
+                     "models go to the fallback chain (a real Ollama server, paid APIs when "
+                     "enabled).")
     serve.add_argument("models", nargs="*", metavar="MODEL",
                        help="a store name (gemma3:270m), NAME=PATH or NAME=STORE_NAME, or a GGUF "
                        "path (named by its file stem)")
@@ -462,25 +469,23 @@ def build_parser() -> argparse.ArgumentParser:
                        "which keeps the key out of the process list; unset: no key)")
     serve.set_defaults(func=cmd_serve)
 
-    ls = sub.add_parser("list", help="list the models available here (registry and Ollama store)",
-                         description="Lists the models of the registry, Ollama's store and the packaged models.",
-                         formatter_class=_HelpFormatter)
+    ls = _command(sub, "list", "list the models available here (registry and Ollama store)",
+                  "Lists the models of the registry, Ollama's store and the packaged models.")
     ls.add_argument("--json", action="store_true", help="print JSON instead of a table")
     ls.set_defaults(func=cmd_list)
 
-    costs = sub.add_parser("costs", help="report the cost ledger: local vs paid calls and spend",
-                         description="Reports the cost ledger: local and paid calls, tokens and spend.",
-                         formatter_class=_HelpFormatter)
+    costs = _command(sub, "costs", "report the cost ledger: local vs paid calls and spend",
+                     "Reports the cost ledger: local and paid calls, tokens and spend.")
     costs.add_argument("--month", help="YYYY-MM (default: this month, UTC)")
     costs.add_argument("--ledger", help="ledger file (default: PYENGINE_LEDGER or "
                        "~/.pyengine/ledger.sqlite)")
     costs.add_argument("--json", action="store_true", help="print JSON instead of a table")
     costs.set_defaults(func=cmd_costs)
 
-    ppl = sub.add_parser("perplexity", help="perplexity of a model on a text file, computed as "
-                         "llama.cpp's llama-perplexity computes it",
-                         description="Perplexity of a model on a text file, computed as llama.cpp's llama-perplexity computes it.",
-                         formatter_class=_HelpFormatter)
+    ppl = _command(sub, "perplexity", "perplexity of a model on a text file, computed as "
+                   "llama.cpp's llama-perplexity computes it",
+                   "Perplexity of a model on a text file, computed as llama.cpp's "
+                   "llama-perplexity computes it.")
     ppl.add_argument("model", help="GGUF path or model name")
     ppl.add_argument("textfile", help="UTF-8 text (one trailing newline is dropped)")
     ppl.add_argument("--ctx", type=int, default=DEFAULT_N_CTX,

@@ -25,7 +25,7 @@ from ..fallback import Result
 from .errors import APIError, bad_request, log
 from .keep_alive import parse_keep_alive
 from .model_info import model_facts
-from .models import ModelEntry, ModelNotFound, ModelSet
+from .models import Lease, ModelEntry, ModelNotFound, ModelSet
 from .ollama_options import engine_options
 from .schemas import ChatRequest, GenerateRequest, ShowRequest, parse_body
 from .streaming import NDJSONResponse
@@ -89,6 +89,27 @@ async def _fallback(request: Request, target: Target, messages: list[dict[str, A
             await pieces.aclose()
 
     return NDJSONResponse(records())
+
+
+async def _lease_or_fallback(request: Request, target: Target, keep_alive: float,
+                             messages: list[dict[str, Any]] | None, options: dict[str, Any],
+                             stream: bool, record: Callable[..., dict],
+                             t0: int) -> Lease | Response:
+    """A lease on the target's model; when the engine cannot load it, the fallback chain's
+    answer to ``messages`` (None: a request that only loads, which gets the load error), or
+    the load error if the chain has no answer either."""
+    assert target.entry is not None
+    models = _models(request)
+    try:
+        return await acquire(models, target.entry, keep_alive)
+    except APIError as load_error:
+        if messages is None:
+            raise
+        target.unavailable = models.unavailable(target.entry.name) or load_error.message
+        try:
+            return await _fallback(request, target, messages, options, stream, record, t0)
+        except APIError:
+            raise load_error from None
 
 
 def _resolve(models: ModelSet, name: str) -> ModelEntry:
@@ -261,21 +282,12 @@ async def generate(request: Request) -> Response:
         except (TemplateError, ValueError) as e:
             raise bad_request(str(e)) from None
 
-    try:
-        lease = await acquire(models, entry, keep_alive)
-    except APIError as load_error:
-        if not req.prompt:
-            raise
-        # The file is served here but the engine cannot run it: the chain may have the model;
-        # if not, the load error is the better answer.
-        target.unavailable = models.unavailable(entry.name) or load_error.message
-        messages = [{"role": "system", "content": req.system}] if req.system else []
-        messages.append({"role": "user", "content": req.prompt})
-        try:
-            return await _fallback(request, target, messages, options, req.stream is not False,
-                                   record, t0)
-        except APIError:
-            raise load_error from None
+    messages = [{"role": "system", "content": req.system}] if req.system else []
+    messages.append({"role": "user", "content": req.prompt})
+    lease = await _lease_or_fallback(request, target, keep_alive, messages if req.prompt else None,
+                                     options, req.stream is not False, record, t0)
+    if isinstance(lease, Response):
+        return lease
     if not req.prompt:  # an empty prompt only loads the model
         lease.release()
         return JSONResponse(record("", True, done_reason="load"))
@@ -291,7 +303,7 @@ async def generate(request: Request) -> Response:
                       **_stats(c, total, lease.load_duration))
 
     return await run_generation(request, lease, ids, options, req.stream is not False,
-                      lambda piece: record(piece, False), final, t0)
+                                lambda piece: record(piece, False), final, t0)
 
 
 @router.post("/api/chat")
@@ -332,18 +344,11 @@ async def chat(request: Request) -> Response:
     except ValueError as e:
         raise bad_request(str(e)) from None
 
-    try:
-        lease = await acquire(models, entry, keep_alive)
-    except APIError as load_error:
-        if not req.messages:
-            raise
-        target.unavailable = models.unavailable(entry.name) or load_error.message
-        messages = [{"role": m.role, "content": m.content or ""} for m in req.messages]
-        try:
-            return await _fallback(request, target, messages, options, req.stream is not False,
-                                   record, t0)
-        except APIError:
-            raise load_error from None
+    messages = [{"role": m.role, "content": m.content or ""} for m in req.messages]
+    lease = await _lease_or_fallback(request, target, keep_alive, messages or None, options,
+                                     req.stream is not False, record, t0)
+    if isinstance(lease, Response):
+        return lease
     if not req.messages:  # no messages only loads the model
         lease.release()
         return JSONResponse(record("", True, done_reason="load"))
@@ -354,4 +359,4 @@ async def chat(request: Request) -> Response:
                       **_stats(c, total, lease.load_duration))
 
     return await run_generation(request, lease, ids, options, req.stream is not False,
-                      lambda piece: record(piece, False), final, t0)
+                                lambda piece: record(piece, False), final, t0)

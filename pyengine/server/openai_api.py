@@ -228,9 +228,10 @@ async def _complete(request: Request, target: Target, messages: list[dict[str, A
     t0 = time.perf_counter_ns()
     if not stream:
         return await run_generation(request, lease, ids, options, False, lambda _text: {},
-                          lambda _text, c, _ns: reply.whole(c), t0)
-    response = await run_generation(request, lease, ids, options, True, lambda piece: {"text": piece},
-                          lambda _text, c, _ns: {"completion": c}, t0)
+                                    lambda _text, c, _ns: reply.whole(c), t0)
+    response = await run_generation(request, lease, ids, options, True,
+                                    lambda piece: {"text": piece},
+                                    lambda _text, c, _ns: {"completion": c}, t0)
     if isinstance(response, NDJSONResponse):
         return SSEResponse(_events(reply, response.records))
     return response  # the client left before the first token

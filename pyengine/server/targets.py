@@ -111,7 +111,8 @@ def resolve(models: ModelSet, config: Config, name: str, options: dict[str, Any]
         selection = select_model(task_from_options(options, prompt_chars), config)
     elif key in TIERS:
         tier = TIERS[key]
-        selection = Selection(tier_model(tier, config), tier, f"the {tier.value} tier was asked for")
+        selection = Selection(tier_model(tier, config), tier,
+                              f"the {tier.value} tier was asked for")
     else:
         selection = Selection(name, Tier.PRIMARY, "asked by name")
     try:
