@@ -26,11 +26,15 @@ from conftest import oracle, oracle_agreement, prompt_ids  # noqa: E402
 from pyengine import Engine, PyEngineError  # noqa: E402
 from pyengine.server.testing import ServerProcess  # noqa: E402
 
-# (preset, dtype, max relative L2 error per position, min top-1 agreement): the native core's
-# bounds for each model family, MLX computing in float32.
-BOUNDS = [("tiny", "f32", 5e-3, 0.99), ("tiny", "f16", 5e-3, 0.99), ("tiny", "q8_0", 5e-2, 0.95),
-          ("tiny-3n", "f32", 5e-3, 0.99), ("tiny-3n", "f16", 1e-2, 0.99),
-          ("tiny-3n", "q8_0", 1e-1, 0.85)]
+# (preset, dtype, max relative L2 error per position and min top-1 agreement against llama.cpp:
+# the native core's bounds for each model family; then the largest error against the native
+# core itself), MLX computing in float32. Against the native core, measured on these prompts:
+# F32 1.1e-3 / 7.8e-4 (tiny / tiny-3n), F16 1.9e-3 / 1.7e-3, Q8_0 3.8e-2 / 4.4e-2 (MLX
+# multiplies the dequantized weights by float activations; the native core quantizes the
+# activations to Q8_0 blocks as llama.cpp does, which is most of that difference).
+BOUNDS = [("tiny", "f32", 5e-3, 0.99, 2.5e-3), ("tiny", "f16", 5e-3, 0.99, 5e-3),
+          ("tiny", "q8_0", 5e-2, 0.95, 5e-2), ("tiny-3n", "f32", 5e-3, 0.99, 2.5e-3),
+          ("tiny-3n", "f16", 1e-2, 0.99, 5e-3), ("tiny-3n", "q8_0", 1e-1, 0.85, 8e-2)]
 N_PROMPT = 250  # several times the window (32)
 N_PROMPTS = 2
 
@@ -46,8 +50,9 @@ def rel_err(ours: np.ndarray, ref: np.ndarray) -> np.ndarray:
     return np.linalg.norm(ours - ref, axis=1) / np.linalg.norm(ref, axis=1)
 
 
-@pytest.mark.parametrize("preset,dtype,max_err,min_top1", BOUNDS)
-def test_logits_match_llama_cpp_and_native(make_model, preset, dtype, max_err, min_top1):
+@pytest.mark.parametrize("preset,dtype,max_err,min_top1,max_err_native", BOUNDS)
+def test_logits_match_llama_cpp_and_native(make_model, preset, dtype, max_err, min_top1,
+                                           max_err_native):
     path = make_model(preset, dtype)
     llm = oracle(path)
     with Engine(path, n_ctx=512, backend="mlx", dtype="float32") as mlx, \
@@ -67,7 +72,8 @@ def test_logits_match_llama_cpp_and_native(make_model, preset, dtype, max_err, m
     err, top1 = np.concatenate(errs), float(np.concatenate(hits).mean())
     assert err.max() <= max_err, f"{preset}/{dtype}: vs llama.cpp {err.max():.2e}"
     assert top1 >= min_top1, f"{preset}/{dtype}: top-1 agreement {top1:.3f}"
-    assert np.concatenate(errs_native).max() <= max_err, f"{preset}/{dtype}: vs native"
+    worst = np.concatenate(errs_native).max()
+    assert worst <= max_err_native, f"{preset}/{dtype}: vs native {worst:.2e}"
 
 
 @pytest.mark.parametrize("preset", ["tiny", "tiny-3n"])
