@@ -20,14 +20,14 @@ def _core_missing(error: ImportError) -> ImportError:
 
 
 try:
-    from . import _core  # noqa: F401  (first: everything below needs it)
+    from pyengine import _core  # noqa: F401  (first: everything below needs it)
 except ImportError as _e:
     # Not chained: Python's own words for this case ("circular import") mislead.
     raise _core_missing(_e) from None
 
-from .engine import Chunk, Completion, Engine  # noqa: E402
-from .errors import GGUFError, ModelError, PyEngineError  # noqa: E402
-from .gateway import Gateway, complete  # noqa: E402
+from pyengine.engine import Chunk, Completion, Engine  # noqa: E402
+from pyengine.errors import GGUFError, ModelError, PyEngineError  # noqa: E402
+from pyengine.gateway.front_door import Gateway, complete  # noqa: E402
 
 __all__ = ["Engine", "Completion", "Chunk", "PyEngineError", "GGUFError", "ModelError",
            "Gateway", "complete"]

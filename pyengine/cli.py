@@ -12,19 +12,18 @@ import time
 from collections import Counter
 from typing import Any, Sequence
 
-from . import __version__, _core
-from .config import BACKENDS
-from .engine import Engine
-from .errors import PyEngineError
-from .model_check import VISION_PREFIXES, effective_config, support_reason
-from .perplexity import (DEFAULT_N_CTX, check_n_ctx, count_chunks, eta_text, perplexity_of_tokens,
+from pyengine import __version__, _core
+from pyengine.gateway.config import BACKENDS
+from pyengine.engine import Engine
+from pyengine.errors import PyEngineError
+from pyengine.gguf_facts import file_type_name
+from pyengine.model_check import VISION_PREFIXES, effective_config, support_reason
+from pyengine.perplexity import (DEFAULT_N_CTX, check_n_ctx, count_chunks, eta_text, perplexity_of_tokens,
                          read_text_file, special_bos)
-from .store import ModelRef, ModelStore, resolve_model
+from pyengine.gateway.store import ModelRef, ModelStore, resolve_model
 
 # Tokens per forward step of a perplexity chunk (llama-perplexity's physical batch, -ub).
 PPL_BATCH = 512
-
-_FILE_TYPES = {0: "F32", 1: "F16", 7: "Q8_0", 15: "Q4_K_M", 18: "Q6_K", 32: "BF16"}
 
 
 def _human(n: float) -> str:
@@ -122,7 +121,7 @@ def describe(path: str) -> str:
             "not used, never read (text only)")
     row("file size", f"{info['file_size'] / 2**20:.1f} MiB (GGUF v{info['version']})")
     ft = meta.get("general.file_type")
-    row("quantization", _FILE_TYPES.get(ft, f"file_type {ft}") if ft is not None else "unknown")
+    row("quantization", file_type_name(ft))
     row("tensor types", ", ".join(f"{t} x{n}" for t, n in sorted(types.items())))
     for key, label in [("context_length", "context length"),
                        ("embedding_length", "embedding length"),
@@ -282,7 +281,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     # FastAPI and uvicorn load only for this command.
-    from .server.serve import parse_model_args, resolve_address, serve
+    from pyengine.server.serve import parse_model_args, resolve_address, serve
 
     host, port = resolve_address(args.host, args.port)
     models = parse_model_args(args.models)
@@ -300,7 +299,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_costs(args: argparse.Namespace) -> int:
-    from .ledger import CostLedger, format_report
+    from pyengine.gateway.ledger import CostLedger, format_report
 
     if args.month is not None and not re.fullmatch(r"\d{4}-(0[1-9]|1[0-2])", args.month):
         raise ValueError(f"--month must be YYYY-MM, got {args.month!r}")
@@ -314,7 +313,7 @@ def cmd_costs(args: argparse.Namespace) -> int:
 
 
 def cmd_ab(args: argparse.Namespace) -> int:
-    from .bench.ab import main as ab_main
+    from pyengine.bench.ab import main as ab_main
 
     return ab_main(args)
 
@@ -499,7 +498,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="print the result as JSON on stdout instead of the running values")
     ppl.set_defaults(func=cmd_perplexity)
 
-    from .bench import ab as ab_module  # standard library only: cheap to import
+    from pyengine.bench import ab as ab_module  # standard library only: cheap to import
 
     ab = sub.add_parser("ab", help="compare the speed of two chat endpoints (Ollama/OpenAI)",
                         description=_plain(ab_module.__doc__ or ""),

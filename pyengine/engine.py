@@ -11,13 +11,13 @@ from typing import Any, AsyncIterator, Iterator, Mapping, Sequence, Union
 
 import numpy as np
 
-from . import _core, mlx_backend
-from .core_protocol import BackendCore
-from .aio import ReadyPump
-from .chat import format_gemma
-from .config import BACKENDS, Config
-from .errors import PyEngineError
-from .options import GenerateOptions
+from pyengine import _core, mlx_backend
+from pyengine.core_protocol import BackendCore
+from pyengine.aio import ReadyPump
+from pyengine.chat import format_gemma
+from pyengine.gateway.config import BACKENDS, Config
+from pyengine.errors import PyEngineError
+from pyengine.options import GenerateOptions
 
 Prompt = Union[str, Sequence[int]]
 
@@ -70,7 +70,7 @@ def pick_backend(name: str) -> str:
 def resolve_model_path(model: str | os.PathLike[str]) -> Path:
     """Maps a model argument to a GGUF file: a path, or a name the store resolves (the
     project's registry, then Ollama's on-disk store). Raises ``FileNotFoundError``."""
-    from .store import resolve_model
+    from pyengine.gateway.store import resolve_model
 
     return Path(resolve_model(model).path)
 
@@ -108,7 +108,7 @@ class Engine:
     """A loaded model and the scheduler that serves it.
 
     ``Engine(model, n_threads=None, n_ctx=4096)``: ``model`` is a GGUF path or a name such as
-    ``gemma3:1b`` that the store resolves (``pyengine.store``); ``n_ctx`` is a
+    ``gemma3:1b`` that the store resolves (``pyengine.gateway.store``); ``n_ctx`` is a
     request's default context (a request may ask for more with ``num_ctx``, up to the model's
     training context, without a reload). Every sequence's keys and values live in one paged
     cache of ``kv_cache_mb`` MiB that also keeps finished prompts' blocks for reuse

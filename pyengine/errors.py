@@ -6,6 +6,6 @@
 - ``ModelError``: a readable file whose model the engine cannot run (architecture, tensor type).
 """
 
-from ._core import GGUFError, ModelError, PyEngineError
+from pyengine._core import GGUFError, ModelError, PyEngineError
 
 __all__ = ["PyEngineError", "GGUFError", "ModelError"]

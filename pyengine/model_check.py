@@ -6,8 +6,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from . import _core
-from .errors import PyEngineError
+from pyengine import _core
+from pyengine.errors import PyEngineError
 
 # The vision tower Ollama's Gemma 3 blobs carry in the same file: never read by the text model.
 VISION_PREFIXES = ("v.", "mm.")

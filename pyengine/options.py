@@ -92,7 +92,7 @@ class GenerateOptions:
     def native(self) -> Any:
         """These options as the core's ``GenerateOptions``: what every backend core's ``submit``
         takes (the seed drawn here when none was given)."""
-        from . import _core
+        from pyengine import _core
 
         n = _core.GenerateOptions()
         for name in ("temperature", "top_k", "top_p", "min_p", "repeat_penalty", "repeat_last_n",

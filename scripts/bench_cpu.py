@@ -293,7 +293,7 @@ def parse_args() -> argparse.Namespace:
     args = ap.parse_args()
     args.dtypes = [d for d in args.dtypes.split(",") if d]
     if args.file and not args.worker:
-        from pyengine.store import resolve_model
+        from pyengine.gateway.store import resolve_model
 
         args.file = str(resolve_model(args.file).path)
         args.dtypes = [Path(args.file).stem]

@@ -10,7 +10,8 @@ import sys
 from pathlib import Path
 
 import pyengine
-from pyengine import Engine, cli, store
+from pyengine import Engine, cli
+from pyengine.gateway import store
 from pyengine.server import serve as serve_module
 
 

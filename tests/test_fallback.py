@@ -17,13 +17,13 @@ import pytest
 
 from fake_openai import FakeOpenAI
 from pyengine import Engine
-from pyengine.backends import NativeBackend
-from pyengine.breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
-from pyengine.config import Config
-from pyengine.fallback import FallbackChain, NoBackendAvailable
-from pyengine.gateway import Gateway
-from pyengine.ledger import CostLedger
-from pyengine.store import ModelStore
+from pyengine.gateway.providers import NativeBackend
+from pyengine.gateway.breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
+from pyengine.gateway.config import Config
+from pyengine.gateway.chain import FallbackChain, NoBackendAvailable
+from pyengine.gateway.front_door import Gateway
+from pyengine.gateway.ledger import CostLedger
+from pyengine.gateway.store import ModelStore
 
 FAST_TASK = {"type": "classification", "priority": 1, "estimated_tokens": 10}  # -> gemma3:1b
 PRIMARY_TASK = {"type": "summarization", "priority": 5, "estimated_tokens": 400}  # -> gemma3n:e2b
@@ -83,7 +83,7 @@ def test_native_serves_first(tmp_path, tiny):
 
 def test_missing_model_goes_to_ollama(tmp_path, tiny, ollama_url, caplog):
     gw = Gateway(chain=chain(tmp_path, registry(tmp_path, {}), ollama_url))
-    with caplog.at_level("WARNING", logger="pyengine.fallback"):
+    with caplog.at_level("WARNING", logger="pyengine.gateway.chain"):
         r = gw.complete(PRIMARY_TASK, "Hi", **GREEDY)
     assert (r.backend, r.model, r.tier) == ("ollama", "gemma3n:e2b", "primary")
     assert [a.outcome for a in r.attempts] == ["cannot-serve", "served"]
@@ -259,7 +259,7 @@ def test_unsupported_architecture_and_low_memory_go_to_ollama(tmp_path, tiny, ol
     assert r.backend == "ollama" and r.attempts[0].outcome == "cannot-serve"
     assert "llama3" in r.attempts[0].reason
     assert fc.breakers["native"].state == CLOSED  # not the backend's failure
-    import pyengine.backends as backends
+    import pyengine.gateway.providers as backends
 
     monkeypatch.setattr(backends, "available_memory", lambda: 1 << 20)  # 1 MiB free
     fc2 = chain(tmp_path / "b", registry(tmp_path, {"gemma3n:e2b": tiny}), ollama_url)

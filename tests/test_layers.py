@@ -40,3 +40,18 @@ def test_the_check_finds_what_points_up(tmp_path):
         "includes runtime/sampler.h (runtime is above it)",
         "includes tests/cuda/emulator/emulator.h (tests is outside csrc/)",
     ])
+
+
+def test_the_check_finds_import_cycles(tmp_path):
+    pkg = tmp_path / "pkg"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("from pkg.a import A\n")
+    (pkg / "a.py").write_text("from pkg.sub import b\nA = 1\n")
+    (pkg / "sub" / "__init__.py").write_text("")
+    (pkg / "sub" / "b.py").write_text("from .. import a\n\ndef later():\n    import pkg.c\n")
+    (pkg / "c.py").write_text("from pkg.sub.b import later\n")  # imports b; b imports c late
+    (tmp_path / "csrc").mkdir()
+    proc = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path / "csrc"), str(pkg)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    assert proc.stdout.splitlines() == ["import cycle: pkg.a -> pkg.sub.b -> pkg.a"]

@@ -21,8 +21,8 @@ from conftest import SERVER_KV_MB as KV_MB
 from conftest import SERVER_N_CTX as N_CTX
 from pyengine import Engine
 from pyengine.server import create_app
-from pyengine.server.openai_api import Reply, _events, owned_by
-from pyengine.server.sse import DONE, sse_event
+from pyengine.server.openai.api import Reply, _events, owned_by
+from pyengine.server.openai.sse import DONE, sse_event
 from pyengine.server.testing import ServerThread
 
 GREEDY: dict[str, Any] = {"temperature": 0, "max_tokens": 12}

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from pyengine.config import Config, ConfigError, normalize_host
-from pyengine.routing import Selection, Task, Tier, select_model
+from pyengine.gateway.config import Config, ConfigError, normalize_host
+from pyengine.gateway.routing import Selection, Task, Tier, select_model
 
 CFG = Config()  # the document's defaults
 
@@ -119,7 +119,7 @@ def test_environment_overrides_models_and_logging(caplog):
            "OLLAMA_QUALITY_MODEL": "tiny-quality", "OLLAMA_ALTERNATIVE_MODEL": "tiny-alt",
            "MODEL_SELECTION_LOGGING": "true"}
     cfg = Config.from_env(env)
-    with caplog.at_level(logging.INFO, logger="pyengine.routing"):
+    with caplog.at_level(logging.INFO, logger="pyengine.gateway.routing"):
         got = [select_model(t, cfg).model for t in (
             {"estimated_tokens": 1, "priority": 1}, {"estimated_tokens": 500},
             {"priority": 9}, {"type": "code_generation", "estimated_tokens": 500})]
@@ -127,7 +127,7 @@ def test_environment_overrides_models_and_logging(caplog):
     assert len(caplog.records) == 4 and "tiny-quality" in caplog.records[2].getMessage()
     caplog.clear()
     quiet = Config.from_env({"MODEL_SELECTION_LOGGING": "false"})
-    with caplog.at_level(logging.INFO, logger="pyengine.routing"):
+    with caplog.at_level(logging.INFO, logger="pyengine.gateway.routing"):
         select_model({"priority": 9}, quiet)
     assert not caplog.records
 

@@ -26,12 +26,12 @@ import pyengine
 from conftest import SERVER_KV_MB as KV_MB
 from conftest import SERVER_N_CTX as N_CTX
 from pyengine.chat import format_gemma
-from pyengine.config import Config
+from pyengine.gateway.config import Config
 from pyengine.server import create_app
 from pyengine.server.keep_alive import FOREVER, parse_keep_alive
-from pyengine.server.ollama_api import OLLAMA_API_VERSION
+from pyengine.server.ollama.api import OLLAMA_API_VERSION
 from pyengine.server.serve import parse_host, parse_model_args, resolve_address
-from pyengine.server.template import GEMMA_TEMPLATE, TemplateError, render
+from pyengine.server.ollama.template import GEMMA_TEMPLATE, TemplateError, render
 from pyengine.server.testing import ServerProcess, ServerThread, free_port, wait_until_up
 
 GREEDY = {"temperature": 0, "num_predict": 12}

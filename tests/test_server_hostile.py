@@ -15,7 +15,7 @@ import pytest
 from conftest import SERVER_KV_MB as KV_MB
 from conftest import SERVER_N_CTX as N_CTX
 from pyengine.server import create_app
-from pyengine.server.limits import DEFAULT_MAX_BODY_BYTES
+from pyengine.server.ops.limits import DEFAULT_MAX_BODY_BYTES
 from pyengine.server.testing import HOST, ServerThread
 
 SMALL = {"num_predict": 2}

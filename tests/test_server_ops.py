@@ -18,10 +18,10 @@ from conftest import SERVER_KV_MB as KV_MB
 from conftest import SERVER_N_CTX as N_CTX
 from pyengine.errors import PyEngineError
 from pyengine.server import create_app
-from pyengine.server.exposition import Exposition
-from pyengine.server.limits import BUSY_MESSAGE, DEFAULT_MAX_QUEUE, resolve_max_queue
-from pyengine.server.metrics import EngineLedger
-from pyengine.server.security import DEFAULT_ORIGINS, resolve_api_key, resolve_origins
+from pyengine.server.ops.exposition import Exposition
+from pyengine.server.ops.limits import BUSY_MESSAGE, DEFAULT_MAX_QUEUE, resolve_max_queue
+from pyengine.server.ops.metrics import EngineLedger
+from pyengine.server.ops.security import DEFAULT_ORIGINS, resolve_api_key, resolve_origins
 from pyengine.server.testing import ServerThread
 
 ODD = 'odd"na\\me'  # a model name that needs escaping in a label value

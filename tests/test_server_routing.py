@@ -10,7 +10,7 @@ import ollama
 import pytest
 
 from pyengine import Engine
-from pyengine.config import Config
+from pyengine.gateway.config import Config
 from pyengine.server.app import create_app
 from pyengine.server.testing import ServerProcess, ServerThread
 

@@ -15,7 +15,7 @@ import pytest
 
 from pyengine import Engine
 from pyengine.cli import _human_bytes
-from pyengine.store import (
+from pyengine.gateway.store import (
     InvalidModelNameError,
     ManifestError,
     ModelNotFoundError,
@@ -394,7 +394,7 @@ def test_list_returns_every_available_model(registry, ollama, tmp_path, gguf, ca
     pull(ollama, "registry.ollama.ai/alice/tiny/latest", gguf + b"\0")
     write_manifest(ollama, "registry.ollama.ai/library/broken/latest", "{")
     write_manifest(ollama, "registry.ollama.ai/library/..bad/latest", "{}")  # not a valid name
-    with caplog.at_level(logging.WARNING, logger="pyengine.store"):
+    with caplog.at_level(logging.WARNING, logger="pyengine.gateway.store"):
         refs = ModelStore(registry, ollama, packaged_models={}).list()
     assert [(r.name, r.source, r.tier) for r in refs] == [
         ("gemma3:1b", "registry", "fast"),  # gemma3:4b's file is absent: not listed

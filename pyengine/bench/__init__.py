@@ -13,7 +13,7 @@ Only the standard library is needed; matplotlib, when installed, draws the chart
 renders a GGUF file's own chat template.
 """
 
-from .ab import ABConfig, ABError, run_ab
-from .clients import Endpoint, EndpointError, parse_endpoint
+from pyengine.bench.ab import ABConfig, ABError, run_ab
+from pyengine.bench.clients import Endpoint, EndpointError, parse_endpoint
 
 __all__ = ["ABConfig", "ABError", "Endpoint", "EndpointError", "parse_endpoint", "run_ab"]

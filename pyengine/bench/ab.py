@@ -66,7 +66,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from .clients import (
+from pyengine.bench.clients import (
     Endpoint,
     EndpointError,
     GenerationSettings,
@@ -76,9 +76,9 @@ from .clients import (
     stream_chat,
     stream_completion,
 )
-from .prompts import Prompt, as_messages, builtin_prompts, load_prompts
-from .stats import median, summarize
-from .template import ChatTemplate, TemplateError, gemma_template, load_template
+from pyengine.bench.prompts import Prompt, as_messages, builtin_prompts, load_prompts
+from pyengine.bench.stats import median, summarize
+from pyengine.bench.template import ChatTemplate, TemplateError, gemma_template, load_template
 
 Log = Callable[[str], None]
 
@@ -471,7 +471,7 @@ def config_from_args(args: argparse.Namespace) -> ABConfig:
 def main(args: argparse.Namespace) -> int:
     """Runs ``pyengine ab``: 0 once measured (failed requests are counted in the report, not
     fatal), 1 after a one-line error (no traceback), 130 when interrupted."""
-    from .report import format_table, write_outputs
+    from pyengine.bench.report import format_table, write_outputs
 
     try:
         config = config_from_args(args)

@@ -50,7 +50,7 @@ class ChatTemplate:
 
 def gemma_template() -> ChatTemplate:
     """Gemma's turn format, the same code the server formats chat requests with."""
-    from ..chat import format_gemma
+    from pyengine.chat import format_gemma
 
     return ChatTemplate(GEMMA, format_gemma)
 
@@ -102,7 +102,7 @@ def _token_text(meta: Mapping[str, Any], key: str) -> str:
 
 def template_from_gguf(path: str | Path) -> ChatTemplate:
     """The file's own chat template, or Gemma's turn format when the file has none."""
-    from .. import _core
+    from pyengine import _core
 
     try:
         # Arrays cut at 4096 entries: the special tokens' ids are small.

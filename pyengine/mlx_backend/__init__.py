@@ -27,6 +27,6 @@ def core_class() -> type:
     """``MlxCore``, imported on demand; ImportError naming the extra when mlx is missing."""
     if not available():
         raise ImportError(EXTRA_HINT)
-    from .core import MlxCore
+    from pyengine.mlx_backend.core import MlxCore
 
     return MlxCore

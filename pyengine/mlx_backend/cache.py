@@ -22,7 +22,7 @@ from typing import Any
 
 import mlx.core as mx
 
-from ..store import default_registry_dir
+from pyengine.gateway.store import default_registry_dir
 
 # Bumped when the conversion changes, so old entries are not reused. 2: quantized types other
 # than Q8_0 stay quantized ("quantized", formerly "q8"); layers of several bit widths.

@@ -29,9 +29,9 @@ import mlx.nn as nn
 import numpy as np
 from mlx_lm.models import gemma3_text, gemma3n
 
-from .. import _core
-from ..errors import ModelError
-from . import quant
+from pyengine import _core
+from pyengine.errors import ModelError
+from pyengine.mlx_backend import quant
 
 DTYPES = {"float32": mx.float32, "float16": mx.float16, "bfloat16": mx.bfloat16}
 # "quantized": quantized matrices become MLX quantized matrices (exactly the file's values where

@@ -30,9 +30,9 @@ from mlx_lm.generate import BatchGenerator
 from mlx_lm.models.cache import (LRUPromptCache, RotatingKVCache, can_trim_prompt_cache,
                                  trim_prompt_cache)
 
-from .. import _core
-from ..errors import PyEngineError
-from . import convert, load
+from pyengine import _core
+from pyengine.errors import PyEngineError
+from pyengine.mlx_backend import convert, load
 
 CHECKPOINT_TOKENS = 16  # prompt caches are kept at multiples of this, as the native blocks
 _COUNTERS = ("steps", "decode_steps", "step_tokens", "step_sequences", "decode_tokens",

@@ -9,9 +9,9 @@ from typing import Any
 
 import mlx.nn as nn
 
-from .. import _core
-from ..errors import ModelError
-from . import cache, convert
+from pyengine import _core
+from pyengine.errors import ModelError
+from pyengine.mlx_backend import cache, convert
 
 # The MLX type an unquantized GGUF's matrices map to unless asked otherwise: their own.
 _FLOAT_DTYPE = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}

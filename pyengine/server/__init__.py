@@ -3,7 +3,7 @@
 ``create_app({"gemma": "gemma.gguf"})`` builds the app; ``python -m pyengine serve`` runs it.
 """
 
-from .app import create_app
-from .models import ModelNotFound, ModelSet
+from pyengine.server.app import create_app
+from pyengine.server.models import ModelNotFound, ModelSet
 
 __all__ = ["ModelNotFound", "ModelSet", "create_app"]

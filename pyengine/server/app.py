@@ -8,14 +8,16 @@ from typing import Any, AsyncIterator, Mapping, Sequence
 
 from fastapi import FastAPI
 
-from .. import __version__
-from ..config import Config
-from ..model_check import unsupported_reason
-from . import embed_api, ollama_api, openai_api
-from .errors import install_error_handlers
-from .keep_alive import DEFAULT_KEEP_ALIVE, parse_keep_alive
-from .models import DEFAULT_MAX_LOADED, ModelSet
-from .ops import OpsSettings, install_ops
+from pyengine import __version__
+from pyengine.gateway.config import Config
+from pyengine.model_check import unsupported_reason
+from pyengine.server import embed as embed_api
+from pyengine.server.ollama import api as ollama_api
+from pyengine.server.openai import api as openai_api
+from pyengine.server.errors import install_error_handlers
+from pyengine.server.keep_alive import DEFAULT_KEEP_ALIVE, parse_keep_alive
+from pyengine.server.models import DEFAULT_MAX_LOADED, ModelSet
+from pyengine.server.ops.install import OpsSettings, install_ops
 
 
 def create_app(models: Mapping[str, str | os.PathLike[str]], *, n_threads: int | None = None,

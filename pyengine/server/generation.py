@@ -12,12 +12,12 @@ from typing import Any, AsyncGenerator, AsyncIterator, Callable
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
-from ..engine import Chunk, Completion
-from ..errors import PyEngineError
-from .errors import APIError, bad_request, log
-from .models import Lease, ModelEntry, ModelSet, ModelUnavailable
-from .streaming import ClientDisconnected, NDJSONResponse, until_disconnect
-from .targets import record_local
+from pyengine.engine import Chunk, Completion
+from pyengine.errors import PyEngineError
+from pyengine.server.errors import APIError, bad_request, log
+from pyengine.server.models import Lease, ModelEntry, ModelSet, ModelUnavailable
+from pyengine.server.streaming import ClientDisconnected, NDJSONResponse, until_disconnect
+from pyengine.server.targets import record_local
 
 NO_IMAGES = "this model does not support images"
 

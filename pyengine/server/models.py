@@ -18,12 +18,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from ..backends import available_memory
-from ..engine import Engine
-from ..errors import PyEngineError
-from .errors import log
-from .keep_alive import DEFAULT_KEEP_ALIVE, FOREVER
-from .timestamps import after
+from pyengine.gateway.providers import available_memory
+from pyengine.engine import Engine
+from pyengine.errors import PyEngineError
+from pyengine.server.errors import log
+from pyengine.server.keep_alive import DEFAULT_KEEP_ALIVE, FOREVER
+from pyengine.server.timestamps import after
 
 DEFAULT_MAX_LOADED = 3  # Ollama's default for CPU inference
 

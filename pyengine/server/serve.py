@@ -69,7 +69,7 @@ def parse_model_args(args: Sequence[str]) -> dict[str, Path]:
 
     Raises ``FileNotFoundError`` for a name found nowhere, ``ValueError`` for a refused one.
     """
-    from ..store import resolve_model
+    from pyengine.gateway.store import resolve_model
 
     models: dict[str, Path] = {}
     for arg in args:
@@ -91,7 +91,7 @@ def serve(models: Mapping[str, str | os.PathLike[str]], host: str, port: int,
     """Serves ``models`` on ``host:port`` until interrupted (see ``create_app``)."""
     import uvicorn
 
-    from .app import create_app
+    from pyengine.server.app import create_app
 
     app = create_app(models, **app_options)
     uvicorn.run(app, host=host, port=port, log_level=log_level)

@@ -18,13 +18,13 @@ import threading
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Iterator, Mapping, Sequence
 
-from ..backends import CannotServe, Messages, OllamaBackend, Reply
-from ..config import Config
-from ..fallback import FallbackChain, NoBackendAvailable, Result, StreamInterrupted
-from ..ledger import CostLedger
-from ..routing import Selection, Task, Tier, select_model, tier_model
-from .errors import APIError, bad_request, log
-from .models import ModelEntry, ModelNotFound, ModelSet
+from pyengine.gateway.providers import CannotServe, Messages, OllamaBackend, Reply
+from pyengine.gateway.config import Config
+from pyengine.gateway.chain import FallbackChain, NoBackendAvailable, Result, StreamInterrupted
+from pyengine.gateway.ledger import CostLedger
+from pyengine.gateway.routing import Selection, Task, Tier, select_model, tier_model
+from pyengine.server.errors import APIError, bad_request, log
+from pyengine.server.models import ModelEntry, ModelNotFound, ModelSet
 
 FALLBACK_HEADER = "X-Pyengine-Fallback"
 TIERS = {t.value: t for t in Tier}

@@ -15,7 +15,7 @@ from typing import Any
 
 from starlette.types import Send
 
-from .streaming import NDJSONResponse
+from pyengine.server.streaming import NDJSONResponse
 
 DONE = "[DONE]"  # the last event of an OpenAI stream, sent as is rather than as JSON
 

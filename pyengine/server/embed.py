@@ -18,11 +18,11 @@ import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from ..errors import PyEngineError
-from .errors import APIError, bad_request
-from .keep_alive import parse_keep_alive
-from .models import Lease, ModelNotFound, ModelSet
-from .schemas import KeepAlive, _Body, parse_body
+from pyengine.errors import PyEngineError
+from pyengine.server.errors import APIError, bad_request
+from pyengine.server.keep_alive import parse_keep_alive
+from pyengine.server.models import Lease, ModelNotFound, ModelSet
+from pyengine.server.ollama.schemas import KeepAlive, _Body, parse_body
 
 router = APIRouter()
 

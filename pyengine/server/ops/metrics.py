@@ -21,10 +21,10 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .. import __version__
-from ..errors import PyEngineError
-from .exposition import CONTENT_TYPE, Exposition, Sample
-from .limits import GENERATION_PATHS, QueueLimit
+from pyengine import __version__
+from pyengine.errors import PyEngineError
+from pyengine.server.ops.exposition import CONTENT_TYPE, Exposition, Sample
+from pyengine.server.ops.limits import GENERATION_PATHS, QueueLimit
 
 router = APIRouter()
 

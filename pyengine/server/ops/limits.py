@@ -13,7 +13,7 @@ from typing import Mapping
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .refusals import send_error
+from pyengine.server.ops.refusals import send_error
 
 log = logging.getLogger("pyengine.server")
 

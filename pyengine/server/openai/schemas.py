@@ -13,9 +13,9 @@ from typing import Any, Dict, List, Optional, TypeVar, Union
 from pydantic import BaseModel, ConfigDict, ValidationError
 from starlette.requests import Request
 
-from .errors import APIError
-from .openai_errors import invalid
-from .schemas import _describe, read_json
+from pyengine.server.errors import APIError
+from pyengine.server.openai.errors import invalid
+from pyengine.server.ollama.schemas import _describe, read_json
 
 M = TypeVar("M", bound=BaseModel)
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence, Union
 
-from .config import Config
+from pyengine.gateway.config import Config
 
 Messages = Sequence[Mapping[str, Any]]
 
@@ -79,7 +79,7 @@ class NativeBackend:
 
     def __init__(self, config: Config, store: Any = None, max_loaded: int = 2,
                  engine_options: Mapping[str, Any] | None = None) -> None:
-        from .store import ModelStore
+        from pyengine.gateway.store import ModelStore
 
         self.config = config
         self.store = store if store is not None else ModelStore()
@@ -89,8 +89,8 @@ class NativeBackend:
         self._lock = threading.Lock()
 
     def _engine(self, model: str) -> Any:
-        from .engine import Engine
-        from .errors import PyEngineError
+        from pyengine.engine import Engine
+        from pyengine.errors import PyEngineError
 
         with self._lock:
             if model in self._engines:
@@ -120,7 +120,7 @@ class NativeBackend:
 
     def chat_stream(self, model: str, messages: Messages, options: Mapping[str, Any],
                     timeout_s: float) -> ReplyStream:
-        from .errors import PyEngineError
+        from pyengine.errors import PyEngineError
 
         eng = self._engine(model)
         chunks: Iterator[Any] = iter(())

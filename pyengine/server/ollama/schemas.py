@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Optional, Type, TypeVar, Union
 from pydantic import BaseModel, ConfigDict, ValidationError
 from starlette.requests import Request
 
-from .errors import bad_request
+from pyengine.server.errors import bad_request
 
 M = TypeVar("M", bound=BaseModel)
 

@@ -8,7 +8,7 @@ from typing import Any, Mapping
 
 from starlette.types import Scope, Send
 
-from .openai_errors import error_body as openai_error_body
+from pyengine.server.openai.errors import error_body as openai_error_body
 
 
 def error_body(path: str, status: int, message: str) -> dict[str, Any]:

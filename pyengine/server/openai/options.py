@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from .ollama_options import engine_options
-from .openai_errors import invalid
-from .openai_schemas import SamplingFields
+from pyengine.server.ollama.options import engine_options
+from pyengine.server.openai.errors import invalid
+from pyengine.server.openai.schemas import SamplingFields
 
 DEFAULT_TEMPERATURE = 1.0
 DEFAULT_TOP_P = 1.0

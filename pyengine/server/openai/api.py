@@ -33,19 +33,19 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from ..chat import format_gemma
-from ..engine import Completion
-from ..fallback import Result
-from .errors import APIError
-from .models import ModelEntry, ModelSet
-from .generation import NO_IMAGES, acquire, run_generation
-from .targets import FALLBACK_HEADER, Target, run_fallback, stream_fallback
-from .targets import resolve as resolve_target
-from .openai_errors import OpenAIError, OpenAIRoute, error_body, invalid
-from .openai_options import max_tokens_of, sampling_options
-from .openai_schemas import ChatCompletionRequest, ChatMessage, CompletionRequest, parse_openai_body
-from .sse import DONE, SSEResponse
-from .streaming import NDJSONResponse
+from pyengine.chat import format_gemma
+from pyengine.engine import Completion
+from pyengine.gateway.chain import Result
+from pyengine.server.errors import APIError
+from pyengine.server.models import ModelEntry, ModelSet
+from pyengine.server.generation import NO_IMAGES, acquire, run_generation
+from pyengine.server.targets import FALLBACK_HEADER, Target, run_fallback, stream_fallback
+from pyengine.server.targets import resolve as resolve_target
+from pyengine.server.openai.errors import OpenAIError, OpenAIRoute, error_body, invalid
+from pyengine.server.openai.options import max_tokens_of, sampling_options
+from pyengine.server.openai.schemas import ChatCompletionRequest, ChatMessage, CompletionRequest, parse_openai_body
+from pyengine.server.openai.sse import DONE, SSEResponse
+from pyengine.server.streaming import NDJSONResponse
 
 router = APIRouter(prefix="/v1", route_class=OpenAIRoute)
 

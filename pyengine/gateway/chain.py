@@ -11,7 +11,7 @@ neighbouring tiers' models are tried locally too. Paid APIs
 come last, only when ``PAID_API_ENABLED`` (and the strategy is not ``local-only``), only with an
 API key, and only while this month's paid spend plus the call's worst-case cost stays within
 ``PAID_API_MAX_MONTHLY_SPEND``. Every served call goes into the cost ledger; every fallback is
-logged (logger ``pyengine.fallback``) with its reason.
+logged (logger ``pyengine.gateway.chain``) with its reason.
 """
 
 from __future__ import annotations
@@ -21,15 +21,15 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Mapping, Sequence, Union
 
-from .backends import (BackendFailure, CannotServe, Messages, NativeBackend, OllamaBackend,
+from pyengine.gateway.providers import (BackendFailure, CannotServe, Messages, NativeBackend, OllamaBackend,
                        PaidBackend, Reply, ReplyStream, estimate_tokens, has_key,
                        paid_models_for)
-from .breaker import CircuitBreaker
-from .config import Config
-from .ledger import CostLedger
-from .routing import TIER_FALLBACKS, Selection, tier_model
+from pyengine.gateway.breaker import CircuitBreaker
+from pyengine.gateway.config import Config
+from pyengine.gateway.ledger import CostLedger
+from pyengine.gateway.routing import TIER_FALLBACKS, Selection, tier_model
 
-log = logging.getLogger("pyengine.fallback")
+log = logging.getLogger("pyengine.gateway.chain")
 DEFAULT_COOLDOWN_S = 30.0
 PAID_DEFAULT_MAX_TOKENS = 512  # worst-case output when a request sets no limit
 

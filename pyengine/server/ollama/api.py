@@ -17,23 +17,23 @@ from typing import Any, AsyncIterator, Callable
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
-from .. import __version__
-from ..chat import format_gemma
-from ..engine import Completion
-from ..errors import PyEngineError
-from ..fallback import Result
-from .errors import APIError, bad_request, log
-from .keep_alive import parse_keep_alive
-from .model_info import model_facts
-from .models import Lease, ModelEntry, ModelNotFound, ModelSet
-from .ollama_options import engine_options
-from .schemas import ChatRequest, GenerateRequest, ShowRequest, parse_body
-from .streaming import NDJSONResponse
-from .generation import NO_IMAGES, acquire, run_generation
-from .targets import FALLBACK_HEADER, Target, run_fallback, stream_fallback
-from .targets import resolve as resolve_target
-from .template import GEMMA_TEMPLATE, TemplateError, render
-from .timestamps import rfc3339, utc_now
+from pyengine import __version__
+from pyengine.chat import format_gemma
+from pyengine.engine import Completion
+from pyengine.errors import PyEngineError
+from pyengine.gateway.chain import Result
+from pyengine.server.errors import APIError, bad_request, log
+from pyengine.server.keep_alive import parse_keep_alive
+from pyengine.server.model_info import model_facts
+from pyengine.server.models import Lease, ModelEntry, ModelNotFound, ModelSet
+from pyengine.server.ollama.options import engine_options
+from pyengine.server.ollama.schemas import ChatRequest, GenerateRequest, ShowRequest, parse_body
+from pyengine.server.streaming import NDJSONResponse
+from pyengine.server.generation import NO_IMAGES, acquire, run_generation
+from pyengine.server.targets import FALLBACK_HEADER, Target, run_fallback, stream_fallback
+from pyengine.server.targets import resolve as resolve_target
+from pyengine.server.ollama.template import GEMMA_TEMPLATE, TemplateError, render
+from pyengine.server.timestamps import rfc3339, utc_now
 
 router = APIRouter()
 

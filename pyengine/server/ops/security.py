@@ -17,7 +17,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from .refusals import send_error
+from pyengine.server.ops.refusals import send_error
 
 ORIGINS_ENV = ("PYENGINE_ORIGINS", "OLLAMA_ORIGINS")  # the first one set wins
 API_KEY_ENV = "PYENGINE_API_KEY"

@@ -17,7 +17,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from .errors import APIError, log
+from pyengine.server.errors import APIError, log
 
 
 class OpenAIError(APIError):

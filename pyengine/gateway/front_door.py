@@ -15,9 +15,9 @@ from __future__ import annotations
 import threading
 from typing import Any, Mapping, Sequence
 
-from .config import Config
-from .fallback import FallbackChain, Result
-from .routing import Task, select_model
+from pyengine.gateway.config import Config
+from pyengine.gateway.chain import FallbackChain, Result
+from pyengine.gateway.routing import Task, select_model
 
 
 class Gateway:

@@ -43,7 +43,7 @@ __all__ = ["InvalidModelNameError", "ManifestError", "ModelNotFoundError", "Mode
            "OllamaName", "RegistryError", "StoreError", "UnsafePathError", "default_ollama_models",
            "default_registry_dir", "parse_name", "resolve_model"]
 
-log = logging.getLogger("pyengine.store")
+log = logging.getLogger("pyengine.gateway.store")
 
 REGISTRY_FILE = "registry.json"
 # Models that PyPI packages carry: name -> module whose assemble() writes the GGUF (once, under
@@ -483,7 +483,7 @@ class ModelStore:
         """Every model available here: registry entries whose file exists (in registry order),
         then every Ollama manifest with a usable model layer (by name).
 
-        A broken entry or manifest is skipped with a warning on the ``pyengine.store`` logger,
+        A broken entry or manifest is skipped with a warning on the ``pyengine.gateway.store`` logger,
         as ``ollama list`` does; only a malformed ``registry.json`` raises.
         """
         registry = self._registry()

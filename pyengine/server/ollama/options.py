@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping
 
-from ..options import GenerateOptions
+from pyengine.options import GenerateOptions
 
 _INTEGERS = ("num_predict", "top_k", "repeat_last_n", "seed", "num_ctx")
 _FLOATS = ("temperature", "top_p", "min_p", "repeat_penalty", "presence_penalty",

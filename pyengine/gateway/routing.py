@@ -18,7 +18,7 @@ tables and rules, first match wins:
    otherwise primary.
 
 Every decision carries the model, the tier and the reason, and is logged (logger
-``pyengine.routing``) when ``MODEL_SELECTION_LOGGING`` is on.
+``pyengine.gateway.routing``) when ``MODEL_SELECTION_LOGGING`` is on.
 """
 
 from __future__ import annotations
@@ -29,9 +29,9 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Mapping
 
-from .config import Config
+from pyengine.gateway.config import Config
 
-log = logging.getLogger("pyengine.routing")
+log = logging.getLogger("pyengine.gateway.routing")
 
 
 class Tier(str, Enum):
