@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from make_model import write_model  # scripts/ (pytest's pythonpath)
+from support import rel_err
 
 from pyengine import _core
 
@@ -182,6 +183,6 @@ def oracle_agreement(logits_of, path: Path, n_vocab: int, n_prompts: int, n_toke
         llm.reset()
         llm.eval(ids)
         ref = np.array(llm.scores[: len(ids)], dtype=np.float64)
-        errs.append(np.linalg.norm(ours - ref, axis=1) / np.linalg.norm(ref, axis=1))
+        errs.append(rel_err(ours, ref))
         hits.append(ours.argmax(1) == ref.argmax(1))
     return np.concatenate(errs), float(np.concatenate(hits).mean())

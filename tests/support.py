@@ -12,6 +12,11 @@ import numpy as np
 from pyengine import Engine
 
 
+def rel_err(ours: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """Relative L2 error of each row (position) of ours against ref."""
+    return np.linalg.norm(ours - ref, axis=1) / np.linalg.norm(ref, axis=1)
+
+
 def prompts(seed: int, lengths: list[int], n_vocab: int = 3000) -> list[list[int]]:
     rng = random.Random(seed)
     return [[2] + [rng.randrange(10, n_vocab) for _ in range(n - 1)] for n in lengths]

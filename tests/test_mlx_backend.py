@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from support import rel_err
+
 pytest.importorskip("mlx.core")
 pytest.importorskip("mlx_lm")
 
@@ -45,9 +47,6 @@ def mlx_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("PYENGINE_MLX_CACHE", str(tmp_path_factory.getbasetemp() / "mlx-cache"))
 
 
-
-def rel_err(ours: np.ndarray, ref: np.ndarray) -> np.ndarray:
-    return np.linalg.norm(ours - ref, axis=1) / np.linalg.norm(ref, axis=1)
 
 
 @pytest.mark.parametrize("preset,dtype,max_err,min_top1,max_err_native", BOUNDS)

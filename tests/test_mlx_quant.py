@@ -17,6 +17,8 @@ from typing import Callable
 import numpy as np
 import pytest
 
+from support import rel_err
+
 mx = pytest.importorskip("mlx.core")
 pytest.importorskip("mlx_lm")
 
@@ -181,7 +183,7 @@ def check_converted(mf: _core.ModelFile, weights: dict,
 
 def agreement(logits: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
     """(max relative L2 error per position, top-1 agreement) of logits against ref."""
-    err = np.linalg.norm(logits - ref, axis=1) / np.linalg.norm(ref, axis=1)
+    err = rel_err(logits, ref)
     return float(err.max()), float(np.mean(logits.argmax(1) == ref.argmax(1)))
 
 

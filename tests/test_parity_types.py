@@ -15,6 +15,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from support import rel_err
+
 from conftest import oracle, oracle_greedy, prompt_ids
 from pyengine import Engine, _core
 
@@ -23,9 +25,6 @@ SMALL_BLOCKS = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "IQ4_NL", "Q8_0"]
 K_BLOCKS = ["Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_XS"]
 MIXES = ["Q4_K_M", "Q4_K_S", "Q5_K_M", "Q3_K_M"]
 
-
-def rel_err(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return np.linalg.norm(a - b, axis=1) / np.linalg.norm(b, axis=1)
 
 
 def logits(path, exact: bool):

@@ -6,6 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from support import rel_err
+
 from conftest import oracle, oracle_greedy
 from pyengine import Engine
 
@@ -57,9 +59,6 @@ def text_logits(engine, llama, real_path):
     exact = Gemma3Reference(real_path).logits(ids)
     return ids, ours, ref, exact
 
-
-def rel_err(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return np.linalg.norm(a - b, axis=1) / np.linalg.norm(b, axis=1)
 
 
 def test_file_holds_the_types_of_ollamas_q4_k_m(real_path):

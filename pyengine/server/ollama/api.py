@@ -249,11 +249,12 @@ async def generate(request: Request) -> Response:
         return {"model": req.model, "created_at": rfc3339(utc_now()), "response": response,
                 "done": done, **extra}
 
+    # The prompt as chat turns: what the chat format renders and the fallback chain is sent.
+    messages = [{"role": "system", "content": req.system}] if req.system else []
+    messages.append({"role": "user", "content": req.prompt})
     if target.entry is None:
         if not req.prompt:
             raise APIError(404, str(ModelNotFound(target.model)))
-        messages = [{"role": "system", "content": req.system}] if req.system else []
-        messages.append({"role": "user", "content": req.prompt})
         return await _fallback(request, target, messages, _options(req_options),
                                req.stream is not False, record, t0)
     entry = target.entry
@@ -277,13 +278,10 @@ async def generate(request: Request) -> Response:
             if req.template:
                 text = render(req.template, {"System": req.system or "", "Prompt": req.prompt})
             else:
-                messages = [{"role": "system", "content": req.system}] if req.system else []
-                text = format_gemma(messages + [{"role": "user", "content": req.prompt}])
+                text = format_gemma(messages)
         except (TemplateError, ValueError) as e:
             raise bad_request(str(e)) from None
 
-    messages = [{"role": "system", "content": req.system}] if req.system else []
-    messages.append({"role": "user", "content": req.prompt})
     lease = await _lease_or_fallback(request, target, keep_alive, messages if req.prompt else None,
                                      options, req.stream is not False, record, t0)
     if isinstance(lease, Response):
@@ -320,12 +318,12 @@ async def chat(request: Request) -> Response:
         return {"model": req.model, "created_at": rfc3339(utc_now()),
                 "message": {"role": "assistant", "content": content}, "done": done, **extra}
 
+    messages = [{"role": m.role, "content": m.content or ""} for m in req.messages]
     if target.entry is None:
         if not req.messages:
             raise APIError(404, str(ModelNotFound(target.model)))
         if any(m.images for m in req.messages):
             raise bad_request(NO_IMAGES)
-        messages = [{"role": m.role, "content": m.content or ""} for m in req.messages]
         return await _fallback(request, target, messages, _options(req_options),
                                req.stream is not False, record, t0)
     entry = target.entry
@@ -340,11 +338,10 @@ async def chat(request: Request) -> Response:
     _unsupported(req.model, think=req.think, fmt=req.format, logprobs=req.logprobs)
     options = _options(req_options)
     try:
-        text = format_gemma([{"role": m.role, "content": m.content or ""} for m in req.messages])
+        text = format_gemma(messages)
     except ValueError as e:
         raise bad_request(str(e)) from None
 
-    messages = [{"role": m.role, "content": m.content or ""} for m in req.messages]
     lease = await _lease_or_fallback(request, target, keep_alive, messages or None, options,
                                      req.stream is not False, record, t0)
     if isinstance(lease, Response):
