@@ -188,7 +188,7 @@ void Gemma3nModel::Streams(const Batch& batch, Workspace& ws, ThreadPool& pool) 
 void Gemma3nModel::PerLayerInputs(const Batch& batch, Workspace& ws, ThreadPool& pool) const {
   const int64_t E = cfg_.n_embd, NL = cfg_.n_layer, n = batch.size();
   float* PL = ws.per_layer.data();
-  ws.in.Set(ws.streams.data(), n, E);
+  // ws.in still holds stream 0 as Streams set it: its prepared forms serve this product too.
   MatMul(per_layer_model_proj_, ws.in, PL, pool);
   const float proj_scale = 1.f / std::sqrt(static_cast<float>(E));
   const float emb_scale = std::sqrt(static_cast<float>(kPerLayer));

@@ -65,7 +65,8 @@ class Gemma3nModel : public Model {
   // Gemma 3n buffers for the batch's n tokens.
   // streams [4, n, E]: the scaled token embedding and its three AltUp projections.
   void Streams(const Batch& batch, Workspace& ws, ThreadPool& pool) const;
-  // per_layer [n, n_layer, 256]: each layer's per-layer input of each token.
+  // per_layer [n, n_layer, 256]: each layer's per-layer input of each token. Runs right after
+  // Streams, whose input (stream 0) it projects as well.
   void PerLayerInputs(const Batch& batch, Workspace& ws, ThreadPool& pool) const;
   // pred [4, n, E]: AltUp's prediction of the streams from the router on stream 0.
   void Predict(const Layer& L, int64_t n, Workspace& ws, ThreadPool& pool) const;
