@@ -99,7 +99,7 @@ def test_failure_threshold_opens_and_the_breaker_closes_again(tmp_path, tiny, ol
     gw = Gateway(chain=fc)
     assert gw.complete(PRIMARY_TASK, "Hi", **GREEDY).backend == "native"
     # The native engine breaks (closed under the backend): every call fails for real.
-    fc.native._engines["gemma3n:e2b"].close()
+    fc.native.pool.get_loaded("gemma3n:e2b").engine.close()
     for _ in range(3):
         r = gw.complete(PRIMARY_TASK, "Hi", **GREEDY)
         assert r.backend == "ollama" and r.attempts[0].outcome == "failed"
@@ -108,7 +108,7 @@ def test_failure_threshold_opens_and_the_breaker_closes_again(tmp_path, tiny, ol
     r = gw.complete(PRIMARY_TASK, "Hi", **GREEDY)  # past the threshold: native is not tried
     assert r.backend == "ollama" and r.attempts[0].outcome == "skipped"
     clock.t += 31  # cool-down over; the engine is back (a fresh one is loaded on demand)
-    del fc.native._engines["gemma3n:e2b"]
+    fc.native.pool.unload("gemma3n:e2b")
     assert fc.breakers["native"].state == HALF_OPEN
     r = gw.complete(PRIMARY_TASK, "Hi", **GREEDY)
     assert r.backend == "native" and fc.breakers["native"].state == CLOSED
@@ -121,7 +121,8 @@ def test_time_out_sends_the_request_on(tmp_path, tiny, ollama_url):
                        native=NativeBackend(Config(), registry(tmp_path, {"gemma3n:e2b": tiny}),
                                             engine_options={"max_batch": 1}),
                        ledger=CostLedger(tmp_path / "l.sqlite"))
-    eng = fc.native._engine("gemma3n:e2b")
+    lease = fc.native.lease("gemma3n:e2b")
+    eng = lease.engine
     # Queued ahead of the request: each runs to the end of the context, one at a time.
     hogs = [eng.stream(f"busy {i}", max_tokens=-1, temperature=0, ignore_eos=True)
             for i in range(20)]
@@ -132,6 +133,7 @@ def test_time_out_sends_the_request_on(tmp_path, tiny, ollama_url):
     assert eng.stats()["running"] == 1  # still busy: the time-out was real
     for h in hogs:
         h.close()
+    lease.release()
     fc.close()
 
 
@@ -259,9 +261,9 @@ def test_unsupported_architecture_and_low_memory_go_to_ollama(tmp_path, tiny, ol
     assert r.backend == "ollama" and r.attempts[0].outcome == "cannot-serve"
     assert "llama3" in r.attempts[0].reason
     assert fc.breakers["native"].state == CLOSED  # not the backend's failure
-    import pyengine.gateway.providers as backends
+    from pyengine import pool
 
-    monkeypatch.setattr(backends, "available_memory", lambda: 1 << 20)  # 1 MiB free
+    monkeypatch.setattr(pool, "available_memory", lambda: 1 << 20)  # 1 MiB free
     fc2 = chain(tmp_path / "b", registry(tmp_path, {"gemma3n:e2b": tiny}), ollama_url)
     r = Gateway(chain=fc2).complete(PRIMARY_TASK, "Hi", **GREEDY)
     assert r.backend == "ollama" and "not enough memory" in r.attempts[0].reason

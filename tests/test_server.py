@@ -637,7 +637,7 @@ def test_parse_model_args(tmp_path):
 
 
 def test_a_model_too_large_for_free_memory_is_refused_this_time(tiny, monkeypatch):
-    from pyengine.server import models as models_module
+    from pyengine import pool as models_module
 
     app = create_app({"tiny": tiny}, n_ctx=N_CTX, kv_cache_mb=KV_MB,
                      config=Config(ollama_host="http://127.0.0.1:9"))  # no fallback answers

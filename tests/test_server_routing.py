@@ -1,5 +1,6 @@
 """Tier names and ``auto`` in the server, resolved by the tier router, and the fallback chain
-for models the server does not run: a second pyengine process plays the Ollama server."""
+for models the server does not run or cannot load now (the memory check), on both APIs and for
+embeddings too: a second pyengine process plays the Ollama server."""
 
 from __future__ import annotations
 
@@ -192,3 +193,105 @@ def test_every_served_call_is_in_the_cost_ledger(front):
              for g in rep["groups"]}
     assert calls == {("native", False): (3, 18, 0.0), ("ollama", False): (1, 6, 0.0)}
     assert rep["local_calls"] == 4 and rep["paid_calls"] == 0
+
+
+def test_a_model_refused_by_the_memory_check_falls_back_on_both_apis(tiny, upstream, tmp_path,
+                                                                    monkeypatch, caplog):
+    import openai
+
+    from pyengine import pool
+
+    monkeypatch.setenv("PYENGINE_LEDGER", str(tmp_path / "ledger.sqlite"))
+    # This server has the primary tier's model too, but not the memory to load it now.
+    app = create_app({"gemma3n:e2b": tiny}, n_ctx=512, kv_cache_mb=16,
+                     config=Config(ollama_host=upstream.url))
+    with Engine(tiny) as eng:
+        want = eng.chat(USER, temperature=0, max_tokens=6).text
+    with ServerThread(app) as s:
+        monkeypatch.setattr(pool, "available_memory", lambda: 1 << 20)  # 1 MiB free
+        c = ollama.Client(host=s.url)
+        with caplog.at_level("WARNING", logger="pyengine.gateway.chain"):
+            body = httpx.post(s.url + "/api/chat", timeout=60, json={
+                "model": "gemma3n:e2b", "messages": USER, "options": GREEDY,
+                "stream": False}).json()
+        assert body["pyengine"]["backend"] == "ollama" and body["message"]["content"] == want
+        assert any("not enough memory" in r.getMessage() for r in caplog.records)
+        streamed = "".join(p.response for p in c.generate(model="primary", prompt="Hi",
+                                                          options=GREEDY, stream=True))
+        assert streamed == want
+        oa = openai.OpenAI(base_url=s.url + "/v1", api_key="unused", max_retries=0)
+        r = oa.chat.completions.create(model="gemma3n:e2b", messages=USER, max_tokens=6,
+                                       temperature=0)
+        assert r.choices[0].message.content == want and r.usage.completion_tokens == 6
+        events = list(oa.chat.completions.create(model="primary", messages=USER, max_tokens=6,
+                                                 temperature=0, stream=True))
+        assert "".join(e.choices[0].delta.content or "" for e in events if e.choices) == want
+        assert loaded(s) == set() and app.state.models.unavailable("gemma3n:e2b") is None
+        calls = {g["backend"]: g["calls"] for g in app.state.ledger.report()["groups"]}
+        assert calls == {"ollama": 4}
+
+        # Memory again: the same requests are served here, by the server's own native path.
+        monkeypatch.setattr(pool, "available_memory", lambda: None)
+        body = httpx.post(s.url + "/api/chat", timeout=60, json={
+            "model": "gemma3n:e2b", "messages": USER, "options": GREEDY,
+            "stream": False}).json()
+        assert "pyengine" not in body and body["message"]["content"] == want
+        assert body["load_duration"] > 0 and loaded(s) == {"gemma3n:e2b"}
+
+
+def test_the_memory_refusal_keeps_its_503_when_no_fallback_serves(tiny, monkeypatch):
+    import openai
+
+    from pyengine import pool
+
+    app = create_app({"tiny": tiny}, n_ctx=512, kv_cache_mb=16,
+                     config=Config(ollama_host="http://127.0.0.1:9"))  # no fallback answers
+    with ServerThread(app) as s:
+        monkeypatch.setattr(pool, "available_memory", lambda: 1 << 20)
+        for path, body in (("/api/chat", {"messages": USER, "stream": True}),
+                           ("/api/embed", {"input": "Hi"}),
+                           ("/api/embeddings", {"prompt": "Hi"})):
+            r = httpx.post(s.url + path, json={"model": "tiny", **body})
+            assert r.status_code == 503 and "not enough memory" in r.json()["error"], path
+        oa = openai.OpenAI(base_url=s.url + "/v1", api_key="unused", max_retries=0)
+        with pytest.raises(openai.InternalServerError, match="not enough memory"):
+            oa.chat.completions.create(model="tiny", messages=USER, stream=True)
+        with pytest.raises(openai.InternalServerError, match="not enough memory"):
+            oa.embeddings.create(model="tiny", input="Hi")
+        assert loaded(s) == set()
+
+
+def test_embeddings_take_the_same_route(tiny, front, upstream):
+    import numpy as np
+    import openai
+
+    texts = ["The quick brown fox", "jumps over the lazy dog"]
+    with Engine(tiny, n_ctx=512) as eng:
+        want = np.array([eng.embed(t) for t in texts])
+    c = ollama.Client(host=front.url)
+    # A tier this server runs: embedded here.
+    here = c.embed(model="fast", input=texts)
+    assert np.allclose(here.embeddings, want, atol=1e-6) and loaded(front) == {"gemma3:1b"}
+    # A model (and a tier) it does not run: the fallback server embeds it.
+    there = c.embed(model="gemma3n:e2b", input=texts)
+    assert np.allclose(there.embeddings, want, atol=1e-6)
+    assert there.prompt_eval_count == here.prompt_eval_count
+    legacy = c.embeddings(model="primary", prompt=texts[1])
+    assert np.allclose(legacy.embedding, want[1], atol=1e-6)
+    cut = c.embed(model="primary", input=texts[0], dimensions=16)
+    v = np.array(cut.embeddings[0])
+    assert v.shape == (16,) and abs(np.linalg.norm(v) - 1) < 1e-5
+    oa = openai.OpenAI(base_url=front.url + "/v1", api_key="unused", max_retries=0)
+    res = oa.embeddings.create(model="primary", input=texts)
+    assert np.allclose([d.embedding for d in res.data], want, atol=1e-6)
+    assert res.usage.prompt_tokens == here.prompt_eval_count
+    assert "gemma3n:e2b" not in loaded(front)
+    rows = {(g["backend"], g["task_type"]): g["calls"]
+            for g in front.app.state.ledger.report()["groups"]}
+    assert rows.get(("ollama", "embedding")) == 4
+    # Nobody has the quality tier's model: the same 404 as chat, on both APIs.
+    with pytest.raises(ollama.ResponseError) as e:
+        c.embed(model="quality", input="x")
+    assert e.value.status_code == 404 and "gemma3n:e4b" in e.value.error
+    with pytest.raises(openai.NotFoundError):
+        oa.embeddings.create(model="quality", input="x")

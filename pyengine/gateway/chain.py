@@ -11,7 +11,8 @@ neighbouring tiers' models are tried locally too. Paid APIs
 come last, only when ``PAID_API_ENABLED`` (and the strategy is not ``local-only``), only with an
 API key, and only while this month's paid spend plus the call's worst-case cost stays within
 ``PAID_API_MAX_MONTHLY_SPEND``. Every served call goes into the cost ledger; every fallback is
-logged (logger ``pyengine.gateway.chain``) with its reason.
+logged (logger ``pyengine.gateway.chain``) with its reason. Embeddings (``embed``) take the
+same first two steps for the selected model only, and never a paid API.
 """
 
 from __future__ import annotations
@@ -19,19 +20,21 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Mapping, Sequence, Union
+from functools import partial
+from typing import Any, Callable, Iterator, Mapping, Sequence, TypeVar, Union
 
-from pyengine.gateway.providers import (BackendFailure, CannotServe, Messages, NativeBackend, OllamaBackend,
-                       PaidBackend, Reply, ReplyStream, estimate_tokens, has_key,
-                       paid_models_for)
 from pyengine.gateway.breaker import CircuitBreaker
 from pyengine.gateway.config import Config
 from pyengine.gateway.ledger import CostLedger
+from pyengine.gateway.providers import (BackendFailure, CannotServe, Messages, NativeBackend,
+                                        OllamaBackend, PaidBackend, Reply, ReplyStream,
+                                        estimate_tokens, has_key, paid_models_for)
 from pyengine.gateway.routing import TIER_FALLBACKS, Selection, tier_model
 
 log = logging.getLogger("pyengine.gateway.chain")
 DEFAULT_COOLDOWN_S = 30.0
 PAID_DEFAULT_MAX_TOKENS = 512  # worst-case output when a request sets no limit
+T = TypeVar("T")
 
 
 @dataclass
@@ -54,6 +57,20 @@ class Result:
     done_reason: str
     prompt_tokens: int
     completion_tokens: int
+    reason: str  # the routing decision's reason
+    attempts: list[Attempt] = field(default_factory=list)
+    duration_s: float = 0.0
+
+
+@dataclass
+class EmbedResult:
+    """Embeddings (one unit-length vector per input) and where they came from."""
+
+    vectors: list[list[float]]
+    model: str
+    tier: str
+    backend: str
+    prompt_tokens: int
     reason: str  # the routing decision's reason
     attempts: list[Attempt] = field(default_factory=list)
     duration_s: float = 0.0
@@ -94,6 +111,34 @@ class FallbackChain:
             self.breakers[b.name] = CircuitBreaker(self.config.paid_api_failure_threshold,
                                                    cooldown_s, clock)
 
+    def _attempt(self, backend: Any, model: str, attempts: list[Attempt],
+                 call: Callable[[], T]) -> T | None:
+        """``call()`` if ``backend``'s breaker lets it through; None (and the reason in
+        ``attempts``) when the breaker is open or the backend refuses or fails. A refusal is not
+        the backend's failure; a failure counts against its breaker. Whoever gets a result
+        settles the breaker (``_relay``, ``embed``)."""
+        breaker = self.breakers[backend.name]
+        if not breaker.allow():
+            attempts.append(Attempt(backend.name, model, "skipped",
+                                    f"circuit open after {breaker.threshold} failures"))
+            return None
+        try:
+            return call()
+        except CannotServe as e:
+            breaker.release()
+            attempts.append(Attempt(backend.name, model, "cannot-serve", str(e)))
+        except BackendFailure as e:
+            breaker.record_failure()
+            attempts.append(Attempt(backend.name, model, "timeout" if e.timeout else "failed",
+                                    str(e)))
+        except StopIteration:
+            breaker.record_failure()
+            attempts.append(Attempt(backend.name, model, "failed", "an empty reply stream"))
+        except BaseException:  # the request's own error (bad input): nothing about the backend
+            breaker.release()
+            raise
+        return None
+
     def _start(self, backend: Any, model: str, messages: Messages, options: Mapping[str, Any],
                attempts: list[Attempt], whole: bool) -> tuple[list, ReplyStream] | None:
         """Asks ``backend``; on success the items received so far and the rest of its stream.
@@ -101,28 +146,11 @@ class FallbackChain:
         Until this returns, a refusal or failure only moves the request on to the next backend:
         with ``whole`` that covers the entire reply (nothing is passed on before it is complete),
         otherwise up to its first item. A started backend's breaker is settled by ``_relay``."""
-        breaker = self.breakers[backend.name]
-        if not breaker.allow():
-            attempts.append(Attempt(backend.name, model, "skipped",
-                                    f"circuit open after {breaker.threshold} failures"))
-            return None
-        try:
+        def call() -> tuple[list, ReplyStream]:
             stream = backend.chat_stream(model, messages, options, self.config.timeout_ms / 1000)
-            head = list(stream) if whole else [next(stream)]
-        except CannotServe as e:
-            breaker.release()
-            attempts.append(Attempt(backend.name, model, "cannot-serve", str(e)))
-            return None
-        except BackendFailure as e:
-            breaker.record_failure()
-            attempts.append(Attempt(backend.name, model, "timeout" if e.timeout else "failed",
-                                    str(e)))
-            return None
-        except StopIteration:
-            breaker.record_failure()
-            attempts.append(Attempt(backend.name, model, "failed", "an empty reply stream"))
-            return None
-        return head, stream
+            return (list(stream) if whole else [next(stream)]), stream
+
+        return self._attempt(backend, model, attempts, call)
 
     def _relay(self, backend: Any, model: str, tier: str, head: list, stream: ReplyStream,
                attempts: list[Attempt], selection: Selection, task_type: str | None,
@@ -137,12 +165,7 @@ class FallbackChain:
                     continue
                 breaker.record_success()
                 settled = True
-                attempts.append(Attempt(backend.name, model, "served"))
-                for a in attempts[:-1]:
-                    log.warning("fallback: %s/%s %s: %s", a.backend, a.model, a.outcome, a.reason)
-                if len(attempts) > 1:
-                    log.warning("fallback: served by %s/%s after %d attempt(s)", backend.name,
-                                item.model, len(attempts))
+                _served(backend, model, item.model, attempts)
                 self.ledger.record(backend.name, item.model, backend.paid, item.prompt_tokens,
                                    item.completion_tokens, item.cost_usd, tier=tier,
                                    task_type=task_type)
@@ -242,14 +265,58 @@ class FallbackChain:
                     yield from self._relay(backend, pm.model, selection.tier.value, *started,
                                            attempts, selection, task_type, t0)
                     return
-        for a in attempts:
-            log.warning("fallback: %s/%s %s: %s", a.backend, a.model, a.outcome, a.reason)
-        raise NoBackendAvailable(attempts)
+        raise _none_served(attempts)
+
+    def embed(self, selection: Selection, inputs: Sequence[str | Sequence[int]],
+              truncate: bool = True, task_type: str | None = "embedding") -> EmbedResult:
+        """Embeddings of ``inputs`` with the selected model: the native engine, then Ollama.
+        Only that model (another model's vectors live in another space, so no other tier is
+        tried) and never a paid API (theirs are other models too). Raises
+        ``NoBackendAvailable`` when neither serves it; an input the serving backend refuses
+        (``ValueError``: empty, or longer than the context without ``truncate``) propagates."""
+        t0 = time.perf_counter()
+        attempts: list[Attempt] = []
+        model = selection.model
+        for backend in (self.native, self.ollama):
+            embed = getattr(backend, "embed", None)
+            if embed is None:
+                attempts.append(Attempt(backend.name, model, "cannot-serve", "it does not embed"))
+                continue
+            out = self._attempt(backend, model, attempts, partial(
+                embed, model, inputs, truncate, self.config.timeout_ms / 1000))
+            if out is None:
+                continue
+            self.breakers[backend.name].record_success()
+            _served(backend, model, out.model, attempts)
+            self.ledger.record(backend.name, out.model, backend.paid, out.prompt_tokens, 0, 0.0,
+                               tier=selection.tier.value, task_type=task_type)
+            return EmbedResult(out.vectors, out.model, selection.tier.value, backend.name,
+                               out.prompt_tokens, selection.reason, attempts,
+                               time.perf_counter() - t0)
+        attempts.append(Attempt("paid", "*", "skipped", "paid APIs embed with other models"))
+        raise _none_served(attempts)
 
     def close(self) -> None:
         close = getattr(self.native, "close", None)
         if close:
             close()
+
+
+def _none_served(attempts: list[Attempt]) -> NoBackendAvailable:
+    """Logs each attempt's reason; the error to raise when none served."""
+    for a in attempts:
+        log.warning("fallback: %s/%s %s: %s", a.backend, a.model, a.outcome, a.reason)
+    return NoBackendAvailable(attempts)
+
+
+def _served(backend: Any, model: str, served_model: str, attempts: list[Attempt]) -> None:
+    """Records that ``backend`` served, and logs each earlier attempt's reason."""
+    attempts.append(Attempt(backend.name, model, "served"))
+    for a in attempts[:-1]:
+        log.warning("fallback: %s/%s %s: %s", a.backend, a.model, a.outcome, a.reason)
+    if len(attempts) > 1:
+        log.warning("fallback: served by %s/%s after %d attempt(s)", backend.name, served_model,
+                    len(attempts))
 
 
 def _chain(head: list, stream: ReplyStream) -> Iterator[Union[str, Reply]]:

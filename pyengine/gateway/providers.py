@@ -1,24 +1,26 @@
-"""The backends the fallback chain can send a chat request to: this engine (native), a real
-Ollama server through the official ``ollama`` client, and the paid APIs of the strategy document
-through their official SDKs (OpenAI, Anthropic; installed with ``pip install pyengine[paid]``).
+"""The backends the fallback chain can send a request to: this engine (native, over the model
+pool of ``pyengine.pool``), a real Ollama server through the official ``ollama`` client, and the
+paid APIs of the strategy document through their official SDKs (OpenAI, Anthropic; installed
+with ``pip install pyengine[paid]``).
 
 Each backend answers ``chat_stream(model, messages, options, timeout_s)``, an iterator of the
 reply's text pieces ending with the ``Reply`` (``chat`` collects it), or raises ``CannotServe``
 (this backend cannot serve that model at all: not a failure of the backend) or
 ``BackendFailure`` (it tried and failed, or timed out: counts against its circuit breaker),
-before its first piece or mid-stream.
+before its first piece or mid-stream. The native and Ollama backends also answer
+``embed(model, inputs, truncate, timeout_s)`` with ``Embeddings`` (paid APIs embed with other
+models, so they are never asked).
 """
 
 from __future__ import annotations
 
 import os
-import threading
-from collections import OrderedDict
+from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence, Union
 
 from pyengine.gateway.config import Config
+from pyengine.pool import Lease, ModelNotFound, ModelPool, ModelUnavailable
 
 Messages = Sequence[Mapping[str, Any]]
 
@@ -57,100 +59,126 @@ def collect(stream: ReplyStream) -> Reply:
     raise BackendFailure("the reply stream ended without its final record")
 
 
-# --------------------------------------------------------------------------------- native
-
-def available_memory() -> int | None:
-    """Bytes of memory available to a new process (Linux ``MemAvailable``), None if unknown."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
-
-
-class NativeBackend:
-    """This engine: models resolved by the store, loaded on first use, at most ``max_loaded``
-    kept (least recently used unloaded first)."""
-
-    name, paid = "native", False
-
-    def __init__(self, config: Config, store: Any = None, max_loaded: int = 2,
-                 engine_options: Mapping[str, Any] | None = None) -> None:
-        from pyengine.gateway.store import ModelStore
-
-        self.config = config
-        self.store = store if store is not None else ModelStore()
-        self.max_loaded = max_loaded
-        self.engine_options = dict(engine_options or {})
-        self._engines: OrderedDict[str, Any] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def _engine(self, model: str) -> Any:
-        from pyengine.engine import Engine
-        from pyengine.errors import PyEngineError
-
-        with self._lock:
-            if model in self._engines:
-                self._engines.move_to_end(model)
-                return self._engines[model]
-            try:
-                ref = self.store.resolve(model)
-            except (LookupError, FileNotFoundError) as e:
-                raise CannotServe(f"model {model!r} is not available here: {e}") from None
-            except ValueError as e:  # a name the store refuses
-                raise CannotServe(f"model name {model!r} refused: {e}") from None
-            path = Path(ref.path)
-            need = path.stat().st_size
-            free = available_memory()
-            if free is not None and need > free:
-                raise CannotServe(f"not enough memory for {model!r}: its weights take "
-                                  f"{need >> 20} MiB, {free >> 20} MiB available")
-            try:
-                eng = Engine(path, config=self.config, **self.engine_options)
-            except PyEngineError as e:  # unsupported architecture or tensor type, bad file
-                raise CannotServe(f"the native engine cannot run {model!r}: {e}") from None
-            self._engines[model] = eng
-            while len(self._engines) > self.max_loaded:
-                _, old = self._engines.popitem(last=False)
-                old.close()
-            return eng
+class Streaming:
+    """A backend whose answer is its stream: ``chat`` collects ``chat_stream``."""
 
     def chat_stream(self, model: str, messages: Messages, options: Mapping[str, Any],
                     timeout_s: float) -> ReplyStream:
-        from pyengine.errors import PyEngineError
-
-        eng = self._engine(model)
-        chunks: Iterator[Any] = iter(())
-        try:
-            chunks = eng.chat_stream(messages, timeout=timeout_s, **options)
-            for chunk in chunks:
-                if chunk.text:
-                    yield chunk.text
-                if chunk.done and chunk.completion is not None:
-                    c = chunk.completion
-                    yield Reply(c.text, model, c.done_reason,
-                                c.prompt_eval_count + c.cached_tokens, c.eval_count)
-        except TimeoutError as e:
-            raise BackendFailure(str(e), timeout=True) from None
-        except PyEngineError as e:
-            raise BackendFailure(f"native engine error: {e}") from None
-        finally:
-            close = getattr(chunks, "close", None)
-            if close is not None:
-                close()  # a stream left early cancels its request
+        raise NotImplementedError
 
     def chat(self, model: str, messages: Messages, options: Mapping[str, Any],
              timeout_s: float) -> Reply:
         return collect(self.chat_stream(model, messages, options, timeout_s))
 
+
+# --------------------------------------------------------------------------------- native
+
+@dataclass
+class Embeddings:
+    """A backend's embeddings of some inputs: one unit-length vector each, in their order."""
+
+    vectors: list[list[float]]
+    model: str
+    prompt_tokens: int
+
+
+class NativeBackend(Streaming):
+    """This engine over a ``ModelPool`` (``pyengine.pool``): the pool given (a server passes its
+    own), or one that resolves names through the model store and keeps at most ``max_loaded``
+    models (an idle one stays loaded until another needs its place). The pool's policy decides
+    what loads; what it cannot hold (missing, not runnable here, not enough memory now) is
+    ``CannotServe``."""
+
+    name, paid = "native", False
+
+    def __init__(self, config: Config, store: Any = None, max_loaded: int = 2,
+                 engine_options: Mapping[str, Any] | None = None,
+                 pool: ModelPool | None = None) -> None:
+        self.config = config
+        self._owns_pool = pool is None  # a server's pool is closed by its server
+        if pool is None:
+            from pyengine.gateway.store import ModelStore
+
+            names = store if store is not None else ModelStore()
+            pool = ModelPool(resolver=lambda model: names.resolve(model).path,
+                             max_loaded=max_loaded,
+                             engine_options={"config": config, **(engine_options or {})})
+        self.pool = pool
+
+    def lease(self, model: str, timeout_s: float | None = None) -> Lease:
+        """The pool's lease on ``model`` (release it when done); waits at most ``timeout_s``
+        for the pool to make room."""
+        try:
+            return self.pool.lease(model, wait_s=timeout_s)
+        except ModelNotFound as e:
+            raise CannotServe(f"model {model!r} is not available here"
+                              + (f": {e.detail}" if e.detail else "")) from None
+        except ModelUnavailable as e:  # its file, or the memory check this time
+            raise CannotServe(f"the native engine cannot run {model!r}: {e.reason}") from None
+        except TimeoutError as e:
+            raise BackendFailure(str(e), timeout=True) from None
+        except (OSError, ValueError) as e:  # the file went away; options the engine refuses
+            raise CannotServe(f"the native engine cannot load {model!r}: {e}") from None
+
+    @contextmanager
+    def _running(self, model: str, timeout_s: float) -> Iterator[Lease]:
+        """A lease on ``model`` for one request, released after it; the engine's errors as the
+        chain's (a time-out, or a failure of the engine)."""
+        from pyengine.errors import PyEngineError
+
+        lease = self.lease(model, timeout_s)
+        try:
+            yield lease
+        except TimeoutError as e:
+            raise BackendFailure(str(e), timeout=True) from None
+        except PyEngineError as e:
+            raise BackendFailure(f"native engine error: {e}") from None
+        finally:
+            lease.release()
+
+    def chat_stream(self, model: str, messages: Messages, options: Mapping[str, Any],
+                    timeout_s: float) -> ReplyStream:
+        with self._running(model, timeout_s) as lease:
+            chunks = lease.engine.chat_stream(messages, timeout=timeout_s, **options)
+            try:
+                for chunk in chunks:
+                    if chunk.text:
+                        yield chunk.text
+                    if chunk.done and chunk.completion is not None:
+                        c = chunk.completion
+                        yield Reply(c.text, model, c.done_reason,
+                                    c.prompt_eval_count + c.cached_tokens, c.eval_count)
+            finally:
+                close = getattr(chunks, "close", None)
+                if close is not None:
+                    close()  # a stream left early cancels its request (before the release)
+
+    def embed(self, model: str, inputs: Sequence[str | Sequence[int]], truncate: bool,
+              timeout_s: float) -> Embeddings:
+        """Each input's embedding (text, or token ids); an input longer than the context is
+        cut to it when ``truncate``, refused (``ValueError``) otherwise."""
+        with self._running(model, timeout_s) as lease:
+            ids = [context_ids(lease.engine, item, truncate) for item in inputs]
+            vectors = [[float(x) for x in lease.engine.embed(one)] for one in ids]
+        return Embeddings(vectors, model, sum(len(one) for one in ids))
+
     def close(self) -> None:
-        with self._lock:
-            for eng in self._engines.values():
-                eng.close()
-            self._engines.clear()
+        if self._owns_pool:
+            self.pool.close()
+
+
+def context_ids(eng: Any, item: str | Sequence[int], truncate: bool) -> list[int]:
+    """An embedding input as token ids that fit ``eng``'s context: cut to it with
+    ``truncate``; ``ValueError`` for an empty input, or a long one without ``truncate``."""
+    ids = eng.tokenize(item) if isinstance(item, str) else list(item)
+    if not ids:
+        raise ValueError("input is empty")
+    if len(ids) > eng.n_ctx:
+        if not truncate:
+            raise ValueError(f"input length ({len(ids)} tokens) exceeds the context length "
+                             f"({eng.n_ctx})")
+        ids = ids[: eng.n_ctx]
+    return ids
 
 
 # --------------------------------------------------------------------------------- Ollama
@@ -159,7 +187,7 @@ class NativeBackend:
 _OLLAMA_OPTIONS = {"max_tokens": "num_predict"}
 
 
-class OllamaBackend:
+class OllamaBackend(Streaming):
     """A real Ollama server (or anything speaking its API) at ``config.ollama_host``."""
 
     name, paid = "ollama", False
@@ -168,25 +196,20 @@ class OllamaBackend:
         self.host = config.ollama_host
         self.headers = dict(headers or {})
 
-    def chat_stream(self, model: str, messages: Messages, options: Mapping[str, Any],
-                    timeout_s: float) -> ReplyStream:
+    def _client(self, timeout_s: float) -> Any:
+        import ollama
+
+        # timeout_s bounds each read: a stream that stalls that long fails.
+        return ollama.Client(host=self.host, timeout=timeout_s, headers=self.headers)
+
+    @contextmanager
+    def _answering(self, model: str, timeout_s: float) -> Iterator[None]:
+        """The client's errors as the chain's: a 404 is ``CannotServe``, the rest failures."""
         import httpx
         import ollama
 
-        opts = {_OLLAMA_OPTIONS.get(k, k): v for k, v in options.items() if v is not None}
-        # timeout_s bounds each read: a stream that stalls that long fails.
-        client = ollama.Client(host=self.host, timeout=timeout_s, headers=self.headers)
-        parts: list[str] = []
         try:
-            for r in client.chat(model=model, messages=list(messages), options=opts, stream=True):
-                piece = r.message.content or ""
-                if piece:
-                    parts.append(piece)
-                    yield piece
-                if r.done:
-                    yield Reply("".join(parts), model, r.done_reason or "stop",
-                                r.prompt_eval_count or 0, r.eval_count or 0)
-                    return
+            yield
         except ollama.ResponseError as e:
             if e.status_code == 404:
                 raise CannotServe(f"the Ollama server at {self.host} has no model {model!r}") \
@@ -198,11 +221,37 @@ class OllamaBackend:
                                  timeout=True) from None
         except (httpx.HTTPError, ConnectionError, OSError) as e:
             raise BackendFailure(f"Ollama at {self.host} is unreachable: {e}") from None
+
+    def chat_stream(self, model: str, messages: Messages, options: Mapping[str, Any],
+                    timeout_s: float) -> ReplyStream:
+        opts = {_OLLAMA_OPTIONS.get(k, k): v for k, v in options.items() if v is not None}
+        client = self._client(timeout_s)
+        parts: list[str] = []
+        with self._answering(model, timeout_s):
+            for r in client.chat(model=model, messages=list(messages), options=opts, stream=True):
+                piece = r.message.content or ""
+                if piece:
+                    parts.append(piece)
+                    yield piece
+                if r.done:
+                    yield Reply("".join(parts), model, r.done_reason or "stop",
+                                r.prompt_eval_count or 0, r.eval_count or 0)
+                    return
         raise BackendFailure(f"Ollama at {self.host} ended the stream before its last record")
 
-    def chat(self, model: str, messages: Messages, options: Mapping[str, Any],
-             timeout_s: float) -> Reply:
-        return collect(self.chat_stream(model, messages, options, timeout_s))
+    def embed(self, model: str, inputs: Sequence[str | Sequence[int]], truncate: bool,
+              timeout_s: float) -> Embeddings:
+        """Each text input's embedding, from Ollama's ``/api/embed`` (token ids are not part of
+        its API: ``CannotServe``)."""
+        if not all(isinstance(item, str) for item in inputs):
+            raise CannotServe(f"Ollama at {self.host} embeds text, not token ids")
+        with self._answering(model, timeout_s):
+            r = self._client(timeout_s).embed(model=model, input=list(inputs), truncate=truncate)
+        vectors = [[float(x) for x in v] for v in r.embeddings]
+        if len(vectors) != len(inputs):
+            raise BackendFailure(f"Ollama at {self.host} returned {len(vectors)} embeddings "
+                                 f"for {len(inputs)} inputs")
+        return Embeddings(vectors, model, r.prompt_eval_count or 0)
 
 
 # ---------------------------------------------------------------------------------- paid

@@ -4,6 +4,6 @@
 """
 
 from pyengine.server.app import create_app
-from pyengine.server.models import ModelNotFound, ModelSet
+from pyengine.pool import ModelNotFound, ModelPool
 
-__all__ = ["ModelNotFound", "ModelSet", "create_app"]
+__all__ = ["ModelNotFound", "ModelPool", "create_app"]

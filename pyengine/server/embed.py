@@ -1,5 +1,8 @@
 """Embeddings: Ollama's ``/api/embed`` (and the older ``/api/embeddings``) and OpenAI's
-``/v1/embeddings``.
+``/v1/embeddings``, on the route generation and chat take (``targets``): tier names and
+``auto`` resolve as there, and a model the server's pool cannot run goes to the fallback chain
+(its native step, then the Ollama server at ``OLLAMA_HOST``; never a paid API), answered with
+the same 404 or 503 when nothing serves it.
 
 An embedding is the mean of the final normed hidden states over the input's tokens (BOS
 included), as llama.cpp pools them, scaled to unit length as Ollama returns them. The inputs of
@@ -12,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
+from dataclasses import dataclass
 from typing import Any, List, Optional, Union
 
 import numpy as np
@@ -19,12 +23,18 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from pyengine.errors import PyEngineError
-from pyengine.server.errors import APIError, bad_request
+from pyengine.gateway.providers import context_ids
+from pyengine.pool import Lease
+from pyengine.server.errors import bad_request
 from pyengine.server.keep_alive import parse_keep_alive
-from pyengine.server.models import Lease, ModelNotFound, ModelSet
 from pyengine.server.ollama.schemas import KeepAlive, _Body, parse_body
+from pyengine.server.openai.errors import OpenAIRoute, invalid
+from pyengine.server.targets import embed_fallback, lease_here, may_fall_back
+from pyengine.server.targets import resolve as resolve_target
 
 router = APIRouter()
+# OpenAI's route answers its errors in OpenAI's shape, as the rest of /v1 does.
+openai_router = APIRouter(prefix="/v1", route_class=OpenAIRoute)
 
 
 class EmbedRequest(_Body):
@@ -57,55 +67,68 @@ class OpenAIEmbedRequest(_Body):
     user: Optional[str] = None
 
 
-async def _lease(request: Request, name: str, keep_alive: Any = None) -> Lease:
-    models: ModelSet = request.app.state.models
-    if not name:
-        raise bad_request("model is required")
-    try:
-        models.resolve(name)
-    except ModelNotFound as e:
-        raise APIError(404, str(e)) from None
-    try:
-        ka = parse_keep_alive(keep_alive, models.keep_alive)
-    except ValueError as e:
-        raise bad_request(str(e)) from None
-    try:
-        return await models.acquire(name, ka)
-    except (PyEngineError, OSError, ValueError) as e:
-        raise APIError(500, f"failed to load model {name}: {e}") from None
+@dataclass
+class Embedded:
+    """A request's embeddings, wherever they were made: one vector per input, the input
+    tokens, and the time spent waiting for the model here (0 when the fallback chain made them)."""
+
+    vectors: list[list[float]]
+    tokens: int
+    load_duration: int = 0
 
 
-def _ids(lease: Lease, item: str | list[int], truncate: bool) -> list[int]:
+def _cut(v: np.ndarray, dimensions: int | None) -> list[float]:
+    if dimensions is not None:  # cut, then back to unit length (as Ollama does)
+        v = v[:dimensions]
+        norm = float((v * v).sum()) ** 0.5
+        v = v / norm if norm > 0 else v
+    return [float(x) for x in v]
+
+
+def _check_dimensions(dimensions: int | None, n_embd: int) -> None:
+    if dimensions is not None and not 0 < dimensions <= n_embd:
+        raise bad_request(f"dimensions must be in [1, {n_embd}]")
+
+
+async def _embed_here(lease: Lease, inputs: list[str | list[int]], truncate: bool,
+                      dimensions: int | None) -> Embedded:
     eng = lease.engine
-    ids = eng.tokenize(item) if isinstance(item, str) else list(item)
-    if not ids:
-        raise bad_request("input is empty")
-    if len(ids) > eng.n_ctx:
-        if not truncate:
-            raise bad_request(f"input length ({len(ids)} tokens) exceeds the context length "
-                              f"({eng.n_ctx})")
-        ids = ids[: eng.n_ctx]
-    return ids
-
-
-async def _embed_all(lease: Lease, inputs: list[str | list[int]], truncate: bool,
-                     dimensions: int | None) -> tuple[list[list[float]], int]:
-    if dimensions is not None and not 0 < dimensions <= lease.engine.config["n_embd"]:
-        raise bad_request(f"dimensions must be in [1, {lease.engine.config['n_embd']}]")
-    id_lists = [_ids(lease, item, truncate) for item in inputs]
+    _check_dimensions(dimensions, eng.config["n_embd"])
     try:
-        vectors = await asyncio.gather(*(asyncio.to_thread(lease.engine.embed, ids)
-                                         for ids in id_lists))
+        id_lists = [context_ids(eng, item, truncate) for item in inputs]
+        vectors = await asyncio.gather(*(asyncio.to_thread(eng.embed, ids) for ids in id_lists))
     except (PyEngineError, ValueError) as e:
         raise bad_request(str(e)) from None
-    out = []
-    for v in vectors:
-        if dimensions is not None:  # cut, then back to unit length (as Ollama does)
-            v = v[:dimensions]
-            norm = float((v * v).sum()) ** 0.5
-            v = v / norm if norm > 0 else v
-        out.append([float(x) for x in v])
-    return out, sum(len(ids) for ids in id_lists)
+    return Embedded([_cut(v, dimensions) for v in vectors], sum(len(ids) for ids in id_lists),
+                    lease.load_duration)
+
+
+async def _embed(request: Request, name: str, inputs: list[str | list[int]], truncate: bool,
+                 dimensions: int | None = None, keep_alive: Any = None,
+                 options: dict | None = None) -> Embedded:
+    """The route generation and chat take: ``name`` resolved (a model served here, a tier,
+    ``auto`` with the task hints in ``options``), embedded here when the pool can run it, by
+    the fallback chain (its native step, then Ollama) otherwise."""
+    state = request.app.state
+    chars = sum(len(item) for item in inputs if isinstance(item, str))
+    target = resolve_target(state.models, state.config, name,
+                            dict(options) if isinstance(options, dict) else None, chars)
+    try:
+        ka = parse_keep_alive(keep_alive, state.models.keep_alive)
+    except ValueError as e:
+        raise bad_request(str(e)) from None
+    lease = await lease_here(state, target, ka)
+    if lease is None:
+        allowed = may_fall_back(request)
+        r = await embed_fallback(state, target, inputs, truncate, allowed)
+        if r.vectors:
+            _check_dimensions(dimensions, len(r.vectors[0]))
+        return Embedded([_cut(np.asarray(v, dtype=np.float64), dimensions) for v in r.vectors],
+                        r.prompt_tokens)
+    try:
+        return await _embed_here(lease, inputs, truncate, dimensions)
+    finally:
+        lease.release()
 
 
 @router.post("/api/embed")
@@ -113,37 +136,26 @@ async def embed(request: Request) -> JSONResponse:
     t0 = time.perf_counter_ns()
     body = await parse_body(request, EmbedRequest)
     inputs: list[str | list[int]] = [body.input] if isinstance(body.input, str) else list(body.input)
-    lease = await _lease(request, body.model, body.keep_alive)
-    try:
-        if not inputs:
-            embeddings: list[list[float]] = []
-            tokens = 0
-        else:
-            embeddings, tokens = await _embed_all(lease, inputs, body.truncate is not False,
-                                                  body.dimensions)
-    finally:
-        lease.release()
-    return JSONResponse({"model": body.model, "embeddings": embeddings,
+    out = await _embed(request, body.model, inputs, body.truncate is not False, body.dimensions,
+                       body.keep_alive, body.options)
+    return JSONResponse({"model": body.model, "embeddings": out.vectors,
                          "total_duration": time.perf_counter_ns() - t0,
-                         "load_duration": lease.load_duration, "prompt_eval_count": tokens})
+                         "load_duration": out.load_duration, "prompt_eval_count": out.tokens})
 
 
 @router.post("/api/embeddings")
 async def embeddings(request: Request) -> JSONResponse:
     body = await parse_body(request, LegacyEmbedRequest)
-    lease = await _lease(request, body.model, body.keep_alive)
-    try:
-        vectors = [] if not body.prompt else (await _embed_all(lease, [body.prompt], True, None))[0]
-    finally:
-        lease.release()
-    return JSONResponse({"embedding": vectors[0] if vectors else []})
+    out = await _embed(request, body.model, [body.prompt] if body.prompt else [], True,
+                       keep_alive=body.keep_alive, options=body.options)
+    return JSONResponse({"embedding": out.vectors[0] if out.vectors else []})
 
 
-@router.post("/v1/embeddings")
+@openai_router.post("/embeddings")
 async def openai_embeddings(request: Request) -> JSONResponse:
     body = await parse_body(request, OpenAIEmbedRequest)
     if body.encoding_format not in (None, "float", "base64"):
-        raise bad_request("encoding_format must be 'float' or 'base64'")
+        raise invalid("encoding_format must be 'float' or 'base64'", param="encoding_format")
     raw = body.input
     if isinstance(raw, str):
         inputs: list[str | list[int]] = [raw]
@@ -152,12 +164,9 @@ async def openai_embeddings(request: Request) -> JSONResponse:
     else:
         inputs = list(raw)  # strings or lists of token ids
     if not inputs:
-        raise bad_request("input is empty")
-    lease = await _lease(request, body.model)
-    try:
-        vectors, tokens = await _embed_all(lease, inputs, True, body.dimensions)
-    finally:
-        lease.release()
+        raise invalid("input is empty", param="input")
+    out = await _embed(request, body.model, inputs, True, body.dimensions)
+
     def encode(v: list[float]) -> list[float] | str:
         # The official SDK asks for base64: little-endian float32 values.
         if body.encoding_format == "base64":
@@ -167,7 +176,7 @@ async def openai_embeddings(request: Request) -> JSONResponse:
     return JSONResponse({
         "object": "list",
         "data": [{"object": "embedding", "embedding": encode(v), "index": i}
-                 for i, v in enumerate(vectors)],
+                 for i, v in enumerate(out.vectors)],
         "model": body.model,
-        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        "usage": {"prompt_tokens": out.tokens, "total_tokens": out.tokens},
     })

@@ -1,5 +1,5 @@
-"""What both generation APIs (Ollama's and OpenAI's) share once a request is resolved to a model
-this server runs: the lease on the loaded model, and the generation loop that answers as a
+"""What both generation APIs (Ollama's and OpenAI's) share once a request holds a lease on a
+model this server runs (``targets.lease_here``): the generation loop that answers as a
 stream of records or as one object (disconnects cancel the request; the completion goes into
 the cost ledger). Each API shapes the records its own way (``piece`` and ``final``)."""
 
@@ -14,8 +14,8 @@ from fastapi.responses import JSONResponse, Response
 
 from pyengine.engine import Chunk, Completion
 from pyengine.errors import PyEngineError
-from pyengine.server.errors import APIError, bad_request, log
-from pyengine.server.models import Lease, ModelEntry, ModelSet, ModelUnavailable
+from pyengine.pool import Lease
+from pyengine.server.errors import APIError, bad_request
 from pyengine.server.streaming import ClientDisconnected, NDJSONResponse, until_disconnect
 from pyengine.server.targets import record_local
 
@@ -23,21 +23,6 @@ NO_IMAGES = "this model does not support images"
 
 Piece = Callable[[str], dict]  # streamed text -> one record
 Final = Callable[[str, Completion, int], dict]  # text, completion, total ns -> last record
-
-
-async def acquire(models: ModelSet, entry: ModelEntry, keep_alive: float) -> Lease:
-    """A lease on ``entry``. A model this engine cannot run (known, or found by this load) is
-    a 503 naming why; another load failure (memory, a file that went away) a 500."""
-    try:
-        return await models.acquire(entry.name, keep_alive)
-    except ModelUnavailable as e:
-        raise APIError(503, str(e)) from None
-    except PyEngineError:
-        raise APIError(503, str(ModelUnavailable(entry.name, models.unavailable(entry.name)
-                                                 or "it failed to load"))) from None
-    except (OSError, ValueError) as e:
-        log.error("loading %s failed: %s", entry.name, e)
-        raise APIError(500, f"failed to load model {entry.name}: {e}") from None
 
 
 async def _records(first: Chunk, chunks: AsyncGenerator[Chunk, None], lease: Lease, piece: Piece,

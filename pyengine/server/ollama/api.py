@@ -25,15 +25,16 @@ from pyengine.gateway.chain import Result
 from pyengine.server.errors import APIError, bad_request, log
 from pyengine.server.keep_alive import parse_keep_alive
 from pyengine.server.model_info import model_facts
-from pyengine.server.models import Lease, ModelEntry, ModelNotFound, ModelSet
+from pyengine.pool import ModelEntry, ModelNotFound, ModelPool
 from pyengine.server.ollama.options import engine_options
 from pyengine.server.ollama.schemas import ChatRequest, GenerateRequest, ShowRequest, parse_body
 from pyengine.server.streaming import NDJSONResponse
-from pyengine.server.generation import NO_IMAGES, acquire, run_generation
-from pyengine.server.targets import FALLBACK_HEADER, Target, run_fallback, stream_fallback
+from pyengine.server.generation import NO_IMAGES, run_generation
+from pyengine.server.targets import (Target, lease_here, may_fall_back, not_loaded,
+                                     run_fallback, stream_fallback)
 from pyengine.server.targets import resolve as resolve_target
 from pyengine.server.ollama.template import GEMMA_TEMPLATE, TemplateError, render
-from pyengine.server.timestamps import rfc3339, utc_now
+from pyengine.server.timestamps import after, rfc3339, utc_now
 
 router = APIRouter()
 
@@ -41,7 +42,7 @@ _STOP_PARAMETER = 'stop                           "<end_of_turn>"'
 
 
 
-def _models(request: Request) -> ModelSet:
+def _models(request: Request) -> ModelPool:
     return request.app.state.models
 
 
@@ -69,7 +70,7 @@ async def _fallback(request: Request, target: Target, messages: list[dict[str, A
                     t0: int) -> Response:
     """Serves a request this server cannot run through the fallback chain, answering in the
     same shape: streamed as the fallback produces it, or as one object."""
-    allowed = request.headers.get(FALLBACK_HEADER) is None  # never fall back twice
+    allowed = may_fall_back(request)
     state = request.app.state
     if not stream:
         r = await run_fallback(state, target, messages, options, allowed)
@@ -91,28 +92,7 @@ async def _fallback(request: Request, target: Target, messages: list[dict[str, A
     return NDJSONResponse(records())
 
 
-async def _lease_or_fallback(request: Request, target: Target, keep_alive: float,
-                             messages: list[dict[str, Any]] | None, options: dict[str, Any],
-                             stream: bool, record: Callable[..., dict],
-                             t0: int) -> Lease | Response:
-    """A lease on the target's model; when the engine cannot load it, the fallback chain's
-    answer to ``messages`` (None: a request that only loads, which gets the load error), or
-    the load error if the chain has no answer either."""
-    assert target.entry is not None
-    models = _models(request)
-    try:
-        return await acquire(models, target.entry, keep_alive)
-    except APIError as load_error:
-        if messages is None:
-            raise
-        target.unavailable = models.unavailable(target.entry.name) or load_error.message
-        try:
-            return await _fallback(request, target, messages, options, stream, record, t0)
-        except APIError:
-            raise load_error from None
-
-
-def _resolve(models: ModelSet, name: str) -> ModelEntry:
+def _resolve(models: ModelPool, name: str) -> ModelEntry:
     if not name:
         raise bad_request("model is required")
     try:
@@ -121,7 +101,7 @@ def _resolve(models: ModelSet, name: str) -> ModelEntry:
         raise APIError(404, str(e)) from None
 
 
-def _keep_alive(models: ModelSet, value: Any) -> float:
+def _keep_alive(models: ModelPool, value: Any) -> float:
     try:
         return parse_keep_alive(value, models.keep_alive)
     except ValueError as e:
@@ -197,8 +177,11 @@ async def tags(request: Request) -> dict[str, Any]:
 @router.get("/api/ps")
 async def ps(request: Request) -> dict[str, Any]:
     """The models in memory, the longest to stay first."""
+    def expires_at(loaded: Any) -> Any:
+        return after(loaded.keep_alive, loaded.touched_at)
+
     out = []
-    for loaded in sorted(_models(request).loaded(), key=lambda m: m.expires_at, reverse=True):
+    for loaded in sorted(_models(request).loaded(), key=expires_at, reverse=True):
         try:
             s = loaded.engine.stats()
             facts = await asyncio.to_thread(model_facts, loaded.entry.path)
@@ -207,7 +190,7 @@ async def ps(request: Request) -> dict[str, Any]:
         kv_bytes = int(s.get("kv_pages_total", 0)) * int(s.get("kv_page_bytes", 0))
         out.append({"name": loaded.name, "model": loaded.name, "size": facts.size + kv_bytes,
                     "digest": facts.digest, "details": facts.details(),
-                    "expires_at": rfc3339(loaded.expires_at), "size_vram": 0,
+                    "expires_at": rfc3339(expires_at(loaded)), "size_vram": 0,
                     "context_length": loaded.engine.n_ctx})
     return {"models": out}
 
@@ -260,7 +243,7 @@ async def generate(request: Request) -> Response:
     entry = target.entry
 
     if not req.prompt and req.keep_alive is not None and keep_alive == 0:
-        await models.unload(entry.name)
+        await models.aunload(entry.name)
         return JSONResponse(record("", True, done_reason="unload"))
     if req.images:
         raise bad_request(NO_IMAGES)
@@ -282,10 +265,12 @@ async def generate(request: Request) -> Response:
         except (TemplateError, ValueError) as e:
             raise bad_request(str(e)) from None
 
-    lease = await _lease_or_fallback(request, target, keep_alive, messages if req.prompt else None,
-                                     options, req.stream is not False, record, t0)
-    if isinstance(lease, Response):
-        return lease
+    lease = await lease_here(request.app.state, target, keep_alive)
+    if lease is None:  # the pool cannot run it now: the fallback chain answers, as for others
+        if not req.prompt:
+            raise not_loaded(target)
+        return await _fallback(request, target, messages, options, req.stream is not False,
+                               record, t0)
     if not req.prompt:  # an empty prompt only loads the model
         lease.release()
         return JSONResponse(record("", True, done_reason="load"))
@@ -329,7 +314,7 @@ async def chat(request: Request) -> Response:
     entry = target.entry
 
     if not req.messages and req.keep_alive is not None and keep_alive == 0:
-        await models.unload(entry.name)
+        await models.aunload(entry.name)
         return JSONResponse(record("", True, done_reason="unload"))
     if any(m.images for m in req.messages):
         raise bad_request(NO_IMAGES)
@@ -342,10 +327,12 @@ async def chat(request: Request) -> Response:
     except ValueError as e:
         raise bad_request(str(e)) from None
 
-    lease = await _lease_or_fallback(request, target, keep_alive, messages or None, options,
-                                     req.stream is not False, record, t0)
-    if isinstance(lease, Response):
-        return lease
+    lease = await lease_here(request.app.state, target, keep_alive)
+    if lease is None:  # the pool cannot run it now: the fallback chain answers, as for others
+        if not req.messages:
+            raise not_loaded(target)
+        return await _fallback(request, target, messages, options, req.stream is not False,
+                               record, t0)
     if not req.messages:  # no messages only loads the model
         lease.release()
         return JSONResponse(record("", True, done_reason="load"))

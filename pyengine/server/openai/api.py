@@ -37,9 +37,10 @@ from pyengine.chat import format_gemma
 from pyengine.engine import Completion
 from pyengine.gateway.chain import Result
 from pyengine.server.errors import APIError
-from pyengine.server.models import ModelEntry, ModelSet
-from pyengine.server.generation import NO_IMAGES, acquire, run_generation
-from pyengine.server.targets import FALLBACK_HEADER, Target, run_fallback, stream_fallback
+from pyengine.pool import ModelEntry, ModelPool
+from pyengine.server.generation import NO_IMAGES, run_generation
+from pyengine.server.targets import (Target, lease_here, may_fall_back, run_fallback,
+                                     stream_fallback)
 from pyengine.server.targets import resolve as resolve_target
 from pyengine.server.openai.errors import OpenAIError, OpenAIRoute, error_body, invalid
 from pyengine.server.openai.options import max_tokens_of, sampling_options
@@ -56,7 +57,7 @@ _MEDIA_PARTS = {"image_url": NO_IMAGES, "input_image": NO_IMAGES,
                 "file": "this model does not support files"}
 
 
-def _models(request: Request) -> ModelSet:
+def _models(request: Request) -> ModelPool:
     return request.app.state.models
 
 
@@ -77,7 +78,7 @@ async def _fallback(request: Request, target: Target, messages: list[dict[str, A
                     options: dict[str, Any], reply: Reply, stream: bool) -> Response:
     """Serves a request this server cannot run through the fallback chain (as Ollama's API
     does), in OpenAI's shapes: one object, or events as the fallback produces them."""
-    allowed = request.headers.get(FALLBACK_HEADER) is None  # never fall back twice
+    allowed = may_fall_back(request)
     state = request.app.state
     try:
         if not stream:
@@ -211,19 +212,9 @@ async def _complete(request: Request, target: Target, messages: list[dict[str, A
                     text: str, options: dict[str, Any], reply: Reply, stream: bool) -> Response:
     """Generates the reply to the prompt ``text`` (``messages`` in Gemma's format) and answers
     as one object or a stream; what this server cannot run, the fallback chain answers."""
-    if target.entry is None:
+    lease = await lease_here(request.app.state, target)
+    if lease is None:  # not served here, or the pool cannot run it now
         return await _fallback(request, target, messages, options, reply, stream)
-    models = _models(request)
-    try:
-        lease = await acquire(models, target.entry, models.keep_alive)
-    except APIError as load_error:
-        # Served here but the engine cannot run it: the chain may have the model; if not, the
-        # load error is the better answer.
-        target.unavailable = models.unavailable(target.entry.name) or load_error.message
-        try:
-            return await _fallback(request, target, messages, options, reply, stream)
-        except APIError:
-            raise _openai_error(load_error) from None
     ids = lease.tokenize(text, True, invalid)
     t0 = time.perf_counter_ns()
     if not stream:

@@ -46,7 +46,7 @@ class OpsSettings:
 
 
 def install_ops(app: FastAPI, settings: OpsSettings) -> None:
-    """Adds the routes and middleware to ``app`` (whose ``state.models`` is its ``ModelSet``).
+    """Adds the routes and middleware to ``app`` (whose ``state.models`` is its ``ModelPool``).
 
     ``app.state.metrics`` and ``app.state.ops_settings`` are set for the routes and for tests.
     """

@@ -113,7 +113,7 @@ class Metrics:
     """What ``/metrics`` reports: HTTP counts kept here, the queue's, and the engines'."""
 
     def __init__(self, models: Any, queue: QueueLimit) -> None:
-        self.models = models  # a ModelSet: .loaded() gives models with .name and .engine
+        self.models = models  # a ModelPool: .loaded() gives models with .name and .engine
         self.queue = queue
         self.ledger = EngineLedger()
         self.http_requests: Counter[tuple[str, str, str]] = Counter()
