@@ -59,6 +59,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _per_layer_rows(arch: str, shapes: dict[str, list[int]]) -> int:
+    """Rows of the architecture's per-layer embedding table (Gemma 3n), 0 when it has none."""
+    if arch not in _core.architectures():
+        return 0
+    for spec in _core.architecture_tensors(arch):
+        shape = shapes.get(spec["name"])
+        if spec["ne"][-1] == "n_vocab_per_layer" and shape is not None and len(shape) == 2:
+            return shape[1]
+    return 0
+
+
 def _ollama_markers(meta: dict[str, Any], tensor_names: list[str]) -> bool:
     """Whether a gemma3 file was written by Ollama's converter (the markers the core's
     IsOllamaGemma3 checks)."""
@@ -111,8 +122,7 @@ def describe(path: str) -> str:
     if "general.name" in meta:
         row("name", meta["general.name"])
     if _ollama_markers(meta, list(shapes)) or (
-            cfg and arch == "gemma3n" and cfg.get("n_vocab") != shapes.get(
-                "per_layer_token_embd.weight", [0, cfg.get("n_vocab")])[1]):
+            cfg and 0 < _per_layer_rows(arch, shapes) < cfg.get("n_vocab", 0)):
         row("written by", "Ollama's converter (read as it is; see the notes in brackets)")
     row("parameters", _human(text_params))
     if n_vision:
@@ -211,9 +221,9 @@ def _describe_config(meta: dict[str, Any], p: str, cfg: dict[str, Any],
     elif stated is not None:
         row("final softcap", f"none (the file's {stated:g} is a default Ollama's converter "
             "filled in; Gemma 3 has none)")
-    ple = shapes.get("per_layer_token_embd.weight")
-    if ple is not None and len(ple) == 2 and ple[1] < cfg["n_vocab"]:
-        row("per-layer table", f"{ple[1]} of {cfg['n_vocab']} ids (the ids past it, image and "
+    rows = _per_layer_rows(cfg["arch"], shapes)
+    if 0 < rows < cfg["n_vocab"]:
+        row("per-layer table", f"{rows} of {cfg['n_vocab']} ids (the ids past it, image and "
             "audio tokens, get a zero per-layer input)")
 
 

@@ -131,22 +131,26 @@ def random_prompts(n_prompts: int, n_tokens: int, n_vocab: int, seed: int = 0) -
 def weight_bytes_per_token(path: Path) -> int:
     """Bytes of weights one decode step reads.
 
-    Every tensor is read in full, except the lookup tables: token_embd when a separate
-    output.weight exists, and Gemma 3n's per_layer_token_embd, of which a step reads one row.
-    With tied embeddings the output projection reads token_embd in full. The KV cache is left out: it depends on the position and is small next to
-    the weights at benchmark lengths.
+    Every tensor is read in full, except the lookup tables of the architecture's table (kind
+    "table": the token embeddings, Gemma 3n's per-layer embeddings), of which a step reads one
+    row; with tied embeddings (no output matrix) the output projection reads the token
+    embeddings in full. The KV cache is left out: it depends on the position and is small next
+    to the weights at benchmark lengths.
     """
     from pyengine import _core
 
-    _, tensors, _, _ = _core.read_gguf(str(path), 0)
+    meta, tensors, _, _ = _core.read_gguf(str(path), 0)
     names = {name for name, *_ in tensors}
+    table = _core.architecture_tensors(meta["general.architecture"])
+    # The first entry of every table is the token embedding; the optional one the output.
+    tied = not any(s["optional"] and s["name"] in names for s in table)
+    row_read = {s["name"] for s in table if s["kind"] == "table"}
+    if tied:
+        row_read.discard(table[0]["name"])
     total = 0
     for name, _type, shape, nbytes in tensors:
-        if name == "per_layer_token_embd.weight" or (
-                name == "token_embd.weight" and "output.weight" in names):
-            total += nbytes // shape[-1]  # shape is GGUF order: [n_embd, n_vocab]
-        else:
-            total += nbytes
+        per_layer = name.split(".", 2)[-1] if name.startswith("blk.") else name
+        total += nbytes // shape[-1] if per_layer in row_read else nbytes  # shape: GGUF order
     return total
 
 

@@ -14,7 +14,7 @@ WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 SRCS=(core/gguf.cc quant/formats.cc quant/cpu_features.cc quant/matmul.cc
       quant/kernels_scalar.cc quant/kernels_avx2.cc quant/kernels_avx512.cc quant/blocks.cc quant/lanes.cc
-      quant/lanes_avx2.cc quant/lanes_avx512.cc model/architecture.cc model/model.cc model/ops.cc model/gemma3.cc model/gemma3n.cc
+      quant/lanes_avx2.cc quant/lanes_avx512.cc model/architecture.cc model/model.cc model/ops.cc model/gemma3.cc model/gemma3n.cc model/tensor_table.cc model/block_weights.cc
       kv/kv_arena.cc kv/prefix_cache.cc kv/kv_cache.cc
       runtime/tokenizer.cc runtime/vocab.cc runtime/sampler.cc runtime/engine.cc
       runtime/generation.cc runtime/request.cc runtime/scheduler.cc runtime/model_runner.cc core/thread_pool.cc

@@ -33,6 +33,8 @@ import gguf
 import numpy as np
 from gguf.quants import quantize
 
+from pyengine import _core
+
 T = gguf.TokenType
 Q = gguf.GGMLQuantizationType
 DTYPES = {  # dtype name -> (tensor type of the matrices, general.file_type)
@@ -322,23 +324,68 @@ def make_config(preset: str = "tiny", **overrides: Any) -> ModelConfig:
     return cfg
 
 
-def tensor_specs(cfg: ModelConfig) -> list[tuple[str, tuple[int, ...]]]:
-    """Names and numpy shapes, (out, in) for matrices, of every tensor in file order."""
-    if cfg.arch == "gemma3n":
-        return g3n.tensor_specs(cfg)
-    e, q_dim, kv_dim = cfg.n_embd, cfg.n_head * cfg.head_dim, cfg.n_head_kv * cfg.head_dim
-    specs = [("token_embd.weight", (cfg.n_vocab, e))]
-    if not cfg.tied_embeddings:
-        specs.append(("output.weight", (cfg.n_vocab, e)))
-    specs.append(("output_norm.weight", (e,)))
-    block = [("attn_norm", (e,)), ("attn_q", (q_dim, e)), ("attn_k", (kv_dim, e)),
-             ("attn_v", (kv_dim, e)), ("attn_q_norm", (cfg.head_dim,)),
-             ("attn_k_norm", (cfg.head_dim,)), ("attn_output", (e, q_dim)),
-             ("post_attention_norm", (e,)), ("ffn_norm", (e,)), ("ffn_gate", (cfg.n_ff, e)),
-             ("ffn_up", (cfg.n_ff, e)), ("ffn_down", (e, cfg.n_ff)), ("post_ffw_norm", (e,))]
+def _dims(cfg: ModelConfig) -> dict[str, int]:
+    """The sizes of the dimension names the architecture tables use (``_core.architecture_tensors``).
+    The per-layer table is written at n_vocab rows, as llama.cpp's converter pads it."""
+    return {"n_embd": cfg.n_embd, "n_vocab": cfg.n_vocab, "n_vocab_per_layer": cfg.n_vocab,
+            "q_dim": cfg.n_head * cfg.head_dim, "kv_dim": cfg.n_head_kv * cfg.head_dim,
+            "head_dim": cfg.head_dim, "n_ff": cfg.n_ff, "per_layer_width": cfg.n_embd_altup,
+            "per_layer_all": cfg.n_embd_altup * cfg.n_layer, "laurel_rank": cfg.laurel_rank,
+            "altup_streams": cfg.n_altup, "altup_streams_less_1": cfg.n_altup - 1,
+            "altup_streams_squared": cfg.n_altup * cfg.n_altup}
+
+
+def tensor_specs(cfg: ModelConfig) -> list[tuple[str, tuple[int, ...], str]]:
+    """Name, numpy shape ((out, in) for matrices; the AltUp projections are (n_altup - 1, out,
+    in)) and kind of every tensor in file order, from the architecture's table in the native
+    core. Layers that reuse an earlier layer's KV still carry attn_k / attn_v (llama.cpp needs
+    them)."""
+    dims = _dims(cfg)
+    globals_, block = [], []
+    for spec in _core.architecture_tensors(cfg.arch):
+        if spec["optional"] and cfg.tied_embeddings:
+            continue  # the output projection: the logits use token_embd
+        shape = tuple(dims[d] for d in reversed(spec["ne"]))
+        (block if spec["per_layer"] else globals_).append((spec["name"], shape, spec["kind"]))
+    specs = list(globals_)
     for i in range(cfg.n_layer):
-        specs += [(f"blk.{i}.{name}.weight", shape) for name, shape in block]
+        specs += [(f"blk.{i}.{name}", shape, kind) for name, shape, kind in block]
     return specs
+
+
+def _scale(name: str, shape: tuple[int, ...], cfg: ModelConfig) -> float:
+    """Std of a matrix's values, or gain of a 1-D weight (stored as gain * (1 + noise)).
+
+    Matrices default to std 1/sqrt(fan_in): each projection keeps its input's RMS, and an
+    embedded token (scaled by sqrt(n_embd)) starts the residual stream at RMS ~1; output_norm
+    carries the logit scale. Gemma 3n uses its norm weights as stored (no +1), so a gain is the
+    scale the norm leaves, and a few of its tensors get their input with a fixed, non-unit
+    scale in the graph (see gemma3n_tensors for why each constant is what it is).
+    """
+    base = name.removesuffix(".weight").rsplit(".", 1)[-1]
+    if base == "output_norm":
+        return cfg.logit_scale  # the logits' std before the embedding's row spread
+    if cfg.arch != "gemma3n":
+        return 1.0 if len(shape) == 1 else 1.0 / math.sqrt(shape[-1])
+    if len(shape) == 1:
+        if base in ("attn_q_norm", "attn_k_norm"):
+            # Gemma 3n does not scale q.k by 1/sqrt(head_dim); small q/k norm gains do it, so the
+            # attention scores have std ~1 as in Gemma 3 instead of sqrt(head_dim).
+            return cfg.head_dim ** -0.25
+        return g3n.FFN_POST_GAIN if base == "post_ffw_norm" else 1.0
+    if base == "per_layer_token_embd":
+        # Looked up rows are scaled by sqrt(n_embd_altup): RMS ~1, like the projected half they
+        # are averaged with.
+        return 1.0 / math.sqrt(cfg.n_embd_altup)
+    if base == "altup_router":
+        # Its input is RMS-normed, then divided by n_embd; this std undoes that so the router's
+        # tanh sees values of std ROUTER_PRE_TANH_STD (modalities neither ~0 nor saturated).
+        return g3n.ROUTER_PRE_TANH_STD * math.sqrt(cfg.n_embd)
+    if base == "altup_predict_coef":
+        return g3n.PREDICT_COEF_STD
+    if base == "altup_correct_coef":
+        return g3n.CORRECT_COEF_STD
+    return 1.0 / math.sqrt(shape[-1])
 
 
 def _tensor_chunks(name: str, shape: tuple[int, ...], cfg: ModelConfig,
@@ -346,22 +393,16 @@ def _tensor_chunks(name: str, shape: tuple[int, ...], cfg: ModelConfig,
     """Float32 values of one tensor, in chunks of rows (a 3-D tensor is a stack of row blocks).
 
     Every tensor has its own generator seeded by (seed, name), so its values do not depend on the
-    other tensors. Gemma 3 matrices have std 1/sqrt(fan_in): each projection keeps its input's
-    RMS, and an embedded token (scaled by sqrt(n_embd)) starts the residual stream at RMS ~1.
-    Gemma 3n takes its scales from gemma3n_tensors.tensor_scale.
+    other tensors; ``_scale`` gives their spread.
     """
     key = zlib.crc32(name.encode())
     rng = np.random.default_rng([seed, key])
     if len(shape) == 1:
-        if cfg.arch == "gemma3n":
-            gain = g3n.tensor_scale(name, shape, cfg)
-        else:  # output_norm carries the logit scale; every other norm keeps its input's scale
-            gain = cfg.logit_scale if name == "output_norm.weight" else 1.0
+        gain = _scale(name, shape, cfg)
         yield gain * (1.0 + cfg.norm_noise * rng.standard_normal(shape, dtype=np.float32))
         return
     rows, cols = math.prod(shape[:-1]), shape[-1]
-    std = g3n.tensor_scale(name, shape, cfg) if cfg.arch == "gemma3n" else 1.0 / math.sqrt(cols)
-    row_scale = np.full((rows, 1), std, dtype=np.float32)
+    row_scale = np.full((rows, 1), _scale(name, shape, cfg), dtype=np.float32)
     if name in ("token_embd.weight", "output.weight") and cfg.embd_row_spread > 0:
         # Log-normal row norms (trained embeddings have them too) give the logits a heavy upper
         # tail: the top-1 token then usually stands clear of the runner-up, which keeps top-1
@@ -432,8 +473,11 @@ def write_model(path: str | Path, preset: str = "tiny", dtype: str = "f32", seed
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     cfg = make_config(preset, **overrides)
-    specs = [(name, shape, _tensor_type(cfg, name, shape, DTYPES[dtype][0]))
-             for name, shape in tensor_specs(cfg)]
+    # Norms, scales and the small AltUp matrices stay F32 for every file type, as the converter
+    # keeps them (rows of 4 values could not be Q8_0 anyway).
+    qtype = DTYPES[dtype][0]
+    specs = [(name, shape, Q.F32 if kind in ("norm", "scale", "small") else qtype)
+             for name, shape, kind in tensor_specs(cfg)]
     path = Path(path)
     w = gguf.GGUFWriter(path, cfg.arch)
     _add_metadata(w, cfg, dtype)
@@ -456,13 +500,6 @@ def write_model(path: str | Path, preset: str = "tiny", dtype: str = "f32", seed
     w.write_padding(fout, fout.tell())
     w.close()
     return path
-
-
-def _tensor_type(cfg: ModelConfig, name: str, shape: tuple[int, ...], qtype: Q) -> Q:
-    """Storage type of one tensor when the file's matrices are qtype (1-D tensors are F32)."""
-    if cfg.arch == "gemma3n":
-        return g3n.tensor_type(name, shape, qtype)
-    return qtype if len(shape) == 2 else Q.F32
 
 
 def _parse_override(text: str) -> tuple[str, Any]:

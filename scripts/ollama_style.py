@@ -249,7 +249,7 @@ def _vision(b: _Blob, spec: VisionSpec) -> None:
     for i in range(spec.blocks):
         p = f"v.blk.{i}."
         specs += [(p + "layer_norm1.weight", (w,)), (p + "layer_norm1.bias", (w,))]
-        for m in ("attn_q", "attn_k", "attn_v", "attn_output"):
+        for m in ("attn_q", "attn_k", "attn_v", "attn_output"):  # the tower's (check_tensor_names)
             specs += [(p + m + ".weight", (w, w)), (p + m + ".bias", (w,))]
         specs += [(p + "layer_norm2.weight", (w,)), (p + "layer_norm2.bias", (w,)),
                   (p + "mlp.fc1.weight", (ff, w)), (p + "mlp.fc1.bias", (ff,)),
@@ -269,7 +269,10 @@ def _vision(b: _Blob, spec: VisionSpec) -> None:
 
 
 def _per_layer_rows(b: _Blob) -> None:
-    t = b.tensor("per_layer_token_embd.weight")
+    from pyengine import _core
+
+    t = b.tensor(next(s["name"] for s in _core.architecture_tensors("gemma3n")
+                      if s["ne"][-1] == "n_vocab_per_layer"))
     rows = _rows(t)
     nonzero = np.flatnonzero(np.any(rows != 0, axis=1))
     keep = int(nonzero[-1]) + 1 if nonzero.size else 0

@@ -145,14 +145,10 @@ def llama_quantized(make_model, tmp_path_factory):
     return get
 
 
-def _mlx_target(gguf_name: str) -> str:
+def _mlx_target(gguf_name: str, n_layer: int) -> str:
     """mlx-lm's layer for a Gemma 3 matrix (without ".weight")."""
-    if gguf_name == "token_embd.weight":
-        return "model.embed_tokens"
-    if gguf_name == "output.weight":
-        return "lm_head"
-    _blk, layer, kind, _w = gguf_name.split(".")
-    return f"model.layers.{layer}.{convert._GEMMA3_LAYER[kind]}"
+    _spec, (target,) = convert.mlx_names("gemma3", n_layer)[gguf_name]
+    return target.removesuffix(".weight")
 
 
 def check_converted(mf: _core.ModelFile, weights: dict,
@@ -164,7 +160,7 @@ def check_converted(mf: _core.ModelFile, weights: dict,
     for name, ttype in mf.tensor_types.items():
         if ttype in ("F32", "F16", "BF16"):
             continue
-        target = _mlx_target(name)
+        target = _mlx_target(name, mf.config["n_layer"])
         w, s = weights[target + ".weight"], weights[target + ".scales"]
         values = values_of(name)
         cols = values.shape[-1]

@@ -16,6 +16,7 @@
 #include "core/thread_pool.h"
 #include "cuda/cuda_backend.h"
 #include "model/architecture.h"
+#include "model/tensor_table.h"
 #include "quant/cpu_features.h"
 #include "quant/formats.h"
 #include "quant/matmul.h"
@@ -166,7 +167,7 @@ struct ModelFile {
   explicit ModelFile(const std::string& path)
       : file(std::make_unique<GgufFile>(path)),
         cfg(LoadConfig(*file)),
-        tok(std::make_unique<Tokenizer>(LoadVocab(*file))) {
+        tok(std::make_unique<Tokenizer>(LoadVocab(*file, cfg.n_vocab))) {
     CheckTokenizerFits(path, *tok, cfg);
   }
   std::unique_ptr<GgufFile> file;
@@ -285,6 +286,29 @@ PYBIND11_MODULE(_core, m) {
           return out;
         },
         "Names of the tensor types the kernels compute with.");
+  m.def("architecture_tensors",
+        [](const std::string& arch) {
+          py::list out;
+          for (const TensorSpec& s : TensorTableOf(arch)) {
+            py::dict d;
+            d["name"] = s.name;
+            d["hf"] = s.hf;
+            d["per_layer"] = s.per_layer;
+            d["kind"] = KindName(s.kind);
+            std::vector<std::string> ne;
+            for (Dim x : s.ne) ne.push_back(DimName(x));
+            d["ne"] = ne;
+            d["optional"] = s.optional;
+            d["plus_one"] = s.plus_one;
+            out.append(d);
+          }
+          return out;
+        },
+        py::arg("arch"),
+        "The weight tensors of an architecture, in file order: name (after 'blk.<layer>.' when "
+        "per_layer), hf (mlx-lm's name; '{l}' the layer, '{k}' one per outer slice), kind "
+        "(matrix, table, norm, scale, small), ne (GGUF order, as dimension names: n_embd, "
+        "n_vocab, ...), optional, plus_one (stored as 1 + the Hugging Face weight).");
   m.def("architectures", [] { return SupportedArchs(); },
         "general.architecture values the native core runs.");
   m.def("isa", [] { return std::string(IsaName(ActiveIsa())); },

@@ -6,6 +6,7 @@
 
 #include "cuda/cuda_model.h"
 #include "model/ops.h"
+#include "model/tensor_table.h"
 
 namespace pyengine {
 namespace {
@@ -23,11 +24,7 @@ class CudaGemma3Model : public CudaModel {
   void AddAddresses(std::vector<const void*>* a) const override;
 
  private:
-  struct Layer {
-    DevWeight attn_q, attn_k, attn_v, attn_output, ffn_gate, ffn_up, ffn_down;
-    DeviceBuffer<float> attn_norm, attn_q_norm, attn_k_norm, post_attention_norm;
-    DeviceBuffer<float> ffn_norm, post_ffw_norm, rope_inv_freq;
-  };
+  using Layer = DevBlockWeights;
   std::vector<Layer> layers_;
   // Scratch: x [n, E] residual stream, xn its normed copy, o a sub-block's output, q/attn
   // [n, QD], k/v [n, KVD], gate/up [n, F].
@@ -35,35 +32,9 @@ class CudaGemma3Model : public CudaModel {
 };
 
 CudaGemma3Model::CudaGemma3Model(const GgufFile& f, const ModelConfig& cfg) : CudaModel(f, cfg) {
-  const int64_t E = cfg.n_embd, D = cfg.head_dim, F = cfg.n_ff;
+  const ModelTensors t(f, cfg, TensorTableOf(cfg.arch));
   layers_.resize(static_cast<size_t>(cfg.n_layer));
-  for (int64_t l = 0; l < cfg.n_layer; ++l) {
-    Layer& L = layers_[l];
-    const std::string p = "blk." + std::to_string(l) + ".";
-    auto mat = [&](const std::string& name, std::vector<int64_t> ne) {
-      return cuda::Upload(f.path(), Bind(f, p + name, std::move(ne)));
-    };
-    auto vec = [&](const std::string& name, int64_t n) {
-      return cuda::UploadFloats(BindVector(f, p + name, n));
-    };
-    L.attn_norm = vec("attn_norm.weight", E);
-    L.attn_q = mat("attn_q.weight", {E, cfg.q_dim()});
-    L.attn_k = mat("attn_k.weight", {E, cfg.kv_dim()});
-    L.attn_v = mat("attn_v.weight", {E, cfg.kv_dim()});
-    L.attn_output = mat("attn_output.weight", {cfg.q_dim(), E});
-    L.attn_q_norm = vec("attn_q_norm.weight", D);
-    L.attn_k_norm = vec("attn_k_norm.weight", D);
-    L.post_attention_norm = vec("post_attention_norm.weight", E);
-    L.ffn_norm = vec("ffn_norm.weight", E);
-    L.ffn_gate = mat("ffn_gate.weight", {E, F});
-    L.ffn_up = mat("ffn_up.weight", {E, F});
-    L.ffn_down = mat("ffn_down.weight", {F, E});
-    L.post_ffw_norm = vec("post_ffw_norm.weight", E);
-    // Sliding layers: local base, no scaling. Global layers: global base with linear scaling.
-    const bool swa = cfg.layer_is_swa[l];
-    L.rope_inv_freq = cuda::UploadFloats(RopeInvFreq(D, swa ? cfg.rope_base_swa : cfg.rope_base,
-                                                     swa ? 1.f : cfg.rope_scale));
-  }
+  for (int64_t l = 0; l < cfg.n_layer; ++l) layers_[l].Upload(f, t, cfg, l);
 }
 
 void CudaGemma3Model::ReserveLayers(int64_t n) const {

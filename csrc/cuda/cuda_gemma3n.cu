@@ -12,6 +12,7 @@
 #include "cuda/kernels_gemma3n.h"
 #include "model/gemma3n.h"
 #include "model/ops.h"
+#include "model/tensor_table.h"
 #include "quant/formats.h"
 
 namespace pyengine {
@@ -43,14 +44,11 @@ class CudaGemma3nModel : public CudaModel {
   void AddAddresses(std::vector<const void*>* a) const override;
 
  private:
-  struct Layer {
-    bool owns_kv = true;
-    DevWeight attn_q, attn_k, attn_v, attn_output, ffn_gate, ffn_up, ffn_down;
+  // Gemma 3's decoder weights and what Gemma 3n adds to a layer.
+  struct Layer : DevBlockWeights {
     DevWeight inp_gate, proj, laurel_l, laurel_r, altup_router;
     DevSmall predict, correct;
-    DeviceBuffer<float> attn_norm, attn_q_norm, attn_k_norm, post_attention_norm, ffn_norm;
-    DeviceBuffer<float> post_ffw_norm, post_norm, laurel_post_norm, altup_router_norm;
-    DeviceBuffer<float> altup_correct_scale, rope_inv_freq;
+    DeviceBuffer<float> post_norm, laurel_post_norm, altup_router_norm, altup_correct_scale;
   };
   // r [n, 4] = tanh(router . RMSNorm(x, router_norm) / n_embd).
   void Route(const Layer& L, const float* x, int64_t n, float* r) const;
@@ -71,66 +69,43 @@ class CudaGemma3nModel : public CudaModel {
 };
 
 CudaGemma3nModel::CudaGemma3nModel(const GgufFile& f, const ModelConfig& cfg) : CudaModel(f, cfg) {
-  const int64_t E = cfg.n_embd, D = cfg.head_dim, F = cfg.n_ff, NL = cfg.n_layer;
-  auto upload = [&](const TensorView& t) { return cuda::Upload(f.path(), t); };
-  auto vec = [&](const std::string& name, int64_t n) {
-    return cuda::UploadFloats(BindVector(f, name, n));
-  };
-  auto small = [&](const std::string& name, int cols, int rows) {
+  using I = TensorId;
+  const int64_t NL = cfg.n_layer;
+  const ModelTensors t(f, cfg, TensorTableOf(cfg.arch));
+  auto upload = [&](const TensorView& v) { return cuda::Upload(f.path(), v); };
+  auto mat = [&](I id, int64_t l) { return upload(t.Get(id, l)); };
+  auto vec = [&](I id, int64_t l) { return cuda::UploadFloats(t.Floats(id, l)); };
+  auto small = [&](I id, int64_t l) {
+    const TensorView& v = t.Get(id, l);
     DevSmall s;
-    s.type = Bind(f, name, {cols, rows}).type;
-    s.w = cuda::UploadFloats(BindFloats(f, name, {cols, rows}));
-    s.rows = rows;
-    s.cols = cols;
+    s.type = v.type;
+    s.w = cuda::UploadFloats(t.Floats(id, l));
+    s.rows = static_cast<int>(v.rows());
+    s.cols = static_cast<int>(v.cols());
     return s;
   };
-  per_layer_tok_embd_ =
-      Bind(f, "per_layer_token_embd.weight", {kPerLayer * NL, cfg.n_vocab_per_layer});
-  per_layer_model_proj_ = upload(Bind(f, "per_layer_model_proj.weight", {E, kPerLayer * NL}));
-  per_layer_proj_norm_ = vec("per_layer_proj_norm.weight", kPerLayer);
-  const TensorView altup = Bind(f, "altup_proj.weight", {E, E, kS - 1});
-  const TensorView unembd = Bind(f, "altup_unembd_proj.weight", {E, E, kS - 1});
+  per_layer_tok_embd_ = t.Get(I::kPerLayerTokEmbd);
+  per_layer_model_proj_ = mat(I::kPerLayerModelProj, -1);
+  per_layer_proj_norm_ = vec(I::kPerLayerProjNorm, -1);
   for (int k = 0; k < kS - 1; ++k) {
-    altup_proj_[k] = upload(Slice(altup, k));
-    altup_unembd_proj_[k] = upload(Slice(unembd, k));
+    altup_proj_[k] = upload(Slice(t.Get(I::kAltupProj), k));
+    altup_unembd_proj_[k] = upload(Slice(t.Get(I::kAltupUnembdProj), k));
   }
   layers_.resize(static_cast<size_t>(NL));
   for (int64_t l = 0; l < NL; ++l) {
     Layer& L = layers_[l];
-    const std::string p = "blk." + std::to_string(l) + ".";
-    L.owns_kv = cfg.kv_layer[l] == l;
-    L.attn_norm = vec(p + "attn_norm.weight", E);
-    L.attn_q = upload(Bind(f, p + "attn_q.weight", {E, cfg.q_dim()}));
-    // Layers that share an earlier layer's KV still carry k and v projections: checked, unused.
-    const TensorView wk = Bind(f, p + "attn_k.weight", {E, cfg.kv_dim()});
-    const TensorView wv = Bind(f, p + "attn_v.weight", {E, cfg.kv_dim()});
-    if (L.owns_kv) {
-      L.attn_k = upload(wk);
-      L.attn_v = upload(wv);
-    }
-    L.attn_output = upload(Bind(f, p + "attn_output.weight", {cfg.q_dim(), E}));
-    L.attn_q_norm = vec(p + "attn_q_norm.weight", D);
-    L.attn_k_norm = vec(p + "attn_k_norm.weight", D);
-    L.post_attention_norm = vec(p + "post_attention_norm.weight", E);
-    L.ffn_norm = vec(p + "ffn_norm.weight", E);
-    L.ffn_gate = upload(Bind(f, p + "ffn_gate.weight", {E, F}));
-    L.ffn_up = upload(Bind(f, p + "ffn_up.weight", {E, F}));
-    L.ffn_down = upload(Bind(f, p + "ffn_down.weight", {F, E}));
-    L.post_ffw_norm = vec(p + "post_ffw_norm.weight", E);
-    L.inp_gate = upload(Bind(f, p + "inp_gate.weight", {E, kPerLayer}));
-    L.proj = upload(Bind(f, p + "proj.weight", {kPerLayer, E}));
-    L.post_norm = vec(p + "post_norm.weight", E);
-    L.laurel_l = upload(Bind(f, p + "laurel_l.weight", {E, kLaurelRank}));
-    L.laurel_r = upload(Bind(f, p + "laurel_r.weight", {kLaurelRank, E}));
-    L.laurel_post_norm = vec(p + "laurel_post_norm.weight", E);
-    L.altup_router = upload(Bind(f, p + "altup_router.weight", {E, kS}));
-    L.altup_router_norm = vec(p + "altup_router_norm.weight", E);
-    L.predict = small(p + "altup_predict_coef.weight", kS, kS * kS);
-    L.correct = small(p + "altup_correct_coef.weight", kS, kS);
-    L.altup_correct_scale = vec(p + "altup_correct_scale.weight", E);
-    const bool swa = cfg.layer_is_swa[l];
-    L.rope_inv_freq = cuda::UploadFloats(RopeInvFreq(D, swa ? cfg.rope_base_swa : cfg.rope_base,
-                                                     swa ? 1.f : cfg.rope_scale));
+    L.Upload(f, t, cfg, l);
+    L.inp_gate = mat(I::kInpGate, l);
+    L.proj = mat(I::kProj, l);
+    L.post_norm = vec(I::kPostNorm, l);
+    L.laurel_l = mat(I::kLaurelL, l);
+    L.laurel_r = mat(I::kLaurelR, l);
+    L.laurel_post_norm = vec(I::kLaurelPostNorm, l);
+    L.altup_router = mat(I::kAltupRouter, l);
+    L.altup_router_norm = vec(I::kAltupRouterNorm, l);
+    L.predict = small(I::kAltupPredictCoef, l);
+    L.correct = small(I::kAltupCorrectCoef, l);
+    L.altup_correct_scale = vec(I::kAltupCorrectScale, l);
   }
 }
 

@@ -7,13 +7,32 @@
 
 #include "core/errors.h"
 #include "cuda/cuda_backend.h"
+#include "model/block_weights.h"
 #include "model/ops.h"
+#include "model/tensor_table.h"
 #include "quant/kernel_set.h"
 
 namespace pyengine {
 
+void DevBlockWeights::Upload(const GgufFile& f, const ModelTensors& t, const ModelConfig& c,
+                             int64_t l) {
+  using I = TensorId;
+  owns_kv = c.kv_layer[l] == l;
+  for (auto [id, w] : {std::pair{I::kAttnQ, &attn_q}, {I::kAttnK, &attn_k}, {I::kAttnV, &attn_v},
+                       {I::kAttnOutput, &attn_output}, {I::kFfnGate, &ffn_gate},
+                       {I::kFfnUp, &ffn_up}, {I::kFfnDown, &ffn_down}}) {
+    if (owns_kv || (id != I::kAttnK && id != I::kAttnV)) *w = cuda::Upload(f.path(), t.Get(id, l));
+  }
+  for (auto [id, v] : {std::pair{I::kAttnNorm, &attn_norm}, {I::kAttnQNorm, &attn_q_norm},
+                       {I::kAttnKNorm, &attn_k_norm}, {I::kPostAttentionNorm, &post_attention_norm},
+                       {I::kFfnNorm, &ffn_norm}, {I::kPostFfwNorm, &post_ffw_norm}}) {
+    *v = cuda::UploadFloats(t.Floats(id, l));
+  }
+  rope_inv_freq = cuda::UploadFloats(LayerRopeInvFreq(c, l));
+}
+
 CudaModel::CudaModel(const GgufFile& f, const ModelConfig& cfg) : cfg_(cfg) {
-  const int64_t E = cfg.n_embd, D = cfg.head_dim;
+  const int64_t D = cfg.head_dim;
   if (D % 64 != 0 || D > 256) {
     throw ModelError(f.path() + ": head_dim " + std::to_string(D) +
                      " is not run by the CUDA backend (multiples of 64 up to 256)");
@@ -24,12 +43,13 @@ CudaModel::CudaModel(const GgufFile& f, const ModelConfig& cfg) : cfg_(cfg) {
   PYE_CUDA(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
   const char* graphs = std::getenv("PYENGINE_CUDA_GRAPHS");
   use_graphs_ = !(graphs && std::string(graphs) == "0");
-  const TensorView out = Bind(f, "output.weight", {E, cfg.n_vocab}, /*optional=*/true);
+  const ModelTensors t(f, cfg, TensorTableOf(cfg.arch));
+  const TensorView& out = t.Get(TensorId::kOutput);
+  const TensorView& embd = t.Get(TensorId::kTokEmbd);
   tied_ = out.data == nullptr;
-  const TensorView embd = Bind(f, "token_embd.weight", {E, cfg.n_vocab});
   output_ = cuda::Upload(f.path(), tied_ ? embd : out);
   if (!tied_) tok_embd_ = cuda::Upload(f.path(), embd);
-  output_norm_ = cuda::UploadFloats(BindVector(f, "output_norm.weight", E));
+  output_norm_ = cuda::UploadFloats(t.Floats(TensorId::kOutputNorm));
   const float* table = GeluFp16Table();
   gelu_table_ = cuda::UploadFloats(std::vector<float>(table, table + (1 << 16)));
 }

@@ -21,6 +21,19 @@
 
 namespace pyengine {
 
+class ModelTensors;
+
+// The device copy of one Gemma 3 decoder layer's weights (model/block_weights.h), which the
+// Gemma 3n model keeps as they are.
+struct DevBlockWeights {
+  cuda::DevWeight attn_q, attn_k, attn_v, attn_output, ffn_gate, ffn_up, ffn_down;
+  cuda::DeviceBuffer<float> attn_norm, attn_q_norm, attn_k_norm, post_attention_norm;
+  cuda::DeviceBuffer<float> ffn_norm, post_ffw_norm, rope_inv_freq;
+  bool owns_kv = true;  // false: reads an earlier layer's KV; attn_k / attn_v stay empty
+
+  void Upload(const GgufFile& f, const ModelTensors& t, const ModelConfig& c, int64_t l);
+};
+
 class CudaModel : public Model {
  public:
   ~CudaModel() override;

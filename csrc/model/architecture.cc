@@ -6,6 +6,7 @@
 #include "core/gguf.h"
 #include "model/gemma3.h"
 #include "model/gemma3n.h"
+#include "model/tensor_table.h"
 
 namespace pyengine {
 
@@ -138,10 +139,11 @@ ModelConfig LoadConfig(const GgufFile& f) {
     throw ModelError(f.path() + ": rope scaling '" + scaling + "' is not supported for " + c.arch);
   }
 
-  const TensorView* emb = f.FindTensor("token_embd.weight");
-  if (!emb) f.Fail("tensor 'token_embd.weight' is missing");
+  const std::string emb_name = GlobalTensorName(TensorId::kTokEmbd);
+  const TensorView* emb = f.FindTensor(emb_name);
+  if (!emb) f.Fail("tensor '" + emb_name + "' is missing");
   if (emb->n_dims != 2 || emb->ne[0] != c.n_embd) {
-    f.Fail("token_embd.weight has shape [" + std::to_string(emb->ne[0]) + ", " +
+    f.Fail(emb_name + " has shape [" + std::to_string(emb->ne[0]) + ", " +
            std::to_string(emb->ne[1]) + "], expected [" + std::to_string(c.n_embd) + ", n_vocab]");
   }
   c.n_vocab = emb->ne[1];

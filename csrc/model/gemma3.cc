@@ -9,6 +9,7 @@
 #include "core/thread_pool.h"
 #include "model/architecture.h"
 #include "model/ops.h"
+#include "model/tensor_table.h"
 #include "quant/formats.h"
 #include "quant/kernel_set.h"
 
@@ -22,46 +23,16 @@ constexpr int64_t kMinTokens = 8;
 
 Gemma3Model::Gemma3Model(const GgufFile& f, const ModelConfig& cfg, ThreadPool& pool)
     : cfg_(cfg), pool_(pool) {
-  const int64_t E = cfg.n_embd, D = cfg.head_dim, F = cfg.n_ff;
-  if (cfg.n_head % cfg.n_head_kv != 0 || cfg.n_head / cfg.n_head_kv > kMaxGroup) {
-    throw ModelError(f.path() + ": " + std::to_string(cfg.n_head) + " query heads over " +
-                     std::to_string(cfg.n_head_kv) + " KV heads is not a supported grouping");
-  }
+  CheckHeadGrouping(f, cfg);
   // Matrices are bound first and packed together at the end, into one arena.
+  using I = TensorId;
+  const ModelTensors t(f, cfg, TensorTableOf(cfg.arch));
   WeightPacker packer;
-  auto pack = [&](const TensorView& t, PackedMatrix* dst) { packer.Add(t, dst); };
-  tok_embd_ = Bind(f, "token_embd.weight", {E, cfg.n_vocab});
-  TensorView out = Bind(f, "output.weight", {E, cfg.n_vocab}, /*optional=*/true);
-  // Tied embeddings: lookups read rows of the output projection's packed copy, so the
-  // released file pages stay released.
-  pack(out.data ? out : tok_embd_, &output_);
-  tied_ = out.data == nullptr;
-  output_norm_ = BindVector(f, "output_norm.weight", E);
+  BindEmbeddings(t, packer, &tok_embd_, &output_, &tied_);
+  output_norm_ = t.Floats(I::kOutputNorm);
 
   layers_.resize(static_cast<size_t>(cfg.n_layer));
-  for (int64_t l = 0; l < cfg.n_layer; ++l) {
-    Layer& L = layers_[l];
-    const std::string p = "blk." + std::to_string(l) + ".";
-    L.attn_norm = BindVector(f, p + "attn_norm.weight", E);
-    pack(Bind(f, p + "attn_q.weight", {E, cfg.q_dim()}), &L.attn_q);
-    pack(Bind(f, p + "attn_k.weight", {E, cfg.kv_dim()}), &L.attn_k);
-    pack(Bind(f, p + "attn_v.weight", {E, cfg.kv_dim()}), &L.attn_v);
-    pack(Bind(f, p + "attn_output.weight", {cfg.q_dim(), E}), &L.attn_output);
-    L.attn_q_norm = BindVector(f, p + "attn_q_norm.weight", D);
-    L.attn_k_norm = BindVector(f, p + "attn_k_norm.weight", D);
-    L.post_attention_norm = BindVector(f, p + "post_attention_norm.weight", E);
-    L.ffn_norm = BindVector(f, p + "ffn_norm.weight", E);
-    pack(Bind(f, p + "ffn_gate.weight", {E, F}), &L.ffn_gate);
-    pack(Bind(f, p + "ffn_up.weight", {E, F}), &L.ffn_up);
-    pack(Bind(f, p + "ffn_down.weight", {F, E}), &L.ffn_down);
-    L.post_ffw_norm = BindVector(f, p + "post_ffw_norm.weight", E);
-
-    // Sliding layers: local base, no scaling. Global layers: global base with linear scaling.
-    const bool swa = cfg.layer_is_swa[l];
-    const float base = swa ? cfg.rope_base_swa : cfg.rope_base;
-    const float scale = swa ? 1.f : cfg.rope_scale;
-    L.rope_inv_freq = RopeInvFreq(D, base, scale);
-  }
+  for (int64_t l = 0; l < cfg.n_layer; ++l) layers_[l].Bind(t, cfg, l, packer);
   arena_ = packer.Pack(f, pool);
 }
 

@@ -7,6 +7,7 @@
 
 #include "core/config.h"
 #include "core/tensor.h"
+#include "model/block_weights.h"
 #include "model/model.h"
 #include "model/ops.h"
 #include "quant/matmul.h"
@@ -28,13 +29,7 @@ class Gemma3Model : public Model {
  private:
   void Run(const Batch& batch, Workspace& ws, float* out, ThreadPool& pool, float* hidden) const;
 
-  struct Layer {
-    PackedMatrix attn_q, attn_k, attn_v, attn_output;
-    PackedMatrix ffn_gate, ffn_up, ffn_down;
-    std::vector<float> attn_norm, attn_q_norm, attn_k_norm, post_attention_norm;  // [n_embd] / [head_dim]
-    std::vector<float> ffn_norm, post_ffw_norm;                                   // [n_embd]
-    std::vector<float> rope_inv_freq;  // [head_dim / 2] base^(-2i/d) * position scale
-  };
+  using Layer = BlockWeights;
 
   ModelConfig cfg_;
   ThreadPool& pool_;           // the forward pass's threads (the packing's too)

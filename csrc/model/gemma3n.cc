@@ -9,6 +9,7 @@
 #include "core/thread_pool.h"
 #include "model/architecture.h"
 #include "model/ops.h"
+#include "model/tensor_table.h"
 #include "quant/formats.h"
 #include "quant/kernel_set.h"
 
@@ -63,79 +64,49 @@ void Gemma3nModel::Small::Apply(const float* x, float* y) const {
 
 Gemma3nModel::Gemma3nModel(const GgufFile& f, const ModelConfig& cfg, ThreadPool& pool)
     : cfg_(cfg), pool_(pool) {
-  const int64_t E = cfg.n_embd, D = cfg.head_dim, F = cfg.n_ff, NL = cfg.n_layer;
-  if (cfg.n_head % cfg.n_head_kv != 0 || cfg.n_head / cfg.n_head_kv > kMaxGroup) {
-    throw ModelError(f.path() + ": " + std::to_string(cfg.n_head) + " query heads over " +
-                     std::to_string(cfg.n_head_kv) + " KV heads is not a supported grouping");
-  }
+  const int64_t NL = cfg.n_layer;
+  CheckHeadGrouping(f, cfg);
+  using I = TensorId;
+  const ModelTensors t(f, cfg, TensorTableOf(cfg.arch));
   WeightPacker packer;
-  auto pack = [&](const std::string& name, std::vector<int64_t> ne, PackedMatrix* dst) {
-    packer.Add(Bind(f, name, ne), dst);
-  };
-  auto small = [&](const std::string& name, int64_t cols, int64_t rows) {
+  auto pack = [&](I id, int64_t l, PackedMatrix* dst) { packer.Add(t.Get(id, l), dst); };
+  auto small = [&](I id, int64_t l) {
+    const TensorView& v = t.Get(id, l);
     Small s;
-    s.type = Bind(f, name, {cols, rows}).type;
-    s.w = BindFloats(f, name, {cols, rows});
-    s.rows = rows;
-    s.cols = cols;
+    s.type = v.type;
+    s.w = t.Floats(id, l);
+    s.rows = v.rows();
+    s.cols = v.cols();
     return s;
   };
 
-  tok_embd_ = Bind(f, "token_embd.weight", {E, cfg.n_vocab});
-  TensorView out = Bind(f, "output.weight", {E, cfg.n_vocab}, /*optional=*/true);
-  packer.Add(out.data ? out : tok_embd_, &output_);
-  tied_ = out.data == nullptr;
-  output_norm_ = BindVector(f, "output_norm.weight", E);
+  BindEmbeddings(t, packer, &tok_embd_, &output_, &tied_);
+  output_norm_ = t.Floats(I::kOutputNorm);
   // Stays mapped: [n_vocab, n_layer * 256] is the largest tensor of the real models, and a
   // token reads one row of it. It may stop short of n_vocab (Ollama's blobs): see the lookup.
-  per_layer_tok_embd_ =
-      Bind(f, "per_layer_token_embd.weight", {kPerLayer * NL, cfg.n_vocab_per_layer});
-  pack("per_layer_model_proj.weight", {E, kPerLayer * NL}, &per_layer_model_proj_);
-  per_layer_proj_norm_ = BindVector(f, "per_layer_proj_norm.weight", kPerLayer);
-  const TensorView altup = Bind(f, "altup_proj.weight", {E, E, kS - 1});
-  const TensorView unembd = Bind(f, "altup_unembd_proj.weight", {E, E, kS - 1});
+  per_layer_tok_embd_ = t.Get(I::kPerLayerTokEmbd);
+  pack(I::kPerLayerModelProj, -1, &per_layer_model_proj_);
+  per_layer_proj_norm_ = t.Floats(I::kPerLayerProjNorm);
   for (int k = 0; k < kS - 1; ++k) {
-    packer.Add(Slice(altup, k), &altup_proj_[k]);
-    packer.Add(Slice(unembd, k), &altup_unembd_proj_[k]);
+    packer.Add(Slice(t.Get(I::kAltupProj), k), &altup_proj_[k]);
+    packer.Add(Slice(t.Get(I::kAltupUnembdProj), k), &altup_unembd_proj_[k]);
   }
 
   layers_.resize(static_cast<size_t>(NL));
   for (int64_t l = 0; l < NL; ++l) {
     Layer& L = layers_[l];
-    const std::string p = "blk." + std::to_string(l) + ".";
-    const bool owns_kv = cfg.kv_layer[l] == l;
-    L.attn_norm = BindVector(f, p + "attn_norm.weight", E);
-    pack(p + "attn_q.weight", {E, cfg.q_dim()}, &L.attn_q);
-    // Layers that share an earlier layer's KV still carry k and v projections: checked, unused.
-    const TensorView wk = Bind(f, p + "attn_k.weight", {E, cfg.kv_dim()});
-    const TensorView wv = Bind(f, p + "attn_v.weight", {E, cfg.kv_dim()});
-    if (owns_kv) {
-      packer.Add(wk, &L.attn_k);
-      packer.Add(wv, &L.attn_v);
-    }
-    pack(p + "attn_output.weight", {cfg.q_dim(), E}, &L.attn_output);
-    L.attn_q_norm = BindVector(f, p + "attn_q_norm.weight", D);
-    L.attn_k_norm = BindVector(f, p + "attn_k_norm.weight", D);
-    L.post_attention_norm = BindVector(f, p + "post_attention_norm.weight", E);
-    L.ffn_norm = BindVector(f, p + "ffn_norm.weight", E);
-    pack(p + "ffn_gate.weight", {E, F}, &L.ffn_gate);
-    pack(p + "ffn_up.weight", {E, F}, &L.ffn_up);
-    pack(p + "ffn_down.weight", {F, E}, &L.ffn_down);
-    L.post_ffw_norm = BindVector(f, p + "post_ffw_norm.weight", E);
-    pack(p + "inp_gate.weight", {E, kPerLayer}, &L.inp_gate);
-    pack(p + "proj.weight", {kPerLayer, E}, &L.proj);
-    L.post_norm = BindVector(f, p + "post_norm.weight", E);
-    pack(p + "laurel_l.weight", {E, kLaurelRank}, &L.laurel_l);
-    pack(p + "laurel_r.weight", {kLaurelRank, E}, &L.laurel_r);
-    L.laurel_post_norm = BindVector(f, p + "laurel_post_norm.weight", E);
-    pack(p + "altup_router.weight", {E, kS}, &L.altup_router);
-    L.altup_router_norm = BindVector(f, p + "altup_router_norm.weight", E);
-    L.altup_predict_coef = small(p + "altup_predict_coef.weight", kS, kS * kS);
-    L.altup_correct_coef = small(p + "altup_correct_coef.weight", kS, kS);
-    L.altup_correct_scale = BindVector(f, p + "altup_correct_scale.weight", E);
-    const bool swa = cfg.layer_is_swa[l];
-    L.rope_inv_freq = RopeInvFreq(D, swa ? cfg.rope_base_swa : cfg.rope_base,
-                                  swa ? 1.f : cfg.rope_scale);
+    L.Bind(t, cfg, l, packer);
+    pack(I::kInpGate, l, &L.inp_gate);
+    pack(I::kProj, l, &L.proj);
+    L.post_norm = t.Floats(I::kPostNorm, l);
+    pack(I::kLaurelL, l, &L.laurel_l);
+    pack(I::kLaurelR, l, &L.laurel_r);
+    L.laurel_post_norm = t.Floats(I::kLaurelPostNorm, l);
+    pack(I::kAltupRouter, l, &L.altup_router);
+    L.altup_router_norm = t.Floats(I::kAltupRouterNorm, l);
+    L.altup_predict_coef = small(I::kAltupPredictCoef, l);
+    L.altup_correct_coef = small(I::kAltupCorrectCoef, l);
+    L.altup_correct_scale = t.Floats(I::kAltupCorrectScale, l);
   }
   arena_ = packer.Pack(f, pool);
 }
@@ -408,11 +379,12 @@ void ConfigureGemma3n(const GgufFile& f, ModelConfig& c) {
   // blobs keep HF's 262144 rows (ids past them are the image/audio tokens). The model binds
   // and checks the tensor itself; here only its row count matters.
   c.n_vocab_per_layer = c.n_vocab;
-  const TensorView* ple = f.FindTensor("per_layer_token_embd.weight");
+  const std::string name = GlobalTensorName(TensorId::kPerLayerTokEmbd);
+  const TensorView* ple = f.FindTensor(name);
   if (ple && ple->n_dims == 2) {
     if (ple->ne[1] > c.n_vocab) {
-      f.Fail("per_layer_token_embd.weight has " + std::to_string(ple->ne[1]) +
-             " rows, more than token_embd.weight's " + std::to_string(c.n_vocab));
+      f.Fail(name + " has " + std::to_string(ple->ne[1]) +
+             " rows, more than " + GlobalTensorName(TensorId::kTokEmbd) + "'s " + std::to_string(c.n_vocab));
     }
     c.n_vocab_per_layer = ple->ne[1];
   }

@@ -11,6 +11,7 @@
 
 #include "core/config.h"
 #include "core/tensor.h"
+#include "model/block_weights.h"
 #include "model/model.h"
 #include "model/ops.h"
 #include "quant/matmul.h"
@@ -46,18 +47,15 @@ class Gemma3nModel : public Model {
     GgmlType type = GgmlType::kF32;
     void Apply(const float* x, float* y) const;  // y [rows] = w . x
   };
-  struct Layer {
-    PackedMatrix attn_q, attn_k, attn_v, attn_output;
-    PackedMatrix ffn_gate, ffn_up, ffn_down;
+  // Gemma 3's decoder weights and what Gemma 3n adds to a layer.
+  struct Layer : BlockWeights {
     PackedMatrix inp_gate, proj;       // [256, n_embd], [n_embd, 256] per-layer input
     PackedMatrix laurel_l, laurel_r;   // [64, n_embd], [n_embd, 64]
     PackedMatrix altup_router;         // [4, n_embd]
     Small altup_predict_coef;          // [16, 4]
     Small altup_correct_coef;          // [4, 4]
-    std::vector<float> attn_norm, attn_q_norm, attn_k_norm, post_attention_norm;
-    std::vector<float> ffn_norm, post_ffw_norm, post_norm, laurel_post_norm;
+    std::vector<float> post_norm, laurel_post_norm;             // [n_embd]
     std::vector<float> altup_router_norm, altup_correct_scale;  // [n_embd]
-    std::vector<float> rope_inv_freq;  // [head_dim / 2]
   };
 
   void Run(const Batch& batch, Workspace& ws, float* out, ThreadPool& pool, float* hidden) const;

@@ -32,7 +32,7 @@ Engine::Engine(const std::string& path, const EngineOptions& opts)
     : file_(std::make_unique<GgufFile>(path)),
       cfg_(LoadConfig(*file_)),
       pool_(opts.n_threads),
-      tok_(std::make_unique<Tokenizer>(LoadVocab(*file_))),
+      tok_(std::make_unique<Tokenizer>(LoadVocab(*file_, cfg_.n_vocab))),
       model_(LoadEngineModel(*file_, cfg_, pool_, opts.device)),
       n_ctx_(ClampCtx(opts.n_ctx, cfg_.n_ctx_train)) {
   CheckTokenizerFits(path, *tok_, cfg_);

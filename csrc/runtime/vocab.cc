@@ -15,7 +15,7 @@ bool IsBytePiece(const std::string& s) {
 
 }  // namespace
 
-Vocab LoadVocab(const GgufFile& f) {
+Vocab LoadVocab(const GgufFile& f, int64_t n_embd_rows) {
   const std::string arch = f.GetString("general.architecture", "");
   const bool gemma = arch == "gemma3" || arch == "gemma3n";
   const std::string model = f.GetString("tokenizer.ggml.model", "");
@@ -71,13 +71,12 @@ Vocab LoadVocab(const GgufFile& f) {
   // produce them, so the vocabulary stops at the embedding's rows (as Ollama's patch for
   // llama.cpp does). A normal text piece past the rows would be a broken file, not that.
   size_t n = n_listed;
-  const TensorView* emb = f.FindTensor("token_embd.weight");
-  if (emb && emb->n_dims == 2 && emb->ne[1] > 0 && static_cast<uint64_t>(emb->ne[1]) < n_listed) {
-    n = static_cast<size_t>(emb->ne[1]);
+  if (n_embd_rows > 0 && static_cast<uint64_t>(n_embd_rows) < n_listed) {
+    n = static_cast<size_t>(n_embd_rows);
     for (size_t i = n; i < n_listed; ++i) {
       if (types[i] == TokenType::kNormal || types[i] == TokenType::kByte) {
         f.Fail("tokenizer.ggml.tokens lists " + std::to_string(n_listed) +
-               " tokens but token_embd.weight has " + std::to_string(n) + " rows, and token " +
+               " tokens but the token embedding has " + std::to_string(n) + " rows, and token " +
                std::to_string(i) + " past them is a text piece");
       }
     }

@@ -36,10 +36,11 @@ struct Vocab {
 
 // Reads tokenizer.ggml.* from the file. Throws GgufError (naming the file) when the
 // vocabulary is missing, is not SentencePiece ("llama"; any name for gemma3n, as in Ollama's
-// blobs), or its arrays disagree in length. Tokens listed past token_embd's rows (Ollama's
-// multimodal tokens) are left out: the vocabulary never exceeds what the model can embed.
+// blobs), or its arrays disagree in length. Tokens listed past `n_embd_rows`, the rows of the
+// model's token embedding (config.n_vocab), are left out (Ollama's multimodal tokens): the
+// vocabulary never exceeds what the model can embed.
 // Gemma files without tokenizer.ggml.add_space_prefix get none (Gemma's SentencePiece model
 // adds no dummy prefix); other files get llama.cpp's default, a prefix.
-Vocab LoadVocab(const GgufFile& file);
+Vocab LoadVocab(const GgufFile& file, int64_t n_embd_rows);
 
 }  // namespace pyengine

@@ -47,31 +47,26 @@ _CORE_DTYPE = {"float32": "f32", "float16": "f16", "bfloat16": "bf16"}
 G3N_STREAMS, G3N_PER_LAYER, G3N_LAUREL_RANK, G3N_SPARSE_LAYERS = 4, 256, 64, 10
 G3N_SPARSITY = 0.95  # the target sparsity whose normal quantile llama.cpp hard-codes
 
-_GEMMA3_LAYER = {  # GGUF block tensor -> mlx-lm name under model.layers.N
-    "attn_norm": "input_layernorm", "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj",
-    "attn_v": "self_attn.v_proj", "attn_output": "self_attn.o_proj",
-    "attn_q_norm": "self_attn.q_norm", "attn_k_norm": "self_attn.k_norm",
-    "post_attention_norm": "post_attention_layernorm", "ffn_norm": "pre_feedforward_layernorm",
-    "post_ffw_norm": "post_feedforward_layernorm", "ffn_gate": "mlp.gate_proj",
-    "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj",
-}
-_GEMMA3N_LAYER = {
-    **_GEMMA3_LAYER,
-    "inp_gate": "per_layer_input_gate", "proj": "per_layer_projection",
-    "post_norm": "post_per_layer_input_norm", "altup_correct_coef": "altup.correction_coefs",
-    "altup_correct_scale": "altup.correct_output_scale",
-    "altup_predict_coef": "altup.prediction_coefs", "altup_router": "altup.modality_router",
-    "altup_router_norm": "altup.router_norm", "laurel_l": "laurel.linear_left",
-    "laurel_r": "laurel.linear_right", "laurel_post_norm": "laurel.post_laurel_norm",
-}
-_GEMMA3N_GLOBAL = {
-    "token_embd": "embed_tokens", "per_layer_token_embd": "embed_tokens_per_layer",
-    "per_layer_model_proj": "per_layer_model_projection",
-    "per_layer_proj_norm": "per_layer_projection_norm", "output_norm": "norm",
-}
-# Norms whose GGUF weight is 1 + mlx-lm's (Gemma 3 only).
-_PLUS_ONE = {"attn_norm", "attn_q_norm", "attn_k_norm", "post_attention_norm", "ffn_norm",
-             "post_ffw_norm", "output_norm"}
+
+
+def mlx_names(arch: str, n_layer: int) -> dict[str, tuple[dict[str, Any], list[str]]]:
+    """GGUF tensor name -> (its entry in the architecture's table, mlx-lm's names for it: one,
+    or one per outer slice of a 3-D tensor)."""
+    places = {}
+    for spec in _core.architecture_tensors(arch):
+        outer = spec["ne"][-1] if len(spec["ne"]) == 3 else None
+        for layer in range(n_layer) if spec["per_layer"] else [None]:
+            name = spec["name"] if layer is None else f"blk.{layer}.{spec['name']}"
+            hf = spec["hf"].replace("{l}", str(layer))
+            if not hf:
+                targets = []
+            elif outer is not None:  # one matrix per inactive AltUp stream
+                targets = [hf.replace("{k}", str(k)) for k in range(G3N_STREAMS - 1)]
+                assert outer == "altup_streams_less_1", outer
+            else:
+                targets = [hf]
+            places[name] = (spec, targets)
+    return places
 
 
 def swa_period(layer_is_swa: list[bool]) -> int:
@@ -144,45 +139,19 @@ def mlx_weights(mf: _core.ModelFile, dtype: str) -> dict[str, mx.array]:
     dtype = "float32" if quantize else dtype
     types = mf.tensor_types
     out: dict[str, mx.array] = {}
+    places = mlx_names(arch, cfg["n_layer"])
     for name in mf.tensor_names:
         if name.startswith(("v.", "mm.")):
             continue  # the vision tower Ollama's Gemma 3 blobs carry: never read by text models
-        base = name.removesuffix(".weight")
-        parts = base.split(".")
-        if parts[0] == "blk":
-            layer, kind = int(parts[1]), parts[2]
-            table = _GEMMA3_LAYER if arch == "gemma3" else _GEMMA3N_LAYER
-            if kind not in table:
-                raise ModelError(f"tensor {name!r} has no place in mlx-lm's {arch} model")
-            prefix = "model.layers" if arch == "gemma3" else "model.language_model.layers"
-            # correct_output_scale is a bare parameter, not a layer's weight.
-            suffix = "" if kind == "altup_correct_scale" else ".weight"
-            targets = [f"{prefix}.{layer}.{table[kind]}{suffix}"]
-        elif arch == "gemma3":
-            kind = base
-            gemma3_names = {"token_embd": "model.embed_tokens.weight",
-                            "output": "lm_head.weight", "output_norm": "model.norm.weight"}
-            if kind not in gemma3_names:
-                raise ModelError(f"tensor {name!r} has no place in mlx-lm's gemma3 model")
-            targets = [gemma3_names[kind]]
-        else:
-            kind = base
-            lm = "model.language_model"
-            if kind in ("altup_proj", "altup_unembd_proj"):  # [streams - 1, n_embd, n_embd]
-                group = "altup_projections" if kind == "altup_proj" else "altup_unembed_projections"
-                targets = [f"{lm}.{group}.{k}.weight" for k in range(G3N_STREAMS - 1)]
-            elif kind in _GEMMA3N_GLOBAL:
-                targets = [f"{lm}.{_GEMMA3N_GLOBAL[kind]}.weight"]
-            elif kind == "output":
-                raise ModelError("mlx-lm's gemma3n ties the output to the embeddings; this file "
-                                 "has a separate output.weight")
-            else:
-                raise ModelError(f"tensor {name!r} has no place in mlx-lm's gemma3n model")
-        plus_one = arch == "gemma3" and kind in _PLUS_ONE
+        spec, targets = places.get(name, (None, []))
+        if not targets:
+            tied = " (mlx-lm ties its output to the embeddings)" if spec and spec["optional"] else ""
+            raise ModelError(f"tensor {name!r} has no place in mlx-lm's {arch} model{tied}")
+        plus_one = spec["plus_one"]
         # Ollama's Gemma 3n blobs stop the per-layer table at the text vocabulary; the ids past
         # it (image/audio tokens) get zero rows, as in llama.cpp's files and the native core.
         # (mlx-lm would look row 0 up for them instead.)
-        pad = cfg["n_vocab"] if kind == "per_layer_token_embd" else 0
+        pad = cfg["n_vocab"] if spec["ne"][-1] == "n_vocab_per_layer" else 0
         if quantize and not plus_one and types[name] in quant.EXACT:
             ttype, raw = mf.tensor_raw(name)
             p = quant.to_mlx(ttype, raw)
@@ -196,7 +165,7 @@ def mlx_weights(mf: _core.ModelFile, dtype: str) -> dict[str, mx.array]:
                              quant.REQUANTIZED[types[name]])
             continue
         values = _pad_rows(mf.tensor(name, "f32" if plus_one else _CORE_DTYPE[dtype]), pad)
-        if arch == "gemma3" and kind in _PLUS_ONE:
+        if plus_one:
             values = (values - np.float32(1.0))
         arrays = [values] if len(targets) == 1 else list(values)
         for target, a in zip(targets, arrays):

@@ -20,11 +20,16 @@ _FLOAT_DTYPE = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
 def default_dtype(path: Path) -> str:
     """The file's own type: "quantized" when any tensor is quantized (Q8_0, Q4_K, ...: they
     stay quantized, see convert.CHOICES), else the float type of its matrices."""
-    _meta, tensors, _lengths, _info = _core.read_gguf(str(path), 0)
+    meta, tensors, _lengths, _info = _core.read_gguf(str(path), 0)
     types = {name: ttype for name, ttype, _shape, _nbytes in tensors}
     if any(t not in _FLOAT_DTYPE for t in types.values()):
         return "quantized"
-    return _FLOAT_DTYPE.get(types.get("blk.0.attn_q.weight", "F32"), "float32")
+    arch = meta.get("general.architecture")
+    if arch not in _core.architectures():
+        return "float32"  # loading it fails, naming the architecture
+    matrix = next(s["name"] for s in _core.architecture_tensors(arch)
+                  if s["kind"] == "matrix" and s["per_layer"])
+    return _FLOAT_DTYPE.get(types.get(f"blk.0.{matrix}", "F32"), "float32")
 
 
 def load(path: Path, dtype: str | None) -> tuple[_core.ModelFile, nn.Module, str]:
