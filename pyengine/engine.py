@@ -17,6 +17,7 @@ from pyengine.aio import ReadyPump
 from pyengine.chat import format_gemma
 from pyengine.gateway.config import BACKENDS, Config
 from pyengine.errors import PyEngineError
+from pyengine.structured import Grammars
 from pyengine.options import GenerateOptions
 
 Prompt = Union[str, Sequence[int]]
@@ -181,6 +182,8 @@ class Engine:
                                       device="cuda" if self.backend == "cuda" else "cpu")
         self.load_duration = time.perf_counter_ns() - t0
         self._pump = ReadyPump(self._core)
+        # Kept for the engine's life: the scheduler calls its solver while requests run.
+        self._grammars = Grammars(self._core)
 
     def close(self) -> None:
         """Stops the scheduler; requests still in flight end with ``PyEngineError``."""
@@ -259,9 +262,17 @@ class Engine:
         return [int(t) for t in ids]
 
     def _submit(self, prompt_or_ids: Prompt, options: dict[str, Any], notify: bool) -> Any:
+        fmt = options.pop("format", None)
         opts = GenerateOptions.from_kwargs(**options)
         ids = self._prompt_ids(prompt_or_ids)
-        return self._core.submit(ids, opts.native(), opts.num_ctx or 0, notify)
+        constraint = None
+        if fmt is not None:
+            # The tokens it may sample: max_tokens, else what its context leaves.
+            room = (opts.num_ctx or self.n_ctx) - len(ids)
+            budget = min(opts.max_tokens, room) if opts.max_tokens >= 0 else room
+            constraint = self._grammars.constraint(fmt, budget)
+        return self._core.submit(ids, opts.native(), opts.num_ctx or 0, notify,
+                                 constraint=constraint)
 
     def stream(self, prompt_or_ids: Prompt, timeout: float | None = None,
                **options: Any) -> Iterator[Chunk]:

@@ -325,7 +325,8 @@ def make_config(preset: str = "tiny", **overrides: Any) -> ModelConfig:
 
 
 def _dims(cfg: ModelConfig) -> dict[str, int]:
-    """The sizes of the dimension names the architecture tables use (``_core.architecture_tensors``).
+    """The sizes of the dimension names the architecture tables use
+    (``_core.architecture_tensors``).
     The per-layer table is written at n_vocab rows, as llama.cpp's converter pads it."""
     return {"n_embd": cfg.n_embd, "n_vocab": cfg.n_vocab, "n_vocab_per_layer": cfg.n_vocab,
             "q_dim": cfg.n_head * cfg.head_dim, "kv_dim": cfg.n_head_kv * cfg.head_dim,

@@ -328,9 +328,11 @@ _BAD_CHAT: list[tuple[dict[str, Any], str | None]] = [
         {"type": "image_url", "image_url": {"url": "data:image/png;base64,aGk="}}]}]},
      "messages"),
     ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
-    ({"response_format": {"type": "json_object"}}, "response_format"),
-    ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}},
+    ({"response_format": {"type": "xml"}}, "response_format"),
+    ({"response_format": {"type": "json_schema", "json_schema": {"name": "x",
+                                                                 "schema": {"type": "bogus"}}}},
      "response_format"),
+    ({"response_format": {"type": "json_schema", "json_schema": "x"}}, "response_format"),
     ({"logprobs": True}, "logprobs"), ({"logit_bias": {"1": 5}}, "logit_bias"),
     ({"reasoning_effort": "high"}, "reasoning_effort"), ({"stream": "yes"}, "stream"),
     ({"messages": user("hello " * 300)}, None),  # longer than the context

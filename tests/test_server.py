@@ -352,7 +352,9 @@ _BAD_GENERATE = [
     {"prompt": "x", "keep_alive": "soon"}, {"prompt": "x", "raw": "yes"},
     {"prompt": "x", "context": ["a"]}, {"prompt": "x", "images": ["aGk="]},
     {"prompt": "x", "template": "{{ .Messages }}"}, {"prompt": "x", "think": True},
-    {"prompt": "x", "format": "json"}, {"prompt": "x", "suffix": "y"},
+    {"prompt": "x", "format": "yaml"}, {"prompt": "x", "format": {"type": "bogus"}},
+    {"prompt": "x", "format": {"properties": {"a": {"$ref": "#/nowhere"}}}},
+    {"prompt": "x", "suffix": "y"},
     {"prompt": "x", "raw": True, "template": "{{ .Prompt }}"},
     {"prompt": "hello " * 300},  # longer than the context
     {"prompt": "x", "context": [10 ** 6]},  # a token outside the vocabulary

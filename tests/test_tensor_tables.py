@@ -43,7 +43,8 @@ def _file_shapes(path) -> dict[str, tuple[int, ...]]:
 def _table_shapes(config: dict) -> dict[str, tuple[int, ...]]:
     """The table's tensors at a file's config, as the native core sizes them (the per-layer
     table at n_vocab rows, as llama.cpp's converter writes it)."""
-    dims = {**config, "n_vocab_per_layer": config["n_vocab"], "q_dim": config["n_head"] * config["head_dim"],
+    dims = {**config, "n_vocab_per_layer": config["n_vocab"],
+            "q_dim": config["n_head"] * config["head_dim"],
             "kv_dim": config["n_head_kv"] * config["head_dim"], "per_layer_width": 256,
             "per_layer_all": 256 * config["n_layer"], "laurel_rank": 64, "altup_streams": 4,
             "altup_streams_less_1": 3, "altup_streams_squared": 16}

@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "bindings/constraints.h"
 #include "core/errors.h"
 #include "core/gguf.h"
 #include "core/thread_pool.h"
@@ -139,6 +140,29 @@ py::dict ConfigDict(const ModelConfig& c) {
 
 // A request as Python holds it: the engine pointer serves cancellation (the Python object keeps
 // the engine alive).
+// Every token's raw bytes and whether it is special (control, user-defined or unused: a token
+// never written as text), for building a grammar's tokenizer: [(bytes, special)].
+py::list TokenPieces(const Tokenizer& tok) {
+  py::list out;
+  const Vocab& v = tok.vocab();
+  for (int32_t id = 0; id < tok.n_vocab(); ++id) {
+    const TokenType t = v.types[static_cast<size_t>(id)];
+    const bool special = t == TokenType::kControl || t == TokenType::kUserDefined ||
+                         t == TokenType::kUnused || t == TokenType::kUnknown;
+    out.append(py::make_tuple(py::bytes(tok.Piece(id, true)), special));
+  }
+  return out;
+}
+
+// Deletes an engine without the GIL: its scheduler thread may be waiting for the GIL (a grammar
+// mask) when the engine is collected, and joins that thread first.
+struct DeleteWithoutGil {
+  void operator()(Engine* e) const {
+    py::gil_scoped_release nogil;
+    delete e;
+  }
+};
+
 struct PyRequest {
   std::shared_ptr<Request> req;
   Engine* engine;
@@ -239,6 +263,7 @@ py::array TensorArray(const GgufFile& f, const std::string& name, const std::str
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
+  BindConstraints(m);
   m.doc() = "pyengine native core";
 
   g_engine_error = PyErr_NewException("pyengine.PyEngineError", PyExc_RuntimeError, nullptr);
@@ -406,7 +431,7 @@ PYBIND11_MODULE(_core, m) {
       .def_readwrite("stop", &GenerateOptions::stop)
       .def_readwrite("ignore_eos", &GenerateOptions::ignore_eos);
 
-  py::class_<Engine>(m, "Engine")
+  py::class_<Engine, std::unique_ptr<Engine, DeleteWithoutGil>>(m, "Engine")
       .def(py::init([](const std::string& path, int64_t n_ctx, int32_t n_threads, int64_t kv_cache_bytes,
                        int max_batch, int64_t max_batch_tokens, double batch_wait_ms,
                        bool prefix_cache, const std::string& device) {
@@ -420,7 +445,7 @@ PYBIND11_MODULE(_core, m) {
              o.scheduler.batch_wait_us = static_cast<int64_t>(batch_wait_ms * 1000.0);
              o.scheduler.prefix_cache = prefix_cache;
              py::gil_scoped_release nogil;
-             return std::make_unique<Engine>(path, o);
+             return std::unique_ptr<Engine, DeleteWithoutGil>(new Engine(path, o));
            }),
            py::arg("path"), py::arg("n_ctx") = 4096, py::arg("n_threads") = 0,
            py::arg("kv_cache_bytes") = int64_t{2048} << 20, py::arg("max_batch") = 16,
@@ -431,8 +456,15 @@ PYBIND11_MODULE(_core, m) {
       .def_property_readonly("n_threads", &Engine::n_threads)
       .def("stats",
            [](Engine& e) {
-             const SchedulerStats st = e.stats();
-             const KvCache::Stats kv = e.kv_stats();
+             SchedulerStats st;
+             KvCache::Stats kv;
+             {
+               // The scheduler's lock: never waited for while holding the GIL, which the
+               // scheduler thread takes for grammar masks.
+               py::gil_scoped_release nogil;
+               st = e.stats();
+               kv = e.kv_stats();
+             }
              py::dict d;
              d["running"] = st.running;
              d["waiting"] = st.waiting;
@@ -491,6 +523,8 @@ PYBIND11_MODULE(_core, m) {
              return Utf8(e.tokenizer().Decode(v, special));
            },
            py::arg("ids"), py::arg("special") = false)
+      .def("token_pieces", [](const Engine& e) { return TokenPieces(e.tokenizer()); },
+           "Every token's (raw bytes, special): what a grammar's tokenizer is built from.")
       .def("stream_pieces",
            [](const Engine& e, const py::iterable& ids) {
              StreamDecoder dec(e.tokenizer());
@@ -539,18 +573,20 @@ PYBIND11_MODULE(_core, m) {
            py::arg("ids"), "Mean of the final normed hidden states of ids: float32 [n_embd].")
       .def("submit",
            [](Engine& e, const py::iterable& prompt, const GenerateOptions& gen, int64_t n_ctx,
-              bool notify) {
+              bool notify, std::shared_ptr<Constraint> constraint) {
              RequestOptions o;
              o.gen = gen;
              o.n_ctx = n_ctx;
              o.notify = notify;
+             o.constraint = std::move(constraint);
              std::vector<int32_t> ids = ToIds(prompt);
              py::gil_scoped_release nogil;
              return PyRequest{e.Submit(std::move(ids), o), &e};
            },
            py::arg("prompt"), py::arg("options"), py::arg("n_ctx") = 0,
-           py::arg("notify") = false, py::keep_alive<0, 1>(),
-           "Queues a generation; returns its Request at once (the scheduler batches it).");
+           py::arg("notify") = false, py::arg("constraint") = nullptr, py::keep_alive<0, 1>(),
+           "Queues a generation; returns its Request at once (the scheduler batches it). "
+           "constraint: the grammar its output follows (a _core.Constraint), or None.");
 
   py::class_<PyRequest>(m, "Request")
       .def_property_readonly("id", [](const PyRequest& r) { return r.req->id(); })
@@ -602,6 +638,9 @@ PYBIND11_MODULE(_core, m) {
            py::arg("path"), "Opens a GGUF model for another backend: config, tokenizer, tensors.")
       .def_property_readonly("config", [](const ModelFile& f) { return ConfigDict(f.cfg); })
       .def_property_readonly("n_vocab", [](const ModelFile& f) { return f.cfg.n_vocab; })
+      .def_property_readonly("bos_id", [](const ModelFile& f) { return f.tok->vocab().bos_id; })
+      .def_property_readonly("eos_id", [](const ModelFile& f) { return f.tok->vocab().eos_id; })
+      .def_property_readonly("eog_ids", [](const ModelFile& f) { return f.tok->vocab().eog_ids; })
       .def_property_readonly("tensor_names", [](const ModelFile& f) {
         py::list out;
         for (const TensorView& t : f.file->tensors()) out.append(Utf8(t.name));
@@ -621,6 +660,8 @@ PYBIND11_MODULE(_core, m) {
              return f.tok->Encode(text, add_bos, special);
            },
            py::arg("text"), py::arg("add_bos") = true, py::arg("special") = false)
+      .def("token_pieces", [](const ModelFile& f) { return TokenPieces(*f.tok); },
+           "Every token's (raw bytes, special): what a grammar's tokenizer is built from.")
       .def("detokenize",
            [](const ModelFile& f, const py::iterable& ids, bool special) {
              std::vector<int32_t> v = ToIds(ids);

@@ -28,7 +28,8 @@ struct StepRun {
 
 // Where a step's outputs are: valid until the next Run.
 struct StepOutput {
-  const float* logits = nullptr;    // [rows, n_vocab], or null when only argmax was brought back
+  float* logits = nullptr;          // [rows, n_vocab], or null when only argmax was brought back;
+                                    // sampling may edit its rows (a grammar's mask)
   const int32_t* argmax = nullptr;  // [rows] when the model found the argmax where it computed
   const float* hidden = nullptr;    // [hidden rows, n_embd]
   std::vector<int64_t> row;         // [runs] first logits row of each run, -1 when none

@@ -8,10 +8,12 @@
 #include <cstdint>
 #include <deque>
 #include <functional>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <vector>
 
+#include "runtime/constraint.h"
 #include "runtime/generation.h"
 
 namespace pyengine {
@@ -24,6 +26,8 @@ struct RequestOptions {
                             // state (llama.cpp's mean pooling), nothing generated
   bool scoring() const { return logits_all || embed; }
   bool notify = false;      // report new steps to the engine's ready list (asyncio callers)
+  // The grammar the output must follow (null: none); its mask applies before sampling.
+  std::shared_ptr<Constraint> constraint;
 };
 
 struct RequestCounts {

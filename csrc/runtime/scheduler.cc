@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstring>
+#include <limits>
 #include <stdexcept>
 
 #include "core/errors.h"
@@ -191,6 +192,10 @@ void Scheduler::Loop() {
         }
         continue;
       }
+      if (!item_error_[i].empty()) {
+        FailSequence(s, item_error_[i]);
+        continue;
+      }
       if (s->row < 0) continue;
       GenerationStep& step = sampled_[i];
       s->counts.eval_count = s->gen->n_output();
@@ -328,6 +333,8 @@ void Scheduler::Run() {
   const int64_t t0 = NowNs();
   const int64_t n_vocab = model_.config().n_vocab, n_embd = model_.config().n_embd;
   runs_.resize(plan_.size());
+  item_error_.assign(plan_.size(), std::string());
+  constrained_.clear();
   for (size_t i = 0; i < plan_.size(); ++i) {
     const Item& it = plan_[i];
     Sequence* s = it.s;
@@ -339,17 +346,25 @@ void Scheduler::Run() {
     r.logits = it.logits;
     r.every_logit = s->opts.logits_all;
     r.hidden = s->opts.embed;
-    r.argmax_suffices = !s->opts.scoring() && s->gen->TakesArgmax(n_vocab);
+    const bool constrained = it.logits && !s->opts.scoring() && s->opts.constraint;
+    // A constrained row samples from masked logits: the model's argmax would ignore the mask.
+    r.argmax_suffices = !s->opts.scoring() && !constrained && s->gen->TakesArgmax(n_vocab);
     s->had_output = s->gen && s->gen->n_output() > 0;
+    if (constrained) constrained_.push_back(i);
   }
+  // The grammar's masks depend only on tokens already sampled: computed during the forward pass.
+  std::future<void> masks;
+  if (!constrained_.empty()) masks = std::async(std::launch::async, [this] { FillMasks(); });
   const StepOutput* out = nullptr;
   try {
     out = &runner_.Run(runs_);
   } catch (const std::exception& e) {
+    if (masks.valid()) masks.wait();
     step_error_ = e.what();
     step_ns_ = NowNs() - t0;
     return;
   }
+  if (masks.valid()) masks.wait();
   for (size_t i = 0; i < plan_.size(); ++i) {
     plan_[i].s->row = out->row[i];
     plan_[i].s->hidden_row = out->hidden_row[i];
@@ -378,19 +393,71 @@ void Scheduler::Run() {
 
 void Scheduler::Sample(const StepOutput& out) {
   // Generating sequences sample their row, in parallel. A row's token comes from the model's
-  // argmax when it brought one back, else from the sequence's own sampler over the logits:
-  // this is where a per-row constraint (a grammar's mask) or a draft's check would apply.
+  // argmax when it brought one back, else from the sequence's own sampler over the logits,
+  // masked first by the row's grammar when it has one.
   const int64_t n_vocab = model_.config().n_vocab;
   sampled_.assign(plan_.size(), GenerationStep{});
+  std::vector<int64_t> mask_of(plan_.size(), -1);  // [items] row of masks_, or -1
+  for (size_t k = 0; k < constrained_.size(); ++k) mask_of[constrained_[k]] = static_cast<int64_t>(k);
   ParallelRanges(runner_.pool(), static_cast<int64_t>(plan_.size()), 1, [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) {
       Sequence* s = plan_[i].s;
-      if (s->opts.scoring() || s->row < 0) continue;
+      if (s->opts.scoring() || s->row < 0 || !item_error_[i].empty()) continue;
+      float* logits = out.logits + s->row * n_vocab;
+      if (mask_of[i] >= 0 && !ApplyMask(static_cast<size_t>(mask_of[i]), logits, n_vocab)) {
+        item_error_[i] = "the output's grammar allows no token here";
+        continue;
+      }
       // The sequence's tokens grow by the sampled one; its KV is computed next step.
       sampled_[i] = out.argmax ? s->gen->AcceptToken(out.argmax[s->row], s->tokens)
-                               : s->gen->Accept(out.logits + s->row * n_vocab, n_vocab, s->tokens);
+                               : s->gen->Accept(logits, n_vocab, s->tokens);
     }
   });
+  // Each grammar advances by its row's token (one call for all, as the masks).
+  std::vector<Constraint*> rows;
+  std::vector<int32_t> tokens;
+  std::vector<size_t> items;
+  for (size_t i : constrained_) {
+    if (!item_error_[i].empty() || sampled_[i].token < 0) continue;
+    rows.push_back(plan_[i].s->opts.constraint.get());
+    tokens.push_back(sampled_[i].token);
+    items.push_back(i);
+  }
+  if (rows.empty()) return;
+  try {
+    const std::vector<std::string> errors = rows.front()->solver()->Advance(rows, tokens);
+    for (size_t k = 0; k < items.size() && k < errors.size(); ++k) {
+      if (!errors[k].empty()) item_error_[items[k]] = "the output's grammar: " + errors[k];
+    }
+  } catch (const std::exception& e) {
+    for (size_t i : items) item_error_[i] = std::string("the output's grammar failed: ") + e.what();
+  }
+}
+
+void Scheduler::FillMasks() {
+  mask_words_ = (model_.config().n_vocab + 31) / 32;
+  masks_.assign(constrained_.size() * static_cast<size_t>(mask_words_), 0u);
+  std::vector<Constraint*> rows;
+  for (size_t i : constrained_) rows.push_back(plan_[i].s->opts.constraint.get());
+  try {
+    // Every constraint of an engine comes from the same solver (the bindings make one).
+    rows.front()->solver()->FillMasks(rows, masks_.data(), mask_words_);
+  } catch (const std::exception& e) {
+    for (size_t i : constrained_) item_error_[i] = std::string("the output's grammar failed: ") + e.what();
+  }
+}
+
+bool Scheduler::ApplyMask(size_t k, float* logits, int64_t n_vocab) const {
+  const uint32_t* m = masks_.data() + k * static_cast<size_t>(mask_words_);
+  bool any = false;
+  for (int64_t t = 0; t < n_vocab; ++t) {
+    if ((m[t >> 5] >> (t & 31)) & 1u) {
+      any = true;
+    } else {
+      logits[t] = -std::numeric_limits<float>::infinity();
+    }
+  }
+  return any;
 }
 
 void Scheduler::Finish(Sequence* s, GenerationStep step) {

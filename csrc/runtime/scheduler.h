@@ -9,8 +9,10 @@
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
+#include <future>
 #include <memory>
 #include <mutex>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -79,6 +81,11 @@ class Scheduler {
   void Preempt(Sequence* s, bool counted);
   void Run();  // the step on the runner, then sampling; without the lock
   void Sample(const StepOutput& out);  // the sampling stage: each generating row's next token
+  // The allowed tokens of the step's constrained rows (constrained_), into masks_; run while
+  // the forward pass runs. A solver's failure fails its rows (item_error_).
+  void FillMasks();
+  // Masks row logits [n_vocab] with constrained row k's mask; false when it allows no token.
+  bool ApplyMask(size_t k, float* logits, int64_t n_vocab) const;
   void Finish(Sequence* s, GenerationStep step);
   void FailSequence(Sequence* s, const std::string& error);
   void DropCancelled();
@@ -105,6 +112,10 @@ class Scheduler {
   std::vector<Item> plan_;
   std::vector<StepRun> runs_;                 // [items] the plan as the runner takes it
   std::vector<GenerationStep> sampled_;       // [items] step each sampling item produced
+  std::vector<std::string> item_error_;       // [items] why an item's sequence fails, or ""
+  std::vector<size_t> constrained_;           // items that sample under a grammar this step
+  std::vector<uint32_t> masks_;               // [constrained_, words] their allowed tokens
+  int64_t mask_words_ = 0;                    // ceil(n_vocab / 32)
   int64_t step_ns_ = 0;                       // duration of the current step
   std::string step_error_;                    // set when the forward pass failed
 

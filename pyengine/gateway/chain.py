@@ -45,35 +45,36 @@ class Attempt:
     reason: str = ""
 
 
-@dataclass
-class Result:
-    """A completion and where it came from."""
+@dataclass(kw_only=True)
+class Served:
+    """Where an answer came from: the model and tier, the backend, the routing decision's
+    reason and each backend tried."""
 
-    text: str
     model: str
     tier: str
     backend: str
+    reason: str  # the routing decision's reason
+    attempts: list[Attempt] = field(default_factory=list)
+    duration_s: float = 0.0
+
+
+@dataclass
+class Result(Served):
+    """A completion and where it came from."""
+
+    text: str
     cost_usd: float
     done_reason: str
     prompt_tokens: int
     completion_tokens: int
-    reason: str  # the routing decision's reason
-    attempts: list[Attempt] = field(default_factory=list)
-    duration_s: float = 0.0
 
 
 @dataclass
-class EmbedResult:
+class EmbedResult(Served):
     """Embeddings (one unit-length vector per input) and where they came from."""
 
     vectors: list[list[float]]
-    model: str
-    tier: str
-    backend: str
     prompt_tokens: int
-    reason: str  # the routing decision's reason
-    attempts: list[Attempt] = field(default_factory=list)
-    duration_s: float = 0.0
 
 
 class StreamInterrupted(RuntimeError):
@@ -169,9 +170,10 @@ class FallbackChain:
                 self.ledger.record(backend.name, item.model, backend.paid, item.prompt_tokens,
                                    item.completion_tokens, item.cost_usd, tier=tier,
                                    task_type=task_type)
-                yield Result(item.text, item.model, tier, backend.name, item.cost_usd,
-                             item.done_reason, item.prompt_tokens, item.completion_tokens,
-                             selection.reason, attempts, time.perf_counter() - t0)
+                yield Result(item.text, item.cost_usd, item.done_reason, item.prompt_tokens,
+                             item.completion_tokens, model=item.model, tier=tier,
+                             backend=backend.name, reason=selection.reason, attempts=attempts,
+                             duration_s=time.perf_counter() - t0)
                 return
             raise BackendFailure("the reply stream ended without its final record")
         except (BackendFailure, CannotServe) as e:
@@ -290,9 +292,10 @@ class FallbackChain:
             _served(backend, model, out.model, attempts)
             self.ledger.record(backend.name, out.model, backend.paid, out.prompt_tokens, 0, 0.0,
                                tier=selection.tier.value, task_type=task_type)
-            return EmbedResult(out.vectors, out.model, selection.tier.value, backend.name,
-                               out.prompt_tokens, selection.reason, attempts,
-                               time.perf_counter() - t0)
+            return EmbedResult(out.vectors, out.prompt_tokens, model=out.model,
+                               tier=selection.tier.value, backend=backend.name,
+                               reason=selection.reason, attempts=attempts,
+                               duration_s=time.perf_counter() - t0)
         attempts.append(Attempt("paid", "*", "skipped", "paid APIs embed with other models"))
         raise _none_served(attempts)
 

@@ -14,6 +14,7 @@ models, so they are never asked).
 
 from __future__ import annotations
 
+import json
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -224,11 +225,17 @@ class OllamaBackend(Streaming):
 
     def chat_stream(self, model: str, messages: Messages, options: Mapping[str, Any],
                     timeout_s: float) -> ReplyStream:
-        opts = {_OLLAMA_OPTIONS.get(k, k): v for k, v in options.items() if v is not None}
+        fmt = options.get("format")
+        if fmt is not None and not isinstance(fmt, (str, dict)):
+            raise CannotServe(f"Ollama at {self.host} takes JSON formats, not grammars")
+        opts = {_OLLAMA_OPTIONS.get(k, k): v for k, v in options.items()
+                if v is not None and k != "format"}
+        extra = {} if fmt is None else {"format": fmt}
         client = self._client(timeout_s)
         parts: list[str] = []
         with self._answering(model, timeout_s):
-            for r in client.chat(model=model, messages=list(messages), options=opts, stream=True):
+            for r in client.chat(model=model, messages=list(messages), options=opts, stream=True,
+                                 **extra):
                 piece = r.message.content or ""
                 if piece:
                     parts.append(piece)
@@ -302,6 +309,10 @@ class PaidBackend:
              timeout_s: float) -> Reply:
         max_tokens = int(options.get("max_tokens") or options.get("num_predict") or 512)
         temperature = options.get("temperature")
+        fmt = options.get("format")
+        if fmt is not None and not isinstance(fmt, (str, dict)):
+            raise CannotServe(f"the {self.name} API takes JSON formats, not grammars")
+        schema = {"type": "object"} if fmt == "json" else fmt
         try:
             if self.name == "openai":
                 import openai
@@ -310,6 +321,9 @@ class PaidBackend:
                 kw: dict[str, Any] = {"max_tokens": max_tokens}
                 if temperature is not None:
                     kw["temperature"] = temperature
+                if schema is not None:  # the format in OpenAI's words: a JSON Schema answer
+                    kw["response_format"] = {"type": "json_schema", "json_schema": {
+                        "name": "answer", "schema": schema}}
                 r = client.chat.completions.create(model=model, messages=list(messages), **kw)
                 text = r.choices[0].message.content or ""
                 usage = (r.usage.prompt_tokens, r.usage.completion_tokens) if r.usage else (0, 0)
@@ -328,8 +342,17 @@ class PaidBackend:
                     kw["system"] = system
                 if temperature is not None:
                     kw["temperature"] = temperature
+                if schema is not None:
+                    # Anthropic's way to a JSON answer of a schema: one tool it must call.
+                    kw["tools"] = [{"name": "answer", "input_schema": schema,
+                                    "description": "Give the answer as this tool's input."}]
+                    kw["tool_choice"] = {"type": "tool", "name": "answer"}
                 r = client.messages.create(model=model, messages=turns, **kw)
-                text = "".join(getattr(b, "text", "") for b in r.content)
+                if schema is not None:
+                    text = "".join(json.dumps(b.input) for b in r.content
+                                   if getattr(b, "type", "") == "tool_use")
+                else:
+                    text = "".join(getattr(b, "text", "") for b in r.content)
                 usage = (r.usage.input_tokens, r.usage.output_tokens)
                 reason = "length" if r.stop_reason == "max_tokens" else "stop"
         except ImportError:

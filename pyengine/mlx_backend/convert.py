@@ -145,7 +145,8 @@ def mlx_weights(mf: _core.ModelFile, dtype: str) -> dict[str, mx.array]:
             continue  # the vision tower Ollama's Gemma 3 blobs carry: never read by text models
         spec, targets = places.get(name, (None, []))
         if not targets:
-            tied = " (mlx-lm ties its output to the embeddings)" if spec and spec["optional"] else ""
+            tied = " (mlx-lm ties its output to the embeddings)" \
+                if spec and spec["optional"] else ""
             raise ModelError(f"tensor {name!r} has no place in mlx-lm's {arch} model{tied}")
         plus_one = spec["plus_one"]
         # Ollama's Gemma 3n blobs stop the per-layer table at the text vocabulary; the ids past

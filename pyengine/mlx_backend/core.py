@@ -130,6 +130,8 @@ class _Seq:
     rows: list[np.ndarray] = field(default_factory=list)  # scoring: per-chunk outputs
     uid: int | None = None         # the sequence's id in the batch generator, once decoding
     out_steps: list[tuple] = field(default_factory=list)  # sampled, not yet pushed
+    grammar: Any = None            # structured.solver.Row: the output's grammar, or None
+    failed: str = ""               # why the sequence fails (its grammar refused), or ""
     n_pushed: int = 0
     prompt_ns: int = 0
     eval_ns: int = 0
@@ -250,13 +252,29 @@ class MlxCore:
     def detokenize(self, ids: list[int], special: bool = False) -> str:
         return self.file.detokenize(ids, special)
 
+    @property
+    def bos_id(self) -> int:
+        return self.file.bos_id
+
+    @property
+    def eos_id(self) -> int:
+        return self.file.eos_id
+
+    @property
+    def eog_ids(self) -> list[int]:
+        return self.file.eog_ids
+
+    def token_pieces(self) -> list[tuple[bytes, bool]]:
+        return self.file.token_pieces()
+
     def submit(self, prompt: list[int], options: Any, n_ctx: int = 0,
-               notify: bool = False) -> MlxRequest:
+               notify: bool = False, constraint: Any = None) -> MlxRequest:
         n_ctx = min(n_ctx, self.config["n_ctx_train"]) if n_ctx > 0 else self.n_ctx
         prompt = self._check_ids(prompt, n_ctx)
         gen = self.file.generation(prompt, options, n_ctx)
         return self._enqueue(_Seq(MlxRequest(next(self._ids), self, notify), "generate",
-                                  prompt, gen=gen))
+                                  prompt, gen=gen,
+                                  grammar=None if constraint is None else constraint.matcher))
 
     def logits(self, ids: list[int]) -> np.ndarray:
         return self._score("logits", ids)
@@ -488,7 +506,15 @@ class MlxCore:
         def pick(_context: Any, logits: mx.array) -> mx.array:
             if seq.gen.done:  # ended in this very step; removed right after it
                 return logits
-            step = seq.gen.accept(np.array(logits[0].astype(mx.float32)))
+            row = np.array(logits[0].astype(mx.float32))
+            if seq.grammar is not None and not _mask(seq.grammar, row):
+                seq.failed = "the output's grammar allows no token here"
+                return logits
+            step = seq.gen.accept(row)
+            if seq.grammar is not None and step[0] >= 0:
+                error = seq.grammar.grammars.advance([seq.grammar], [step[0]])[0]
+                if error:
+                    seq.failed = f"the output's grammar: {error}"
             seq.out_steps.append(step)
             token = step[0] if step[0] >= 0 else 0
             only = mx.arange(logits.shape[-1]) == token
@@ -497,6 +523,11 @@ class MlxCore:
 
     def _deliver(self, seq: _Seq, dt: int) -> bool:
         """Pushes what a decode step sampled for a sequence; True when it has ended."""
+        if seq.failed:
+            self._retire(seq)
+            self._stats["failed"] += 1
+            seq.req._fail(seq.failed)
+            return True
         steps, seq.out_steps = seq.out_steps, []
         for step in steps:
             if seq.n_pushed == 0:
@@ -521,3 +552,15 @@ class MlxCore:
                 self._retire(seq)
             seq.req._push(step, counts)
         return seq.gen.done
+
+
+def _mask(row: Any, logits: np.ndarray) -> bool:
+    """Masks logits [n_vocab] in place with the grammar row's allowed tokens (the solver's
+    own mask, one row at a time: MLX samples each row in its own logits processor); False
+    when it allows none."""
+    words = (logits.shape[0] + 31) // 32
+    bits = np.zeros((1, words), dtype=np.uint32)
+    row.grammars.fill_masks([row], bits.ctypes.data, words)
+    allowed = np.unpackbits(bits.view(np.uint8), bitorder="little")[: logits.shape[0]].astype(bool)
+    logits[~allowed] = -np.inf
+    return bool(allowed.any())

@@ -23,9 +23,10 @@ from pyengine.engine import Completion
 from pyengine.errors import PyEngineError
 from pyengine.gateway.chain import Result
 from pyengine.server.errors import APIError, bad_request, log
+from pyengine.structured import GrammarError, grammar_text
 from pyengine.server.keep_alive import parse_keep_alive
 from pyengine.server.model_info import model_facts
-from pyengine.pool import ModelEntry, ModelNotFound, ModelPool
+from pyengine.pool import Lease, ModelEntry, ModelNotFound, ModelPool
 from pyengine.server.ollama.options import engine_options
 from pyengine.server.ollama.schemas import ChatRequest, GenerateRequest, ShowRequest, parse_body
 from pyengine.server.streaming import NDJSONResponse
@@ -46,13 +47,13 @@ def _models(request: Request) -> ModelPool:
     return request.app.state.models
 
 
-def _target(request: Request, name: str, options: dict[str, Any] | None,
-            prompt_chars: int) -> tuple[Target, dict[str, Any] | None]:
-    """The request's target (a served model, a tier, ``auto``) and its options without the
-    task hints."""
+def _target(request: Request, name: str, options: dict[str, Any] | None, prompt_chars: int,
+            keep_alive: Any) -> tuple[Target, dict[str, Any] | None, float]:
+    """The request's target (a served model, a tier, ``auto``), its options without the task
+    hints, and how long the model stays loaded after it (seconds)."""
     opts = dict(options) if isinstance(options, dict) else options
     target = resolve_target(_models(request), request.app.state.config, name, opts, prompt_chars)
-    return target, opts
+    return target, opts, _keep_alive(_models(request), keep_alive)
 
 
 def _fallback_stats(r: Result, t0: int) -> dict[str, Any]:
@@ -108,19 +109,28 @@ def _keep_alive(models: ModelPool, value: Any) -> float:
         raise bad_request(str(e)) from None
 
 
-def _options(options: dict[str, Any] | None) -> dict[str, Any]:
+def _options(options: dict[str, Any] | None, fmt: Any = None) -> dict[str, Any]:
+    """The engine's options of a request: its Ollama ``options`` and its ``format`` ("json" or
+    a JSON Schema; "" or none for free text), each checked (a 400 naming what is wrong)."""
     try:
-        return engine_options(options)
+        out = engine_options(options)
     except ValueError as e:
         raise bad_request(str(e)) from None
+    if fmt not in (None, ""):
+        if not isinstance(fmt, (str, dict)):
+            raise bad_request('format must be "json" or a JSON Schema object')
+        try:
+            grammar_text(fmt)  # compiled here too, so a bad schema is a 400 before any work
+        except GrammarError as e:
+            raise bad_request(str(e)) from None
+        out["format"] = fmt
+    return out
 
 
-def _unsupported(model: str, *, think: Any, fmt: Any, logprobs: bool | None) -> None:
+def _unsupported(model: str, *, think: Any, logprobs: bool | None) -> None:
     # Fields Ollama honours that this engine cannot: refuse rather than silently ignore.
     if think not in (None, False, "", "false"):
         raise bad_request(f'"{model}" does not support thinking')
-    if fmt not in (None, ""):
-        raise bad_request("structured outputs (format) are not supported by this server")
     if logprobs:
         raise bad_request("logprobs are not supported by this server")
 
@@ -218,15 +228,48 @@ async def show(request: Request) -> dict[str, Any]:
             "modified_at": rfc3339(facts.modified_at)}
 
 
+async def _elsewhere_or_unload(request: Request, target: Target, has_input: bool, unload: bool,
+                               messages: list[dict[str, Any]], options: dict[str, Any],
+                               stream: bool, record: Callable[..., dict[str, Any]],
+                               t0: int) -> Response | None:
+    """The reply when nothing is generated here: the fallback chain's for a model this server
+    does not run (Ollama's 404 when there is no input), the unload's record for a request that
+    only unloads the model; None otherwise."""
+    if target.entry is None:
+        if not has_input:
+            raise APIError(404, str(ModelNotFound(target.model)))
+        return await _fallback(request, target, messages, options, stream, record, t0)
+    if unload and not has_input:
+        await _models(request).aunload(target.entry.name)
+        return JSONResponse(record("", True, done_reason="unload"))
+    return None
+
+
+async def _lease_or_reply(request: Request, target: Target, keep_alive: float, has_input: bool,
+                          messages: list[dict[str, Any]], options: dict[str, Any], stream: bool,
+                          record: Callable[..., dict[str, Any]], t0: int) -> Lease | Response:
+    """The lease on the model, or the whole reply when there is nothing to generate here: the
+    fallback chain's when the pool cannot run the model now (as for a model not served here),
+    a load's record when the request has no input (it only loads the model)."""
+    lease = await lease_here(request.app.state, target, keep_alive)
+    if lease is None:
+        if not has_input:
+            raise not_loaded(target)
+        return await _fallback(request, target, messages, options, stream, record, t0)
+    if not has_input:
+        lease.release()
+        return JSONResponse(record("", True, done_reason="load"))
+    return lease
+
+
 @router.post("/api/generate")
 async def generate(request: Request) -> Response:
     """Completes ``prompt`` (in the Gemma chat format unless ``raw`` or ``template``)."""
     t0 = time.perf_counter_ns()
     req = await parse_body(request, GenerateRequest)
-    models = _models(request)
-    target, req_options = _target(request, req.model, req.options,
-                                  len(req.prompt) + len(req.system or ""))
-    keep_alive = _keep_alive(models, req.keep_alive)
+    target, req_options, keep_alive = _target(request, req.model, req.options,
+                                              len(req.prompt) + len(req.system or ""),
+                                              req.keep_alive)
 
     def record(response: str, done: bool, **extra: Any) -> dict[str, Any]:
         return {"model": req.model, "created_at": rfc3339(utc_now()), "response": response,
@@ -235,26 +278,21 @@ async def generate(request: Request) -> Response:
     # The prompt as chat turns: what the chat format renders and the fallback chain is sent.
     messages = [{"role": "system", "content": req.system}] if req.system else []
     messages.append({"role": "user", "content": req.prompt})
-    if target.entry is None:
-        if not req.prompt:
-            raise APIError(404, str(ModelNotFound(target.model)))
-        return await _fallback(request, target, messages, _options(req_options),
-                               req.stream is not False, record, t0)
-    entry = target.entry
-
-    if not req.prompt and req.keep_alive is not None and keep_alive == 0:
-        await models.aunload(entry.name)
-        return JSONResponse(record("", True, done_reason="unload"))
+    options = _options(req_options, req.format)
+    reply = await _elsewhere_or_unload(request, target, bool(req.prompt),
+                                       req.keep_alive is not None and keep_alive == 0, messages,
+                                       options, req.stream is not False, record, t0)
+    if reply is not None:
+        return reply
     if req.images:
         raise bad_request(NO_IMAGES)
     if req.suffix:
         raise bad_request(f'"{req.model}" does not support insert')
-    _unsupported(req.model, think=req.think, fmt=req.format, logprobs=req.logprobs)
+    _unsupported(req.model, think=req.think, logprobs=req.logprobs)
     if req.raw and (req.template or req.system or req.context):
         raise bad_request("raw mode does not support template, system, or context")
     if req.context and not all(0 <= t < 2**31 for t in req.context):
         raise bad_request("context must hold token ids (integers in [0, 2^31))")
-    options = _options(req_options)
     text = req.prompt
     if req.prompt and not req.raw:
         try:
@@ -265,15 +303,10 @@ async def generate(request: Request) -> Response:
         except (TemplateError, ValueError) as e:
             raise bad_request(str(e)) from None
 
-    lease = await lease_here(request.app.state, target, keep_alive)
-    if lease is None:  # the pool cannot run it now: the fallback chain answers, as for others
-        if not req.prompt:
-            raise not_loaded(target)
-        return await _fallback(request, target, messages, options, req.stream is not False,
-                               record, t0)
-    if not req.prompt:  # an empty prompt only loads the model
-        lease.release()
-        return JSONResponse(record("", True, done_reason="load"))
+    lease = await _lease_or_reply(request, target, keep_alive, bool(req.prompt), messages,
+                                  options, req.stream is not False, record, t0)
+    if isinstance(lease, Response):
+        return lease
     engine = lease.engine
     # req.context: the deprecated conversation memory of an earlier reply.
     ids = list(req.context or []) + lease.tokenize(text, not req.context, bad_request)
@@ -294,48 +327,35 @@ async def chat(request: Request) -> Response:
     """Replies to ``messages`` in the Gemma chat format."""
     t0 = time.perf_counter_ns()
     req = await parse_body(request, ChatRequest)
-    models = _models(request)
-    target, req_options = _target(request, req.model, req.options,
-                                  sum(len(m.content or "") for m in req.messages))
-    keep_alive = _keep_alive(models, req.keep_alive)
+    target, req_options, keep_alive = _target(request, req.model, req.options,
+                                              sum(len(m.content or "") for m in req.messages),
+                                              req.keep_alive)
 
     def record(content: str, done: bool, **extra: Any) -> dict[str, Any]:
         return {"model": req.model, "created_at": rfc3339(utc_now()),
                 "message": {"role": "assistant", "content": content}, "done": done, **extra}
 
     messages = [{"role": m.role, "content": m.content or ""} for m in req.messages]
-    if target.entry is None:
-        if not req.messages:
-            raise APIError(404, str(ModelNotFound(target.model)))
-        if any(m.images for m in req.messages):
-            raise bad_request(NO_IMAGES)
-        return await _fallback(request, target, messages, _options(req_options),
-                               req.stream is not False, record, t0)
-    entry = target.entry
-
-    if not req.messages and req.keep_alive is not None and keep_alive == 0:
-        await models.aunload(entry.name)
-        return JSONResponse(record("", True, done_reason="unload"))
     if any(m.images for m in req.messages):
         raise bad_request(NO_IMAGES)
+    options = _options(req_options, req.format)
+    reply = await _elsewhere_or_unload(request, target, bool(req.messages),
+                                       req.keep_alive is not None and keep_alive == 0, messages,
+                                       options, req.stream is not False, record, t0)
+    if reply is not None:
+        return reply
     if req.tools:
         raise bad_request(f'"{req.model}" does not support tools')
-    _unsupported(req.model, think=req.think, fmt=req.format, logprobs=req.logprobs)
-    options = _options(req_options)
+    _unsupported(req.model, think=req.think, logprobs=req.logprobs)
     try:
         text = format_gemma(messages)
     except ValueError as e:
         raise bad_request(str(e)) from None
 
-    lease = await lease_here(request.app.state, target, keep_alive)
-    if lease is None:  # the pool cannot run it now: the fallback chain answers, as for others
-        if not req.messages:
-            raise not_loaded(target)
-        return await _fallback(request, target, messages, options, req.stream is not False,
-                               record, t0)
-    if not req.messages:  # no messages only loads the model
-        lease.release()
-        return JSONResponse(record("", True, done_reason="load"))
+    lease = await _lease_or_reply(request, target, keep_alive, bool(req.messages), messages,
+                                  options, req.stream is not False, record, t0)
+    if isinstance(lease, Response):
+        return lease
     ids = lease.tokenize(text, True, bad_request)
 
     def final(content: str, c: Completion, total: int) -> dict[str, Any]:

@@ -17,8 +17,9 @@ this follows Ollama, which is what its clients expect of this server:
 Streams are server-sent events: chat streams open with the assistant's role, then carry the
 text, then a chunk with an empty delta and the ``finish_reason``; with
 ``stream_options.include_usage`` a chunk with the token counts (and no choices) follows; the
-last event is ``[DONE]``. Things this engine cannot do (``n`` > 1, images, tools, structured
-output, logprobs) are refused with a 400 rather than silently ignored. Models this server does
+last event is ``[DONE]``. ``response_format`` (``json_object``, ``json_schema``) is enforced
+while decoding (``pyengine.structured``). Things this engine cannot do (``n`` > 1, images,
+tools, logprobs) are refused with a 400 rather than silently ignored. Models this server does
 not run (or cannot) go to the fallback chain, as on Ollama's API.
 """
 
@@ -34,6 +35,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from pyengine.chat import format_gemma
+from pyengine.structured import GrammarError, grammar_text
 from pyengine.engine import Completion
 from pyengine.gateway.chain import Result
 from pyengine.server.errors import APIError
@@ -253,18 +255,42 @@ def _message_text(i: int, message: ChatMessage) -> str:
     return "\n".join(texts)
 
 
+def response_format(fmt: Any) -> Any:
+    """The engine's format of OpenAI's ``response_format``: None for text, "json" for
+    ``json_object``, the schema of ``json_schema`` (enforced whether ``strict`` or not); a 400
+    naming what is wrong otherwise."""
+    if fmt is None:
+        return None
+    if not isinstance(fmt, dict):
+        raise invalid("response_format must be an object", param="response_format")
+    kind = fmt.get("type")
+    if kind in (None, "text"):
+        return None
+    if kind == "json_object":
+        out: Any = "json"
+    elif kind == "json_schema":
+        spec = fmt.get("json_schema")
+        if not isinstance(spec, dict) or not isinstance(spec.get("name", ""), str):
+            raise invalid("response_format.json_schema must be an object with a name",
+                          param="response_format")
+        out = spec.get("schema", {"type": "object"})
+        if not isinstance(out, dict):
+            raise invalid("response_format.json_schema.schema must be a JSON Schema object",
+                          param="response_format")
+    else:
+        raise invalid(f"invalid response_format type {kind!r}", param="response_format")
+    try:
+        grammar_text(out)  # compiled here too, so a bad schema is a 400 before any work
+    except GrammarError as e:
+        raise invalid(str(e), param="response_format") from None
+    return out
+
+
 def _refuse_unsupported(req: ChatCompletionRequest) -> None:
     # Fields that ask for something this engine cannot do: refuse rather than ignore them.
     if req.tools or req.functions:
         raise invalid(f'"{req.model}" does not support tools',
                       param="tools" if req.tools else "functions")
-    fmt = req.response_format
-    if fmt is not None and fmt.get("type") not in (None, "text"):
-        if fmt.get("type") in ("json_object", "json_schema"):
-            raise invalid("structured outputs (response_format) are not supported by this "
-                          "server", param="response_format")
-        raise invalid(f"invalid response_format type {fmt.get('type')!r}",
-                      param="response_format")
     if req.logprobs:
         raise invalid("logprobs are not supported by this server", param="logprobs")
     if req.reasoning_effort not in (None, "", "none"):
@@ -282,6 +308,9 @@ async def chat_completions(request: Request) -> Response:
     # max_completion_tokens replaces max_tokens in OpenAI's API; the newer name wins.
     param = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
     options = sampling_options(req, max_tokens_of(getattr(req, param), param))
+    fmt = response_format(req.response_format)
+    if fmt is not None:
+        options["format"] = fmt
     messages = [{"role": _ROLE_ALIASES.get(m.role, m.role), "content": _message_text(i, m)}
                 for i, m in enumerate(req.messages)]
     try:

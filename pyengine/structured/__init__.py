@@ -1,0 +1,6 @@
+"""Structured output: formats (JSON, JSON Schema, grammars) enforced while decoding."""
+
+from pyengine.structured.formats import Format, Grammar, GrammarError, grammar_text
+from pyengine.structured.solver import Grammars
+
+__all__ = ["Format", "Grammar", "GrammarError", "Grammars", "grammar_text"]
