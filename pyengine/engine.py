@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import time
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from pyengine.chat import format_gemma
 from pyengine.gateway.config import BACKENDS, Config
 from pyengine.errors import PyEngineError
 from pyengine.structured import Grammars
+from pyengine.structured.tools import ToolCall, parse_reply, plan_chat
 from pyengine.options import GenerateOptions
 
 Prompt = Union[str, Sequence[int]]
@@ -51,6 +53,8 @@ class Completion:
     total_duration: int = 0
     load_duration: int = 0
     cached_tokens: int = 0  # prompt tokens whose keys and values came from the prefix cache
+    # Calls of the request's tools the reply made (then ``text`` is ""); see structured.tools.
+    tool_calls: list[ToolCall] = field(default_factory=list)
 
 
 def pick_backend(name: str) -> str:
@@ -371,9 +375,14 @@ class Engine:
                 return chunk.completion
         raise RuntimeError("generation ended without a final chunk")  # unreachable
 
-    async def achat(self, messages: Sequence[Mapping[str, Any]], **options: Any) -> Completion:
+    async def achat(self, messages: Sequence[Mapping[str, Any]], tools: Any = None,
+                    tool_choice: Any = None, parallel_tool_calls: bool = True,
+                    **options: Any) -> Completion:
         """``chat`` for asyncio."""
-        return await self.agenerate(self.chat_prompt(messages), **options)
+        rendered, fmt = plan_chat(messages, tools, tool_choice, parallel_tool_calls,
+                                  options.pop("format", None))
+        c = await self.agenerate(self.chat_prompt(rendered), format=fmt, **options)
+        return _with_calls(c) if tools else c
 
     def generate(self, prompt_or_ids: Prompt, max_tokens: int = 128, temperature: float = 0.8,
                  top_k: int = 40, top_p: float = 0.9, min_p: float = 0.0,
@@ -395,10 +404,58 @@ class Engine:
         """Token ids of ``messages`` in Gemma's turn format, ready for the model's reply."""
         return self.tokenize(format_gemma(messages), add_bos=True, special=True)
 
-    def chat(self, messages: Sequence[Mapping[str, Any]], **options: Any) -> Completion:
-        """Replies to Ollama-style chat ``messages`` (system folded into the first user turn)."""
-        return self.generate(self.chat_prompt(messages), **options)
+    def chat(self, messages: Sequence[Mapping[str, Any]], tools: Any = None,
+             tool_choice: Any = None, parallel_tool_calls: bool = True,
+             **options: Any) -> Completion:
+        """Replies to Ollama-style chat ``messages`` (system folded into the first user turn).
 
-    def chat_stream(self, messages: Sequence[Mapping[str, Any]], **options: Any) -> Iterator[Chunk]:
-        """Streams the reply to ``messages``; see ``stream``."""
-        return self.stream(self.chat_prompt(messages), **options)
+        ``format``: "json", a JSON Schema or a ``structured.Grammar`` the reply follows.
+        ``tools``: functions the reply may call (OpenAI's and Ollama's shape); the reply is
+        then plain text or calls of them (``Completion.tool_calls``, text ""). ``tool_choice``:
+        "auto", "none", "required" or ``{"type": "function", "function": {"name": ...}}``;
+        ``parallel_tool_calls=False`` allows one call. See ``pyengine.structured``.
+        """
+        rendered, fmt = plan_chat(messages, tools, tool_choice, parallel_tool_calls,
+                                  options.pop("format", None))
+        c = self.generate(self.chat_prompt(rendered), format=fmt, **options)
+        return _with_calls(c) if tools else c
+
+    def chat_stream(self, messages: Sequence[Mapping[str, Any]], tools: Any = None,
+                    tool_choice: Any = None, parallel_tool_calls: bool = True,
+                    **options: Any) -> Iterator[Chunk]:
+        """Streams the reply to ``messages``; see ``stream`` and ``chat``. A reply that calls
+        tools streams no text: its final chunk's completion carries the calls."""
+        rendered, fmt = plan_chat(messages, tools, tool_choice, parallel_tool_calls,
+                                  options.pop("format", None))
+        chunks = self.stream(self.chat_prompt(rendered), format=fmt, **options)
+        return _CallStream(chunks) if tools else chunks
+
+
+def _with_calls(c: Completion) -> Completion:
+    """A reply made under a tool grammar, its calls parsed out of its text."""
+    text, calls = parse_reply(c.text)
+    return dataclasses.replace(c, text=text, tool_calls=calls)
+
+
+class _CallStream:
+    """A chat stream under a tool grammar: text passes as it comes, unless the reply opens with
+    "{" (a call: plain text cannot), whose JSON stays out of the chunks; the final chunk's
+    completion carries the parsed calls. Closing it cancels the request."""
+
+    def __init__(self, chunks: Any) -> None:
+        self._chunks = chunks
+        self._calling: bool | None = None
+
+    def __iter__(self) -> "_CallStream":
+        return self
+
+    def __next__(self) -> Chunk:
+        chunk = next(self._chunks)
+        if self._calling is None and chunk.text:
+            self._calling = chunk.text.startswith("{")
+        if chunk.done and chunk.completion is not None:
+            chunk = dataclasses.replace(chunk, completion=_with_calls(chunk.completion))
+        return dataclasses.replace(chunk, text="") if self._calling else chunk
+
+    def close(self) -> None:
+        self._chunks.close()

@@ -364,7 +364,10 @@ _BAD_CHAT = [
     {"messages": [{"role": "user", "content": 3}]},
     {"messages": [{"role": "wizard", "content": "x"}]},
     {"messages": [{"role": "user", "content": "x", "images": ["aGk="]}]},
-    {"messages": user("x"), "tools": [{"type": "function", "function": {"name": "f"}}]},
+    {"messages": user("x"), "tools": [{"type": "function", "function": {"name": "bad name!"}}]},
+    {"messages": user("x"), "tools": [{"type": "function", "function": {"name": "f",
+                                                                       "parameters": 3}}]},
+    {"messages": [{"role": "assistant", "content": "", "tool_calls": [{"function": {}}]}]},
     {"messages": user("x"), "options": {"temperature": float("nan")}},
     {"messages": user("hello " * 300)},
 ]

@@ -4,6 +4,7 @@ embeddings too: a second pyengine process plays the Ollama server."""
 
 from __future__ import annotations
 
+import json
 import time
 
 import httpx
@@ -295,3 +296,64 @@ def test_embeddings_take_the_same_route(tiny, front, upstream):
     assert e.value.status_code == 404 and "gemma3n:e4b" in e.value.error
     with pytest.raises(openai.NotFoundError):
         oa.embeddings.create(model="quality", input="x")
+
+
+def test_formats_and_tools_pass_through_the_fallback_chain(front):
+    """A model served upstream gets the request's format and tools in Ollama's words, and its
+    calls come back in each API's shape."""
+    import jsonschema
+    import openai
+
+    schema = {"type": "object", "required": ["a"], "additionalProperties": False,
+              "properties": {"a": {"type": "integer", "minimum": 3, "maximum": 9}}}
+    tool = {"type": "function", "function": {"name": "add", "parameters": {
+        "type": "object", "required": ["x"], "properties": {"x": {"type": "integer"}}}}}
+    c = ollama.Client(host=front.url)
+    for temperature in (0, 1):
+        r = c.chat(model="gemma3n:e2b", messages=USER, format=schema,
+                   options={"temperature": temperature, "num_predict": 32, "seed": 1})
+        jsonschema.validate(json.loads(r.message.content), schema)
+    body = httpx.post(front.url + "/api/chat", timeout=60, json={
+        "model": "gemma3n:e2b", "messages": USER, "tools": [tool], "stream": False,
+        "options": {"temperature": 1, "num_predict": 48, "seed": 2}}).json()
+    assert body["pyengine"]["backend"] == "ollama"
+    for call in body["message"].get("tool_calls") or []:
+        assert call["function"]["name"] == "add"
+        assert isinstance(call["function"]["arguments"]["x"], int)
+    oa = openai.OpenAI(base_url=front.url + "/v1", api_key="unused", max_retries=0)
+    r = oa.chat.completions.create(model="gemma3n:e2b", messages=USER, tools=[tool],
+                                   max_tokens=48, temperature=1, seed=3)
+    assert "gemma3n:e2b" not in loaded(front)  # served upstream, not here
+    for call in r.choices[0].message.tool_calls or []:
+        assert call.function.name == "add"
+        assert isinstance(json.loads(call.function.arguments)["x"], int)
+
+
+def test_a_fallbacks_tool_calls_reach_both_apis(tiny, tmp_path, monkeypatch):
+    """The chain sends the tools upstream in Ollama's words and relays the call it gets back:
+    Ollama's message.tool_calls, OpenAI's tool_calls (whole and streamed)."""
+    import openai
+
+    from fake_ollama import CALL_ARGUMENTS, fake_ollama
+
+    monkeypatch.setenv("PYENGINE_LEDGER", str(tmp_path / "ledger.sqlite"))
+    tool = {"type": "function", "function": {"name": "add", "parameters": {
+        "type": "object", "properties": {"x": {"type": "integer"}}}}}
+    received: list[dict] = []
+    with ServerThread(fake_ollama(received)) as upstream_fake, ServerThread(create_app(
+            {"gemma3:1b": tiny}, n_ctx=512, kv_cache_mb=16,
+            config=Config(ollama_host=upstream_fake.url))) as s:
+        r = ollama.Client(host=s.url).chat(model="remote:1b", messages=USER, tools=[tool])
+        assert [(c.function.name, c.function.arguments) for c in r.message.tool_calls] == \
+            [("add", CALL_ARGUMENTS)]
+        assert received[-1]["tools"][0]["function"]["name"] == "add"
+        oa = openai.OpenAI(base_url=s.url + "/v1", api_key="unused", max_retries=0)
+        whole = oa.chat.completions.create(model="remote:1b", messages=USER, tools=[tool])
+        assert whole.choices[0].finish_reason == "tool_calls"
+        assert json.loads(whole.choices[0].message.tool_calls[0].function.arguments) == \
+            CALL_ARGUMENTS
+        chunks = list(oa.chat.completions.create(model="remote:1b", messages=USER,
+                                                 tools=[tool], stream=True))
+        deltas = [tc for c in chunks if c.choices for tc in (c.choices[0].delta.tool_calls or [])]
+        assert [json.loads(d.function.arguments) for d in deltas] == [CALL_ARGUMENTS]
+        assert received[-1]["tools"][0]["function"]["name"] == "add"

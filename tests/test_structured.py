@@ -16,7 +16,8 @@ import pytest
 
 from json_schemas import obj
 from pyengine import Engine
-from pyengine.structured import Grammar, GrammarError
+from pyengine.structured import Grammar, GrammarError, ToolError
+from pyengine.structured.tools import plan_chat
 
 CHECKER = jsonschema.Draft202012Validator.FORMAT_CHECKER
 PERSON = {"type": "object", "additionalProperties": False, "required": ["name", "age", "when"],
@@ -137,3 +138,84 @@ def test_mlx_backend_follows_the_format(tiny):
             valid(c.text, PERSON)
         with pytest.raises(GrammarError):
             e.generate("x", format={"type": "nonsense"})
+
+
+WEATHER = {"type": "function", "function": {
+    "name": "get_weather", "description": "The weather in a city.",
+    "parameters": {"type": "object", "required": ["city"], "additionalProperties": False,
+                   "properties": {"city": {"type": "string", "maxLength": 20},
+                                  "unit": {"enum": ["C", "F"]}}}}}
+TIME = {"type": "function", "function": {
+    "name": "get_time", "parameters": {"type": "object", "properties": {
+        "zone": {"type": "string", "pattern": "^[A-Z]{3}$"}}, "required": ["zone"]}}}
+
+
+def check_calls(calls, allowed: dict) -> None:
+    assert calls
+    for call in calls:
+        schema = allowed[call.name]["function"]["parameters"]
+        jsonschema.validate(call.arguments, schema, format_checker=CHECKER)
+
+
+def test_required_tool_calls_are_well_formed(engine):
+    tools = {"get_weather": WEATHER, "get_time": TIME}
+    for seed in range(4):
+        c = engine.chat([{"role": "user", "content": "Weather in Paris?"}],
+                        tools=list(tools.values()), tool_choice="required",
+                        max_tokens=96, temperature=1.0, seed=seed)
+        assert c.text == ""
+        check_calls(c.tool_calls, tools)
+
+
+def test_a_named_tool_and_one_call_only(engine):
+    for seed in range(3):
+        c = engine.chat([{"role": "user", "content": "Time?"}], tools=[WEATHER, TIME],
+                        tool_choice={"type": "function", "function": {"name": "get_time"}},
+                        parallel_tool_calls=False, max_tokens=64, temperature=1.0, seed=seed)
+        assert len(c.tool_calls) == 1 and c.tool_calls[0].name == "get_time"
+        check_calls(c.tool_calls, {"get_time": TIME})
+
+
+def test_auto_is_text_or_calls_and_streams_text_only(engine):
+
+    for seed in range(12):
+        chunks = list(engine.chat_stream([{"role": "user", "content": "Hi"}], tools=[WEATHER],
+                                         max_tokens=48, temperature=1.0, seed=seed))
+        completion = chunks[-1].completion
+        streamed = "".join(ch.text for ch in chunks)
+        if completion.tool_calls:
+            assert streamed == "" and completion.text == ""
+            check_calls(completion.tool_calls, {"get_weather": WEATHER})
+        else:
+            assert streamed == completion.text and not completion.text.startswith("{")
+
+
+def test_tool_history_is_rendered_as_turns(engine):
+    """A call and its result in the history reach the model as the JSON it answers with and a
+    user turn holding the result."""
+    history = [{"role": "user", "content": "Weather in Paris?"},
+               {"role": "assistant", "content": "", "tool_calls": [
+                   {"function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]},
+               {"role": "tool", "tool_name": "get_weather", "content": "18 C, sunny"}]
+    rendered, fmt = plan_chat(history, [WEATHER], None, True, None)
+    assert rendered[0]["role"] == "system" and "get_weather" in rendered[0]["content"]
+    assert json.loads(rendered[2]["content"]) == {
+        "tool_calls": [{"name": "get_weather", "arguments": {"city": "Paris"}}]}
+    assert rendered[3] == {"role": "user", "content": "Tool result (get_weather):\n18 C, sunny"}
+    assert isinstance(fmt, Grammar)
+    c = engine.chat(history, tools=[WEATHER], max_tokens=32, temperature=0)
+    assert c.done_reason in ("stop", "length")
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"tools": "x"}, "tools must be a list"),
+    ({"tools": [{"type": "function", "function": {"name": "a b"}}]}, "name"),
+    ({"tools": [WEATHER, WEATHER]}, "given twice"),
+    ({"tools": [WEATHER], "tool_choice": {"type": "function", "function": {"name": "nope"}}},
+     "unknown tool"),
+    ({"tools": [WEATHER], "tool_choice": "sometimes"}, "tool_choice"),
+    ({"tools": [WEATHER], "format": "json"}, "either a format or the tools"),
+])
+def test_bad_tools_are_refused(engine, kwargs, match):
+    with pytest.raises(ToolError, match=match):
+        engine.chat([{"role": "user", "content": "x"}], max_tokens=8, **kwargs)

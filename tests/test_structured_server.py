@@ -109,3 +109,65 @@ def test_bad_formats_get_400_in_each_shape_and_the_server_keeps_serving(server,
     ok = openai_client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=8,
                                                temperature=0)
     assert ok.choices[0].message.content
+
+
+def get_weather(city: str, unit: str = "C") -> str:
+    """The current weather in a city.
+
+    Args:
+        city: The city's name.
+        unit: C or F.
+    """
+    return f"18 {unit} and sunny in {city}"
+
+
+WEATHER_TOOL = {"type": "function", "function": {
+    "name": "get_weather", "description": "The current weather in a city.",
+    "parameters": {"type": "object", "required": ["city"],
+                   "properties": {"city": {"type": "string"},
+                                  "unit": {"type": "string", "enum": ["C", "F"]}}}}}
+WEATHER_QUESTION = [{"role": "user", "content": "What is the weather in Paris?"}]
+
+
+def test_ollama_tools_from_a_python_function_and_the_result_back(ollama_client):
+    r = ollama_client.chat(model=MODEL, messages=WEATHER_QUESTION, tools=[get_weather],
+                           options={"temperature": 0, "num_predict": 96})
+    # Small models answer in text or call: whichever it is, it is well formed.
+    for call in r.message.tool_calls or []:
+        assert call.function.name == "get_weather"
+        assert isinstance(call.function.arguments["city"], str)
+    assert bool(r.message.tool_calls) != bool(r.message.content)
+    # The call and its result back, as an agent loop sends them: a text answer may follow.
+    follow = ollama_client.chat(model=MODEL, tools=[get_weather], messages=WEATHER_QUESTION + [
+        {"role": "assistant", "content": "", "tool_calls": [
+            {"function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]},
+        {"role": "tool", "tool_name": "get_weather", "content": get_weather("Paris")}],
+        options={"temperature": 0, "num_predict": 48})
+    assert follow.done and (follow.message.content or follow.message.tool_calls)
+
+
+def test_openai_required_tool_call_whole_and_streamed(openai_client):
+    r = openai_client.chat.completions.create(
+        model=MODEL, messages=WEATHER_QUESTION, tools=[WEATHER_TOOL], tool_choice="required",
+        temperature=0.8, seed=2, max_tokens=96)
+    choice = r.choices[0]
+    assert choice.finish_reason == "tool_calls" and choice.message.content is None
+    call = choice.message.tool_calls[0]
+    assert call.type == "function" and call.id.startswith("call_")
+    jsonschema.validate(json.loads(call.function.arguments),
+                        WEATHER_TOOL["function"]["parameters"])
+    chunks = list(openai_client.chat.completions.create(
+        model=MODEL, messages=WEATHER_QUESTION, tools=[WEATHER_TOOL], tool_choice="required",
+        temperature=0.8, seed=2, max_tokens=96, stream=True))
+    deltas = [c.choices[0].delta for c in chunks if c.choices]
+    assert not any(d.content for d in deltas)  # the call's JSON is not streamed as text
+    streamed = [tc for d in deltas for tc in (d.tool_calls or [])]
+    assert [tc.function.arguments for tc in streamed] == [call.function.arguments]
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "tool_calls"
+    # The call answered, by id as OpenAI's clients send it.
+    follow = openai_client.chat.completions.create(
+        model=MODEL, tools=[WEATHER_TOOL], temperature=0, max_tokens=32,
+        messages=WEATHER_QUESTION + [choice.message.model_dump(exclude_none=True),
+                                     {"role": "tool", "tool_call_id": call.id,
+                                      "content": "18 C and sunny"}])
+    assert follow.choices[0].finish_reason in ("stop", "length", "tool_calls")

@@ -25,6 +25,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence, TypeVar, Union
 
 from pyengine.gateway.breaker import CircuitBreaker
 from pyengine.gateway.config import Config
+from pyengine.structured.tools import ToolCall
 from pyengine.gateway.ledger import CostLedger
 from pyengine.gateway.providers import (BackendFailure, CannotServe, Messages, NativeBackend,
                                         OllamaBackend, PaidBackend, Reply, ReplyStream,
@@ -67,6 +68,7 @@ class Result(Served):
     done_reason: str
     prompt_tokens: int
     completion_tokens: int
+    tool_calls: list[ToolCall] = field(default_factory=list)  # calls of the request's tools
 
 
 @dataclass
@@ -171,7 +173,7 @@ class FallbackChain:
                                    item.completion_tokens, item.cost_usd, tier=tier,
                                    task_type=task_type)
                 yield Result(item.text, item.cost_usd, item.done_reason, item.prompt_tokens,
-                             item.completion_tokens, model=item.model, tier=tier,
+                             item.completion_tokens, item.tool_calls, model=item.model, tier=tier,
                              backend=backend.name, reason=selection.reason, attempts=attempts,
                              duration_s=time.perf_counter() - t0)
                 return

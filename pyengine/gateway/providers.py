@@ -17,10 +17,11 @@ from __future__ import annotations
 import json
 import os
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterator, Mapping, Sequence, Union
 
 from pyengine.gateway.config import Config
+from pyengine.structured.tools import ToolCall
 from pyengine.pool import Lease, ModelNotFound, ModelPool, ModelUnavailable
 
 Messages = Sequence[Mapping[str, Any]]
@@ -46,6 +47,7 @@ class Reply:
     prompt_tokens: int
     completion_tokens: int
     cost_usd: float = 0.0
+    tool_calls: list[ToolCall] = field(default_factory=list)  # calls of the request's tools
 
 
 # A backend's stream: text pieces, then the Reply.
@@ -148,7 +150,8 @@ class NativeBackend(Streaming):
                     if chunk.done and chunk.completion is not None:
                         c = chunk.completion
                         yield Reply(c.text, model, c.done_reason,
-                                    c.prompt_eval_count + c.cached_tokens, c.eval_count)
+                                    c.prompt_eval_count + c.cached_tokens, c.eval_count,
+                                    tool_calls=list(c.tool_calls))
             finally:
                 close = getattr(chunks, "close", None)
                 if close is not None:
@@ -186,6 +189,28 @@ def context_ids(eng: Any, item: str | Sequence[int], truncate: bool) -> list[int
 
 # Our option names -> Ollama's.
 _OLLAMA_OPTIONS = {"max_tokens": "num_predict"}
+
+
+def _ollama_messages(messages: Messages) -> list[dict[str, Any]]:
+    """Chat messages in Ollama's shape: an assistant's tool calls with arguments as objects
+    (OpenAI's clients send JSON strings), a tool result with the tool's name."""
+    names: dict[str, str] = {}
+    out = []
+    for m in messages:
+        msg = {k: m[k] for k in ("role", "content", "images", "tool_name") if m.get(k) is not None}
+        if m.get("tool_calls"):
+            calls = []
+            for c in m["tool_calls"]:
+                f = dict(c.get("function") or {})
+                if isinstance(f.get("arguments"), str):
+                    f["arguments"] = json.loads(f["arguments"] or "{}")
+                names[c.get("id", "")] = f.get("name", "")
+                calls.append({"function": f})
+            msg["tool_calls"] = calls
+        if m.get("role") == "tool" and "tool_name" not in msg and m.get("tool_call_id") in names:
+            msg["tool_name"] = names[m["tool_call_id"]]
+        out.append(msg)
+    return out
 
 
 class OllamaBackend(Streaming):
@@ -231,18 +256,24 @@ class OllamaBackend(Streaming):
         opts = {_OLLAMA_OPTIONS.get(k, k): v for k, v in options.items()
                 if v is not None and k != "format"}
         extra = {} if fmt is None else {"format": fmt}
+        if options.get("tools"):
+            extra["tools"] = list(options["tools"])
+        opts.pop("tools", None)
         client = self._client(timeout_s)
         parts: list[str] = []
+        calls: list[ToolCall] = []
         with self._answering(model, timeout_s):
-            for r in client.chat(model=model, messages=list(messages), options=opts, stream=True,
-                                 **extra):
+            for r in client.chat(model=model, messages=_ollama_messages(messages), options=opts,
+                                 stream=True, **extra):
                 piece = r.message.content or ""
                 if piece:
                     parts.append(piece)
                     yield piece
+                calls += [ToolCall(c.function.name, dict(c.function.arguments or {}))
+                          for c in r.message.tool_calls or []]
                 if r.done:
                     yield Reply("".join(parts), model, r.done_reason or "stop",
-                                r.prompt_eval_count or 0, r.eval_count or 0)
+                                r.prompt_eval_count or 0, r.eval_count or 0, tool_calls=calls)
                     return
         raise BackendFailure(f"Ollama at {self.host} ended the stream before its last record")
 
@@ -313,6 +344,7 @@ class PaidBackend:
         if fmt is not None and not isinstance(fmt, (str, dict)):
             raise CannotServe(f"the {self.name} API takes JSON formats, not grammars")
         schema = {"type": "object"} if fmt == "json" else fmt
+        tools = list(options.get("tools") or [])
         try:
             if self.name == "openai":
                 import openai
@@ -324,8 +356,12 @@ class PaidBackend:
                 if schema is not None:  # the format in OpenAI's words: a JSON Schema answer
                     kw["response_format"] = {"type": "json_schema", "json_schema": {
                         "name": "answer", "schema": schema}}
+                if tools:
+                    kw["tools"] = tools
                 r = client.chat.completions.create(model=model, messages=list(messages), **kw)
                 text = r.choices[0].message.content or ""
+                calls = [ToolCall(c.function.name, json.loads(c.function.arguments or "{}"))
+                         for c in r.choices[0].message.tool_calls or []]
                 usage = (r.usage.prompt_tokens, r.usage.completion_tokens) if r.usage else (0, 0)
                 reason = r.choices[0].finish_reason or "stop"
             else:
@@ -347,12 +383,19 @@ class PaidBackend:
                     kw["tools"] = [{"name": "answer", "input_schema": schema,
                                     "description": "Give the answer as this tool's input."}]
                     kw["tool_choice"] = {"type": "tool", "name": "answer"}
+                elif tools:
+                    kw["tools"] = [{"name": t["function"]["name"],
+                                    "description": t["function"].get("description", ""),
+                                    "input_schema": t["function"].get("parameters") or
+                                    {"type": "object", "properties": {}}} for t in tools]
                 r = client.messages.create(model=model, messages=turns, **kw)
+                uses = [b for b in r.content if getattr(b, "type", "") == "tool_use"]
+                calls = []
                 if schema is not None:
-                    text = "".join(json.dumps(b.input) for b in r.content
-                                   if getattr(b, "type", "") == "tool_use")
+                    text = "".join(json.dumps(b.input) for b in uses)
                 else:
                     text = "".join(getattr(b, "text", "") for b in r.content)
+                    calls = [ToolCall(b.name, dict(b.input)) for b in uses]
                 usage = (r.usage.input_tokens, r.usage.output_tokens)
                 reason = "length" if r.stop_reason == "max_tokens" else "stop"
         except ImportError:
@@ -363,7 +406,8 @@ class PaidBackend:
             raise BackendFailure(f"{self.name} failed: {type(e).__name__}: {e}", timeout) from None
         price = next(m.usd_per_million for m in PAID_MODELS if m.model == model)
         cost = (usage[0] + usage[1]) * price / 1e6
-        return Reply(text, model, reason, usage[0], usage[1], cost)
+        return Reply(text, model, "stop" if calls else reason, usage[0], usage[1], cost,
+                     tool_calls=calls)
 
     def chat_stream(self, model: str, messages: Messages, options: Mapping[str, Any],
                     timeout_s: float) -> ReplyStream:

@@ -483,8 +483,8 @@ class ModelStore:
         """Every model available here: registry entries whose file exists (in registry order),
         then every Ollama manifest with a usable model layer (by name).
 
-        A broken entry or manifest is skipped with a warning on the ``pyengine.gateway.store`` logger,
-        as ``ollama list`` does; only a malformed ``registry.json`` raises.
+        A broken entry or manifest is skipped with a warning on the ``pyengine.gateway.store``
+        logger, as ``ollama list`` does; only a malformed ``registry.json`` raises.
         """
         registry = self._registry()
         refs: list[ModelRef] = []

@@ -135,7 +135,8 @@ async def _embed(request: Request, name: str, inputs: list[str | list[int]], tru
 async def embed(request: Request) -> JSONResponse:
     t0 = time.perf_counter_ns()
     body = await parse_body(request, EmbedRequest)
-    inputs: list[str | list[int]] = [body.input] if isinstance(body.input, str) else list(body.input)
+    inputs: list[str | list[int]] = [body.input] if isinstance(body.input, str) \
+        else list(body.input)
     out = await _embed(request, body.model, inputs, body.truncate is not False, body.dimensions,
                        body.keep_alive, body.options)
     return JSONResponse({"model": body.model, "embeddings": out.vectors,

@@ -21,7 +21,7 @@ from pyengine.server.targets import record_local
 
 NO_IMAGES = "this model does not support images"
 
-Piece = Callable[[str], dict]  # streamed text -> one record
+Piece = Callable[[str], "dict | None"]  # streamed text -> one record (None: none yet)
 Final = Callable[[str, Completion, int], dict]  # text, completion, total ns -> last record
 
 
@@ -31,7 +31,9 @@ async def _records(first: Chunk, chunks: AsyncGenerator[Chunk, None], lease: Lea
         chunk = first
         while True:
             if chunk.text:  # a token that ends inside a character adds no text yet
-                yield piece(chunk.text)
+                record = piece(chunk.text)
+                if record is not None:  # None: held back (a tool call's JSON)
+                    yield record
             if chunk.done:
                 assert chunk.completion is not None
                 yield final("", chunk.completion, time.perf_counter_ns() - t0)

@@ -162,7 +162,8 @@ def _not_served(target: Target) -> APIError:
 def _chain_options(options: Mapping[str, Any]) -> dict[str, Any]:
     opts = {k: v for k, v in options.items() if k in ("max_tokens", "temperature", "top_k",
                                                       "top_p", "min_p", "seed", "stop",
-                                                      "repeat_penalty", "num_ctx", "format")}
+                                                      "repeat_penalty", "num_ctx", "format",
+                                                      "tools")}
     if opts.get("max_tokens") == -1:
         opts.pop("max_tokens")
     return opts

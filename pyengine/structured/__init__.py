@@ -2,5 +2,7 @@
 
 from pyengine.structured.formats import Format, Grammar, GrammarError, grammar_text
 from pyengine.structured.solver import Grammars
+from pyengine.structured.tools import ToolCall, ToolError
 
-__all__ = ["Format", "Grammar", "GrammarError", "Grammars", "grammar_text"]
+__all__ = ["Format", "Grammar", "GrammarError", "Grammars", "ToolCall", "ToolError",
+           "grammar_text"]

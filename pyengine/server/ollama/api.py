@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any, AsyncIterator, Callable
+from typing import Any, AsyncIterator, Callable, Sequence
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
@@ -24,6 +24,7 @@ from pyengine.errors import PyEngineError
 from pyengine.gateway.chain import Result
 from pyengine.server.errors import APIError, bad_request, log
 from pyengine.structured import GrammarError, grammar_text
+from pyengine.structured.tools import CallFilter, ToolCall, ToolError, plan_chat
 from pyengine.server.keep_alive import parse_keep_alive
 from pyengine.server.model_info import model_facts
 from pyengine.pool import Lease, ModelEntry, ModelNotFound, ModelPool
@@ -75,7 +76,7 @@ async def _fallback(request: Request, target: Target, messages: list[dict[str, A
     state = request.app.state
     if not stream:
         r = await run_fallback(state, target, messages, options, allowed)
-        return JSONResponse(record(r.text, True, **_fallback_stats(r, t0)))
+        return JSONResponse(record(r.text, True, **_calls(r), **_fallback_stats(r, t0)))
     pieces = await stream_fallback(state, target, messages, options, allowed)
 
     async def records() -> AsyncIterator[dict]:
@@ -84,13 +85,19 @@ async def _fallback(request: Request, target: Target, messages: list[dict[str, A
                 if "text" in piece:
                     yield record(piece["text"], False)
                 elif "result" in piece:
-                    yield record("", True, **_fallback_stats(piece["result"], t0))
+                    yield record("", True, **_calls(piece["result"]),
+                                 **_fallback_stats(piece["result"], t0))
                 else:  # the fallback failed mid-stream: Ollama's last-record error
                     yield {"error": piece["error"]}
         finally:
             await pieces.aclose()
 
     return NDJSONResponse(records())
+
+
+def _calls(r: Result) -> dict[str, Any]:
+    # Only chat replies carry calls (the generate records take no such argument).
+    return {"calls": r.tool_calls} if r.tool_calls else {}
 
 
 def _resolve(models: ModelPool, name: str) -> ModelEntry:
@@ -124,6 +131,16 @@ def _options(options: dict[str, Any] | None, fmt: Any = None) -> dict[str, Any]:
         except GrammarError as e:
             raise bad_request(str(e)) from None
         out["format"] = fmt
+    return out
+
+
+def _tool_fields(m: Any) -> dict[str, Any]:
+    """A message's tool fields: an assistant's calls, a tool result's tool name."""
+    out: dict[str, Any] = {}
+    if m.tool_calls:
+        out["tool_calls"] = m.tool_calls
+    if m.tool_name:
+        out["tool_name"] = m.tool_name
     return out
 
 
@@ -331,36 +348,52 @@ async def chat(request: Request) -> Response:
                                               sum(len(m.content or "") for m in req.messages),
                                               req.keep_alive)
 
-    def record(content: str, done: bool, **extra: Any) -> dict[str, Any]:
-        return {"model": req.model, "created_at": rfc3339(utc_now()),
-                "message": {"role": "assistant", "content": content}, "done": done, **extra}
+    def record(content: str, done: bool, calls: Sequence[ToolCall] = (),
+               **extra: Any) -> dict[str, Any]:
+        message: dict[str, Any] = {"role": "assistant", "content": content}
+        if calls:  # Ollama's shape: arguments as an object
+            message["tool_calls"] = [{"function": {"name": c.name, "arguments": c.arguments}}
+                                     for c in calls]
+        return {"model": req.model, "created_at": rfc3339(utc_now()), "message": message,
+                "done": done, **extra}
 
-    messages = [{"role": m.role, "content": m.content or ""} for m in req.messages]
+    messages = [{"role": m.role, "content": m.content or ""} | _tool_fields(m)
+                for m in req.messages]
     if any(m.images for m in req.messages):
         raise bad_request(NO_IMAGES)
-    options = _options(req_options, req.format)
+    # Elsewhere (the fallback chain) gets the messages, format and tools as they came; here
+    # the tools become turns and a grammar.
+    elsewhere = _options(req_options, req.format) | ({"tools": req.tools} if req.tools else {})
+    try:  # the tools and tool messages are checked whoever answers
+        turns, fmt = plan_chat(messages, req.tools, None, True, elsewhere.get("format"))
+    except ToolError as e:
+        raise bad_request(str(e)) from None
+    options = {k: v for k, v in elsewhere.items() if k not in ("format", "tools")}
+    if fmt is not None:
+        options["format"] = fmt
     reply = await _elsewhere_or_unload(request, target, bool(req.messages),
                                        req.keep_alive is not None and keep_alive == 0, messages,
-                                       options, req.stream is not False, record, t0)
+                                       elsewhere, req.stream is not False, record, t0)
     if reply is not None:
         return reply
-    if req.tools:
-        raise bad_request(f'"{req.model}" does not support tools')
     _unsupported(req.model, think=req.think, logprobs=req.logprobs)
     try:
-        text = format_gemma(messages)
+        text = format_gemma(turns)
     except ValueError as e:
         raise bad_request(str(e)) from None
 
     lease = await _lease_or_reply(request, target, keep_alive, bool(req.messages), messages,
-                                  options, req.stream is not False, record, t0)
+                                  elsewhere, req.stream is not False, record, t0)
     if isinstance(lease, Response):
         return lease
     ids = lease.tokenize(text, True, bad_request)
+    calling = CallFilter(bool(req.tools))
 
     def final(content: str, c: Completion, total: int) -> dict[str, Any]:
-        return record(content, True, done_reason=c.done_reason,
+        calls = calling.calls(c.text)
+        return record("" if calls else content, True, calls, done_reason=c.done_reason,
                       **_stats(c, total, lease.load_duration))
 
     return await run_generation(request, lease, ids, options, req.stream is not False,
-                                lambda piece: record(piece, False), final, t0)
+                                lambda piece: calling.piece(piece, lambda t: record(t, False)),
+                                final, t0)

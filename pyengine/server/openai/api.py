@@ -25,6 +25,8 @@ not run (or cannot) go to the fallback chain, as on Ollama's API.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import secrets
 import time
 from collections.abc import AsyncIterator
@@ -36,6 +38,7 @@ from fastapi.responses import JSONResponse, Response
 
 from pyengine.chat import format_gemma
 from pyengine.structured import GrammarError, grammar_text
+from pyengine.structured.tools import CallFilter, ToolError, plan_chat
 from pyengine.engine import Completion
 from pyengine.gateway.chain import Result
 from pyengine.server.errors import APIError
@@ -46,7 +49,8 @@ from pyengine.server.targets import (Target, lease_here, may_fall_back, run_fall
 from pyengine.server.targets import resolve as resolve_target
 from pyengine.server.openai.errors import OpenAIError, OpenAIRoute, error_body, invalid
 from pyengine.server.openai.options import max_tokens_of, sampling_options
-from pyengine.server.openai.schemas import ChatCompletionRequest, ChatMessage, CompletionRequest, parse_openai_body
+from pyengine.server.openai.schemas import (ChatCompletionRequest, ChatMessage, CompletionRequest,
+                                            parse_openai_body)
 from pyengine.server.openai.sse import DONE, SSEResponse
 from pyengine.server.streaming import NDJSONResponse
 
@@ -107,15 +111,29 @@ async def _fallback(request: Request, target: Target, messages: list[dict[str, A
 def _completion_of(r: Result) -> Completion:
     """A fallback's result as the engine's Completion (what the reply shapes read)."""
     return Completion(r.text, done_reason=r.done_reason, prompt_eval_count=r.prompt_tokens,
-                      eval_count=r.completion_tokens)
+                      eval_count=r.completion_tokens, tool_calls=list(r.tool_calls))
 
 
 # -- replies ------------------------------------------------------------------------------
 
 
-def finish_reason(done_reason: str) -> str:
-    """OpenAI's ``finish_reason`` for the engine's ``done_reason``."""
-    return "length" if done_reason == "length" else "stop"
+def finish_reason(c: Completion) -> str:
+    """OpenAI's ``finish_reason`` of a reply."""
+    if c.tool_calls:
+        return "tool_calls"
+    return "length" if c.done_reason == "length" else "stop"
+
+
+def tool_calls(c: Completion, delta: bool = False) -> list[dict[str, Any]]:
+    """A reply's calls in OpenAI's shape (arguments as a JSON string; in a stream's delta,
+    each with its index)."""
+    out = []
+    for i, call in enumerate(c.tool_calls):
+        item = {"id": "call_" + secrets.token_hex(12), "type": "function",
+                "function": {"name": call.name,
+                             "arguments": json.dumps(call.arguments, ensure_ascii=False)}}
+        out.append({"index": i} | item if delta else item)
+    return out
 
 
 def usage(c: Completion) -> dict[str, Any]:
@@ -165,8 +183,16 @@ class Reply:
 
     def whole(self, c: Completion) -> dict[str, Any]:
         """The reply as one object."""
-        out = self._object([self._choice(c.text, finish_reason(c.done_reason), False)], False)
-        return out | {"usage": usage(c)}
+        choice = self._choice(c.text, finish_reason(c), False)
+        if c.tool_calls:
+            choice["message"] = {"role": "assistant", "content": None,
+                                 "tool_calls": tool_calls(c)}
+        return self._object([choice], False) | {"usage": usage(c)}
+
+    def calls(self, c: Completion) -> dict[str, Any]:
+        """The chunk carrying a streamed reply's tool calls (before the finishing chunk)."""
+        return self._object([{"index": 0, "delta": {"tool_calls": tool_calls(c, delta=True)},
+                              "logprobs": None, "finish_reason": None}], True)
 
     def start(self) -> dict[str, Any]:
         """A chat stream's first chunk: the assistant's role and no text yet."""
@@ -178,7 +204,7 @@ class Reply:
 
     def finish(self, c: Completion) -> dict[str, Any]:
         """The chunk with the ``finish_reason`` (and no text)."""
-        return self._object([self._choice("", finish_reason(c.done_reason), True)], True)
+        return self._object([self._choice("", finish_reason(c), True)], True)
 
     def totals(self, c: Completion) -> dict[str, Any]:
         """The ``include_usage`` chunk: no choices, the token counts."""
@@ -198,6 +224,8 @@ async def _events(reply: Reply, records: AsyncIterator[dict[str, Any]]
                 yield error_body(500, record["error"])
                 return
             if "completion" in record:
+                if record["completion"].tool_calls:
+                    yield reply.calls(record["completion"])
                 yield reply.finish(record["completion"])
                 if reply.include_usage:
                     yield reply.totals(record["completion"])
@@ -211,20 +239,28 @@ async def _events(reply: Reply, records: AsyncIterator[dict[str, Any]]
 
 
 async def _complete(request: Request, target: Target, messages: list[dict[str, Any]],
-                    text: str, options: dict[str, Any], reply: Reply, stream: bool) -> Response:
+                    text: str, options: dict[str, Any], reply: Reply, stream: bool,
+                    tools: bool = False, elsewhere: dict[str, Any] | None = None) -> Response:
     """Generates the reply to the prompt ``text`` (``messages`` in Gemma's format) and answers
-    as one object or a stream; what this server cannot run, the fallback chain answers."""
+    as one object or a stream; what this server cannot run, the fallback chain answers (with
+    ``elsewhere``: the options as they came, tools included, where they differ)."""
     lease = await lease_here(request.app.state, target)
     if lease is None:  # not served here, or the pool cannot run it now
-        return await _fallback(request, target, messages, options, reply, stream)
+        return await _fallback(request, target, messages, elsewhere or options, reply, stream)
     ids = lease.tokenize(text, True, invalid)
     t0 = time.perf_counter_ns()
+    calling = CallFilter(tools)
+
+    def with_calls(c: Completion) -> Completion:
+        calls = calling.calls(c.text)
+        return dataclasses.replace(c, text="" if calls else c.text, tool_calls=calls)
+
     if not stream:
         return await run_generation(request, lease, ids, options, False, lambda _text: {},
-                                    lambda _text, c, _ns: reply.whole(c), t0)
+                                    lambda _text, c, _ns: reply.whole(with_calls(c)), t0)
     response = await run_generation(request, lease, ids, options, True,
-                                    lambda piece: {"text": piece},
-                                    lambda _text, c, _ns: {"completion": c}, t0)
+                                    lambda piece: calling.piece(piece, lambda t: {"text": t}),
+                                    lambda _text, c, _ns: {"completion": with_calls(c)}, t0)
     if isinstance(response, NDJSONResponse):
         return SSEResponse(_events(reply, response.records))
     return response  # the client left before the first token
@@ -288,9 +324,9 @@ def response_format(fmt: Any) -> Any:
 
 def _refuse_unsupported(req: ChatCompletionRequest) -> None:
     # Fields that ask for something this engine cannot do: refuse rather than ignore them.
-    if req.tools or req.functions:
-        raise invalid(f'"{req.model}" does not support tools',
-                      param="tools" if req.tools else "functions")
+    if req.functions:  # the deprecated form of tools
+        raise invalid("'functions' is deprecated and not supported: use 'tools'",
+                      param="functions")
     if req.logprobs:
         raise invalid("logprobs are not supported by this server", param="logprobs")
     if req.reasoning_effort not in (None, "", "none"):
@@ -308,18 +344,37 @@ async def chat_completions(request: Request) -> Response:
     # max_completion_tokens replaces max_tokens in OpenAI's API; the newer name wins.
     param = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
     options = sampling_options(req, max_tokens_of(getattr(req, param), param))
-    fmt = response_format(req.response_format)
+    messages = [{"role": _ROLE_ALIASES.get(m.role, m.role), "content": _message_text(i, m)}
+                | ({"tool_calls": m.tool_calls} if m.tool_calls else {})
+                | ({"tool_call_id": m.tool_call_id} if m.tool_call_id else {})
+                for i, m in enumerate(req.messages)]
+    # Tool messages name the call they answer; the call names the tool.
+    names = {c.get("id"): (c.get("function") or {}).get("name", "")
+             for m in req.messages for c in (m.tool_calls or []) if isinstance(c, dict)}
+    try:
+        turns, fmt = plan_chat(messages, req.tools, req.tool_choice,
+                               True if req.parallel_tool_calls is None else req.parallel_tool_calls,
+                               response_format(req.response_format), names)
+    except ToolError as e:
+        raise invalid(str(e), param=e.param) from None
     if fmt is not None:
         options["format"] = fmt
-    messages = [{"role": _ROLE_ALIASES.get(m.role, m.role), "content": _message_text(i, m)}
-                for i, m in enumerate(req.messages)]
     try:
-        text = format_gemma(messages)
+        text = format_gemma(turns)
     except ValueError as e:
         raise invalid(str(e), param="messages") from None
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
     reply = Reply(chat=True, model=req.model, include_usage=include_usage)
-    return await _complete(request, target, messages, text, options, reply, bool(req.stream))
+    calls = bool(req.tools) and req.tool_choice != "none"
+    # The fallback chain gets the messages and tools as they came (its backends have tool
+    # formats of their own), the engine here the turns and the grammar.
+    elsewhere = {k: v for k, v in options.items() if k != "format"}
+    if calls:
+        elsewhere["tools"] = req.tools
+    elif fmt is not None:
+        elsewhere["format"] = fmt
+    return await _complete(request, target, messages if calls else turns, text, options, reply,
+                           bool(req.stream), calls, elsewhere)
 
 
 # -- completions --------------------------------------------------------------------------

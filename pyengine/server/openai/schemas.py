@@ -67,6 +67,7 @@ class ChatCompletionRequest(SamplingFields):
     max_completion_tokens: Optional[int] = None
     tools: Optional[List[Dict[str, Any]]] = None
     tool_choice: Optional[Union[str, Dict[str, Any]]] = None
+    parallel_tool_calls: Optional[bool] = None
     functions: Optional[List[Dict[str, Any]]] = None
     response_format: Optional[Dict[str, Any]] = None
     logprobs: Optional[bool] = None

@@ -17,7 +17,8 @@ from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
 from pyengine.server.ops import health, limits, metrics
-from pyengine.server.ops.security import APIKeyMiddleware, cors_options, resolve_api_key, resolve_origins
+from pyengine.server.ops.security import (APIKeyMiddleware, cors_options, resolve_api_key,
+                                          resolve_origins)
 
 
 @dataclass(frozen=True)
