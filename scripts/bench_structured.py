@@ -10,7 +10,9 @@ shared prompts):
    nested objects, an array of items, enums, bounded numbers), half free.
 
 Each token is timestamped when its chunk arrives; a stream's per-token decode time is the
-median gap between its consecutive tokens. Reported (medians over streams, then over --reps):
+median gap between its consecutive tokens while every stream of the run is still going (the
+steps they all share: a batch that has lost streams runs faster steps). Reported (medians over
+streams; the two runs alternate their order; ratios per repetition, then their median):
 the constrained streams' per-token time against the free ones' in run 2, and the free streams'
 in run 2 against run 1. The masks are computed while the forward pass runs, so both ratios
 should stay near 1.
@@ -58,8 +60,10 @@ def model_path(args: argparse.Namespace) -> Path:
 
 
 def run(engine: Any, n: int, constrained: int, gen: int) -> tuple[list[float], list[float]]:
-    """Per-token decode times (s) of the constrained and of the free streams of one run."""
-    gaps: dict[int, list[float]] = {}
+    """Per-token decode times (s) of the constrained and of the free streams of one run,
+    over the steps all of them share (until the first stream ends: after that the batch is
+    smaller and its steps faster, whichever kind is left)."""
+    stamps: dict[int, list[float]] = {}
 
     def stream(i: int) -> None:
         fmt = SCHEMA if i < constrained else None
@@ -67,15 +71,19 @@ def run(engine: Any, n: int, constrained: int, gen: int) -> tuple[list[float], l
         chunks = engine.chat_stream([{"role": "user", "content": prompt}], max_tokens=gen,
                                     temperature=0, ignore_eos=fmt is None,
                                     **({"format": fmt} if fmt else {}))
-        stamps = [time.perf_counter() for chunk in chunks if chunk.token >= 0]
-        gaps[i] = [b - a for a, b in zip(stamps, stamps[1:])]
+        stamps[i] = [time.perf_counter() for chunk in chunks if chunk.token >= 0]
 
     threads = [threading.Thread(target=stream, args=(i,)) for i in range(n)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    per = {i: statistics.median(g) for i, g in gaps.items() if g}
+    shared_until = min(s[-1] for s in stamps.values())
+    per = {}
+    for i, s in stamps.items():
+        gaps = [b - a for a, b in zip(s, s[1:]) if b <= shared_until]
+        if gaps:
+            per[i] = statistics.median(gaps)
     return ([per[i] for i in per if i < constrained], [per[i] for i in per if i >= constrained])
 
 
@@ -98,10 +106,15 @@ def main() -> None:
     rows = []
     with Engine(path, n_threads=args.threads, n_ctx=1024, max_batch=args.streams,
                 kv_cache_mb=512) as engine:
-        run(engine, 2, 1, 16)  # warm-up: the grammar tokenizer, first steps
+        run(engine, 2, 1, 96)  # warm-up: the grammar tokenizer, first steps
         for rep in range(args.reps):
-            _, free_alone = run(engine, args.streams, 0, args.gen)
-            constrained, free_beside = run(engine, args.streams, half, args.gen)
+            # The two runs alternate their order, so a drift of the machine cancels out.
+            if rep % 2 == 0:
+                _, free_alone = run(engine, args.streams, 0, args.gen)
+                constrained, free_beside = run(engine, args.streams, half, args.gen)
+            else:
+                constrained, free_beside = run(engine, args.streams, half, args.gen)
+                _, free_alone = run(engine, args.streams, 0, args.gen)
             row = {"free_alone_ms": 1e3 * statistics.median(free_alone),
                    "free_beside_ms": 1e3 * statistics.median(free_beside),
                    "constrained_ms": 1e3 * statistics.median(constrained)}
@@ -111,10 +124,13 @@ def main() -> None:
                   f"{row['free_beside_ms']:.2f}, constrained {row['constrained_ms']:.2f}",
                   flush=True)
     med = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
+    # Ratios within each repetition (the same minute of the machine), then their median.
     result = {"model": str(path), "streams": args.streams, "constrained": half, "gen": args.gen,
               "reps": rows, "median": med,
-              "constrained_vs_free": med["constrained_ms"] / med["free_beside_ms"],
-              "free_beside_vs_alone": med["free_beside_ms"] / med["free_alone_ms"]}
+              "constrained_vs_free": statistics.median(
+                  r["constrained_ms"] / r["free_beside_ms"] for r in rows),
+              "free_beside_vs_alone": statistics.median(
+                  r["free_beside_ms"] / r["free_alone_ms"] for r in rows)}
     print(f"\n{args.streams} streams, {half} constrained ({path.name}), medians of {args.reps}:")
     print(f"  constrained / free per-token time (same run): "
           f"{result['constrained_vs_free']:.3f}")

@@ -448,13 +448,22 @@ void Scheduler::FillMasks() {
 }
 
 bool Scheduler::ApplyMask(size_t k, float* logits, int64_t n_vocab) const {
+  // Word by word: a grammar's mask is mostly whole words of refused (or, inside a string,
+  // allowed) tokens.
   const uint32_t* m = masks_.data() + k * static_cast<size_t>(mask_words_);
+  constexpr float kRefused = -std::numeric_limits<float>::infinity();
   bool any = false;
-  for (int64_t t = 0; t < n_vocab; ++t) {
-    if ((m[t >> 5] >> (t & 31)) & 1u) {
-      any = true;
-    } else {
-      logits[t] = -std::numeric_limits<float>::infinity();
+  for (int64_t w = 0; w * 32 < n_vocab; ++w) {
+    const uint32_t bits = m[w];
+    const int64_t t0 = w * 32, t1 = std::min<int64_t>(n_vocab, t0 + 32);
+    if (bits == 0) {
+      std::fill(logits + t0, logits + t1, kRefused);
+      continue;
+    }
+    any = true;
+    if (bits == ~0u) continue;
+    for (int64_t t = t0; t < t1; ++t) {
+      if (!((bits >> (t - t0)) & 1u)) logits[t] = kRefused;
     }
   }
   return any;
