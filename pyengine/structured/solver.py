@@ -187,6 +187,9 @@ class Grammars:
         times), else its first allowed token; None when it allows none."""
         if matcher.is_accepting():
             return self._eog[0]
+        forced = matcher.compute_ff_tokens()  # what the grammar fixes here (a key, a brace)
+        if forced:
+            return int(forced[0])
         # Each closer is tried alone (about a microsecond), most closing first: a whole mask
         # over the vocabulary is computed only when none of them fits.
         for token in self._closer_list:
