@@ -171,3 +171,42 @@ def test_openai_required_tool_call_whole_and_streamed(openai_client):
                                      {"role": "tool", "tool_call_id": call.id,
                                       "content": "18 C and sunny"}])
     assert follow.choices[0].finish_reason in ("stop", "length", "tool_calls")
+
+
+def test_litellm_structured_output_through_both_apis(server, monkeypatch):
+    monkeypatch.setenv("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # no fetch from the network
+    import litellm
+    for model, base in ((f"ollama_chat/{MODEL}", server.url), (f"openai/{MODEL}",
+                                                               server.url + "/v1")):
+        r = litellm.completion(model=model, api_base=base, api_key="unused", messages=QUESTION,
+                               response_format=Capital, temperature=0, max_tokens=96)
+        Capital.model_validate_json(r.choices[0].message.content)
+
+
+def test_a_dspy_program_with_the_json_adapter(server):
+    """A typed DSPy signature through its JSON adapter. DSPy 3.4 asks for a JSON Schema only
+    from servers it knows support one: this server is declared as DSPy documents it for an
+    OpenAI-compatible endpoint (``register_provider`` with ``response_schema=True``)."""
+    import dspy
+    from dspy.lm15 import (AccessPolicy, ModelSupport, OpenAIChatCompat, ProviderDefinition,
+                           register_provider, unregister_provider)
+
+    class Solve(dspy.Signature):
+        """Answer the arithmetic question."""
+
+        question: str = dspy.InputField()
+        answer: int = dspy.OutputField()
+        confidence: float = dspy.OutputField()
+
+    base = server.url + "/v1"
+    register_provider(ProviderDefinition.chat(
+        AccessPolicy(provider="pyengine", env_keys=("PYENGINE_API_KEY",), base_url=base),
+        compat=OpenAIChatCompat()), supports=ModelSupport(response_schema=True), replace=True)
+    try:
+        lm = dspy.LM(f"pyengine/{MODEL}", api_base=base, api_key="unused", temperature=0,
+                     max_tokens=200, cache=False)
+        with dspy.context(lm=lm, adapter=dspy.JSONAdapter()):
+            prediction = dspy.Predict(Solve)(question="What is 2 + 3?")
+        assert isinstance(prediction.answer, int) and isinstance(prediction.confidence, float)
+    finally:
+        unregister_provider("pyengine")
