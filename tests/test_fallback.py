@@ -275,3 +275,30 @@ def test_rubric_optimisation_falls_back_to_the_alternative_tier(tmp_path, tiny):
                                    max_tokens=4)
     assert (r.backend, r.model, r.tier) == ("native", "gemma3:4b", "alternative")
     assert [a.outcome for a in r.attempts] == ["cannot-serve", "failed", "served"]
+
+
+def test_the_front_door_passes_formats_and_tools_down_the_chain(tmp_path, tiny, ollama_url):
+    """pyengine.complete with a JSON Schema or tools: served natively, and by the Ollama
+    backend when the native one cannot run the model; the answer follows the format, and a
+    tools request comes back as text or well-formed calls."""
+    import jsonschema
+
+    schema = {"type": "object", "required": ["label"], "additionalProperties": False,
+              "properties": {"label": {"enum": ["spam", "ham"]}}}
+    tool = {"type": "function", "function": {"name": "lookup", "parameters": {
+        "type": "object", "required": ["q"], "properties": {"q": {"type": "string"}}}}}
+    for models in ({"gemma3n:e2b": tiny}, {}):  # native, then the Ollama backend
+        fc = FallbackChain(Config(ollama_host=ollama_url),
+                           native=NativeBackend(Config(), registry(tmp_path, models)),
+                           ledger=CostLedger(tmp_path / "l.sqlite"))
+        gw = Gateway(chain=fc)
+        r = gw.complete(PRIMARY_TASK, "Spam or ham?", temperature=1.0, max_tokens=32, seed=4,
+                        format=schema)
+        assert r.backend == ("native" if models else "ollama")
+        jsonschema.validate(json.loads(r.text), schema)
+        r = gw.complete(PRIMARY_TASK, "Look it up", temperature=1.0, max_tokens=48, seed=5,
+                        tools=[tool])
+        assert bool(r.tool_calls) != bool(r.text)
+        for call in r.tool_calls:
+            assert call.name == "lookup" and isinstance(call.arguments["q"], str)
+        gw.close()
