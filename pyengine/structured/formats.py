@@ -33,14 +33,14 @@ _TIME = r"([01]\d|2[0-3]):[0-5]\d:[0-5]\d(\.\d{1,6})?(Z|[+-]([01]\d|2[0-3]):[0-5
 STRICT_FORMATS = {"date": f"^{_DATE}$", "time": f"^{_TIME}$", "date-time": f"^{_DATE}T{_TIME}$"}
 
 
-def _strict_formats(schema: Any) -> Any:
+def strict_formats(schema: Any) -> Any:
     """The schema with its date, time and date-time formats as the exact patterns above
     (where a property has no pattern of its own)."""
     if isinstance(schema, list):
-        return [_strict_formats(s) for s in schema]
+        return [strict_formats(s) for s in schema]
     if not isinstance(schema, dict):
         return schema
-    out = {k: _strict_formats(v) for k, v in schema.items()}
+    out = {k: strict_formats(v) for k, v in schema.items()}
     fmt = out.get("format")
     if isinstance(fmt, str) and fmt in STRICT_FORMATS and "pattern" not in out:
         del out["format"]
@@ -93,7 +93,7 @@ def _compile(fmt: Format) -> str:
             return matcher.grammar_from_json_schema(ANY_OBJECT, overrides=JSON_OPTIONS)
         if isinstance(fmt, dict):
             json.dumps(fmt)  # a schema must be JSON itself
-            return matcher.grammar_from_json_schema(_strict_formats(fmt), overrides=JSON_OPTIONS)
+            return matcher.grammar_from_json_schema(strict_formats(fmt), overrides=JSON_OPTIONS)
         if isinstance(fmt, Grammar):
             if fmt.syntax == "lark":
                 return matcher.grammar_from_lark(fmt.text)

@@ -21,7 +21,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence, TypeVar
 
-from pyengine.structured.formats import JSON_OPTIONS, Grammar, _strict_formats
+from pyengine.structured.formats import JSON_OPTIONS, Grammar, strict_formats
 
 TOOL_CHOICES = ("auto", "none", "required")
 T = TypeVar("T")
@@ -121,7 +121,7 @@ def tool_grammar(tools: Sequence[Tool], choice: str, parallel: bool = True) -> G
     ("required", a name); None when the reply is free ("none", or no tools)."""
     if not tools or choice == "none":
         return None
-    call = f"%json {json.dumps(_strict_formats(calls_schema(tools, choice, parallel)))}"
+    call = f"%json {json.dumps(strict_formats(calls_schema(tools, choice, parallel)))}"
     if choice == "auto":
         return Grammar(f"start: call | text\ntext: /[^{{\\s][\\s\\S]*/\ncall: {call}\n")
     return Grammar(f"start: call\ncall: {call}\n")
