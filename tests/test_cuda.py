@@ -137,6 +137,33 @@ def test_greedy_generation_is_identical(make_model, preset, dtype):
 
 
 @needs_gpu
+def test_constrained_rows_on_the_device(make_model):
+    """A format's mask applies to the device's rows too (they bring back logits, not the
+    device's argmax): greedy answers validate and are the CPU's, token for token, beside a
+    free row that keeps its greedy tokens."""
+    import json
+
+    import jsonschema
+
+    schema = {"type": "object", "required": ["n", "tag"], "additionalProperties": False,
+              "properties": {"n": {"type": "integer", "minimum": 0, "maximum": 99},
+                             "tag": {"enum": ["a", "b", "c"]}}}
+    path = make_model("tiny", "q8_0")
+    with Engine(path, n_ctx=512, backend="cuda") as gpu, \
+            Engine(path, n_ctx=512, backend="native") as cpu:
+        for seed in range(2):
+            a = gpu.generate(f"JSON {seed}:", max_tokens=48, temperature=0, format=schema)
+            b = cpu.generate(f"JSON {seed}:", max_tokens=48, temperature=0, format=schema)
+            jsonschema.validate(json.loads(a.text), schema)
+            assert a.tokens == b.tokens
+        free = gpu.stream("free", max_tokens=16, temperature=0, ignore_eos=True)
+        constrained = gpu.generate("JSON:", max_tokens=48, temperature=0, format=schema)
+        jsonschema.validate(json.loads(constrained.text), schema)
+        assert [c.token for c in free if c.token >= 0] == \
+            cpu.generate("free", max_tokens=16, temperature=0, ignore_eos=True).tokens
+
+
+@needs_gpu
 def test_batched_requests_and_prefix_reuse_on_the_device(make_model):
     from support import assert_all_pages_back, prompts, run_concurrently
 
