@@ -16,10 +16,14 @@ from pyengine import Engine, PyEngineError, _core
 needs_gpu = pytest.mark.skipif(not _core.cuda_available(),
                                reason=f"no CUDA backend here: {_core.cuda_device_info()}")
 
-# The native core's bounds per (model, weight type): logits of the CUDA backend against the CPU's.
-BOUNDS = [("tiny", "f32", 5e-3, 0.99), ("tiny", "f16", 5e-3, 0.99), ("tiny", "bf16", 1e-2, 0.99),
-          ("tiny", "q8_0", 5e-2, 0.95), ("tiny-3n", "f32", 5e-3, 0.99),
-          ("tiny-3n", "f16", 1e-2, 0.99), ("tiny-3n", "q8_0", 1e-1, 0.85)]
+# Logits of the CUDA backend against the CPU's, per (model, weight type): worst position's
+# relative error and top-1 agreement. Bounds are at most twice what the CPU emulator of CUDA
+# measures (same kernels, same operation order): f32 6.9e-4 / 1.000, f16 2.0e-3 / 1.000,
+# bf16 7.0e-3 / 0.997, q8_0 2.5e-2 / 0.985; Gemma 3n f32 4.7e-4 / 0.999, f16 1.6e-3 / 0.998,
+# q8_0 3.3e-2 / 0.978 (the Q8_0 products take int8 activations of their own rounding).
+BOUNDS = [("tiny", "f32", 1.5e-3, 0.99), ("tiny", "f16", 4e-3, 0.99), ("tiny", "bf16", 1e-2, 0.99),
+          ("tiny", "q8_0", 5e-2, 0.97), ("tiny-3n", "f32", 1e-3, 0.99),
+          ("tiny-3n", "f16", 3.5e-3, 0.99), ("tiny-3n", "q8_0", 6.5e-2, 0.95)]
 
 
 
