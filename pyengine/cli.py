@@ -40,6 +40,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     opts: dict[str, Any] = dict(max_tokens=args.max_tokens, temperature=args.temperature,
                                 top_k=args.top_k, top_p=args.top_p, seed=args.seed,
                                 stop=args.stop or ())
+    if args.format:
+        opts["format"] = _format_arg(args.format)
     if args.raw:
         chunks = eng.stream(args.prompt, **opts)
     else:
@@ -57,6 +59,26 @@ def cmd_run(args: argparse.Namespace) -> int:
                       f"eval: {c.eval_count} tokens, {ev:.1f} tokens/s\n"
                       f"done_reason: {c.done_reason}", file=sys.stderr)
     return 0
+
+
+def _format_arg(text: str) -> Any:
+    """--format's value: "json", a JSON Schema as text, or @FILE holding one."""
+    if text == "json":
+        return "json"
+    source = text
+    if text.startswith("@"):
+        try:
+            with open(text[1:], encoding="utf-8") as f:
+                source = f.read()
+        except OSError as e:
+            raise ValueError(f"--format: cannot read {text[1:]}: {e.strerror}") from None
+    try:
+        schema = json.loads(source)
+    except ValueError:
+        raise ValueError('--format must be "json", a JSON Schema or @FILE') from None
+    if not isinstance(schema, dict):
+        raise ValueError("--format: a JSON Schema is an object")
+    return schema
 
 
 def _per_layer_rows(arch: str, shapes: dict[str, list[int]]) -> int:
@@ -437,6 +459,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--top-p", type=float, default=0.9, help="nucleus sampling threshold")
     run.add_argument("--seed", type=int, default=None, help="sampling seed (default: random)")
     run.add_argument("--stop", action="append", help="stop at this text (repeatable)")
+    run.add_argument("--format", help='the reply\'s format: "json" (any object), a JSON Schema '
+                     "as JSON text, or @FILE holding one (as Ollama's --format json)")
     run.add_argument("--ctx", type=int, default=4096, help="context length in tokens")
     run.add_argument("--threads", type=int, default=None, help=_THREADS_HELP)
     _backend_arguments(run)

@@ -32,6 +32,27 @@ def test_run_streams_the_chat_reply(tiny_f32):
     assert "tokens/s" in proc.stderr
 
 
+def test_run_with_a_format(tiny_f32, tmp_path):
+    """--format json, a schema inline and @FILE: the reply parses (and validates); a bad schema
+    is an error message and exit status 1, not a traceback."""
+    import json
+
+    import jsonschema
+
+    schema = {"type": "object", "required": ["n"], "additionalProperties": False,
+              "properties": {"n": {"type": "integer", "minimum": 1, "maximum": 9}}}
+    (tmp_path / "schema.json").write_text(json.dumps(schema))
+    for fmt in ("json", json.dumps(schema), f"@{tmp_path / 'schema.json'}"):
+        proc = run_cli("run", str(tiny_f32), "A number?", "--max-tokens", "40",
+                       "--temperature", "1", "--seed", "3", "--format", fmt)
+        assert proc.returncode == 0, proc.stderr
+        value = json.loads(proc.stdout)
+        if fmt != "json":
+            jsonschema.validate(value, schema)
+    proc = run_cli("run", str(tiny_f32), "x", "--format", '{"type": "nonsense"}')
+    assert proc.returncode == 1 and "nonsense" in proc.stderr and "Traceback" not in proc.stderr
+
+
 def test_show_prints_model_facts(tiny_f32):
     proc = run_cli("show", str(tiny_f32))
     assert proc.returncode == 0, proc.stderr
