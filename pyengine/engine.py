@@ -19,7 +19,7 @@ from pyengine.chat import format_gemma
 from pyengine.gateway.config import BACKENDS, Config
 from pyengine.errors import PyEngineError
 from pyengine.structured import Grammars
-from pyengine.structured.tools import ToolCall, parse_reply, plan_chat
+from pyengine.structured.tools import CallFilter, ToolCall, parse_reply, plan_chat
 from pyengine.options import GenerateOptions
 
 Prompt = Union[str, Sequence[int]]
@@ -382,7 +382,7 @@ class Engine:
         rendered, fmt = plan_chat(messages, tools, tool_choice, parallel_tool_calls,
                                   options.pop("format", None))
         c = await self.agenerate(self.chat_prompt(rendered), format=fmt, **options)
-        return _with_calls(c) if tools else c
+        return with_tool_calls(c) if tools else c
 
     def generate(self, prompt_or_ids: Prompt, max_tokens: int = 128, temperature: float = 0.8,
                  top_k: int = 40, top_p: float = 0.9, min_p: float = 0.0,
@@ -418,7 +418,7 @@ class Engine:
         rendered, fmt = plan_chat(messages, tools, tool_choice, parallel_tool_calls,
                                   options.pop("format", None))
         c = self.generate(self.chat_prompt(rendered), format=fmt, **options)
-        return _with_calls(c) if tools else c
+        return with_tool_calls(c) if tools else c
 
     def chat_stream(self, messages: Sequence[Mapping[str, Any]], tools: Any = None,
                     tool_choice: Any = None, parallel_tool_calls: bool = True,
@@ -431,31 +431,30 @@ class Engine:
         return _CallStream(chunks) if tools else chunks
 
 
-def _with_calls(c: Completion) -> Completion:
-    """A reply made under a tool grammar, its calls parsed out of its text."""
+def with_tool_calls(c: Completion) -> Completion:
+    """A reply made under a tool grammar, its calls parsed out of its text (then "")."""
     text, calls = parse_reply(c.text)
     return dataclasses.replace(c, text=text, tool_calls=calls)
 
 
 class _CallStream:
-    """A chat stream under a tool grammar: text passes as it comes, unless the reply opens with
-    "{" (a call: plain text cannot), whose JSON stays out of the chunks; the final chunk's
-    completion carries the parsed calls. Closing it cancels the request."""
+    """A chat stream under a tool grammar (``CallFilter``): text passes as it comes, a call's
+    JSON stays out of the chunks; the final chunk's completion carries the parsed calls.
+    Closing it cancels the request."""
 
     def __init__(self, chunks: Any) -> None:
         self._chunks = chunks
-        self._calling: bool | None = None
+        self._filter = CallFilter(True)
 
     def __iter__(self) -> "_CallStream":
         return self
 
     def __next__(self) -> Chunk:
         chunk = next(self._chunks)
-        if self._calling is None and chunk.text:
-            self._calling = chunk.text.startswith("{")
         if chunk.done and chunk.completion is not None:
-            chunk = dataclasses.replace(chunk, completion=_with_calls(chunk.completion))
-        return dataclasses.replace(chunk, text="") if self._calling else chunk
+            chunk = dataclasses.replace(chunk, completion=with_tool_calls(chunk.completion))
+        passed = self._filter.piece(chunk.text, lambda _text: chunk)
+        return passed if passed is not None else dataclasses.replace(chunk, text="")
 
     def close(self) -> None:
         self._chunks.close()

@@ -25,7 +25,6 @@ not run (or cannot) go to the fallback chain, as on Ollama's API.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import secrets
 import time
@@ -39,7 +38,7 @@ from fastapi.responses import JSONResponse, Response
 from pyengine.chat import format_gemma
 from pyengine.structured import GrammarError, grammar_text
 from pyengine.structured.tools import CallFilter, ToolError, plan_chat
-from pyengine.engine import Completion
+from pyengine.engine import Completion, with_tool_calls
 from pyengine.gateway.chain import Result
 from pyengine.server.errors import APIError
 from pyengine.pool import ModelEntry, ModelPool
@@ -252,8 +251,7 @@ async def _complete(request: Request, target: Target, messages: list[dict[str, A
     calling = CallFilter(tools)
 
     def with_calls(c: Completion) -> Completion:
-        calls = calling.calls(c.text)
-        return dataclasses.replace(c, text="" if calls else c.text, tool_calls=calls)
+        return with_tool_calls(c) if tools else c
 
     if not stream:
         return await run_generation(request, lease, ids, options, False, lambda _text: {},
