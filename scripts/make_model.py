@@ -28,7 +28,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import gemma3n_tensors as g3n  # sibling module in scripts/, importable wherever make_model is
+import gemma3n_tensors as g3n  # sibling modules in scripts/, importable wherever make_model is
+import gemma4_tensors as g4
 import gguf
 import numpy as np
 from gguf.quants import quantize
@@ -44,7 +45,7 @@ DTYPES = {  # dtype name -> (tensor type of the matrices, general.file_type)
     "q8_0": (Q.Q8_0, gguf.LlamaFileType.MOSTLY_Q8_0),
 }
 CHUNK_ELEMS = 1 << 22  # values generated and encoded at once: memory stays flat for big presets
-ARCHS = ("gemma3", "gemma3n")
+ARCHS = ("gemma3", "gemma3n", "gemma4")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,6 +85,19 @@ class ModelConfig:
     # the vocabulary, whose per_layer_token_embd rows are zero as llama.cpp's converter pads
     # them (the real models: 262144 of 262400). 0: every id is a text token.
     n_vocab_per_layer: int = 0
+    # Gemma 4 (see gemma4_tensors): head_dim and n_head_kv are the sliding layers', these the
+    # full layers'; the last shared_kv_layers layers reuse KV (double-wide when double_wide).
+    head_dim_full: int = 0
+    n_head_kv_full: int = 0
+    shared_kv_layers: int = 0
+    double_wide: bool = False
+    n_embd_per_layer: int = 0  # per-layer inputs' width; 0: none
+    full_k_eq_v: bool = False  # full layers have no V projection (V is K's)
+    layer_output_scale: bool = True
+    n_expert: int = 0  # routed experts beside every dense FFN; 0: a dense model
+    n_expert_used: int = 0
+    n_ff_exp: int = 0
+    fused_gate_up: bool = True  # experts' gate and up in one tensor (llama.cpp's converter)
 
 
 TINY = ModelConfig(n_vocab=3072, n_embd=128, n_ff=384, n_layer=8, n_head=4, n_head_kv=2,
@@ -114,6 +128,36 @@ PRESETS: dict[str, ModelConfig] = {
                        n_head_kv=2, head_dim=256, sliding_window=512, context_length=32768,
                        arch="gemma3n", swa_period=5, name="synthetic-gemma3n-e4b"),
 }
+# Gemma 4. The tiny dense model has 10 layers of which the last 5 reuse KV (sliding ones layer
+# 3's, the global one layer 4's) and are double-wide; its full layers have bigger heads, one KV
+# head and no V projection; it has per-layer inputs. The tiny MoE model routes 2 of 8 experts.
+_G4 = dict(arch="gemma4", swa_period=5, final_logit_softcap=30.0)
+PRESETS["tiny-4"] = ModelConfig(
+    n_vocab=3072, n_embd=128, n_ff=256, n_layer=10, n_head=4, n_head_kv=2, head_dim=32,
+    head_dim_full=64, n_head_kv_full=1, sliding_window=32, context_length=1024,
+    shared_kv_layers=5, double_wide=True, n_embd_per_layer=64, full_k_eq_v=True,
+    name="synthetic-gemma4-tiny", **_G4)
+PRESETS["tiny-4-moe"] = ModelConfig(
+    n_vocab=3072, n_embd=128, n_ff=128, n_layer=6, n_head=4, n_head_kv=2, head_dim=32,
+    head_dim_full=64, n_head_kv_full=1, sliding_window=32, context_length=1024,
+    full_k_eq_v=True, n_expert=8, n_expert_used=2, n_ff_exp=64, tied_embeddings=True,
+    name="synthetic-gemma4-tiny-moe", **dict(_G4, swa_period=6))
+# The real text shapes of Gemma 4 E2B, E4B and 26B-A4B (benchmarks only).
+PRESETS["gemma4-e2b"] = ModelConfig(
+    n_vocab=262144, n_embd=1536, n_ff=6144, n_layer=35, n_head=8, n_head_kv=1, head_dim=256,
+    head_dim_full=512, n_head_kv_full=1, sliding_window=512, context_length=131072,
+    shared_kv_layers=20, double_wide=True, n_embd_per_layer=256, name="synthetic-gemma4-e2b",
+    **_G4)
+PRESETS["gemma4-e4b"] = ModelConfig(
+    n_vocab=262144, n_embd=2560, n_ff=10240, n_layer=42, n_head=8, n_head_kv=2, head_dim=256,
+    head_dim_full=512, n_head_kv_full=2, sliding_window=512, context_length=131072,
+    shared_kv_layers=18, n_embd_per_layer=256, name="synthetic-gemma4-e4b", **_G4)
+PRESETS["gemma4-26b"] = ModelConfig(
+    n_vocab=262144, n_embd=2816, n_ff=2112, n_layer=30, n_head=16, n_head_kv=8, head_dim=256,
+    head_dim_full=512, n_head_kv_full=2, sliding_window=1024, context_length=262144,
+    full_k_eq_v=True, n_expert=128, n_expert_used=8, n_ff_exp=704,
+    name="synthetic-gemma4-26b-a4b", **dict(_G4, swa_period=6))
+
 # Models for K-quant tests: every matrix row (GGUF ne0) is a multiple of 256, the K-quants' block,
 # so llama.cpp's quantizer really writes Q2_K..Q6_K and IQ4_XS; on tiny's rows of 128 it falls back
 # to Q5_0 / Q8_0 / IQ4_NL. (In Gemma 3n the small AltUp, LAuReL and per_layer_model_proj matrices
@@ -122,6 +166,10 @@ PRESETS["tiny-k"] = dataclasses.replace(TINY, n_embd=256, n_ff=512,
                                         name="synthetic-gemma3-tiny-k")
 PRESETS["tiny-3n-k"] = dataclasses.replace(PRESETS["tiny-3n"], n_embd=256, n_ff=512,
                                            name="synthetic-gemma3n-tiny-k")
+PRESETS["tiny-4-k"] = dataclasses.replace(PRESETS["tiny-4"], n_embd=256, n_ff=512,
+                                          name="synthetic-gemma4-tiny-k")
+PRESETS["tiny-4-moe-k"] = dataclasses.replace(PRESETS["tiny-4-moe"], n_embd=256, n_ff=256,
+                                              n_ff_exp=256, name="synthetic-gemma4-tiny-moe-k")
 
 # ------------------------------------------------------------------------------------------ vocab
 
@@ -339,8 +387,10 @@ def _dims(cfg: ModelConfig) -> dict[str, int]:
 def tensor_specs(cfg: ModelConfig) -> list[tuple[str, tuple[int, ...], str]]:
     """Name, numpy shape ((out, in) for matrices; the AltUp projections are (n_altup - 1, out,
     in)) and kind of every tensor in file order, from the architecture's table in the native
-    core. Layers that reuse an earlier layer's KV still carry attn_k / attn_v (llama.cpp needs
-    them)."""
+    core. Gemma 3n's layers that reuse an earlier layer's KV still carry attn_k / attn_v
+    (llama.cpp needs them); Gemma 4's do not (see gemma4_tensors.has_tensor)."""
+    if cfg.arch == "gemma4":
+        return _gemma4_specs(cfg)
     dims = _dims(cfg)
     globals_, block = [], []
     for spec in _core.architecture_tensors(cfg.arch):
@@ -351,6 +401,21 @@ def tensor_specs(cfg: ModelConfig) -> list[tuple[str, tuple[int, ...], str]]:
     specs = list(globals_)
     for i in range(cfg.n_layer):
         specs += [(f"blk.{i}.{name}", shape, kind) for name, shape, kind in block]
+    return specs
+
+
+def _gemma4_specs(cfg: ModelConfig) -> list[tuple[str, tuple[int, ...], str]]:
+    """tensor_specs for Gemma 4, whose layers differ in which tensors they have and their shapes."""
+    table = _core.architecture_tensors(cfg.arch)
+    specs = []
+    for layer in [-1] + list(range(cfg.n_layer)):
+        dims = g4.dims(cfg, layer)
+        for spec in table:
+            if spec["per_layer"] != (layer >= 0) or not g4.has_tensor(cfg, spec, layer):
+                continue
+            shape = tuple(dims[d] for d in reversed(spec["ne"]))
+            name = f"blk.{layer}.{spec['name']}" if layer >= 0 else spec["name"]
+            specs.append((name, shape, spec["kind"]))
     return specs
 
 
@@ -366,18 +431,22 @@ def _scale(name: str, shape: tuple[int, ...], cfg: ModelConfig) -> float:
     base = name.removesuffix(".weight").rsplit(".", 1)[-1]
     if base == "output_norm":
         return cfg.logit_scale  # the logits' std before the embedding's row spread
-    if cfg.arch != "gemma3n":
+    if cfg.arch == "gemma3":
         return 1.0 if len(shape) == 1 else 1.0 / math.sqrt(shape[-1])
     if len(shape) == 1:
         if base in ("attn_q_norm", "attn_k_norm"):
-            # Gemma 3n does not scale q.k by 1/sqrt(head_dim); small q/k norm gains do it, so the
-            # attention scores have std ~1 as in Gemma 3 instead of sqrt(head_dim).
-            return cfg.head_dim ** -0.25
+            # Gemma 3n and 4 do not scale q.k by 1/sqrt(head_dim); small q/k norm gains do it, so
+            # the attention scores have std ~1 as in Gemma 3 instead of sqrt(head_dim).
+            return max(cfg.head_dim, cfg.head_dim_full) ** -0.25
+        if cfg.arch == "gemma4":
+            return 1.0
         return g3n.FFN_POST_GAIN if base == "post_ffw_norm" else 1.0
     if base == "per_layer_token_embd":
-        # Looked up rows are scaled by sqrt(n_embd_altup): RMS ~1, like the projected half they
-        # are averaged with.
-        return 1.0 / math.sqrt(cfg.n_embd_altup)
+        # Looked up rows are scaled by sqrt(width): RMS ~1, like the projected half they are
+        # averaged with.
+        return 1.0 / math.sqrt(cfg.n_embd_per_layer if cfg.arch == "gemma4" else cfg.n_embd_altup)
+    if cfg.arch == "gemma4":
+        return g4.matrix_scale(base, shape)
     if base == "altup_router":
         # Its input is RMS-normed, then divided by n_embd; this std undoes that so the router's
         # tanh sees values of std ROUTER_PRE_TANH_STD (modalities neither ~0 nor saturated).
@@ -398,6 +467,10 @@ def _tensor_chunks(name: str, shape: tuple[int, ...], cfg: ModelConfig,
     """
     key = zlib.crc32(name.encode())
     rng = np.random.default_rng([seed, key])
+    fixed = g4.fixed_values(cfg, name) if cfg.arch == "gemma4" else None
+    if fixed is not None:
+        yield np.array(fixed, dtype=np.float32)
+        return
     if len(shape) == 1:
         gain = _scale(name, shape, cfg)
         yield gain * (1.0 + cfg.norm_noise * rng.standard_normal(shape, dtype=np.float32))
@@ -429,12 +502,20 @@ def _add_metadata(w: gguf.GGUFWriter, cfg: ModelConfig, dtype: str) -> None:
     w.add_context_length(cfg.context_length)
     w.add_embedding_length(cfg.n_embd)
     w.add_block_count(cfg.n_layer)
-    # Gemma 3n's config lists one FFN width per layer, and the converter writes that list.
-    w.add_feed_forward_length([cfg.n_ff] * cfg.n_layer if cfg.arch == "gemma3n" else cfg.n_ff)
+    # Gemma 3n's config lists one FFN width per layer, and the converter writes that list;
+    # Gemma 4's differ per layer (double-wide), as its KV-head counts do.
+    if cfg.arch == "gemma4":
+        w.add_feed_forward_length([g4.n_ff(cfg, i) for i in range(cfg.n_layer)])
+    else:
+        w.add_feed_forward_length([cfg.n_ff] * cfg.n_layer if cfg.arch == "gemma3n" else cfg.n_ff)
     w.add_head_count(cfg.n_head)
-    w.add_head_count_kv(cfg.n_head_kv)
-    w.add_key_length(cfg.head_dim)
-    w.add_value_length(cfg.head_dim)
+    if cfg.arch == "gemma4":
+        w.add_head_count_kv([g4.n_head_kv(cfg, i) for i in range(cfg.n_layer)])
+    else:
+        w.add_head_count_kv(cfg.n_head_kv)
+    head_dim = cfg.head_dim_full if cfg.arch == "gemma4" else cfg.head_dim
+    w.add_key_length(head_dim)
+    w.add_value_length(head_dim)
     w.add_layer_norm_rms_eps(cfg.rms_eps)
     w.add_sliding_window(cfg.sliding_window)
     w.add_rope_freq_base(cfg.rope_freq_base)
@@ -444,6 +525,8 @@ def _add_metadata(w: gguf.GGUFWriter, cfg: ModelConfig, dtype: str) -> None:
         w.add_rope_scaling_factor(cfg.rope_scaling_factor)
     if cfg.arch == "gemma3n":
         g3n.add_metadata(w, cfg)
+    if cfg.arch == "gemma4":
+        g4.add_metadata(w, cfg)
 
     tokens, scores, types = build_vocab(cfg.n_vocab, cfg.n_vocab_per_layer)
     w.add_tokenizer_model("llama")
@@ -477,7 +560,9 @@ def write_model(path: str | Path, preset: str = "tiny", dtype: str = "f32", seed
     # Norms, scales and the small AltUp matrices stay F32 for every file type, as the converter
     # keeps them (rows of 4 values could not be Q8_0 anyway).
     qtype = DTYPES[dtype][0]
-    specs = [(name, shape, Q.F32 if kind in ("norm", "scale", "small") else qtype)
+    # So does the MoE router (llama.cpp's converter and quantizer keep ffn_gate_inp F32).
+    specs = [(name, shape, Q.F32 if kind in ("norm", "scale", "small") or g4.keeps_f32(name)
+              else qtype)
              for name, shape, kind in tensor_specs(cfg)]
     path = Path(path)
     w = gguf.GGUFWriter(path, cfg.arch)

@@ -135,6 +135,24 @@ py::dict ConfigDict(const ModelConfig& c) {
   d["layer_is_swa"] = swa;
   // Layer l reads the keys/values of layer kv_layer[l]: itself, or an earlier layer (Gemma 3n).
   d["kv_layer"] = c.kv_layer;
+  // Per-layer shapes (Gemma 4's full and sliding layers differ).
+  std::vector<int64_t> hd, kv, ff, rot;
+  for (int64_t l = 0; l < c.n_layer; ++l) {
+    hd.push_back(c.head_dim_at(l));
+    kv.push_back(c.n_head_kv_at(l));
+    ff.push_back(c.n_ff_at(l));
+    rot.push_back(c.n_rot_at(l));
+  }
+  d["layer_head_dim"] = hd;
+  d["layer_n_head_kv"] = kv;
+  d["layer_n_ff"] = ff;
+  d["layer_n_rot"] = rot;
+  d["n_embd_per_layer"] = c.n_embd_per_layer;
+  d["n_expert"] = c.n_expert;
+  d["n_expert_used"] = c.n_expert_used;
+  d["n_ff_exp"] = c.n_ff_exp;
+  std::vector<bool> moe(c.layer_is_moe.begin(), c.layer_is_moe.end());
+  d["layer_is_moe"] = moe;
   return d;
 }
 
@@ -325,6 +343,7 @@ PYBIND11_MODULE(_core, m) {
             d["ne"] = ne;
             d["optional"] = s.optional;
             d["plus_one"] = s.plus_one;
+            d["only"] = OnlyName(s.only);
             out.append(d);
           }
           return out;
@@ -333,7 +352,8 @@ PYBIND11_MODULE(_core, m) {
         "The weight tensors of an architecture, in file order: name (after 'blk.<layer>.' when "
         "per_layer), hf (mlx-lm's name; '{l}' the layer, '{k}' one per outer slice), kind "
         "(matrix, table, norm, scale, small), ne (GGUF order, as dimension names: n_embd, "
-        "n_vocab, ...), optional, plus_one (stored as 1 + the Hugging Face weight).");
+        "n_vocab, ...), optional, plus_one (stored as 1 + the Hugging Face weight), only (which "
+        "layers have it: all, kv_owners, moe, per_layer_inputs, full_layers).");
   m.def("architectures", [] { return SupportedArchs(); },
         "general.architecture values the native core runs.");
   m.def("isa", [] { return std::string(IsaName(ActiveIsa())); },

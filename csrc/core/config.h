@@ -2,6 +2,7 @@
 // LoadConfig in model/architecture.h, with each architecture's own rules).
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -19,10 +20,10 @@ struct ModelConfig {
   int64_t n_ctx_train = 0;
   int64_t n_embd = 0;
   int64_t n_layer = 0;
-  int64_t n_ff = 0;
+  int64_t n_ff = 0;        // the widest layer's (see layer_n_ff)
   int64_t n_head = 0;
-  int64_t n_head_kv = 0;
-  int64_t head_dim = 0;    // key_length == value_length
+  int64_t n_head_kv = 0;   // the most any layer has (see layer_n_head_kv)
+  int64_t head_dim = 0;    // key_length == value_length; the largest of any layer
   int64_t sliding_window = 0;
   float rms_eps = 1e-6f;
   float rope_base = 10000.f;      // global layers
@@ -34,9 +35,30 @@ struct ModelConfig {
   // [n_layer] the layer whose keys and values each layer attends over: itself, or (Gemma 3n's
   // KV sharing) an earlier layer of the same kind, in which case it stores none of its own.
   std::vector<int32_t> kv_layer;
+  // Per-layer shapes (Gemma 4: full and sliding layers differ in head size, KV heads and
+  // rotated dimensions; KV-shared layers may be double-wide). Empty: every layer has the
+  // scalar above (n_rot: head_dim).
+  std::vector<int32_t> layer_head_dim, layer_n_head_kv, layer_n_ff, layer_n_rot;  // [n_layer]
+  // Per-layer inputs: width of each layer's slice (Gemma 3n 256; Gemma 4 from the file, 0: none).
+  int64_t n_embd_per_layer = 0;
+  // Mixture of experts (Gemma 4 26B-A4B): experts per MoE layer, used per token, their width.
+  int64_t n_expert = 0, n_expert_used = 0, n_ff_exp = 0;
+  std::vector<uint8_t> layer_is_moe;  // [n_layer] 1 where the FFN adds experts; empty: none
 
+  int64_t head_dim_at(int64_t l) const { return layer_head_dim.empty() ? head_dim : layer_head_dim[l]; }
+  int64_t n_head_kv_at(int64_t l) const { return layer_n_head_kv.empty() ? n_head_kv : layer_n_head_kv[l]; }
+  int64_t n_ff_at(int64_t l) const { return layer_n_ff.empty() ? n_ff : layer_n_ff[l]; }
+  int64_t n_rot_at(int64_t l) const { return layer_n_rot.empty() ? head_dim_at(l) : layer_n_rot[l]; }
+  int64_t q_dim_at(int64_t l) const { return n_head * head_dim_at(l); }
+  int64_t kv_dim_at(int64_t l) const { return n_head_kv_at(l) * head_dim_at(l); }
+  // The widest layer's (head_dim is the largest): buffers and KV pages are sized by these.
   int64_t q_dim() const { return n_head * head_dim; }
-  int64_t kv_dim() const { return n_head_kv * head_dim; }
+  int64_t kv_dim() const {
+    if (layer_head_dim.empty() && layer_n_head_kv.empty()) return n_head_kv * head_dim;
+    int64_t m = 0;
+    for (int64_t l = 0; l < n_layer; ++l) m = std::max(m, kv_dim_at(l));
+    return m;
+  }
 };
 
 }  // namespace pyengine

@@ -1,11 +1,13 @@
 #include "model/architecture.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "core/errors.h"
 #include "core/gguf.h"
 #include "model/gemma3.h"
 #include "model/gemma3n.h"
+#include "model/gemma4.h"
 #include "model/tensor_table.h"
 
 namespace pyengine {
@@ -14,6 +16,7 @@ const std::vector<Architecture>& Architectures() {
   static const std::vector<Architecture> archs = {
       {"gemma3", ConfigureGemma3, LoadGemma3},
       {"gemma3n", ConfigureGemma3n, LoadGemma3n},
+      {"gemma4", ConfigureGemma4, LoadGemma4},
   };
   return archs;
 }
@@ -33,25 +36,35 @@ std::vector<std::string> SupportedArchs() {
 
 namespace {
 
-// An integer key that may also be a per-layer array (Gemma 3n writes feed_forward_length so);
-// every entry must be equal, since this engine has one width per model.
-int64_t IntOrUniformArray(const GgufFile& f, const std::string& key) {
+// An integer key that may also be a per-layer array (Gemma 3n writes feed_forward_length so,
+// Gemma 4 head_count_kv and feed_forward_length with values that differ): [n_layer] values, the
+// scalar repeated where it is one. `fallback` where the key is absent (-1: required).
+std::vector<int32_t> PerLayerInts(const GgufFile& f, const std::string& key, int64_t n_layer,
+                                  int64_t fallback) {
   const GgufValue* v = f.Find(key);
-  if (v && v->type == GgufType::kArray) {
-    if (v->count == 0 || v->elem_type == GgufType::kArray || v->elem_type == GgufType::kString) {
-      f.Fail("key '" + key + "' must be an integer or an array of integers");
-    }
-    const int64_t first = v->IntegerAt(0);
-    for (uint64_t i = 1; i < v->count; ++i) {
-      if (v->IntegerAt(i) != first) {
-        throw ModelError(f.path() + ": per-layer '" + key + "' values differ; this engine runs "
-                         "one width for all layers");
-      }
-    }
-    return first;
+  if (!v) {
+    if (fallback < 0) f.GetInt(key);  // fails naming the missing key
+    return std::vector<int32_t>(static_cast<size_t>(n_layer), static_cast<int32_t>(fallback));
   }
-  return f.GetInt(key);
+  std::vector<int32_t> out;
+  if (v->type == GgufType::kArray) {
+    if (v->elem_type == GgufType::kArray || v->elem_type == GgufType::kString ||
+        v->count != static_cast<uint64_t>(n_layer)) {
+      f.Fail("key '" + key + "' must be an integer or an array of block_count integers");
+    }
+    for (uint64_t i = 0; i < v->count; ++i) {
+      const int64_t x = v->IntegerAt(i);
+      if (x < 0 || x > (int64_t{1} << 20)) f.Fail("key '" + key + "' has an entry out of range");
+      out.push_back(static_cast<int32_t>(x));
+    }
+    return out;
+  }
+  const int64_t x = f.GetInt(key);
+  if (x < 0 || x > (int64_t{1} << 20)) f.Fail("key '" + key + "' is out of range");
+  return std::vector<int32_t>(static_cast<size_t>(n_layer), static_cast<int32_t>(x));
 }
+
+int32_t MaxOf(const std::vector<int32_t>& v) { return *std::max_element(v.begin(), v.end()); }
 
 }  // namespace
 
@@ -97,14 +110,18 @@ ModelConfig LoadConfig(const GgufFile& f) {
   c.n_ctx_train = positive(p + "context_length", f.GetInt(p + "context_length"), int64_t{1} << 24);
   c.n_embd = positive(p + "embedding_length", f.GetInt(p + "embedding_length"), 1 << 16);
   c.n_layer = positive(p + "block_count", f.GetInt(p + "block_count"), 1024);
-  c.n_ff = positive(p + "feed_forward_length", IntOrUniformArray(f, p + "feed_forward_length"),
-                   1 << 20);
+  // Per-layer values are kept where they differ (Gemma 4; the others refuse that in their
+  // configure); the scalars hold the largest, which buffers are sized by.
+  c.layer_n_ff = PerLayerInts(f, p + "feed_forward_length", c.n_layer, -1);
+  c.n_ff = positive(p + "feed_forward_length", MaxOf(c.layer_n_ff), 1 << 20);
   c.n_head = positive(p + "attention.head_count", f.GetInt(p + "attention.head_count"), 1024);
-  c.n_head_kv = positive(p + "attention.head_count_kv",
-                         f.GetInt(p + "attention.head_count_kv", c.n_head), 1024);
-  if (c.n_head % c.n_head_kv != 0) {
-    f.Fail("head_count " + std::to_string(c.n_head) + " is not a multiple of head_count_kv " +
-           std::to_string(c.n_head_kv));
+  c.layer_n_head_kv = PerLayerInts(f, p + "attention.head_count_kv", c.n_layer, c.n_head);
+  c.n_head_kv = positive(p + "attention.head_count_kv", MaxOf(c.layer_n_head_kv), 1024);
+  for (int32_t kv : c.layer_n_head_kv) {
+    if (kv <= 0 || c.n_head % kv != 0) {
+      f.Fail("head_count " + std::to_string(c.n_head) + " is not a multiple of head_count_kv " +
+             std::to_string(kv));
+    }
   }
   // Ollama's Gemma 3n blobs name the head dimension '<arch>.head_dim' instead.
   int64_t hk = f.GetInt(p + "attention.key_length", f.GetInt(p + "head_dim", c.n_embd / c.n_head));
@@ -149,7 +166,31 @@ ModelConfig LoadConfig(const GgufFile& f) {
   c.n_vocab = emb->ne[1];
   if (c.n_vocab > (int64_t{1} << 30)) f.Fail("vocabulary of " + std::to_string(c.n_vocab) + " rows is too large");
   arch->configure(f, c);
+  // Uniform per-layer values are dropped: the scalars say it all.
+  auto uniform = [](const std::vector<int32_t>& v) {
+    return std::all_of(v.begin(), v.end(), [&](int32_t x) { return x == v[0]; });
+  };
+  if (uniform(c.layer_n_ff)) c.layer_n_ff.clear();
+  if (uniform(c.layer_n_head_kv)) c.layer_n_head_kv.clear();
+  if (uniform(c.layer_head_dim) && uniform(c.layer_n_rot) &&
+      (c.layer_n_rot.empty() || c.layer_n_rot[0] == c.head_dim)) {
+    c.layer_head_dim.clear();
+    c.layer_n_rot.clear();
+  }
   return c;
+}
+
+void RequireUniformLayers(const GgufFile& f, const ModelConfig& c) {
+  auto check = [&](const std::vector<int32_t>& v, const std::string& key) {
+    for (int32_t x : v) {
+      if (x != v[0]) {
+        throw ModelError(f.path() + ": per-layer '" + c.arch + "." + key + "' values differ; " +
+                         c.arch + " runs one value for all layers");
+      }
+    }
+  };
+  check(c.layer_n_ff, "feed_forward_length");
+  check(c.layer_n_head_kv, "attention.head_count_kv");
 }
 
 }  // namespace pyengine

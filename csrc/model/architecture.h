@@ -40,6 +40,8 @@ ModelConfig LoadConfig(const GgufFile& file);
 // The layer pattern: the file's attention.sliding_window_pattern if it has one, else
 // period - 1 sliding layers then one global, repeated.
 void SetLayerPattern(const GgufFile& file, ModelConfig& config, int64_t period);
+// Throws ModelError where per-layer FFN widths or KV-head counts differ (Gemma 3 and 3n).
+void RequireUniformLayers(const GgufFile& file, const ModelConfig& config);
 // The first of `keys` the file has, as a float; `fallback` when it has none.
 double FirstFloat(const GgufFile& file, const std::vector<std::string>& keys, double fallback);
 

@@ -19,10 +19,11 @@ struct BlockWeights {
   PackedMatrix ffn_down;                // [n_embd, n_ff]
   std::vector<float> attn_norm, post_attention_norm, ffn_norm, post_ffw_norm;  // [n_embd]
   std::vector<float> attn_q_norm, attn_k_norm;                                 // [head_dim]
-  std::vector<float> rope_inv_freq;  // [head_dim / 2] base^(-2i/d) * position scale
+  std::vector<float> rope_inv_freq;  // [n_rot / 2] base^(-2i/n_rot) * position scale
 
   // Layer l's weights from `t`, its matrices queued on `packer`. A layer that reads an earlier
-  // layer's KV (Gemma 3n) still carries k and v projections: checked by `t`, not packed.
+  // layer's KV (Gemma 3n) still carries k and v projections: checked by `t`, not packed. An
+  // optional weight the file lacks (Gemma 4's V, K on shared layers) stays empty.
   void Bind(const ModelTensors& t, const ModelConfig& c, int64_t l, WeightPacker& packer);
 };
 

@@ -122,6 +122,7 @@ bool IsOllamaGemma3(const GgufFile& f) {
 }
 
 void ConfigureGemma3(const GgufFile& f, ModelConfig& c) {
+  RequireUniformLayers(f, c);
   const std::string p = c.arch + ".";
   // Ollama's blobs of the 131072-context models (4B/12B/27B) carry no scaling keys although
   // the models scale linearly by 8; its patch fills in each missing key by context length.

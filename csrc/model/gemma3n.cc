@@ -84,9 +84,9 @@ Gemma3nModel::Gemma3nModel(const GgufFile& f, const ModelConfig& cfg, ThreadPool
   output_norm_ = t.Floats(I::kOutputNorm);
   // Stays mapped: [n_vocab, n_layer * 256] is the largest tensor of the real models, and a
   // token reads one row of it. It may stop short of n_vocab (Ollama's blobs): see the lookup.
-  per_layer_tok_embd_ = t.Get(I::kPerLayerTokEmbd);
-  pack(I::kPerLayerModelProj, -1, &per_layer_model_proj_);
-  per_layer_proj_norm_ = t.Floats(I::kPerLayerProjNorm);
+  per_layer_.table = t.Get(I::kPerLayerTokEmbd);
+  pack(I::kPerLayerModelProj, -1, &per_layer_.model_proj);
+  per_layer_.norm = t.Floats(I::kPerLayerProjNorm);
   for (int k = 0; k < kS - 1; ++k) {
     packer.Add(Slice(t.Get(I::kAltupProj), k), &altup_proj_[k]);
     packer.Add(Slice(t.Get(I::kAltupUnembdProj), k), &altup_unembd_proj_[k]);
@@ -156,32 +156,6 @@ void Gemma3nModel::Streams(const Batch& batch, Workspace& ws, ThreadPool& pool) 
   }
 }
 
-void Gemma3nModel::PerLayerInputs(const Batch& batch, Workspace& ws, ThreadPool& pool) const {
-  const int64_t E = cfg_.n_embd, NL = cfg_.n_layer, n = batch.size();
-  float* PL = ws.per_layer.data();
-  // ws.in still holds stream 0 as Streams set it: its prepared forms serve this product too.
-  MatMul(per_layer_model_proj_, ws.in, PL, pool);
-  const float proj_scale = 1.f / std::sqrt(static_cast<float>(E));
-  const float emb_scale = std::sqrt(static_cast<float>(kPerLayer));
-  const float half = 1.f / std::sqrt(2.f);
-  ParallelRanges(pool, n, 1, [&](int64_t t0, int64_t t1) {
-    for (int64_t t = t0; t < t1; ++t) {
-      float* pl = PL + t * NL * kPerLayer;
-      float* row = ws.per_layer_emb.data() + t * NL * kPerLayer;
-      for (int64_t i = 0; i < NL * kPerLayer; ++i) pl[i] *= proj_scale;
-      RmsNorm(pl, per_layer_proj_norm_.data(), NL, kPerLayer, cfg_.rms_eps, pl);
-      // Ids past the table (the multimodal tokens) have a zero row, as in llama.cpp's files.
-      const int32_t tok = batch.tokens[t];
-      if (tok < cfg_.n_vocab_per_layer) {
-        DequantizeRow(per_layer_tok_embd_.type, per_layer_tok_embd_.row(tok), row, NL * kPerLayer);
-      } else {
-        std::fill_n(row, NL * kPerLayer, 0.f);
-      }
-      for (int64_t i = 0; i < NL * kPerLayer; ++i) pl[i] = (pl[i] + row[i] * emb_scale) * half;
-    }
-  });
-}
-
 void Gemma3nModel::Predict(const Layer& L, int64_t n, Workspace& ws, ThreadPool& pool) const {
   const int64_t E = cfg_.n_embd;
   const float* S = ws.streams.data();
@@ -231,23 +205,12 @@ void Gemma3nModel::Correct(const Layer& L, const float* o, int64_t n, Workspace&
 
 void Gemma3nModel::AddPerLayerInput(const Layer& L, int64_t l, int64_t n, Workspace& ws,
                                     ThreadPool& pool) const {
-  const int64_t E = cfg_.n_embd, NL = cfg_.n_layer;
-  const KernelSet& kernels = ActiveKernels();
+  const int64_t E = cfg_.n_embd;
   float* S0 = ws.streams.data();
   for (int64_t t = 0; t < n; ++t) {
     for (int64_t i = 0; i < E; ++i) ws.xn[t * E + i] = S0[t * E + i] * L.altup_correct_scale[i];
   }
-  ws.in.Set(ws.xn.data(), n, E);
-  MatMul(L.inp_gate, ws.in, ws.small.data(), pool);
-  for (int64_t t = 0; t < n; ++t) {
-    float* g = ws.small.data() + t * kPerLayer;
-    kernels.gelu_mul(g, ones_.data(), kPerLayer);
-    const float* pl = ws.per_layer.data() + (t * NL + l) * kPerLayer;
-    for (int64_t i = 0; i < kPerLayer; ++i) g[i] *= pl[i];
-  }
-  ws.in.Set(ws.small.data(), n, kPerLayer);
-  MatMul(L.proj, ws.in, ws.o.data(), pool);
-  NormRows(ws.o.data(), L.post_norm, ws.o.data(), n, pool);
+  PerLayerBranch(cfg_, l, L.inp_gate, L.proj, L.post_norm, ws.xn.data(), n, ws.o.data(), ws, pool);
   for (int k = 1; k < kStreams; ++k) {
     float* sk = S0 + k * n * E;
     for (int64_t i = 0; i < n * E; ++i) sk[i] += ws.o[i];
@@ -280,8 +243,6 @@ void Gemma3nModel::Run(const Batch& batch, Workspace& ws, float* out, ThreadPool
   Grow(ws.a, n * E);
   Grow(ws.laurel, n * E);
   Grow(ws.small, n * kPerLayer);
-  Grow(ws.per_layer, n * NL * kPerLayer);
-  Grow(ws.per_layer_emb, n * NL * kPerLayer);
   Grow(ws.coefs, n * (kStreams * kStreams + 2 * kStreams));
   const KernelSet& kernels = ActiveKernels();
   const float half = 1.f / std::sqrt(2.f);
@@ -290,7 +251,7 @@ void Gemma3nModel::Run(const Batch& batch, Workspace& ws, float* out, ThreadPool
   // rescaled to its magnitude. Per-layer inputs PL [n, NL, 256] = (RMSNorm(proj . x /
   // sqrt(E)) + 16 * row of per_layer_token_embd) / sqrt(2).
   Streams(batch, ws, pool);
-  PerLayerInputs(batch, ws, pool);
+  per_layer_.Compute(c, batch, ws, pool);  // ws.in still holds stream 0, as Streams set it
 
   for (int64_t l = 0; l < NL; ++l) {
     const Layer& L = layers_[l];
@@ -364,6 +325,8 @@ constexpr float kSoftcap = 30.f;
 }  // namespace
 
 void ConfigureGemma3n(const GgufFile& f, ModelConfig& c) {
+  RequireUniformLayers(f, c);
+  c.n_embd_per_layer = Gemma3nModel::kPerLayer;
   c.attn_scale = 1.f;  // the q norm carries the scale
   c.final_softcap = kSoftcap;
   // Four sliding-window layers, then one global, unless the file lists the pattern itself.

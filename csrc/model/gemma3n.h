@@ -14,6 +14,7 @@
 #include "model/block_weights.h"
 #include "model/model.h"
 #include "model/ops.h"
+#include "model/per_layer_inputs.h"
 #include "quant/matmul.h"
 
 namespace pyengine {
@@ -63,9 +64,6 @@ class Gemma3nModel : public Model {
   // Gemma 3n buffers for the batch's n tokens.
   // streams [4, n, E]: the scaled token embedding and its three AltUp projections.
   void Streams(const Batch& batch, Workspace& ws, ThreadPool& pool) const;
-  // per_layer [n, n_layer, 256]: each layer's per-layer input of each token. Runs right after
-  // Streams, whose input (stream 0) it projects as well.
-  void PerLayerInputs(const Batch& batch, Workspace& ws, ThreadPool& pool) const;
   // pred [4, n, E]: AltUp's prediction of the streams from the router on stream 0.
   void Predict(const Layer& L, int64_t n, Workspace& ws, ThreadPool& pool) const;
   // streams: corrected by the layer's output o [n, E] on the active stream.
@@ -86,12 +84,9 @@ class Gemma3nModel : public Model {
   mutable Workspace ws_;  // one forward pass at a time (Model::Forward)
   std::unique_ptr<WeightArena> arena_;
   TensorView tok_embd_;             // [n_vocab, n_embd]
-  TensorView per_layer_tok_embd_;   // [n_vocab_per_layer, n_layer * 256], read in place
   PackedMatrix output_;             // [n_vocab, n_embd], token_embd when tied
   bool tied_ = false;
-  PackedMatrix per_layer_model_proj_;             // [n_layer * 256, n_embd]
-  std::vector<float> per_layer_proj_norm_;        // [256]
-  const std::vector<float> ones_ = std::vector<float>(kPerLayer, 1.f);  // [256] gelu alone is gelu_mul by ones
+  PerLayerInputs per_layer_;        // table [n_vocab_per_layer, n_layer * 256]
   std::array<PackedMatrix, kStreams - 1> altup_proj_, altup_unembd_proj_;  // [n_embd, n_embd]
   std::vector<float> output_norm_;  // [n_embd]
   std::vector<Layer> layers_;

@@ -163,8 +163,9 @@ int64_t PrepareBatch(const ModelConfig& c, const Batch& batch, Workspace& ws, Th
   // Attend's per-thread scratch: a tile's scores over its keys, and two key chunks.
   const int64_t bt = n > 0 ? batch.views[batch.seq[0]].arena->block_tokens() : 1;
   const int64_t lds = (longest + bt) + kAttnKeys;
-  Grow(ws.scores, pool.size() * (kAttnTileTokens * (c.n_head / c.n_head_kv) * lds +
-                                 2 * kAttnKeys * c.head_dim));
+  int64_t group = 1;  // the most query heads any layer has per KV head
+  for (int64_t l = 0; l < c.n_layer; ++l) group = std::max(group, c.n_head / c.n_head_kv_at(l));
+  Grow(ws.scores, pool.size() * (kAttnTileTokens * group * lds + 2 * kAttnKeys * c.head_dim));
   Grow(ws.rope, n * c.head_dim);
   return longest;
 }
@@ -172,26 +173,28 @@ int64_t PrepareBatch(const ModelConfig& c, const Batch& batch, Workspace& ws, Th
 void PrepareQkv(const ModelConfig& c, int64_t l, const Batch& batch, Workspace& ws,
                 const float* q_norm, const float* k_norm, const float* inv_freq, bool write_kv,
                 bool v_norm, ThreadPool& pool) {
-  const int64_t D = c.head_dim, QD = c.q_dim(), KVD = c.kv_dim();
+  // The layer's own shapes: Gemma 4's full and sliding layers differ.
+  const int64_t D = c.head_dim_at(l), R = c.n_rot_at(l), QD = c.q_dim_at(l), KVD = c.kv_dim_at(l);
+  const int64_t HKV = c.n_head_kv_at(l);
   const KernelSet& kernels = ActiveKernels();
   ParallelRanges(pool, batch.size(), kMinTokens, [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t pos = batch.pos[t];
       float* cs = ws.rope.data() + t * D;
-      RopeAngles(D, pos, inv_freq, cs);
+      RopeAngles(R, pos, inv_freq, cs);  // the first R dimensions rotate, the rest stay
       for (int64_t h = 0; h < c.n_head; ++h) {
         float* qh = ws.q.data() + t * QD + h * D;
         RmsNorm(qh, q_norm, 1, D, c.rms_eps, qh);
-        Rope(qh, D, cs);
+        Rope(qh, R, cs);
         // q meets the fp16 keys in fp16, as in the reference's f16 dot product.
         for (int64_t i = 0; i < D; ++i) qh[i] *= c.attn_scale;
         kernels.round_f16(qh, D);
       }
       if (!write_kv) continue;
-      for (int64_t h = 0; h < c.n_head_kv; ++h) {
+      for (int64_t h = 0; h < HKV; ++h) {
         float* kh = ws.k.data() + t * KVD + h * D;
         RmsNorm(kh, k_norm, 1, D, c.rms_eps, kh);
-        Rope(kh, D, cs);
+        Rope(kh, R, cs);
         if (v_norm) {
           float* vh = ws.v.data() + t * KVD + h * D;
           RmsNorm(vh, nullptr, 1, D, c.rms_eps, vh);
@@ -245,8 +248,10 @@ void Output(const ModelConfig& c, const Batch& batch, const float* x, const floa
 }
 
 void Attend(const ModelConfig& c, int64_t l, const Batch& batch, Workspace& ws, ThreadPool& pool) {
-  const int64_t D = c.head_dim, QD = c.q_dim(), KVD = c.kv_dim();
-  const int64_t group = c.n_head / c.n_head_kv;  // query heads per KV head (GQA)
+  // The layer's shapes; KV rows are as long as the arena's pages (the widest layer's).
+  const int64_t D = c.head_dim_at(l), QD = c.q_dim_at(l), HKV = c.n_head_kv_at(l);
+  const int64_t KVD = batch.size() > 0 ? batch.views[batch.seq[0]].arena->kv_dim() : c.kv_dim();
+  const int64_t group = c.n_head / HKV;  // query heads per KV head (GQA)
   const bool swa = c.layer_is_swa[l];
   const KernelSet& k = ActiveKernels();
   const int64_t n = batch.size();
@@ -265,9 +270,9 @@ void Attend(const ModelConfig& c, int64_t l, const Batch& batch, Workspace& ws, 
   };
   // One task per (tile, KV head): the tile's query rows (tokens x the group's heads) share every
   // key and value block, converted from fp16 once for all of them.
-  pool.ParallelFor((static_cast<int64_t>(starts.size()) - 1) * c.n_head_kv, [&](int64_t task, int thread) {
-    const int64_t t0 = starts[task / c.n_head_kv], t1 = starts[task / c.n_head_kv + 1];
-    const int64_t kvh = task % c.n_head_kv;
+  pool.ParallelFor((static_cast<int64_t>(starts.size()) - 1) * HKV, [&](int64_t task, int thread) {
+    const int64_t t0 = starts[task / HKV], t1 = starts[task / HKV + 1];
+    const int64_t kvh = task % HKV;
     const KvView& kv = batch.views[batch.seq[t0]];
     const int64_t bt = kv.arena->block_tokens();
     const int rows = static_cast<int>((t1 - t0) * group);

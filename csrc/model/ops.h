@@ -41,6 +41,15 @@ struct Workspace {
   std::vector<float> per_layer;  // [n, n_layer, per-layer width] per-layer inputs
   std::vector<float> per_layer_emb;  // [n, n_layer, per-layer width] their embedding rows
   std::vector<float> coefs;    // [n, 16] AltUp router outputs and coefficients
+  std::vector<float> ones;     // [per-layer width] all 1: gelu alone is gelu_mul by ones
+  // Gemma 4 MoE.
+  std::vector<float> router;   // [n, n_expert] router logits, then probabilities
+  std::vector<int32_t> expert_of;   // [n, n_expert_used] chosen experts, best first
+  std::vector<float> expert_w;      // [n, n_expert_used] their renormalised weights
+  std::vector<float> moe_in;        // [n, n_embd] gathered inputs of one expert
+  std::vector<float> moe_gu;        // [n, 2 * n_ff_exp] its gate (then up) outputs
+  std::vector<float> moe_up;        // [n, n_ff_exp] its up outputs (split form)
+  std::vector<float> moe_out;       // [n, n_expert_used, n_embd] each slot's down output
   MatMulInput in;            // the current projection input, in the forms its weights want
 };
 

@@ -31,6 +31,20 @@ enum class Dim : uint8_t {
   kStreams,          // Gemma 3n: AltUp streams (4)
   kStreamsLess1,     // Gemma 3n: the inactive AltUp streams (3)
   kStreamsSquared,   // Gemma 3n: 16 prediction coefficients
+  kExperts,          // Gemma 4 MoE: n_expert
+  kFfExp,            // Gemma 4 MoE: n_ff_exp, one expert's width
+  kFfExp2,           // Gemma 4 MoE: 2 * n_ff_exp (gate and up fused)
+  kRopeFreqs,        // Gemma 4: half the full layers' head size (proportional RoPE factors)
+  kOne,              // 1 (a scalar weight)
+};
+
+// Which layers (for a global weight: which models) have a weight at all.
+enum class Only : uint8_t {
+  kAll,
+  kKvOwners,        // required where the layer computes its own KV, optional where it shares
+  kMoe,             // the mixture-of-experts layers (ModelConfig::layer_is_moe)
+  kPerLayerInputs,  // models with per-layer inputs (n_embd_per_layer > 0)
+  kFullLayers,      // models with a full-attention layer
 };
 
 enum class TensorKind : uint8_t {
@@ -51,6 +65,9 @@ enum class TensorId : uint8_t {
   kPerLayerTokEmbd, kPerLayerModelProj, kPerLayerProjNorm, kAltupProj, kAltupUnembdProj,
   kInpGate, kProj, kPostNorm, kLaurelL, kLaurelR, kLaurelPostNorm, kAltupRouter,
   kAltupRouterNorm, kAltupPredictCoef, kAltupCorrectCoef, kAltupCorrectScale,
+  // Gemma 4.
+  kRopeFreqs, kLayerOutputScale, kFfnGateInp, kFfnGateInpScale, kPreFfwNorm2, kPostFfwNorm1,
+  kPostFfwNorm2, kFfnGateUpExps, kFfnGateExps, kFfnUpExps, kFfnDownExps, kFfnDownExpsScale,
   kCount
 };
 
@@ -64,6 +81,7 @@ struct TensorSpec {
   std::vector<Dim> ne;    // GGUF order: ne[0] is the row length
   bool optional = false;  // may be absent (output: tied embeddings)
   bool plus_one = false;  // stored as 1 + the Hugging Face weight (Gemma 3's norms)
+  Only only = Only::kAll;
 };
 using TensorTable = std::vector<TensorSpec>;
 
@@ -77,7 +95,11 @@ std::string TensorName(const TensorSpec& spec, int64_t layer);
 // before its architecture's model exists (LoadConfig, the config rules).
 std::string GlobalTensorName(TensorId id);
 
-int64_t DimSize(Dim d, const ModelConfig& config);
+// The size of `d` in layer `layer` (Gemma 4's layers differ); -1: the largest of any layer.
+int64_t DimSize(Dim d, const ModelConfig& config, int64_t layer = -1);
+// Whether layer `layer` (-1 for a global weight) of a model may have the weight at all.
+bool Applies(const TensorSpec& spec, const ModelConfig& config, int64_t layer);
+const char* OnlyName(Only o);
 const char* DimName(Dim d);    // the names Python resolves shapes by ("n_embd", ...)
 const char* KindName(TensorKind k);
 
