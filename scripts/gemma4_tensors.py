@@ -85,6 +85,8 @@ def has_tensor(cfg: ModelConfig, spec: dict[str, Any], layer: int) -> bool:
         return not cfg.fused_gate_up
     if name == "layer_output_scale.weight":
         return cfg.layer_output_scale
+    if name == "ffn_gate_inp.per_expert_scale":
+        return False  # Ollama's name for ffn_down_exps.scale (see ollama_style.py)
     return True
 
 
@@ -108,7 +110,10 @@ def matrix_scale(base: str, shape: tuple[int, ...]) -> float:
     """Std of a matrix (see make_model._scale)."""
     if base == "ffn_gate_inp":
         # Its input has RMS 1/sqrt(n_embd): this std gives router logits of std ~2, so the
-        # chosen experts stand clear of the rest.
+        # chosen experts usually stand clear of the rest. Top-k routing is discontinuous: where
+        # the k-th and (k+1)-th logits tie to within rounding, two correct implementations (or
+        # two kernel levels of one) pick different experts. With std 2, 1 of 6000 routing
+        # decisions of the parity prompts was such a tie (2.8e-2 apart on one position).
         return 2.0
     return 1.0 / math.sqrt(shape[-1])
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Rewrite a llama.cpp-style Gemma 3 / Gemma 3n GGUF into an Ollama-style blob.
+"""Rewrite a llama.cpp-style Gemma 3 / 3n / 4 GGUF into an Ollama-style blob.
 
 Ollama publishes GGUF blobs written by its own converter, whose metadata and tensors differ from
 what llama.cpp's converter writes for the same checkpoint; stock Ollama now runs llama.cpp and
@@ -58,7 +58,13 @@ GEMMA3N_QUIRKS = {
     "no-space-prefix-key": GEMMA3_QUIRKS["no-space-prefix-key"],
     "eos-ids": GEMMA3_QUIRKS["eos-ids"],
 }
-QUIRKS = {"gemma3": GEMMA3_QUIRKS, "gemma3n": GEMMA3N_QUIRKS}
+GEMMA4_QUIRKS = {
+    "split-experts": "experts' gate and up as two tensors instead of llama.cpp's fused one",
+    "expert-scale-name": "the per-expert scale as ffn_gate_inp.per_expert_scale",
+    "bpe-as-llama": "tokenizer.ggml.model = 'llama' for the gemma4 BPE vocabulary (merges kept)",
+    "multimodal": "audio and vision towers in the file (a.*, v.*, mm.* tensors, all NaN)",
+}
+QUIRKS = {"gemma3": GEMMA3_QUIRKS, "gemma3n": GEMMA3N_QUIRKS, "gemma4": GEMMA4_QUIRKS}
 # "all": every quirk that combines. Ollama's Gemma 3 converter has two paths, and a published
 # blob shows one of them: the text-only 1B/270M one (nested rope keys, softcap 30, the extra
 # token; it does write the epsilon) and the multimodal 4B/12B/27B one (no epsilon, no rope
@@ -67,6 +73,7 @@ QUIRKS = {"gemma3": GEMMA3_QUIRKS, "gemma3n": GEMMA3N_QUIRKS}
 ALL = {
     "gemma3": [q for q in GEMMA3_QUIRKS if q not in ("no-rope-keys", "no-rope-scaling")],
     "gemma3n": list(GEMMA3N_QUIRKS),
+    "gemma4": list(GEMMA4_QUIRKS),
 }
 ALL_4B = [q for q in GEMMA3_QUIRKS if q not in ("nested-rope", "softcap-30", "extra-tokens")]
 
@@ -289,6 +296,56 @@ def _tokenizer_model(b: _Blob, name: str) -> None:
     b.set("tokenizer.ggml.token_type", types, V.ARRAY, V.INT32)
 
 
+def _moe_specs() -> dict[str, list[str]]:
+    """Gemma 4's expert tensor names by role, from the native core's table."""
+    from pyengine import _core
+
+    moe = [s for s in _core.architecture_tensors("gemma4") if s["only"] == "moe"]
+    return {
+        "fused": [s["name"] for s in moe if "n_ff_exp_2" in s["ne"]],
+        "split": [s["name"] for s in moe if s["ne"] == ["n_embd", "n_ff_exp", "n_expert"]],
+        "scale": [s["name"] for s in moe if s["ne"] == ["n_expert"]],  # llama.cpp's, Ollama's
+    }
+
+
+def _split_experts(b: _Blob) -> None:
+    names = _moe_specs()
+    fused = [t for t in b.tensors if t.name.endswith("." + names["fused"][0])]
+    _need(bool(fused), "split-experts: the file has no fused expert gate/up tensors")
+    for t in fused:
+        prefix = t.name[: -len(names["fused"][0])]
+        half = t.data.shape[1] // 2  # [experts, 2 * n_ff_exp, row]: gate rows first
+        i = b.tensors.index(t)
+        b.tensors[i:i + 1] = [_Tensor(prefix + names["split"][0], t.data[:, :half].copy(), t.qtype),
+                              _Tensor(prefix + names["split"][1], t.data[:, half:].copy(), t.qtype)]
+
+
+def _expert_scale_name(b: _Blob) -> None:
+    ours, theirs = _moe_specs()["scale"]
+    renamed = [t for t in b.tensors if t.name.endswith("." + ours)]
+    _need(bool(renamed), "expert-scale-name: the file has no per-expert scales")
+    for t in renamed:
+        t.name = t.name[: -len(ours)] + theirs
+
+
+def _bpe_as_llama(b: _Blob) -> None:
+    _need(b.get("tokenizer.ggml.model") == "gemma4" and "tokenizer.ggml.merges" in b.kv,
+          "bpe-as-llama: the file has no gemma4 BPE vocabulary")
+    b.set("tokenizer.ggml.model", "llama", V.STRING)
+
+
+def _multimodal(b: _Blob) -> None:
+    _need(not any(t.name.startswith(("a.", "v.", "mm.")) for t in b.tensors),
+          "multimodal: the file already has audio or vision tensors")
+    nan = lambda name, shape: _Tensor(name, np.full(shape, np.nan, dtype=np.float16), Q.F16)
+    b.tensors += [nan("a.conv1d.0.weight", (64, 3, 3)), nan("a.blk.0.attn_q.weight", (64, 64)),
+                  nan("v.patch_embd.weight", (64, 3, 16, 16)), nan("v.blk.0.attn_q.weight", (64, 64)),
+                  nan("mm.input_projection.weight", (b.get("gemma4.embedding_length"), 64)),
+                  nan("mm.a.input_projection.weight", (b.get("gemma4.embedding_length"), 64))]
+    b.set("gemma4.vision.block_count", 1, V.UINT32)
+    b.set("gemma4.audio.block_count", 1, V.UINT32)
+
+
 def _rope_local_key(b: _Blob) -> None:
     swa = b.pop("gemma3n.rope.freq_base_swa")
     b.set("gemma3n.rope.freq_base_local", 1e4 if swa is None else swa, V.FLOAT32)
@@ -316,7 +373,8 @@ def _extra_keys(b: _Blob) -> None:
 _ORDER = ["no-rms-eps", "nested-rope", "softcap-30", "no-rope-keys", "no-rope-scaling",
           "extra-tokens",
           "token-flags", "no-space-prefix-key", "eos-ids", "vision", "per-layer-rows",
-          "tokenizer-model", "rope-local-key", "head-dim-key", "ffn-scalar", "extra-keys"]
+          "tokenizer-model", "rope-local-key", "head-dim-key", "ffn-scalar", "extra-keys",
+          "split-experts", "expert-scale-name", "bpe-as-llama", "multimodal"]
 
 
 def rewrite(src: str | Path, dst: str | Path, quirks: Iterable[str] = ("all",),
@@ -332,7 +390,8 @@ def rewrite(src: str | Path, dst: str | Path, quirks: Iterable[str] = ("all",),
     src, dst = Path(src), Path(dst)
     b = _Blob(src)
     if b.arch not in QUIRKS:
-        raise ValueError(f"{src}: architecture {b.arch!r} (this script rewrites gemma3, gemma3n)")
+        raise ValueError(f"{src}: architecture {b.arch!r} (this script rewrites "
+                         f"{', '.join(QUIRKS)})")
     known = QUIRKS[b.arch]
     asked = set(quirks)
     if "all" in asked:
@@ -358,6 +417,8 @@ def rewrite(src: str | Path, dst: str | Path, quirks: Iterable[str] = ("all",),
         "tokenizer-model": lambda blob: _tokenizer_model(blob, tokenizer_model),
         "rope-local-key": _rope_local_key, "head-dim-key": _head_dim_key,
         "ffn-scalar": _ffn_scalar, "extra-keys": _extra_keys,
+        "split-experts": _split_experts, "expert-scale-name": _expert_scale_name,
+        "bpe-as-llama": _bpe_as_llama, "multimodal": _multimodal,
     }
     applied = [q for q in _ORDER if q in asked]
     for q in applied:

@@ -15,10 +15,13 @@ from pyengine import Engine, PyEngineError
 from support import alone, assert_all_pages_back, prompts, rel_err, run_concurrently
 
 WINDOW = 32  # the tiny presets' sliding window: prompts below are longer than it
-# Both architectures; Gemma 3n's layers from 20 on share earlier layers' keys and values.
-PRESETS = ["tiny", "tiny-3n"]
-# About two (Gemma 3) or one long (Gemma 3n: 20 pages a block) sequences' worth of KV memory.
-SMALL_CACHE_MB = {"tiny": 1.0, "tiny-3n": 1.5}
+# Every architecture; Gemma 3n's layers from 20 on and Gemma 4's last 5 share earlier layers'
+# keys and values (Gemma 4's in pages sized for its wider full-layer heads), and the Gemma 4 MoE
+# routes each token through 2 of 8 experts.
+PRESETS = ["tiny", "tiny-3n", "tiny-4", "tiny-4-moe"]
+# About two (Gemma 3; Gemma 4 with half-size pages, its dense model with 5 owning layers) or
+# one long (Gemma 3n: 20 pages a block) sequences' worth of KV memory.
+SMALL_CACHE_MB = {"tiny": 1.0, "tiny-3n": 1.5, "tiny-4": 0.25, "tiny-4-moe": 0.5}
 
 
 @pytest.mark.parametrize("preset", PRESETS)

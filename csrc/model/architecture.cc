@@ -50,7 +50,9 @@ std::vector<int32_t> PerLayerInts(const GgufFile& f, const std::string& key, int
   if (v->type == GgufType::kArray) {
     if (v->elem_type == GgufType::kArray || v->elem_type == GgufType::kString ||
         v->count != static_cast<uint64_t>(n_layer)) {
-      f.Fail("key '" + key + "' must be an integer or an array of block_count integers");
+      // The file reads; its model contradicts itself.
+      throw ModelError(f.path() + ": key '" + key + "' must be an integer or an array of " +
+                       std::to_string(n_layer) + " (block_count) integers");
     }
     for (uint64_t i = 0; i < v->count; ++i) {
       const int64_t x = v->IntegerAt(i);

@@ -90,7 +90,9 @@ Gemma4Model::Gemma4Model(const GgufFile& f, const ModelConfig& cfg, ThreadPool& 
       }
       packer.Add(Slice(t.Get(I::kFfnDownExps, l), e), &X->down[e]);
     }
-    if (t.Get(I::kFfnDownExpsScale, l).data) X->down_scale = t.Floats(I::kFfnDownExpsScale, l);
+    for (I id : {I::kFfnDownExpsScale, I::kFfnExpertScaleOllama}) {
+      if (t.Get(id, l).data) X->down_scale = t.Floats(id, l);
+    }
     L.moe = std::move(X);
   }
   arena_ = packer.Pack(f, pool);
@@ -283,6 +285,16 @@ namespace {
 
 constexpr double kDefaultSoftcap = 30.0;  // llama.cpp's when the file names none
 
+// Gemma 4's metadata that is missing or contradicts itself: the file reads, the model cannot run.
+[[noreturn]] void Bad(const GgufFile& f, const std::string& what) {
+  throw ModelError(f.path() + ": gemma4: " + what);
+}
+
+int64_t Need(const GgufFile& f, const std::string& key) {
+  if (!f.Find(key)) Bad(f, "key '" + key + "' is missing");
+  return f.GetInt(key);
+}
+
 }  // namespace
 
 void ConfigureGemma4(const GgufFile& f, ModelConfig& c) {
@@ -290,20 +302,23 @@ void ConfigureGemma4(const GgufFile& f, ModelConfig& c) {
   c.attn_scale = 1.f;  // the q norm carries the scale
   c.final_softcap = static_cast<float>(f.GetFloat(p + "final_logit_softcapping", kDefaultSoftcap));
   if (!(c.final_softcap >= 0.f && std::isfinite(c.final_softcap))) {
-    f.Fail("final_logit_softcapping is out of range");
+    Bad(f, "final_logit_softcapping is out of range");
   }
-  if (!f.Find(p + "rope.freq_base")) f.Fail("key '" + p + "rope.freq_base' is missing");
-  if (!f.Find(p + "attention.sliding_window_pattern")) {
-    f.Fail("key '" + p + "attention.sliding_window_pattern' is missing");
+  if (!f.Find(p + "rope.freq_base")) Bad(f, "key '" + p + "rope.freq_base' is missing");
+  const GgufValue* pattern = f.Find(p + "attention.sliding_window_pattern");
+  if (!pattern) Bad(f, "key '" + p + "attention.sliding_window_pattern' is missing");
+  if (pattern->type != GgufType::kArray || pattern->count != static_cast<uint64_t>(c.n_layer)) {
+    Bad(f, "attention.sliding_window_pattern must list block_count (" + std::to_string(c.n_layer) +
+        ") layers");
   }
   SetLayerPattern(f, c, 0);
 
   // Head sizes and rotated dimensions: key_length on full layers, key_length_swa on sliding.
-  const int64_t hd_full = c.head_dim, hd_swa = f.GetInt(p + "attention.key_length_swa");
+  const int64_t hd_full = c.head_dim, hd_swa = Need(f, p + "attention.key_length_swa");
   if (f.GetInt(p + "attention.value_length_swa", hd_swa) != hd_swa) {
-    f.Fail("key_length_swa != value_length_swa is not supported");
+    Bad(f, "key_length_swa != value_length_swa is not supported");
   }
-  if (hd_swa <= 0 || hd_swa > 4096 || hd_swa % 2 != 0) f.Fail("key_length_swa is out of range");
+  if (hd_swa <= 0 || hd_swa > 4096 || hd_swa % 2 != 0) Bad(f, "key_length_swa is out of range");
   const int64_t rot_full = f.GetInt(p + "rope.dimension_count", hd_full);
   const int64_t rot_swa = f.GetInt(p + "rope.dimension_count_swa", rot_full);
   c.layer_head_dim.resize(static_cast<size_t>(c.n_layer));
@@ -312,7 +327,7 @@ void ConfigureGemma4(const GgufFile& f, ModelConfig& c) {
     const bool swa = c.layer_is_swa[l];
     const int64_t hd = swa ? hd_swa : hd_full, rot = swa ? rot_swa : rot_full;
     if (rot <= 0 || rot > hd || rot % 2 != 0) {
-      f.Fail("rope.dimension_count" + std::string(swa ? "_swa" : "") + " = " + std::to_string(rot) +
+      Bad(f, "rope.dimension_count" + std::string(swa ? "_swa" : "") + " = " + std::to_string(rot) +
              " does not fit a head of " + std::to_string(hd));
     }
     c.layer_head_dim[l] = static_cast<int32_t>(hd);
@@ -321,22 +336,22 @@ void ConfigureGemma4(const GgufFile& f, ModelConfig& c) {
   c.head_dim = std::max(hd_full, hd_swa);
 
   // Per-layer inputs (0: none); the table has a row per token.
-  c.n_embd_per_layer = f.GetInt(p + "embedding_length_per_layer_input");
+  c.n_embd_per_layer = Need(f, p + "embedding_length_per_layer_input");
   if (c.n_embd_per_layer < 0 || c.n_embd_per_layer > 65536) {
-    f.Fail("embedding_length_per_layer_input is out of range");
+    Bad(f, "embedding_length_per_layer_input is out of range");
   }
   c.n_vocab_per_layer = c.n_vocab;
 
   // KV sharing: from layer S = n_layer - shared_kv_layers on, sliding layers read layer S-2's
   // keys and values and full layers S-1's (llama.cpp's rule, whatever those layers' kinds).
   const int64_t shared = f.GetInt(p + "attention.shared_kv_layers", 0);
-  if (shared < 0 || shared > c.n_layer - 2 * (shared > 0)) f.Fail("shared_kv_layers is out of range");
+  if (shared < 0 || shared > c.n_layer - 2 * (shared > 0)) Bad(f, "shared_kv_layers is out of range");
   const int64_t S = c.n_layer - shared;
   for (int64_t l = S; l < c.n_layer; ++l) {
     const int64_t src = S - (c.layer_is_swa[l] ? 2 : 1);
     if (c.layer_is_swa[src] != c.layer_is_swa[l] || c.head_dim_at(src) != c.head_dim_at(l) ||
         c.n_head_kv_at(src) != c.n_head_kv_at(l)) {
-      f.Fail("layer " + std::to_string(l) + " shares the KV of layer " + std::to_string(src) +
+      Bad(f, "layer " + std::to_string(l) + " shares the KV of layer " + std::to_string(src) +
              ", whose attention kind or shape differs");
     }
     c.kv_layer[l] = static_cast<int32_t>(src);
@@ -358,27 +373,31 @@ void ConfigureGemma4(const GgufFile& f, ModelConfig& c) {
   auto uniform = [&](const std::string& key) {
     const std::vector<int32_t> v = [&] {
       const GgufValue* val = f.Find(key);
-      if (!val) f.Fail("key '" + key + "' is missing (the file has expert layers)");
+      if (!val) Bad(f, "key '" + key + "' is missing (the file has expert layers)");
+      if (val->type == GgufType::kArray && (val->elem_type == GgufType::kArray ||
+                                            val->elem_type == GgufType::kString)) {
+        Bad(f, "key '" + key + "' must be an integer or an array of integers");
+      }
       if (val->type != GgufType::kArray) return std::vector<int32_t>{static_cast<int32_t>(f.GetInt(key))};
       std::vector<int32_t> out;
       for (uint64_t i = 0; i < val->count; ++i) out.push_back(static_cast<int32_t>(val->IntegerAt(i)));
       return out;
     }();
     if (v.empty() || std::any_of(v.begin(), v.end(), [&](int32_t x) { return x != v[0]; })) {
-      throw ModelError(f.path() + ": per-layer '" + key + "' values differ; this engine runs one "
-                       "value for all expert layers");
+      Bad(f, "per-layer '" + key + "' values differ; this engine runs one value for all "
+          "expert layers");
     }
     return static_cast<int64_t>(v[0]);
   };
   c.n_expert = uniform(p + "expert_count");
   c.n_expert_used = uniform(p + "expert_used_count");
   c.n_ff_exp = uniform(p + "expert_feed_forward_length");
-  if (c.n_expert <= 0 || c.n_expert > 4096) f.Fail("expert_count is out of range");
+  if (c.n_expert <= 0 || c.n_expert > 4096) Bad(f, "expert_count is out of range");
   if (c.n_expert_used <= 0 || c.n_expert_used > c.n_expert) {
-    f.Fail("expert_used_count = " + std::to_string(c.n_expert_used) + " does not fit " +
+    Bad(f, "expert_used_count = " + std::to_string(c.n_expert_used) + " does not fit " +
            std::to_string(c.n_expert) + " experts");
   }
-  if (c.n_ff_exp <= 0 || c.n_ff_exp > (1 << 20)) f.Fail("expert_feed_forward_length is out of range");
+  if (c.n_ff_exp <= 0 || c.n_ff_exp > (1 << 20)) Bad(f, "expert_feed_forward_length is out of range");
 }
 
 std::unique_ptr<Model> LoadGemma4(const GgufFile& f, const ModelConfig& c, ThreadPool& pool) {

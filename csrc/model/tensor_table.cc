@@ -178,6 +178,9 @@ TensorTable Gemma4() {
        {D::kFfExp, D::kEmbd, D::kExperts}, false, false, Only::kMoe},
       {I::kFfnDownExpsScale, "ffn_down_exps.scale", "", true, K::kScale, {D::kExperts}, true,
        false, Only::kMoe},
+      // The same per-expert scale under the name Ollama's converter gives it.
+      {I::kFfnExpertScaleOllama, "ffn_gate_inp.per_expert_scale", "", true, K::kScale,
+       {D::kExperts}, true, false, Only::kMoe},
   });
   return t;
 }

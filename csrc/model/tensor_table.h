@@ -68,6 +68,7 @@ enum class TensorId : uint8_t {
   // Gemma 4.
   kRopeFreqs, kLayerOutputScale, kFfnGateInp, kFfnGateInpScale, kPreFfwNorm2, kPostFfwNorm1,
   kPostFfwNorm2, kFfnGateUpExps, kFfnGateExps, kFfnUpExps, kFfnDownExps, kFfnDownExpsScale,
+  kFfnExpertScaleOllama,
   kCount
 };
 
