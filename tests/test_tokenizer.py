@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from conftest import oracle
-from pyengine import Engine
+from pyengine import Engine, _core
 
 CORPUS = json.loads((Path(__file__).parent / "data" / "tokenizer_corpus.json").read_text("utf-8"))
 
@@ -41,6 +41,18 @@ def test_without_bos(pair):
     eng, llm = pair
     for text in CORPUS[:50]:
         assert eng.tokenize(text, add_bos=False) == llm.tokenize(text.encode(), add_bos=False)
+
+
+def test_tokenizer_of_the_file_alone(pair, tiny_f32):
+    # _core.Tokenizer reads only tokenizer.ggml.*: the same ids as the engine's tokenizer.
+    eng, _ = pair
+    tok = _core.Tokenizer(str(tiny_f32))
+    assert tok.kind == "spm" and tok.n_vocab == eng._core.n_vocab
+    for text in CORPUS:
+        for special in (False, True):
+            ids = eng.tokenize(text, add_bos=True, special=special)
+            assert tok.tokenize(text, add_bos=True, special=special) == ids
+            assert tok.detokenize(ids) == eng.detokenize(ids)
 
 
 def llama_detokenize(llm, ids: list[int], special: bool) -> bytes:

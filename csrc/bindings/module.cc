@@ -650,6 +650,47 @@ PYBIND11_MODULE(_core, m) {
         return d;
       });
 
+  // A GGUF file's tokenizer alone, whatever its model: every listed token is kept (as llama.cpp's
+  // vocab_only load keeps them), since no token embedding bounds the ids here.
+  py::class_<Tokenizer>(m, "Tokenizer")
+      .def(py::init([](const std::string& path) {
+             py::gil_scoped_release nogil;
+             GgufFile file(path);
+             return std::make_unique<Tokenizer>(LoadVocab(file, 0));
+           }),
+           py::arg("path"), "Reads a GGUF file's tokenizer (tokenizer.ggml.*) and nothing else.")
+      .def_property_readonly("kind", [](const Tokenizer& t) {
+        return t.vocab().kind == VocabKind::kGemma4Bpe ? "gemma4" : "spm";
+      })
+      .def_property_readonly("n_vocab", &Tokenizer::n_vocab)
+      .def_property_readonly("bos_id", [](const Tokenizer& t) { return t.vocab().bos_id; })
+      .def_property_readonly("eos_id", [](const Tokenizer& t) { return t.vocab().eos_id; })
+      .def_property_readonly("eog_ids", [](const Tokenizer& t) { return t.vocab().eog_ids; })
+      .def_property_readonly("add_bos", [](const Tokenizer& t) { return t.vocab().add_bos; })
+      .def("tokenize",
+           [](const Tokenizer& t, const std::string& text, bool add_bos, bool special) {
+             py::gil_scoped_release nogil;
+             return t.Encode(text, add_bos, special);
+           },
+           py::arg("text"), py::arg("add_bos") = true, py::arg("special") = false,
+           "Text (str, or bytes taken as they are) -> ids, as llama_tokenize.")
+      .def("detokenize",
+           [](const Tokenizer& t, const py::iterable& ids, bool special) {
+             std::vector<int32_t> v = ToIds(ids);
+             CheckTokenIds(v, t.n_vocab());
+             return Utf8(t.Decode(v, special));
+           },
+           py::arg("ids"), py::arg("special") = false)
+      .def("piece",
+           [](const Tokenizer& t, int32_t id, bool special) {
+             CheckTokenIds({id}, t.n_vocab());
+             return py::bytes(t.Piece(id, special));
+           },
+           py::arg("id"), py::arg("special") = false)
+      .def("is_eog", &Tokenizer::IsEog, py::arg("id"))
+      .def("token_pieces", [](const Tokenizer& t) { return TokenPieces(t); },
+           "Every token's (raw bytes, special): what a grammar's tokenizer is built from.");
+
   py::class_<ModelFile>(m, "ModelFile")
       .def(py::init([](const std::string& path) {
              py::gil_scoped_release nogil;

@@ -18,6 +18,13 @@
 //  * Bigram merges consider every piece in the vocab, whatever its type, and pick the
 //    highest score first, the leftmost pair on ties.
 //  * Byte fallback looks up "<0xHH>" by text (any type), then the one-byte piece.
+//
+// Gemma 4's byte-pair vocabularies share the special-token split, the token attributes and the
+// rendering of pieces; only the encoding of text fragments (EncodeBpe, bpe.h) differs, plus:
+//  * No space prefix, and bos is always added.
+//  * Byte fallback uses "<0xHH>" only; a byte without such a token is dropped (no unk).
+//  * Decode cleans up tokenization spaces (" ." -> "."), as llama_detokenize does for every
+//    byte-pair vocabulary.
 #include "runtime/tokenizer.h"
 
 #include <algorithm>
@@ -206,7 +213,9 @@ Tokenizer::Tokenizer(Vocab vocab) : vocab_(std::move(vocab)) {
   for (int32_t id : vocab_.eog_ids) check_id("an end-of-generation id", id, false);
   // llama.cpp asserts on these when it adds the token; fail early instead.
   if (vocab_.add_bos && vocab_.bos_id < 0) {
-    throw std::invalid_argument("tokenizer: add_bos is set but the vocabulary has no bos_id");
+    throw std::invalid_argument(
+        std::string("tokenizer: add_bos is set but the vocabulary has no bos_id") +
+        (vocab_.kind == VocabKind::kGemma4Bpe ? " (Gemma 4 always adds bos)" : ""));
   }
   if (vocab_.add_eos && vocab_.eos_id < 0) {
     throw std::invalid_argument("tokenizer: add_eos is set but the vocabulary has no eos_id");
@@ -218,6 +227,9 @@ Tokenizer::Tokenizer(Vocab vocab) : vocab_(std::move(vocab)) {
   }
 
   BuildPieceIndex();
+  if (vocab_.kind == VocabKind::kGemma4Bpe) {
+    merges_ = BpeMerges(vocab_.merges, [this](std::string_view text) { return TokenId(text); });
+  }
   BuildAttributes();
   BuildSpecials();
   BuildPieces();
@@ -250,8 +262,9 @@ void Tokenizer::BuildPieceIndex() {
   for (int b = 0; b < 256; ++b) {
     const char name[6] = {'<', '0', 'x', kHex[b >> 4], kHex[b & 15], '>'};
     int32_t id = TokenId(std::string_view(name, 6));
-    // Its second choice is the raw one-byte piece (built as a C string, so never for NUL).
-    if (id < 0 && b != 0) {
+    // Its second choice for SentencePiece is the raw one-byte piece (built as a C string, so
+    // never for NUL); Gemma 4's byte-pair path has none.
+    if (id < 0 && b != 0 && vocab_.kind == VocabKind::kSpm) {
       const char raw = static_cast<char>(b);
       id = TokenId(std::string_view(&raw, 1));
     }
@@ -591,9 +604,41 @@ void Tokenizer::EncodeSpm(std::string_view raw, bool prefix_space,
   }
 }
 
+void Tokenizer::EncodeBpe(std::string_view raw, std::vector<int32_t>* out) const {
+  const std::string text = PrepareGemma4Text(raw);
+  const PieceLookup lookup = [this](std::string_view piece) { return TokenId(piece); };
+  std::vector<BpePiece> pieces;
+  size_t pos = 0;
+  for (std::string_view word = NextGemma4Word(text, &pos); !word.empty();
+       word = NextGemma4Word(text, &pos)) {
+    // A run of newlines that is itself a token is taken whole (llama.cpp's Gemma 4 rule);
+    // other runs merge like any word.
+    if (word.front() == '\n') {
+      const int32_t id = TokenId(word);
+      if (id >= 0) {
+        out->push_back(id);
+        continue;
+      }
+    }
+    pieces.clear();
+    merges_.MergeWord(word, lookup, &pieces);
+    for (const BpePiece& p : pieces) {
+      if (p.id >= 0) {
+        out->push_back(p.id);
+        continue;
+      }
+      for (size_t k = 0; k < p.length; ++k) {
+        const int32_t byte = byte_ids_[static_cast<uint8_t>(word[p.offset + k])];
+        if (byte >= 0) out->push_back(byte);  // llama.cpp drops a byte it has no token for
+      }
+    }
+  }
+}
+
 std::vector<int32_t> Tokenizer::Encode(std::string_view text, bool add_bos,
                                        bool parse_special) const {
-  // Symbols are indexed with int32_t, and escaping can triple the text.
+  // Symbols are indexed with int32_t, and escaping (or U+FFFD for a bad byte) can triple the
+  // text.
   if (text.size() > static_cast<size_t>(std::numeric_limits<int32_t>::max() / 4)) {
     throw std::length_error("tokenizer: text of " + std::to_string(text.size()) +
                             " bytes is too long to encode");
@@ -611,6 +656,8 @@ std::vector<int32_t> Tokenizer::Encode(std::string_view text, bool add_bos,
     if (f.token >= 0) {
       out.push_back(f.token);
       prev_special = true;
+    } else if (vocab_.kind == VocabKind::kGemma4Bpe) {
+      EncodeBpe(text.substr(f.offset, f.length), &out);
     } else {
       EncodeSpm(text.substr(f.offset, f.length), vocab_.add_space_prefix && prev_special, &out);
       prev_special = false;
@@ -645,6 +692,7 @@ std::string Tokenizer::Decode(const std::vector<int32_t>& ids, bool special) con
     strip_space = false;
     out.append(piece);
   }
+  if (vocab_.kind == VocabKind::kGemma4Bpe) CleanTokenizationSpaces(&out);
   return out;
 }
 

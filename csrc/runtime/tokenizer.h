@@ -1,7 +1,8 @@
-// Tokenizer: llama.cpp-compatible SentencePiece (SPM) encoding and decoding over a Vocab.
+// Tokenizer: llama.cpp-compatible encoding and decoding over a Vocab: SentencePiece (SPM), or
+// Gemma 4's byte-pair encoding (Vocab::kind, see bpe.h).
 //
-// The reference is llama.cpp's SPM path (llama_vocab::tokenize / token_to_piece / detokenize):
-// the same input gives the same ids and the same bytes, including its quirks (see tokenizer.cc).
+// The reference is llama.cpp (llama_vocab::tokenize / token_to_piece / detokenize): the same
+// input gives the same ids and the same bytes, including its quirks (see tokenizer.cc).
 // A Tokenizer is immutable after construction; all methods are safe to call from many threads.
 #pragma once
 
@@ -10,6 +11,7 @@
 #include <string_view>
 #include <vector>
 
+#include "runtime/bpe.h"
 #include "runtime/vocab.h"
 
 namespace pyengine {
@@ -18,15 +20,17 @@ class Tokenizer {
  public:
   // Validates `vocab` and throws std::invalid_argument naming the problem when the arrays
   // disagree in length, a special id is out of range, a piece is duplicated (llama.cpp
-  // refuses such a vocabulary), or add_bos/add_eos is set without the matching id.
-  // Empty pieces are renamed "[EMPTY_<id>]" as llama.cpp does.
+  // refuses such a vocabulary), add_bos/add_eos is set without the matching id, or a byte-pair
+  // merge is malformed (see BpeMerges). Empty pieces are renamed "[EMPTY_<id>]" as llama.cpp
+  // does.
   explicit Tokenizer(Vocab vocab);
 
-  // Text -> ids exactly as llama.cpp's llama_tokenize does for an SPM vocab:
-  // special tokens (control/user-defined) matched first when parse_special; user-defined
-  // tokens are matched even when it is off; spaces -> U+2581; score-ordered bigram merges;
-  // byte fallback. add_bos is llama.cpp's add_special: it prepends bos when the vocab says
-  // add_bos (and appends eos when the vocab says add_eos).
+  // Text -> ids exactly as llama.cpp's llama_tokenize does: special tokens (control/
+  // user-defined) matched first when parse_special; user-defined tokens are matched even when
+  // it is off; then each stretch of text between them is encoded alone: spaces -> U+2581,
+  // score-ordered bigram merges (SPM) or rank-ordered merges per line (Gemma 4), byte
+  // fallback. add_bos is llama.cpp's add_special: it prepends bos when the vocab says add_bos
+  // (always for Gemma 4) and appends eos when the vocab says add_eos.
   std::vector<int32_t> Encode(std::string_view text, bool add_bos, bool parse_special) const;
 
   // The raw bytes of one token (may be a partial UTF-8 sequence, e.g. a byte token).
@@ -37,7 +41,8 @@ class Tokenizer {
   std::string_view PieceView(int32_t id, bool special) const;
 
   // Concatenated pieces of `ids`, as llama_detokenize(remove_special=false,
-  // unparse_special=special): with add_space_prefix the first piece loses one leading space.
+  // unparse_special=special): with add_space_prefix the first piece loses one leading space;
+  // Gemma 4 text then has its tokenization spaces cleaned up (CleanTokenizationSpaces).
   std::string Decode(const std::vector<int32_t>& ids, bool special) const;
 
   // The id whose piece text is exactly `text` (any token type), or -1.
@@ -78,6 +83,8 @@ class Tokenizer {
   void Partition(std::string_view text, bool parse_special, std::vector<Fragment>* out) const;
   // SPM bigram merging of one raw-text fragment (unescaped; prefix_space prepends U+2581).
   void EncodeSpm(std::string_view text, bool prefix_space, std::vector<int32_t>* out) const;
+  // Gemma 4 byte-pair encoding of one raw-text fragment (bpe.h has the steps).
+  void EncodeBpe(std::string_view text, std::vector<int32_t>* out) const;
   int32_t ByteToken(uint8_t byte) const;
 
   Vocab vocab_;
@@ -93,6 +100,8 @@ class Tokenizer {
   std::vector<Slot> slots_;
 
   int32_t byte_ids_[256];  // byte -> its fallback token, or -1 when the vocab has none
+
+  BpeMerges merges_;  // Gemma 4 only
 
   // Special tokens (control, user-defined, unknown) in llama.cpp's matching order: longest
   // first. special_ids_[rank] is the id; a trie over their texts finds all matches.
@@ -111,7 +120,8 @@ class Tokenizer {
 // Push returns only complete characters; the rest waits for the next token (or Flush).
 // Bytes that can never form a character become U+FFFD at once, so every returned string
 // is valid UTF-8 and the concatenation of all outputs equals the decoded text read with
-// Python's errors="replace".
+// Python's errors="replace". For Gemma 4 that is the pieces joined, before Decode's clean-up of
+// spaces (which needs the text that follows; llama.cpp streams pieces unchanged too).
 class StreamDecoder {
  public:
   explicit StreamDecoder(const Tokenizer& tok, bool special = false)

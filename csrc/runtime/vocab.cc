@@ -17,17 +17,36 @@ bool IsBytePiece(const std::string& s) {
 
 Vocab LoadVocab(const GgufFile& f, int64_t n_embd_rows) {
   const std::string arch = f.GetString("general.architecture", "");
-  const bool gemma = arch == "gemma3" || arch == "gemma3n";
+  const bool gemma = arch == "gemma3" || arch == "gemma3n" || arch == "gemma4";
   const std::string model = f.GetString("tokenizer.ggml.model", "");
-  if (model.empty()) f.Fail("the file has no tokenizer (tokenizer.ggml.model is missing)");
+  const GgufValue* merges = f.Find("tokenizer.ggml.merges");
+  // Gemma 4's vocabulary is byte-pair. llama.cpp knows it by the name "gemma4"; Ollama's
+  // converter names it "llama" but keeps the merges. llama.cpp reads such a file as
+  // SentencePiece and ignores the merges, which is not the model's tokenizer, so for a gemma4
+  // file the merges decide.
+  const bool bpe = model == "gemma4" || (arch == "gemma4" && merges);
+  if (model.empty() && !bpe) {
+    f.Fail(arch == "gemma4"
+               ? "the file has neither tokenizer.ggml.model nor tokenizer.ggml.merges: its "
+                 "vocabulary cannot be read"
+               : "the file has no tokenizer (tokenizer.ggml.model is missing)");
+  }
   // Gemma 3n is SentencePiece whatever the file calls it: Ollama's load-time patch for its
   // Gemma 3n blobs sets the name to "llama" unconditionally. A byte-pair listing (merges, or
   // scores that are just the ids) cannot be read as SentencePiece, though.
-  const bool spm_by_arch = arch == "gemma3n" && model != "llama";
-  if (model != "llama" && !spm_by_arch) {
-    f.Fail("tokenizer model '" + model + "' is not supported (SentencePiece 'llama' only)");
+  const bool spm_by_arch = arch == "gemma3n" && model != "llama" && !bpe;
+  if (!bpe && model != "llama" && !spm_by_arch) {
+    f.Fail("tokenizer model '" + model + "' is not supported (SentencePiece 'llama' or " +
+           "byte-pair 'gemma4' only)" +
+           (arch == "gemma4" ? ", and the file has no tokenizer.ggml.merges" : ""));
   }
-  if (spm_by_arch && f.Find("tokenizer.ggml.merges")) {
+  if (bpe && !merges) f.Fail("tokenizer model 'gemma4' has no tokenizer.ggml.merges");
+  if (bpe && (merges->type != GgufType::kArray || merges->elem_type != GgufType::kString)) {
+    f.Fail("tokenizer.ggml.merges must be an array of strings");
+  }
+  // A gemma4 file read as SentencePiece must have real scores (the checks below).
+  const bool spm_scores_checked = spm_by_arch || (arch == "gemma4" && !bpe);
+  if (spm_by_arch && merges) {
     f.Fail("tokenizer model '" + model + "' has tokenizer.ggml.merges: a byte-pair vocabulary, " +
            "which this engine cannot run for gemma3n (SentencePiece only)");
   }
@@ -43,7 +62,7 @@ Vocab LoadVocab(const GgufFile& f, int64_t n_embd_rows) {
   if (scores && (scores->type != GgufType::kArray || !scores->raw || scores->count != n_listed)) {
     f.Fail("tokenizer.ggml.scores must be a numeric array as long as the token list");
   }
-  if (spm_by_arch) {
+  if (spm_scores_checked) {
     if (!scores) f.Fail("tokenizer.ggml.scores is missing: SentencePiece merges need the scores");
     bool ids = true;
     for (size_t i = 0; ids && i < n_listed; ++i) {
@@ -95,23 +114,32 @@ Vocab LoadVocab(const GgufFile& f, int64_t n_embd_rows) {
     }
   }
 
+  if (bpe) {
+    v.kind = VocabKind::kGemma4Bpe;
+    v.merges.reserve(merges->strings.size());
+    for (std::string_view m : merges->strings) v.merges.emplace_back(m);
+  }
+
   auto id = [&](const char* key, int64_t fallback) -> int32_t {
     int64_t x = f.GetInt(key, fallback);
     if (x < -1 || x >= static_cast<int64_t>(n)) f.Fail(std::string(key) + " = " + std::to_string(x) + " is not a token id");
     return static_cast<int32_t>(x);
   };
-  v.bos_id = id("tokenizer.ggml.bos_token_id", 1);
-  v.eos_id = id("tokenizer.ggml.eos_token_id", 2);
-  v.unk_id = id("tokenizer.ggml.unknown_token_id", 0);
+  // SentencePiece files default to llama.cpp's ids for it; Gemma 4's have no defaults.
+  v.bos_id = id("tokenizer.ggml.bos_token_id", bpe ? -1 : 1);
+  v.eos_id = id("tokenizer.ggml.eos_token_id", bpe ? -1 : 2);
+  v.unk_id = id("tokenizer.ggml.unknown_token_id", bpe ? -1 : 0);
   v.pad_id = id("tokenizer.ggml.padding_token_id", -1);
-  v.add_bos = f.GetBool("tokenizer.ggml.add_bos_token", true);
+  // llama.cpp overrides add_bos_token=false for Gemma 4: its prompts always start with bos.
+  v.add_bos = bpe || f.GetBool("tokenizer.ggml.add_bos_token", true);
   v.add_eos = f.GetBool("tokenizer.ggml.add_eos_token", false);
   // llama.cpp assumes a space prefix when the key is missing, but Gemma's SentencePiece model
   // has none: llama.cpp's converter always writes false for it, and Ollama's writes no key.
   v.add_space_prefix = f.GetBool("tokenizer.ggml.add_space_prefix", !gemma);
 
   // End of generation: eos, explicit eot/eom ids, the eos list Ollama's converter writes, and
-  // <end_of_turn>, which llama.cpp recognises by its text whatever its type.
+  // the markers llama.cpp recognises by their text whatever their type: <end_of_turn>
+  // (Gemma 3); <eos>, <turn|> and <|tool_response> (Gemma 4).
   auto add_eog = [&](int32_t t) {
     if (t >= 0 && std::find(v.eog_ids.begin(), v.eog_ids.end(), t) == v.eog_ids.end()) v.eog_ids.push_back(t);
   };
@@ -132,8 +160,9 @@ Vocab LoadVocab(const GgufFile& f, int64_t n_embd_rows) {
     }
   }
   for (size_t i = 0; i < n; ++i) {
-    if (v.tokens[i] == "<end_of_turn>" ||
-        (v.types[i] == TokenType::kControl && v.tokens[i] == "<eot>")) {
+    const std::string& t = v.tokens[i];
+    if (t == "<end_of_turn>" || (v.types[i] == TokenType::kControl && t == "<eot>") ||
+        (bpe && (t == "<eos>" || t == "<turn|>" || t == "<|tool_response>"))) {
       add_eog(static_cast<int32_t>(i));
     }
   }
