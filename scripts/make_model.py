@@ -43,6 +43,9 @@ DTYPES = {  # dtype name -> (tensor type of the matrices, general.file_type)
     "f16": (Q.F16, gguf.LlamaFileType.MOSTLY_F16),
     "bf16": (Q.BF16, gguf.LlamaFileType.MOSTLY_BF16),
     "q8_0": (Q.Q8_0, gguf.LlamaFileType.MOSTLY_Q8_0),
+    # Written straight from the random values: for shapes whose F16 file would not fit on disk
+    # or in memory (the 26B-A4B), where llama.cpp's quantizer needs one as its source.
+    "q4_0": (Q.Q4_0, gguf.LlamaFileType.MOSTLY_Q4_0),
 }
 CHUNK_ELEMS = 1 << 22  # values generated and encoded at once: memory stays flat for big presets
 ARCHS = ("gemma3", "gemma3n", "gemma4")
@@ -259,8 +262,8 @@ def _corpus_words() -> Counter[str]:
     return words
 
 
-def _train_merges(words: Counter[str], max_merges: int) -> list[str]:
-    """Byte-pair-style merges, most frequent pair first (ties: smallest pair), as merged strings.
+def _train_merges(words: Counter[str], max_merges: int) -> list[tuple[str, str]]:
+    """Byte-pair-style merges, most frequent pair first (ties: smallest pair), as (left, right).
 
     Pair counts are updated incrementally and a lazy max-heap finds the next pair, so the tiny vocab
     builds in well under a second.
@@ -275,12 +278,12 @@ def _train_merges(words: Counter[str], max_merges: int) -> list[str]:
             where[pair].add(i)
     heap = [(-c, a, b) for (a, b), c in counts.items()]
     heapq.heapify(heap)
-    merges: list[str] = []
+    merges: list[tuple[str, str]] = []
     while heap and len(merges) < max_merges:
         neg, a, b = heapq.heappop(heap)
         if -neg != counts.get((a, b), 0) or neg == 0:
             continue  # stale heap entry
-        merges.append(a + b)
+        merges.append((a, b))
         touched: set[tuple[str, str]] = set()
         for i in sorted(where.pop((a, b), ())):
             seq, f = seqs[i], freqs[i]
@@ -341,7 +344,7 @@ def build_vocab(n_vocab: int, n_text: int = 0) -> tuple[list[str], list[float], 
     if n_pieces < 0:
         raise ValueError(f"n_vocab must be at least {len(tokens) + len(chars)}")
     seen = set(tokens) | set(chars)
-    pieces = [m for m in _train_merges(words, n_pieces) if m not in seen]
+    pieces = [a + b for a, b in _train_merges(words, n_pieces) if a + b not in seen]
     seen.update(pieces)
     # Filler up to the real vocab sizes: rare, long, unique pseudo-words. They merge only after
     # every corpus piece (lowest scores), so the corpus tokenizes as it would without them.
@@ -357,6 +360,64 @@ def build_vocab(n_vocab: int, n_text: int = 0) -> tuple[list[str], list[float], 
     types += [T.NORMAL] * (n_pieces + len(chars))
     scores += [float(-rank) for rank in range(n_pieces + len(chars))]
     return tokens, scores, [int(t) for t in types]
+
+
+# Gemma 4's control tokens where its vocabulary has them (105, 106 as Gemma 3's turn markers),
+# then the ones its converter types user-defined, so that they are always rendered.
+GEMMA4_CONTROL = ["<|turn>", "<turn|>", "<|tool>", "<tool|>", "<|think|>"]
+GEMMA4_VISIBLE = ["<|channel>", "<channel|>", "<|tool_call>", "<tool_call|>", "<|tool_response>",
+                  "<tool_response|>", '<|"|>']
+GEMMA4_CHAT_TEMPLATE = (  # Gemma 4's turn format, roles as they are (system included)
+    "{{ bos_token }}{%- for message in messages -%}"
+    "{%- set role = 'model' if message['role'] == 'assistant' else message['role'] -%}"
+    "{{ '<|turn>' + role + '\\n' + message['content'] | trim + '<turn|>\\n' }}"
+    "{%- endfor -%}{%- if add_generation_prompt -%}{{ '<|turn>model\\n' }}{%- endif -%}"
+)
+
+
+def build_gemma4_vocab(n_vocab: int) -> tuple[list[str], list[int], list[str]]:
+    """Gemma 4-like byte-pair vocabulary of exactly n_vocab pieces: (tokens, types, merges).
+
+    Layout: 0 <pad>, 1 <eos>, 2 <bos>, 3 <unk>, 4 <mask>, 5..104 <unused0..99>, 105 <|turn>,
+    106 <turn|>, the other control and visible tokens, newline runs, the 256 byte tokens, the
+    single characters, then the corpus merges' pieces in rank order and filler pieces that no
+    merge produces. Merges are "left right" strings; every piece a merge makes is a token.
+    """
+    tokens = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>"] + [f"<unused{i}>" for i in range(100)]
+    types = [T.CONTROL, T.CONTROL, T.CONTROL, T.UNKNOWN, T.CONTROL] + [T.UNUSED] * 100
+    tokens += GEMMA4_CONTROL + GEMMA4_VISIBLE
+    types += [T.CONTROL] * len(GEMMA4_CONTROL) + [T.USER_DEFINED] * len(GEMMA4_VISIBLE)
+    tokens += ["\n" * k for k in range(1, 9)]
+    types += [T.NORMAL] * 8
+    tokens += [f"<0x{b:02X}>" for b in range(256)]
+    types += [T.BYTE] * 256
+    words = _corpus_words()
+    chars = list(dict.fromkeys(CHARS + "".join(sorted(set("".join(words)) - set(CHARS)))))
+    seen = set(tokens)
+    chars = [c for c in chars if c not in seen]
+    tokens += chars
+    types += [T.NORMAL] * len(chars)
+    seen.update(chars)
+    n_pieces = n_vocab - len(tokens)
+    if n_pieces < 0:
+        raise ValueError(f"n_vocab must be at least {len(tokens)}")
+    merges, pieces = [], []
+    for a, b in _train_merges(words, n_pieces):
+        merges.append(f"{a} {b}")
+        if a + b not in seen:
+            pieces.append(a + b)
+            seen.add(a + b)
+    for syllables in itertools.product(SYLLABLES, repeat=3):
+        if len(pieces) >= n_pieces:
+            break
+        piece = "\u2581" + "".join(syllables)
+        if piece not in seen:
+            pieces.append(piece)
+    if len(pieces) < n_pieces:
+        raise ValueError(f"n_vocab {n_vocab} is larger than the filler allows")
+    tokens += pieces[:n_pieces]
+    types += [T.NORMAL] * n_pieces
+    return tokens, [int(t) for t in types], merges
 
 
 # ---------------------------------------------------------------------------------------- weights
@@ -528,6 +589,22 @@ def _add_metadata(w: gguf.GGUFWriter, cfg: ModelConfig, dtype: str) -> None:
     if cfg.arch == "gemma4":
         g4.add_metadata(w, cfg)
 
+    if cfg.arch == "gemma4":  # byte pairs, as llama.cpp's converter writes Gemma 4's
+        tokens, types, merges = build_gemma4_vocab(cfg.n_vocab)
+        w.add_tokenizer_model("gemma4")
+        w.add_tokenizer_pre("gemma4")
+        w.add_token_list(tokens)
+        w.add_token_scores([0.0] * len(tokens))
+        w.add_token_types(types)
+        w.add_token_merges(merges)
+        w.add_bos_token_id(2)
+        w.add_eos_token_id(1)
+        w.add_unk_token_id(3)
+        w.add_pad_token_id(0)
+        w.add_add_bos_token(True)
+        w.add_add_space_prefix(False)
+        w.add_chat_template(GEMMA4_CHAT_TEMPLATE)
+        return
     tokens, scores, types = build_vocab(cfg.n_vocab, cfg.n_vocab_per_layer)
     w.add_tokenizer_model("llama")
     w.add_tokenizer_pre("default")

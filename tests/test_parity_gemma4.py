@@ -183,3 +183,24 @@ def test_inconsistent_metadata_is_a_model_error(make_model, tmp_path, preset, kv
     bad = _edit(make_model(preset, "f32"), tmp_path / "bad.gguf", kv, drop)
     with pytest.raises(ModelError, match=message):
         Engine(bad, n_ctx=512)
+
+
+def test_synthetic_vocabulary_tokenizes_as_llama_cpp(make_model):
+    """The synthetic Gemma 4 files carry a byte-pair vocabulary (tokenizer.ggml.model gemma4):
+    the same ids as llama.cpp on the tokenizer tests' corpus, with and without special tokens."""
+    import json
+
+    import llama_cpp
+
+    path = make_model("tiny-4", "f32")
+    corpus = json.loads((Path(__file__).parent / "data" / "tokenizer_corpus.json").read_text("utf-8"))
+    chat = ["<|turn>user\nWhat is 2+2?<turn|>\n<|turn>model\n", '<|tool_call>call:f{a:<|"|>x<|"|>}']
+    llm = llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
+    eng = Engine(path, n_ctx=512)
+    assert len(corpus) >= 200
+    for text in corpus + chat:
+        for special in (False, True):
+            want = llm.tokenize(text.encode(), add_bos=True, special=special)
+            assert eng.tokenize(text, add_bos=True, special=special) == want, (text[:40], special)
+    # The turn markers are single control tokens, as the chat format needs.
+    assert eng.tokenize("<|turn><turn|>", add_bos=False, special=True) == [105, 106]
