@@ -88,3 +88,54 @@ def test_every_table_entry_is_whole():
             assert s["plus_one"] <= (s["kind"] == "norm"), s  # only norms carry the +1
     with pytest.raises(Exception, match="no tensor table for architecture 'llama'"):
         _core.architecture_tensors("llama")
+
+
+def _gemma4_expected(config: dict) -> tuple[dict[str, tuple[int, ...]], set[str]]:
+    """(every tensor the table allows in a Gemma 4 file at this config with its per-layer shape,
+    the names a file must have), from the table's presence rules and the config's per-layer
+    head sizes, KV heads and FFN widths."""
+    swa = config["layer_is_swa"]
+    full = next((i for i, s in enumerate(swa) if not s), 0)
+    shapes, required = {}, set()
+    for spec in _core.architecture_tensors("gemma4"):
+        for layer in range(config["n_layer"]) if spec["per_layer"] else [None]:
+            at = full if layer is None else layer
+            hd = config["layer_head_dim"][at] if layer is not None else config["head_dim"]
+            p = config["n_embd_per_layer"]
+            dims = {"n_embd": config["n_embd"], "n_vocab": config["n_vocab"], "head_dim": hd,
+                    "q_dim": config["n_head"] * hd,
+                    "kv_dim": config["layer_n_head_kv"][at] * hd,
+                    "n_ff": config["layer_n_ff"][at], "per_layer_width": p,
+                    "per_layer_all": p * config["n_layer"], "n_expert": config["n_expert"],
+                    "n_ff_exp": config["n_ff_exp"], "n_ff_exp_2": 2 * config["n_ff_exp"],
+                    "rope_freqs": config["layer_head_dim"][full] // 2, "one": 1}
+            only = spec["only"]
+            if (only == "moe" and not (config["layer_is_moe"] and config["layer_is_moe"][layer])
+                    or only == "per_layer_inputs" and p == 0
+                    or only == "full_layers" and all(swa)):
+                continue
+            name = spec["name"] if layer is None else f"blk.{layer}.{spec['name']}"
+            shapes[name] = tuple(dims[d] for d in spec["ne"])
+            owner = layer is None or config["kv_layer"][layer] == layer
+            if not spec["optional"] and (only != "kv_owners" or owner):
+                required.add(name)
+    return shapes, required
+
+
+@pytest.mark.parametrize("preset", ["tiny-4", "tiny-4-moe"])
+def test_the_writer_writes_the_gemma4_table(make_model, preset):
+    """Gemma 4's layers differ in which tensors they have and in their shapes: the synthetic
+    file has every tensor the table requires of each layer, only tensors the table allows, at
+    the per-layer shapes the core binds."""
+    path = make_model(preset, "q8_0")
+    config = _core.ModelFile(str(path)).config
+    shapes, required = _gemma4_expected(config)
+    written = _file_shapes(path)
+    assert required <= set(written)
+    assert {name: shapes.get(name) for name in written} == written
+    # The layers that reuse KV carry no K or V; the full layers of tiny-4 no V either.
+    if preset == "tiny-4":
+        assert "blk.5.attn_k.weight" not in written and "blk.4.attn_v.weight" not in written
+        assert "blk.0.attn_v.weight" in written
+    specs = tensor_specs(make_config(preset))
+    assert [name for name, _shape, _kind in specs] == list(written)
