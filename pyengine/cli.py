@@ -13,6 +13,7 @@ from collections import Counter
 from typing import Any, Sequence
 
 from pyengine import __version__, _core
+from pyengine.chat import native_tools
 from pyengine.gateway.config import BACKENDS
 from pyengine.engine import Engine
 from pyengine.errors import PyEngineError
@@ -174,8 +175,14 @@ def describe(path: str) -> str:
     row("supported", _support(arch, tensors, error))
     lines.append("  Tokenizer")
     model = meta.get("tokenizer.ggml.model", "none")
-    row("model", model if model == "llama" or cfg is None
-        else f"{model} (read as SentencePiece, as for every {arch} file)")
+    bpe = model == "gemma4" or (arch == "gemma4" and "tokenizer.ggml.merges" in lengths)
+    if bpe:
+        # Ollama's converter names Gemma 4's byte-pair vocabulary "llama"; the merges decide.
+        row("model", model if model == "gemma4"
+            else f"{model} (read as Gemma 4's byte-pair vocabulary: the file lists merges)")
+    else:
+        row("model", model if model == "llama" or cfg is None
+            else f"{model} (read as SentencePiece, as for every {arch} file)")
     if "tokenizer.ggml.tokens" in lengths:
         listed = lengths["tokenizer.ggml.tokens"]
         # The core's tokenizer stops at token_embd's rows (the ids the model can embed).
@@ -187,11 +194,17 @@ def describe(path: str) -> str:
             row("vocabulary", listed)
     for key in ("bos_token_id", "eos_token_id", "eos_token_ids", "unknown_token_id",
                 "padding_token_id", "add_bos_token", "add_eos_token", "add_space_prefix"):
-        if "tokenizer.ggml." + key in meta:
+        if key == "add_bos_token" and bpe and not meta.get("tokenizer.ggml." + key, True):
+            row(key, "True (the file says False; Gemma 4 always adds bos, as llama.cpp does)")
+        elif "tokenizer.ggml." + key in meta:
             row(key, meta["tokenizer.ggml." + key])
         elif key == "add_space_prefix" and arch in ("gemma3", "gemma3n"):
             row(key, "False (no key: Gemma's SentencePiece model adds no prefix)")
-    row("chat template", "yes" if "tokenizer.chat_template" in meta else "no (Gemma turns)")
+    row("chat template", "yes" if "tokenizer.chat_template" in meta
+        else f"no ({'Gemma 4' if native_tools(arch) else 'Gemma'} turns)")
+    # What pyengine sends the model, whatever the file's template says (chat.format_chat).
+    row("chat format", "Gemma 4 turns, native tool calls" if native_tools(arch)
+        else "Gemma turns, tools as turns")
     return "\n".join(lines)
 
 
@@ -204,6 +217,8 @@ def describe_source(ref: ModelRef) -> str:
     if ref.tier:
         lines.append(f"    {'tier':<28}{ref.tier}")
     lines.append(f"    {'file':<28}{ref.path}")
+    if ref.card:
+        lines.append(f"    {'card':<28}{ref.card}")
     if ref.digest:
         lines.append(f"    {'digest':<28}sha256:{ref.digest}")
     return "\n".join(lines)

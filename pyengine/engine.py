@@ -15,11 +15,11 @@ import numpy as np
 from pyengine import _core, mlx_backend
 from pyengine.core_protocol import BackendCore
 from pyengine.aio import ReadyPump
-from pyengine.chat import format_gemma
+from pyengine.chat import format_chat
 from pyengine.gateway.config import BACKENDS, Config
 from pyengine.errors import PyEngineError
 from pyengine.structured import Grammars
-from pyengine.structured.tools import CallFilter, ToolCall, parse_reply, plan_chat
+from pyengine.structured.tools import CallFilter, ToolCall, parse_reply, plan_prompt
 from pyengine.options import GenerateOptions
 
 Prompt = Union[str, Sequence[int]]
@@ -185,6 +185,8 @@ class Engine:
                                       prefix_cache=bool(prefix_cache),
                                       device="cuda" if self.backend == "cuda" else "cpu")
         self.load_duration = time.perf_counter_ns() - t0
+        # The architecture picks the chat format and the tool-call syntax (chat.format_chat).
+        self.arch: str = str(self._core.config.get("arch", "gemma3"))
         self._pump = ReadyPump(self._core)
         # Kept for the engine's life: the scheduler calls its solver while requests run.
         self._grammars = Grammars(self._core)
@@ -379,10 +381,10 @@ class Engine:
                     tool_choice: Any = None, parallel_tool_calls: bool = True,
                     **options: Any) -> Completion:
         """``chat`` for asyncio."""
-        rendered, fmt = plan_chat(messages, tools, tool_choice, parallel_tool_calls,
-                                  options.pop("format", None))
-        c = await self.agenerate(self.chat_prompt(rendered), format=fmt, **options)
-        return with_tool_calls(c) if tools else c
+        ids, fmt = self._chat_request(messages, tools, tool_choice, parallel_tool_calls,
+                                      options.pop("format", None))
+        c = await self.agenerate(ids, format=fmt, **options)
+        return with_tool_calls(c, self.arch) if tools else c
 
     def generate(self, prompt_or_ids: Prompt, max_tokens: int = 128, temperature: float = 0.8,
                  top_k: int = 40, top_p: float = 0.9, min_p: float = 0.0,
@@ -401,13 +403,24 @@ class Engine:
         raise RuntimeError("generation ended without a final chunk")  # unreachable
 
     def chat_prompt(self, messages: Sequence[Mapping[str, Any]]) -> list[int]:
-        """Token ids of ``messages`` in Gemma's turn format, ready for the model's reply."""
-        return self.tokenize(format_gemma(messages), add_bos=True, special=True)
+        """Token ids of ``messages`` in the model's chat format (``chat.format_chat`` for its
+        architecture), ready for the model's reply."""
+        return self.tokenize(format_chat(messages, self.arch), add_bos=True, special=True)
+
+    def _chat_request(self, messages: Sequence[Mapping[str, Any]], tools: Any,
+                      tool_choice: Any, parallel_tool_calls: bool, fmt: Any
+                      ) -> tuple[list[int], Any]:
+        # The prompt's token ids and the reply's format, tools rendered the model's way.
+        text, fmt = plan_prompt(messages, tools, tool_choice, parallel_tool_calls, fmt,
+                                arch=self.arch)
+        return self.tokenize(text, add_bos=True, special=True), fmt
 
     def chat(self, messages: Sequence[Mapping[str, Any]], tools: Any = None,
              tool_choice: Any = None, parallel_tool_calls: bool = True,
              **options: Any) -> Completion:
-        """Replies to Ollama-style chat ``messages`` (system folded into the first user turn).
+        """Replies to Ollama-style chat ``messages`` in the model's chat format (Gemma 3's folds
+        a system message into the first user turn; Gemma 4's has a system role and its own
+        tool calls, which come back as the same ``ToolCall`` objects).
 
         ``format``: "json", a JSON Schema or a ``structured.Grammar`` the reply follows.
         ``tools``: functions the reply may call (OpenAI's and Ollama's shape); the reply is
@@ -415,25 +428,26 @@ class Engine:
         "auto", "none", "required" or ``{"type": "function", "function": {"name": ...}}``;
         ``parallel_tool_calls=False`` allows one call. See ``pyengine.structured``.
         """
-        rendered, fmt = plan_chat(messages, tools, tool_choice, parallel_tool_calls,
-                                  options.pop("format", None))
-        c = self.generate(self.chat_prompt(rendered), format=fmt, **options)
-        return with_tool_calls(c) if tools else c
+        ids, fmt = self._chat_request(messages, tools, tool_choice, parallel_tool_calls,
+                                      options.pop("format", None))
+        c = self.generate(ids, format=fmt, **options)
+        return with_tool_calls(c, self.arch) if tools else c
 
     def chat_stream(self, messages: Sequence[Mapping[str, Any]], tools: Any = None,
                     tool_choice: Any = None, parallel_tool_calls: bool = True,
                     **options: Any) -> Iterator[Chunk]:
         """Streams the reply to ``messages``; see ``stream`` and ``chat``. A reply that calls
         tools streams no text: its final chunk's completion carries the calls."""
-        rendered, fmt = plan_chat(messages, tools, tool_choice, parallel_tool_calls,
-                                  options.pop("format", None))
-        chunks = self.stream(self.chat_prompt(rendered), format=fmt, **options)
-        return _CallStream(chunks) if tools else chunks
+        ids, fmt = self._chat_request(messages, tools, tool_choice, parallel_tool_calls,
+                                      options.pop("format", None))
+        chunks = self.stream(ids, format=fmt, **options)
+        return _CallStream(chunks, self.arch) if tools else chunks
 
 
-def with_tool_calls(c: Completion) -> Completion:
-    """A reply made under a tool grammar, its calls parsed out of its text (then "")."""
-    text, calls = parse_reply(c.text)
+def with_tool_calls(c: Completion, arch: str = "gemma3") -> Completion:
+    """A reply made under a tool grammar, its calls parsed out of its text (then ""); the
+    call syntax is that of the model's architecture (``arch``)."""
+    text, calls = parse_reply(c.text, arch)
     return dataclasses.replace(c, text=text, tool_calls=calls)
 
 
@@ -442,9 +456,10 @@ class _CallStream:
     JSON stays out of the chunks; the final chunk's completion carries the parsed calls.
     Closing it cancels the request."""
 
-    def __init__(self, chunks: Any) -> None:
+    def __init__(self, chunks: Any, arch: str = "gemma3") -> None:
         self._chunks = chunks
-        self._filter = CallFilter(True)
+        self._arch = arch
+        self._filter = CallFilter(True, arch)
 
     def __iter__(self) -> "_CallStream":
         return self
@@ -452,7 +467,8 @@ class _CallStream:
     def __next__(self) -> Chunk:
         chunk = next(self._chunks)
         if chunk.done and chunk.completion is not None:
-            chunk = dataclasses.replace(chunk, completion=with_tool_calls(chunk.completion))
+            chunk = dataclasses.replace(chunk, completion=with_tool_calls(chunk.completion,
+                                                                          self._arch))
         passed = self._filter.piece(chunk.text, lambda _text: chunk)
         return passed if passed is not None else dataclasses.replace(chunk, text="")
 

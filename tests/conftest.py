@@ -186,3 +186,13 @@ def oracle_agreement(logits_of, path: Path, n_vocab: int, n_prompts: int, n_toke
         errs.append(rel_err(ours, ref))
         hits.append(ours.argmax(1) == ref.argmax(1))
     return np.concatenate(errs), float(np.concatenate(hits).mean())
+
+
+@pytest.fixture(scope="session")
+def llama_cpp_tree() -> Path:
+    """The llama.cpp source tree the pinned llama-cpp-python sdist vendors (downloaded with pip
+    and unpacked once, then cached): Google's Gemma 4 chat template and Gemma 4's real
+    vocabulary (a vocab-only GGUF with llama.cpp's own tokenizer test vectors) live there."""
+    from llama_server import DEFAULT_CACHE, _fetch_source, pinned_version
+
+    return _fetch_source(DEFAULT_CACHE, pinned_version())

@@ -368,3 +368,38 @@ def test_show_names_the_byte_pair_vocabulary(vocab, tmp_path):
     rows = describe(str(write_vocab(tmp_path / "o.gguf", *vocab, model="llama"))).splitlines()
     assert any("llama (read as Gemma 4's byte-pair vocabulary" in r for r in rows)
     assert any("add_bos_token" in r and "always adds bos" in r for r in rows)
+
+
+# -- Gemma 4's real vocabulary ---------------------------------------------------------------
+
+REAL_VOCAB = "models/ggml-vocab-gemma-4.gguf"
+
+
+@pytest.fixture(scope="module")
+def real_pair(llama_cpp_tree):
+    """Our tokenizer and llama.cpp's on Gemma 4's real vocabulary (262144 pieces and their
+    merges: the vocab-only file llama.cpp ships for its own tokenizer tests)."""
+    import llama_cpp
+
+    path = llama_cpp_tree / REAL_VOCAB
+    return _core.Tokenizer(str(path)), llama_cpp.Llama(model_path=str(path), vocab_only=True,
+                                                        verbose=False), path
+
+
+@pytest.mark.parametrize("special", [False, True])
+def test_real_vocabulary_ids_match_llama_cpp(real_pair, special):
+    ours, llm, _ = real_pair
+    assert ours.kind == "gemma4" and ours.n_vocab == 262144
+    for text in TEXTS:
+        assert list(ours.tokenize(text, True, special)) == llm.tokenize(
+            text.encode(), add_bos=True, special=special), text[:40]
+
+
+def test_real_vocabulary_passes_llama_cpps_own_test_vectors(real_pair):
+    """llama.cpp's test-tokenizer-0 vectors for this vocabulary (.inp texts, .out ids, no bos)."""
+    ours, _, path = real_pair
+    texts = path.with_name(path.name + ".inp").read_text("utf-8").split("\n__ggml_vocab_test__\n")
+    ids = path.with_name(path.name + ".out").read_text("utf-8").split("\n")
+    assert len(texts) >= 40
+    for text, want in zip(texts, ids):
+        assert list(ours.tokenize(text, False, False)) == [int(x) for x in want.split()], text

@@ -375,8 +375,11 @@ def test_default_locations_come_from_the_environment(registry, ollama, tmp_path,
 def test_the_committed_registry_lists_the_four_tiers(tmp_path):
     data = json.loads((ROOT / "models" / "registry.json").read_text())
     tiers = {name: entry["tier"] for name, entry in data["models"].items()}
+    # The strategy's four tier models, and the Gemma 4 models with the tier each suits.
     assert tiers == {"gemma3:1b": "fast", "gemma3n:e2b": "primary", "gemma3:4b": "alternative",
-                     "gemma3n:e4b": "quality"}
+                     "gemma3n:e4b": "quality", "gemma4:e2b": "primary", "gemma4:e4b": "quality",
+                     "gemma4:latest": "quality", "gemma4:26b": "alternative",
+                     "gemma4:31b": "quality"}
     store = ModelStore(ROOT / "models", tmp_path / "no-ollama")
     for name, entry in data["models"].items():
         assert (ROOT / "models" / entry["card"]).is_file() and entry["file"].endswith(".gguf")
@@ -452,6 +455,7 @@ def test_cli_show_names_the_store_it_found_a_model_in(registry, ollama, tmp_path
         "    found in                    Ollama's store as gemma3:1b",
         "    tier                        fast",  # the registry names its tier
         f"    file                        {(ollama / 'blobs' / f'sha256-{digest}').resolve()}",
+        f"    card                        {(registry / 'cards' / 'gemma3-1b.md').resolve()}",
         f"    digest                      sha256:{digest}"]
     (registry / "gemma3-1b.gguf").write_bytes(gguf)
     proc = run_cli(tmp_path, "show", "gemma3:1b", **env)

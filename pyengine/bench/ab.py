@@ -425,10 +425,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "OpenAI /v1/completions) instead of chat requests: texts as they are, "
                         "conversations rendered with --chat-template, so both sides complete "
                         "the same text")
-    parser.add_argument("--chat-template", metavar="gemma|FILE.gguf", default=None,
+    parser.add_argument("--chat-template", metavar="gemma|gemma4|FILE.gguf", default=None,
                         help="with --raw: how conversations become text: gemma (Gemma's turn "
-                        "format, the default) or a GGUF file's own chat template (Gemma's "
-                        "format when it has none)")
+                        "format, the default), gemma4 (Gemma 4's) or a GGUF file's own chat "
+                        "template (Gemma's format when it has none)")
     parser.add_argument("--concurrency", type=_levels, default=[1, 4, 8], metavar="N,N,...",
                         help="requests in flight, one level after another (default 1,4,8)")
     parser.add_argument("--requests", type=int, default=8,

@@ -10,6 +10,8 @@ A template comes from ``--chat-template``:
 
 - ``gemma`` (the default): Gemma's turn format (``pyengine.chat.format_gemma``), what Ollama's
   Gemma templates and the Gemma GGUFs' own templates produce;
+- ``gemma4``: Gemma 4's turn format (``pyengine.chat_gemma4.format_gemma4``), what pyengine
+  and Ollama's Gemma 4 renderer send a Gemma 4 model;
 - a GGUF file: its ``tokenizer.chat_template`` (Jinja, rendered as Hugging Face's
   ``apply_chat_template`` renders it; needs jinja2), or Gemma's turn format when it has none.
 
@@ -29,6 +31,7 @@ from typing import Any, Callable
 Messages = Sequence[Mapping[str, Any]]
 
 GEMMA = "gemma"
+GEMMA4 = "gemma4"
 _TEMPLATE_KEY = "tokenizer.chat_template"
 
 
@@ -53,6 +56,13 @@ def gemma_template() -> ChatTemplate:
     from pyengine.chat import format_gemma
 
     return ChatTemplate(GEMMA, format_gemma)
+
+
+def gemma4_template() -> ChatTemplate:
+    """Gemma 4's turn format, the same code the server formats Gemma 4 chat requests with."""
+    from pyengine.chat_gemma4 import format_gemma4
+
+    return ChatTemplate(GEMMA4, format_gemma4)
 
 
 def jinja_template(source: str, name: str, bos_token: str = "", eos_token: str = "",
@@ -121,10 +131,14 @@ def template_from_gguf(path: str | Path) -> ChatTemplate:
 
 
 def load_template(source: str | None) -> ChatTemplate:
-    """``--chat-template``: ``gemma`` (or None) or a GGUF file (see the module docstring)."""
+    """``--chat-template``: ``gemma`` (or None), ``gemma4`` or a GGUF file (see the module
+    docstring)."""
     if source is None or source.strip().lower() == GEMMA:
         return gemma_template()
+    if source.strip().lower() == GEMMA4:
+        return gemma4_template()
     path = Path(source).expanduser()
     if not path.is_file():
-        raise TemplateError(f"--chat-template: {source!r} is neither 'gemma' nor a GGUF file")
+        raise TemplateError(f"--chat-template: {source!r} is neither 'gemma' nor a GGUF file "
+                            "(nor 'gemma4')")
     return template_from_gguf(path)

@@ -36,6 +36,10 @@ CLOSERS = ('"', "}", "]", ":", ",", "@", ".", "0", "null", "false", "true", *"12
            *(c for c in string.printable if c not in '"}]:,@.0123456789{[\t\n\r\x0b\x0c'),
            "{", "[")
 REPEAT_LIMIT = 4
+# Special tokens that close a structure in a model's own call syntax (Gemma 4's string
+# delimiter and end of call), preferred to every text closer where the vocabulary has them: in
+# a Gemma 4 string '"', '}' and ']' are plain text, and only the delimiter ends it.
+SPECIAL_CLOSERS = ('<|"|>', "<tool_call|>")
 # What a token must hold to open a structure, a string, a key or a value.
 OPENERS = (b'"', b"[", b"{", b":", b",")
 # Within sight of its budget's end, a row measures its way out every CHECK_EVERY tokens, and
@@ -51,9 +55,18 @@ class _Vocabulary:
     tokens, and the core's own tokenizer for the text a grammar forces."""
 
     def __init__(self, core: Any) -> None:
-        pieces = core.token_pieces()
-        self.tokens = [b"\xff" + p if special else p for p, special in pieces]
-        self.special_token_ids = [i for i, (_p, special) in enumerate(pieces) if special]
+        # A token whose bytes are the bare marker would be a prefix of every special token, so
+        # llguidance would let it through wherever one may come next (a Gemma 4 string's end
+        # delimiter): special tokens with no text (unused ones) get a name of their own, and
+        # the byte token <0xFF> (never valid UTF-8, so never text) is marked special.
+        self.tokens = []
+        self.special_token_ids = []
+        for i, (piece, special) in enumerate(core.token_pieces()):
+            if special or piece.startswith(b"\xff"):
+                self.tokens.append(b"\xff" + (piece or f"<[unnamed {i}]>".encode()))
+                self.special_token_ids.append(i)
+            else:
+                self.tokens.append(piece)
         self.eos_token_id = int(core.eos_id)
         self.bos_token_id = int(core.bos_id) if core.bos_id >= 0 else None
         self._core = core
@@ -143,7 +156,9 @@ class Grammars:
             for i, piece in enumerate(vocab.tokens):
                 ids.setdefault(piece, i)
             self._eog = eog
-            self._closer_list = [ids[c.encode()] for c in CLOSERS if c.encode() in ids]
+            special = [b"\xff" + c.encode() for c in SPECIAL_CLOSERS]
+            self._closer_list = [ids[c] for c in special if c in ids] \
+                + [ids[c.encode()] for c in CLOSERS if c.encode() in ids]
             self._opens = np.array([any(c in piece for c in OPENERS) for piece in vocab.tokens],
                                    dtype=bool)
             self._executor = llg.LLExecutor()

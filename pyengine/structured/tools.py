@@ -11,8 +11,15 @@ the grammar: "auto" (text or calls), "required" (calls), a named function (calls
 "none" (text, and the tools are not described). ``parallel_tool_calls=False`` allows one call.
 
 Earlier turns are rendered the same way: an assistant message with ``tool_calls`` becomes that
-JSON object, and a ``tool`` message a user turn holding the tool's name and result. A model
-with a native tool format (Gemma 4) would get its own renderer and parser here.
+JSON object, and a ``tool`` message a user turn holding the tool's name and result.
+
+Models with a tool format of their own (Gemma 4, ``chat.native_tools``) get it instead: the
+tools are declared in the prompt as the model's chat template declares them, earlier calls and
+results are written in its syntax, and the grammar makes the reply plain text or the model's own
+calls, ``<|tool_call>call:NAME{...}<tool_call|>`` (``structured.gemma4_calls``), which
+``parse_reply`` reads back into the same ``ToolCall`` objects. The architecture is the one
+parameter that chooses (``arch``, the engine's ``config["arch"]``); ``plan_prompt`` renders a
+chat request for it.
 """
 
 from __future__ import annotations
@@ -21,6 +28,9 @@ import json
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence, TypeVar
 
+from pyengine.chat import format_chat, native_tools
+from pyengine.chat_gemma4 import CALL_OPEN
+from pyengine.structured import gemma4_calls
 from pyengine.structured.formats import JSON_OPTIONS, Grammar, strict_formats
 
 TOOL_CHOICES = ("auto", "none", "required")
@@ -116,11 +126,17 @@ def calls_schema(tools: Sequence[Tool], choice: str, parallel: bool) -> dict[str
             "properties": {"tool_calls": calls}, "x-guidance": JSON_OPTIONS}
 
 
-def tool_grammar(tools: Sequence[Tool], choice: str, parallel: bool = True) -> Grammar | None:
+def tool_grammar(tools: Sequence[Tool], choice: str, parallel: bool = True,
+                 arch: str = "gemma3") -> Grammar | None:
     """The grammar of a reply under these tools: text or calls ("auto"), calls only
-    ("required", a name); None when the reply is free ("none", or no tools)."""
+    ("required", a name); None when the reply is free ("none", or no tools). Calls are the
+    JSON object above, or the model's own syntax where ``arch`` has one (Gemma 4)."""
     if not tools or choice == "none":
         return None
+    if native_tools(arch):
+        chosen = [(t.name, t.parameters) for t in tools
+                  if choice in ("auto", "required") or t.name == choice]
+        return Grammar(gemma4_calls.calls_grammar(chosen, parallel, text=choice == "auto"))
     call = f"%json {json.dumps(strict_formats(calls_schema(tools, choice, parallel)))}"
     if choice == "auto":
         return Grammar(f"start: call | text\ntext: /[^{{\\s][\\s\\S]*/\ncall: {call}\n")
@@ -182,8 +198,15 @@ def _history_call(i: int, call: Any) -> dict[str, Any]:
     return {"name": f["name"], "arguments": dict(args)}
 
 
-def parse_reply(text: str) -> tuple[str, list[ToolCall]]:
+def parse_reply(text: str, arch: str = "gemma3") -> tuple[str, list[ToolCall]]:
     """A reply made under ``tool_grammar``: (its text, "" when it calls tools; its calls)."""
+    if native_tools(arch):
+        if not text.startswith(CALL_OPEN):
+            return text, []
+        try:
+            return "", [ToolCall(name, args) for name, args in gemma4_calls.parse_calls(text)]
+        except gemma4_calls.ParseError:
+            return text, []  # cut short by its budget
     if not text.startswith("{"):
         return text, []
     try:
@@ -211,21 +234,75 @@ def plan_chat(messages: Sequence[Mapping[str, Any]], tools: Any, choice: Any, pa
     return rendered, grammar if grammar is not None else fmt
 
 
+def plan_prompt(messages: Sequence[Mapping[str, Any]], tools: Any, choice: Any, parallel: bool,
+                fmt: Any, names_by_id: Mapping[str, str] | None = None, arch: str = "gemma3"
+                ) -> tuple[str, Any]:
+    """A chat request as a model of ``arch`` runs it: the prompt text (ready for the
+    tokenizer, which adds BOS) and the format of the reply (the tool grammar, or ``fmt``
+    without tools). Gemma 3 and 3n get ``plan_chat``'s turns in Gemma's format; Gemma 4 its own
+    format with the tools declared natively. ``ToolError`` for bad tools or tool messages,
+    ``ValueError`` for messages the format refuses."""
+    if not native_tools(arch):
+        turns, out = plan_chat(messages, tools, choice, parallel, fmt, names_by_id)
+        return format_chat(turns, arch), out
+    parsed = parse_tools(tools)
+    mode = parse_choice(choice, parsed)
+    if parsed and mode != "none" and fmt is not None:
+        raise ToolError("a reply follows either a format or the tools: give one of them",
+                        "response_format")
+    if not isinstance(parallel, bool):
+        raise ToolError("parallel_tool_calls must be a boolean", "parallel_tool_calls")
+    chosen = {t.name for t in parsed if mode in ("auto", "required") or t.name == mode}
+    declared = [t for t in tools or () if mode != "none" and t["function"]["name"] in chosen]
+    text = format_chat(native_history(messages, names_by_id), arch, tools=declared or None)
+    grammar = tool_grammar(parsed, mode, parallel, arch)
+    return text, grammar if grammar is not None else fmt
+
+
+def native_history(messages: Sequence[Mapping[str, Any]],
+                   names_by_id: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
+    """Messages for a format that writes tool calls itself: each earlier call checked, its
+    arguments an object (OpenAI sends JSON text), and each tool result named where only
+    ``names_by_id`` knows its tool."""
+    out: list[dict[str, Any]] = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, Mapping):
+            out.append(m)  # type: ignore[arg-type]  # the format names the fault
+            continue
+        msg = dict(m)
+        if msg.get("role") == "assistant" and msg.get("tool_calls"):
+            calls = msg["tool_calls"]
+            if not isinstance(calls, list):
+                raise ToolError(f"messages[{i}].tool_calls must be a list", "messages")
+            msg["tool_calls"] = [
+                {"id": c.get("id"), "function": {"name": h["name"], "arguments": h["arguments"]}}
+                for c, h in ((c, _history_call(i, c)) for c in calls)]
+        elif msg.get("role") == "tool" and not (msg.get("tool_name") or msg.get("name")):
+            name = (names_by_id or {}).get(msg.get("tool_call_id") or "")
+            if name:
+                msg["tool_name"] = name
+        out.append(msg)
+    return out
+
+
 class CallFilter:
     """A reply made under a tool grammar, as a server streams it: text pieces pass as they
-    come unless the reply opens with "{" (a call; plain text cannot), whose JSON is held back
-    and given as calls at the end. Inactive (no tools), everything passes."""
+    come unless the reply opens with a call ("{", or ``<|tool_call>`` for Gemma 4; plain text
+    cannot), which is held back and given as calls at the end. Inactive (no tools),
+    everything passes."""
 
-    def __init__(self, active: bool) -> None:
+    def __init__(self, active: bool, arch: str = "gemma3") -> None:
         self.active = active
+        self.arch = arch
+        self._opener = CALL_OPEN if native_tools(arch) else "{"
         self._calling: bool | None = None
 
     def piece(self, text: str, make: Callable[[str], T]) -> T | None:
         """``make(text)``, or None for a piece of a call."""
         if self.active and self._calling is None and text:
-            self._calling = text.startswith("{")
+            self._calling = text.startswith(self._opener)
         return None if self._calling else make(text)
 
     def calls(self, text: str) -> list[ToolCall]:
         """The calls the whole reply ``text`` makes ([] for text, or without tools)."""
-        return parse_reply(text)[1] if self.active else []
+        return parse_reply(text, self.arch)[1] if self.active else []

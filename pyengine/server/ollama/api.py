@@ -18,13 +18,13 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from pyengine import __version__
-from pyengine.chat import format_gemma
+from pyengine.chat import format_chat, format_gemma
 from pyengine.engine import Completion
 from pyengine.errors import PyEngineError
 from pyengine.gateway.chain import Result
 from pyengine.server.errors import APIError, bad_request, log
 from pyengine.structured import GrammarError, grammar_text
-from pyengine.structured.tools import CallFilter, ToolCall, ToolError, plan_chat
+from pyengine.structured.tools import CallFilter, ToolCall, ToolError, plan_chat, plan_prompt
 from pyengine.server.keep_alive import parse_keep_alive
 from pyengine.server.model_info import model_facts
 from pyengine.pool import Lease, ModelEntry, ModelNotFound, ModelPool
@@ -142,6 +142,16 @@ def _tool_fields(m: Any) -> dict[str, Any]:
     if m.tool_name:
         out["tool_name"] = m.tool_name
     return out
+
+
+def _rendered(lease: Lease, render: Callable[[], Any]) -> Any:
+    """``render()`` (a prompt in the leased model's chat format); what it refuses is a 400,
+    the lease released first."""
+    try:
+        return render()
+    except (ToolError, ValueError) as e:
+        lease.release()
+        raise bad_request(str(e)) from None
 
 
 def _unsupported(model: str, *, think: Any, logprobs: bool | None) -> None:
@@ -325,6 +335,9 @@ async def generate(request: Request) -> Response:
     if isinstance(lease, Response):
         return lease
     engine = lease.engine
+    if req.prompt and not req.raw and not req.template:
+        # Checked above in Gemma's format; rendered now in the leased model's own.
+        text = _rendered(lease, lambda: format_chat(messages, engine.arch))
     # req.context: the deprecated conversation memory of an earlier reply.
     ids = list(req.context or []) + lease.tokenize(text, not req.context, bad_request)
 
@@ -378,7 +391,7 @@ async def chat(request: Request) -> Response:
         return reply
     _unsupported(req.model, think=req.think, logprobs=req.logprobs)
     try:
-        text = format_gemma(turns)
+        format_gemma(turns)  # a bad message is a 400 before the model is loaded
     except ValueError as e:
         raise bad_request(str(e)) from None
 
@@ -386,8 +399,15 @@ async def chat(request: Request) -> Response:
                                   elsewhere, req.stream is not False, record, t0)
     if isinstance(lease, Response):
         return lease
+    # The prompt and the tool grammar in the leased model's chat format (Gemma 4 has its own).
+    arch = lease.engine.arch
+    text, fmt = _rendered(lease, lambda: plan_prompt(messages, req.tools, None, True,
+                                                      elsewhere.get("format"), arch=arch))
+    options.pop("format", None)
+    if fmt is not None:
+        options["format"] = fmt
     ids = lease.tokenize(text, True, bad_request)
-    calling = CallFilter(bool(req.tools))
+    calling = CallFilter(bool(req.tools), arch)
 
     def final(content: str, c: Completion, total: int) -> dict[str, Any]:
         calls = calling.calls(c.text)

@@ -30,14 +30,14 @@ import secrets
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from pyengine.chat import format_gemma
+from pyengine.chat import format_chat, format_gemma
 from pyengine.structured import GrammarError, grammar_text
-from pyengine.structured.tools import CallFilter, ToolError, plan_chat
+from pyengine.structured.tools import CallFilter, ToolError, plan_chat, plan_prompt
 from pyengine.engine import Completion, with_tool_calls
 from pyengine.gateway.chain import Result
 from pyengine.server.errors import APIError
@@ -237,21 +237,38 @@ async def _events(reply: Reply, records: AsyncIterator[dict[str, Any]]
             await aclose()
 
 
+# The prompt of a request in a model's chat format (by its architecture) and the reply's
+# format (None: the options' own).
+Render = Callable[[str], tuple[str, Any]]
+
+
 async def _complete(request: Request, target: Target, messages: list[dict[str, Any]],
-                    text: str, options: dict[str, Any], reply: Reply, stream: bool,
+                    render: Render, options: dict[str, Any], reply: Reply, stream: bool,
                     tools: bool = False, elsewhere: dict[str, Any] | None = None) -> Response:
-    """Generates the reply to the prompt ``text`` (``messages`` in Gemma's format) and answers
-    as one object or a stream; what this server cannot run, the fallback chain answers (with
-    ``elsewhere``: the options as they came, tools included, where they differ)."""
+    """Generates the reply to the prompt ``render`` gives for the leased model's architecture
+    (``messages`` in its chat format) and answers as one object or a stream; what this server
+    cannot run, the fallback chain answers (with ``elsewhere``: the options as they came,
+    tools included, where they differ)."""
     lease = await lease_here(request.app.state, target)
     if lease is None:  # not served here, or the pool cannot run it now
         return await _fallback(request, target, messages, elsewhere or options, reply, stream)
+    arch = lease.engine.arch
+    try:
+        text, fmt = render(arch)
+    except ToolError as e:
+        lease.release()
+        raise invalid(str(e), param=e.param) from None
+    except ValueError as e:
+        lease.release()
+        raise invalid(str(e), param="messages") from None
+    if fmt is not None:
+        options = {**options, "format": fmt}
     ids = lease.tokenize(text, True, invalid)
     t0 = time.perf_counter_ns()
-    calling = CallFilter(tools)
+    calling = CallFilter(tools, arch)
 
     def with_calls(c: Completion) -> Completion:
-        return with_tool_calls(c) if tools else c
+        return with_tool_calls(c, arch) if tools else c
 
     if not stream:
         return await run_generation(request, lease, ids, options, False, lambda _text: {},
@@ -349,18 +366,23 @@ async def chat_completions(request: Request) -> Response:
     # Tool messages name the call they answer; the call names the tool.
     names = {c.get("id"): (c.get("function") or {}).get("name", "")
              for m in req.messages for c in (m.tool_calls or []) if isinstance(c, dict)}
+    parallel = True if req.parallel_tool_calls is None else req.parallel_tool_calls
+    given_format = response_format(req.response_format)
     try:
-        turns, fmt = plan_chat(messages, req.tools, req.tool_choice,
-                               True if req.parallel_tool_calls is None else req.parallel_tool_calls,
-                               response_format(req.response_format), names)
+        turns, fmt = plan_chat(messages, req.tools, req.tool_choice, parallel, given_format,
+                               names)
     except ToolError as e:
         raise invalid(str(e), param=e.param) from None
     if fmt is not None:
         options["format"] = fmt
     try:
-        text = format_gemma(turns)
+        format_gemma(turns)  # a bad message is a 400 before the model is loaded
     except ValueError as e:
         raise invalid(str(e), param="messages") from None
+
+    def render(arch: str) -> tuple[str, Any]:
+        return plan_prompt(messages, req.tools, req.tool_choice, parallel, given_format, names,
+                           arch=arch)
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
     reply = Reply(chat=True, model=req.model, include_usage=include_usage)
     calls = bool(req.tools) and req.tool_choice != "none"
@@ -371,8 +393,8 @@ async def chat_completions(request: Request) -> Response:
         elsewhere["tools"] = req.tools
     elif fmt is not None:
         elsewhere["format"] = fmt
-    return await _complete(request, target, messages if calls else turns, text, options, reply,
-                           bool(req.stream), calls, elsewhere)
+    return await _complete(request, target, messages if calls else turns, render, options,
+                           reply, bool(req.stream), calls, elsewhere)
 
 
 # -- completions --------------------------------------------------------------------------
@@ -399,10 +421,12 @@ async def completions(request: Request) -> Response:
         raise invalid("logprobs are not supported by this server", param="logprobs")
     options = sampling_options(req, max_tokens_of(req.max_tokens, "max_tokens"))
     messages = [{"role": "user", "content": prompt}]
-    text = format_gemma(messages)
+    format_gemma(messages)  # a bad prompt is a 400 before the model is loaded
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
     reply = Reply(chat=False, model=req.model, include_usage=include_usage)
-    return await _complete(request, target, messages, text, options, reply, bool(req.stream))
+    return await _complete(request, target, messages,
+                           lambda arch: (format_chat(messages, arch), None), options, reply,
+                           bool(req.stream))
 
 
 # -- models -------------------------------------------------------------------------------
