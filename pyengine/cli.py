@@ -94,8 +94,12 @@ def _per_layer_rows(arch: str, shapes: dict[str, list[int]]) -> int:
 
 
 def _ollama_markers(meta: dict[str, Any], tensor_names: list[str]) -> bool:
-    """Whether a gemma3 file was written by Ollama's converter (the markers the core's
-    IsOllamaGemma3 checks)."""
+    """Whether a gemma3 or gemma4 file was written by Ollama's converter (for Gemma 3 the
+    markers the core's IsOllamaGemma3 checks; for Gemma 4 the towers in the file or its byte
+    pairs named 'llama', as Ollama's own patch for llama.cpp detects them)."""
+    if meta.get("general.architecture") == "gemma4":
+        return (meta.get("tokenizer.ggml.model") == "llama"
+                or any(n.startswith(VISION_PREFIXES) for n in tensor_names))
     return (meta.get("general.architecture") == "gemma3" and (
         "gemma3.mm.tokens_per_image" in meta or "gemma3.rope.global.freq_base" in meta
         or "gemma3.rope.local.freq_base" in meta or "tokenizer.ggml.add_padding_token" in meta
@@ -149,7 +153,9 @@ def describe(path: str) -> str:
         row("written by", "Ollama's converter (read as it is; see the notes in brackets)")
     row("parameters", _human(text_params))
     if n_vision:
-        row("vision tower", f"{n_vision} tensors, {_human(vision_params)} parameters "
+        audio = any(name.startswith("a.") for name in shapes)
+        row("audio and vision towers" if audio else "vision tower",
+            f"{n_vision} tensors, {_human(vision_params)} parameters "
             f"({', '.join(f'{t} x{n}' for t, n in sorted(vision_types.items()))}): "
             "not used, never read (text only)")
     row("file size", f"{info['file_size'] / 2**20:.1f} MiB (GGUF v{info['version']})")
@@ -235,8 +241,24 @@ def _describe_config(meta: dict[str, Any], p: str, cfg: dict[str, Any],
                 return f"{value} (from {p + alt})"
         return f"{value} ({default})"
 
-    row("head dimension", source(cfg["head_dim"], "attention.key_length", ("head_dim",),
-                                 "no key: embedding length / heads"))
+    swa = cfg["layer_is_swa"]
+    head_dims = {d for d in cfg.get("layer_head_dim", [cfg["head_dim"]])}
+    if len(head_dims) > 1:  # Gemma 4: full layers have larger heads than sliding ones
+        full = [d for d, s in zip(cfg["layer_head_dim"], swa) if not s]
+        slide = [d for d, s in zip(cfg["layer_head_dim"], swa) if s]
+        row("head dimension", f"{full[0]} (full layers), {slide[0]} (sliding layers)")
+    else:
+        row("head dimension", source(cfg["head_dim"], "attention.key_length", ("head_dim",),
+                                     "no key: embedding length / heads"))
+    shared = [i for i, src in enumerate(cfg["kv_layer"]) if src != i]
+    if shared:
+        row("KV shared", f"layers {shared[0]}-{shared[-1]} read earlier layers' keys and values")
+    if cfg.get("n_embd_per_layer") and cfg["arch"] != "gemma3n":
+        row("per-layer inputs", f"{cfg['n_embd_per_layer']} per layer")
+    if cfg.get("n_expert"):
+        moe = sum(cfg["layer_is_moe"])
+        row("experts", f"{cfg['n_expert_used']} of {cfg['n_expert']} per token (width "
+            f"{cfg['n_ff_exp']}) beside the dense FFN, in {moe} of {len(swa)} layers")
     row("rms epsilon", source(f"{cfg['rms_eps']:.0e}", "attention.layer_norm_rms_epsilon", (),
                               "no key: Gemma's value"))
     row("rope base (global)", source(f"{cfg['rope_base']:g}", "rope.freq_base",

@@ -9,8 +9,9 @@ from typing import Any
 from pyengine import _core
 from pyengine.errors import PyEngineError
 
-# The vision tower Ollama's Gemma 3 blobs carry in the same file: never read by the text model.
-VISION_PREFIXES = ("v.", "mm.")
+# The vision tower Ollama's Gemma 3 blobs carry in the same file (and the audio tower of its
+# Gemma 4 blobs): never read by the text model.
+VISION_PREFIXES = ("v.", "mm.", "a.")
 
 
 def support_reason(arch: str, tensors: list, config_error: str | None) -> str | None:

@@ -204,3 +204,26 @@ def test_synthetic_vocabulary_tokenizes_as_llama_cpp(make_model):
             assert eng.tokenize(text, add_bos=True, special=special) == want, (text[:40], special)
     # The turn markers are single control tokens, as the chat format needs.
     assert eng.tokenize("<|turn><turn|>", add_bos=False, special=True) == [105, 106]
+
+
+def test_show_describes_gemma4_and_its_ollama_blob(make_model, tmp_path):
+    import subprocess
+
+    def show(path: Path) -> dict[str, str]:
+        proc = subprocess.run([sys.executable, "-m", "pyengine", "show", str(path)], check=False,
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        return {label: value.strip() for label, _, value in
+                (line.strip().partition("  ") for line in proc.stdout.splitlines())}
+
+    blob = tmp_path / "gemma4-ollama.gguf"
+    rewrite(make_model("tiny-4", "f32"), blob, ["bpe-as-llama", "multimodal"])
+    rows = show(blob)
+    assert rows["supported"] == "yes" and "Ollama" in rows["written by"]
+    assert rows["audio and vision towers"].startswith("6 tensors") and "never read" in \
+        rows["audio and vision towers"]
+    assert rows["model"].startswith("llama (read as Gemma 4's byte-pair vocabulary")
+    assert rows["head dimension"] == "64 (full layers), 32 (sliding layers)"
+    assert rows["KV shared"].startswith("layers 5-9")
+    moe = show(make_model("tiny-4-moe", "f32"))
+    assert moe["experts"].startswith("2 of 8 per token (width 64)") and moe["model"] == "gemma4"
