@@ -134,8 +134,10 @@ def weight_bytes_per_token(path: Path) -> int:
     Every tensor is read in full, except the lookup tables of the architecture's table (kind
     "table": the token embeddings, Gemma 3n's per-layer embeddings), of which a step reads one
     row; with tied embeddings (no output matrix) the output projection reads the token
-    embeddings in full. The KV cache is left out: it depends on the position and is small next
-    to the weights at benchmark lengths.
+    embeddings in full. Of a mixture of experts' stacked expert matrices (outer dimension
+    n_expert) a step reads the experts its token uses: expert_used_count of expert_count. The KV
+    cache is left out: it depends on the position and is small next to the weights at
+    benchmark lengths.
     """
     from pyengine import _core
 
@@ -147,10 +149,17 @@ def weight_bytes_per_token(path: Path) -> int:
     row_read = {s["name"] for s in table if s["kind"] == "table"}
     if tied:
         row_read.discard(table[0]["name"])
+    experts = {s["name"] for s in table if len(s["ne"]) == 3 and s["ne"][-1] == "n_expert"}
+    arch = meta["general.architecture"]
+    used = meta.get(f"{arch}.expert_used_count", 0)
+    share = used / meta[f"{arch}.expert_count"] if used else 1.0
     total = 0
     for name, _type, shape, nbytes in tensors:
         per_layer = name.split(".", 2)[-1] if name.startswith("blk.") else name
-        total += nbytes // shape[-1] if per_layer in row_read else nbytes  # shape: GGUF order
+        if per_layer in row_read:
+            total += nbytes // shape[-1]  # shape: GGUF order
+        else:
+            total += int(nbytes * share) if per_layer in experts else nbytes
     return total
 
 

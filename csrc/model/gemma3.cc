@@ -65,9 +65,9 @@ void Gemma3Model::Run(const Batch& batch, Workspace& ws, float* out, ThreadPool&
     // Attention block.
     norm_rows(x, L.attn_norm, ws.xn.data());
     ws.in.Set(ws.xn.data(), n, E);
-    MatMul(L.attn_q, ws.in, ws.q.data(), pool);
-    MatMul(L.attn_k, ws.in, ws.k.data(), pool);
-    MatMul(L.attn_v, ws.in, ws.v.data(), pool);
+    const MatMulJob qkv[] = {{&L.attn_q, &ws.in, ws.q.data()}, {&L.attn_k, &ws.in, ws.k.data()},
+                             {&L.attn_v, &ws.in, ws.v.data()}};
+    MatMulMany(qkv, 3, pool);
     PrepareQkv(c, l, batch, ws, L.attn_q_norm.data(), L.attn_k_norm.data(),
                L.rope_inv_freq.data(), /*write_kv=*/true, /*v_norm=*/false, pool);
     Attend(c, l, batch, ws, pool);
@@ -79,8 +79,9 @@ void Gemma3Model::Run(const Batch& batch, Workspace& ws, float* out, ThreadPool&
     // Feed-forward block: gelu_tanh(gate) * up, projected down.
     norm_rows(x, L.ffn_norm, ws.xn.data());
     ws.in.Set(ws.xn.data(), n, E);
-    MatMul(L.ffn_gate, ws.in, ws.gate.data(), pool);
-    MatMul(L.ffn_up, ws.in, ws.up.data(), pool);
+    const MatMulJob gate_up[] = {{&L.ffn_gate, &ws.in, ws.gate.data()},
+                                 {&L.ffn_up, &ws.in, ws.up.data()}};
+    MatMulMany(gate_up, 2, pool);
     ParallelRanges(pool, n * F, 4096, [&](int64_t i0, int64_t i1) {
       kernels.gelu_mul(ws.gate.data() + i0, ws.up.data() + i0, i1 - i0);
     });

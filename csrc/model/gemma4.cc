@@ -103,8 +103,9 @@ void Gemma4Model::DenseFfn(const Layer& L, int64_t l, const float* xn, int64_t n
   const int64_t E = cfg_.n_embd, F = cfg_.n_ff_at(l);
   const KernelSet& kernels = ActiveKernels();
   ws.in.Set(xn, n, E);
-  MatMul(L.ffn_gate, ws.in, ws.gate.data(), pool);
-  MatMul(L.ffn_up, ws.in, ws.up.data(), pool);
+  const MatMulJob gate_up[] = {{&L.ffn_gate, &ws.in, ws.gate.data()},
+                               {&L.ffn_up, &ws.in, ws.up.data()}};
+  MatMulMany(gate_up, 2, pool);
   ParallelRanges(pool, n * F, 4096, [&](int64_t i0, int64_t i1) {
     kernels.gelu_mul(ws.gate.data() + i0, ws.up.data() + i0, i1 - i0);
   });
@@ -151,9 +152,10 @@ void Gemma4Model::ExpertFfn(const Experts& X, const float* a, int64_t n, float* 
   const int64_t E = cfg_.n_embd, NX = cfg_.n_expert, K = cfg_.n_expert_used, FX = cfg_.n_ff_exp;
   const KernelSet& kernels = ActiveKernels();
   Grow(ws.router, n * NX);
-  Grow(ws.moe_in, n * E);
-  Grow(ws.moe_gu, n * 2 * FX);
-  Grow(ws.moe_up, n * FX);
+  Grow(ws.moe_in, n * K * E);
+  Grow(ws.moe_gu, n * K * 2 * FX);
+  Grow(ws.moe_up, n * K * FX);
+  Grow(ws.moe_down, n * K * E);
   Grow(ws.moe_out, n * K * E);
   if (ws.expert_of.size() < static_cast<size_t>(n * K)) ws.expert_of.resize(static_cast<size_t>(n * K));
   Grow(ws.expert_w, n * K);
@@ -163,40 +165,67 @@ void Gemma4Model::ExpertFfn(const Experts& X, const float* a, int64_t n, float* 
   ParallelRanges(pool, n, kMinTokens, [&](int64_t t0, int64_t t1) {
     RmsNorm(a + t0 * E, X.pre_norm.data(), t1 - t0, E, cfg_.rms_eps, xe + t0 * E);
   });
-  // Expert by expert: gather the (token, slot) pairs that chose it, run its FFN on them once,
-  // and leave each pair's weighted output in moe_out [n, K, E].
-  std::vector<int64_t> pairs;  // token * K + slot
-  float* down = ws.o.data();   // [m, E] one expert's down outputs (ws.o is free here)
+  // Rows grouped by expert: order[r] is the (token * K + slot) pair of row r; each chosen
+  // expert's rows are contiguous, [start[i], start[i + 1]) for the i-th active expert.
+  std::vector<int64_t> order, start{0};
+  std::vector<int32_t> active;
+  order.reserve(static_cast<size_t>(n * K));
   for (int64_t e = 0; e < NX; ++e) {
-    pairs.clear();
     for (int64_t i = 0; i < n * K; ++i) {
-      if (ws.expert_of[i] == e) pairs.push_back(i);
+      if (ws.expert_of[i] == e) order.push_back(i);
     }
-    if (pairs.empty()) continue;
-    const int64_t m = static_cast<int64_t>(pairs.size());
-    for (int64_t r = 0; r < m; ++r) std::copy_n(xe + pairs[r] / K * E, E, ws.moe_in.data() + r * E);
-    ws.in.Set(ws.moe_in.data(), m, E);
-    float* g = ws.moe_gu.data();  // [m, FX] gelu(gate) * up, whichever form the file has
-    if (!X.gate_up.empty()) {
-      MatMul(X.gate_up[e], ws.in, ws.moe_gu.data(), pool);  // [m, 2 FX]: gate then up
-      for (int64_t r = 0; r < m; ++r) {
-        float* row = ws.moe_gu.data() + r * 2 * FX;
-        kernels.gelu_mul(row, row + FX, FX);
-        std::copy_n(row, FX, ws.moe_up.data() + r * FX);
-      }
-      g = ws.moe_up.data();
+    if (static_cast<int64_t>(order.size()) > start.back()) {
+      active.push_back(static_cast<int32_t>(e));
+      start.push_back(static_cast<int64_t>(order.size()));
+    }
+  }
+  const int64_t rows = static_cast<int64_t>(order.size());
+  for (int64_t r = 0; r < rows; ++r) std::copy_n(xe + order[r] / K * E, E, ws.moe_in.data() + r * E);
+  const size_t n_active = active.size();
+  if (ws.moe_x.size() < n_active) ws.moe_x.resize(n_active);
+  if (ws.moe_act.size() < n_active) ws.moe_act.resize(n_active);
+
+  // Every chosen expert's gate and up in one pass over the pool, then its down in another:
+  // a decoding token's k experts are k small products each.
+  std::vector<MatMulJob> jobs;
+  const bool fused = !X.gate_up.empty();
+  for (size_t i = 0; i < n_active; ++i) {
+    const int64_t r0 = start[i], e = active[i];
+    ws.moe_x[i].Set(ws.moe_in.data() + r0 * E, start[i + 1] - r0, E);
+    if (fused) {
+      jobs.push_back({&X.gate_up[e], &ws.moe_x[i], ws.moe_gu.data() + r0 * 2 * FX});
     } else {
-      MatMul(X.gate[e], ws.in, ws.moe_gu.data(), pool);
-      MatMul(X.up[e], ws.in, ws.moe_up.data(), pool);
-      kernels.gelu_mul(ws.moe_gu.data(), ws.moe_up.data(), m * FX);
+      jobs.push_back({&X.gate[e], &ws.moe_x[i], ws.moe_gu.data() + r0 * FX});
+      jobs.push_back({&X.up[e], &ws.moe_x[i], ws.moe_up.data() + r0 * FX});
     }
-    ws.in.Set(g, m, FX);
-    MatMul(X.down[e], ws.in, down, pool);
-    const float scale = X.down_scale.empty() ? 1.f : X.down_scale[e];
-    for (int64_t r = 0; r < m; ++r) {
-      const float w = ws.expert_w[pairs[r]];
-      float* dst = ws.moe_out.data() + pairs[r] * E;
-      for (int64_t i = 0; i < E; ++i) dst[i] = down[r * E + i] * scale * w;
+  }
+  MatMulMany(jobs.data(), static_cast<int>(jobs.size()), pool);
+  float* act = ws.moe_up.data();  // [rows, FX] gelu(gate) * up
+  if (fused) {
+    for (int64_t r = 0; r < rows; ++r) {
+      float* row = ws.moe_gu.data() + r * 2 * FX;  // gate then up
+      kernels.gelu_mul(row, row + FX, FX);
+      std::copy_n(row, FX, act + r * FX);
+    }
+  } else {
+    kernels.gelu_mul(ws.moe_gu.data(), ws.moe_up.data(), rows * FX);
+    std::copy_n(ws.moe_gu.data(), rows * FX, act);
+  }
+  jobs.clear();
+  for (size_t i = 0; i < n_active; ++i) {
+    const int64_t r0 = start[i];
+    ws.moe_act[i].Set(act + r0 * FX, start[i + 1] - r0, FX);
+    jobs.push_back({&X.down[active[i]], &ws.moe_act[i], ws.moe_down.data() + r0 * E});
+  }
+  MatMulMany(jobs.data(), static_cast<int>(jobs.size()), pool);
+  // Each row's down output times its expert's scale and its weight, into its (token, slot).
+  for (size_t i = 0; i < n_active; ++i) {
+    const float scale = X.down_scale.empty() ? 1.f : X.down_scale[active[i]];
+    for (int64_t r = start[i]; r < start[i + 1]; ++r) {
+      const float w = ws.expert_w[order[r]];
+      const float* src = ws.moe_down.data() + r * E;
+      float* dst = ws.moe_out.data() + order[r] * E;
+      for (int64_t j = 0; j < E; ++j) dst[j] = src[j] * scale * w;
     }
   }
   // The slots summed in order, best expert first.
@@ -239,16 +268,11 @@ void Gemma4Model::Run(const Batch& batch, Workspace& ws, float* out, ThreadPool&
     // a weight) in PrepareQkv. Layers that share KV only project queries.
     norm_rows(x, L.attn_norm, ws.xn.data());
     ws.in.Set(ws.xn.data(), n, E);
-    MatMul(L.attn_q, ws.in, ws.q.data(), pool);
     const bool owns_kv = c.kv_layer[l] == l;
-    if (owns_kv) {
-      MatMul(L.attn_k, ws.in, ws.k.data(), pool);
-      if (L.has_v) {
-        MatMul(L.attn_v, ws.in, ws.v.data(), pool);
-      } else {
-        std::copy_n(ws.k.data(), n * c.kv_dim_at(l), ws.v.data());
-      }
-    }
+    const MatMulJob qkv[] = {{&L.attn_q, &ws.in, ws.q.data()}, {&L.attn_k, &ws.in, ws.k.data()},
+                             {&L.attn_v, &ws.in, ws.v.data()}};
+    MatMulMany(qkv, owns_kv ? (L.has_v ? 3 : 2) : 1, pool);
+    if (owns_kv && !L.has_v) std::copy_n(ws.k.data(), n * c.kv_dim_at(l), ws.v.data());
     PrepareQkv(c, l, batch, ws, L.attn_q_norm.data(), L.attn_k_norm.data(),
                L.rope_inv_freq.data(), /*write_kv=*/owns_kv, /*v_norm=*/true, pool);
     Attend(c, l, batch, ws, pool);

@@ -270,12 +270,22 @@ void Attend(const ModelConfig& c, int64_t l, const Batch& batch, Workspace& ws, 
   };
   // One task per (tile, KV head): the tile's query rows (tokens x the group's heads) share every
   // key and value block, converted from fp16 once for all of them.
-  pool.ParallelFor((static_cast<int64_t>(starts.size()) - 1) * HKV, [&](int64_t task, int thread) {
+  const int64_t n_tasks = (static_cast<int64_t>(starts.size()) - 1) * HKV;
+  // Fewer tasks than threads (a decoding step over one KV head, as in Gemma 3 1B and Gemma 4
+  // E2B): a task's query rows are split in parts, one per thread. The parts read the same keys
+  // and each row is computed as it would be whole, so the results do not change.
+  const int64_t parts =
+      n_tasks >= pool.size() ? 1 : std::min<int64_t>(group, (pool.size() + n_tasks - 1) / n_tasks);
+  pool.ParallelFor(n_tasks * parts, [&](int64_t task_part, int thread) {
+    const int64_t task = task_part / parts, part = task_part % parts;
     const int64_t t0 = starts[task / HKV], t1 = starts[task / HKV + 1];
     const int64_t kvh = task % HKV;
     const KvView& kv = batch.views[batch.seq[t0]];
     const int64_t bt = kv.arena->block_tokens();
-    const int rows = static_cast<int>((t1 - t0) * group);
+    const int64_t all_rows = (t1 - t0) * group;  // the tile's rows: tokens x the group's heads
+    const int64_t r_lo = all_rows * part / parts;
+    const int rows = static_cast<int>(all_rows * (part + 1) / parts - r_lo);  // this part's
+    if (rows == 0) return;
     // Keys [base, last] cover every row's range; scores are kept from base, a block start.
     const int64_t base = first_key(t0) / bt * bt, last = batch.pos[t1 - 1];
     const int64_t lds = last - base + 1 + kAttnKeys;  // room for a last, partial key chunk
@@ -285,7 +295,8 @@ void Attend(const ModelConfig& c, int64_t l, const Batch& batch, Workspace& ws, 
     const float* qrow[kAttnTileTokens * kMaxGroup];
     float* orow[kAttnTileTokens * kMaxGroup];
     for (int r = 0; r < rows; ++r) {
-      const int64_t off = (t0 + r / group) * QD + (kvh * group + r % group) * D;
+      const int64_t g = r_lo + r;  // the row within the tile
+      const int64_t off = (t0 + g / group) * QD + (kvh * group + g % group) * D;
       qrow[r] = ws.q.data() + off;
       orow[r] = ws.attn.data() + off;
       std::fill_n(orow[r], D, 0.f);
@@ -312,7 +323,7 @@ void Attend(const ModelConfig& c, int64_t l, const Batch& batch, Workspace& ws, 
       k.attn_scores(qrow, rows, kt, D, s + (p - base), lds);
     });
     for (int r = 0; r < rows; ++r) {
-      const int64_t t = t0 + r / group;
+      const int64_t t = t0 + (r_lo + r) / group;
       float* sr = s + r * lds;
       const int64_t c0 = first_key(t) - base, c1 = batch.pos[t] - base;  // the row's keys
       float mx = -INFINITY;

@@ -46,10 +46,13 @@ struct Workspace {
   std::vector<float> router;   // [n, n_expert] router logits, then probabilities
   std::vector<int32_t> expert_of;   // [n, n_expert_used] chosen experts, best first
   std::vector<float> expert_w;      // [n, n_expert_used] their renormalised weights
-  std::vector<float> moe_in;        // [n, n_embd] gathered inputs of one expert
-  std::vector<float> moe_gu;        // [n, 2 * n_ff_exp] its gate (then up) outputs
-  std::vector<float> moe_up;        // [n, n_ff_exp] its up outputs (split form)
-  std::vector<float> moe_out;       // [n, n_expert_used, n_embd] each slot's down output
+  // The experts' rows, expert after expert (n * n_expert_used in all):
+  std::vector<float> moe_in;        // [rows, n_embd] gathered inputs
+  std::vector<float> moe_gu;        // [rows, 2 * n_ff_exp] gate then up (fused form) or gate
+  std::vector<float> moe_up;        // [rows, n_ff_exp] up (split form), then gelu(gate) * up
+  std::vector<float> moe_out;       // [n, n_expert_used, n_embd] each slot's weighted output
+  std::vector<float> moe_down;      // [n * n_expert_used, n_embd] the experts' down outputs
+  std::vector<MatMulInput> moe_x, moe_act;  // [active experts] their inputs and activations
   MatMulInput in;            // the current projection input, in the forms its weights want
 };
 

@@ -325,4 +325,60 @@ void MatMul(const PackedMatrix& w, MatMulInput& in, float* y, ThreadPool& pool) 
   }
 }
 
+void MatMulMany(const MatMulJob* jobs, int n_jobs, ThreadPool& pool) {
+  const KernelSet& k = ActiveKernels();
+  struct Part {
+    const MatMulJob* job;
+    const BlockLayout* layout;  // lane kernels; null: Q8_0
+    const KernelSet* ks;
+    const XQ8Block* x;
+    float* scratch;
+    int64_t first, groups;  // the part's row groups are [first, first + groups) of all
+  };
+  std::vector<Part> parts;
+  parts.reserve(static_cast<size_t>(n_jobs));
+  int64_t total = 0;
+  for (int j = 0; j < n_jobs; ++j) {
+    const MatMulJob& job = jobs[j];
+    const PackedMatrix& w = *job.w;
+    if (job.in->cols() != w.cols()) {
+      throw std::invalid_argument("MatMul: input width does not match the matrix");
+    }
+    const BlockLayout* l = GetBlockLayout(w.type());
+    const KernelSet* ks = l ? (k.gemm_lanes ? &k : &ScalarKernels()) : &k;
+    // An input serves every part in one form; one that two kernel levels would build twice
+    // (the second overwriting the first) goes through MatMul on its own.
+    bool clash = false;
+    for (const Part& p : parts) clash |= p.job->in == job.in && p.ks->level != ks->level;
+    if (clash || !(l || w.type() == GgmlType::kQ8_0)) {
+      MatMul(w, *job.in, job.y, pool);
+      continue;
+    }
+    Part p{&job, l, ks, job.in->Q8(*ks, pool), nullptr, total, 0};
+    if (l) {
+      p.scratch = job.in->LaneScratch(pool.size());
+      p.groups = (w.rows() + kLaneRows - 1) / kLaneRows;
+    } else {
+      p.groups = (w.rows() + kQ8Rows - 1) / kQ8Rows;
+    }
+    total += p.groups;
+    parts.push_back(p);
+  }
+  ParallelRanges(pool, total, 1, [&](int64_t a, int64_t b, int thread) {
+    for (const Part& p : parts) {
+      const int64_t g0 = std::max(a, p.first) - p.first;
+      const int64_t g1 = std::min(b, p.first + p.groups) - p.first;
+      if (g0 >= g1) continue;
+      const PackedMatrix& w = *p.job->w;
+      const int64_t rows = w.rows(), cols = w.cols(), n_tok = p.job->in->n_tok();
+      if (p.layout) {
+        p.ks->gemm_lanes(*p.layout, w.data(), cols, p.x, n_tok, g0, g1, rows, p.job->y, rows,
+                         p.scratch + thread * LaneScratchFloats(cols));
+      } else {
+        p.ks->gemm_q8(w.q8(), cols / kQ8_0Block, p.x, n_tok, g0, g1, rows, p.job->y, rows);
+      }
+    }
+  });
+}
+
 }  // namespace pyengine

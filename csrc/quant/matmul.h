@@ -119,4 +119,15 @@ class MatMulInput {
 void MatMul(const PackedMatrix& w, MatMulInput& in, float* y, ThreadPool& pool);
 void MatMul(const PackedMatrix& w, const float* x, int64_t n_tok, float* y, ThreadPool& pool);
 
+// One product of MatMulMany: y = w . in, as MatMul computes it.
+struct MatMulJob {
+  const PackedMatrix* w;
+  MatMulInput* in;
+  float* y;
+};
+// Several products in one pass over the pool: their row groups are split over the threads
+// together, so a step of small matrices (a layer's q, k and v; the experts a token chose) waits
+// for the pool once instead of once per matrix. Each y is what MatMul writes, bit for bit.
+void MatMulMany(const MatMulJob* jobs, int n_jobs, ThreadPool& pool);
+
 }  // namespace pyengine
