@@ -315,11 +315,7 @@ void Attend(const ModelConfig& c, int64_t l, const Batch& batch, Workspace& ws, 
     // computed it was batched (a preempted or prefix-shared sequence recomputes positions in
     // other tiles, and the greedy tokens must not change).
     chunks([&](int64_t p, int64_t blk, int nk, int64_t off) {
-      const uint16_t* kb = kv.k_block(l, blk) + off;
-      for (int j = 0; j < nk; ++j) k.f16_to_f32(kb + j * KVD, vf + j * D, D);
-      for (int64_t i = 0; i < D; ++i) {
-        for (int j = 0; j < kAttnKeys; ++j) kt[i * kAttnKeys + j] = j < nk ? vf[j * D + i] : 0.f;
-      }
+      k.attn_keys(kv.k_block(l, blk) + off, KVD, nk, D, vf, kt);
       k.attn_scores(qrow, rows, kt, D, s + (p - base), lds);
     });
     for (int r = 0; r < rows; ++r) {

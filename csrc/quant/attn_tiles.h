@@ -35,12 +35,39 @@ inline void AttnScoresTile(const float* const* q, int rows, const float* kt, int
       s[(r + 3) * lds + j] = a3[j];
     }
   }
+  // Two rows (a decoding token's pair of query heads per KV head): two independent chains of
+  // sums instead of one at a time, each row's sums in the same order as above.
+  for (; r + 2 <= rows; r += 2) {
+    float a0[kAttnKeys] = {}, a1[kAttnKeys] = {};
+    const float *q0 = q[r], *q1 = q[r + 1];
+    for (int64_t i = 0; i < d; ++i) {
+      const float* k = kt + i * kAttnKeys;
+      for (int j = 0; j < kAttnKeys; ++j) {
+        a0[j] += q0[i] * k[j];
+        a1[j] += q1[i] * k[j];
+      }
+    }
+    for (int j = 0; j < kAttnKeys; ++j) {
+      s[r * lds + j] = a0[j];
+      s[(r + 1) * lds + j] = a1[j];
+    }
+  }
   for (; r < rows; ++r) {
     float a[kAttnKeys] = {};
     for (int64_t i = 0; i < d; ++i) {
       for (int j = 0; j < kAttnKeys; ++j) a[j] += q[r][i] * kt[i * kAttnKeys + j];
     }
     for (int j = 0; j < kAttnKeys; ++j) s[r * lds + j] = a[j];
+  }
+}
+
+// kt [d][16] = the keys j < nk of k (fp16 rows ldk apart) as floats, transposed; zero past nk.
+// vf [16][d] is scratch. Plain loops: a kernel file with a register transpose has its own.
+template <void (*ToF32)(const uint16_t*, float*, int64_t)>
+inline void AttnKeysTile(const uint16_t* k, int64_t ldk, int nk, int64_t d, float* vf, float* kt) {
+  for (int j = 0; j < nk; ++j) ToF32(k + j * ldk, vf + j * d, d);
+  for (int64_t i = 0; i < d; ++i) {
+    for (int j = 0; j < kAttnKeys; ++j) kt[i * kAttnKeys + j] = j < nk ? vf[j * d + i] : 0.f;
   }
 }
 

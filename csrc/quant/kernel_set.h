@@ -98,6 +98,9 @@ struct KernelSet {
                       int64_t lds);
   void (*attn_values)(const float* p, int64_t ldp, int rows, const float* v, int nk, int64_t d,
                       float* const* o);
+  // kt [d][16] = the keys j < nk of k (fp16 rows ldk apart) as floats, transposed for
+  // attn_scores, zero past nk; vf [16][d] is scratch.
+  void (*attn_keys)(const uint16_t* k, int64_t ldk, int nk, int64_t d, float* vf, float* kt);
   // out[i] = float(h[i]) for fp16 h; and x[i] rounded to the nearest fp16 in place.
   void (*f16_to_f32)(const uint16_t* h, float* out, int64_t n);
   void (*round_f16)(float* x, int64_t n);

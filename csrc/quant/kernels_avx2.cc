@@ -223,7 +223,8 @@ const KernelSet* Avx2Kernels() {
   static const KernelSet set = {IsaLevel::kAvx2, GemmQ8, GemmFloat<LoadF16>, GemmFloat<LoadBF16>,
                                 GemmFloat<LoadF32>, /*gemm_f16_i16=*/nullptr,
                                 /*quantize_i16=*/nullptr, kXTile, PackX, QuantizeQ8, ToF16, GeluMul,
-                                AttnScoresTile, AttnValuesTile, F16ToF32, RoundF16,
+                                AttnScoresTile, AttnValuesTile, AttnKeysTile<F16ToF32>,
+                                F16ToF32, RoundF16,
                                 GemmLanesAvx2};
   return &set;
 }

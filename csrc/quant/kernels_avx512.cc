@@ -5,6 +5,7 @@
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 
@@ -370,6 +371,54 @@ void F16ToF32(const uint16_t* h, float* out, int64_t n) {
   }
 }
 
+// kt [16][16] = the 16 x 16 block vf [16][ld] transposed, in registers: interleave 32-bit,
+// then 64-bit elements, then 128-bit lanes twice.
+void Transpose16(const float* vf, int64_t ld, float* kt) {
+  __m512 r[16], t[16];
+  for (int j = 0; j < 16; ++j) r[j] = _mm512_loadu_ps(vf + j * ld);
+  for (int j = 0; j < 16; j += 2) {
+    t[j] = _mm512_unpacklo_ps(r[j], r[j + 1]);
+    t[j + 1] = _mm512_unpackhi_ps(r[j], r[j + 1]);
+  }
+  auto lo = [](__m512 a, __m512 b) {
+    return _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(a), _mm512_castps_pd(b)));
+  };
+  auto hi = [](__m512 a, __m512 b) {
+    return _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(a), _mm512_castps_pd(b)));
+  };
+  for (int j = 0; j < 16; j += 4) {
+    r[j] = lo(t[j], t[j + 2]);
+    r[j + 1] = hi(t[j], t[j + 2]);
+    r[j + 2] = lo(t[j + 1], t[j + 3]);
+    r[j + 3] = hi(t[j + 1], t[j + 3]);
+  }
+  for (int j = 0; j < 16; j += 8) {
+    for (int q = 0; q < 4; ++q) {
+      t[j + q] = _mm512_shuffle_f32x4(r[j + q], r[j + 4 + q], 0x88);
+      t[j + 4 + q] = _mm512_shuffle_f32x4(r[j + q], r[j + 4 + q], 0xdd);
+    }
+  }
+  for (int q = 0; q < 8; ++q) {
+    _mm512_storeu_ps(kt + q * 16, _mm512_shuffle_f32x4(t[q], t[8 + q], 0x88));
+    _mm512_storeu_ps(kt + (8 + q) * 16, _mm512_shuffle_f32x4(t[q], t[8 + q], 0xdd));
+  }
+}
+
+void AttnKeys(const uint16_t* k, int64_t ldk, int nk, int64_t d, float* vf, float* kt) {
+  for (int j = 0; j < kAttnKeys; ++j) {
+    if (j < nk) {
+      F16ToF32(k + j * ldk, vf + j * d, d);
+    } else {
+      std::fill_n(vf + j * d, d, 0.f);
+    }
+  }
+  int64_t i = 0;
+  for (; i + 16 <= d; i += 16) Transpose16(vf + i, d, kt + i * kAttnKeys);
+  for (; i < d; ++i) {
+    for (int j = 0; j < kAttnKeys; ++j) kt[i * kAttnKeys + j] = vf[j * d + i];
+  }
+}
+
 void RoundF16(float* x, int64_t n) {
   for (int64_t i = 0; i < n; i += 16) {
     const __mmask16 m = n - i >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << (n - i)) - 1);
@@ -385,7 +434,7 @@ const KernelSet* Avx512Kernels() {
                                 GemmFloat<LoadBF16>, GemmFloat<LoadF32>, GemmF16I16,
                                 QuantizeI16, kXTile, PackX,
                                 QuantizeQ8, ToF16, GeluMul, AttnScoresTile, AttnValuesTile,
-                                F16ToF32, RoundF16,
+                                AttnKeys, F16ToF32, RoundF16,
                                 GemmLanesAvx512};
   return &set;
 }

@@ -188,7 +188,8 @@ const KernelSet& ScalarKernels() {
                                 GemmFloat<uint16_t, Bf16ToFp32>, GemmFloat<float, LoadF32>,
                                 /*gemm_f16_i16=*/nullptr, /*quantize_i16=*/nullptr,
                                 /*x_tile=*/1, PackX, QuantizeQ8, ToF16, GeluMul,
-                                AttnScoresTile, AttnValuesTile, F16ToF32, RoundF16,
+                                AttnScoresTile, AttnValuesTile, AttnKeysTile<F16ToF32>,
+                                F16ToF32, RoundF16,
                                 GemmLanes};
   return set;
 }
