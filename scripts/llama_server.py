@@ -117,8 +117,10 @@ def _fetch_source(cache: Path, version: str) -> Path:
     sdists = sorted(sdist_dir.glob(f"llama_cpp_python-{version}.tar.gz"))
     if not sdists:
         print(f"downloading the {PACKAGE} {version} sdist ...", file=sys.stderr, flush=True)
+        # pip prepares the sdist's metadata in an isolated environment of its own: the running
+        # one need not have llama-cpp-python's build backend.
         subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps",
-                        "--no-build-isolation", "--no-binary", PACKAGE, f"{PACKAGE}=={version}",
+                        "--no-binary", PACKAGE, f"{PACKAGE}=={version}",
                         "-d", str(sdist_dir)], check=True, stdout=sys.stderr)
         sdists = sorted(sdist_dir.glob("llama_cpp_python-*.tar.gz"))
         if not sdists:

@@ -210,8 +210,10 @@ def test_show_describes_gemma4_and_its_ollama_blob(make_model, tmp_path):
     import subprocess
 
     def show(path: Path) -> dict[str, str]:
+        # From the tests' folder: the checkout's root would import the source folder first.
         proc = subprocess.run([sys.executable, "-m", "pyengine", "show", str(path)], check=False,
-                              capture_output=True, text=True, timeout=300)
+                              capture_output=True, text=True, timeout=300,
+                              cwd=Path(__file__).parent)
         assert proc.returncode == 0, proc.stderr
         return {label: value.strip() for label, _, value in
                 (line.strip().partition("  ") for line in proc.stdout.splitlines())}

@@ -16,7 +16,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 SOURCES = ["tests/native/scheduler_test.cc"] + [f"csrc/{s}.cc" for s in (
     "runtime/scheduler", "runtime/model_runner", "runtime/generation", "runtime/request",
-    "runtime/sampler", "runtime/tokenizer", "runtime/vocab", "kv/kv_cache", "kv/kv_arena",
+    "runtime/sampler", "runtime/tokenizer", "runtime/bpe", "runtime/vocab", "kv/kv_cache", "kv/kv_arena",
     "kv/prefix_cache", "core/thread_pool", "core/gguf")]
 CHECKS = 20  # lines the driver prints, one per check
 
