@@ -217,11 +217,8 @@ def parse_reply(text: str, arch: str = "gemma3") -> tuple[str, list[ToolCall]]:
     return "", calls
 
 
-def plan_chat(messages: Sequence[Mapping[str, Any]], tools: Any, choice: Any, parallel: bool,
-              fmt: Any, names_by_id: Mapping[str, str] | None = None
-              ) -> tuple[list[dict[str, str]], Any]:
-    """A chat request with tools as the engine runs it: the messages as plain turns and the
-    format of the reply (the tool grammar, or ``fmt`` without tools)."""
+def _parse_request(tools: Any, choice: Any, parallel: Any, fmt: Any) -> tuple[list[Tool], str]:
+    # The tools and the choice among them, checked against the rest of the request.
     parsed = parse_tools(tools)
     mode = parse_choice(choice, parsed)
     if parsed and mode != "none" and fmt is not None:
@@ -229,6 +226,15 @@ def plan_chat(messages: Sequence[Mapping[str, Any]], tools: Any, choice: Any, pa
                         "response_format")
     if not isinstance(parallel, bool):
         raise ToolError("parallel_tool_calls must be a boolean", "parallel_tool_calls")
+    return parsed, mode
+
+
+def plan_chat(messages: Sequence[Mapping[str, Any]], tools: Any, choice: Any, parallel: bool,
+              fmt: Any, names_by_id: Mapping[str, str] | None = None
+              ) -> tuple[list[dict[str, str]], Any]:
+    """A chat request with tools as the engine runs it: the messages as plain turns and the
+    format of the reply (the tool grammar, or ``fmt`` without tools)."""
+    parsed, mode = _parse_request(tools, choice, parallel, fmt)
     rendered = render_messages(messages, parsed, mode, names_by_id)
     grammar = tool_grammar(parsed, mode, parallel)
     return rendered, grammar if grammar is not None else fmt
@@ -245,13 +251,7 @@ def plan_prompt(messages: Sequence[Mapping[str, Any]], tools: Any, choice: Any, 
     if not native_tools(arch):
         turns, out = plan_chat(messages, tools, choice, parallel, fmt, names_by_id)
         return format_chat(turns, arch), out
-    parsed = parse_tools(tools)
-    mode = parse_choice(choice, parsed)
-    if parsed and mode != "none" and fmt is not None:
-        raise ToolError("a reply follows either a format or the tools: give one of them",
-                        "response_format")
-    if not isinstance(parallel, bool):
-        raise ToolError("parallel_tool_calls must be a boolean", "parallel_tool_calls")
+    parsed, mode = _parse_request(tools, choice, parallel, fmt)
     chosen = {t.name for t in parsed if mode in ("auto", "required") or t.name == mode}
     declared = [t for t in tools or () if mode != "none" and t["function"]["name"] in chosen]
     text = format_chat(native_history(messages, names_by_id), arch, tools=declared or None)
