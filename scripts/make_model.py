@@ -309,6 +309,19 @@ def _train_merges(words: Counter[str], max_merges: int) -> list[tuple[str, str]]
     return merges
 
 
+def _fill(pieces: list[str], seen: set[str], n_pieces: int, n_vocab: int) -> None:
+    """Appends unique pseudo-words ("\u2581" and three syllables) not in ``seen`` to ``pieces``
+    until it holds ``n_pieces``."""
+    for syllables in itertools.product(SYLLABLES, repeat=3):
+        if len(pieces) >= n_pieces:
+            break
+        piece = "\u2581" + "".join(syllables)
+        if piece not in seen:
+            pieces.append(piece)
+    if len(pieces) < n_pieces:
+        raise ValueError(f"n_vocab {n_vocab} is larger than the filler allows")
+
+
 def build_vocab(n_vocab: int, n_text: int = 0) -> tuple[list[str], list[float], list[int]]:
     """Gemma-like SentencePiece vocabulary of exactly n_vocab pieces: (tokens, scores, types).
 
@@ -348,14 +361,7 @@ def build_vocab(n_vocab: int, n_text: int = 0) -> tuple[list[str], list[float], 
     seen.update(pieces)
     # Filler up to the real vocab sizes: rare, long, unique pseudo-words. They merge only after
     # every corpus piece (lowest scores), so the corpus tokenizes as it would without them.
-    for syllables in itertools.product(SYLLABLES, repeat=3):
-        if len(pieces) == n_pieces:
-            break
-        piece = "\u2581" + "".join(syllables)
-        if piece not in seen:
-            pieces.append(piece)
-    if len(pieces) < n_pieces:
-        raise ValueError(f"n_vocab {n_vocab} is larger than the filler allows")
+    _fill(pieces, seen, n_pieces, n_vocab)
     tokens += pieces + chars
     types += [T.NORMAL] * (n_pieces + len(chars))
     scores += [float(-rank) for rank in range(n_pieces + len(chars))]
@@ -407,14 +413,7 @@ def build_gemma4_vocab(n_vocab: int) -> tuple[list[str], list[int], list[str]]:
         if a + b not in seen:
             pieces.append(a + b)
             seen.add(a + b)
-    for syllables in itertools.product(SYLLABLES, repeat=3):
-        if len(pieces) >= n_pieces:
-            break
-        piece = "\u2581" + "".join(syllables)
-        if piece not in seen:
-            pieces.append(piece)
-    if len(pieces) < n_pieces:
-        raise ValueError(f"n_vocab {n_vocab} is larger than the filler allows")
+    _fill(pieces, seen, n_pieces, n_vocab)  # pieces no merge makes
     tokens += pieces[:n_pieces]
     types += [T.NORMAL] * n_pieces
     return tokens, [int(t) for t in types], merges
