@@ -50,9 +50,7 @@ void Gemma3Model::Run(const Batch& batch, Workspace& ws, float* out, ThreadPool&
   const KernelSet& kernels = ActiveKernels();
   // Row-wise helpers over all n tokens, split over the pool when n is large enough.
   auto norm_rows = [&](const float* in, const std::vector<float>& w, float* o) {
-    ParallelRanges(pool, n, kMinTokens, [&](int64_t t0, int64_t t1) {
-      RmsNorm(in + t0 * E, w.data(), t1 - t0, E, c.rms_eps, o + t0 * E);
-    });
+    NormRows(in, w.data(), n, E, c.rms_eps, o, pool);
   };
   auto add_rows = [&](const float* o) {  // x += o
     ParallelRanges(pool, n, kMinTokens, [&](int64_t t0, int64_t t1) {

@@ -138,10 +138,7 @@ void MatchMagnitude(const float* ref, float* y, int64_t n, int64_t E) {
 
 void Gemma3nModel::NormRows(const float* in, const std::vector<float>& w, float* o, int64_t n,
                             ThreadPool& pool) const {
-  const int64_t E = cfg_.n_embd;
-  ParallelRanges(pool, n, kMinTokens, [&](int64_t t0, int64_t t1) {
-    RmsNorm(in + t0 * E, w.data(), t1 - t0, E, cfg_.rms_eps, o + t0 * E);
-  });
+  pyengine::NormRows(in, w.data(), n, cfg_.n_embd, cfg_.rms_eps, o, pool);
 }
 
 void Gemma3nModel::Streams(const Batch& batch, Workspace& ws, ThreadPool& pool) const {

@@ -136,7 +136,8 @@ void Gemma4Model::Route(const Experts& X, const float* a, int64_t n, Workspace& 
     const float inv = static_cast<float>(1.0 / sum);
     for (int64_t e = 0; e < NX; ++e) p[e] *= inv;
     int32_t* ids = ws.expert_of.data() + t * K;
-    std::vector<int32_t> order(static_cast<size_t>(NX));
+    std::vector<int32_t>& order = ws.moe_rank;
+    order.resize(static_cast<size_t>(NX));
     std::iota(order.begin(), order.end(), 0);
     std::partial_sort(order.begin(), order.begin() + K, order.end(),
                       [&](int32_t x, int32_t y) { return p[x] > p[y] || (p[x] == p[y] && x < y); });
@@ -162,14 +163,16 @@ void Gemma4Model::ExpertFfn(const Experts& X, const float* a, int64_t n, float* 
   Route(X, a, n, ws, pool);
   // The experts' input: RMSNorm(a, pre_ffw_norm_2), in ws.xn.
   float* xe = ws.xn.data();
-  ParallelRanges(pool, n, kMinTokens, [&](int64_t t0, int64_t t1) {
-    RmsNorm(a + t0 * E, X.pre_norm.data(), t1 - t0, E, cfg_.rms_eps, xe + t0 * E);
-  });
+  NormRows(a, X.pre_norm.data(), n, E, cfg_.rms_eps, xe, pool);
   // Rows grouped by expert: order[r] is the (token * K + slot) pair of row r; each chosen
   // expert's rows are contiguous, [start[i], start[i + 1]) for the i-th active expert.
-  std::vector<int64_t> order, start{0};
-  std::vector<int32_t> active;
-  order.reserve(static_cast<size_t>(n * K));
+  // (Kept in the workspace: a decoding step allocates nothing.)
+  std::vector<int64_t>& order = ws.moe_rows;
+  std::vector<int64_t>& start = ws.moe_start;
+  std::vector<int32_t>& active = ws.moe_active;
+  order.clear();
+  start.assign(1, 0);
+  active.clear();
   for (int64_t e = 0; e < NX; ++e) {
     for (int64_t i = 0; i < n * K; ++i) {
       if (ws.expert_of[i] == e) order.push_back(i);
@@ -187,7 +190,8 @@ void Gemma4Model::ExpertFfn(const Experts& X, const float* a, int64_t n, float* 
 
   // Every chosen expert's gate and up in one pass over the pool, then its down in another:
   // a decoding token's k experts are k small products each.
-  std::vector<MatMulJob> jobs;
+  std::vector<MatMulJob>& jobs = ws.moe_jobs;
+  jobs.clear();
   const bool fused = !X.gate_up.empty();
   for (size_t i = 0; i < n_active; ++i) {
     const int64_t r0 = start[i], e = active[i];
@@ -200,16 +204,17 @@ void Gemma4Model::ExpertFfn(const Experts& X, const float* a, int64_t n, float* 
     }
   }
   MatMulMany(jobs.data(), static_cast<int>(jobs.size()), pool);
-  float* act = ws.moe_up.data();  // [rows, FX] gelu(gate) * up
+  // act [rows, FX] = gelu(gate) * up: in place in the split form; the fused form's rows hold
+  // gate then up, so their results are gathered into moe_up.
+  float* act = fused ? ws.moe_up.data() : ws.moe_gu.data();
   if (fused) {
     for (int64_t r = 0; r < rows; ++r) {
-      float* row = ws.moe_gu.data() + r * 2 * FX;  // gate then up
+      float* row = ws.moe_gu.data() + r * 2 * FX;
       kernels.gelu_mul(row, row + FX, FX);
       std::copy_n(row, FX, act + r * FX);
     }
   } else {
     kernels.gelu_mul(ws.moe_gu.data(), ws.moe_up.data(), rows * FX);
-    std::copy_n(ws.moe_gu.data(), rows * FX, act);
   }
   jobs.clear();
   for (size_t i = 0; i < n_active; ++i) {
@@ -251,9 +256,7 @@ void Gemma4Model::Run(const Batch& batch, Workspace& ws, float* out, ThreadPool&
   float* a = ws.a.data();        // [n, E] the attention block's output (attn_out)
   float* f2 = ws.laurel.data();  // [n, E] the experts' output on MoE layers
   auto norm_rows = [&](const float* in, const std::vector<float>& w, float* o) {
-    ParallelRanges(pool, n, kMinTokens, [&](int64_t t0, int64_t t1) {
-      RmsNorm(in + t0 * E, w.data(), t1 - t0, E, c.rms_eps, o + t0 * E);
-    });
+    NormRows(in, w.data(), n, E, c.rms_eps, o, pool);
   };
 
   Embed(c, batch, tok_embd_, output_, tied_, x);

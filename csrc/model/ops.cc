@@ -110,6 +110,13 @@ void RmsNorm(const float* x, const float* w, int64_t n, int64_t dim, float eps, 
   }
 }
 
+void NormRows(const float* x, const float* w, int64_t n, int64_t dim, float eps, float* out,
+              ThreadPool& pool) {
+  ParallelRanges(pool, n, kMinTokens, [&](int64_t t0, int64_t t1) {
+    RmsNorm(x + t0 * dim, w, t1 - t0, dim, eps, out + t0 * dim);
+  });
+}
+
 std::vector<float> RopeInvFreq(int64_t d, float base, float scale) {
   std::vector<float> f(static_cast<size_t>(d / 2));
   for (int64_t i = 0; i < d / 2; ++i) {

@@ -48,11 +48,17 @@ struct Workspace {
   std::vector<float> expert_w;      // [n, n_expert_used] their renormalised weights
   // The experts' rows, expert after expert (n * n_expert_used in all):
   std::vector<float> moe_in;        // [rows, n_embd] gathered inputs
-  std::vector<float> moe_gu;        // [rows, 2 * n_ff_exp] gate then up (fused form) or gate
-  std::vector<float> moe_up;        // [rows, n_ff_exp] up (split form), then gelu(gate) * up
+  std::vector<float> moe_gu;        // [rows, 2 * n_ff_exp] gate then up (fused form), or gate
+                                    // then gelu(gate) * up (split form)
+  std::vector<float> moe_up;        // [rows, n_ff_exp] up (split form), or gelu(gate) * up (fused)
   std::vector<float> moe_out;       // [n, n_expert_used, n_embd] each slot's weighted output
   std::vector<float> moe_down;      // [n * n_expert_used, n_embd] the experts' down outputs
   std::vector<MatMulInput> moe_x, moe_act;  // [active experts] their inputs and activations
+  std::vector<int32_t> moe_rank;    // [n_expert] experts by probability (one token's)
+  std::vector<int64_t> moe_rows;    // [rows] the (token * n_expert_used + slot) of each row
+  std::vector<int64_t> moe_start;   // [active experts + 1] where each one's rows start
+  std::vector<int32_t> moe_active;  // [active experts] the experts the step's tokens chose
+  std::vector<MatMulJob> moe_jobs;  // the experts' products of one pass
   MatMulInput in;            // the current projection input, in the forms its weights want
 };
 
@@ -88,6 +94,10 @@ TensorView Slice(const TensorView& t, int64_t i);
 // x[n, dim] normalised row by row in place-or-copy: out = x / sqrt(mean(x^2) + eps) * w, or
 // without a weight when w is null. The sum of squares is accumulated in double as ggml does.
 void RmsNorm(const float* x, const float* w, int64_t n, int64_t dim, float eps, float* out);
+
+// RmsNorm of n rows, split over the pool when there are enough rows to pay for it.
+void NormRows(const float* x, const float* w, int64_t n, int64_t dim, float eps, float* out,
+              ThreadPool& pool);
 
 // RoPE inverse frequencies of one layer: [head_dim / 2] base^(-2i/d) * position scale.
 std::vector<float> RopeInvFreq(int64_t head_dim, float base, float scale);

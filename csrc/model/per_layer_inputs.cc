@@ -8,12 +8,6 @@
 #include "quant/kernel_set.h"
 
 namespace pyengine {
-namespace {
-
-constexpr int64_t kMinTokens = 8;  // per-token work is split over the pool from this many
-
-}  // namespace
-
 void PerLayerInputs::Compute(const ModelConfig& c, const Batch& batch, Workspace& ws,
                              ThreadPool& pool) const {
   const int64_t E = c.n_embd, NL = c.n_layer, P = c.n_embd_per_layer, n = batch.size();
@@ -59,9 +53,7 @@ void PerLayerBranch(const ModelConfig& c, int64_t l, const PackedMatrix& inp_gat
   }
   ws.in.Set(ws.small.data(), n, P);
   MatMul(proj, ws.in, o, pool);
-  ParallelRanges(pool, n, kMinTokens, [&](int64_t t0, int64_t t1) {
-    RmsNorm(o + t0 * E, post_norm.data(), t1 - t0, E, c.rms_eps, o + t0 * E);
-  });
+  NormRows(o, post_norm.data(), n, E, c.rms_eps, o, pool);
 }
 
 }  // namespace pyengine

@@ -335,8 +335,11 @@ void MatMulMany(const MatMulJob* jobs, int n_jobs, ThreadPool& pool) {
     float* scratch;
     int64_t first, groups;  // the part's row groups are [first, first + groups) of all
   };
-  std::vector<Part> parts;
-  parts.reserve(static_cast<size_t>(n_jobs));
+  // Called for every layer of every step from the one thread that runs the model: the list is
+  // kept, so a step allocates nothing.
+  thread_local std::vector<Part> kept;
+  std::vector<Part>& parts = kept;  // the pool's threads read this thread's list
+  parts.clear();
   int64_t total = 0;
   for (int j = 0; j < n_jobs; ++j) {
     const MatMulJob& job = jobs[j];
