@@ -126,7 +126,10 @@ def prompt_tokens(engine, messages, tools=None) -> int:
 
 
 def test_ollama_chat_with_tools_in_gemma4s_format(ollama_client, engine):
-    seen_calls = 0
+    # Ollama's API has no tool_choice: under "auto" this random model answers in text on
+    # these seeds, so what is checked is the prompt (Gemma 4's format, the tool declared) and
+    # that a reply is text or calls, never the call syntax as text. The calls' own shape is
+    # checked with required and named calls on the engine and the OpenAI API.
     for seed in range(6):
         r = ollama_client.chat(model=MODEL, messages=QUESTION, tools=[WEATHER],
                                options={"temperature": 1, "num_predict": 32, "seed": seed})
@@ -135,7 +138,6 @@ def test_ollama_chat_with_tools_in_gemma4s_format(ollama_client, engine):
         for call in r.message.tool_calls or []:  # Ollama's shape: arguments as an object
             jsonschema.validate(dict(call.function.arguments),
                                 WEATHER["function"]["parameters"])
-            seen_calls += 1
         assert bool(r.message.tool_calls) != bool(r.message.content)
         assert not (r.message.content or "").startswith("<|tool_call>")
     follow = ollama_client.chat(model=MODEL, tools=[WEATHER], messages=QUESTION + [
