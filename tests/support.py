@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import random
 import threading
-import time
 
 import numpy as np
 
@@ -32,12 +31,10 @@ def alone(path, ps, max_tokens, **kw) -> list[list[int]]:
     return out
 
 
-def run_concurrently(eng: Engine, ps, max_tokens, delays=None, **kw) -> list[list[int]]:
+def run_concurrently(eng: Engine, ps, max_tokens, **kw) -> list[list[int]]:
     results: list[list[int] | None] = [None] * len(ps)
 
     def work(i: int) -> None:
-        if delays:
-            time.sleep(delays[i])
         results[i] = eng.generate(ps[i], max_tokens=max_tokens, temperature=0, ignore_eos=True,
                                   **kw).tokens
 

@@ -30,9 +30,11 @@ def test_batched_greedy_equals_alone(make_model, preset, dtype):
     path = make_model(preset, dtype)
     ps = prompts(1, [3, 17, 40, 90, 150, 260])
     ref = alone(path, ps, 24)
-    # Small steps force chunked prompts next to decoding sequences; arrivals are staggered.
-    with Engine(path, n_ctx=512, max_batch=4, max_batch_tokens=48) as eng:
-        got = run_concurrently(eng, ps, 24, delays=[0, 0.01, 0.0, 0.03, 0.02, 0.005])
+    # Small steps force chunked prompts next to decoding sequences. The first step waits for
+    # max_batch requests (the wait ends on the count, not on a clock: a tiny model can finish a
+    # request before the next thread has submitted its own); the other two join as slots free.
+    with Engine(path, n_ctx=512, max_batch=4, max_batch_tokens=48, batch_wait_ms=10_000) as eng:
+        got = run_concurrently(eng, ps, 24)
         st = assert_all_pages_back(eng)
     assert got == ref
     assert st["max_step_sequences"] > 1  # the requests really shared steps
@@ -64,7 +66,9 @@ def test_batched_logits_within_tolerance(make_model):
         ps = prompts(2, [20, 70, 130])
         with Engine(path, n_ctx=512) as eng:
             ref = [eng.logits(p) for p in ps]
-        with Engine(path, n_ctx=512, max_batch_tokens=64, batch_wait_ms=50) as eng:
+        # The first step waits until all of them have arrived (max_batch of them).
+        with Engine(path, n_ctx=512, max_batch=len(ps), max_batch_tokens=64,
+                    batch_wait_ms=10_000) as eng:
             got: list[np.ndarray | None] = [None] * len(ps)
 
             def work(i: int, eng=eng, got=got, ps=ps) -> None:
@@ -230,7 +234,8 @@ def test_async_streams_batch_and_cancel(make_model):
             await task
         return results
 
-    with Engine(path, n_ctx=2048, batch_wait_ms=20) as eng:
+    # Four requests (three and the abandoned stream): the first step waits for all four.
+    with Engine(path, n_ctx=2048, max_batch=4, batch_wait_ms=10_000) as eng:
         got = asyncio.run(main(eng))
         for _ in range(100):  # the cancellation lands at the next step boundary
             if eng.stats()["running"] == 0:

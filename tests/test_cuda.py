@@ -175,8 +175,9 @@ def test_batched_requests_and_prefix_reuse_on_the_device(make_model):
     ps = prompts(1, [3, 17, 40, 90, 150, 260])
     with Engine(path, n_ctx=512, backend="cuda") as gpu:
         ref = [gpu.generate(p, max_tokens=16, temperature=0, ignore_eos=True).tokens for p in ps]
-    with Engine(path, n_ctx=512, backend="cuda", max_batch=4, max_batch_tokens=48) as gpu:
-        got = run_concurrently(gpu, ps, 16, delays=[0, 0.01, 0.0, 0.03, 0.02, 0.005])
+    with Engine(path, n_ctx=512, backend="cuda", max_batch=4, max_batch_tokens=48,
+                batch_wait_ms=10_000) as gpu:  # the first step waits for max_batch requests
+        got = run_concurrently(gpu, ps, 16)
         st = assert_all_pages_back(gpu)
         assert got == ref and st["max_step_sequences"] > 1
         shared = prompts(6, [200])[0]

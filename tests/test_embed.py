@@ -31,8 +31,10 @@ def test_batched_and_chunked_embeddings_equal_single(make_model):
     path = make_model("tiny", "q8_0")
     with Engine(path, n_ctx=512) as eng:
         ref = [eng.embed(t) for t in TEXTS]
-    # Small steps split each input into chunks next to the others' chunks.
-    with Engine(path, n_ctx=512, max_batch_tokens=24, batch_wait_ms=20) as eng:
+    # Small steps split each input into chunks next to the others' chunks; the first step waits
+    # until all of them have arrived (max_batch of them).
+    with Engine(path, n_ctx=512, max_batch=len(TEXTS), max_batch_tokens=24,
+                batch_wait_ms=10_000) as eng:
         got: list[np.ndarray | None] = [None] * len(TEXTS)
 
         def work(i: int) -> None:
