@@ -4,6 +4,16 @@
 # its test extra, then the test suite. Arguments go to pytest (default: -q tests).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Other CPUs, emulated: qemu-user runs the package on older x86-64 models and the AArch64 build
+# (cross-compiled with crossbuild-essential-arm64). Debian's packages, installed where missing
+# and possible (tests/test_arm.py and test_x86_levels.py skip without them).
+if ! command -v qemu-aarch64 >/dev/null || ! command -v aarch64-linux-gnu-g++ >/dev/null; then
+  if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+      --no-install-recommends qemu-user crossbuild-essential-arm64) >/dev/null \
+      || echo "run_tests: could not install qemu-user / crossbuild-essential-arm64" >&2
+  fi
+fi
 export CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}"
 [ -x .venv/bin/python ] || python3 -m venv .venv
 . .venv/bin/activate

@@ -18,8 +18,10 @@ if not os.environ.get("PYENGINE_LEDGER"):
     os.environ["PYENGINE_LEDGER"] = str(Path(tempfile.mkdtemp(prefix="pyengine-ledger-"))
                                         / "ledger.sqlite")
 
-_ORDER = ["scalar", "avx2", "avx512"]
-ISA_LEVELS = _ORDER[: _ORDER.index(_core.best_isa()) + 1]  # every kernel level this CPU can run
+# Each architecture's ladder of kernel levels; every level up to the CPU's best is tested.
+_LADDERS = [["scalar", "avx2", "avx512"], ["scalar", "neon", "dotprod"]]
+_LADDER = next(lad for lad in _LADDERS if _core.best_isa() in lad)
+ISA_LEVELS = _LADDER[: _LADDER.index(_core.best_isa()) + 1]  # every kernel level this CPU can run
 
 
 @pytest.fixture(scope="session")

@@ -9,9 +9,7 @@ from gguf.quants import quantize
 
 from pyengine import _core
 
-LEVELS = [lvl for lvl in ("scalar", "avx2", "avx512")
-          if ["scalar", "avx2", "avx512"].index(lvl) <= ["scalar", "avx2", "avx512"].index(
-              _core.best_isa())]
+from conftest import ISA_LEVELS as LEVELS
 # Ragged on purpose: rows not a multiple of 16 (the Q8_0 row group) or 4, token counts that
 # leave partial tiles, float rows that are not a multiple of the vector width.
 SHAPES = [(1, 32, 1), (17, 64, 3), (33, 96, 8), (48, 256, 13), (100, 160, 1), (7, 32, 9)]
@@ -97,7 +95,7 @@ def test_activation_quantization_rounds_half_to_even():
 
 
 def test_isa_can_be_forced_and_reported():
-    assert _core.isa() in ("scalar", "avx2", "avx512")
+    assert _core.isa() in ("scalar", "avx2", "avx512", "neon", "dotprod")
     _core.set_isa("scalar")
     assert _core.isa() == "scalar"
     with pytest.raises(ValueError):

@@ -357,7 +357,7 @@ PYBIND11_MODULE(_core, m) {
   m.def("architectures", [] { return SupportedArchs(); },
         "general.architecture values the native core runs.");
   m.def("isa", [] { return std::string(IsaName(ActiveIsa())); },
-        "The kernel level in use: 'scalar', 'avx2' or 'avx512'.");
+        "The kernel level in use: 'scalar', 'avx2', 'avx512' (x86-64), 'neon' or 'dotprod' (AArch64).");
   m.def("best_isa", [] { return std::string(IsaName(BestIsa())); },
         "The best kernel level this CPU supports.");
   m.def("set_isa",

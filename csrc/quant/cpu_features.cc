@@ -7,6 +7,12 @@
 #include <cpuid.h>
 #define PYENGINE_X86 1
 #endif
+#if defined(__aarch64__) && defined(__linux__)
+#include <sys/auxv.h>
+#endif
+#if defined(__aarch64__) && defined(__APPLE__)
+#include <sys/sysctl.h>
+#endif
 
 namespace pyengine {
 namespace {
@@ -36,13 +42,35 @@ CpuFeatures Detect() {
     f.avx512vnni = c & (1u << 11);
   }
 #endif
+#if defined(__aarch64__)
+  f.neon = true;  // part of the base architecture
+#if defined(__linux__)
+  f.dotprod = getauxval(AT_HWCAP) & (1ul << 20);  // HWCAP_ASIMDDP
+#elif defined(__APPLE__)
+  int v = 0;
+  size_t n = sizeof(v);
+  f.dotprod = sysctlbyname("hw.optional.arm.FEAT_DotProd", &v, &n, nullptr, 0) == 0 && v;
+#endif
+#endif
   return f;
+}
+
+// A level's rung on its architecture's ladder, and the ladder (0: the scalar reference, on all).
+int Rung(IsaLevel l) {
+  switch (l) {
+    case IsaLevel::kAvx2: case IsaLevel::kNeon: return 1;
+    case IsaLevel::kAvx512: case IsaLevel::kNeonDot: return 2;
+    default: return 0;
+  }
+}
+int Ladder(IsaLevel l) {
+  return l == IsaLevel::kScalar ? 0 : l == IsaLevel::kNeon || l == IsaLevel::kNeonDot ? 2 : 1;
 }
 
 IsaLevel FromEnv(IsaLevel best) {
   const char* env = std::getenv("PYENGINE_ISA");
   IsaLevel want;
-  if (env && ParseIsa(env, &want) && want < best) return want;
+  if (env && ParseIsa(env, &want) && IsaAtMost(want, best)) return want;
   return best;
 }
 
@@ -52,6 +80,11 @@ std::atomic<int>& Active() {
 }
 
 }  // namespace
+
+bool IsaAtMost(IsaLevel level, IsaLevel best) {
+  if (level == IsaLevel::kScalar) return true;
+  return Ladder(level) == Ladder(best) && Rung(level) <= Rung(best);
+}
 
 const CpuFeatures& GetCpuFeatures() {
   static const CpuFeatures features = Detect();
@@ -64,6 +97,10 @@ IsaLevel BestIsa() {
   if (f.avx512f && f.avx512bw && f.avx512vl && f.avx512vnni && f.fma && f.f16c) return IsaLevel::kAvx512;
   if (f.avx2 && f.fma && f.f16c) return IsaLevel::kAvx2;
 #endif
+#if defined(__aarch64__)
+  if (f.dotprod) return IsaLevel::kNeonDot;
+  if (f.neon) return IsaLevel::kNeon;
+#endif
   (void)f;
   return IsaLevel::kScalar;
 }
@@ -71,7 +108,7 @@ IsaLevel BestIsa() {
 IsaLevel ActiveIsa() { return static_cast<IsaLevel>(Active().load(std::memory_order_relaxed)); }
 
 bool SetIsa(IsaLevel level) {
-  if (level > BestIsa()) return false;
+  if (!IsaAtMost(level, BestIsa())) return false;
   Active().store(static_cast<int>(level));
   return true;
 }
@@ -81,12 +118,15 @@ const char* IsaName(IsaLevel level) {
     case IsaLevel::kScalar: return "scalar";
     case IsaLevel::kAvx2: return "avx2";
     case IsaLevel::kAvx512: return "avx512";
+    case IsaLevel::kNeon: return "neon";
+    case IsaLevel::kNeonDot: return "dotprod";
   }
   return "unknown";
 }
 
 bool ParseIsa(const std::string& name, IsaLevel* out) {
-  for (IsaLevel l : {IsaLevel::kScalar, IsaLevel::kAvx2, IsaLevel::kAvx512}) {
+  for (IsaLevel l : {IsaLevel::kScalar, IsaLevel::kAvx2, IsaLevel::kAvx512, IsaLevel::kNeon,
+                     IsaLevel::kNeonDot}) {
     if (name == IsaName(l)) {
       *out = l;
       return true;

@@ -5,13 +5,18 @@
 
 namespace pyengine {
 
-// Kernel levels, each a superset of the one before. An ARM NEON level would slot in beside
-// kAvx2 with its own kernel file; the dispatcher only sees a KernelSet.
-enum class IsaLevel { kScalar = 0, kAvx2 = 1, kAvx512 = 2 };
+// Kernel levels. Each architecture has its own ladder above the scalar reference, each rung a
+// superset of the one below: x86-64 scalar < avx2 < avx512, AArch64 scalar < neon < dotprod.
+// The dispatcher only sees a KernelSet.
+enum class IsaLevel { kScalar = 0, kAvx2 = 1, kAvx512 = 2, kNeon = 3, kNeonDot = 4 };
+
+// True when `level` is `best` or a rung below it on the same ladder.
+bool IsaAtMost(IsaLevel level, IsaLevel best);
 
 struct CpuFeatures {
   bool avx2 = false, fma = false, f16c = false;
   bool avx512f = false, avx512bw = false, avx512vl = false, avx512vnni = false;
+  bool neon = false, dotprod = false;  // AArch64: Advanced SIMD, and its sdot/udot extension
 };
 
 const CpuFeatures& GetCpuFeatures();
@@ -20,7 +25,7 @@ const CpuFeatures& GetCpuFeatures();
 IsaLevel BestIsa();
 
 // The level in use: BestIsa(), capped by the PYENGINE_ISA environment variable
-// ("scalar", "avx2", "avx512") when the process starts, or by SetIsa.
+// ("scalar", "avx2", "avx512", "neon", "dotprod") when the process starts, or by SetIsa.
 IsaLevel ActiveIsa();
 
 // Forces a level (tests, benchmarks). Returns false, changing nothing, when the CPU lacks it.

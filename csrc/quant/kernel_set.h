@@ -137,6 +137,8 @@ void PackXGeneric(const float* x, int64_t n_tok, int64_t cols, int64_t t0, int64
 const KernelSet& ScalarKernels();
 const KernelSet* Avx2Kernels();    // nullptr when not compiled for this target
 const KernelSet* Avx512Kernels();  // nullptr when not compiled for this target
+const KernelSet* NeonKernels();    // nullptr when not compiled for this target
+const KernelSet* NeonDotKernels(); // nullptr when not compiled for this target
 
 // The set for ActiveIsa().
 const KernelSet& ActiveKernels();

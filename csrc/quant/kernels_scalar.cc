@@ -201,6 +201,12 @@ const KernelSet& ActiveKernels() {
       [[fallthrough]];
     case IsaLevel::kAvx2:
       if (const KernelSet* k = Avx2Kernels()) return *k;
+      return ScalarKernels();
+    case IsaLevel::kNeonDot:
+      if (const KernelSet* k = NeonDotKernels()) return *k;
+      [[fallthrough]];
+    case IsaLevel::kNeon:
+      if (const KernelSet* k = NeonKernels()) return *k;
       [[fallthrough]];
     default:
       return ScalarKernels();
