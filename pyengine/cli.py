@@ -360,10 +360,26 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"  {name}: {path}", file=sys.stderr)
     if not models:
         print("  no models given: requests go to the fallback chain", file=sys.stderr)
-    serve(models, host, port, n_threads=args.threads, n_ctx=args.ctx,
-          kv_cache_mb=args.kv_cache_mb, max_loaded=args.max_loaded, keep_alive=args.keep_alive,
-          max_queue=args.max_queue, origins=args.origins, api_key=args.api_key,
-          engine_options={"backend": args.backend, "dtype": args.dtype})
+    options = dict(n_threads=args.threads, n_ctx=args.ctx, kv_cache_mb=args.kv_cache_mb,
+                   max_loaded=args.max_loaded, keep_alive=args.keep_alive,
+                   max_queue=args.max_queue, origins=args.origins, api_key=args.api_key,
+                   engine_options={"backend": args.backend, "dtype": args.dtype})
+    if args.replicas < 1:
+        raise ValueError(f"--replicas must be at least 1, got {args.replicas}")
+    if args.replicas == 1 and not args.ray_address:
+        serve(models, host, port, **options)
+        return 0
+    try:
+        from pyengine.cluster.deploy import serve_replicas
+    except ImportError as e:
+        raise ValueError(f"--replicas and --ray-address need Ray Serve: pip install "
+                         f"'pyengine[ray]' ({e})") from None
+    if options["n_threads"] is None:  # the replicas of one machine share its cores
+        options["n_threads"] = max(1, (os.cpu_count() or 1) // args.replicas)
+    print(f"  {args.replicas} replicas on Ray "
+          f"({args.ray_address or 'a local cluster'}), routing: {args.router}", file=sys.stderr)
+    serve_replicas(models, host, port, args.replicas, ray_address=args.ray_address,
+                   policy=args.router, **options)
     return 0
 
 
@@ -537,6 +553,16 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--api-key", default=None,
                        help="require 'Authorization: Bearer KEY' (default: PYENGINE_API_KEY, "
                        "which keeps the key out of the process list; unset: no key)")
+    serve.add_argument("--replicas", type=int, default=1,
+                       help="servers behind one address, on Ray Serve (pyengine[ray]); each has "
+                            "its own engines and KV cache, and requests go to the replica whose "
+                            "cache holds their prompt's prefix (default 1: no Ray)")
+    serve.add_argument("--ray-address", default=None,
+                       help="join this Ray cluster (e.g. ray://head:10001) instead of starting "
+                            "a local one")
+    serve.add_argument("--router", choices=("prefix", "random"), default="prefix",
+                       help="how replicas are chosen: by prompt prefix (default), or power of "
+                            "two choices alone (Ray Serve's default, for comparison)")
     serve.set_defaults(func=cmd_serve)
 
     ls = _command(sub, "list", "list the models available here (registry and Ollama store)",
