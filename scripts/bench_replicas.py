@@ -68,7 +68,6 @@ def stop_server(proc: subprocess.Popen) -> None:
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-    subprocess.run(["ray", "stop", "--force"], capture_output=True)
 
 
 def run_workload(port: int, model_name: str, jobs: list[tuple[str, int]], concurrency: int) -> dict:

@@ -337,3 +337,29 @@ def test_an_unstarted_stream_dropped_is_cancelled(make_model):
             time.sleep(0.01)
         st = assert_all_pages_back(eng)
     assert st["cancelled"] == 6
+
+
+@pytest.mark.parametrize("preset", ["tiny", "tiny-4"])
+def test_requests_arriving_together_compute_their_shared_prefix_once(make_model, preset):
+    # Four requests with one 320-token prefix (a system prompt, a judge's rubric) arrive in the
+    # same step: the first computes it, the others wait for its blocks and attach them from the
+    # prefix cache, and every one gets the tokens it gets alone.
+    path = make_model(preset, "q8_0")
+    base = prompts(3, [320])[0]
+    ps = [base + prompts(10 + i, [9])[0] for i in range(4)]
+    ref = alone(path, ps, 8)
+    with Engine(path, n_ctx=1024, max_batch=4, batch_wait_ms=10_000) as eng:
+        out: list = [None] * len(ps)
+
+        def work(i: int) -> None:
+            out[i] = eng.generate(ps[i], max_tokens=8, temperature=0, ignore_eos=True)
+
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(len(ps))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        st = assert_all_pages_back(eng)
+    assert [o.tokens for o in out] == ref
+    assert sorted(o.cached_tokens for o in out) == [0, 320, 320, 320]
+    assert st["prompt_tokens"] == 320 + 4 * 9  # the prefix once, each suffix once

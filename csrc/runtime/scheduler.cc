@@ -244,6 +244,7 @@ void Scheduler::DropCancelled() {
 }
 
 void Scheduler::Admit() {
+  std::deque<std::unique_ptr<Sequence>> later;  // waiting for a running prompt's blocks
   while (!waiting_.empty() && static_cast<int64_t>(running_.size()) < opts_.max_batch) {
     std::unique_ptr<Sequence> s = std::move(waiting_.front());
     waiting_.pop_front();
@@ -252,9 +253,37 @@ void Scheduler::Admit() {
     const int64_t size = static_cast<int64_t>(s->tokens.size());
     const int64_t reuse = s->opts.scoring() || !opts_.prefix_cache ? 0 : size - 1;
     s->attached = s->n_done = kv_.AttachPrefix(s->table, s->tokens.data(), size, reuse);
+    if (reuse > 0 && AwaitsRunningPrefix(*s)) {
+      kv_.Release(s->table);
+      s->attached = s->n_done = 0;
+      later.push_back(std::move(s));
+      continue;
+    }
     if (s->counts.cached_tokens == 0) s->counts.cached_tokens = std::min(s->attached, s->prompt_len);
     running_.push_back(std::move(s));
   }
+  // They keep their places at the head of the line and try again next step, when the running
+  // prompt has offered more of its blocks to the prefix cache.
+  while (!later.empty()) {
+    waiting_.push_front(std::move(later.back()));
+    later.pop_back();
+  }
+}
+
+bool Scheduler::AwaitsRunningPrefix(const Sequence& s) const {
+  // Requests that arrive together with one long prefix (a system prompt, a judge's rubric)
+  // would each compute it side by side; the later ones wait until the first has computed the
+  // whole blocks they share, then attach them from the prefix cache.
+  const int64_t bt = kv_.block_tokens();
+  for (const auto& r : running_) {
+    if (r->opts.scoring() || r->n_done >= r->prompt_len) continue;  // nothing more to offer
+    const int64_t limit = std::min(s.prompt_len - 1, r->prompt_len);
+    int64_t shared = 0;
+    while (shared < limit && s.tokens[shared] == r->tokens[shared]) ++shared;
+    shared = shared / bt * bt;  // whole blocks: what the prefix cache shares
+    if (shared > s.attached && r->n_done < shared) return true;
+  }
+  return false;
 }
 
 bool Scheduler::Plan() {

@@ -76,6 +76,9 @@ class Scheduler {
 
   void Loop();
   void Admit();
+  // True while a running sequence's prompt is still computing whole blocks s shares beyond
+  // what s attached from the prefix cache (s then waits a step instead of computing them too).
+  bool AwaitsRunningPrefix(const Sequence& s) const;
   bool Plan();
   void Reserve();
   void Preempt(Sequence* s, bool counted);

@@ -164,8 +164,8 @@ def serve_replicas(models: Mapping[str, Any], host: str, port: int,
     models = {name: str(p) for name, p in models.items()}
     if ray_address:
         ray.init(address=ray_address, log_to_driver=False)
-    else:
-        ray.init(include_dashboard=False, log_to_driver=False)
+    else:  # a cluster of its own, even where another one runs on this machine
+        ray.init(address="local", include_dashboard=False, log_to_driver=False)
     try:
         serve.start(http_options={"host": host, "port": port})
         serve.run(build_app(models, replicas, app_options, policy=policy), name="pyengine",
