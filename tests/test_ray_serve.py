@@ -112,6 +112,39 @@ def test_official_clients_get_the_single_servers_answers(cluster, single):
     assert r.status_code == 400
 
 
+def test_metrics_of_every_replica_and_the_routing_counters(cluster):
+    import re
+
+    httpx.post(f"{cluster.url}/api/generate", timeout=60, json={
+        "model": "tiny", "prompt": "count me", "stream": False, "options": {"num_predict": 2}})
+    deadline = time.monotonic() + 30
+    while True:  # replicas post every 2 s
+        text = httpx.get(f"{cluster.url}/metrics", timeout=30).text
+        replicas = set(re.findall(r'pyengine_build_info\{replica="(\d+)"', text))
+        if len(replicas) == 2 or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert len(replicas) == 2, text[:2000]
+    assert "pyengine_cluster_replicas 2" in text
+    routed = int(re.search(r"^pyengine_cluster_requests_routed_total (\d+)$", text, re.M).group(1))
+    assert routed >= 1
+    # Every family's TYPE line comes once, before its samples.
+    types = re.findall(r"^# TYPE (\S+) ", text, re.M)
+    assert len(types) == len(set(types))
+
+
+def test_merged_metrics_label_each_replica():
+    from pyengine.cluster.metrics import merge
+
+    one = '# HELP up Up.\n# TYPE up gauge\nup 1\n# TYPE req counter\nreq_total{model="a"} 3\n'
+    text = merge({"11": one, "12": one.replace(" 3", " 4")}, {"routed": 5}, 1, 0)
+    assert text.count("# TYPE up gauge") == 1
+    assert 'up{replica="11"} 1' in text and 'up{replica="12"} 1' in text
+    assert 'req_total{replica="12",model="a"} 4' in text
+    assert "pyengine_cluster_requests_routed_total 5" in text
+    assert "pyengine_cluster_failovers_total 1" in text
+
+
 def test_shared_prefixes_are_computed_once_as_on_one_replica(cluster, single, long_tiny):
     # 3 prefixes of about 256 tokens x 4 suffixes, one request at a time in a shuffled order:
     # one replica computes each prefix once; the router must send every repeat to the replica

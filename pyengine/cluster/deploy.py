@@ -10,13 +10,17 @@ interrupted; ``pyengine serve --replicas N`` calls it.
 # No `from __future__ import annotations`: FastAPI must see the ingress methods' real types.
 import json
 import os
+import threading
+import time
 from typing import Any, AsyncIterator, List, Mapping, Optional, Tuple
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+import ray
 from ray import serve
 from ray.serve.config import RequestRouterConfig
 
+from pyengine.cluster import metrics
 from pyengine.cluster.asgi_bridge import call_asgi
 from pyengine.cluster.prefix_keys import PrefixKeys
 from pyengine.cluster.router import PrefixAwareRouter
@@ -24,6 +28,29 @@ from pyengine.cluster.router import PrefixAwareRouter
 # Headers that describe one hop's connection, not the request: never forwarded.
 _HOP = {"host", "content-length", "transfer-encoding", "connection", "keep-alive"}
 REPLICA_HEADER = "x-pyengine-replica"  # the replica process that answered (its pid)
+BOARD = "pyengine-metrics-board"  # the named actor the replicas post their metrics to
+PUSH_S = 2.0     # how often a replica posts its metrics
+STALE_S = 10.0   # a replica silent this long (gone, or restarting) drops out of /metrics
+
+
+@ray.remote(num_cpus=0)
+class MetricsBoard:
+    """The latest metrics text of each replica: the ingress cannot address replicas one by one
+    (Ray Serve routes its calls), so they post here."""
+
+    def __init__(self) -> None:
+        self._texts: dict = {}
+
+    def post(self, replica: str, text: str) -> None:
+        self._texts[replica] = (time.time(), text)
+
+    def current(self, max_age_s: float) -> dict:
+        now = time.time()
+        return {r: text for r, (t, text) in self._texts.items() if now - t <= max_age_s}
+
+
+def _board():
+    return MetricsBoard.options(name=BOARD, get_if_exists=True).remote()
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0}, graceful_shutdown_timeout_s=30,
@@ -37,6 +64,16 @@ class Replica:
 
         self._app = create_app(models, **app_options)
         self._pid = os.getpid()
+        threading.Thread(target=self._post_metrics, name="pyengine-metrics", daemon=True).start()
+
+    def _post_metrics(self) -> None:
+        board = _board()
+        while True:
+            try:
+                board.post.remote(str(self._pid), self._app.state.metrics.render())
+            except Exception:  # noqa: BLE001 - metrics must never take a replica down
+                pass
+            time.sleep(PUSH_S)
 
     async def handle(self, method: str, path: str, query: bytes,
                      headers: List[Tuple[bytes, bytes]], body: bytes,
@@ -82,6 +119,13 @@ class Ingress:
         the failures seen: requests failed over to another replica, and requests lost."""
         return {"routing": dict(self._routing), "failovers": self._failovers,
                 "failed": self._failed}
+
+    @ingress_api.get("/metrics")
+    async def cluster_metrics(self) -> PlainTextResponse:
+        """Every replica's metrics, labelled by replica, and the routing counters."""
+        texts = await _board().current.remote(STALE_S)
+        return PlainTextResponse(metrics.merge(texts, self._routing, self._failovers, self._failed),
+                                 media_type="text/plain; version=0.0.4; charset=utf-8")
 
     @ingress_api.api_route("/{path:path}", methods=["GET", "POST", "PUT", "DELETE", "HEAD"])
     async def forward(self, request: Request, path: str):

@@ -86,6 +86,12 @@ def parse_model_args(args: Sequence[str]) -> dict[str, Path]:
     return models
 
 
+# uvicorn's pure-Python HTTP/1.1 parser, whatever else is installed: it bounds a request's head
+# (a megabyte of headers is refused) and answers malformed requests with 400, where the httptools
+# parser that uvicorn prefers when present (Ray Serve installs it) accepts them.
+HTTP_IMPL = "h11"
+
+
 def serve(models: Mapping[str, str | os.PathLike[str]], host: str, port: int,
           log_level: str = "info", **app_options: Any) -> None:
     """Serves ``models`` on ``host:port`` until interrupted (see ``create_app``)."""
@@ -94,4 +100,4 @@ def serve(models: Mapping[str, str | os.PathLike[str]], host: str, port: int,
     from pyengine.server.app import create_app
 
     app = create_app(models, **app_options)
-    uvicorn.run(app, host=host, port=port, log_level=log_level)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, http=HTTP_IMPL)

@@ -126,8 +126,10 @@ class ServerThread:
         self.app = app
         self.port = free_port(host) if port is None else port
         self.url = f"http://{host}:{self.port}"
+        from pyengine.server.serve import HTTP_IMPL
+
         config = uvicorn.Config(app, host=host, port=self.port, log_level="warning",
-                                lifespan="on")
+                                http=HTTP_IMPL, lifespan="on")
         self.server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self.server.run, name="pyengine-server",
                                         daemon=True)
