@@ -560,9 +560,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--ray-address", default=None,
                        help="join this Ray cluster (e.g. ray://head:10001) instead of starting "
                             "a local one")
-    serve.add_argument("--router", choices=("prefix", "random"), default="prefix",
-                       help="how replicas are chosen: by prompt prefix (default), or power of "
-                            "two choices alone (Ray Serve's default, for comparison)")
+    serve.add_argument("--router", choices=("prefix", "default"), default="prefix",
+                       help="how replicas are chosen: by prompt prefix (default), or by Ray "
+                            "Serve's own router (power of two choices), for comparison")
     serve.set_defaults(func=cmd_serve)
 
     ls = _command(sub, "list", "list the models available here (registry and Ollama store)",

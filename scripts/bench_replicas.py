@@ -130,7 +130,7 @@ def main() -> int:
     report = {"model": args.model, "prefix_tokens": prefix_tokens, "setups": {}}
     for label, replicas, router in (("1 replica", 1, "prefix"),
                                     (f"{args.replicas} replicas, prefix router", args.replicas, "prefix"),
-                                    (f"{args.replicas} replicas, power of two", args.replicas, "random")):
+                                    (f"{args.replicas} replicas, power of two", args.replicas, "default")):
         proc = start_server(args.model, args.port, replicas, router, max(1, cores // replicas))
         try:
             res = run_workload(args.port, name, jobs, args.concurrency)

@@ -36,11 +36,12 @@ def main() -> int:
     ap.add_argument("--kill-at", type=float, default=20)
     ap.add_argument("--timeout", type=float, default=60, help="each client request's timeout")
     ap.add_argument("--port", type=int, default=11720)
+    ap.add_argument("--router", choices=("prefix", "default"), default="prefix")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     name = Path(args.model).stem
     url = f"http://127.0.0.1:{args.port}"
-    proc = start_server(args.model, args.port, args.replicas, "prefix",
+    proc = start_server(args.model, args.port, args.replicas, args.router,
                         max(1, (os.cpu_count() or 1) // args.replicas))
     outcomes: list[dict] = []
     lock = threading.Lock()
@@ -85,12 +86,14 @@ def main() -> int:
                 return None
 
         recovered = None
+        first_seen: dict[str, float] = {}
         with ThreadPoolExecutor(6) as pool:
-            seen: set[str] = set()
-            while time.monotonic() - killed < 120 and len(seen - {victim}) < args.replicas:
-                seen |= {p for p in pool.map(probe, range(6)) if p}
-            if len(seen - {victim}) >= args.replicas:
-                recovered = round(time.monotonic() - killed, 1)
+            while time.monotonic() - killed < 120 and len(set(first_seen) - {victim}) < args.replicas:
+                for p in pool.map(probe, range(6)):
+                    if p and p not in first_seen:
+                        first_seen[p] = round(time.monotonic() - killed, 1)
+            if len(set(first_seen) - {victim}) >= args.replicas:
+                recovered = max(t for p, t in first_seen.items() if p != victim)
         time.sleep(max(0.0, start + args.seconds - time.monotonic()))
         stop.set()
         for t in threads:
@@ -105,7 +108,8 @@ def main() -> int:
               "errors_seen_by_clients": len(errors), "timeouts": sum(o["outcome"] == "timeout" for o in outcomes),
               "empty": sum(o["outcome"] == "empty" for o in outcomes), "hung_clients": hung,
               "failed_over": cluster["failovers"], "failed_at_ingress": cluster["failed"],
-              "all_replicas_serving_after_s": recovered, "errors": errors[:10]}
+              "all_replicas_serving_after_s": recovered, "replicas_first_answered_s": first_seen,
+              "killed": victim, "errors": errors[:10]}
     print(json.dumps(report, indent=1))
     if args.json:
         args.json.write_text(json.dumps(report, indent=1))

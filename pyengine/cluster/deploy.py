@@ -185,12 +185,18 @@ class Ingress:
 
 def build_app(models: Mapping[str, str], replicas: int, app_options: Mapping[str, Any],
               policy: str = "prefix", max_ongoing: int = 16):
-    """The application: ``replicas`` servers of ``models`` behind the routing ingress."""
-    router = RequestRouterConfig(request_router_class=PrefixAwareRouter,
-                                 request_router_kwargs={"policy": policy})
-    replica = Replica.options(num_replicas=replicas, max_ongoing_requests=max_ongoing,
-                              request_router_config=router)
-    return Ingress.bind(replica.bind(dict(models), dict(app_options)), dict(models))
+    """The application: ``replicas`` servers of ``models`` behind the routing ingress.
+    ``policy``: "prefix" (``router.PrefixAwareRouter``) or "default" (Ray Serve's own router,
+    power of two choices, for comparison)."""
+    options: dict = {"num_replicas": replicas, "max_ongoing_requests": max_ongoing}
+    if policy == "prefix":
+        options["request_router_config"] = RequestRouterConfig(request_router_class=PrefixAwareRouter)
+    elif policy != "default":
+        raise ValueError(f"policy must be 'prefix' or 'default', got {policy!r}")
+    replica = Replica.options(**options)
+    # The ingress only forwards: it holds as many requests as all the replicas together.
+    ingress = Ingress.options(max_ongoing_requests=max(64, 4 * replicas * max_ongoing))
+    return ingress.bind(replica.bind(dict(models), dict(app_options)), dict(models))
 
 
 def serve_replicas(models: Mapping[str, Any], host: str, port: int,

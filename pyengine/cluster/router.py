@@ -15,8 +15,8 @@ import random
 from collections import OrderedDict
 from typing import Any, List, Optional
 
-from ray.serve.request_router import PendingRequest, ReplicaID, ReplicaResult, RequestRouter, \
-    RunningReplica
+from ray.serve._private.request_router.pow_2_router import PowerOfTwoChoicesRequestRouter
+from ray.serve.request_router import PendingRequest, ReplicaID, ReplicaResult, RunningReplica
 
 def _key(pending: Optional[PendingRequest]) -> list[str]:
     if pending is None:
@@ -29,16 +29,21 @@ def _two(replicas: list) -> list:
     return random.sample(replicas, min(2, len(replicas)))
 
 
-class PrefixAwareRouter(RequestRouter):
+# Ray Serve's own router (power of two choices, with its FIFO order and locality) places the
+# requests without a key; this class only ranks the replicas of those with one.
+class PrefixAwareRouter(PowerOfTwoChoicesRequestRouter):
     """``request_router_kwargs``: ``max_blocks`` (hashes remembered per replica, default
-    65,536: 1M tokens), ``policy`` ("prefix", or "random" for plain power of two choices, the
-    comparison the benchmark makes)."""
+    65,536: 1M tokens); ``min_match_blocks`` (default 4: 64 tokens; a shorter match, such as
+    the chat template's first line every request starts with, is not worth a detour);
+    ``max_imbalance`` (default 8, half of what a replica takes at once: when the best-matching
+    replica has that many more requests in flight than the least busy one, the request is
+    balanced instead)."""
 
-    def initialize_state(self, max_blocks: int = 65536, policy: str = "prefix", **_: Any) -> None:
-        if policy not in ("prefix", "random"):
-            raise ValueError(f"policy must be 'prefix' or 'random', got {policy!r}")
+    def initialize_state(self, max_blocks: int = 65536, min_match_blocks: int = 4,
+                         max_imbalance: int = 8, **_: Any) -> None:
         self._max_blocks = int(max_blocks)
-        self._policy = policy
+        self._min_match = int(min_match_blocks)
+        self._max_imbalance = int(max_imbalance)
         self._seen: dict[ReplicaID, OrderedDict[str, None]] = {}
 
     def update_replicas(self, replicas: List[RunningReplica]) -> None:
@@ -65,15 +70,24 @@ class PrefixAwareRouter(RequestRouter):
         if not candidate_replicas:
             return []
         blocks = _key(pending_request)
-        if self._policy == "random" or not blocks:
-            return [_two(candidate_replicas)]
         score = {r.replica_id: self._matched(r.replica_id, blocks) for r in candidate_replicas}
-        best = max(score.values())
-        if best == 0:
-            return [_two(candidate_replicas)]
+        best = max(score.values()) if blocks else 0
         top = [r for r in candidate_replicas if score[r.replica_id] == best]
+        if best < self._min_match or self._too_busy(top, candidate_replicas):
+            # No key, a prefix no replica has been sent (or too short to matter), or its
+            # replicas far busier than the rest: balance.
+            return await super().choose_replicas(candidate_replicas, pending_request)
         rest = [r for r in candidate_replicas if score[r.replica_id] < best]
         return [_two(top)] + ([_two(rest)] if rest else [])
+
+    def _too_busy(self, top: List[RunningReplica], everyone: List[RunningReplica]) -> bool:
+        """True when the least busy of the best-matching replicas has max_imbalance more
+        requests in flight (as last reported to this router) than the least busy replica."""
+        def load(r: RunningReplica) -> int:
+            n = self.replica_queue_len_cache.get(r.replica_id)
+            return 0 if n is None else int(n)
+
+        return min(map(load, top)) - min(map(load, everyone)) >= self._max_imbalance
 
     def on_request_routed(self, pending_request: PendingRequest, replica_id: ReplicaID,
                           result: ReplicaResult) -> None:
