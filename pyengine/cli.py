@@ -366,7 +366,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
                    engine_options={"backend": args.backend, "dtype": args.dtype})
     if args.replicas < 1:
         raise ValueError(f"--replicas must be at least 1, got {args.replicas}")
-    if args.replicas == 1 and not args.ray_address:
+    model_replicas = {}
+    for item in args.model_replicas or []:
+        name, sep, count = item.rpartition("=")
+        if not sep or not name or not count.isdigit():
+            raise ValueError(f"--model-replicas takes NAME=N, got {item!r}")
+        model_replicas[name] = int(count)
+    autoscale = None
+    if args.autoscale:
+        lo, sep, hi = args.autoscale.partition(":")
+        if not sep or not lo.isdigit() or not hi.isdigit():
+            raise ValueError(f"--autoscale takes MIN:MAX, got {args.autoscale!r}")
+        autoscale = (int(lo), int(hi))
+    if args.replicas == 1 and not args.ray_address and not model_replicas and not autoscale:
         serve(models, host, port, **options)
         return 0
     try:
@@ -375,11 +387,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise ValueError(f"--replicas and --ray-address need Ray Serve: pip install "
                          f"'pyengine[ray]' ({e})") from None
     if options["n_threads"] is None:  # the replicas of one machine share its cores
-        options["n_threads"] = max(1, (os.cpu_count() or 1) // args.replicas)
+        total = args.replicas if len(models) <= 1 else (
+            sum(model_replicas.values()) + args.replicas * max(0, len(models) - len(model_replicas)))
+        options["n_threads"] = max(1, (os.cpu_count() or 1) // max(1, total))
     print(f"  {args.replicas} replicas on Ray "
           f"({args.ray_address or 'a local cluster'}), routing: {args.router}", file=sys.stderr)
     serve_replicas(models, host, port, args.replicas, ray_address=args.ray_address,
-                   policy=args.router, **options)
+                   policy=args.router, model_replicas=model_replicas, autoscale=autoscale,
+                   **options)
     return 0
 
 
@@ -560,6 +575,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--ray-address", default=None,
                        help="join this Ray cluster (e.g. ray://head:10001) instead of starting "
                             "a local one")
+    serve.add_argument("--model-replicas", action="append", metavar="NAME=N",
+                       help="with several models, each has its own replicas (a deployment per "
+                            "model, so per tier): N of them for NAME, a model or a tier (fast, "
+                            "primary, alternative, quality); others get --replicas")
+    serve.add_argument("--autoscale", metavar="MIN:MAX",
+                       help="let Ray Serve scale each deployment between MIN and MAX replicas "
+                            "by load instead of fixed counts")
     serve.add_argument("--router", choices=("prefix", "default"), default="prefix",
                        help="how replicas are chosen: by prompt prefix (default), or by Ray "
                             "Serve's own router (power of two choices), for comparison")

@@ -38,16 +38,18 @@ class Cluster:
     """``pyengine serve --replicas N`` in its own process group, stopped with SIGINT (Ray
     Serve drains and shuts down), whatever is left of Ray stopped after it."""
 
-    def __init__(self, models: dict, replicas: int = 2, router: str = "prefix"):
+    def __init__(self, models: dict, replicas: int = 2, router: str = "prefix",
+                 args: tuple = (), env: dict | None = None):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = open(os.devnull, "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "pyengine", "serve", "--host", "127.0.0.1", "--port",
              str(self.port), "--ctx", str(CTX), "--threads", "1", "--keep-alive", "-1",
-             "--replicas", str(replicas), "--router", router,
+             "--replicas", str(replicas), "--router", router, *args,
              *(f"{n}={p}" for n, p in models.items())],
             stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
+            env={**os.environ, **(env or {})},
             cwd=str(Path(models[next(iter(models))]).parent))
         try:
             wait_until_up(self.url, 300, self.proc)
@@ -110,6 +112,37 @@ def test_official_clients_get_the_single_servers_answers(cluster, single):
     assert r.status_code == 404 and "error" in r.json()
     r = httpx.post(f"{cluster.url}/api/chat", content=b"{not json")
     assert r.status_code == 400
+
+
+def test_each_tier_its_own_deployment_and_replica_count(make_model):
+    # Two models, each a deployment: "big" (the quality tier) with 2 replicas, "small" (the
+    # fast tier) with 1. Tier names resolve at the ingress as the server resolves them.
+    big, small = make_model("tiny", "q8_0"), make_model("tiny-tied", "q8_0")
+    c = Cluster({"big": big, "small": small}, replicas=1,
+                args=("--model-replicas", "quality=2"),
+                env={"OLLAMA_QUALITY_MODEL": "big", "OLLAMA_FAST_MODEL": "small"})
+    try:
+        def pid(model: str, i: int) -> str:
+            r = httpx.post(f"{c.url}/api/generate", timeout=60, json={
+                "model": model, "prompt": f"hello {i} {time.time()}", "stream": False,
+                "options": {"num_predict": 16}})
+            assert r.status_code == 200, r.text
+            return r.headers["x-pyengine-replica"]
+
+        with ThreadPoolExecutor(6) as pool:
+            quality = set(pool.map(lambda i: pid("quality", i), range(24)))
+            by_name = set(pool.map(lambda i: pid("big", i), range(24)))
+            fast = set(pool.map(lambda i: pid("fast", i), range(12)))
+            small_ = set(pool.map(lambda i: pid("small", i), range(12)))
+        assert len(quality | by_name) == 2  # the quality tier's two replicas
+        assert fast == small_ and len(fast) == 1  # the fast tier's one
+        assert not (quality | by_name) & fast
+        # The replica answered for the tier's model.
+        r = httpx.post(f"{c.url}/api/generate", timeout=60, json={
+            "model": "fast", "prompt": "hi", "stream": False, "options": {"num_predict": 2}})
+        assert r.json()["model"] == "small"
+    finally:
+        c.stop()
 
 
 def test_metrics_of_every_replica_and_the_routing_counters(cluster):
