@@ -4,14 +4,16 @@
 # its test extra, then the test suite. Arguments go to pytest (default: -q tests).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# Other CPUs, emulated: qemu-user runs the package on older x86-64 models and the AArch64 build
-# (cross-compiled with crossbuild-essential-arm64). Debian's packages, installed where missing
-# and possible (tests/test_arm.py and test_x86_levels.py skip without them).
-if ! command -v qemu-aarch64 >/dev/null || ! command -v aarch64-linux-gnu-g++ >/dev/null; then
+# Other CPUs and systems, emulated: qemu-user runs the package on older x86-64 models and the
+# AArch64 build (cross-compiled with crossbuild-essential-arm64), Wine the Windows build
+# (cross-compiled with MinGW-w64). Debian's packages, installed where missing and possible
+# (tests/test_arm.py, test_x86_levels.py and test_windows.py skip without them).
+if ! command -v qemu-aarch64 >/dev/null || ! command -v aarch64-linux-gnu-g++ >/dev/null \
+    || ! command -v x86_64-w64-mingw32-g++-posix >/dev/null || ! [ -x /usr/lib/wine/wine64 ]; then
   if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-      --no-install-recommends qemu-user crossbuild-essential-arm64) >/dev/null \
-      || echo "run_tests: could not install qemu-user / crossbuild-essential-arm64" >&2
+      --no-install-recommends qemu-user crossbuild-essential-arm64 g++-mingw-w64-x86-64-posix \
+      wine64) >/dev/null || echo "run_tests: could not install the emulators and cross compilers" >&2
   fi
 fi
 export CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}"

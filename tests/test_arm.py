@@ -24,8 +24,8 @@ TINY_PROMPT = [2, 17, 301, 45, 2900, 8]  # ids of the synthetic models' 3072-tok
 _TOOLS = ("aarch64-linux-gnu-g++", "qemu-aarch64")
 _MISSING = [t for t in _TOOLS if shutil.which(t) is None]
 # scripts/run_tests.sh installs the tools and sets this, so CI cannot skip the check.
-if _MISSING and os.environ.get("PYENGINE_REQUIRE_QEMU") == "1":
-    raise RuntimeError(f"PYENGINE_REQUIRE_QEMU=1 but {', '.join(_MISSING)} not found")
+if _MISSING and os.environ.get("PYENGINE_REQUIRE_EMULATORS") == "1":
+    raise RuntimeError(f"PYENGINE_REQUIRE_EMULATORS=1 but {', '.join(_MISSING)} not found")
 pytestmark = pytest.mark.skipif(bool(_MISSING), reason=f"needs {', '.join(_MISSING)}")
 
 

@@ -29,8 +29,8 @@ REAL_PROMPT = [2, 818, 5279, 529, 7001, 563]  # "<bos>The capital of France is",
 TINY_PROMPT = [2, 17, 301, 45, 2900, 8]
 
 # scripts/run_tests.sh installs qemu-user, and CI sets this so that the check cannot skip.
-if shutil.which("qemu-x86_64") is None and os.environ.get("PYENGINE_REQUIRE_QEMU") == "1":
-    raise RuntimeError("PYENGINE_REQUIRE_QEMU=1 but qemu-x86_64 not found")
+if shutil.which("qemu-x86_64") is None and os.environ.get("PYENGINE_REQUIRE_EMULATORS") == "1":  # noqa: E501
+    raise RuntimeError("PYENGINE_REQUIRE_EMULATORS=1 but qemu-x86_64 not found")
 pytestmark = pytest.mark.skipif(shutil.which("qemu-x86_64") is None, reason="needs qemu-x86_64")
 
 # Run in the emulated interpreter: the level the dispatch chose, then per model the greedy

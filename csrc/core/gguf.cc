@@ -1,10 +1,5 @@
 #include "core/gguf.h"
 
-#include <fcntl.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
-#include <unistd.h>
-
 #include <cerrno>
 #include <cstring>
 #include <limits>
@@ -264,37 +259,20 @@ uint64_t GgufValue::UnsignedAt(uint64_t k) const {
 }
 
 GgufFile::GgufFile(const std::string& path) : path_(path) {
-  fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd_ < 0) throw GgufError(path, std::string("cannot open: ") + std::strerror(errno));
-  struct stat st;
-  if (::fstat(fd_, &st) != 0 || !S_ISREG(st.st_mode)) {
-    ::close(fd_);
-    throw GgufError(path, "not a regular file");
+  try {
+    file_ = std::make_unique<MappedFile>(path);
+  } catch (const std::runtime_error& e) {
+    throw GgufError(path, e.what());
   }
-  size_ = static_cast<size_t>(st.st_size);
+  size_ = file_->size();
   if (size_ < 24) {
-    ::close(fd_);
     throw GgufError(path, "file of " + std::to_string(size_) + " bytes is too small for a GGUF header");
   }
-  void* p = ::mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd_, 0);
-  if (p == MAP_FAILED) {
-    ::close(fd_);
-    throw GgufError(path, std::string("mmap failed: ") + std::strerror(errno));
-  }
-  base_ = static_cast<const uint8_t*>(p);
-  try {
-    Parse();
-  } catch (...) {
-    ::munmap(const_cast<uint8_t*>(base_), size_);
-    ::close(fd_);
-    throw;
-  }
+  base_ = file_->data();
+  Parse();  // on a throw, file_ unmaps and closes
 }
 
-GgufFile::~GgufFile() {
-  if (base_) ::munmap(const_cast<uint8_t*>(base_), size_);
-  if (fd_ >= 0) ::close(fd_);
-}
+GgufFile::~GgufFile() = default;
 
 void GgufFile::Fail(const std::string& what) const { throw GgufError(path_, what); }
 
@@ -439,25 +417,9 @@ bool GgufFile::GetBool(const std::string& key, bool fallback) const {
   return v->u != 0;
 }
 
-void GgufFile::Prefault(const TensorView& t) const {
-  const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
-  const uintptr_t begin = reinterpret_cast<uintptr_t>(t.data) / page * page;
-  const uintptr_t end = reinterpret_cast<uintptr_t>(t.data) + t.nbytes;
-#ifdef MADV_POPULATE_READ
-  // Best effort: older kernels refuse the advice and the pages fault in as they are read.
-  madvise(reinterpret_cast<void*>(begin), end - begin, MADV_POPULATE_READ);
-#else
-  madvise(reinterpret_cast<void*>(begin), end - begin, MADV_WILLNEED);
-#endif
-}
+void GgufFile::Prefault(const TensorView& t) const { PrefaultPages(t.data, t.nbytes); }
 
-void GgufFile::ReleasePages(const TensorView& t) const {
-  const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
-  // Only whole pages inside the tensor: neighbours may still be in use.
-  const uintptr_t begin = (reinterpret_cast<uintptr_t>(t.data) + page - 1) / page * page;
-  const uintptr_t end = (reinterpret_cast<uintptr_t>(t.data) + t.nbytes) / page * page;
-  if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
-}
+void GgufFile::ReleasePages(const TensorView& t) const { pyengine::ReleasePages(t.data, t.nbytes); }
 
 const TensorView* GgufFile::FindTensor(const std::string& name) const {
   auto it = tensor_index_.find(name);

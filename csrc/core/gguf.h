@@ -11,6 +11,7 @@
 #include <string_view>
 #include <vector>
 
+#include "core/os_memory.h"
 #include "core/tensor.h"
 
 namespace pyengine {
@@ -100,7 +101,7 @@ class GgufFile {
   void Parse();
 
   std::string path_;
-  int fd_ = -1;
+  std::unique_ptr<MappedFile> file_;
   const uint8_t* base_ = nullptr;
   size_t size_ = 0;
   uint32_t version_ = 0;

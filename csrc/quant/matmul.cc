@@ -3,13 +3,13 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
-#include <sys/mman.h>
 #include <new>
 #include <vector>
 
 #include "quant/blocks.h"
 #include "quant/formats.h"
 #include "quant/lanes.h"
+#include "core/os_memory.h"
 #include "core/thread_pool.h"
 
 namespace pyengine {
@@ -17,7 +17,7 @@ namespace {
 
 }  // namespace
 
-void PackedMatrix::Free::operator()(void* p) const { std::free(p); }
+void PackedMatrix::Free::operator()(void* p) const { AlignedFree(p); }
 
 static_assert(kLaneRows == kQ8Rows && kQ8Rows == kFloatRows, "every layout groups 16 rows");
 
@@ -56,7 +56,7 @@ void PackedMatrix::PackRows(const TensorView& t, int64_t r0, int64_t r1, ThreadP
 PackedMatrix::PackedMatrix(const TensorView& t, ThreadPool& pool, uint8_t* dst) : src_(t) {
   if (!dst) {
     // 64-byte alignment: every group's data starts on a cache line.
-    void* mem = std::aligned_alloc(64, PackedBytes(t));
+    void* mem = AlignedAlloc(64, PackedBytes(t));
     if (!mem) throw std::bad_alloc();
     owned_.reset(static_cast<uint8_t*>(mem));
     dst = owned_.get();
@@ -113,15 +113,13 @@ void PackedMatrix::PackLanes(const TensorView& t, ThreadPool& pool, uint8_t* dst
 WeightArena::WeightArena(size_t bytes) {
   constexpr size_t kLargePage = size_t{1} << 21;
   bytes = (std::max<size_t>(bytes, 1) + kLargePage - 1) / kLargePage * kLargePage;
-  void* mem = std::aligned_alloc(kLargePage, bytes);
+  void* mem = AlignedAlloc(kLargePage, bytes);
   if (!mem) throw std::bad_alloc();
-#ifdef MADV_HUGEPAGE
-  madvise(mem, bytes, MADV_HUGEPAGE);  // a hint: without transparent huge pages, nothing changes
-#endif
+  AdviseHugePages(mem, bytes);
   mem_.reset(static_cast<uint8_t*>(mem));
 }
 
-void WeightArena::Free::operator()(void* p) const { std::free(p); }
+void WeightArena::Free::operator()(void* p) const { AlignedFree(p); }
 
 namespace {
 

@@ -8,6 +8,7 @@
 #include <new>
 
 #include "quant/cpu_features.h"
+#include "core/os_memory.h"
 #include "core/thread_pool.h"
 
 namespace pyengine {
@@ -54,8 +55,8 @@ double MemoryReadBandwidth(int64_t n_bytes, int n_threads, int reps) {
   n_bytes = std::max<int64_t>(n_bytes, 1 << 20) / 4096 * 4096;
   ThreadPool pool(n_threads);
   const int64_t words = n_bytes / 8;
-  std::unique_ptr<uint64_t, decltype(&std::free)> buf(
-      static_cast<uint64_t*>(std::aligned_alloc(4096, static_cast<size_t>(n_bytes))), &std::free);
+  std::unique_ptr<uint64_t, decltype(&AlignedFree)> buf(
+      static_cast<uint64_t*>(AlignedAlloc(4096, static_cast<size_t>(n_bytes))), &AlignedFree);
   if (!buf) throw std::bad_alloc();
   // Touch every page first (from all threads, so pages spread as the reads will).
   const int64_t per = (words + pool.size() - 1) / pool.size();
