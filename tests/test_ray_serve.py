@@ -145,6 +145,25 @@ def test_each_tier_its_own_deployment_and_replica_count(make_model):
         c.stop()
 
 
+def test_autoscaled_deployments_serve_and_bad_counts_are_refused(make_model):
+    big, small = make_model("tiny", "q8_0"), make_model("tiny-tied", "q8_0")
+    c = Cluster({"big": big, "small": small}, args=("--autoscale", "1:2"))
+    try:
+        for model in ("big", "small"):
+            r = httpx.post(f"{c.url}/api/generate", timeout=60, json={
+                "model": model, "prompt": "hi", "stream": False, "options": {"num_predict": 2}})
+            assert r.status_code == 200 and r.json()["model"] == model
+    finally:
+        c.stop()
+    for args in (("--model-replicas", "nosuch=2"), ("--model-replicas", "big=x"),
+                 ("--autoscale", "3:1")):
+        proc = subprocess.run([sys.executable, "-m", "pyengine", "serve", *args,
+                               f"big={big}", f"small={small}"], capture_output=True, text=True,
+                              timeout=120, cwd=str(Path(big).parent))
+        assert proc.returncode != 0 and ("--model-replicas" in proc.stderr
+                                         or "--autoscale" in proc.stderr), proc.stderr[-500:]
+
+
 def test_metrics_of_every_replica_and_the_routing_counters(cluster):
     import re
 
