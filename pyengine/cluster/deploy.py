@@ -42,7 +42,10 @@ class MetricsBoard:
         self._texts: dict = {}
 
     def post(self, replica: str, text: str) -> None:
-        self._texts[replica] = (time.time(), text)
+        now = time.time()
+        self._texts[replica] = (now, text)
+        for r in [r for r, (t, _) in self._texts.items() if now - t > 6 * STALE_S]:
+            del self._texts[r]  # a replica gone for good (its process was replaced)
 
     def current(self, max_age_s: float) -> dict:
         now = time.time()
