@@ -151,6 +151,21 @@ def test_ollama_chat_with_tools_in_gemma4s_format(ollama_client, engine):
         {"role": "tool", "tool_name": "get_weather", "content": "18 C"}], [WEATHER])
 
 
+def test_show_gives_gemma4s_template_and_stop(ollama_client):
+    from pyengine.chat import format_chat
+    from pyengine.server.ollama.template import render
+
+    shown = ollama_client.show(MODEL)
+    assert shown.parameters.split() == ["stop", '"<turn|>"']
+    assert '<|turn>' in shown.modelfile and 'PARAMETER stop "<turn|>"' in shown.modelfile
+    # The template renders the prompt the server builds.
+    for system in ("", "Be brief."):
+        msgs = ([{"role": "system", "content": system}] if system else []) + [
+            {"role": "user", "content": "Hello"}]
+        assert render(shown.template, {"System": system, "Prompt": "Hello"}) == \
+            format_chat(msgs, "gemma4")
+
+
 def test_ollama_generate_uses_gemma4s_format(ollama_client, engine):
     r = ollama_client.generate(model=MODEL, prompt="Hello", system="Be brief.",
                                options={"temperature": 0, "num_predict": 4})

@@ -149,3 +149,12 @@ GEMMA_TEMPLATE = (
     "<start_of_turn>user\n{{ if .System }}{{ .System }}\n\n{{ end }}{{ .Prompt }}<end_of_turn>\n"
     "<start_of_turn>model\n{{ .Response }}<end_of_turn>\n"
 )
+# Gemma 4's turns as chat_gemma4 renders them: the system prompt is a turn of its own, and the
+# model's turn opens with an empty thought (thinking off).
+GEMMA4_TEMPLATE = (
+    "{{ if .System }}<|turn>system\n{{ .System }}<turn|>\n{{ end }}<|turn>user\n{{ .Prompt }}"
+    "<turn|>\n<|turn>model\n<|channel>thought\n<channel|>{{ .Response }}<turn|>\n"
+)
+# The template and the end-of-turn stop /api/show reports for a model family.
+SHOWN = {"gemma4": (GEMMA4_TEMPLATE, "<turn|>")}
+SHOWN_DEFAULT = (GEMMA_TEMPLATE, "<end_of_turn>")
