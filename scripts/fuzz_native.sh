@@ -12,15 +12,8 @@ N_READER=${1:-3000}
 N_ENGINE=${2:-400}
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
-SRCS=(core/gguf.cc core/os_memory.cc quant/formats.cc quant/blocks.cc quant/lanes.cc
-      quant/cpu_features.cc quant/matmul.cc quant/kernels_scalar.cc quant/kernels_avx2.cc
-      quant/lanes_avx2.cc quant/kernels_avx512.cc quant/lanes_avx512.cc quant/kernels_neon.cc
-      quant/kernels_neon_dot.cc model/architecture.cc model/model.cc model/ops.cc
-      model/gemma3.cc model/gemma3n.cc model/gemma4.cc model/per_layer_inputs.cc
-      model/tensor_table.cc model/block_weights.cc kv/kv_arena.cc kv/prefix_cache.cc
-      kv/kv_cache.cc runtime/bpe.cc runtime/tokenizer.cc runtime/vocab.cc runtime/sampler.cc
-      runtime/engine.cc runtime/generation.cc runtime/request.cc runtime/scheduler.cc
-      runtime/model_runner.cc core/thread_pool.cc runtime/membw.cc cuda/cuda_stub.cc)
+# The core's sources as CMakeLists.txt lists them, with the CUDA stub (no toolkit here).
+SRCS=($(sed -n '/^add_library(pyengine_core STATIC/,/^)/s|^  csrc/||p' CMakeLists.txt) cuda/cuda_stub.cc)
 # The ISA files are compiled without their flags: they then define no kernels and the scalar
 # reference runs, which is what the sanitizers should watch.
 g++ -std=c++17 -O1 -g -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer \

@@ -8,15 +8,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
-SRCS=(core/gguf.cc core/os_memory.cc quant/formats.cc quant/blocks.cc quant/lanes.cc
-      quant/cpu_features.cc quant/matmul.cc quant/kernels_scalar.cc quant/kernels_avx2.cc
-      quant/lanes_avx2.cc quant/kernels_avx512.cc quant/lanes_avx512.cc quant/kernels_neon.cc
-      quant/kernels_neon_dot.cc model/architecture.cc model/model.cc model/ops.cc
-      model/gemma3.cc model/gemma3n.cc model/gemma4.cc model/per_layer_inputs.cc
-      model/tensor_table.cc model/block_weights.cc kv/kv_arena.cc kv/prefix_cache.cc
-      kv/kv_cache.cc runtime/bpe.cc runtime/tokenizer.cc runtime/vocab.cc runtime/sampler.cc
-      runtime/engine.cc runtime/generation.cc runtime/request.cc runtime/scheduler.cc
-      runtime/model_runner.cc core/thread_pool.cc runtime/membw.cc cuda/cuda_stub.cc)
+# The core's sources as CMakeLists.txt lists them, with the CUDA stub (no toolkit here).
+SRCS=($(sed -n '/^add_library(pyengine_core STATIC/,/^)/s|^  csrc/||p' CMakeLists.txt) cuda/cuda_stub.cc)
 python3 -c "import sys; sys.path.insert(0, 'scripts'); from make_model import write_model; write_model('$WORK/tiny.gguf', 'tiny', 'q8_0'); write_model('$WORK/tiny-3n.gguf', 'tiny-3n', 'q8_0')"
 for san in thread address,undefined; do
   echo "== -fsanitize=$san"

@@ -22,7 +22,7 @@ from ray.serve.config import RequestRouterConfig
 
 from pyengine.cluster import metrics
 from pyengine.cluster.asgi_bridge import call_asgi
-from pyengine.cluster.prefix_keys import PrefixKeys
+from pyengine.cluster.prefix_keys import PrefixKeys, matched_blocks
 from pyengine.cluster.router import PrefixAwareRouter
 
 # Headers that describe one hop's connection, not the request: never forwarded.
@@ -230,11 +230,7 @@ class Ingress:
             return
         self._routing["keyed"] += 1
         seen = self._seen.setdefault(replica, set())
-        n = 0
-        for h in blocks:
-            if h not in seen:
-                break
-            n += 1
+        n = matched_blocks(blocks, seen)
         if n:
             self._routing["prefix_hits"] += 1
             self._routing["hit_blocks"] += n

@@ -28,6 +28,17 @@ def block_hashes(ids: list[int], block: int = BLOCK_TOKENS, limit: int = MAX_BLO
     return out
 
 
+def matched_blocks(blocks: list[str], seen) -> int:
+    """How many leading hashes of ``blocks`` are in ``seen``: chained hashes, so the first miss
+    ends the shared prefix."""
+    n = 0
+    for h in blocks:
+        if h not in seen:
+            break
+        n += 1
+    return n
+
+
 def _messages(path: str, body: Mapping[str, Any]) -> tuple[list[dict], bool] | None:
     """The conversation a request will run, and whether it is raw text (no chat template)."""
     if path in ("/api/chat", "/v1/chat/completions"):

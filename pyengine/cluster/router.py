@@ -18,6 +18,8 @@ from typing import Any, List, Optional
 from ray.serve._private.request_router.pow_2_router import PowerOfTwoChoicesRequestRouter
 from ray.serve.request_router import PendingRequest, ReplicaID, ReplicaResult, RunningReplica
 
+from pyengine.cluster.prefix_keys import matched_blocks
+
 def _key(pending: Optional[PendingRequest]) -> list[str]:
     if pending is None:
         return []
@@ -55,14 +57,7 @@ class PrefixAwareRouter(PowerOfTwoChoicesRequestRouter):
 
     def _matched(self, rid: ReplicaID, blocks: list[str]) -> int:
         seen = self._seen.get(rid)
-        if not seen:
-            return 0
-        n = 0
-        for h in blocks:  # chained hashes: the first miss ends the shared prefix
-            if h not in seen:
-                break
-            n += 1
-        return n
+        return matched_blocks(blocks, seen) if seen else 0
 
     async def choose_replicas(self, candidate_replicas: List[RunningReplica],
                               pending_request: Optional[PendingRequest] = None,
