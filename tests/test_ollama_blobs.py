@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import gc
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -46,7 +47,7 @@ BASES = {"rope_freq_base": 5e5, "rope_freq_base_swa": 2e4}
 
 @pytest.fixture(scope="module")
 def blobs(tmp_path_factory):
-    """Returns path(original, *quirks, **rewrite options) of an Ollama-style rewrite."""
+    """Yields path(original, *quirks, **rewrite options) of an Ollama-style rewrite."""
     out = tmp_path_factory.mktemp("ollama")
     cache: dict[tuple, Path] = {}
 
@@ -59,7 +60,8 @@ def blobs(tmp_path_factory):
             cache[key] = dst
         return cache[key]
 
-    return get
+    yield get
+    shutil.rmtree(out, ignore_errors=True)  # about 2 GB of rewrites: gone with the module
 
 
 @pytest.fixture(scope="module")
