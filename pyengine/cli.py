@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 from pyengine import __version__, _core
 from pyengine.chat import native_tools
-from pyengine.gateway.config import BACKENDS
+from pyengine.gateway.config import BACKENDS, KV_CACHE_TYPES
 from pyengine.engine import Engine
 from pyengine.errors import PyEngineError
 from pyengine.gguf_facts import file_type_name
@@ -37,7 +37,7 @@ def _human(n: float) -> str:
 
 def cmd_run(args: argparse.Namespace) -> int:
     eng = Engine(args.model, n_threads=args.threads, n_ctx=args.ctx, backend=args.backend,
-                 dtype=args.dtype)
+                 dtype=args.dtype, kv_type=args.kv_cache_type)
     opts: dict[str, Any] = dict(max_tokens=args.max_tokens, temperature=args.temperature,
                                 top_k=args.top_k, top_p=args.top_p, seed=args.seed,
                                 stop=args.stop or ())
@@ -363,7 +363,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     options = dict(n_threads=args.threads, n_ctx=args.ctx, kv_cache_mb=args.kv_cache_mb,
                    max_loaded=args.max_loaded, keep_alive=args.keep_alive,
                    max_queue=args.max_queue, origins=args.origins, api_key=args.api_key,
-                   engine_options={"backend": args.backend, "dtype": args.dtype})
+                   engine_options={"backend": args.backend, "dtype": args.dtype,
+                                   "kv_type": args.kv_cache_type})
     if args.replicas < 1:
         raise ValueError(f"--replicas must be at least 1, got {args.replicas}")
     model_replicas = {}
@@ -427,7 +428,7 @@ def cmd_perplexity(args: argparse.Namespace) -> int:
     # One sequence at a time, nothing shared between chunks: each is a fresh sequence.
     eng = Engine(args.model, n_threads=args.threads, n_ctx=n_ctx, max_batch=1,
                  max_batch_tokens=PPL_BATCH, prefix_cache=False, backend=args.backend,
-                 dtype=args.dtype)
+                 dtype=args.dtype, kv_type=args.kv_cache_type)
     try:
         if eng.n_ctx < n_ctx:
             raise ValueError(f"--ctx {n_ctx} exceeds the model's training context "
@@ -478,6 +479,10 @@ def _backend_arguments(p: argparse.ArgumentParser) -> None:
                    default=None,
                    help="MLX backend: the weights' type (default: the file's; quantized: "
                         "quantized matrices as MLX quantized matrices; q8: its former name)")
+    p.add_argument("--kv-cache-type", choices=KV_CACHE_TYPES, default=None,
+                   help="how the KV cache stores keys and values: f16, q8_0 (1.9x the positions "
+                        "per MiB) or q4_0 (3.6x); default: PYENGINE_KV_CACHE_TYPE, else "
+                        "OLLAMA_KV_CACHE_TYPE, else f16")
 
 
 def _plain(doc: str) -> str:

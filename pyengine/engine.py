@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import os
 import time
 from dataclasses import dataclass, field
@@ -16,11 +17,13 @@ from pyengine import _core, mlx_backend
 from pyengine.core_protocol import BackendCore
 from pyengine.aio import ReadyPump
 from pyengine.chat import format_chat
-from pyengine.gateway.config import BACKENDS, Config
+from pyengine.gateway.config import BACKENDS, KV_CACHE_TYPES, Config
 from pyengine.errors import PyEngineError
 from pyengine.structured import Grammars
 from pyengine.structured.tools import CallFilter, ToolCall, parse_reply, plan_prompt
 from pyengine.options import GenerateOptions
+
+log = logging.getLogger(__name__)
 
 Prompt = Union[str, Sequence[int]]
 
@@ -109,6 +112,21 @@ class _Stream:
         self.close()
 
 
+def _kv_type(asked: str | None, config: Config, backend: str) -> str:
+    """The KV cache type an engine of ``backend`` uses: ``asked``, else the configuration's."""
+    kv_type = config.kv_cache_type if asked is None else asked
+    if kv_type not in KV_CACHE_TYPES:
+        raise ValueError(f"kv_type must be one of {', '.join(KV_CACHE_TYPES)}, got {kv_type!r}")
+    if kv_type != "f16" and backend != "native":
+        if asked is not None:
+            raise ValueError(f"a {kv_type} KV cache runs on the native CPU backend only; the "
+                             f"{backend} backend keeps f16 keys and values")
+        log.warning("the %s backend keeps an f16 KV cache; the environment's %s is ignored",
+                    backend, kv_type)
+        kv_type = "f16"
+    return kv_type
+
+
 class Engine:
     """A loaded model and the scheduler that serves it.
 
@@ -134,6 +152,12 @@ class Engine:
     MLX weights' float type (``float32``, ``float16``, ``bfloat16``; default: the file's). With
     MLX, ``model`` may also be a folder in mlx-lm's layout, and ``n_threads`` and
     ``batch_wait_ms`` do not apply.
+
+    ``kv_type``: how the KV cache stores keys and values on the CPU: ``"f16"``, ``"q8_0"`` or
+    ``"q4_0"`` (llama.cpp's blocks of 32 values with one scale; the same ``kv_cache_mb`` holds
+    1.9x or 3.6x the positions); default from ``PYENGINE_KV_CACHE_TYPE`` or
+    ``OLLAMA_KV_CACHE_TYPE``, else f16. The CUDA and MLX backends keep f16 (asking them for
+    another type is an error; from the environment it is ignored with a warning).
     """
 
     def __init__(self, model: str | os.PathLike[str], n_threads: int | None = None,
@@ -141,9 +165,10 @@ class Engine:
                  max_batch: int | None = None, max_batch_tokens: int = 512,
                  batch_wait_ms: float = 0.0, prefix_cache: bool | None = None,
                  config: Config | None = None, backend: str | None = None,
-                 dtype: str | None = None) -> None:
+                 dtype: str | None = None, kv_type: str | None = None) -> None:
         config = config or Config.from_env()
         self.backend = pick_backend(backend or config.backend)
+        self.kv_type = _kv_type(kv_type, config, self.backend)
         if dtype is not None and self.backend != "mlx":
             raise ValueError("dtype chooses the MLX weights' type; the native backend runs the "
                              "file's own")
@@ -183,7 +208,8 @@ class Engine:
                                       max_batch=max_batch, max_batch_tokens=max_batch_tokens,
                                       batch_wait_ms=float(batch_wait_ms),
                                       prefix_cache=bool(prefix_cache),
-                                      device="cuda" if self.backend == "cuda" else "cpu")
+                                      device="cuda" if self.backend == "cuda" else "cpu",
+                                      kv_type=self.kv_type)
         self.load_duration = time.perf_counter_ns() - t0
         # The architecture picks the chat format and the tool-call syntax (chat.format_chat).
         self.arch: str = str(self._core.config.get("arch", "gemma3"))

@@ -67,8 +67,13 @@ class Gemma3Reference:
         a, b = x[..., : d // 2], x[..., d // 2:]
         return np.concatenate([a * cos - b * sin, a * sin + b * cos], axis=-1)
 
-    def logits(self, ids: list[int]) -> np.ndarray:
-        """float64 [len(ids), n_vocab]: every position of one fresh sequence, teacher-forced."""
+    def logits(self, ids: list[int], kv_type: str | None = None) -> np.ndarray:
+        """float64 [len(ids), n_vocab]: every position of one fresh sequence, teacher-forced.
+
+        ``kv_type`` "q8_0" or "q4_0": keys and values pass through that KV-cache type (float32
+        values quantized per 32-value block as ggml quantizes them, then dequantized exactly);
+        None: they stay exact.
+        """
         n, E, H, KV, D = len(ids), self.n_embd, self.n_head, self.n_head_kv, self.head_dim
         emb = self.w["token_embd.weight"]
         x = emb[ids].astype(np.float64) * math.sqrt(E)
@@ -87,6 +92,8 @@ class Gemma3Reference:
             base, scale = (self.base_swa, 1.0) if swa else (self.base, self.rope_scale)
             q = self._rope(q, pos, base, scale) / math.sqrt(D)
             k = self._rope(k, pos, base, scale)
+            if kv_type is not None:
+                k, v = kv_round(k, kv_type), kv_round(v, kv_type)
             k = np.repeat(k, H // KV, axis=1)
             v = np.repeat(v, H // KV, axis=1)
             s = np.einsum("qhd,khd->hqk", q, k)
@@ -107,3 +114,30 @@ class Gemma3Reference:
         for r0 in range(0, out.shape[0], 32768):  # bounded float64 temporaries
             logits[:, r0:r0 + 32768] = h @ out[r0:r0 + 32768].astype(np.float64).T
         return logits
+
+
+def kv_round(x: np.ndarray, kv_type: str) -> np.ndarray:
+    """x [..., D] (D a multiple of 32) as a KV cache of ``kv_type`` holds it, dequantized: each
+    32-value block of the float32 values quantized as ggml's CPU backend quantizes a row it
+    copies into such a cache (Q8_0: scale amax / 127 stored fp16, values times 127 / amax
+    rounded to nearest even; Q4_0: scale (the value of largest magnitude) / -8, values
+    x / scale + 8.5 truncated and capped at 15)."""
+    b = x.astype(np.float32).reshape(-1, 32)
+    if kv_type == "q8_0":
+        amax = np.abs(b).max(axis=1, keepdims=True)
+        with np.errstate(divide="ignore"):
+            inv = np.where(amax > 0, np.float32(127) / amax, np.float32(0)).astype(np.float32)
+        q = np.rint(b * inv)
+        d = (amax / np.float32(127)).astype(np.float16).astype(np.float64)
+        out = d * q
+    elif kv_type == "q4_0":
+        idx = np.abs(b).argmax(axis=1)
+        mx = b[np.arange(len(b)), idx][:, None]
+        d = (mx / np.float32(-8)).astype(np.float32)
+        with np.errstate(divide="ignore"):
+            inv = np.where(d != 0, np.float32(1) / d, np.float32(0)).astype(np.float32)
+        q = np.minimum(15, np.trunc(b * inv + np.float32(8.5)))
+        out = d.astype(np.float16).astype(np.float64) * (q - 8)
+    else:
+        raise ValueError(f"kv_type must be q8_0 or q4_0, got {kv_type!r}")
+    return out.reshape(x.shape)

@@ -21,11 +21,11 @@ def prompts(seed: int, lengths: list[int], n_vocab: int = 3000) -> list[list[int
     return [[2] + [rng.randrange(10, n_vocab) for _ in range(n - 1)] for n in lengths]
 
 
-def alone(path, ps, max_tokens, **kw) -> list[list[int]]:
+def alone(path, ps, max_tokens, kv_type: str | None = None, **kw) -> list[list[int]]:
     """Each prompt on its own engine, one after another: the reference outputs."""
     out = []
     for p in ps:
-        with Engine(path, n_ctx=512) as eng:
+        with Engine(path, n_ctx=512, kv_type=kv_type) as eng:
             out.append(eng.generate(p, max_tokens=max_tokens, temperature=0, ignore_eos=True,
                                     **kw).tokens)
     return out

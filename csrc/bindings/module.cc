@@ -454,9 +454,10 @@ PYBIND11_MODULE(_core, m) {
   py::class_<Engine, std::unique_ptr<Engine, DeleteWithoutGil>>(m, "Engine")
       .def(py::init([](const std::string& path, int64_t n_ctx, int32_t n_threads, int64_t kv_cache_bytes,
                        int max_batch, int64_t max_batch_tokens, double batch_wait_ms,
-                       bool prefix_cache, const std::string& device) {
+                       bool prefix_cache, const std::string& device, const std::string& kv_type) {
              EngineOptions o;
              o.device = device;
+             o.kv_type = ParseKvType(kv_type);
              o.n_ctx = n_ctx;
              o.n_threads = n_threads;
              o.kv_cache_bytes = kv_cache_bytes;
@@ -470,7 +471,7 @@ PYBIND11_MODULE(_core, m) {
            py::arg("path"), py::arg("n_ctx") = 4096, py::arg("n_threads") = 0,
            py::arg("kv_cache_bytes") = int64_t{2048} << 20, py::arg("max_batch") = 16,
            py::arg("max_batch_tokens") = 512, py::arg("batch_wait_ms") = 0.0,
-           py::arg("prefix_cache") = true, py::arg("device") = "cpu")
+           py::arg("prefix_cache") = true, py::arg("device") = "cpu", py::arg("kv_type") = "f16")
       .def_property_readonly("config", [](const Engine& e) { return ConfigDict(e.config()); })
       .def_property_readonly("n_ctx", &Engine::n_ctx)
       .def_property_readonly("n_threads", &Engine::n_threads)
@@ -504,6 +505,7 @@ PYBIND11_MODULE(_core, m) {
              d["kv_pages_cached"] = kv.pages_cached;
              d["kv_pages_used"] = kv.pages_used;
              d["kv_page_bytes"] = kv.page_bytes;
+             d["kv_type"] = KvTypeName(kv.type);
              d["kv_block_tokens"] = kv.block_tokens;
              d["kv_blocks_cached"] = kv.blocks_cached;
              d["prefix_query_tokens"] = kv.prefix_query_tokens;

@@ -38,23 +38,24 @@ struct KvView {
   const BlockTable* table;
 
   int64_t capacity() const { return table->n_blocks() * arena->block_tokens(); }
-  // [block_tokens, kv_dim] keys / values of `layer` for the positions of logical block i.
-  uint16_t* k_block(int64_t layer, int64_t i) const { return Block(layer, i, false); }
-  uint16_t* v_block(int64_t layer, int64_t i) const { return Block(layer, i, true); }
-  // [kv_dim] keys / values of `layer` at position pos.
-  uint16_t* k(int64_t layer, int64_t pos) const { return Slot(layer, pos, false); }
-  uint16_t* v(int64_t layer, int64_t pos) const { return Slot(layer, pos, true); }
+  // [block_tokens, arena->row_bytes()] keys / values of `layer` for the positions of logical
+  // block i, in the arena's KvType.
+  uint8_t* k_block(int64_t layer, int64_t i) const { return Block(layer, i, false); }
+  uint8_t* v_block(int64_t layer, int64_t i) const { return Block(layer, i, true); }
+  // [row_bytes] keys / values of `layer` at position pos.
+  uint8_t* k(int64_t layer, int64_t pos) const { return Slot(layer, pos, false); }
+  uint8_t* v(int64_t layer, int64_t pos) const { return Slot(layer, pos, true); }
 
  private:
-  uint16_t* Block(int64_t layer, int64_t i, bool value) const {
+  uint8_t* Block(int64_t layer, int64_t i, bool value) const {
     const int g = layout->group_of_layer[static_cast<size_t>(layer)];
     const int32_t b = table->blocks[g][static_cast<size_t>(i)];
     const int page = layout->page_of_layer[static_cast<size_t>(layer)];
     return value ? arena->v(b, page) : arena->k(b, page);
   }
-  uint16_t* Slot(int64_t layer, int64_t pos, bool value) const {
+  uint8_t* Slot(int64_t layer, int64_t pos, bool value) const {
     return Block(layer, pos >> arena->block_shift(), value) +
-           (pos & (arena->block_tokens() - 1)) * arena->kv_dim();
+           (pos & (arena->block_tokens() - 1)) * arena->row_bytes();
   }
 };
 

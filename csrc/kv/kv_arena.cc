@@ -5,9 +5,13 @@
 
 namespace pyengine {
 
-KvArena::KvArena(int64_t kv_dim, int64_t block_tokens, int64_t n_pages, int max_block_pages,
-                 int min_block_pages)
-    : kv_dim_(kv_dim), block_tokens_(block_tokens), n_pages_(n_pages), max_block_pages_(max_block_pages) {
+KvArena::KvArena(KvType type, int64_t kv_dim, int64_t block_tokens, int64_t n_pages,
+                 int max_block_pages, int min_block_pages)
+    : type_(type), kv_dim_(kv_dim), row_bytes_(KvRowBytes(type, kv_dim)), block_tokens_(block_tokens),
+      n_pages_(n_pages), max_block_pages_(max_block_pages) {
+  if (type != KvType::kF16 && kv_dim % kKvBlockValues != 0) {
+    throw std::invalid_argument("a quantized KV row needs a multiple of 32 values");
+  }
   if (block_tokens <= 0 || (block_tokens & (block_tokens - 1)) != 0) {
     throw std::invalid_argument("KV block size must be a power of two");
   }
@@ -19,7 +23,7 @@ KvArena::KvArena(int64_t kv_dim, int64_t block_tokens, int64_t n_pages, int max_
                                 std::to_string(max_block_pages) + " pages");
   }
   while ((int64_t{1} << block_shift_) < block_tokens) ++block_shift_;
-  data_.reset(new uint16_t[static_cast<size_t>(n_pages * PageBytes(kv_dim, block_tokens) / 2)]);
+  data_.reset(new uint8_t[static_cast<size_t>(n_pages * PageBytes(type, kv_dim, block_tokens))]);
   free_pages_.reserve(static_cast<size_t>(n_pages));
   for (int64_t p = n_pages - 1; p >= 0; --p) free_pages_.push_back(static_cast<int32_t>(p));
   const int64_t max_blocks = n_pages / min_block_pages;

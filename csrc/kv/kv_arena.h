@@ -1,4 +1,5 @@
-// KvArena: one fixed pool of memory holding keys and values (fp16) for every sequence of a model.
+// KvArena: one fixed pool of memory holding keys and values (fp16, or Q8_0 / Q4_0 blocks:
+// core/kv_type.h) for every sequence of a model.
 // Storage comes in pages: a page is one layer's keys and values for block_tokens positions, so
 // every page has the same size whatever the layer. A block is the set of pages one KV group (the
 // layers whose keys live equally long: all global layers, or all sliding-window layers) needs for
@@ -9,18 +10,21 @@
 #include <memory>
 #include <vector>
 
+#include "core/kv_type.h"
+
 namespace pyengine {
 
 class KvArena {
  public:
-  // n_pages pages of block_tokens positions (a power of two) x kv_dim; blocks hold at most
-  // max_block_pages pages and at least min_block_pages (which bounds how many blocks can exist).
-  KvArena(int64_t kv_dim, int64_t block_tokens, int64_t n_pages, int max_block_pages,
+  // n_pages pages of block_tokens positions (a power of two) x kv_dim values of `type`; blocks
+  // hold at most max_block_pages pages and at least min_block_pages (which bounds how many blocks
+  // can exist).
+  KvArena(KvType type, int64_t kv_dim, int64_t block_tokens, int64_t n_pages, int max_block_pages,
           int min_block_pages);
 
   // Bytes of one page: keys and values of one layer for block_tokens positions.
-  static int64_t PageBytes(int64_t kv_dim, int64_t block_tokens) {
-    return 2 * block_tokens * kv_dim * static_cast<int64_t>(sizeof(uint16_t));
+  static int64_t PageBytes(KvType type, int64_t kv_dim, int64_t block_tokens) {
+    return 2 * block_tokens * KvRowBytes(type, kv_dim);
   }
 
   int64_t n_pages() const { return n_pages_; }
@@ -28,6 +32,8 @@ class KvArena {
   int64_t block_tokens() const { return block_tokens_; }
   int block_shift() const { return block_shift_; }
   int64_t kv_dim() const { return kv_dim_; }
+  KvType type() const { return type_; }
+  int64_t row_bytes() const { return row_bytes_; }  // one position's kv_dim values
 
   // A block of n pages with reference count 1, or -1 when fewer than n pages are free.
   int32_t Allocate(int n);
@@ -48,26 +54,27 @@ class KvArena {
     return page_ids_[static_cast<size_t>(block) * max_block_pages_ + i];
   }
 
-  // [block_tokens, kv_dim] fp16 keys / values of page i of `block`, position slot 0 first.
-  uint16_t* k(int32_t block, int i) { return Page(block, i); }
-  uint16_t* v(int32_t block, int i) { return Page(block, i) + block_tokens_ * kv_dim_; }
+  // [block_tokens, row_bytes] keys / values of page i of `block`, position slot 0 first.
+  uint8_t* k(int32_t block, int i) { return Page(block, i); }
+  uint8_t* v(int32_t block, int i) { return Page(block, i) + block_tokens_ * row_bytes_; }
 
  private:
   struct Block {
     int32_t refs = 0;
     int32_t n_pages = 0;  // 0: the id is unused
   };
-  uint16_t* Page(int32_t block, int i) {
+  uint8_t* Page(int32_t block, int i) {
     const int64_t page = page_ids_[static_cast<size_t>(block) * max_block_pages_ + i];
-    return data_.get() + page * 2 * block_tokens_ * kv_dim_;
+    return data_.get() + page * 2 * block_tokens_ * row_bytes_;
   }
 
-  int64_t kv_dim_, block_tokens_, n_pages_;
+  KvType type_;
+  int64_t kv_dim_, row_bytes_, block_tokens_, n_pages_;
   int block_shift_ = 0;
   int max_block_pages_;
   // Left uninitialised on purpose: pages are touched only as they fill, so memory in use grows
   // with the work and never exceeds n_pages pages.
-  std::unique_ptr<uint16_t[]> data_;  // [n_pages, 2 (k, v), block_tokens, kv_dim]
+  std::unique_ptr<uint8_t[]> data_;   // [n_pages, 2 (k, v), block_tokens, row_bytes]
   std::vector<int32_t> free_pages_;   // a stack: recently freed pages are warm
   std::vector<Block> blocks_;         // [max blocks]
   std::vector<int32_t> page_ids_;     // [max blocks, max_block_pages] pages of each block

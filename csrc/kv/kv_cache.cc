@@ -36,8 +36,18 @@ KvLayout MakeLayout(const ModelConfig& c) {
   return l;
 }
 
-int64_t PagesInBudget(const KvLayout& l, const ModelConfig& c, int64_t block_tokens, int64_t budget) {
-  const int64_t page = KvArena::PageBytes(c.kv_dim(), block_tokens);
+int64_t PagesInBudget(const KvLayout& l, const ModelConfig& c, KvType type, int64_t block_tokens,
+                      int64_t budget) {
+  if (type != KvType::kF16) {
+    for (int64_t i = 0; i < c.n_layer; ++i) {
+      if (c.head_dim_at(i) % kKvBlockValues != 0) {
+        throw EngineError(std::string("a ") + KvTypeName(type) + " KV cache needs head dimensions "
+                          "that are multiples of 32; layer " + std::to_string(i) + " has " +
+                          std::to_string(c.head_dim_at(i)));
+      }
+    }
+  }
+  const int64_t page = KvArena::PageBytes(type, c.kv_dim(), block_tokens);
   int64_t min_pages = 0;
   for (int g = 0; g < l.n_groups; ++g) min_pages += l.group_pages[g];
   const int64_t n = budget / page;
@@ -62,9 +72,10 @@ int MaxGroupPages(const KvLayout& l) {
 
 }  // namespace
 
-KvCache::KvCache(const ModelConfig& cfg, int64_t block_tokens, int64_t budget_bytes)
+KvCache::KvCache(const ModelConfig& cfg, KvType type, int64_t block_tokens, int64_t budget_bytes)
     : layout_(MakeLayout(cfg)),
-      arena_(cfg.kv_dim(), block_tokens, PagesInBudget(layout_, cfg, block_tokens, budget_bytes),
+      arena_(type, cfg.kv_dim(), block_tokens,
+             PagesInBudget(layout_, cfg, type, block_tokens, budget_bytes),
              MaxGroupPages(layout_), MinGroupPages(layout_)),
       cache_(arena_.n_pages() / MinGroupPages(layout_)) {}
 
@@ -236,6 +247,7 @@ KvCache::Stats KvCache::stats() const {
   s.prefix_query_tokens = prefix_query_tokens_;
   s.prefix_hit_tokens = prefix_hit_tokens_;
   s.evictions = evictions_;
+  s.type = arena_.type();
   return s;
 }
 

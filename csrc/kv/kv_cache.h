@@ -16,12 +16,15 @@ namespace pyengine {
 
 class KvCache {
  public:
-  // As many pages as fit in budget_bytes (at least one block of every group).
-  KvCache(const ModelConfig& cfg, int64_t block_tokens, int64_t budget_bytes);
+  // As many pages of `type` as fit in budget_bytes (at least one block of every group).
+  KvCache(const ModelConfig& cfg, KvType type, int64_t block_tokens, int64_t budget_bytes);
 
   const KvLayout& layout() const { return layout_; }
   int64_t block_tokens() const { return arena_.block_tokens(); }
-  int64_t page_bytes() const { return KvArena::PageBytes(arena_.kv_dim(), arena_.block_tokens()); }
+  KvType type() const { return arena_.type(); }
+  int64_t page_bytes() const {
+    return KvArena::PageBytes(arena_.type(), arena_.kv_dim(), arena_.block_tokens());
+  }
   KvView View(const BlockTable& t) { return KvView{&arena_, &layout_, &t}; }
 
   // Pages a sequence of n positions holds at its peak when it writes up to `chunk` positions
@@ -49,6 +52,7 @@ class KvCache {
     int64_t prefix_query_tokens; // prompt positions looked up in the prefix cache
     int64_t prefix_hit_tokens;   // of those, positions shared instead of computed
     int64_t evictions;           // cached blocks reclaimed for new ones
+    KvType type;                 // how pages store keys and values
   };
   Stats stats() const;
 

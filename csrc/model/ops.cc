@@ -5,6 +5,7 @@
 
 #include "core/errors.h"
 #include "quant/kernel_set.h"
+#include "quant/kv_quantize.h"
 #include "core/thread_pool.h"
 
 namespace pyengine {
@@ -208,8 +209,9 @@ void PrepareQkv(const ModelConfig& c, int64_t l, const Batch& batch, Workspace& 
         }
       }
       const KvView& kv = batch.views[batch.seq[t]];
-      kernels.to_f16(ws.k.data() + t * KVD, kv.k(l, pos), KVD);
-      kernels.to_f16(ws.v.data() + t * KVD, kv.v(l, pos), KVD);
+      const KvType type = kv.arena->type();
+      StoreKvRow(kernels, type, ws.k.data() + t * KVD, KVD, kv.k(l, pos));
+      StoreKvRow(kernels, type, ws.v.data() + t * KVD, KVD, kv.v(l, pos));
     }
   });
 }
@@ -255,9 +257,13 @@ void Output(const ModelConfig& c, const Batch& batch, const float* x, const floa
 }
 
 void Attend(const ModelConfig& c, int64_t l, const Batch& batch, Workspace& ws, ThreadPool& pool) {
-  // The layer's shapes; KV rows are as long as the arena's pages (the widest layer's).
+  // The layer's shapes. KV rows are as long as the arena's pages (the widest layer's), in the
+  // arena's type; a head starts KvRowBytes(type, h * D) into a row.
   const int64_t D = c.head_dim_at(l), QD = c.q_dim_at(l), HKV = c.n_head_kv_at(l);
-  const int64_t KVD = batch.size() > 0 ? batch.views[batch.seq[0]].arena->kv_dim() : c.kv_dim();
+  if (batch.size() == 0) return;
+  const KvArena& arena = *batch.views[batch.seq[0]].arena;
+  const KvType kv_type = arena.type();
+  const int64_t row_bytes = arena.row_bytes();
   const int64_t group = c.n_head / HKV;  // query heads per KV head (GQA)
   const bool swa = c.layer_is_swa[l];
   const KernelSet& k = ActiveKernels();
@@ -313,7 +319,7 @@ void Attend(const ModelConfig& c, int64_t l, const Batch& batch, Workspace& ws, 
       for (int64_t p = base; p <= last;) {
         const int64_t blk = p / bt;
         const int64_t nk = std::min({int64_t{kAttnKeys}, (blk + 1) * bt - p, last + 1 - p});
-        f(p, blk, static_cast<int>(nk), (p - blk * bt) * KVD + kvh * D);
+        f(p, blk, static_cast<int>(nk), (p - blk * bt) * row_bytes + KvRowBytes(kv_type, kvh * D));
         p += nk;
       }
     };
@@ -322,7 +328,7 @@ void Attend(const ModelConfig& c, int64_t l, const Batch& batch, Workspace& ws, 
     // computed it was batched (a preempted or prefix-shared sequence recomputes positions in
     // other tiles, and the greedy tokens must not change).
     chunks([&](int64_t p, int64_t blk, int nk, int64_t off) {
-      k.attn_keys(kv.k_block(l, blk) + off, KVD, nk, D, vf, kt);
+      k.attn_keys(kv_type, kv.k_block(l, blk) + off, row_bytes, nk, D, vf, kt);
       k.attn_scores(qrow, rows, kt, D, s + (p - base), lds);
     });
     for (int r = 0; r < rows; ++r) {
@@ -345,8 +351,7 @@ void Attend(const ModelConfig& c, int64_t l, const Batch& batch, Workspace& ws, 
       std::fill(sr + c1 + 1, sr + (last - base + 1), 0.f);
     }
     chunks([&](int64_t p, int64_t blk, int nk, int64_t off) {
-      const uint16_t* vb = kv.v_block(l, blk) + off;
-      for (int j = 0; j < nk; ++j) k.f16_to_f32(vb + j * KVD, vf + j * D, D);
+      k.kv_rows(kv_type, kv.v_block(l, blk) + off, row_bytes, nk, D, vf);
       k.attn_values(s + (p - base), lds, rows, vf, nk, D, orow);
     });
   });

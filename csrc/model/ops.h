@@ -120,8 +120,8 @@ int64_t PrepareBatch(const ModelConfig& c, const Batch& batch, Workspace& ws, Th
 void CheckBatch(const ModelConfig& c, const Batch& batch);
 
 // Per token: q and k head norms, RoPE, q scaled by c.attn_scale and rounded to fp16, and (when
-// write_kv) keys and values stored fp16 through the sequence's view; v_norm applies a
-// weightless RMSNorm to v first (Gemma 3n).
+// write_kv) keys and values stored in the KV cache's type through the sequence's view; v_norm
+// applies a weightless RMSNorm to v first (Gemma 3n).
 void PrepareQkv(const ModelConfig& c, int64_t layer, const Batch& batch, Workspace& ws,
                 const float* q_norm, const float* k_norm, const float* inv_freq, bool write_kv,
                 bool v_norm, ThreadPool& pool);

@@ -5,11 +5,25 @@
 #pragma once
 
 #include <cstdint>
+#include <cstring>
 
+#include "core/kv_type.h"
 #include "quant/kernel_set.h"
 
 namespace pyengine {
 namespace {  // NOLINT(build/namespaces): one private copy per kernel file is the point
+
+// a * b + c, fused wherever the kernel file's instruction set has FMA and never otherwise. Left
+// to the compiler, contraction is decided loop by loop, so the 4-row and 2-row paths below could
+// round a score differently; with fp16 keys every product is exact and hid that, with Q8_0
+// keys it changed a position's result with the shape of the step that computed it.
+inline float MulAdd(float a, float b, float c) {
+#if defined(__FMA__) || defined(__ARM_FEATURE_FMA)
+  return __builtin_fmaf(a, b, c);
+#else
+  return a * b + c;
+#endif
+}
 
 // s[r * lds + j] = q[r] . kt[:, j] for r < rows, j < 16; kt is [d][16] (a key block,
 // transposed). Four rows share each load of kt.
@@ -22,10 +36,10 @@ inline void AttnScoresTile(const float* const* q, int rows, const float* kt, int
     for (int64_t i = 0; i < d; ++i) {
       const float* k = kt + i * kAttnKeys;
       for (int j = 0; j < kAttnKeys; ++j) {
-        a0[j] += q0[i] * k[j];
-        a1[j] += q1[i] * k[j];
-        a2[j] += q2[i] * k[j];
-        a3[j] += q3[i] * k[j];
+        a0[j] = MulAdd(q0[i], k[j], a0[j]);
+        a1[j] = MulAdd(q1[i], k[j], a1[j]);
+        a2[j] = MulAdd(q2[i], k[j], a2[j]);
+        a3[j] = MulAdd(q3[i], k[j], a3[j]);
       }
     }
     for (int j = 0; j < kAttnKeys; ++j) {
@@ -43,8 +57,8 @@ inline void AttnScoresTile(const float* const* q, int rows, const float* kt, int
     for (int64_t i = 0; i < d; ++i) {
       const float* k = kt + i * kAttnKeys;
       for (int j = 0; j < kAttnKeys; ++j) {
-        a0[j] += q0[i] * k[j];
-        a1[j] += q1[i] * k[j];
+        a0[j] = MulAdd(q0[i], k[j], a0[j]);
+        a1[j] = MulAdd(q1[i], k[j], a1[j]);
       }
     }
     for (int j = 0; j < kAttnKeys; ++j) {
@@ -55,17 +69,52 @@ inline void AttnScoresTile(const float* const* q, int rows, const float* kt, int
   for (; r < rows; ++r) {
     float a[kAttnKeys] = {};
     for (int64_t i = 0; i < d; ++i) {
-      for (int j = 0; j < kAttnKeys; ++j) a[j] += q[r][i] * kt[i * kAttnKeys + j];
+      for (int j = 0; j < kAttnKeys; ++j) a[j] = MulAdd(q[r][i], kt[i * kAttnKeys + j], a[j]);
     }
     for (int j = 0; j < kAttnKeys; ++j) s[r * lds + j] = a[j];
   }
 }
 
-// kt [d][16] = the keys j < nk of k (fp16 rows ldk apart) as floats, transposed; zero past nk.
-// vf [16][d] is scratch. Plain loops: a kernel file with a register transpose has its own.
+// out [nk][d] = rows j < nk of KV type t (ld bytes apart) as floats (KernelSet::kv_rows). The
+// quantized types are dequantized as ggml dequantizes them, d * q per 32-value block; plain
+// loops over a block, which each kernel file vectorizes with its own instructions. ToF32
+// converts fp16 values (the kernel file's own).
 template <void (*ToF32)(const uint16_t*, float*, int64_t)>
-inline void AttnKeysTile(const uint16_t* k, int64_t ldk, int nk, int64_t d, float* vf, float* kt) {
-  for (int j = 0; j < nk; ++j) ToF32(k + j * ldk, vf + j * d, d);
+inline void KvRowsTile(KvType t, const uint8_t* rows, int64_t ld, int nk, int64_t d, float* out) {
+  for (int j = 0; j < nk; ++j) {
+    const uint8_t* r = rows + j * ld;
+    float* o = out + j * d;
+    if (t == KvType::kF16) {
+      ToF32(reinterpret_cast<const uint16_t*>(r), o, d);
+      continue;
+    }
+    const int64_t block_bytes = t == KvType::kQ8_0 ? kKvQ8Bytes : kKvQ4Bytes;
+    const int64_t nb = d / kKvBlockValues;
+    uint16_t dh[kMaxKvBlocksPerRow];
+    float df[kMaxKvBlocksPerRow];
+    for (int64_t b = 0; b < nb; ++b) std::memcpy(&dh[b], r + b * block_bytes, 2);
+    ToF32(dh, df, nb);
+    for (int64_t b = 0; b < nb; ++b, o += kKvBlockValues) {
+      const uint8_t* q = r + b * block_bytes + 2;
+      if (t == KvType::kQ8_0) {
+        for (int i = 0; i < 32; ++i) o[i] = df[b] * static_cast<float>(static_cast<int8_t>(q[i]));
+      } else {  // byte i: value i in the low nibble, value i + 16 in the high one, both + 8
+        for (int i = 0; i < 16; ++i) {
+          o[i] = df[b] * static_cast<float>((q[i] & 0xF) - 8);
+          o[i + 16] = df[b] * static_cast<float>((q[i] >> 4) - 8);
+        }
+      }
+    }
+  }
+}
+
+// kt [d][16] = the keys j < nk of k (rows of type t, ldk bytes apart) as floats, transposed;
+// zero past nk. vf [16][d] is scratch. Plain loops: a kernel file with a register transpose has
+// its own.
+template <void (*ToF32)(const uint16_t*, float*, int64_t)>
+inline void AttnKeysTile(KvType t, const uint8_t* k, int64_t ldk, int nk, int64_t d, float* vf,
+                         float* kt) {
+  KvRowsTile<ToF32>(t, k, ldk, nk, d, vf);
   for (int64_t i = 0; i < d; ++i) {
     for (int j = 0; j < kAttnKeys; ++j) kt[i * kAttnKeys + j] = j < nk ? vf[j * d + i] : 0.f;
   }
@@ -89,8 +138,8 @@ inline void AttnValuesTile(const float* p, int64_t ldp, int rows, const float* v
       for (int j = 0; j < nk; ++j) {
         const float* vj = v + j * d + c;
         for (int64_t i = 0; i < kSlice; ++i) {
-          a0[i] += p0[j] * vj[i];
-          a1[i] += p1[j] * vj[i];
+          a0[i] = MulAdd(p0[j], vj[i], a0[i]);
+          a1[i] = MulAdd(p1[j], vj[i], a1[i]);
         }
       }
       for (int64_t i = 0; i < kSlice; ++i) {
@@ -100,15 +149,15 @@ inline void AttnValuesTile(const float* p, int64_t ldp, int rows, const float* v
     }
     for (int j = 0; j < nk; ++j) {
       for (int64_t i = c; i < d; ++i) {
-        o[r][i] += p0[j] * v[j * d + i];
-        o[r + 1][i] += p1[j] * v[j * d + i];
+        o[r][i] = MulAdd(p0[j], v[j * d + i], o[r][i]);
+        o[r + 1][i] = MulAdd(p1[j], v[j * d + i], o[r + 1][i]);
       }
     }
   }
   for (; r < rows; ++r) {
     for (int j = 0; j < nk; ++j) {
       const float pj = p[r * ldp + j];
-      for (int64_t i = 0; i < d; ++i) o[r][i] += pj * v[j * d + i];
+      for (int64_t i = 0; i < d; ++i) o[r][i] = MulAdd(pj, v[j * d + i], o[r][i]);
     }
   }
 }

@@ -3,6 +3,7 @@
 
 #include <cstdint>
 
+#include "core/kv_type.h"
 #include "quant/blocks.h"
 #include "quant/cpu_features.h"
 #include "quant/lanes.h"
@@ -54,6 +55,8 @@ enum class XRound { kNone, kF16, kBF16 };
 
 // Keys per chunk of the attention kernels (attn_scores, attn_values).
 constexpr int kAttnKeys = 16;
+// The longest head a quantized KV row may hold, in 32-value blocks (kv_rows' scratch).
+constexpr int64_t kMaxKvBlocksPerRow = 64;
 
 // Every kernel computes y[t * ldy + r] = W[r, :] . x[t, :] for tokens [0, n_tok) and the row
 // groups [g0, g1) it is given (16 rows each; `rows` bounds the stores of a padded last group).
@@ -90,7 +93,7 @@ struct KernelSet {
   // g[i] = gelu(g[i]) * u[i] with GELU read from GeluFp16Table() at fp16(g[i]), as the
   // reference's CPU backend computes it (0 below -10, identity above 10).
   void (*gelu_mul)(float* g, const float* u, int64_t n);
-  // Attention over the fp16 KV cache, a tile of query rows against a block of keys at a time
+  // Attention over the KV cache, a tile of query rows against a block of keys at a time
   // (ops.cc, Attend; attn_tiles.h). attn_scores: s[r * lds + j] = q[r] . kt[:, j] for j < 16,
   // kt [d][16] a key block transposed to floats. attn_values: o[r][:] += sum over j < nk of
   // p[r * ldp + j] * v[j][:], v [nk][d] floats.
@@ -98,9 +101,12 @@ struct KernelSet {
                       int64_t lds);
   void (*attn_values)(const float* p, int64_t ldp, int rows, const float* v, int nk, int64_t d,
                       float* const* o);
-  // kt [d][16] = the keys j < nk of k (fp16 rows ldk apart) as floats, transposed for
-  // attn_scores, zero past nk; vf [16][d] is scratch.
-  void (*attn_keys)(const uint16_t* k, int64_t ldk, int nk, int64_t d, float* vf, float* kt);
+  // kt [d][16] = the keys j < nk of k (rows of KV type t, ldk bytes apart) as floats,
+  // transposed for attn_scores, zero past nk; vf [16][d] is scratch.
+  void (*attn_keys)(KvType t, const uint8_t* k, int64_t ldk, int nk, int64_t d, float* vf,
+                    float* kt);
+  // out [nk][d] = the rows j < nk of KV type t (ld bytes apart) as floats: a chunk of values.
+  void (*kv_rows)(KvType t, const uint8_t* rows, int64_t ld, int nk, int64_t d, float* out);
   // out[i] = float(h[i]) for fp16 h; and x[i] rounded to the nearest fp16 in place.
   void (*f16_to_f32)(const uint16_t* h, float* out, int64_t n);
   void (*round_f16)(float* x, int64_t n);

@@ -224,6 +224,7 @@ const KernelSet* Avx2Kernels() {
                                 GemmFloat<LoadF32>, /*gemm_f16_i16=*/nullptr,
                                 /*quantize_i16=*/nullptr, kXTile, PackX, QuantizeQ8, ToF16, GeluMul,
                                 AttnScoresTile, AttnValuesTile, AttnKeysTile<F16ToF32>,
+                                KvRowsTile<F16ToF32>,
                                 F16ToF32, RoundF16,
                                 GemmLanesAvx2};
   return &set;

@@ -404,14 +404,9 @@ void Transpose16(const float* vf, int64_t ld, float* kt) {
   }
 }
 
-void AttnKeys(const uint16_t* k, int64_t ldk, int nk, int64_t d, float* vf, float* kt) {
-  for (int j = 0; j < kAttnKeys; ++j) {
-    if (j < nk) {
-      F16ToF32(k + j * ldk, vf + j * d, d);
-    } else {
-      std::fill_n(vf + j * d, d, 0.f);
-    }
-  }
+void AttnKeys(KvType t, const uint8_t* k, int64_t ldk, int nk, int64_t d, float* vf, float* kt) {
+  KvRowsTile<F16ToF32>(t, k, ldk, nk, d, vf);
+  std::fill(vf + nk * d, vf + kAttnKeys * d, 0.f);
   int64_t i = 0;
   for (; i + 16 <= d; i += 16) Transpose16(vf + i, d, kt + i * kAttnKeys);
   for (; i < d; ++i) {
@@ -434,7 +429,7 @@ const KernelSet* Avx512Kernels() {
                                 GemmFloat<LoadBF16>, GemmFloat<LoadF32>, GemmF16I16,
                                 QuantizeI16, kXTile, PackX,
                                 QuantizeQ8, ToF16, GeluMul, AttnScoresTile, AttnValuesTile,
-                                AttnKeys, F16ToF32, RoundF16,
+                                AttnKeys, KvRowsTile<F16ToF32>, F16ToF32, RoundF16,
                                 GemmLanesAvx512};
   return &set;
 }

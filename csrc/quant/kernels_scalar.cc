@@ -189,6 +189,7 @@ const KernelSet& ScalarKernels() {
                                 /*gemm_f16_i16=*/nullptr, /*quantize_i16=*/nullptr,
                                 /*x_tile=*/1, PackX, QuantizeQ8, ToF16, GeluMul,
                                 AttnScoresTile, AttnValuesTile, AttnKeysTile<F16ToF32>,
+                                KvRowsTile<F16ToF32>,
                                 F16ToF32, RoundF16,
                                 GemmLanes};
   return set;

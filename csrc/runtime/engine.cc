@@ -37,7 +37,11 @@ Engine::Engine(const std::string& path, const EngineOptions& opts)
       n_ctx_(ClampCtx(opts.n_ctx, cfg_.n_ctx_train)) {
   CheckTokenizerFits(path, *tok_, cfg_);
   if (opts.kv_cache_bytes <= 0) throw EngineError("the KV cache budget must be positive");
-  kv_ = std::make_unique<KvCache>(cfg_, kBlockTokens, opts.kv_cache_bytes);
+  if (opts.kv_type != KvType::kF16 && opts.device != "cpu") {
+    throw EngineError(std::string("a ") + KvTypeName(opts.kv_type) +
+                      " KV cache runs on the CPU only; the CUDA backend keeps fp16 keys and values");
+  }
+  kv_ = std::make_unique<KvCache>(cfg_, opts.kv_type, kBlockTokens, opts.kv_cache_bytes);
   scheduler_ = std::make_shared<Scheduler>(*model_, *kv_, *tok_, pool_, opts.scheduler);
 }
 

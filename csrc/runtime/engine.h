@@ -23,6 +23,7 @@ struct EngineOptions {
   int64_t n_ctx = 4096;        // a request's default context; capped at the model's training context
   int32_t n_threads = 0;       // 0: all cores
   int64_t kv_cache_bytes = int64_t{2048} << 20;  // memory for keys and values of all sequences
+  KvType kv_type = KvType::kF16;  // how that memory stores them
   std::string device = "cpu";  // "cpu", or "cuda": the forward pass on the CUDA device
   SchedulerOptions scheduler;
 };

@@ -245,7 +245,7 @@ double CheckAttention(bool sliding, double* kv_err) {
   c.attn_scale = 0.125f;
   c.layer_is_swa = {static_cast<uint8_t>(sliding)};
   const int64_t D = c.head_dim, QD = c.q_dim(), KVD = c.kv_dim(), bt = 16;
-  KvArena arena(KVD, bt, 64, 1, 1);
+  KvArena arena(KvType::kF16, KVD, bt, 64, 1, 1);
   KvLayout layout;
   layout.n_groups = 1;
   layout.group_of_layer = {0};
@@ -321,7 +321,8 @@ double CheckAttention(bool sliding, double* kv_err) {
   for (int64_t t = 0; t < n; ++t) {
     const KvView& v = batch.views[batch.seq[t]];
     for (int value = 0; value < 2; ++value) {
-      const uint16_t* host = value ? v.v(0, batch.pos[t]) : v.k(0, batch.pos[t]);
+      const uint16_t* host = reinterpret_cast<const uint16_t*>(value ? v.v(0, batch.pos[t])
+                                                                     : v.k(0, batch.pos[t]));
       const int32_t page = static_cast<int32_t>(
           arena.page_id(v.table->blocks[0][batch.pos[t] / bt], 0));
       const uint16_t* d = dev.data() + page * page_halves + (value ? bt * KVD : 0) +

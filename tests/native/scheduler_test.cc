@@ -75,7 +75,7 @@ class ScriptedModel : public Model {
       const KvView& v = b.views[b.seq[t]];
       if (b.pos[t] >= v.capacity()) Fail("a token past its sequence's blocks");
       for (int layer = 0; layer < 2; ++layer) {
-        uint16_t* k = v.k(layer, b.pos[t]);
+        auto* k = reinterpret_cast<uint16_t*>(v.k(layer, b.pos[t]));
         k[0] = static_cast<uint16_t>(b.tokens[t]);
         k[1] = static_cast<uint16_t>(b.pos[t]);
       }
@@ -84,12 +84,12 @@ class ScriptedModel : public Model {
       const KvView& v = b.views[b.seq[t]];
       *g = *w = 2166136261u;
       for (int64_t p = 0; p <= b.pos[t]; ++p) {
-        const uint16_t* k = v.k(0, p);
+        const uint16_t* k = reinterpret_cast<const uint16_t*>(v.k(0, p));
         if (k[1] != p) Fail("a global slot holds another position");
         *g = Mix(*g, k[0], k[1]);
       }
       for (int64_t p = std::max<int64_t>(0, b.pos[t] - kWindow + 1); p <= b.pos[t]; ++p) {
-        const uint16_t* k = v.k(1, p);
+        const uint16_t* k = reinterpret_cast<const uint16_t*>(v.k(1, p));
         if (k[1] != p) Fail("a window slot holds another position");
         *w = Mix(*w, k[0], k[1]);
       }
@@ -203,7 +203,8 @@ struct Rig {
   KvCache kv;
   Scheduler sched;
   Rig(int64_t kv_blocks, const SchedulerOptions& o)
-      : kv(model.config(), kBlock, kv_blocks * 2 * KvArena::PageBytes(2, kBlock)),
+      : kv(model.config(), KvType::kF16, kBlock,
+           kv_blocks * 2 * KvArena::PageBytes(KvType::kF16, 2, kBlock)),
         sched(model, kv, tok, pool, o) {}
   bool AllPagesBack() {
     const auto s = sched.kv_stats();
