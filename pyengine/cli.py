@@ -10,11 +10,12 @@ import re
 import sys
 import time
 from collections import Counter
+from pathlib import Path
 from typing import Any, Sequence
 
 from pyengine import __version__, _core
 from pyengine.chat import native_tools
-from pyengine.gateway.config import BACKENDS, KV_CACHE_TYPES
+from pyengine.gateway.config import BACKENDS, KV_CACHE_TYPES, Config
 from pyengine.engine import Engine
 from pyengine.errors import PyEngineError
 from pyengine.gguf_facts import file_type_name
@@ -364,7 +365,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
                    max_loaded=args.max_loaded, keep_alive=args.keep_alive,
                    max_queue=args.max_queue, origins=args.origins, api_key=args.api_key,
                    engine_options={"backend": args.backend, "dtype": args.dtype,
-                                   "kv_type": args.kv_cache_type})
+                                   "kv_type": args.kv_cache_type,
+                                   "prompt_cache": args.prompt_cache,
+                                   "prompt_cache_mb": args.prompt_cache_mb})
     if args.replicas < 1:
         raise ValueError(f"--replicas must be at least 1, got {args.replicas}")
     model_replicas = {}
@@ -417,6 +420,41 @@ def cmd_ab(args: argparse.Namespace) -> int:
     from pyengine.bench.ab import main as ab_main
 
     return ab_main(args)
+
+
+def warm_prompt_ids(eng: Engine, path: Path) -> list[int]:
+    """The prompt a warm-up file holds: a JSON chat (a list of messages, or an object with
+    "messages"), rendered as a chat request renders it; any other file: raw text."""
+    text = path.read_text("utf-8")
+    if path.suffix.lower() == ".json":
+        chat = json.loads(text)
+        messages = chat.get("messages") if isinstance(chat, dict) else chat
+        if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+            raise ValueError(f"{path}: a JSON warm-up file holds a list of chat messages")
+        return eng.chat_prompt(messages)
+    return eng.tokenize(text)
+
+
+def cmd_warm(args: argparse.Namespace) -> int:
+    """Computes each file's prompt once with keep set: its full KV blocks go to the cache."""
+    cache = args.prompt_cache or Config.from_env().prompt_cache
+    if not cache:
+        raise ValueError("warm needs --prompt-cache DIR (or PYENGINE_PROMPT_CACHE)")
+    files = [Path(f) for f in args.files]
+    for f in files:
+        if not f.is_file():
+            raise FileNotFoundError(f"no such file: {f}")
+    with Engine(args.model, n_threads=args.threads, n_ctx=args.ctx, backend="native",
+                kv_type=args.kv_cache_type, prompt_cache=cache,
+                prompt_cache_mb=args.prompt_cache_mb) as eng:
+        for f in files:
+            ids = warm_prompt_ids(eng, f)
+            eng.generate(ids, max_tokens=1, temperature=0.0, keep=True)
+            print(f"{f}: {len(ids)} tokens", file=sys.stderr)
+        st = eng.stats()
+        print(f"{eng.prompt_cache}: {st['prompt_cache_files']} blocks, "
+              f"{st['prompt_cache_bytes'] / 2**20:.1f} MiB", file=sys.stderr)
+    return 0
 
 
 def cmd_perplexity(args: argparse.Namespace) -> int:
@@ -483,6 +521,16 @@ def _backend_arguments(p: argparse.ArgumentParser) -> None:
                    help="how the KV cache stores keys and values: f16, q8_0 (1.9x the positions "
                         "per MiB) or q4_0 (3.6x); default: PYENGINE_KV_CACHE_TYPE, else "
                         "OLLAMA_KV_CACHE_TYPE, else f16")
+
+
+def _prompt_cache_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--prompt-cache", metavar="DIR", default=None,
+                   help="keep keys and values of prefixes worth keeping (served twice, or sent "
+                        "with the keep option) in DIR across restarts (default: "
+                        "PYENGINE_PROMPT_CACHE; unset: memory only)")
+    p.add_argument("--prompt-cache-mb", type=float, default=None,
+                   help="disk budget of the prompt cache per model (default: "
+                        "PYENGINE_PROMPT_CACHE_MB, else 4096)")
 
 
 def _plain(doc: str) -> str:
@@ -561,6 +609,7 @@ def build_parser() -> argparse.ArgumentParser:
     _backend_arguments(serve)
     serve.add_argument("--kv-cache-mb", type=float, default=None,
                        help="KV cache of each loaded model (default MAX_CACHE_SIZE_MB or 2048)")
+    _prompt_cache_arguments(serve)
     serve.add_argument("--max-loaded", type=int, default=3, help="models in memory at once")
     serve.add_argument("--keep-alive", default="5m",
                        help="how long an idle model stays loaded (default 5m; negative: always)")
@@ -621,6 +670,21 @@ def build_parser() -> argparse.ArgumentParser:
     ppl.add_argument("--json", action="store_true",
                      help="print the result as JSON on stdout instead of the running values")
     ppl.set_defaults(func=cmd_perplexity)
+
+    warm = _command(sub, "warm", "compute prompts once and keep their KV blocks on disk",
+                    "Computes each FILE's prompt once and writes its full KV blocks to the "
+                    "prompt cache, so that servers using the same --prompt-cache start with "
+                    "them: a system prompt, a judge's rubric, few-shot examples. A .json FILE "
+                    "holds chat messages (rendered as a chat request renders them); any other "
+                    "FILE is raw text.")
+    warm.add_argument("model", help="a model name or a GGUF path")
+    warm.add_argument("files", nargs="+", metavar="FILE", help="prompt files")
+    warm.add_argument("--ctx", type=int, default=4096, help="context length in tokens")
+    warm.add_argument("--threads", type=int, default=None, help=_THREADS_HELP)
+    warm.add_argument("--kv-cache-type", choices=KV_CACHE_TYPES, default=None,
+                      help="the KV cache type of the servers that will read the blocks")
+    _prompt_cache_arguments(warm)
+    warm.set_defaults(func=cmd_warm)
 
     from pyengine.bench import ab as ab_module  # standard library only: cheap to import
 

@@ -22,6 +22,7 @@ from pyengine.errors import PyEngineError
 from pyengine.structured import Grammars
 from pyengine.structured.tools import CallFilter, ToolCall, parse_reply, plan_prompt
 from pyengine.options import GenerateOptions
+from pyengine.prompt_cache import cache_folder, model_digest
 
 log = logging.getLogger(__name__)
 
@@ -158,6 +159,12 @@ class Engine:
     1.9x or 3.6x the positions); default from ``PYENGINE_KV_CACHE_TYPE`` or
     ``OLLAMA_KV_CACHE_TYPE``, else f16. The CUDA and MLX backends keep f16 (asking them for
     another type is an error; from the environment it is ignored with a warning).
+
+    ``prompt_cache``: a folder (default ``PYENGINE_PROMPT_CACHE``) where full KV blocks of
+    prefixes worth keeping (served from memory twice, or of a request with ``keep=True``) are
+    written, so that a restarted engine reads them back instead of computing them; at most
+    ``prompt_cache_mb`` MiB per model and KV type (default 4096), least recently used first
+    out. A truncated, tampered or foreign file is ignored (``prompt_cache_rejected``).
     """
 
     def __init__(self, model: str | os.PathLike[str], n_threads: int | None = None,
@@ -165,7 +172,9 @@ class Engine:
                  max_batch: int | None = None, max_batch_tokens: int = 512,
                  batch_wait_ms: float = 0.0, prefix_cache: bool | None = None,
                  config: Config | None = None, backend: str | None = None,
-                 dtype: str | None = None, kv_type: str | None = None) -> None:
+                 dtype: str | None = None, kv_type: str | None = None,
+                 prompt_cache: str | os.PathLike[str] | None = None,
+                 prompt_cache_mb: float | None = None) -> None:
         config = config or Config.from_env()
         self.backend = pick_backend(backend or config.backend)
         self.kv_type = _kv_type(kv_type, config, self.backend)
@@ -191,11 +200,21 @@ class Engine:
         if isinstance(batch_wait_ms, bool) or not isinstance(batch_wait_ms, (int, float)) \
                 or not 0 <= batch_wait_ms <= 10_000:
             raise ValueError(f"batch_wait_ms must be within [0, 10000], got {batch_wait_ms!r}")
+        if prompt_cache is None:
+            prompt_cache = config.prompt_cache
+        if prompt_cache_mb is None:
+            prompt_cache_mb = config.prompt_cache_mb
+        if prompt_cache is not None and self.backend == "mlx":
+            raise ValueError("the prompt cache on disk needs the native backend")
+        if isinstance(prompt_cache_mb, bool) or not isinstance(prompt_cache_mb, (int, float)) \
+                or not prompt_cache_mb > 0:
+            raise ValueError(f"prompt_cache_mb must be a positive number, got {prompt_cache_mb!r}")
         if self.backend == "mlx" and Path(model).is_dir():
             self.path = Path(model)  # an MLX model folder
         else:
             self.path = resolve_model_path(model)
         t0 = time.perf_counter_ns()
+        self.prompt_cache: Path | None = None  # this model's folder of the prompt cache
         self._core: BackendCore
         if self.backend == "mlx":
             self._core = mlx_backend.core_class()(
@@ -203,13 +222,19 @@ class Engine:
                 kv_cache_bytes=int(kv_cache_mb * 2**20), prefix_cache=bool(prefix_cache),
                 dtype=dtype)
         else:
+            disk: dict[str, Any] = {}
+            if prompt_cache is not None:
+                self.prompt_cache = cache_folder(prompt_cache, self.path, self.kv_type)
+                disk = {"prompt_cache_dir": str(self.prompt_cache),
+                        "model_id": model_digest(self.path),
+                        "prompt_cache_bytes": int(prompt_cache_mb * 2**20)}
             self._core = _core.Engine(str(self.path), n_ctx=n_ctx, n_threads=n_threads or 0,
                                       kv_cache_bytes=int(kv_cache_mb * 2**20),
                                       max_batch=max_batch, max_batch_tokens=max_batch_tokens,
                                       batch_wait_ms=float(batch_wait_ms),
                                       prefix_cache=bool(prefix_cache),
                                       device="cuda" if self.backend == "cuda" else "cpu",
-                                      kv_type=self.kv_type)
+                                      kv_type=self.kv_type, **disk)
         self.load_duration = time.perf_counter_ns() - t0
         # The architecture picks the chat format and the tool-call syntax (chat.format_chat).
         self.arch: str = str(self._core.config.get("arch", "gemma3"))
@@ -303,8 +328,9 @@ class Engine:
             room = (opts.num_ctx or self.n_ctx) - len(ids)
             budget = min(opts.max_tokens, room) if opts.max_tokens >= 0 else room
             constraint = self._grammars.constraint(fmt, budget)
+        keep = {"keep": True} if opts.keep and self.backend != "mlx" else {}
         return self._core.submit(ids, opts.native(), opts.num_ctx or 0, notify,
-                                 constraint=constraint)
+                                 constraint=constraint, **keep)
 
     def stream(self, prompt_or_ids: Prompt, timeout: float | None = None,
                **options: Any) -> Iterator[Chunk]:

@@ -28,6 +28,7 @@ class GenerateOptions:
     stop: tuple[str, ...] = ()
     ignore_eos: bool = False
     num_ctx: int | None = None  # positions this request may use (None: the engine's n_ctx)
+    keep: bool = False  # write the prompt's KV blocks to the engine's prompt cache on disk
 
     @classmethod
     def from_kwargs(cls, options: Mapping[str, Any] | None = None, **kwargs: Any) -> "GenerateOptions":
@@ -82,6 +83,8 @@ class GenerateOptions:
             integer("num_ctx", 1)
         if not isinstance(self.ignore_eos, bool):
             raise ValueError("option ignore_eos must be a bool")
+        if not isinstance(self.keep, bool):
+            raise ValueError("option keep must be a bool")
 
     def native_seed(self) -> int:
         """The seed handed to the native sampler: the given one, or fresh randomness."""

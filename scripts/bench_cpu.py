@@ -43,17 +43,18 @@ METRICS = (
     ("peak_rss_mib", "peak RSS MiB", False),
 )
 WARMUP_TOKENS = 8
+GGML_KV_TYPES = {"q8_0": 8, "q4_0": 2}  # ggml type ids of llama.cpp's type_k / type_v
 
 
 # ------------------------------------------------------------------------------------ workers
 
 def work_pyengine(model: str, threads: int, n_ctx: int, gen: int, warmup: list[int],
-                  prompts: list[list[int]]) -> dict[str, Any]:
+                  prompts: list[list[int]], kv_type: str) -> dict[str, Any]:
     """Loads pyengine, warms it up, and times one greedy generation per prompt."""
     import pyengine
 
     t0 = time.perf_counter()
-    eng = pyengine.Engine(model, n_threads=threads, n_ctx=n_ctx)
+    eng = pyengine.Engine(model, n_threads=threads, n_ctx=n_ctx, kv_type=kv_type)
     out: dict[str, Any] = {"load_s": time.perf_counter() - t0, "rss_load_mib": bc.rss_mib()}
     # Faults the weights in; the warm-up has no BOS, so no prompt shares a cached prefix with it.
     eng.generate(warmup, max_tokens=2, temperature=0.0, ignore_eos=True)
@@ -74,19 +75,22 @@ def work_pyengine(model: str, threads: int, n_ctx: int, gen: int, warmup: list[i
 
 
 def work_llama(model: str, threads: int, n_ctx: int, gen: int, warmup: list[int],
-               prompts: list[list[int]]) -> dict[str, Any]:
+               prompts: list[list[int]], kv_type: str) -> dict[str, Any]:
     """Loads llama.cpp, warms it up, and times prompt eval plus a greedy decode loop per prompt.
 
     Argmax reads the last row of logits through llama_get_logits_ith: with logits_all=False,
     Llama.eval no longer copies logits into Llama.scores, which then holds stale memory.
     Only the eval calls are timed for decode, as pyengine's eval_duration times only forwards.
+    A quantized cache (kv_type q8_0 / q4_0) needs llama.cpp's flash attention, which is then on.
     """
     import llama_cpp
 
+    cache = {} if kv_type == "f16" else {"type_k": GGML_KV_TYPES[kv_type],
+                                          "type_v": GGML_KV_TYPES[kv_type], "flash_attn": True}
     t0 = time.perf_counter()
     llm = llama_cpp.Llama(model_path=model, n_ctx=n_ctx, n_batch=512, n_ubatch=512,
                           n_threads=threads, n_threads_batch=threads, logits_all=False,
-                          verbose=False)
+                          verbose=False, **cache)
     out: dict[str, Any] = {"load_s": time.perf_counter() - t0, "rss_load_mib": bc.rss_mib()}
     ctx, n_vocab = llm.ctx, llm.n_vocab()
 
@@ -128,7 +132,7 @@ def worker_main(args: argparse.Namespace) -> None:
     work = {"pyengine": work_pyengine, "llama.cpp": work_llama}[args.engine]
     with bc.worker_output() as out:
         result = work(args.model, args.threads, args.prompt_tokens + args.gen_tokens + 16,
-                      args.gen_tokens, payload["warmup"], payload["prompts"])
+                      args.gen_tokens, payload["warmup"], payload["prompts"], args.kv_type)
         result["peak_rss_mib"] = bc.peak_rss_mib()
         json.dump(result, out)
 
@@ -156,7 +160,8 @@ def bench_dtype(args: argparse.Namespace, dtype: str, bandwidth: float) -> dict[
     warmup = np.random.default_rng(args.seed + 1).integers(
         bc.FIRST_NORMAL_ID, n_vocab, WARMUP_TOKENS).tolist()
     worker_args = ["--model", str(path), "--threads", str(args.threads),
-                   "--prompt-tokens", str(args.prompt_tokens), "--gen-tokens", str(args.gen_tokens)]
+                   "--prompt-tokens", str(args.prompt_tokens), "--gen-tokens", str(args.gen_tokens),
+                   "--kv-type", args.kv_type]
     runs: dict[str, list[dict[str, Any]]] = {e: [] for e in args.engines}
     for rep in range(args.reps):
         for engine in (args.engines if rep % 2 == 0 else args.engines[::-1]):
@@ -282,6 +287,9 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--prompt-tokens", type=int, default=512)
     ap.add_argument("--gen-tokens", type=int, default=128)
+    ap.add_argument("--kv-type", choices=("f16", "q8_0", "q4_0"), default="f16",
+                    help="KV cache type of both engines (llama.cpp: type_k/type_v, with flash "
+                    "attention for the quantized ones)")
     ap.add_argument("--model-dir", type=Path, default=Path("bench_models"))
     ap.add_argument("--out", type=Path, default=Path("bench_out"))
     ap.add_argument("--engines", default=",".join(ENGINES), help="comma-separated subset of "

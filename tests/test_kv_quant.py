@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from conftest import prompt_ids
-from pyengine import Engine, PyEngineError
-from pyengine.gateway.config import Config, ConfigError
 from support import alone, assert_all_pages_back, prompts, rel_err, run_concurrently
 from test_batching import SMALL_CACHE_MB
+
+from pyengine import Engine, PyEngineError
+from pyengine.gateway.config import Config, ConfigError
 
 N_PROMPT = 250  # several times the tiny presets' sliding window (32): global layers matter
 N_PROMPTS = 4
@@ -186,8 +186,9 @@ def test_real_model_q8_0_kv_keeps_greedy_text_and_perplexity(real_gguf):
     # within 0.5 (a near-tie); perplexity within 1% of the f16 cache's.
     from pathlib import Path
 
-    from pyengine.perplexity import perplexity
     from test_real_model import PROMPTS
+
+    from pyengine.perplexity import perplexity
 
     text = (Path(__file__).parent / "data" / "perplexity_en.txt").read_text("utf-8")
     runs = {}

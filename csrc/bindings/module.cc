@@ -454,10 +454,15 @@ PYBIND11_MODULE(_core, m) {
   py::class_<Engine, std::unique_ptr<Engine, DeleteWithoutGil>>(m, "Engine")
       .def(py::init([](const std::string& path, int64_t n_ctx, int32_t n_threads, int64_t kv_cache_bytes,
                        int max_batch, int64_t max_batch_tokens, double batch_wait_ms,
-                       bool prefix_cache, const std::string& device, const std::string& kv_type) {
+                       bool prefix_cache, const std::string& device, const std::string& kv_type,
+                       const std::string& prompt_cache_dir, const std::string& model_id,
+                       int64_t prompt_cache_bytes) {
              EngineOptions o;
              o.device = device;
              o.kv_type = ParseKvType(kv_type);
+             o.prompt_cache_dir = prompt_cache_dir;
+             o.model_id = model_id;
+             o.prompt_cache_bytes = prompt_cache_bytes;
              o.n_ctx = n_ctx;
              o.n_threads = n_threads;
              o.kv_cache_bytes = kv_cache_bytes;
@@ -471,7 +476,9 @@ PYBIND11_MODULE(_core, m) {
            py::arg("path"), py::arg("n_ctx") = 4096, py::arg("n_threads") = 0,
            py::arg("kv_cache_bytes") = int64_t{2048} << 20, py::arg("max_batch") = 16,
            py::arg("max_batch_tokens") = 512, py::arg("batch_wait_ms") = 0.0,
-           py::arg("prefix_cache") = true, py::arg("device") = "cpu", py::arg("kv_type") = "f16")
+           py::arg("prefix_cache") = true, py::arg("device") = "cpu", py::arg("kv_type") = "f16",
+           py::arg("prompt_cache_dir") = "", py::arg("model_id") = "",
+           py::arg("prompt_cache_bytes") = int64_t{4096} << 20)
       .def_property_readonly("config", [](const Engine& e) { return ConfigDict(e.config()); })
       .def_property_readonly("n_ctx", &Engine::n_ctx)
       .def_property_readonly("n_threads", &Engine::n_threads)
@@ -506,6 +513,15 @@ PYBIND11_MODULE(_core, m) {
              d["kv_pages_used"] = kv.pages_used;
              d["kv_page_bytes"] = kv.page_bytes;
              d["kv_type"] = KvTypeName(kv.type);
+             if (kv.disk) {
+               d["prompt_cache_files"] = kv.disk_stats.files;
+               d["prompt_cache_bytes"] = kv.disk_stats.bytes;
+               d["prompt_cache_budget_bytes"] = kv.disk_stats.budget_bytes;
+               d["prompt_cache_reads"] = kv.disk_stats.reads;
+               d["prompt_cache_writes"] = kv.disk_stats.writes;
+               d["prompt_cache_rejected"] = kv.disk_stats.rejected;
+               d["prompt_cache_evictions"] = kv.disk_stats.evictions;
+             }
              d["kv_block_tokens"] = kv.block_tokens;
              d["kv_blocks_cached"] = kv.blocks_cached;
              d["prefix_query_tokens"] = kv.prefix_query_tokens;
@@ -595,20 +611,23 @@ PYBIND11_MODULE(_core, m) {
            py::arg("ids"), "Mean of the final normed hidden states of ids: float32 [n_embd].")
       .def("submit",
            [](Engine& e, const py::iterable& prompt, const GenerateOptions& gen, int64_t n_ctx,
-              bool notify, std::shared_ptr<Constraint> constraint) {
+              bool notify, std::shared_ptr<Constraint> constraint, bool keep) {
              RequestOptions o;
              o.gen = gen;
              o.n_ctx = n_ctx;
              o.notify = notify;
+             o.keep = keep;
              o.constraint = std::move(constraint);
              std::vector<int32_t> ids = ToIds(prompt);
              py::gil_scoped_release nogil;
              return PyRequest{e.Submit(std::move(ids), o), &e};
            },
            py::arg("prompt"), py::arg("options"), py::arg("n_ctx") = 0,
-           py::arg("notify") = false, py::arg("constraint") = nullptr, py::keep_alive<0, 1>(),
+           py::arg("notify") = false, py::arg("constraint") = nullptr, py::arg("keep") = false,
+           py::keep_alive<0, 1>(),
            "Queues a generation; returns its Request at once (the scheduler batches it). "
-           "constraint: the grammar its output follows (a _core.Constraint), or None.");
+           "constraint: the grammar its output follows (a _core.Constraint), or None. keep: "
+           "the prompt's full KV blocks go to the engine's prompt cache on disk.");
 
   py::class_<PyRequest>(m, "Request")
       .def_property_readonly("id", [](const PyRequest& r) { return r.req->id(); })

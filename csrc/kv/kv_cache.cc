@@ -123,41 +123,108 @@ void KvCache::Take(int32_t block) {
   arena_.Ref(block);
 }
 
-int64_t KvCache::AttachPrefix(BlockTable& t, const int32_t* tokens, int64_t n, int64_t max_positions) {
+void KvCache::EnableDisk(const DiskCacheOptions& o) {
+  std::vector<int> pages(layout_.group_pages, layout_.group_pages + layout_.n_groups);
+  disk_ = std::make_unique<DiskCache>(o, arena_.type(), block_tokens(), page_bytes(), pages);
+}
+
+int32_t KvCache::LoadBlock(int group, const BlockKey& key) {
+  const int32_t b = AllocateBlock(layout_.group_pages[group]);
+  if (b < 0) return -1;
+  if (!disk_->Read(group, key, [&](int i) { return arena_.k(b, i); }) || !cache_.Insert(group, key, b)) {
+    Drop(b);  // not cached: freed
+    return -1;
+  }
+  return b;
+}
+
+void KvCache::Persist(int group, const BlockKey& key, int32_t block) {
+  disk_->Write(group, key, [&](int i) -> const uint8_t* { return arena_.k(block, i); });
+}
+
+int64_t KvCache::AttachPrefix(BlockTable& t, const int32_t* tokens, int64_t n, int64_t max_positions,
+                              bool keep) {
   if (t.n_blocks() != 0) throw std::logic_error("AttachPrefix on a table that holds blocks");
   const int64_t bt = block_tokens();
   const int64_t n_full = std::min(n, max_positions) / bt;
   prefix_query_tokens_ += n;
-  // Keys of the prompt's full blocks, and where each group has them cached.
+  // Keys of the prompt's full blocks, and where each group has them: in memory (found), or
+  // on disk only.
   t.keys.clear();
   BlockKey key;
   std::vector<int32_t> found[kMaxKvGroups];
+  std::vector<uint8_t> on_disk[kMaxKvGroups];
   for (int64_t i = 0; i < n / bt; ++i) {
     key = PrefixCache::Chain(key, tokens + i * bt, bt);
     t.keys.push_back(key);
-    for (int g = 0; g < layout_.n_groups && i < n_full; ++g) found[g].push_back(cache_.Find(g, key));
-  }
-  // The longest m (blocks) that every group can continue from: a global group needs blocks
-  // [0, m), a sliding one the blocks holding positions [m*bt - window + 1, m*bt).
-  int64_t m = n_full;
-  for (; m > 0; --m) {
-    bool ok = true;
-    for (int g = 0; g < layout_.n_groups && ok; ++g) {
-      const int64_t w = layout_.group_window[g];
-      const int64_t first = w > 0 ? std::max<int64_t>(0, m * bt - w + 1) / bt : 0;
-      for (int64_t i = first; i < m && ok; ++i) ok = found[g][static_cast<size_t>(i)] >= 0;
+    for (int g = 0; g < layout_.n_groups && i < n_full; ++g) {
+      found[g].push_back(cache_.Find(g, key));
+      on_disk[g].push_back(found[g].back() < 0 && disk_ && disk_->Has(g, key));
     }
-    if (ok) break;
+  }
+  // The first block a group needs to continue from m blocks: a global group all of them, a
+  // sliding one those holding positions [m*bt - window + 1, m*bt).
+  auto first_needed = [&](int g, int64_t m) {
+    const int64_t w = layout_.group_window[g];
+    return w > 0 ? std::max<int64_t>(0, m * bt - w + 1) / bt : 0;
+  };
+  // Reading from disk allocates blocks, which may evict parked ones: the blocks found in
+  // memory are held until the prefix is settled.
+  std::vector<int32_t> held;
+  if (disk_) {
+    for (int g = 0; g < layout_.n_groups; ++g) {
+      for (int32_t b : found[g]) {
+        if (b >= 0) {
+          Take(b);
+          held.push_back(b);
+        }
+      }
+    }
+  }
+  int64_t m = n_full;
+  for (;;) {
+    // The longest m (blocks) every group can continue from, memory and disk together.
+    for (; m > 0; --m) {
+      bool ok = true;
+      for (int g = 0; g < layout_.n_groups && ok; ++g) {
+        for (int64_t i = first_needed(g, m); i < m && ok; ++i) {
+          ok = found[g][static_cast<size_t>(i)] >= 0 || on_disk[g][static_cast<size_t>(i)];
+        }
+      }
+      if (ok) break;
+    }
+    // Blocks only the disk has, read back; a file that fails shortens the prefix and the
+    // search runs again without it.
+    bool loaded = true;
+    for (int g = 0; g < layout_.n_groups && loaded; ++g) {
+      for (int64_t i = first_needed(g, m); i < m && loaded; ++i) {
+        int32_t& b = found[g][static_cast<size_t>(i)];
+        if (b >= 0) continue;
+        b = LoadBlock(g, t.keys[static_cast<size_t>(i)]);
+        if (b >= 0) {
+          held.push_back(b);
+        } else {
+          on_disk[g][static_cast<size_t>(i)] = 0;
+          loaded = false;
+        }
+      }
+    }
+    if (loaded) break;
   }
   for (int g = 0; g < layout_.n_groups; ++g) {
-    const int64_t w = layout_.group_window[g];
-    const int64_t first = w > 0 ? std::max<int64_t>(0, m * bt - w + 1) / bt : 0;
+    const int64_t first = first_needed(g, m);
     for (int64_t i = 0; i < m; ++i) {
       const int32_t b = i < first ? -1 : found[g][static_cast<size_t>(i)];
-      if (b >= 0) Take(b);
+      if (b >= 0) {
+        Take(b);
+        const BlockKey& k = t.keys[static_cast<size_t>(i)];
+        // Blocks served from memory often enough (or kept by request) go to disk too.
+        if (disk_ && (keep || disk_->NoteHit(g, k))) Persist(g, k, b);
+      }
       t.blocks[g].push_back(b);
     }
   }
+  for (int32_t b : held) Drop(b);
   t.n_offered = m;  // shared blocks are cached already
   prefix_hit_tokens_ += m * bt;
   return m * bt;
@@ -189,7 +256,7 @@ bool KvCache::Grow(BlockTable& t, int64_t end) {
   return true;
 }
 
-void KvCache::Offer(BlockTable& t, const int32_t* tokens, int64_t n_done) {
+void KvCache::Offer(BlockTable& t, const int32_t* tokens, int64_t n_done, int64_t keep_upto) {
   const int64_t bt = block_tokens();
   const int64_t full = std::min(n_done / bt, t.n_blocks());
   for (int64_t i = t.n_offered; i < full; ++i) {
@@ -201,6 +268,7 @@ void KvCache::Offer(BlockTable& t, const int32_t* tokens, int64_t n_done) {
       const int32_t b = t.blocks[g][static_cast<size_t>(i)];
       // A block whose key another block holds already stays private and is freed on release.
       if (b >= 0) cache_.Insert(g, t.keys[static_cast<size_t>(i)], b);
+      if (b >= 0 && disk_ && (i + 1) * bt <= keep_upto) Persist(g, t.keys[static_cast<size_t>(i)], b);
     }
   }
   t.n_offered = std::max(t.n_offered, full);
@@ -248,6 +316,8 @@ KvCache::Stats KvCache::stats() const {
   s.prefix_hit_tokens = prefix_hit_tokens_;
   s.evictions = evictions_;
   s.type = arena_.type();
+  s.disk = disk_ != nullptr;
+  s.disk_stats = disk_ ? disk_->stats() : DiskCache::Stats{};
   return s;
 }
 

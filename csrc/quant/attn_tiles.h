@@ -94,15 +94,19 @@ inline void KvRowsTile(KvType t, const uint8_t* rows, int64_t ld, int nk, int64_
     float df[kMaxKvBlocksPerRow];
     for (int64_t b = 0; b < nb; ++b) std::memcpy(&dh[b], r + b * block_bytes, 2);
     ToF32(dh, df, nb);
+    // The block's bytes are copied to a local array first: read through a uint8_t pointer they
+    // could alias the floats written, which would keep the loops scalar.
     for (int64_t b = 0; b < nb; ++b, o += kKvBlockValues) {
-      const uint8_t* q = r + b * block_bytes + 2;
+      const float db = df[b];
       if (t == KvType::kQ8_0) {
-        for (int i = 0; i < 32; ++i) o[i] = df[b] * static_cast<float>(static_cast<int8_t>(q[i]));
+        int8_t q[32];
+        std::memcpy(q, r + b * block_bytes + 2, 32);
+        for (int i = 0; i < 32; ++i) o[i] = db * static_cast<float>(q[i]);
       } else {  // byte i: value i in the low nibble, value i + 16 in the high one, both + 8
-        for (int i = 0; i < 16; ++i) {
-          o[i] = df[b] * static_cast<float>((q[i] & 0xF) - 8);
-          o[i + 16] = df[b] * static_cast<float>((q[i] >> 4) - 8);
-        }
+        uint8_t q[16];
+        std::memcpy(q, r + b * block_bytes + 2, 16);
+        for (int i = 0; i < 16; ++i) o[i] = db * static_cast<float>((q[i] & 0xF) - 8);
+        for (int i = 0; i < 16; ++i) o[i + 16] = db * static_cast<float>((q[i] >> 4) - 8);
       }
     }
   }

@@ -42,6 +42,14 @@ Engine::Engine(const std::string& path, const EngineOptions& opts)
                       " KV cache runs on the CPU only; the CUDA backend keeps fp16 keys and values");
   }
   kv_ = std::make_unique<KvCache>(cfg_, opts.kv_type, kBlockTokens, opts.kv_cache_bytes);
+  if (!opts.prompt_cache_dir.empty()) {
+    if (opts.model_id.empty()) throw EngineError("a prompt cache needs the model file's digest");
+    DiskCacheOptions d;
+    d.dir = opts.prompt_cache_dir;
+    d.model_id = opts.model_id;
+    d.budget_bytes = opts.prompt_cache_bytes;
+    kv_->EnableDisk(d);
+  }
   scheduler_ = std::make_shared<Scheduler>(*model_, *kv_, *tok_, pool_, opts.scheduler);
 }
 

@@ -24,6 +24,11 @@ struct EngineOptions {
   int32_t n_threads = 0;       // 0: all cores
   int64_t kv_cache_bytes = int64_t{2048} << 20;  // memory for keys and values of all sequences
   KvType kv_type = KvType::kF16;  // how that memory stores them
+  // Where full KV blocks of chosen prefixes are kept across restarts (empty: nowhere), named by
+  // the model file's digest, and how many bytes of disk they may take.
+  std::string prompt_cache_dir;
+  std::string model_id;
+  int64_t prompt_cache_bytes = int64_t{4096} << 20;
   std::string device = "cpu";  // "cpu", or "cuda": the forward pass on the CUDA device
   SchedulerOptions scheduler;
 };

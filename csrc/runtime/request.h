@@ -26,6 +26,7 @@ struct RequestOptions {
                             // state (llama.cpp's mean pooling), nothing generated
   bool scoring() const { return logits_all || embed; }
   bool notify = false;      // report new steps to the engine's ready list (asyncio callers)
+  bool keep = false;        // write the prompt's full KV blocks to the disk cache (if any)
   // The grammar the output must follow (null: none); its mask applies before sampling.
   std::shared_ptr<Constraint> constraint;
 };

@@ -172,7 +172,9 @@ void Scheduler::Loop() {
       } else {
         stats_.decode_tokens += n;
       }
-      if (opts_.prefix_cache) kv_.Offer(s->table, s->tokens.data(), s->n_done);
+      if (opts_.prefix_cache) {
+        kv_.Offer(s->table, s->tokens.data(), s->n_done, s->opts.keep ? s->prompt_len : 0);
+      }
       kv_.Trim(s->table, s->n_done);
       if (s->had_output) {
         s->counts.eval_ns += step_ns_;
@@ -252,7 +254,7 @@ void Scheduler::Admit() {
     // all but its last token (whose logits start the output).
     const int64_t size = static_cast<int64_t>(s->tokens.size());
     const int64_t reuse = s->opts.scoring() || !opts_.prefix_cache ? 0 : size - 1;
-    s->attached = s->n_done = kv_.AttachPrefix(s->table, s->tokens.data(), size, reuse);
+    s->attached = s->n_done = kv_.AttachPrefix(s->table, s->tokens.data(), size, reuse, s->opts.keep);
     if (reuse > 0 && AwaitsRunningPrefix(*s)) {
       kv_.Release(s->table);
       s->attached = s->n_done = 0;

@@ -25,6 +25,8 @@ What the switches mean here:
   sequence per step). ``MAX_CACHE_SIZE_MB``: memory for keys and values of all sequences.
 - ``PYENGINE_KV_CACHE_TYPE`` (else Ollama's ``OLLAMA_KV_CACHE_TYPE``): how that memory stores
   them: ``f16`` (default), ``q8_0`` (1.9x the positions) or ``q4_0`` (3.6x).
+- ``PYENGINE_PROMPT_CACHE`` (a folder) and ``PYENGINE_PROMPT_CACHE_MB``: keys and values of
+  prefixes worth keeping, on disk across restarts, within that many MiB per model.
 """
 
 from __future__ import annotations
@@ -125,6 +127,9 @@ class Config:
     backend: str = "auto"
     # PYENGINE_KV_CACHE_TYPE, else OLLAMA_KV_CACHE_TYPE: f16, q8_0 or q4_0.
     kv_cache_type: str = "f16"
+    # PYENGINE_PROMPT_CACHE, PYENGINE_PROMPT_CACHE_MB: the prompt cache on disk (None: none).
+    prompt_cache: str | None = None
+    prompt_cache_mb: float = 4096.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Config":
@@ -169,6 +174,11 @@ class Config:
         if (raw := get("PAID_API_FAILURE_THRESHOLD")) is not None:
             values["paid_api_failure_threshold"] = _number("PAID_API_FAILURE_THRESHOLD", raw,
                                                            True, 1)
+        if (raw := get("PYENGINE_PROMPT_CACHE")) is not None:
+            values["prompt_cache"] = raw.strip()
+        if (raw := get("PYENGINE_PROMPT_CACHE_MB")) is not None:
+            values["prompt_cache_mb"] = float(_number("PYENGINE_PROMPT_CACHE_MB", raw, False, 0,
+                                                      True))
         if (raw := get("MAX_CACHE_SIZE_MB")) is not None:
             values["max_cache_size_mb"] = float(_number("MAX_CACHE_SIZE_MB", raw, False, 0, True))
         return cls(**values)
