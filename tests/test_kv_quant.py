@@ -153,6 +153,21 @@ def test_batched_preempted_and_prefix_shared_equal_alone(make_model, preset, kv_
         assert out.tokens == ref_b
 
 
+@pytest.mark.parametrize("kv_type", ["f16", "q8_0"])
+def test_a_position_computes_the_same_in_any_step_on_any_thread_count(make_model, kv_type):
+    # One token per step on 3 threads: fewer attention tasks (2 KV heads) than threads, so the
+    # keys, rows and head dimensions of each task are spread over the threads; bit-identical
+    # to whole tasks (a prompt in one step on 2 threads) all the same.
+    path = make_model("tiny", "q8_0")
+    ids = prompts(5, [70])[0]
+    with Engine(path, n_ctx=512, n_threads=2, kv_type=kv_type) as eng:
+        ref = eng.logits(ids)
+    for threads, chunk in ((1, 1), (3, 1), (3, 512), (4, 5)):
+        with Engine(path, n_ctx=512, n_threads=threads, max_batch=1, max_batch_tokens=chunk,
+                    kv_type=kv_type) as eng:
+            assert np.array_equal(eng.logits(ids), ref), (threads, chunk)
+
+
 def test_kv_type_settings(make_model, monkeypatch):
     monkeypatch.delenv("PYENGINE_KV_CACHE_TYPE", raising=False)
     monkeypatch.delenv("OLLAMA_KV_CACHE_TYPE", raising=False)

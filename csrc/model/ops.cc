@@ -263,7 +263,7 @@ void Attend(const ModelConfig& c, int64_t l, const Batch& batch, Workspace& ws, 
   if (batch.size() == 0) return;
   const KvArena& arena = *batch.views[batch.seq[0]].arena;
   const KvType kv_type = arena.type();
-  const int64_t row_bytes = arena.row_bytes();
+  const int64_t row_bytes = arena.row_bytes(), bt = arena.block_tokens();
   const int64_t group = c.n_head / HKV;  // query heads per KV head (GQA)
   const bool swa = c.layer_is_swa[l];
   const KernelSet& k = ActiveKernels();
@@ -281,80 +281,129 @@ void Attend(const ModelConfig& c, int64_t l, const Batch& batch, Workspace& ws, 
   auto first_key = [&](int64_t t) {  // causal; a sliding layer also drops pos - key >= window
     return swa ? std::max<int64_t>(0, batch.pos[t] - c.sliding_window + 1) : int64_t{0};
   };
+
   // One task per (tile, KV head): the tile's query rows (tokens x the group's heads) share every
-  // key and value block, converted from fp16 once for all of them.
-  const int64_t n_tasks = (static_cast<int64_t>(starts.size()) - 1) * HKV;
-  // Fewer tasks than threads (a decoding step over one KV head, as in Gemma 3 1B and Gemma 4
-  // E2B): a task's query rows are split in parts, one per thread. The parts read the same keys
-  // and each row is computed as it would be whole, so the results do not change.
-  const int64_t parts =
-      n_tasks >= pool.size() ? 1 : std::min<int64_t>(group, (pool.size() + n_tasks - 1) / n_tasks);
-  pool.ParallelFor(n_tasks * parts, [&](int64_t task_part, int thread) {
-    const int64_t task = task_part / parts, part = task_part % parts;
-    const int64_t t0 = starts[task / HKV], t1 = starts[task / HKV + 1];
-    const int64_t kvh = task % HKV;
-    const KvView& kv = batch.views[batch.seq[t0]];
-    const int64_t bt = kv.arena->block_tokens();
-    const int64_t all_rows = (t1 - t0) * group;  // the tile's rows: tokens x the group's heads
-    const int64_t r_lo = all_rows * part / parts;
-    const int rows = static_cast<int>(all_rows * (part + 1) / parts - r_lo);  // this part's
-    if (rows == 0) return;
+  // key and value block, converted once for all of them.
+  struct Task {
+    int64_t t0, t1, kvh, base, last, lds;
+    int rows;
+    const KvView* kv;
+    const float* q[kAttnTileTokens * kMaxGroup];
+    float* o[kAttnTileTokens * kMaxGroup];
+  };
+  auto make_task = [&](int64_t task, Task& T) {
+    T.t0 = starts[task / HKV];
+    T.t1 = starts[task / HKV + 1];
+    T.kvh = task % HKV;
+    T.kv = &batch.views[batch.seq[T.t0]];
+    T.rows = static_cast<int>((T.t1 - T.t0) * group);
     // Keys [base, last] cover every row's range; scores are kept from base, a block start.
-    const int64_t base = first_key(t0) / bt * bt, last = batch.pos[t1 - 1];
-    const int64_t lds = last - base + 1 + kAttnKeys;  // room for a last, partial key chunk
-    float* s = ws.scores.data() + thread * per_thread;  // [rows, lds] scores, then weights
-    float* kt = s + rows * lds;                         // [D, 16] a key chunk, transposed
-    float* vf = kt + D * kAttnKeys;                     // [16, D] a key or value chunk
-    const float* qrow[kAttnTileTokens * kMaxGroup];
-    float* orow[kAttnTileTokens * kMaxGroup];
-    for (int r = 0; r < rows; ++r) {
-      const int64_t g = r_lo + r;  // the row within the tile
-      const int64_t off = (t0 + g / group) * QD + (kvh * group + g % group) * D;
-      qrow[r] = ws.q.data() + off;
-      orow[r] = ws.attn.data() + off;
-      std::fill_n(orow[r], D, 0.f);
+    T.base = first_key(T.t0) / bt * bt;
+    T.last = batch.pos[T.t1 - 1];
+    T.lds = T.last - T.base + 1 + kAttnKeys;  // room for a last, partial key chunk
+    for (int r = 0; r < T.rows; ++r) {
+      const int64_t off = (T.t0 + r / group) * QD + (T.kvh * group + r % group) * D;
+      T.q[r] = ws.q.data() + off;
+      T.o[r] = ws.attn.data() + off;
+      std::fill_n(T.o[r], D, 0.f);
     }
-    // Calls f(p, nk, kv row offset) for the chunks of at most 16 keys of [base, last].
-    auto chunks = [&](auto&& f) {
-      for (int64_t p = base; p <= last;) {
-        const int64_t blk = p / bt;
-        const int64_t nk = std::min({int64_t{kAttnKeys}, (blk + 1) * bt - p, last + 1 - p});
-        f(p, blk, static_cast<int>(nk), (p - blk * bt) * row_bytes + KvRowBytes(kv_type, kvh * D));
-        p += nk;
-      }
-    };
-    // Every tile, a prompt's or a decoding token's, transposes each key chunk and takes its
-    // scores in the same order: a position's result must not depend on how the step that
-    // computed it was batched (a preempted or prefix-shared sequence recomputes positions in
-    // other tiles, and the greedy tokens must not change).
-    chunks([&](int64_t p, int64_t blk, int nk, int64_t off) {
-      k.attn_keys(kv_type, kv.k_block(l, blk) + off, row_bytes, nk, D, vf, kt);
-      k.attn_scores(qrow, rows, kt, D, s + (p - base), lds);
-    });
-    for (int r = 0; r < rows; ++r) {
-      const int64_t t = t0 + (r_lo + r) / group;
-      float* sr = s + r * lds;
-      const int64_t c0 = first_key(t) - base, c1 = batch.pos[t] - base;  // the row's keys
-      float mx = -INFINITY;
-      for (int64_t p = c0; p <= c1; ++p) mx = std::max(mx, sr[p]);
-      double sum = 0;
-      for (int64_t p = c0; p <= c1; ++p) {
-        sr[p] = std::exp(sr[p] - mx);
-        sum += sr[p];
-      }
-      const float inv = static_cast<float>(1.0 / sum);
-      for (int64_t p = c0; p <= c1; ++p) sr[p] *= inv;
-      // Weights rounded to fp16 as the reference's f16 product with V rounds them; keys
-      // outside the row's range weigh nothing.
-      k.round_f16(sr + c0, c1 - c0 + 1);
-      std::fill(sr, sr + c0, 0.f);
-      std::fill(sr + c1 + 1, sr + (last - base + 1), 0.f);
+  };
+  // The chunks of at most 16 keys of [base, last], each within one block: first key p, and
+  // where its first row starts in the block's page.
+  auto n_chunks = [&](const Task& T) {
+    int64_t m = 0;
+    for (int64_t p = T.base; p <= T.last; p = std::min((p / bt + 1) * bt, p + kAttnKeys)) ++m;
+    return m;
+  };
+  auto chunk = [&](const Task& T, int64_t i, int64_t* p, int64_t* blk, int* nk, int64_t* off) {
+    // Blocks hold a whole number of chunks (bt is a multiple of 16 or below it).
+    const int64_t per_block = (bt + kAttnKeys - 1) / kAttnKeys;
+    const int64_t b0 = T.base / bt;
+    *blk = b0 + i / per_block;
+    *p = *blk * bt + (i % per_block) * kAttnKeys;
+    *nk = static_cast<int>(std::min({int64_t{kAttnKeys}, (*blk + 1) * bt - *p, T.last + 1 - *p}));
+    *off = (*p - *blk * bt) * row_bytes + KvRowBytes(kv_type, T.kvh * D);
+  };
+  // The three stages of a task. Every tile, a prompt's or a decoding token's, transposes each
+  // key chunk and takes its scores in the same order, and sums each output value over the keys
+  // in the same order: a position's result must not depend on how the step that computed it
+  // was batched or spread over threads (a preempted or prefix-shared sequence recomputes
+  // positions in other tiles, and the greedy tokens must not change).
+  auto scores = [&](const Task& T, float* s, int64_t i, float* kt, float* vf) {
+    int64_t p, blk, off;
+    int nk;
+    chunk(T, i, &p, &blk, &nk, &off);
+    k.attn_keys(kv_type, T.kv->k_block(l, blk) + off, row_bytes, nk, D, vf, kt);
+    k.attn_scores(T.q, T.rows, kt, D, s + (p - T.base), T.lds);
+  };
+  auto softmax = [&](const Task& T, float* s, int r) {
+    const int64_t t = T.t0 + r / group;
+    float* sr = s + r * T.lds;
+    const int64_t c0 = first_key(t) - T.base, c1 = batch.pos[t] - T.base;  // the row's keys
+    float mx = -INFINITY;
+    for (int64_t p = c0; p <= c1; ++p) mx = std::max(mx, sr[p]);
+    double sum = 0;
+    for (int64_t p = c0; p <= c1; ++p) {
+      sr[p] = std::exp(sr[p] - mx);
+      sum += sr[p];
     }
-    chunks([&](int64_t p, int64_t blk, int nk, int64_t off) {
-      k.kv_rows(kv_type, kv.v_block(l, blk) + off, row_bytes, nk, D, vf);
-      k.attn_values(s + (p - base), lds, rows, vf, nk, D, orow);
+    const float inv = static_cast<float>(1.0 / sum);
+    for (int64_t p = c0; p <= c1; ++p) sr[p] *= inv;
+    // Weights rounded to fp16 as the reference's f16 product with V rounds them; keys outside
+    // the row's range weigh nothing.
+    k.round_f16(sr + c0, c1 - c0 + 1);
+    std::fill(sr, sr + c0, 0.f);
+    std::fill(sr + c1 + 1, sr + (T.last - T.base + 1), 0.f);
+  };
+  // Output values [d0, d0 + dn) of every row, over every key chunk in order.
+  auto values = [&](const Task& T, const float* s, int64_t d0, int64_t dn, float* vf) {
+    float* o[kAttnTileTokens * kMaxGroup];
+    for (int r = 0; r < T.rows; ++r) o[r] = T.o[r] + d0;
+    const int64_t m = n_chunks(T);
+    for (int64_t i = 0; i < m; ++i) {
+      int64_t p, blk, off;
+      int nk;
+      chunk(T, i, &p, &blk, &nk, &off);
+      k.kv_rows(kv_type, T.kv->v_block(l, blk) + off + KvRowBytes(kv_type, d0), row_bytes, nk, dn,
+                vf);
+      k.attn_values(s + (p - T.base), T.lds, T.rows, vf, nk, dn, o);
+    }
+  };
+  auto scratch = [&](int thread) { return ws.scores.data() + thread * per_thread; };
+  const int64_t n_tasks = (static_cast<int64_t>(starts.size()) - 1) * HKV;
+  if (n_tasks >= pool.size()) {
+    pool.ParallelFor(n_tasks, [&](int64_t task, int thread) {
+      Task T;
+      make_task(task, T);
+      float* s = scratch(thread);                 // [rows, lds] scores, then weights
+      float* kt = s + T.rows * T.lds;             // [D, 16] a key chunk, transposed
+      float* vf = kt + D * kAttnKeys;             // [16, D] a key or value chunk
+      const int64_t m = n_chunks(T);
+      for (int64_t i = 0; i < m; ++i) scores(T, s, i, kt, vf);
+      for (int r = 0; r < T.rows; ++r) softmax(T, s, r);
+      values(T, s, 0, D, vf);
     });
-  });
+    return;
+  }
+  // Fewer tasks than threads (one decoding sequence over one or two KV heads, as in Gemma 3 1B
+  // and Gemma 4 E2B): each task in turn, its key chunks spread over the threads for the scores,
+  // its rows for the softmax and its head dimensions (slices of 64) for the values, so that no
+  // key or value is converted twice. Every number is computed as in a whole task.
+  for (int64_t task = 0; task < n_tasks; ++task) {
+    Task T;
+    make_task(task, T);
+    float* s = scratch(0);  // the task's scores, shared by the threads
+    pool.ParallelFor(n_chunks(T), [&](int64_t i, int thread) {
+      float* kt = scratch(thread) + T.rows * T.lds;
+      scores(T, s, i, kt, kt + D * kAttnKeys);
+    });
+    pool.ParallelFor(T.rows, [&](int64_t r, int) { softmax(T, s, static_cast<int>(r)); });
+    constexpr int64_t kSlice = 64;
+    pool.ParallelFor((D + kSlice - 1) / kSlice, [&](int64_t j, int thread) {
+      float* vf = scratch(thread) + T.rows * T.lds + D * kAttnKeys;
+      values(T, s, j * kSlice, std::min(kSlice, D - j * kSlice), vf);
+    });
+  }
 }
 
 }  // namespace pyengine
