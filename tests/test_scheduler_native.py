@@ -16,8 +16,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 SOURCES = ["tests/native/scheduler_test.cc"] + [f"csrc/{s}.cc" for s in (
     "runtime/scheduler", "runtime/model_runner", "runtime/generation", "runtime/request",
-    "runtime/sampler", "runtime/tokenizer", "runtime/bpe", "runtime/vocab", "kv/kv_cache", "kv/kv_arena",
-    "kv/prefix_cache", "core/thread_pool", "core/gguf", "core/os_memory")]
+    "runtime/sampler", "runtime/tokenizer", "runtime/bpe", "runtime/vocab", "kv/kv_cache",
+    "kv/disk_cache", "kv/kv_arena", "kv/prefix_cache", "core/thread_pool", "core/gguf", "core/os_memory")]
 CHECKS = 20  # lines the driver prints, one per check
 
 

@@ -24,6 +24,7 @@
 #include "quant/cpu_features.h"
 #include "quant/formats.h"
 #include "quant/kernel_set.h"
+#include "quant/kv_quantize.h"
 #include "quant/matmul.h"
 #include "runtime/engine.h"
 
@@ -215,9 +216,28 @@ void CheckOthers(const KernelSet& k) {
   std::vector<uint16_t> keys(16 * ldk);
   for (uint16_t& h : keys) h = Fp32ToFp16(normal(rng));
   std::vector<float> kta(d * 16), ktb(d * 16), vf(16 * d);
-  s.attn_keys(keys.data(), ldk, nk, d, vf.data(), kta.data());
-  k.attn_keys(keys.data(), ldk, nk, d, vf.data(), ktb.data());
+  const auto* key_bytes = reinterpret_cast<const uint8_t*>(keys.data());
+  s.attn_keys(KvType::kF16, key_bytes, 2 * ldk, nk, d, vf.data(), kta.data());
+  k.attn_keys(KvType::kF16, key_bytes, 2 * ldk, nk, d, vf.data(), ktb.data());
   Check(kta == ktb, lv + " attn_keys bit for bit");
+  // Quantized KV rows of 96 values, a head of 64 starting at value 32: dequantized (values)
+  // and transposed (keys) bit for bit at every level.
+  for (KvType t : {KvType::kQ8_0, KvType::kQ4_0}) {
+    const int64_t dq = 64, row = KvRowBytes(t, 96), off = KvRowBytes(t, 32);
+    std::vector<uint8_t> kv(16 * row);
+    std::vector<float> xr(96);
+    for (int r = 0; r < 16; ++r) {
+      for (float& e : xr) e = normal(rng);
+      StoreKvRow(s, t, xr.data(), 96, kv.data() + r * row);
+    }
+    std::vector<float> ra(16 * dq, 0.f), rb(16 * dq, 0.f), ka(dq * 16), kb(dq * 16), vq(16 * dq);
+    s.kv_rows(t, kv.data() + off, row, nk, dq, ra.data());
+    k.kv_rows(t, kv.data() + off, row, nk, dq, rb.data());
+    Check(ra == rb, lv + " kv_rows " + KvTypeName(t) + " bit for bit");
+    s.attn_keys(t, kv.data() + off, row, nk, dq, vq.data(), ka.data());
+    k.attn_keys(t, kv.data() + off, row, nk, dq, vq.data(), kb.data());
+    Check(ka == kb, lv + " attn_keys " + KvTypeName(t) + " bit for bit");
+  }
   std::vector<float> q(rows * d);
   for (float& v : q) v = normal(rng);
   std::vector<const float*> qp(rows);
