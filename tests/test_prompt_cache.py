@@ -141,9 +141,10 @@ def test_warm_command_fills_the_cache_for_chat_requests(make_model, tmp_path):
     raw = tmp_path / "raw.txt"
     raw.write_text("A raw completion prompt. " * 20)
     cache = tmp_path / "cache"
+    # Run outside the source tree, where "-m pyengine" would find the uncompiled package.
     proc = subprocess.run([sys.executable, "-m", "pyengine", "warm", str(path), str(chat),
                            str(raw), "--prompt-cache", str(cache), "--ctx", "512"],
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     messages = [{"role": "system", "content": system}, {"role": "user", "content": "Is 2+2=4?"}]
     with engine(path, cache) as eng:
@@ -155,7 +156,7 @@ def test_warm_command_fills_the_cache_for_chat_requests(make_model, tmp_path):
         assert cache_stats(eng)["reads"] > 0
         assert generate(eng, eng.tokenize(raw.read_text())).cached_tokens > 0
     bad = subprocess.run([sys.executable, "-m", "pyengine", "warm", str(path), str(raw)],
-                         capture_output=True, text=True, timeout=300,
+                         capture_output=True, text=True, timeout=300, cwd=tmp_path,
                          env={k: v for k, v in os.environ.items() if k != "PYENGINE_PROMPT_CACHE"})
     assert bad.returncode == 1 and "--prompt-cache" in bad.stderr
 
