@@ -136,7 +136,7 @@ std::string DiskCache::PathOf(const Id& id) const {
   return (fs::path(opts_.dir) / name).string();
 }
 
-bool DiskCache::Has(int group, const BlockKey& key) const { return index_.count(Id{group, key}) > 0; }
+bool DiskCache::Has(int group, const BlockKey& key) const { return index_.count(Id{key, group}) > 0; }
 
 void DiskCache::Forget(const Id& id, bool remove_file) {
   auto it = index_.find(id);
@@ -165,7 +165,7 @@ void DiskCache::EvictTo(int64_t budget) {
 }
 
 bool DiskCache::Read(int group, const BlockKey& key, const std::function<uint8_t*(int)>& page) {
-  const Id id{group, key};
+  const Id id{key, group};
   auto it = index_.find(id);
   if (it == index_.end()) return false;
   const std::string path = PathOf(id);
@@ -204,7 +204,7 @@ bool DiskCache::Read(int group, const BlockKey& key, const std::function<uint8_t
 }
 
 void DiskCache::Write(int group, const BlockKey& key, const std::function<const uint8_t*(int)>& page) {
-  const Id id{group, key};
+  const Id id{key, group};
   if (index_.count(id) > 0) return;
   const int64_t bytes = FileBytes(group);
   if (bytes > opts_.budget_bytes) return;
@@ -241,7 +241,7 @@ void DiskCache::Write(int group, const BlockKey& key, const std::function<const 
 
 bool DiskCache::NoteHit(int group, const BlockKey& key) {
   if (hits_.size() > (size_t{1} << 20)) hits_.clear();  // bounded: counts restart
-  return ++hits_[Id{group, key}] == opts_.hits_to_keep;
+  return ++hits_[Id{key, group}] == opts_.hits_to_keep;
 }
 
 DiskCache::Stats DiskCache::stats() const {

@@ -47,14 +47,7 @@ class DiskCache {
   Stats stats() const;
 
  private:
-  struct Id {
-    int group;
-    BlockKey key;
-    bool operator==(const Id& o) const { return group == o.group && key == o.key; }
-  };
-  struct IdHash {
-    size_t operator()(const Id& i) const { return static_cast<size_t>(i.key.a ^ (i.key.b * 31) ^ i.group); }
-  };
+  using Id = GroupKey;
   struct Entry {
     Id id;
     int64_t bytes;
@@ -70,8 +63,8 @@ class DiskCache {
   int64_t block_tokens_, page_bytes_;
   std::vector<int> group_pages_;
   std::list<Entry> lru_;  // oldest first
-  std::unordered_map<Id, std::list<Entry>::iterator, IdHash> index_;
-  std::unordered_map<Id, int, IdHash> hits_;
+  std::unordered_map<Id, std::list<Entry>::iterator, GroupKeyHash> index_;
+  std::unordered_map<Id, int, GroupKeyHash> hits_;
   int64_t bytes_ = 0, reads_ = 0, writes_ = 0, rejected_ = 0, evictions_ = 0;
 };
 

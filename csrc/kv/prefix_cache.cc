@@ -31,14 +31,14 @@ BlockKey PrefixCache::Chain(const BlockKey& parent, const int32_t* tokens, int64
 }
 
 int32_t PrefixCache::Find(int group, const BlockKey& key) const {
-  auto it = map_.find(MapKey{key, group});
+  auto it = map_.find(GroupKey{key, group});
   return it == map_.end() ? -1 : it->second;
 }
 
 bool PrefixCache::Insert(int group, const BlockKey& key, int32_t block) {
   Slot& s = slot(block);
   if (s.cached) return false;
-  const MapKey mk{key, group};
+  const GroupKey mk{key, group};
   if (!map_.emplace(mk, block).second) return false;
   s.cached = true;
   s.key = mk;

@@ -16,6 +16,16 @@ struct BlockKey {
   bool operator==(const BlockKey& o) const { return a == o.a && b == o.b; }
 };
 
+// A block of one KV group: what the prefix cache and the disk cache look blocks up by.
+struct GroupKey {
+  BlockKey key;
+  int group = 0;
+  bool operator==(const GroupKey& o) const { return key == o.key && group == o.group; }
+};
+struct GroupKeyHash {
+  size_t operator()(const GroupKey& k) const { return static_cast<size_t>(k.key.a ^ (k.key.b * 31) ^ k.group); }
+};
+
 class PrefixCache {
  public:
   // Block ids are below max_blocks.
@@ -42,23 +52,15 @@ class PrefixCache {
   int64_t n_parked() const { return n_parked_; }
 
  private:
-  struct MapKey {
-    BlockKey key;
-    int group;
-    bool operator==(const MapKey& o) const { return key == o.key && group == o.group; }
-  };
-  struct MapHash {
-    size_t operator()(const MapKey& k) const { return static_cast<size_t>(k.key.a ^ (k.key.b * 31) ^ k.group); }
-  };
   struct Slot {
     bool cached = false, parked = false;
-    MapKey key{};
+    GroupKey key{};
     int32_t prev = -1, next = -1;  // evictable list, oldest at head_
   };
   Slot& slot(int32_t b) { return slots_.at(static_cast<size_t>(b)); }
   const Slot& slot(int32_t b) const { return slots_.at(static_cast<size_t>(b)); }
 
-  std::unordered_map<MapKey, int32_t, MapHash> map_;
+  std::unordered_map<GroupKey, int32_t, GroupKeyHash> map_;
   std::vector<Slot> slots_;  // [max_blocks]
   int32_t head_ = -1, tail_ = -1;
   int64_t n_parked_ = 0;
