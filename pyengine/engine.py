@@ -224,9 +224,9 @@ class Engine:
         else:
             disk: dict[str, Any] = {}
             if prompt_cache is not None:
-                self.prompt_cache = cache_folder(prompt_cache, self.path, self.kv_type)
-                disk = {"prompt_cache_dir": str(self.prompt_cache),
-                        "model_id": model_digest(self.path),
+                digest = model_digest(self.path)  # reads samples of the file: once
+                self.prompt_cache = cache_folder(prompt_cache, digest, self.kv_type)
+                disk = {"prompt_cache_dir": str(self.prompt_cache), "model_id": digest,
                         "prompt_cache_bytes": int(prompt_cache_mb * 2**20)}
             self._core = _core.Engine(str(self.path), n_ctx=n_ctx, n_threads=n_threads or 0,
                                       kv_cache_bytes=int(kv_cache_mb * 2**20),

@@ -37,6 +37,7 @@ def model_digest(path: str | os.PathLike[str]) -> str:
     return h.hexdigest()
 
 
-def cache_folder(root: str | os.PathLike[str], model: str | os.PathLike[str], kv_type: str) -> Path:
-    """The folder under ``root`` for the blocks of ``model``'s KV cache of type ``kv_type``."""
-    return Path(root) / f"{model_digest(model)[:32]}-{kv_type}"
+def cache_folder(root: str | os.PathLike[str], digest: str, kv_type: str) -> Path:
+    """The folder under ``root`` for the blocks of the model whose ``model_digest`` is
+    ``digest``, for its KV cache of type ``kv_type``."""
+    return Path(root) / f"{digest[:32]}-{kv_type}"
