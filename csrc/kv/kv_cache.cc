@@ -168,10 +168,14 @@ int64_t KvCache::AttachPrefix(BlockTable& t, const int32_t* tokens, int64_t n, i
     const int64_t w = layout_.group_window[g];
     return w > 0 ? std::max<int64_t>(0, m * bt - w + 1) / bt : 0;
   };
-  // Reading from disk allocates blocks, which may evict parked ones: the blocks found in
-  // memory are held until the prefix is settled.
+  // Reading from disk allocates blocks, which may evict parked ones: when the disk has any
+  // block memory lacks, the blocks found in memory are held until the prefix is settled.
   std::vector<int32_t> held;
-  if (disk_) {
+  bool from_disk = false;
+  for (int g = 0; g < layout_.n_groups; ++g) {
+    from_disk = from_disk || std::find(on_disk[g].begin(), on_disk[g].end(), 1) != on_disk[g].end();
+  }
+  if (from_disk) {
     for (int g = 0; g < layout_.n_groups; ++g) {
       for (int32_t b : found[g]) {
         if (b >= 0) {
