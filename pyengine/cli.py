@@ -15,7 +15,7 @@ from typing import Any, Sequence
 
 from pyengine import __version__, _core
 from pyengine.chat import native_tools
-from pyengine.gateway.config import BACKENDS, KV_CACHE_TYPES, Config
+from pyengine.gateway.config import BACKENDS, KV_CACHE_TYPES, SPECULATIVE, Config
 from pyengine.engine import Engine
 from pyengine.errors import PyEngineError
 from pyengine.gguf_facts import file_type_name
@@ -38,7 +38,8 @@ def _human(n: float) -> str:
 
 def cmd_run(args: argparse.Namespace) -> int:
     eng = Engine(args.model, n_threads=args.threads, n_ctx=args.ctx, backend=args.backend,
-                 dtype=args.dtype, kv_type=args.kv_cache_type)
+                 dtype=args.dtype, kv_type=args.kv_cache_type, speculative=args.speculative,
+                 num_draft=args.num_draft)
     opts: dict[str, Any] = dict(max_tokens=args.max_tokens, temperature=args.temperature,
                                 top_k=args.top_k, top_p=args.top_p, seed=args.seed,
                                 stop=args.stop or ())
@@ -367,7 +368,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
                    engine_options={"backend": args.backend, "dtype": args.dtype,
                                    "kv_type": args.kv_cache_type,
                                    "prompt_cache": args.prompt_cache,
-                                   "prompt_cache_mb": args.prompt_cache_mb})
+                                   "prompt_cache_mb": args.prompt_cache_mb,
+                                   "speculative": args.speculative,
+                                   "num_draft": args.num_draft})
     if args.replicas < 1:
         raise ValueError(f"--replicas must be at least 1, got {args.replicas}")
     model_replicas = {}
@@ -523,6 +526,16 @@ def _backend_arguments(p: argparse.ArgumentParser) -> None:
                         "OLLAMA_KV_CACHE_TYPE, else f16")
 
 
+def _speculative_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--speculative", choices=SPECULATIVE, default=None,
+                   help="ngram: decoding sequences draft the tokens that followed their last "
+                        "tokens earlier in the prompt or output, checked in the same step (same "
+                        "output, sooner where it copies); off: one token a step; default: "
+                        "PYENGINE_SPECULATIVE, else ngram")
+    p.add_argument("--num-draft", type=int, default=None, metavar="N",
+                   help="most draft tokens a sequence brings to a step (default 8)")
+
+
 def _prompt_cache_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prompt-cache", metavar="DIR", default=None,
                    help="keep keys and values of prefixes worth keeping (served twice, or sent "
@@ -585,6 +598,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--ctx", type=int, default=4096, help="context length in tokens")
     run.add_argument("--threads", type=int, default=None, help=_THREADS_HELP)
     _backend_arguments(run)
+    _speculative_arguments(run)
     run.add_argument("--verbose", action="store_true", help="print timings to stderr")
     run.set_defaults(func=cmd_run)
 
@@ -607,6 +621,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--threads", type=int, default=None, help=_THREADS_HELP)
     serve.add_argument("--ctx", type=int, default=4096, help="context of a request that sets none")
     _backend_arguments(serve)
+    _speculative_arguments(serve)
     serve.add_argument("--kv-cache-mb", type=float, default=None,
                        help="KV cache of each loaded model (default MAX_CACHE_SIZE_MB or 2048)")
     _prompt_cache_arguments(serve)

@@ -17,7 +17,7 @@ from pyengine import _core, mlx_backend
 from pyengine.core_protocol import BackendCore
 from pyengine.aio import ReadyPump
 from pyengine.chat import format_chat
-from pyengine.gateway.config import BACKENDS, KV_CACHE_TYPES, Config
+from pyengine.gateway.config import BACKENDS, KV_CACHE_TYPES, SPECULATIVE, Config
 from pyengine.errors import PyEngineError
 from pyengine.structured import Grammars
 from pyengine.structured.tools import CallFilter, ToolCall, parse_reply, plan_prompt
@@ -113,6 +113,31 @@ class _Stream:
         self.close()
 
 
+# Draft tokens per step at most: the draft grows to this while drafts are kept whole.
+DEFAULT_NUM_DRAFT = 8
+
+
+def _speculative(asked: str | None, num_draft: int | None, config: Config,
+                 backend: str) -> int:
+    """The draft tokens per step the core may propose (0: no speculative decoding)."""
+    mode = config.speculative if asked is None else asked
+    if mode not in SPECULATIVE:
+        raise ValueError(f"speculative must be 'ngram' (drafts from the sequence's own tokens) "
+                         f"or 'off', got {mode!r}; drafts from a smaller model are not "
+                         f"implemented yet")
+    if num_draft is not None and (isinstance(num_draft, bool) or not isinstance(num_draft, int)
+                                  or not 1 <= num_draft <= 64):
+        raise ValueError(f"num_draft must be an integer within [1, 64], got {num_draft!r}")
+    if mode == "off":
+        return 0
+    if backend == "mlx":
+        if asked is not None:
+            raise ValueError("speculative decoding runs on the native backends (CPU, CUDA); "
+                             "the MLX backend decodes one token per step")
+        return 0
+    return num_draft or DEFAULT_NUM_DRAFT
+
+
 def _kv_type(asked: str | None, config: Config, backend: str) -> str:
     """The KV cache type an engine of ``backend`` uses: ``asked``, else the configuration's."""
     kv_type = config.kv_cache_type if asked is None else asked
@@ -165,6 +190,15 @@ class Engine:
     written, so that a restarted engine reads them back instead of computing them; at most
     ``prompt_cache_mb`` MiB per model and KV type (default 4096), least recently used first
     out. A truncated, tampered or foreign file is ignored (``prompt_cache_rejected``).
+
+    ``speculative``: ``"ngram"`` (default, from ``PYENGINE_SPECULATIVE``) lets a decoding
+    sequence bring up to ``num_draft`` (default 8) draft tokens a step: the tokens that followed
+    the latest earlier occurrence of its last 2 to 4 tokens in its own prompt and output. The
+    model scores them in the same step and the sequence keeps them as long as sampling agrees,
+    so the output is the one decoding without drafts gives (greedy, and seeded sampling),
+    only sooner where the output copies. Drafts are proposed while a step decodes at most 4
+    sequences and no prompt is computing; ``"off"`` never; a request's ``speculative=False``
+    opts out. ``stats()``: ``drafted``, ``draft_accepted``, ``draft_steps``.
     """
 
     def __init__(self, model: str | os.PathLike[str], n_threads: int | None = None,
@@ -174,10 +208,12 @@ class Engine:
                  config: Config | None = None, backend: str | None = None,
                  dtype: str | None = None, kv_type: str | None = None,
                  prompt_cache: str | os.PathLike[str] | None = None,
-                 prompt_cache_mb: float | None = None) -> None:
+                 prompt_cache_mb: float | None = None, speculative: str | None = None,
+                 num_draft: int | None = None) -> None:
         config = config or Config.from_env()
         self.backend = pick_backend(backend or config.backend)
         self.kv_type = _kv_type(kv_type, config, self.backend)
+        self.num_draft = _speculative(speculative, num_draft, config, self.backend)
         if dtype is not None and self.backend != "mlx":
             raise ValueError("dtype chooses the MLX weights' type; the native backend runs the "
                              "file's own")
@@ -234,7 +270,7 @@ class Engine:
                                       batch_wait_ms=float(batch_wait_ms),
                                       prefix_cache=bool(prefix_cache),
                                       device="cuda" if self.backend == "cuda" else "cpu",
-                                      kv_type=self.kv_type, **disk)
+                                      kv_type=self.kv_type, num_draft=self.num_draft, **disk)
         self.load_duration = time.perf_counter_ns() - t0
         # The architecture picks the chat format and the tool-call syntax (chat.format_chat).
         self.arch: str = str(self._core.config.get("arch", "gemma3"))
@@ -271,7 +307,9 @@ class Engine:
 
         ``running``/``waiting`` sequences; ``steps``, ``step_tokens``, ``step_sequences``
         (mean batch = step_sequences / steps), ``max_step_sequences``, ``decode_tokens``,
-        ``prompt_tokens``, ``preemptions``, ``finished``, ``cancelled``, ``failed``; KV pages
+        ``prompt_tokens``, ``preemptions``, ``finished``, ``cancelled``, ``failed``;
+        speculative decoding: ``draft_steps`` (sequence steps that scored drafts), ``drafted``
+        (draft tokens scored), ``draft_accepted`` (of those, kept); KV pages
         (one layer's keys and values for ``kv_block_tokens`` positions, ``kv_page_bytes``
         each): ``kv_pages_total`` = ``kv_pages_free`` + ``kv_pages_cached`` (unreferenced,
         kept for prefix reuse, evictable) + ``kv_pages_used``; ``kv_blocks_cached``,
@@ -328,9 +366,13 @@ class Engine:
             room = (opts.num_ctx or self.n_ctx) - len(ids)
             budget = min(opts.max_tokens, room) if opts.max_tokens >= 0 else room
             constraint = self._grammars.constraint(fmt, budget)
-        keep = {"keep": True} if opts.keep and self.backend != "mlx" else {}
+        extra: dict[str, bool] = {}  # what only the native cores take
+        if opts.keep and self.backend != "mlx":
+            extra["keep"] = True
+        if not opts.speculative and self.backend != "mlx":
+            extra["speculative"] = False
         return self._core.submit(ids, opts.native(), opts.num_ctx or 0, notify,
-                                 constraint=constraint, **keep)
+                                 constraint=constraint, **extra)
 
     def stream(self, prompt_or_ids: Prompt, timeout: float | None = None,
                **options: Any) -> Iterator[Chunk]:

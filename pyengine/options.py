@@ -29,6 +29,7 @@ class GenerateOptions:
     ignore_eos: bool = False
     num_ctx: int | None = None  # positions this request may use (None: the engine's n_ctx)
     keep: bool = False  # write the prompt's KV blocks to the engine's prompt cache on disk
+    speculative: bool = True  # may draft tokens when the engine decodes speculatively
 
     @classmethod
     def from_kwargs(cls, options: Mapping[str, Any] | None = None, **kwargs: Any) -> "GenerateOptions":
@@ -85,6 +86,8 @@ class GenerateOptions:
             raise ValueError("option ignore_eos must be a bool")
         if not isinstance(self.keep, bool):
             raise ValueError("option keep must be a bool")
+        if not isinstance(self.speculative, bool):
+            raise ValueError("option speculative must be a bool")
 
     def native_seed(self) -> int:
         """The seed handed to the native sampler: the given one, or fresh randomness."""

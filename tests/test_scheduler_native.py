@@ -1,5 +1,6 @@
 """The scheduler without a model file (tests/native/scheduler_test.cc): admission, chunked
-prefill, batching, preemption and recomputation, cancellation, prefix hits and scoring, over a
+prefill, batching, preemption and recomputation, cancellation, prefix hits, scoring and draft
+tokens (written, then written over where refused), over a
 scripted stand-in for the network whose answers are right only if every KV block the scheduler
 hands it holds exactly its sequence's history. Built here with the C++ compiler the extension
 is built with."""
@@ -15,10 +16,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCES = ["tests/native/scheduler_test.cc"] + [f"csrc/{s}.cc" for s in (
-    "runtime/scheduler", "runtime/model_runner", "runtime/generation", "runtime/request",
+    "runtime/scheduler", "runtime/prompt_lookup", "runtime/model_runner", "runtime/generation", "runtime/request",
     "runtime/sampler", "runtime/tokenizer", "runtime/bpe", "runtime/vocab", "kv/kv_cache",
     "kv/disk_cache", "kv/kv_arena", "kv/prefix_cache", "core/thread_pool", "core/gguf", "core/os_memory")]
-CHECKS = 20  # lines the driver prints, one per check
+CHECKS = 22  # lines the driver prints, one per check
 
 
 def compiler() -> str:

@@ -456,7 +456,7 @@ PYBIND11_MODULE(_core, m) {
                        int max_batch, int64_t max_batch_tokens, double batch_wait_ms,
                        bool prefix_cache, const std::string& device, const std::string& kv_type,
                        const std::string& prompt_cache_dir, const std::string& model_id,
-                       int64_t prompt_cache_bytes) {
+                       int64_t prompt_cache_bytes, int num_draft, int draft_max_sequences) {
              EngineOptions o;
              o.device = device;
              o.kv_type = ParseKvType(kv_type);
@@ -470,6 +470,11 @@ PYBIND11_MODULE(_core, m) {
              o.scheduler.max_batch_tokens = max_batch_tokens;
              o.scheduler.batch_wait_us = static_cast<int64_t>(batch_wait_ms * 1000.0);
              o.scheduler.prefix_cache = prefix_cache;
+             if (num_draft < 0 || num_draft > 64 || draft_max_sequences < 0) {
+               throw EngineError("num_draft must be within [0, 64] and draft_max_sequences >= 0");
+             }
+             o.scheduler.num_draft = num_draft;
+             o.scheduler.draft_max_sequences = draft_max_sequences;
              py::gil_scoped_release nogil;
              return std::unique_ptr<Engine, DeleteWithoutGil>(new Engine(path, o));
            }),
@@ -478,7 +483,8 @@ PYBIND11_MODULE(_core, m) {
            py::arg("max_batch_tokens") = 512, py::arg("batch_wait_ms") = 0.0,
            py::arg("prefix_cache") = true, py::arg("device") = "cpu", py::arg("kv_type") = "f16",
            py::arg("prompt_cache_dir") = "", py::arg("model_id") = "",
-           py::arg("prompt_cache_bytes") = int64_t{4096} << 20)
+           py::arg("prompt_cache_bytes") = int64_t{4096} << 20, py::arg("num_draft") = 0,
+           py::arg("draft_max_sequences") = 4)
       .def_property_readonly("config", [](const Engine& e) { return ConfigDict(e.config()); })
       .def_property_readonly("n_ctx", &Engine::n_ctx)
       .def_property_readonly("n_threads", &Engine::n_threads)
@@ -504,6 +510,9 @@ PYBIND11_MODULE(_core, m) {
              d["decode_tokens"] = st.decode_tokens;
              d["prompt_tokens"] = st.prompt_tokens;
              d["preemptions"] = st.preemptions;
+             d["draft_steps"] = st.draft_steps;
+             d["drafted"] = st.drafted;
+             d["draft_accepted"] = st.draft_accepted;
              d["finished"] = st.finished;
              d["cancelled"] = st.cancelled;
              d["failed"] = st.failed;
@@ -611,12 +620,13 @@ PYBIND11_MODULE(_core, m) {
            py::arg("ids"), "Mean of the final normed hidden states of ids: float32 [n_embd].")
       .def("submit",
            [](Engine& e, const py::iterable& prompt, const GenerateOptions& gen, int64_t n_ctx,
-              bool notify, std::shared_ptr<Constraint> constraint, bool keep) {
+              bool notify, std::shared_ptr<Constraint> constraint, bool keep, bool speculative) {
              RequestOptions o;
              o.gen = gen;
              o.n_ctx = n_ctx;
              o.notify = notify;
              o.keep = keep;
+             o.speculative = speculative;
              o.constraint = std::move(constraint);
              std::vector<int32_t> ids = ToIds(prompt);
              py::gil_scoped_release nogil;
@@ -624,10 +634,11 @@ PYBIND11_MODULE(_core, m) {
            },
            py::arg("prompt"), py::arg("options"), py::arg("n_ctx") = 0,
            py::arg("notify") = false, py::arg("constraint") = nullptr, py::arg("keep") = false,
-           py::keep_alive<0, 1>(),
+           py::arg("speculative") = true, py::keep_alive<0, 1>(),
            "Queues a generation; returns its Request at once (the scheduler batches it). "
            "constraint: the grammar its output follows (a _core.Constraint), or None. keep: "
-           "the prompt's full KV blocks go to the engine's prompt cache on disk.");
+           "the prompt's full KV blocks go to the engine's prompt cache on disk. speculative: "
+           "False keeps it from drafting when the engine decodes speculatively.");
 
   py::class_<PyRequest>(m, "Request")
       .def_property_readonly("id", [](const PyRequest& r) { return r.req->id(); })

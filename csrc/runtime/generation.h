@@ -44,6 +44,10 @@ class Generation {
 
   bool done() const { return done_; }
   int64_t n_output() const { return n_output_; }
+  // Tokens the output may still take (max_tokens < 0: no bound but the context's).
+  int64_t outputs_left() const {
+    return done_ ? 0 : opts_.max_tokens < 0 ? INT64_MAX : opts_.max_tokens - n_output_;
+  }
 
  private:
   // Moves releasable text out of pending_, holding back a tail that may start a stop string.

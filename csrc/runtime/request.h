@@ -27,6 +27,7 @@ struct RequestOptions {
   bool scoring() const { return logits_all || embed; }
   bool notify = false;      // report new steps to the engine's ready list (asyncio callers)
   bool keep = false;        // write the prompt's full KV blocks to the disk cache (if any)
+  bool speculative = true;  // may bring drafts when the engine decodes speculatively
   // The grammar the output must follow (null: none); its mask applies before sampling.
   std::shared_ptr<Constraint> constraint;
 };

@@ -41,6 +41,11 @@ struct Scheduler::Sequence {
   // Logits and hidden-state rows of this step (-1: none); whether it had output before.
   int64_t row = -1, hidden_row = -1;
   bool had_output = false;
+  // Speculative decoding: the tokens proposed after the pending one, this step's input (the
+  // pending token, then them), and how many to propose next (grows while they are kept).
+  std::vector<int32_t> draft;
+  std::vector<int32_t> step_input;
+  int64_t draft_len = 0;
 
   int64_t pending() const { return static_cast<int64_t>(tokens.size()) - n_done; }
 };
@@ -71,6 +76,7 @@ std::shared_ptr<Request> Scheduler::Submit(std::vector<int32_t> prompt, const Re
   s->prompt_len = static_cast<int64_t>(s->tokens.size());
   s->counts.prompt_tokens = s->prompt_len;
   if (!opts.scoring()) s->gen = std::make_unique<Generation>(tok_, opts.gen, opts.n_ctx);
+  s->draft_len = opts_.num_draft;
   std::shared_ptr<Request> req;
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -158,13 +164,14 @@ void Scheduler::Loop() {
     stats_.max_step_sequences = std::max(stats_.max_step_sequences, stats_.last_step_sequences);
     stats_.step_sequences += stats_.last_step_sequences;
     for (const Item& it : plan_) stats_.step_tokens += it.n;
+    Settle();
     for (size_t i = 0; i < plan_.size(); ++i) {
       Sequence* s = plan_[i].s;
       if (!step_error_.empty()) {
         FailSequence(s, step_error_);
         continue;
       }
-      const int64_t n = plan_[i].n;
+      const int64_t n = kept_[i];
       s->n_done += n;
       if (s->n_done <= s->prompt_len || !s->had_output) {
         s->counts.prompt_eval_count += n;
@@ -199,14 +206,15 @@ void Scheduler::Loop() {
         continue;
       }
       if (s->row < 0) continue;
-      GenerationStep& step = sampled_[i];
       s->counts.eval_count = s->gen->n_output();
-      if (step.done) {
-        Finish(s, std::move(step));
-      } else {
+      for (GenerationStep& step : sampled_[i]) {
+        if (step.done) {
+          Finish(s, std::move(step));
+          break;
+        }
         s->req->Push(std::move(step));
-        Notify(s);
       }
+      if (!s->finished) Notify(s);
     }
     step_error_.clear();
     RemoveFinished();
@@ -291,11 +299,25 @@ bool Scheduler::AwaitsRunningPrefix(const Sequence& s) const {
 bool Scheduler::Plan() {
   plan_.clear();
   int64_t budget = opts_.max_batch_tokens;
-  // Decoding sequences first: one token each keeps every stream moving.
+  int64_t decoding = 0;
+  bool prompts = false;
+  for (const auto& s : running_) {
+    if (s->pending() == 1 && !s->opts.scoring()) {
+      ++decoding;
+    } else if (s->pending() > 0) {
+      prompts = true;
+    }
+  }
+  // Drafts while the step is small: with many sequences (or a prompt to compute) the step
+  // already uses the weights it reads, and draft rows would only take its compute.
+  const bool speculate = opts_.num_draft > 0 && !prompts && decoding <= opts_.draft_max_sequences;
+  // Decoding sequences first: one token each (and its draft) keeps every stream moving.
   for (auto& s : running_) {
     if (s->pending() == 1 && !s->opts.scoring()) {
-      plan_.push_back({s.get(), 1, true});
-      --budget;
+      --decoding;  // now: those still to plan, one token each
+      const int64_t draft = speculate ? Draft(*s, budget - 1 - decoding) : 0;
+      plan_.push_back({s.get(), 1 + draft, true, draft});
+      budget -= 1 + draft;
     }
   }
   // Then prompt chunks, oldest sequence first.
@@ -312,14 +334,63 @@ bool Scheduler::Plan() {
   return !plan_.empty();
 }
 
+int64_t Scheduler::Draft(Sequence& s, int64_t room) {
+  s.draft.clear();
+  if (!s.gen || !s.opts.speculative || s.gen->n_output() == 0) return 0;
+  // Never a position past the context, nor more tokens than the output may still take (the
+  // step samples one more than it drafts).
+  const int64_t positions_left = s.opts.n_ctx - static_cast<int64_t>(s.tokens.size());
+  const int64_t limit =
+      std::min({room, s.draft_len, positions_left, s.gen->outputs_left() - 1});
+  if (PromptLookup(s.tokens, limit, opts_.lookup, &s.draft) == 0) return 0;
+  s.step_input.assign(1, s.tokens.back());
+  s.step_input.insert(s.step_input.end(), s.draft.begin(), s.draft.end());
+  return static_cast<int64_t>(s.draft.size());
+}
+
+void Scheduler::Settle() {
+  // A drafted item keeps the positions whose input agreed with what sampling chose: the
+  // pending token and the drafts before the first disagreement. Later positions hold keys and
+  // values of rejected tokens; nothing reads them before the next steps write over them.
+  kept_.assign(plan_.size(), 0);
+  for (size_t i = 0; i < plan_.size(); ++i) {
+    const Item& it = plan_[i];
+    Sequence* s = it.s;
+    kept_[i] = it.n;
+    if (it.draft == 0 || !step_error_.empty()) continue;  // a failed step fails its sequences
+    const std::vector<GenerationStep>& steps = sampled_[i];
+    int64_t agreed = 0;
+    while (agreed < static_cast<int64_t>(steps.size()) && agreed < it.draft &&
+           steps[static_cast<size_t>(agreed)].token == s->draft[static_cast<size_t>(agreed)]) {
+      ++agreed;
+    }
+    // Sampling stops at the first disagreement: the steps are the agreed tokens and one more.
+    kept_[i] = item_error_[i].empty() && !steps.empty() ? static_cast<int64_t>(steps.size()) : 1;
+    ++stats_.draft_steps;
+    stats_.drafted += it.draft;
+    stats_.draft_accepted += agreed;
+    // Longer drafts while they are kept whole, back to what was kept after a miss.
+    s->draft_len = agreed == it.draft ? std::min<int64_t>(opts_.num_draft, 2 * it.draft) : agreed + 1;
+  }
+}
+
 void Scheduler::Reserve() {
   // Oldest first, so that when memory runs short the newest sequences give way.
   for (size_t r = 0; r < running_.size(); ++r) {
     Sequence* s = running_[r].get();
     auto item = std::find_if(plan_.begin(), plan_.end(), [&](const Item& it) { return it.s == s; });
     if (item == plan_.end()) continue;
-    const int64_t end = s->n_done + item->n;
+    int64_t end = s->n_done + item->n;
+    bool drafted = item->draft > 0;  // checked before any Preempt() moves plan_'s items
     while (!kv_.Grow(s->table, end)) {
+      if (drafted) {
+        // Drafts never cost another sequence its place: without them first.
+        item->n -= item->draft;
+        item->draft = 0;
+        end = s->n_done + item->n;
+        drafted = false;
+        continue;
+      }
       Sequence* newest = running_.back().get();
       if (newest != s) {
         // A sequence that computed nothing since admission is only put back in line.
@@ -370,12 +441,12 @@ void Scheduler::Run() {
     const Item& it = plan_[i];
     Sequence* s = it.s;
     StepRun& r = runs_[i];
-    r.tokens = s->tokens.data() + s->n_done;
+    r.tokens = it.draft > 0 ? s->step_input.data() : s->tokens.data() + s->n_done;
     r.pos = s->n_done;
     r.n = it.n;
     r.view = kv_.View(s->table);
     r.logits = it.logits;
-    r.every_logit = s->opts.logits_all;
+    r.every_logit = s->opts.logits_all || it.draft > 0;
     r.hidden = s->opts.embed;
     const bool constrained = it.logits && !s->opts.scoring() && s->opts.constraint;
     // A constrained row samples from masked logits: the model's argmax would ignore the mask.
@@ -423,25 +494,32 @@ void Scheduler::Run() {
 }
 
 void Scheduler::Sample(const StepOutput& out) {
-  // Generating sequences sample their row, in parallel. A row's token comes from the model's
+  // Generating sequences sample their rows, in parallel. A row's token comes from the model's
   // argmax when it brought one back, else from the sequence's own sampler over the logits,
-  // masked first by the row's grammar when it has one.
-  const int64_t n_vocab = model_.config().n_vocab;
-  sampled_.assign(plan_.size(), GenerationStep{});
+  // masked first by the row's grammar when it has one. A drafted sequence samples its rows in
+  // order while the tokens agree with its draft: with a draft that is one fixed guess, this
+  // is speculative sampling's acceptance rule (keep the guess with the probability the
+  // sampler gives it, else draw from the rest), so the output follows the same distribution.
+  sampled_.assign(plan_.size(), {});
   std::vector<int64_t> mask_of(plan_.size(), -1);  // [items] row of masks_, or -1
   for (size_t k = 0; k < constrained_.size(); ++k) mask_of[constrained_[k]] = static_cast<int64_t>(k);
+  const int64_t n_vocab = model_.config().n_vocab;
   ParallelRanges(runner_.pool(), static_cast<int64_t>(plan_.size()), 1, [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) {
       Sequence* s = plan_[i].s;
       if (s->opts.scoring() || s->row < 0 || !item_error_[i].empty()) continue;
-      float* logits = out.logits + s->row * n_vocab;
-      if (mask_of[i] >= 0 && !ApplyMask(static_cast<size_t>(mask_of[i]), logits, n_vocab)) {
+      if (mask_of[i] < 0) {
+        Verify(static_cast<size_t>(i), out, 0);
+        continue;
+      }
+      // A constrained row: its first row's mask came with the forward pass; the grammar
+      // advances below, for all such rows in one call, before any further row is sampled.
+      const uint32_t* mask = masks_.data() + static_cast<size_t>(mask_of[i]) * mask_words_;
+      if (!ApplyMask(mask, out.logits + s->row * n_vocab, n_vocab)) {
         item_error_[i] = "the output's grammar allows no token here";
         continue;
       }
-      // The sequence's tokens grow by the sampled one; its KV is computed next step.
-      sampled_[i] = out.argmax ? s->gen->AcceptToken(out.argmax[s->row], s->tokens)
-                               : s->gen->Accept(logits, n_vocab, s->tokens);
+      sampled_[i].push_back(SampleRow(static_cast<size_t>(i), out, 0));
     }
   });
   // Each grammar advances by its row's token (one call for all, as the masks).
@@ -449,9 +527,9 @@ void Scheduler::Sample(const StepOutput& out) {
   std::vector<int32_t> tokens;
   std::vector<size_t> items;
   for (size_t i : constrained_) {
-    if (!item_error_[i].empty() || sampled_[i].token < 0) continue;
+    if (!item_error_[i].empty() || sampled_[i].empty() || sampled_[i][0].token < 0) continue;
     rows.push_back(plan_[i].s->opts.constraint.get());
-    tokens.push_back(sampled_[i].token);
+    tokens.push_back(sampled_[i][0].token);
     items.push_back(i);
   }
   if (rows.empty()) return;
@@ -463,6 +541,63 @@ void Scheduler::Sample(const StepOutput& out) {
   } catch (const std::exception& e) {
     for (size_t i : items) item_error_[i] = std::string("the output's grammar failed: ") + e.what();
   }
+  // Drafted constrained rows whose first token agreed go on one row at a time: each further
+  // row's mask follows the token before it (a draft token the grammar refuses is never kept).
+  for (size_t i : items) {
+    const Item& it = plan_[i];
+    const GenerationStep& first = sampled_[i][0];
+    if (it.draft > 0 && item_error_[i].empty() && !first.done && first.token == it.s->draft[0]) {
+      Verify(i, out, 1);
+    }
+  }
+}
+
+void Scheduler::Verify(size_t i, const StepOutput& out, size_t j0) {
+  Sequence* s = plan_[i].s;
+  const size_t n_draft = static_cast<size_t>(plan_[i].draft);
+  Constraint* grammar = j0 > 0 ? s->opts.constraint.get() : nullptr;  // see Sample
+  const int64_t n_vocab = model_.config().n_vocab;
+  std::vector<uint32_t> mask;
+  for (size_t j = j0;; ++j) {
+    if (grammar) {
+      mask.assign(static_cast<size_t>(mask_words_), 0u);
+      try {
+        grammar->solver()->FillMasks({grammar}, mask.data(), mask_words_);
+      } catch (const std::exception& e) {
+        item_error_[i] = std::string("the output's grammar failed: ") + e.what();
+        return;
+      }
+      if (!ApplyMask(mask.data(), out.logits + (s->row + static_cast<int64_t>(j)) * n_vocab, n_vocab)) {
+        item_error_[i] = "the output's grammar allows no token here";
+        return;
+      }
+    }
+    GenerationStep step = SampleRow(i, out, j);
+    if (grammar && step.token >= 0) {
+      std::vector<std::string> errors;
+      try {
+        errors = grammar->solver()->Advance({grammar}, {step.token});
+      } catch (const std::exception& e) {
+        errors = {std::string("failed: ") + e.what()};
+      }
+      if (!errors.empty() && !errors[0].empty()) {
+        item_error_[i] = "the output's grammar: " + errors[0];
+        return;
+      }
+    }
+    const bool agrees = j < n_draft && step.token == s->draft[j];
+    const bool done = step.done;
+    sampled_[i].push_back(std::move(step));
+    if (done || !agrees) return;
+  }
+}
+
+GenerationStep Scheduler::SampleRow(size_t i, const StepOutput& out, size_t j) {
+  // The sequence's tokens grow by the sampled one; its KV is computed next step.
+  Sequence* s = plan_[i].s;
+  const int64_t row = s->row + static_cast<int64_t>(j), n_vocab = model_.config().n_vocab;
+  return out.argmax ? s->gen->AcceptToken(out.argmax[row], s->tokens)
+                    : s->gen->Accept(out.logits + row * n_vocab, n_vocab, s->tokens);
 }
 
 void Scheduler::FillMasks() {
@@ -478,10 +613,9 @@ void Scheduler::FillMasks() {
   }
 }
 
-bool Scheduler::ApplyMask(size_t k, float* logits, int64_t n_vocab) const {
+bool Scheduler::ApplyMask(const uint32_t* m, float* logits, int64_t n_vocab) {
   // Word by word: a grammar's mask is mostly whole words of refused (or, inside a string,
   // allowed) tokens.
-  const uint32_t* m = masks_.data() + k * static_cast<size_t>(mask_words_);
   constexpr float kRefused = -std::numeric_limits<float>::infinity();
   bool any = false;
   for (int64_t w = 0; w * 32 < n_vocab; ++w) {

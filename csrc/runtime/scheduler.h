@@ -20,6 +20,7 @@
 #include "core/thread_pool.h"
 #include "model/model.h"
 #include "runtime/model_runner.h"
+#include "runtime/prompt_lookup.h"
 #include "runtime/request.h"
 #include "runtime/tokenizer.h"
 
@@ -30,6 +31,14 @@ struct SchedulerOptions {
   int64_t max_batch_tokens = 512;  // tokens in one step: decode tokens plus prompt chunks
   int64_t batch_wait_us = 0;       // an idle engine waits this long for more requests to join
   bool prefix_cache = true;        // share cached prompt prefixes across requests
+  // Speculative decoding by prompt lookup: a decoding sequence may bring up to num_draft
+  // tokens that followed an earlier occurrence of its last tokens (PromptLookup), scored in
+  // the same step and kept as far as sampling agrees with them. 0: off.
+  int num_draft = 0;
+  // Drafts cost compute that a busy step's other sequences would use: they are proposed only
+  // while a step decodes at most this many sequences and no prompt waits for its chunk.
+  int draft_max_sequences = 4;
+  PromptLookupOptions lookup;
 };
 
 struct SchedulerStats {
@@ -40,6 +49,8 @@ struct SchedulerStats {
   int64_t max_step_sequences = 0, last_step_sequences = 0;
   int64_t decode_tokens = 0, prompt_tokens = 0;
   int64_t preemptions = 0;
+  int64_t draft_steps = 0;                  // sequence steps that scored drafts
+  int64_t drafted = 0, draft_accepted = 0;  // draft tokens scored, and kept
   int64_t finished = 0, cancelled = 0, failed = 0;
 };
 
@@ -72,6 +83,7 @@ class Scheduler {
     Sequence* s;
     int64_t n;    // tokens this step
     bool logits;  // this step's last token (every token when scoring) gets logits
+    int64_t draft = 0;  // of the n tokens, draft tokens after the pending one (all get logits)
   };
 
   void Loop();
@@ -80,15 +92,23 @@ class Scheduler {
   // what s attached from the prefix cache (s then waits a step instead of computing them too).
   bool AwaitsRunningPrefix(const Sequence& s) const;
   bool Plan();
+  // Proposes s's draft for a step with `room` tokens to spare (none when s may not draft).
+  int64_t Draft(Sequence& s, int64_t room);
   void Reserve();
   void Preempt(Sequence* s, bool counted);
+  // After sampling: the positions each item keeps (kept_), the draft counters and lengths.
+  void Settle();
   void Run();  // the step on the runner, then sampling; without the lock
   void Sample(const StepOutput& out);  // the sampling stage: each generating row's next token
+  // Samples item i's logits rows from row j on, while they agree with its draft (one row when
+  // it has none): the steps into sampled_[i]. A constrained item's grammar advances here.
+  void Verify(size_t i, const StepOutput& out, size_t j);
+  GenerationStep SampleRow(size_t i, const StepOutput& out, size_t j);
   // The allowed tokens of the step's constrained rows (constrained_), into masks_; run while
   // the forward pass runs. A solver's failure fails its rows (item_error_).
   void FillMasks();
-  // Masks row logits [n_vocab] with constrained row k's mask; false when it allows no token.
-  bool ApplyMask(size_t k, float* logits, int64_t n_vocab) const;
+  // Masks row logits [n_vocab] with mask [words]; false when it allows no token.
+  static bool ApplyMask(const uint32_t* mask, float* logits, int64_t n_vocab);
   void Finish(Sequence* s, GenerationStep step);
   void FailSequence(Sequence* s, const std::string& error);
   void DropCancelled();
@@ -114,7 +134,8 @@ class Scheduler {
   // forward pass and sampling run without the lock).
   std::vector<Item> plan_;
   std::vector<StepRun> runs_;                 // [items] the plan as the runner takes it
-  std::vector<GenerationStep> sampled_;       // [items] step each sampling item produced
+  std::vector<std::vector<GenerationStep>> sampled_;  // [items][steps] what sampling produced
+  std::vector<int64_t> kept_;                 // [items] positions computed that stay valid
   std::vector<std::string> item_error_;       // [items] why an item's sequence fails, or ""
   std::vector<size_t> constrained_;           // items that sample under a grammar this step
   std::vector<uint32_t> masks_;               // [constrained_, words] their allowed tokens

@@ -39,6 +39,8 @@ from typing import Any, Mapping
 STRATEGIES = ("local-first", "local-only")
 BACKENDS = ("auto", "native", "cuda", "mlx")
 KV_CACHE_TYPES = ("f16", "q8_0", "q4_0")
+# Speculative decoding: drafts looked up in the sequence's own tokens, or none.
+SPECULATIVE = ("ngram", "off")
 
 
 class ConfigError(ValueError):
@@ -130,6 +132,8 @@ class Config:
     # PYENGINE_PROMPT_CACHE, PYENGINE_PROMPT_CACHE_MB: the prompt cache on disk (None: none).
     prompt_cache: str | None = None
     prompt_cache_mb: float = 4096.0
+    # PYENGINE_SPECULATIVE: ngram (prompt-lookup drafts, the default) or off.
+    speculative: str = "ngram"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Config":
@@ -161,7 +165,8 @@ class Config:
                    "PYENGINE_BACKEND": ("backend", BACKENDS),
                    "OLLAMA_KV_CACHE_TYPE": ("kv_cache_type", KV_CACHE_TYPES),
                    # After Ollama's: pyengine's own name wins where both are set.
-                   "PYENGINE_KV_CACHE_TYPE": ("kv_cache_type", KV_CACHE_TYPES)}
+                   "PYENGINE_KV_CACHE_TYPE": ("kv_cache_type", KV_CACHE_TYPES),
+                   "PYENGINE_SPECULATIVE": ("speculative", SPECULATIVE)}
         for var, (attr, allowed) in choices.items():
             if (raw := get(var)) is not None:
                 choice = raw.strip().lower()
