@@ -311,13 +311,15 @@ bool Scheduler::Plan() {
   // Drafts while the step is small: with many sequences (or a prompt to compute) the step
   // already uses the weights it reads, and draft rows would only take its compute.
   const bool speculate = opts_.num_draft > 0 && !prompts && decoding <= opts_.draft_max_sequences;
+  int64_t draft_room = std::min(opts_.draft_step_tokens, budget) - decoding;  // drafts in all
+  const int64_t share = decoding > 0 ? (draft_room + decoding - 1) / decoding : 0;  // each
   // Decoding sequences first: one token each (and its draft) keeps every stream moving.
   for (auto& s : running_) {
     if (s->pending() == 1 && !s->opts.scoring()) {
-      --decoding;  // now: those still to plan, one token each
-      const int64_t draft = speculate ? Draft(*s, budget - 1 - decoding) : 0;
+      const int64_t draft = speculate && draft_room > 0 ? Draft(*s, std::min(share, draft_room)) : 0;
       plan_.push_back({s.get(), 1 + draft, true, draft});
       budget -= 1 + draft;
+      draft_room -= draft;
     }
   }
   // Then prompt chunks, oldest sequence first.

@@ -38,6 +38,9 @@ struct SchedulerOptions {
   // Drafts cost compute that a busy step's other sequences would use: they are proposed only
   // while a step decodes at most this many sequences and no prompt waits for its chunk.
   int draft_max_sequences = 4;
+  // ... and a step with drafts computes at most this many tokens: each draft row costs the
+  // whole network's compute, which a step of several sequences no longer has to spare.
+  int64_t draft_step_tokens = 16;
   PromptLookupOptions lookup;
 };
 
