@@ -15,7 +15,7 @@ from typing import Any, Sequence
 
 from pyengine import __version__, _core
 from pyengine.chat import native_tools
-from pyengine.gateway.config import BACKENDS, KV_CACHE_TYPES, SPECULATIVE, Config
+from pyengine.gateway.config import BACKENDS, KV_CACHE_TYPES, Config
 from pyengine.engine import Engine
 from pyengine.errors import PyEngineError
 from pyengine.gguf_facts import file_type_name
@@ -527,11 +527,12 @@ def _backend_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _speculative_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--speculative", choices=SPECULATIVE, default=None,
+    p.add_argument("--speculative", metavar="ngram|off|MODEL", default=None,
                    help="ngram: decoding sequences draft the tokens that followed their last "
                         "tokens earlier in the prompt or output, checked in the same step (same "
-                        "output, sooner where it copies); off: one token a step; default: "
-                        "PYENGINE_SPECULATIVE, else ngram")
+                        "output, sooner where it copies); MODEL: a smaller model of the same "
+                        "vocabulary drafts its greedy continuation; off: one token a step; "
+                        "default: PYENGINE_SPECULATIVE, else ngram")
     p.add_argument("--num-draft", type=int, default=None, metavar="N",
                    help="most draft tokens a sequence brings to a step (default 8)")
 

@@ -117,25 +117,31 @@ class _Stream:
 DEFAULT_NUM_DRAFT = 8
 
 
-def _speculative(asked: str | None, num_draft: int | None, config: Config,
-                 backend: str) -> int:
-    """The draft tokens per step the core may propose (0: no speculative decoding)."""
+def _speculative(asked: str | os.PathLike[str] | None, num_draft: int | None, config: Config,
+                 backend: str) -> tuple[int, Path | None]:
+    """The draft tokens per step the core may propose (0: no speculative decoding), and the
+    draft model's file (None: drafts from prompt lookup)."""
     mode = config.speculative if asked is None else asked
-    if mode not in SPECULATIVE:
-        raise ValueError(f"speculative must be 'ngram' (drafts from the sequence's own tokens) "
-                         f"or 'off', got {mode!r}; drafts from a smaller model are not "
-                         f"implemented yet")
+    if isinstance(mode, os.PathLike):
+        mode = os.fspath(mode)
+    if not isinstance(mode, str) or not mode:
+        raise ValueError(f"speculative must be 'ngram', 'off' or a draft model, got {mode!r}")
     if num_draft is not None and (isinstance(num_draft, bool) or not isinstance(num_draft, int)
                                   or not 1 <= num_draft <= 64):
         raise ValueError(f"num_draft must be an integer within [1, 64], got {num_draft!r}")
     if mode == "off":
-        return 0
+        return 0, None
     if backend == "mlx":
         if asked is not None:
             raise ValueError("speculative decoding runs on the native backends (CPU, CUDA); "
                              "the MLX backend decodes one token per step")
-        return 0
-    return num_draft or DEFAULT_NUM_DRAFT
+        return 0, None
+    draft = None
+    if mode not in SPECULATIVE:
+        if backend != "native":
+            raise ValueError("a draft model runs with the native CPU backend only")
+        draft = resolve_model_path(mode)  # a GGUF path or a store name, as `model` is
+    return num_draft or DEFAULT_NUM_DRAFT, draft
 
 
 def _kv_type(asked: str | None, config: Config, backend: str) -> str:
@@ -196,9 +202,12 @@ class Engine:
     the latest earlier occurrence of its last 2 to 4 tokens in its own prompt and output. The
     model scores them in the same step and the sequence keeps them as long as sampling agrees,
     so the output is the one decoding without drafts gives (greedy, and seeded sampling),
-    only sooner where the output copies. Drafts are proposed while a step decodes at most 4
-    sequences and no prompt is computing; ``"off"`` never; a request's ``speculative=False``
-    opts out. ``stats()``: ``drafted``, ``draft_accepted``, ``draft_steps``.
+    only sooner where the output copies. A model file or store name instead (the same
+    vocabulary, e.g. ``gemma3:270m`` for a larger Gemma 3) drafts that model's greedy
+    continuation, its keys and values in a quarter of ``kv_cache_mb`` more memory (native CPU
+    backend). Drafts are proposed while a step decodes at most 4 sequences and no prompt is
+    computing; ``"off"`` never; a request's ``speculative=False`` opts out. ``stats()``:
+    ``drafted``, ``draft_accepted``, ``draft_steps``, ``draft_failures``.
     """
 
     def __init__(self, model: str | os.PathLike[str], n_threads: int | None = None,
@@ -213,7 +222,8 @@ class Engine:
         config = config or Config.from_env()
         self.backend = pick_backend(backend or config.backend)
         self.kv_type = _kv_type(kv_type, config, self.backend)
-        self.num_draft = _speculative(speculative, num_draft, config, self.backend)
+        self.num_draft, self.draft_model = _speculative(speculative, num_draft, config,
+                                                        self.backend)
         if dtype is not None and self.backend != "mlx":
             raise ValueError("dtype chooses the MLX weights' type; the native backend runs the "
                              "file's own")
@@ -270,7 +280,8 @@ class Engine:
                                       batch_wait_ms=float(batch_wait_ms),
                                       prefix_cache=bool(prefix_cache),
                                       device="cuda" if self.backend == "cuda" else "cpu",
-                                      kv_type=self.kv_type, num_draft=self.num_draft, **disk)
+                                      kv_type=self.kv_type, num_draft=self.num_draft,
+                                      draft_model=str(self.draft_model or ""), **disk)
         self.load_duration = time.perf_counter_ns() - t0
         # The architecture picks the chat format and the tool-call syntax (chat.format_chat).
         self.arch: str = str(self._core.config.get("arch", "gemma3"))

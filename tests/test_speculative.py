@@ -1,10 +1,12 @@
-"""Speculative decoding by prompt lookup: the same output as decoding without drafts (greedy and
-seeded sampling; alone, batched, across preemption, prefix hits, sliding windows, stop strings,
-limits and grammars), the target distribution kept (a chi-square test), and the controls.
+"""Speculative decoding, by prompt lookup and by a draft model: the same output as decoding
+without drafts (greedy and seeded sampling; alone, batched, across preemption, prefix hits,
+sliding windows, stop strings, limits and grammars), the target distribution kept (a chi-square
+test), and the controls.
 
 Without drafts each step computes one token per sequence; with them a step also scores the
-tokens that followed the sequence's last few tokens earlier on, and keeps those sampling agrees
-with. The step counts below show the drafts at work without timing anything.
+draft tokens (those that followed the sequence's last few tokens earlier on, or a smaller
+model's greedy continuation), and keeps those sampling agrees with. The step counts below show
+the drafts at work without timing anything.
 """
 
 from __future__ import annotations
@@ -14,8 +16,8 @@ import pytest
 from support import assert_all_pages_back, run_concurrently
 from test_batching import SMALL_CACHE_MB
 
-from pyengine import Engine
-from pyengine.gateway.config import Config, ConfigError
+from pyengine import Engine, ModelError
+from pyengine.gateway.config import Config
 
 PRESETS = [("tiny", "q8_0"), ("tiny", "f32"), ("tiny-3n", "q8_0"), ("tiny-4", "q8_0"),
            ("tiny-4-moe", "q8_0")]
@@ -241,14 +243,66 @@ def test_requests_and_engines_opt_out(make_model, monkeypatch):
         assert eng.num_draft == 0
         eng.generate(p, max_tokens=48, temperature=0, ignore_eos=True)
         assert eng.stats()["drafted"] == 0
-    monkeypatch.setenv("PYENGINE_SPECULATIVE", "sometimes")
-    with pytest.raises(ConfigError, match="PYENGINE_SPECULATIVE"):
-        Config.from_env()
+    monkeypatch.setenv("PYENGINE_SPECULATIVE", " NGram ")
+    assert Config.from_env().speculative == "ngram"
+    monkeypatch.setenv("PYENGINE_SPECULATIVE", "no-such-model:1b")
+    with pytest.raises(Exception, match="no-such-model"):
+        Engine(path)
     monkeypatch.delenv("PYENGINE_SPECULATIVE")
-    with pytest.raises(ValueError, match="smaller model are not implemented"):
-        Engine(path, speculative="gemma3:270m")
     for bad in (0, 65, 2.5, True):
         with pytest.raises(ValueError, match="num_draft"):
             Engine(path, num_draft=bad)
     with Engine(path, n_ctx=512) as eng, pytest.raises(ValueError, match="speculative"):
         eng.generate(p, max_tokens=4, speculative="no")
+
+
+# ------------------------------------------------------------------ drafts from a draft model
+# The tiny Q8_0 model drafted by its own F32 weights: a draft model that mostly agrees, as a
+# small model drafting for a larger one of the same family would; the tiny Gemma 3n model
+# drafted by it: one whose drafts are all but always refused.
+
+
+@pytest.mark.parametrize("target", ["tiny", "tiny-3n"])
+def test_draft_model_greedy_output_is_the_same(make_model, target):
+    path, draft = make_model(target, "q8_0"), make_model("tiny", "f32")
+    rng = np.random.default_rng(8)
+    ps = copy_prompts(2, seed=8) + [[2] + rng.integers(300, 3000, 50).tolist() for _ in range(3)]
+    plain, st0 = greedy(path, ps, speculative="off")
+    with Engine(path, n_ctx=512, n_threads=2, speculative=draft) as eng:
+        assert eng.draft_model == draft
+        assert [eng.generate(p, max_tokens=64, temperature=0, ignore_eos=True).tokens
+                for p in ps] == plain
+        st = assert_all_pages_back(eng)
+        # Batched, and again with the second half from the prefix cache.
+        assert run_concurrently(eng, ps[:4], 64) == plain[:4]
+        assert_all_pages_back(eng)
+    assert st["draft_failures"] == 0 and st["drafted"] > 0
+    assert st["steps"] == st0["steps"] - st["draft_accepted"]
+    if target == "tiny":
+        assert st["draft_accepted"] >= 0.5 * st["drafted"]
+    else:  # another model's weights: nearly every draft refused, and written over
+        assert st["draft_accepted"] < 0.2 * st["drafted"]
+
+
+def test_draft_model_under_preemption_and_sampling(make_model):
+    path, draft = make_model("tiny", "q8_0"), make_model("tiny", "f32")
+    ps = [copy_prompts(1, seed=30 + i, segment=n)[0] for i, n in enumerate([20, 28, 36, 16, 44, 12])]
+    plain, _ = greedy(path, ps, max_tokens=96, speculative="off")
+    with Engine(path, n_ctx=512, n_threads=2, kv_cache_mb=SMALL_CACHE_MB["tiny"],
+                max_batch_tokens=64, speculative=draft) as eng:
+        assert run_concurrently(eng, ps, 96) == plain
+        st = assert_all_pages_back(eng)
+        assert st["preemptions"] > 0 and st["draft_accepted"] > 0
+    kw = dict(max_tokens=48, temperature=0.8, top_k=20, top_p=0.95, ignore_eos=True)
+    outs = {}
+    for spec in ("off", draft):
+        with Engine(path, n_ctx=512, n_threads=2, speculative=spec) as eng:
+            outs[spec] = [eng.generate(p, seed=3 + i, **kw).tokens for i, p in enumerate(ps[:3])]
+            st = eng.stats()
+    assert outs[draft] == outs["off"] and st["draft_accepted"] > 0
+
+
+def test_a_draft_model_of_another_vocabulary_is_refused(make_model):
+    # Gemma 4's byte-pair vocabulary is not Gemma 3's: its ids would name other text.
+    with pytest.raises(ModelError, match="vocabulary differs"):
+        Engine(make_model("tiny", "q8_0"), speculative=make_model("tiny-4", "q8_0"))

@@ -456,7 +456,8 @@ PYBIND11_MODULE(_core, m) {
                        int max_batch, int64_t max_batch_tokens, double batch_wait_ms,
                        bool prefix_cache, const std::string& device, const std::string& kv_type,
                        const std::string& prompt_cache_dir, const std::string& model_id,
-                       int64_t prompt_cache_bytes, int num_draft, int draft_max_sequences) {
+                       int64_t prompt_cache_bytes, int num_draft, int draft_max_sequences,
+                       const std::string& draft_model) {
              EngineOptions o;
              o.device = device;
              o.kv_type = ParseKvType(kv_type);
@@ -475,6 +476,7 @@ PYBIND11_MODULE(_core, m) {
              }
              o.scheduler.num_draft = num_draft;
              o.scheduler.draft_max_sequences = draft_max_sequences;
+             o.draft_path = draft_model;
              py::gil_scoped_release nogil;
              return std::unique_ptr<Engine, DeleteWithoutGil>(new Engine(path, o));
            }),
@@ -484,7 +486,7 @@ PYBIND11_MODULE(_core, m) {
            py::arg("prefix_cache") = true, py::arg("device") = "cpu", py::arg("kv_type") = "f16",
            py::arg("prompt_cache_dir") = "", py::arg("model_id") = "",
            py::arg("prompt_cache_bytes") = int64_t{4096} << 20, py::arg("num_draft") = 0,
-           py::arg("draft_max_sequences") = 4)
+           py::arg("draft_max_sequences") = 4, py::arg("draft_model") = "")
       .def_property_readonly("config", [](const Engine& e) { return ConfigDict(e.config()); })
       .def_property_readonly("n_ctx", &Engine::n_ctx)
       .def_property_readonly("n_threads", &Engine::n_threads)
@@ -513,6 +515,7 @@ PYBIND11_MODULE(_core, m) {
              d["draft_steps"] = st.draft_steps;
              d["drafted"] = st.drafted;
              d["draft_accepted"] = st.draft_accepted;
+             d["draft_failures"] = st.draft_failures;
              d["finished"] = st.finished;
              d["cancelled"] = st.cancelled;
              d["failed"] = st.failed;

@@ -50,7 +50,13 @@ Engine::Engine(const std::string& path, const EngineOptions& opts)
     d.budget_bytes = opts.prompt_cache_bytes;
     kv_->EnableDisk(d);
   }
-  scheduler_ = std::make_shared<Scheduler>(*model_, *kv_, *tok_, pool_, opts.scheduler);
+  if (!opts.draft_path.empty()) {
+    if (opts.device != "cpu") throw EngineError("a draft model runs with the CPU backend only");
+    const int64_t bytes = opts.draft_kv_bytes > 0 ? opts.draft_kv_bytes : opts.kv_cache_bytes / 4;
+    draft_ = std::make_unique<DraftModel>(opts.draft_path, *tok_, pool_, opts.kv_type, bytes,
+                                          opts.scheduler.max_batch_tokens);
+  }
+  scheduler_ = std::make_shared<Scheduler>(*model_, *kv_, *tok_, pool_, opts.scheduler, draft_.get());
 }
 
 Engine::~Engine() { Close(); }

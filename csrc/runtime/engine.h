@@ -13,6 +13,7 @@
 #include "kv/kv_cache.h"
 #include "model/model.h"
 #include "runtime/request.h"
+#include "runtime/draft_model.h"
 #include "runtime/scheduler.h"
 #include "core/thread_pool.h"
 #include "runtime/tokenizer.h"
@@ -30,6 +31,10 @@ struct EngineOptions {
   std::string model_id;
   int64_t prompt_cache_bytes = int64_t{4096} << 20;
   std::string device = "cpu";  // "cpu", or "cuda": the forward pass on the CUDA device
+  // Speculative decoding's draft model (empty: none, drafts come from prompt lookup): a file
+  // of the same vocabulary, on the CPU, its keys and values in draft_kv_bytes more memory.
+  std::string draft_path;
+  int64_t draft_kv_bytes = 0;  // 0: a quarter of kv_cache_bytes
   SchedulerOptions scheduler;
 };
 
@@ -78,6 +83,7 @@ class Engine {
   std::unique_ptr<Model> model_;
   int64_t n_ctx_;
   std::unique_ptr<KvCache> kv_;
+  std::unique_ptr<DraftModel> draft_;     // before the scheduler, which uses it
   mutable std::mutex mu_;                 // guards scheduler_ (Close may reset it)
   std::shared_ptr<Scheduler> scheduler_;  // last: its thread uses everything above
 };

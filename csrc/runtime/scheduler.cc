@@ -46,13 +46,14 @@ struct Scheduler::Sequence {
   std::vector<int32_t> draft;
   std::vector<int32_t> step_input;
   int64_t draft_len = 0;
+  DraftState dstate;  // what the draft model holds of this sequence (when there is one)
 
   int64_t pending() const { return static_cast<int64_t>(tokens.size()) - n_done; }
 };
 
 Scheduler::Scheduler(const Model& model, KvCache& kv, const Tokenizer& tok, ThreadPool& pool,
-                     const SchedulerOptions& opts)
-    : model_(model), kv_(kv), tok_(tok), runner_(model, pool), opts_(opts) {
+                     const SchedulerOptions& opts, Drafter* draft)
+    : model_(model), kv_(kv), tok_(tok), runner_(model, pool), opts_(opts), draft_(draft) {
   if (opts_.max_batch < 1 || opts_.max_batch_tokens < opts_.max_batch) {
     throw EngineError("max_batch must be >= 1 and max_batch_tokens >= max_batch");
   }
@@ -225,7 +226,7 @@ void Scheduler::Loop() {
     q->clear();
   }
   for (auto& s : running_) {
-    kv_.Release(s->table);
+    ReleaseKv(s.get());
     s->req->Fail("the engine was closed");
   }
   running_.clear();
@@ -238,7 +239,7 @@ void Scheduler::DropCancelled() {
       ++it;
       continue;
     }
-    kv_.Release(s->table);
+    ReleaseKv(s);
     s->req->SetCounts(s->counts);
     s->req->Push(s->gen ? s->gen->Finish("cancel", true) : DoneStep("cancel"));
     Notify(s);
@@ -344,10 +345,42 @@ int64_t Scheduler::Draft(Sequence& s, int64_t room) {
   const int64_t positions_left = s.opts.n_ctx - static_cast<int64_t>(s.tokens.size());
   const int64_t limit =
       std::min({room, s.draft_len, positions_left, s.gen->outputs_left() - 1});
+  if (limit <= 0) return 0;
+  if (draft_) return limit;  // the draft model proposes them in Run(), outside the lock
   if (PromptLookup(s.tokens, limit, opts_.lookup, &s.draft) == 0) return 0;
   s.step_input.assign(1, s.tokens.back());
   s.step_input.insert(s.step_input.end(), s.draft.begin(), s.draft.end());
   return static_cast<int64_t>(s.draft.size());
+}
+
+void Scheduler::ProposeDrafts() {
+  std::vector<DraftJob> jobs;
+  for (Item& it : plan_) {
+    if (it.draft > 0) jobs.push_back({&it.s->dstate, &it.s->tokens, it.draft, &it.s->draft});
+  }
+  if (jobs.empty()) return;
+  try {
+    draft_->Propose(jobs);
+  } catch (const std::exception&) {
+    // The step goes on without drafts (the output is the same, only slower); counted.
+    for (DraftJob& j : jobs) j.draft->clear();
+    std::lock_guard<std::mutex> lock(mu_);
+    ++stats_.draft_failures;
+  }
+  for (Item& it : plan_) {
+    if (it.draft == 0) continue;
+    Sequence* s = it.s;
+    // Memory was reserved for the most it could propose; it may have proposed fewer.
+    it.draft = static_cast<int64_t>(s->draft.size());
+    it.n = 1 + it.draft;
+    s->step_input.assign(1, s->tokens.back());
+    s->step_input.insert(s->step_input.end(), s->draft.begin(), s->draft.end());
+  }
+}
+
+void Scheduler::ReleaseKv(Sequence* s) {
+  kv_.Release(s->table);
+  if (draft_) draft_->Release(s->dstate);
 }
 
 void Scheduler::Settle() {
@@ -419,7 +452,7 @@ void Scheduler::Reserve() {
 }
 
 void Scheduler::Preempt(Sequence* s, bool counted) {
-  kv_.Release(s->table);  // its full blocks were offered: a resumed sequence may find them
+  ReleaseKv(s);  // its full blocks were offered: a resumed sequence may find them
   s->n_done = 0;
   s->hidden_sum.clear();  // an embedding starts over with its recomputation
   if (counted) {
@@ -435,6 +468,7 @@ void Scheduler::Preempt(Sequence* s, bool counted) {
 
 void Scheduler::Run() {
   const int64_t t0 = NowNs();
+  if (draft_) ProposeDrafts();
   const int64_t n_vocab = model_.config().n_vocab, n_embd = model_.config().n_embd;
   runs_.resize(plan_.size());
   item_error_.assign(plan_.size(), std::string());
@@ -638,7 +672,7 @@ bool Scheduler::ApplyMask(const uint32_t* m, float* logits, int64_t n_vocab) {
 
 void Scheduler::Finish(Sequence* s, GenerationStep step) {
   if (s->finished) return;
-  kv_.Release(s->table);
+  ReleaseKv(s);
   s->finished = true;
   if (s->gen) s->counts.eval_count = s->gen->n_output();
   s->req->SetCounts(s->counts);
@@ -649,7 +683,7 @@ void Scheduler::Finish(Sequence* s, GenerationStep step) {
 
 void Scheduler::FailSequence(Sequence* s, const std::string& error) {
   if (s->finished) return;
-  kv_.Release(s->table);
+  ReleaseKv(s);
   s->finished = true;
   s->req->SetCounts(s->counts);
   s->req->Fail(error);

@@ -19,6 +19,7 @@
 #include "kv/kv_cache.h"
 #include "core/thread_pool.h"
 #include "model/model.h"
+#include "runtime/drafter.h"
 #include "runtime/model_runner.h"
 #include "runtime/prompt_lookup.h"
 #include "runtime/request.h"
@@ -31,9 +32,10 @@ struct SchedulerOptions {
   int64_t max_batch_tokens = 512;  // tokens in one step: decode tokens plus prompt chunks
   int64_t batch_wait_us = 0;       // an idle engine waits this long for more requests to join
   bool prefix_cache = true;        // share cached prompt prefixes across requests
-  // Speculative decoding by prompt lookup: a decoding sequence may bring up to num_draft
-  // tokens that followed an earlier occurrence of its last tokens (PromptLookup), scored in
-  // the same step and kept as far as sampling agrees with them. 0: off.
+  // Speculative decoding: a decoding sequence may bring up to num_draft draft tokens, scored
+  // in the same step and kept as far as sampling agrees with them: those that followed an
+  // earlier occurrence of its last tokens (PromptLookup), or the draft model's when the
+  // scheduler has one. 0: off.
   int num_draft = 0;
   // Drafts cost compute that a busy step's other sequences would use: they are proposed only
   // while a step decodes at most this many sequences and no prompt waits for its chunk.
@@ -54,13 +56,15 @@ struct SchedulerStats {
   int64_t preemptions = 0;
   int64_t draft_steps = 0;                  // sequence steps that scored drafts
   int64_t drafted = 0, draft_accepted = 0;  // draft tokens scored, and kept
+  int64_t draft_failures = 0;               // steps whose draft model failed (no drafts then)
   int64_t finished = 0, cancelled = 0, failed = 0;
 };
 
 class Scheduler {
  public:
+  // draft: proposes the drafts instead of prompt lookup (null: none); must outlive this.
   Scheduler(const Model& model, KvCache& kv, const Tokenizer& tok, ThreadPool& pool,
-            const SchedulerOptions& opts);
+            const SchedulerOptions& opts, Drafter* draft = nullptr);
   ~Scheduler();  // stops the thread; requests still queued or running end with an error
   Scheduler(const Scheduler&) = delete;
   Scheduler& operator=(const Scheduler&) = delete;
@@ -95,8 +99,13 @@ class Scheduler {
   // what s attached from the prefix cache (s then waits a step instead of computing them too).
   bool AwaitsRunningPrefix(const Sequence& s) const;
   bool Plan();
-  // Proposes s's draft for a step with `room` tokens to spare (none when s may not draft).
+  // Proposes s's draft for a step with `room` tokens to spare (none when s may not draft);
+  // with a draft model, only how many it may propose (ProposeDrafts fills them in).
   int64_t Draft(Sequence& s, int64_t room);
+  // The draft model's proposals for the step's drafting items, run outside the lock.
+  void ProposeDrafts();
+  // Lets go of everything s holds in the KV caches (the draft model's too).
+  void ReleaseKv(Sequence* s);
   void Reserve();
   void Preempt(Sequence* s, bool counted);
   // After sampling: the positions each item keeps (kept_), the draft counters and lengths.
@@ -123,6 +132,7 @@ class Scheduler {
   const Tokenizer& tok_;
   ModelRunner runner_;
   const SchedulerOptions opts_;
+  Drafter* const draft_;
 
   mutable std::mutex mu_;  // guards everything below except what only the loop thread touches
   std::condition_variable cv_;

@@ -132,7 +132,8 @@ class Config:
     # PYENGINE_PROMPT_CACHE, PYENGINE_PROMPT_CACHE_MB: the prompt cache on disk (None: none).
     prompt_cache: str | None = None
     prompt_cache_mb: float = 4096.0
-    # PYENGINE_SPECULATIVE: ngram (prompt-lookup drafts, the default) or off.
+    # PYENGINE_SPECULATIVE: ngram (prompt-lookup drafts, the default), off, or a draft model
+    # (a GGUF path or store name of the same vocabulary).
     speculative: str = "ngram"
 
     @classmethod
@@ -165,8 +166,7 @@ class Config:
                    "PYENGINE_BACKEND": ("backend", BACKENDS),
                    "OLLAMA_KV_CACHE_TYPE": ("kv_cache_type", KV_CACHE_TYPES),
                    # After Ollama's: pyengine's own name wins where both are set.
-                   "PYENGINE_KV_CACHE_TYPE": ("kv_cache_type", KV_CACHE_TYPES),
-                   "PYENGINE_SPECULATIVE": ("speculative", SPECULATIVE)}
+                   "PYENGINE_KV_CACHE_TYPE": ("kv_cache_type", KV_CACHE_TYPES)}
         for var, (attr, allowed) in choices.items():
             if (raw := get(var)) is not None:
                 choice = raw.strip().lower()
@@ -179,6 +179,9 @@ class Config:
         if (raw := get("PAID_API_FAILURE_THRESHOLD")) is not None:
             values["paid_api_failure_threshold"] = _number("PAID_API_FAILURE_THRESHOLD", raw,
                                                            True, 1)
+        if (raw := get("PYENGINE_SPECULATIVE")) is not None:
+            mode = raw.strip()
+            values["speculative"] = mode.lower() if mode.lower() in SPECULATIVE else mode
         if (raw := get("PYENGINE_PROMPT_CACHE")) is not None:
             values["prompt_cache"] = raw.strip()
         if (raw := get("PYENGINE_PROMPT_CACHE_MB")) is not None:
