@@ -306,3 +306,25 @@ def test_a_draft_model_of_another_vocabulary_is_refused(make_model):
     # Gemma 4's byte-pair vocabulary is not Gemma 3's: its ids would name other text.
     with pytest.raises(ModelError, match="vocabulary differs"):
         Engine(make_model("tiny", "q8_0"), speculative=make_model("tiny-4", "q8_0"))
+
+
+def test_server_speculates_and_reports_it(pyengine_server, tiny):
+    # `serve --speculative`: the same replies with and without drafts (a request's
+    # "speculative": false in Ollama's options), and the draft counters in /metrics.
+    import httpx
+
+    server = pyengine_server({"tiny": tiny}, args=["--speculative", "ngram", "--num-draft", "6"])
+    prompt = "w" * 3 + " the cat sat on the mat, the cat sat on the mat, the cat sat on the"
+    replies = []
+    for options in ({"temperature": 0, "num_predict": 40},
+                    {"temperature": 0, "num_predict": 40, "speculative": False}):
+        r = httpx.post(f"{server.url}/api/generate", timeout=60,
+                       json={"model": "tiny", "prompt": prompt, "raw": True, "stream": False,
+                             "options": options})
+        assert r.status_code == 200, r.text
+        replies.append(r.json()["response"])
+    assert replies[0] == replies[1]
+    stats = httpx.get(f"{server.url}/api/pyengine/stats", timeout=10).json()["tiny:latest"]
+    assert stats["drafted"] > 0
+    metrics = httpx.get(f"{server.url}/metrics", timeout=10).text
+    assert f'pyengine_drafted_tokens_total{{model="tiny:latest"}} {stats["drafted"]}' in metrics

@@ -31,7 +31,7 @@ router = APIRouter()
 # Engine.stats() keys that only grow during an engine's life.
 ENGINE_COUNTERS = ("prompt_tokens", "decode_tokens", "steps", "step_sequences", "step_tokens",
                    "preemptions", "prefix_query_tokens", "prefix_hit_tokens", "kv_evictions",
-                   "finished", "cancelled", "failed")
+                   "finished", "cancelled", "failed", "drafted", "draft_accepted")
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 UNMATCHED = "unmatched"  # the route label of paths no route serves (keeps labels bounded)
 
@@ -180,6 +180,11 @@ class Metrics:
         out.family("pyengine_preemptions_total", "counter",
                    "Sequences preempted for want of KV cache, by model.",
                    per_model("preemptions"))
+        out.family("pyengine_drafted_tokens_total", "counter",
+                   "Speculative decoding's draft tokens scored, by model.", per_model("drafted"))
+        out.family("pyengine_draft_accepted_tokens_total", "counter",
+                   "Of those, the draft tokens kept (acceptance = accepted / drafted), by model.",
+                   per_model("draft_accepted"))
         out.family("pyengine_kv_evictions_total", "counter",
                    "Cached KV blocks evicted, by model.", per_model("kv_evictions"))
         out.family("pyengine_sequences_ended_total", "counter",
