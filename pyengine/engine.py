@@ -204,8 +204,8 @@ class Engine:
     so the output is the one decoding without drafts gives (greedy, and seeded sampling),
     only sooner where the output copies. A model file or store name instead (the same
     vocabulary, e.g. ``gemma3:270m`` for a larger Gemma 3) drafts that model's greedy
-    continuation, its keys and values in a quarter of ``kv_cache_mb`` more memory (native CPU
-    backend). Drafts are proposed while a step decodes at most 4 sequences and no prompt is
+    continuation, its keys and values in its share of ``kv_cache_mb`` (split so that both
+    models hold as many positions; native CPU backend). Drafts are proposed while a step decodes at most 4 sequences and no prompt is
     computing; ``"off"`` never; a request's ``speculative=False`` opts out. ``stats()``:
     ``drafted``, ``draft_accepted``, ``draft_steps``, ``draft_failures``.
     """

@@ -278,7 +278,10 @@ def test_draft_model_greedy_output_is_the_same(make_model, target):
         assert_all_pages_back(eng)
     assert st["draft_failures"] == 0 and st["drafted"] > 0
     assert st["steps"] == st0["steps"] - st["draft_accepted"]
-    if target == "tiny":
+    # The draft model's keys and values come out of the same budget.
+    assert st["kv_pages_total"] < st0["kv_pages_total"]
+    if target == "tiny":  # the same layout: half each
+        assert 0.45 <= st["kv_pages_total"] / st0["kv_pages_total"] <= 0.55
         assert st["draft_accepted"] >= 0.5 * st["drafted"]
     else:  # another model's weights: nearly every draft refused, and written over
         assert st["draft_accepted"] < 0.2 * st["drafted"]

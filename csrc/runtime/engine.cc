@@ -21,6 +21,17 @@ std::unique_ptr<Model> LoadEngineModel(const GgufFile& file, const ModelConfig& 
   return LoadModel(file, cfg, pool);
 }
 
+// Bytes of KV pages one position takes, up to the cache type's factor: every layer that stores
+// its own keys and values, at the page width. Splits one budget between a model and its draft
+// model so that both hold as many positions.
+int64_t KvWidth(const ModelConfig& c) {
+  int64_t w = 0;
+  for (int64_t l = 0; l < c.n_layer; ++l) {
+    if (c.kv_layer.empty() || c.kv_layer[static_cast<size_t>(l)] == l) w += c.kv_dim();
+  }
+  return std::max<int64_t>(w, 1);
+}
+
 int64_t ClampCtx(int64_t requested, int64_t train) {
   if (requested <= 0) return train;
   return std::min(requested, train);
@@ -41,7 +52,18 @@ Engine::Engine(const std::string& path, const EngineOptions& opts)
     throw EngineError(std::string("a ") + KvTypeName(opts.kv_type) +
                       " KV cache runs on the CPU only; the CUDA backend keeps fp16 keys and values");
   }
-  kv_ = std::make_unique<KvCache>(cfg_, opts.kv_type, kBlockTokens, opts.kv_cache_bytes);
+  int64_t kv_bytes = opts.kv_cache_bytes, draft_bytes = 0;
+  if (!opts.draft_path.empty()) {
+    if (opts.device != "cpu") throw EngineError("a draft model runs with the CPU backend only");
+    // The draft model's keys and values come out of the same budget, unless given their own.
+    const ModelConfig draft_cfg = LoadConfig(GgufFile(opts.draft_path));
+    const int64_t a = KvWidth(cfg_), b = KvWidth(draft_cfg);
+    draft_bytes = opts.draft_kv_bytes > 0
+                      ? opts.draft_kv_bytes
+                      : static_cast<int64_t>(static_cast<double>(kv_bytes) * b / static_cast<double>(a + b));
+    if (opts.draft_kv_bytes <= 0) kv_bytes -= draft_bytes;
+  }
+  kv_ = std::make_unique<KvCache>(cfg_, opts.kv_type, kBlockTokens, kv_bytes);
   if (!opts.prompt_cache_dir.empty()) {
     if (opts.model_id.empty()) throw EngineError("a prompt cache needs the model file's digest");
     DiskCacheOptions d;
@@ -51,9 +73,7 @@ Engine::Engine(const std::string& path, const EngineOptions& opts)
     kv_->EnableDisk(d);
   }
   if (!opts.draft_path.empty()) {
-    if (opts.device != "cpu") throw EngineError("a draft model runs with the CPU backend only");
-    const int64_t bytes = opts.draft_kv_bytes > 0 ? opts.draft_kv_bytes : opts.kv_cache_bytes / 4;
-    draft_ = std::make_unique<DraftModel>(opts.draft_path, *tok_, pool_, opts.kv_type, bytes,
+    draft_ = std::make_unique<DraftModel>(opts.draft_path, *tok_, pool_, opts.kv_type, draft_bytes,
                                           opts.scheduler.max_batch_tokens);
   }
   scheduler_ = std::make_shared<Scheduler>(*model_, *kv_, *tok_, pool_, opts.scheduler, draft_.get());

@@ -32,9 +32,10 @@ struct EngineOptions {
   int64_t prompt_cache_bytes = int64_t{4096} << 20;
   std::string device = "cpu";  // "cpu", or "cuda": the forward pass on the CUDA device
   // Speculative decoding's draft model (empty: none, drafts come from prompt lookup): a file
-  // of the same vocabulary, on the CPU, its keys and values in draft_kv_bytes more memory.
+  // of the same vocabulary, on the CPU. Its keys and values take draft_kv_bytes more memory,
+  // or (0) their share of kv_cache_bytes: split so that both models hold as many positions.
   std::string draft_path;
-  int64_t draft_kv_bytes = 0;  // 0: a quarter of kv_cache_bytes
+  int64_t draft_kv_bytes = 0;
   SchedulerOptions scheduler;
 };
 
