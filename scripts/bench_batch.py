@@ -143,7 +143,7 @@ def pyengine_worker(model: str, payload: dict[str, Any]) -> dict[str, Any]:
     t0 = time.perf_counter()
     eng = Engine(model, n_threads=payload["threads"], n_ctx=payload["n_ctx"],
                  max_batch=payload["max_batch"], max_batch_tokens=payload["max_batch_tokens"],
-                 backend=payload.get("backend", "native"))
+                 backend=payload.get("backend", "native"), speculative="off")
     out: dict[str, Any] = {"load_s": time.perf_counter() - t0, "levels": {}}
     fn = pyengine_stream_fn(eng)
     # Faults the weights in; the warm-up has no BOS, so no measured prompt shares its blocks.

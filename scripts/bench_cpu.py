@@ -54,7 +54,9 @@ def work_pyengine(model: str, threads: int, n_ctx: int, gen: int, warmup: list[i
     import pyengine
 
     t0 = time.perf_counter()
-    eng = pyengine.Engine(model, n_threads=threads, n_ctx=n_ctx, kv_type=kv_type)
+    # Decoding one token a step, as llama.cpp's does here (drafts: bench_speculative.py).
+    eng = pyengine.Engine(model, n_threads=threads, n_ctx=n_ctx, kv_type=kv_type,
+                          speculative="off")
     out: dict[str, Any] = {"load_s": time.perf_counter() - t0, "rss_load_mib": bc.rss_mib()}
     # Faults the weights in; the warm-up has no BOS, so no prompt shares a cached prefix with it.
     eng.generate(warmup, max_tokens=2, temperature=0.0, ignore_eos=True)

@@ -1,28 +1,16 @@
 #include "runtime/draft_model.h"
 
 #include <algorithm>
-#include <cmath>
 
 #include "core/errors.h"
 #include "model/architecture.h"
+#include "runtime/sampler.h"
 #include "runtime/vocab.h"
 
 namespace pyengine {
 namespace {
 
 constexpr int64_t kBlockTokens = 16;  // as the engine's own cache
-
-int32_t FirstBest(const float* row, int32_t n) {
-  int32_t best = 0;
-  float best_logit = -INFINITY;
-  for (int32_t i = 0; i < n; ++i) {
-    if (row[i] > best_logit) {
-      best_logit = row[i];
-      best = i;
-    }
-  }
-  return best;
-}
 
 }  // namespace
 
@@ -107,7 +95,7 @@ void DraftModel::Propose(std::vector<DraftJob>& jobs) {
         w.off += static_cast<size_t>(runs[i].n);
         if (out.row[i] < 0) continue;  // more of its input next step
         const int32_t next = out.argmax ? out.argmax[out.row[i]]
-                                        : FirstBest(out.logits + out.row[i] * cfg_.n_vocab, n_cand_);
+                                        : FirstBestId(out.logits + out.row[i] * cfg_.n_vocab, n_cand_);
         w.job->draft->push_back(next);
         w.input.assign(1, next);
         w.off = 0;

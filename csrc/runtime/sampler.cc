@@ -6,23 +6,27 @@
 
 namespace pyengine {
 
+int32_t FirstBestId(const float* logits, int32_t n) {
+  int32_t best = 0;
+  float best_logit = -INFINITY;
+  for (int32_t i = 0; i < n; ++i) {
+    if (logits[i] > best_logit) {
+      best_logit = logits[i];
+      best = i;
+    }
+  }
+  return best;
+}
+
 Sampler::Sampler(const SamplingParams& p) : p_(p), rng_(p.seed) {}
 
 int32_t Sampler::Sample(const float* logits, int32_t n_vocab, const std::vector<int32_t>& history) {
   const bool penalise = p_.repeat_penalty != 1.f || p_.presence_penalty != 0.f ||
                         p_.frequency_penalty != 0.f;
   if (PlainGreedy()) {
-    // Greedy without penalties: the first best id, NaN never winning (a batch of streams
-    // samples every step, so skipping the candidate copy matters at 262k tokens).
-    int32_t best = 0;
-    float best_logit = -INFINITY;
-    for (int32_t i = 0; i < n_vocab; ++i) {
-      if (logits[i] > best_logit) {
-        best_logit = logits[i];
-        best = i;
-      }
-    }
-    return best;
+    // Greedy without penalties: no candidate copy (a batch of streams samples every step, so
+    // skipping it matters at 262k tokens).
+    return FirstBestId(logits, n_vocab);
   }
   cand_.resize(static_cast<size_t>(n_vocab));
   // NaN would break the orderings below: it ranks as impossible.

@@ -20,6 +20,9 @@ struct SamplingParams {
   uint64_t seed = 0;
 };
 
+// The first best id among logits [n] (NaN never winning): greedy decoding's choice.
+int32_t FirstBestId(const float* logits, int32_t n);
+
 class Sampler {
  public:
   explicit Sampler(const SamplingParams& p);

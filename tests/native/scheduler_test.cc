@@ -202,10 +202,10 @@ struct Rig {
   ThreadPool pool{2};
   KvCache kv;
   Scheduler sched;
-  Rig(int64_t kv_blocks, const SchedulerOptions& o)
+  Rig(int64_t kv_blocks, const SchedulerOptions& o, Drafter* drafter = nullptr)
       : kv(model.config(), KvType::kF16, kBlock,
            kv_blocks * 2 * KvArena::PageBytes(KvType::kF16, 2, kBlock)),
-        sched(model, kv, tok, pool, o) {}
+        sched(model, kv, tok, pool, o, drafter) {}
   bool AllPagesBack() {
     const auto s = sched.kv_stats();
     return s.pages_used == 0 && s.pages_free + s.pages_cached == s.pages_total;
@@ -364,6 +364,47 @@ void Drafts() {
   Check(rig.AllPagesBack(), "drafts: every page back");
 }
 
+// A draft model that knows the scripted answers: it proposes them, but gets one wrong in every
+// third proposal, so that drafts are kept whole, kept in part and refused.
+class ScriptedDrafter : public Drafter {
+ public:
+  void Propose(std::vector<DraftJob>& jobs) override {
+    for (DraftJob& j : jobs) {
+      *j.draft = Expected(*j.tokens, static_cast<int>(j.limit));
+      if (++calls_ % 3 == 0) {
+        int32_t& t = (*j.draft)[j.draft->size() / 2];
+        t = kFirstWord + (t - kFirstWord + 1) % (kVocab - kFirstWord);
+      }
+    }
+  }
+  void Release(DraftState& s) override { ++released; s.computed.clear(); }
+  int released = 0;
+
+ private:
+  int calls_ = 0;
+};
+
+void DraftModelSteps() {
+  SchedulerOptions o = Opts(4, 64);
+  o.num_draft = 6;
+  ScriptedDrafter drafter;
+  std::vector<std::vector<int32_t>> prompts;
+  for (int i = 0; i < 3; ++i) prompts.push_back(Prompt(20 + 7 * i, 60 + i));
+  // Twice: with room for every sequence, and in so few blocks that sequences are set back.
+  for (int64_t blocks : {256, 7}) {
+    Rig rig(blocks, o, &drafter);
+    const auto reqs = SubmitTogether(rig, prompts, {50, 50, 50});
+    bool all = true;
+    for (int i = 0; i < 3; ++i) all = all && Collect(*reqs[i]).tokens == Expected(prompts[i], 50);
+    const SchedulerStats st = rig.sched.stats();
+    const std::string what = blocks == 256 ? "room" : "preempted";
+    Check(all && st.draft_accepted > 0 && st.draft_accepted < st.drafted &&
+              st.steps < 3 * 50 && (blocks == 256 || st.preemptions > 0),
+          "draft model (" + what + "): drafts kept whole and in part, the expected 50 tokens each");
+    Check(rig.AllPagesBack() && drafter.released >= 3, "draft model (" + what + "): every page back");
+  }
+}
+
 }  // namespace
 }  // namespace pyengine
 
@@ -375,6 +416,7 @@ int main() {
   pyengine::PrefixHits();
   pyengine::Scoring();
   pyengine::Drafts();
+  pyengine::DraftModelSteps();
   std::printf("%d failed\n", pyengine::failures);
   return pyengine::failures == 0 ? 0 : 1;
 }
