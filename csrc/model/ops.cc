@@ -309,15 +309,13 @@ void Attend(const ModelConfig& c, int64_t l, const Batch& batch, Workspace& ws, 
     }
   };
   // The chunks of at most 16 keys of [base, last], each within one block: first key p, and
-  // where its first row starts in the block's page.
+  // where its first row starts in the block's page. Blocks hold a whole number of chunks (bt
+  // is a multiple of 16 or below it), and base is a block's first key.
+  const int64_t per_block = (bt + kAttnKeys - 1) / kAttnKeys;
   auto n_chunks = [&](const Task& T) {
-    int64_t m = 0;
-    for (int64_t p = T.base; p <= T.last; p = std::min((p / bt + 1) * bt, p + kAttnKeys)) ++m;
-    return m;
+    return (T.last / bt - T.base / bt) * per_block + (T.last % bt) / kAttnKeys + 1;
   };
   auto chunk = [&](const Task& T, int64_t i, int64_t* p, int64_t* blk, int* nk, int64_t* off) {
-    // Blocks hold a whole number of chunks (bt is a multiple of 16 or below it).
-    const int64_t per_block = (bt + kAttnKeys - 1) / kAttnKeys;
     const int64_t b0 = T.base / bt;
     *blk = b0 + i / per_block;
     *p = *blk * bt + (i % per_block) * kAttnKeys;
