@@ -2,20 +2,15 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <queue>
 #include <stdexcept>
+
+#include "runtime/merge_pairs.h"
 
 namespace pyengine {
 namespace {
 
 constexpr std::string_view kSpaceMark = "\xe2\x96\x81";  // U+2581, written for ' '
 constexpr std::string_view kReplacement = "\xef\xbf\xbd";  // U+FFFD
-
-// llama.cpp's unicode_len_utf8: a lead byte's sequence length by its high nibble alone.
-size_t LeadByteLength(char c) {
-  static constexpr uint8_t kLengths[16] = {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 3, 4};
-  return kLengths[static_cast<uint8_t>(c) >> 4];
-}
 
 // Encodes a code point of at most U+10FFFF as UTF-8 by value alone (surrogates included, as
 // llama.cpp does).
@@ -36,30 +31,6 @@ void AppendCodePoint(uint32_t cpt, std::string* out) {
     out->push_back(static_cast<char>(0x80 | (cpt & 0x3f)));
   }
 }
-
-// One symbol of a word being merged: a byte range linked to its neighbours. A symbol absorbed
-// by its left neighbour gets n == 0.
-struct Symbol {
-  int32_t prev;
-  int32_t next;
-  size_t start;
-  size_t n;
-  int32_t id;  // the token whose text this range is, or -1
-};
-
-struct Bigram {
-  int32_t left;
-  int32_t right;
-  int32_t rank;
-  size_t size;  // bytes of left + right when queued; a mismatch later means it is stale
-};
-
-// Lowest rank on top; on equal ranks the leftmost pair (llama.cpp's comparator).
-struct BigramLater {
-  bool operator()(const Bigram& l, const Bigram& r) const {
-    return l.rank > r.rank || (l.rank == r.rank && l.left > r.left);
-  }
-};
 
 }  // namespace
 
@@ -93,46 +64,23 @@ int32_t BpeMerges::Rank(int32_t left, int32_t right) const {
 
 void BpeMerges::MergeWord(std::string_view word, const PieceLookup& lookup,
                           std::vector<BpePiece>* out) const {
-  std::vector<Symbol> symbols;  // [characters of word]
-  symbols.reserve(word.size());
-  for (size_t offs = 0; offs < word.size();) {
-    const size_t len = std::min(LeadByteLength(word[offs]), word.size() - offs);
-    const int32_t index = static_cast<int32_t>(symbols.size());
-    symbols.push_back(Symbol{index - 1, offs + len == word.size() ? -1 : index + 1, offs, len,
-                             lookup(word.substr(offs, len))});
-    offs += len;
-  }
-
-  std::priority_queue<Bigram, std::vector<Bigram>, BigramLater> queue;
-  auto try_add = [&](int32_t left, int32_t right) {
-    if (left < 0 || right < 0) return;
-    const Symbol& l = symbols[left];
-    const Symbol& r = symbols[right];
-    // Every merge joins two tokens, so a side that is no token merges with nothing.
-    if (l.id < 0 || r.id < 0) return;
-    const int32_t rank = Rank(l.id, r.id);
-    if (rank >= 0) queue.push(Bigram{left, right, rank, l.n + r.n});
-  };
-  for (int32_t i = 1; i < static_cast<int32_t>(symbols.size()); ++i) try_add(i - 1, i);
-
-  while (!queue.empty()) {
-    const Bigram bigram = queue.top();
-    queue.pop();
-    Symbol& left = symbols[bigram.left];
-    Symbol& right = symbols[bigram.right];
-    // A side merged since (it grew, or was absorbed) makes the entry stale; sizes only grow,
-    // so an unchanged total size means both sides are as they were queued.
-    if (left.n == 0 || right.n == 0 || left.n + right.n != bigram.size) continue;
-    left.n += right.n;
-    right.n = 0;
-    left.next = right.next;
-    if (right.next >= 0) symbols[right.next].prev = bigram.left;
-    // The joined text need not be a token itself; it then merges no further and falls back
-    // to bytes.
-    left.id = lookup(word.substr(left.start, left.n));
-    try_add(left.prev, bigram.left);
-    try_add(bigram.left, left.next);
-  }
+  std::vector<MergeSymbol> symbols = SplitCharacters(word);  // [characters of word]
+  for (MergeSymbol& sym : symbols) sym.id = lookup(word.substr(sym.start, sym.n));
+  // The lowest merge rank first.
+  MergePairs(
+      symbols,
+      [&](int32_t left, int32_t right, double* priority) {
+        // Every merge joins two tokens, so a side that is no token merges with nothing.
+        const int32_t l = symbols[left].id, r = symbols[right].id;
+        const int32_t rank = l < 0 || r < 0 ? -1 : Rank(l, r);
+        *priority = -static_cast<double>(rank);
+        return rank >= 0;
+      },
+      [&](int32_t left) {
+        // The joined text need not be a token itself; it then merges no further and falls
+        // back to bytes.
+        symbols[left].id = lookup(word.substr(symbols[left].start, symbols[left].n));
+      });
 
   for (int32_t i = symbols.empty() ? -1 : 0; i != -1; i = symbols[i].next) {
     out->push_back(BpePiece{symbols[i].start, symbols[i].n, symbols[i].id});

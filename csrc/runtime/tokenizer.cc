@@ -33,10 +33,11 @@
 #include <iterator>
 #include <limits>
 #include <map>
-#include <queue>
 #include <stdexcept>
 #include <string>
 #include <utility>
+
+#include "runtime/merge_pairs.h"
 
 namespace pyengine {
 namespace {
@@ -153,37 +154,6 @@ size_t AppendValidUtf8(std::string_view s, bool final, std::string* out) {
   }
   return i;
 }
-
-// llama.cpp's unicode_len_utf8: the sequence length announced by a lead byte, judged by its
-// high nibble only (continuation bytes count as 1, 0xF8..0xFF as 4).
-size_t LeadByteLength(char c) {
-  static constexpr uint8_t kLengths[16] = {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 3, 4};
-  return kLengths[static_cast<uint8_t>(c) >> 4];
-}
-
-// One symbol of the SPM merge chain: a byte range of the escaped text, linked to its
-// neighbours. A symbol absorbed by its left neighbour gets n == 0.
-struct Symbol {
-  int32_t prev;
-  int32_t next;
-  size_t start;
-  size_t n;
-};
-
-struct Bigram {
-  int32_t left;
-  int32_t right;
-  float score;
-  size_t size;  // bytes of left + right when queued; a mismatch later means it is stale
-};
-
-// Highest score on top; on equal scores the leftmost pair. Kept identical to llama.cpp's
-// comparator so that the heap pops in the same order even for unusual scores.
-struct BigramLess {
-  bool operator()(const Bigram& l, const Bigram& r) const {
-    return l.score < r.score || (l.score == r.score && l.left > r.left);
-  }
-};
 
 }  // namespace
 
@@ -553,47 +523,25 @@ void Tokenizer::EncodeSpm(std::string_view raw, bool prefix_space,
   }
   if (text.empty()) return;
 
-  // Split into characters by lead byte (a truncated sequence at the end is cut short).
-  std::vector<Symbol> symbols;
-  symbols.reserve(text.size());
-  for (size_t offs = 0; offs < text.size();) {
-    const size_t len = std::min(LeadByteLength(text[offs]), text.size() - offs);
-    const int32_t index = static_cast<int32_t>(symbols.size());
-    offs += len;
-    symbols.push_back(Symbol{index - 1, offs == text.size() ? -1 : index + 1, offs - len, len});
-  }
-
-  // Merge the best-scoring adjacent pair until no adjacent pair is a piece. Stale queue
-  // entries (a side already merged elsewhere) are recognised by their size and skipped.
-  std::priority_queue<Bigram, std::vector<Bigram>, BigramLess> queue;
-  auto try_add = [&](int32_t left, int32_t right) {
-    if (left < 0 || right < 0) return;
-    const size_t size = symbols[left].n + symbols[right].n;
-    const int32_t id = TokenId(std::string_view(text.data() + symbols[left].start, size));
-    if (id < 0) return;
-    queue.push(Bigram{left, right, vocab_.scores[id], size});
-  };
-  for (int32_t i = 1; i < static_cast<int32_t>(symbols.size()); ++i) try_add(i - 1, i);
-  while (!queue.empty()) {
-    const Bigram bigram = queue.top();
-    queue.pop();
-    Symbol& left = symbols[bigram.left];
-    Symbol& right = symbols[bigram.right];
-    if (left.n == 0 || right.n == 0 || left.n + right.n != bigram.size) continue;
-    left.n += right.n;
-    right.n = 0;
-    left.next = right.next;
-    if (right.next >= 0) symbols[right.next].prev = bigram.left;
-    try_add(left.prev, bigram.left);
-    try_add(bigram.left, left.next);
-  }
+  // Merge the best-scoring adjacent pair (the score of the piece it makes) until no adjacent
+  // pair is a piece.
+  std::vector<MergeSymbol> symbols = SplitCharacters(text);
+  MergePairs(
+      symbols,
+      [&](int32_t left, int32_t right, double* priority) {
+        const size_t size = symbols[left].n + symbols[right].n;
+        const int32_t id = TokenId(std::string_view(text.data() + symbols[left].start, size));
+        if (id >= 0) *priority = vocab_.scores[id];
+        return id >= 0;
+      },
+      [](int32_t) {});
 
   // Every merged symbol is a piece by construction. An unmerged symbol is one character
   // that may be missing from the vocab: it falls back to byte tokens. (llama.cpp also
   // consults a record of merges here, but a single character can never equal the text of
   // a merged pair, so that path never applies to SPM.)
   for (int32_t i = 0; i != -1; i = symbols[i].next) {
-    const Symbol& sym = symbols[i];
+    const MergeSymbol& sym = symbols[i];
     const std::string_view piece(text.data() + sym.start, sym.n);
     const int32_t id = TokenId(piece);
     if (id >= 0) {
