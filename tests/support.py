@@ -1,11 +1,14 @@
 """Helpers several test modules share: prompts, running them alone or concurrently, the KV
-check every scheduler test ends with, and llama.cpp's embeddings."""
+check every scheduler test ends with, llama.cpp's embeddings, and waiting on a server."""
 
 from __future__ import annotations
 
 import random
 import threading
+import time
+from typing import Callable
 
+import httpx
 import numpy as np
 
 from pyengine import Engine
@@ -66,3 +69,18 @@ def llama_embed(path, text: str) -> np.ndarray:
                           pooling_type=llama_cpp.LLAMA_POOLING_TYPE_MEAN, n_ctx=512, n_batch=512,
                           n_threads=2, verbose=False)
     return np.array(llm.embed(text, normalize=False), dtype=np.float64)
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
+    """Polls predicate until it holds or timeout seconds pass; its last answer."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return predicate()
+
+
+def stats_of(server, model: str) -> dict[str, int]:
+    """A served model's engine counters (``/api/pyengine/stats``)."""
+    return httpx.get(server.url + "/api/pyengine/stats", timeout=10).json()[model]

@@ -11,7 +11,7 @@ import asyncio
 import json
 import socket
 import time
-from typing import Any, Callable
+from typing import Any
 
 import httpx
 import openai
@@ -19,6 +19,7 @@ import pytest
 
 from conftest import SERVER_KV_MB as KV_MB
 from conftest import SERVER_N_CTX as N_CTX
+from support import stats_of, wait_for
 from pyengine import Engine
 from pyengine.server import create_app
 from pyengine.server.openai.api import Reply, _events, owned_by
@@ -55,19 +56,6 @@ def user(text: str) -> list[dict[str, str]]:
 
 def greedy(ref: Engine, messages: list[dict[str, str]], n: int = 12) -> str:
     return ref.chat(messages, max_tokens=n, temperature=0).text
-
-
-def stats_of(server, model: str) -> dict[str, int]:
-    return httpx.get(server.url + "/api/pyengine/stats", timeout=10).json()[model]
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
 
 
 def sse_data(body: str) -> list[str]:

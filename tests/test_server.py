@@ -13,7 +13,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Callable
@@ -25,6 +24,7 @@ import pytest
 import pyengine
 from conftest import SERVER_KV_MB as KV_MB
 from conftest import SERVER_N_CTX as N_CTX
+from support import stats_of, wait_for
 from pyengine.chat import format_gemma
 from pyengine.gateway.config import Config
 from pyengine.server import create_app
@@ -84,19 +84,6 @@ def parse_time(text: str) -> datetime:
 def post_lines(url: str, body: dict[str, Any]) -> tuple[httpx.Response, list[bytes]]:
     with httpx.stream("POST", url, json=body, timeout=60) as r:
         return r, list(r.iter_bytes())
-
-
-def stats_of(server, model: str) -> dict[str, int]:
-    return httpx.get(server.url + "/api/pyengine/stats", timeout=10).json()[model]
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
 
 
 # -- small endpoints ----------------------------------------------------------------------

@@ -7,13 +7,14 @@ from __future__ import annotations
 import json
 import socket
 import time
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import httpx
 import pytest
 
 from conftest import SERVER_KV_MB as KV_MB
 from conftest import SERVER_N_CTX as N_CTX
+from support import wait_for
 from pyengine.server import create_app
 from pyengine.server.ops.limits import DEFAULT_MAX_BODY_BYTES
 from pyengine.server.testing import HOST, ServerThread
@@ -85,15 +86,6 @@ def assert_error(status: int, data: bytes, expected: int | tuple[int, ...] = 400
     body = json.loads(data)
     assert set(body) == {"error"} and isinstance(body["error"], str) and body["error"], body
     return body["error"]
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
 
 
 def stats(server: ServerThread) -> dict[str, int]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import time
 from typing import Any, Callable, Iterator
 
 import httpx
@@ -16,6 +15,7 @@ import pytest
 
 from conftest import SERVER_KV_MB as KV_MB
 from conftest import SERVER_N_CTX as N_CTX
+from support import wait_for
 from pyengine.errors import PyEngineError
 from pyengine.server import create_app
 from pyengine.server.ops.exposition import Exposition
@@ -52,15 +52,6 @@ def fresh_server(tiny, long_model) -> Iterator[Callable[..., ServerThread]]:
     yield start
     for s in started:
         s.stop()
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
 
 
 # -- parsing the exposition format ----------------------------------------------------------

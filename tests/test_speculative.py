@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from support import assert_all_pages_back, run_concurrently
+from support import assert_all_pages_back, run_concurrently, stats_of
 from test_batching import SMALL_CACHE_MB
 
 from pyengine import Engine, ModelError
@@ -327,7 +327,7 @@ def test_server_speculates_and_reports_it(pyengine_server, tiny):
         assert r.status_code == 200, r.text
         replies.append(r.json()["response"])
     assert replies[0] == replies[1]
-    stats = httpx.get(f"{server.url}/api/pyengine/stats", timeout=10).json()["tiny:latest"]
+    stats = stats_of(server, "tiny:latest")
     assert stats["drafted"] > 0
     metrics = httpx.get(f"{server.url}/metrics", timeout=10).text
     assert f'pyengine_drafted_tokens_total{{model="tiny:latest"}} {stats["drafted"]}' in metrics
