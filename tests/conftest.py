@@ -154,6 +154,20 @@ def prompt_ids(n_vocab: int, n: int, seed: int = 0) -> list[int]:
     return [2] + rng.integers(300, n_vocab, n - 1).tolist()
 
 
+def assert_greedy_matches_oracle(path: Path) -> None:
+    """32 greedy tokens of ours equal llama.cpp's on the file at path, after a short text prompt
+    and after a 120-token one (whose decode steps read keys and values past the window)."""
+    from pyengine import Engine
+
+    llm = oracle(path)
+    with Engine(path, n_ctx=512) as eng:
+        text = eng.tokenize("The quick brown fox jumps over the lazy dog. Once upon a time")
+        for prompt in (text, prompt_ids(eng.n_vocab, 120, seed=7)):
+            out = eng.generate(prompt, max_tokens=32, temperature=0.0, ignore_eos=True)
+            assert out.eval_count == 32
+            assert out.tokens == oracle_greedy(llm, prompt, 32)[0]
+
+
 def oracle_greedy(llm, ids: list[int], n: int) -> tuple[list[int], list[float]]:
     """llama.cpp's greedy continuation of ids (n tokens) and, at each step, the gap between its
     top two logits (how decisive the step was)."""

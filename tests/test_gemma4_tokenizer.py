@@ -14,6 +14,8 @@ from pathlib import Path
 import gguf
 import pytest
 
+from test_tokenizer import llama_detokenize
+
 from pyengine import GGUFError, _core
 
 tokenizers = pytest.importorskip("tokenizers")
@@ -179,16 +181,6 @@ def llama_piece(llm, token: int, special: bool) -> bytes:
 
     buf = ctypes.create_string_buffer(256)
     n = llama_cpp.llama_token_to_piece(llm._model.vocab, token, buf, len(buf), 0, special)
-    assert n >= 0
-    return buf.raw[:n]
-
-
-def llama_detokenize(llm, ids: list[int], special: bool) -> bytes:
-    import llama_cpp
-
-    arr = (llama_cpp.llama_token * len(ids))(*ids)
-    buf = ctypes.create_string_buffer(64 * len(ids) + 64)
-    n = llama_cpp.llama_detokenize(llm._model.vocab, arr, len(ids), buf, len(buf), False, special)
     assert n >= 0
     return buf.raw[:n]
 

@@ -13,7 +13,7 @@ import os
 import numpy as np
 import pytest
 
-from conftest import oracle, oracle_agreement, oracle_greedy, prompt_ids
+from conftest import assert_greedy_matches_oracle, oracle_agreement, prompt_ids
 from pyengine import Engine, ModelError
 from support import TEXTS, assert_all_pages_back, llama_embed
 
@@ -48,15 +48,8 @@ def test_logits_match_llama_cpp(make_model, dtype, max_err, min_top1, isa):
 
 
 def test_greedy_generation_matches_llama_cpp(make_model, isa):
-    path = make_model("tiny-3n", "f32")
-    eng = Engine(path, n_ctx=512)
-    llm = oracle(path)
-    text = eng.tokenize("The quick brown fox jumps over the lazy dog. Once upon a time")
-    # A short text prompt, and a long one whose decode steps read shared KV past the window.
-    for prompt in (text, prompt_ids(eng.n_vocab, 120, seed=7)):
-        out = eng.generate(prompt, max_tokens=32, temperature=0.0, ignore_eos=True)
-        assert out.eval_count == 32
-        assert out.tokens == oracle_greedy(llm, prompt, 32)[0]
+    # The long prompt's decode steps read shared KV past the window.
+    assert_greedy_matches_oracle(make_model("tiny-3n", "f32"))
 
 
 def test_embeddings_match_llama_cpp_mean_pooling(make_model):

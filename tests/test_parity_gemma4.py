@@ -18,9 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import oracle, oracle_agreement, oracle_greedy, prompt_ids
+from conftest import assert_greedy_matches_oracle, oracle_agreement, prompt_ids
 from pyengine import Engine, ModelError
-from support import rel_err
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "scripts"))
 from ollama_style import _Blob, rewrite  # noqa: E402  (scripts/)
@@ -117,15 +116,8 @@ def test_q4_k_m_logits_match_llama_cpp(quant_model, preset):
 
 @pytest.mark.parametrize("preset", PRESETS)
 def test_greedy_generation_matches_llama_cpp(make_model, preset, isa):
-    path = make_model(preset, "f32")
-    eng = Engine(path, n_ctx=512)
-    llm = oracle(path)
-    text = eng.tokenize("The quick brown fox jumps over the lazy dog. Once upon a time")
-    # A short prompt, and one whose decode steps read shared KV far past the window.
-    for prompt in (text, prompt_ids(eng.n_vocab, 120, seed=7)):
-        out = eng.generate(prompt, max_tokens=32, temperature=0.0, ignore_eos=True)
-        assert out.eval_count == 32
-        assert out.tokens == oracle_greedy(llm, prompt, 32)[0]
+    # The long prompt's decode steps read shared KV far past the window.
+    assert_greedy_matches_oracle(make_model(preset, "f32"))
 
 
 def test_ollama_blob_gives_the_same_logits(make_model, tmp_path):
