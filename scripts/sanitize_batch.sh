@@ -19,5 +19,9 @@ for san in thread address,undefined; do
   # Gemma 3n's forward pass under ASan/UBSan only: the scheduler TSan watches is the same for
   # both, and 25 layers under TSan take too long. It keeps 20 pages a block: 2 MiB is as tight
   # for it as 1 MiB for Gemma 3.
-  if [[ $san == address* ]]; then "$WORK/stress" "$WORK/tiny-3n.gguf" 2; fi
+  # And with a draft model (Gemma 3's tiny file drafting for Gemma 3n's: mostly refused).
+  if [[ $san == address* ]]; then
+    "$WORK/stress" "$WORK/tiny-3n.gguf" 2
+    "$WORK/stress" "$WORK/tiny-3n.gguf" 4 "$WORK/tiny.gguf"
+  fi
 done

@@ -1,5 +1,7 @@
 // Scheduler stress driver: many threads submit, stream and cancel requests on one engine while
-// another reads the counters; afterwards every KV page must be free or cached. Built with
+// another reads the counters; afterwards every KV page must be free or cached. Decoding is
+// speculative (prompt lookup, or the draft model given), so drafts are kept, refused and
+// dropped under memory pressure too. Built with
 // ThreadSanitizer (or AddressSanitizer) by scripts/sanitize_batch.sh, so a data race between
 // callers and the scheduler thread is reported even when the outputs look right.
 #include <atomic>
@@ -12,17 +14,20 @@
 #include "runtime/engine.h"
 
 int main(int argc, char** argv) {
-  if (argc != 2 && argc != 3) {
-    std::fprintf(stderr, "usage: %s MODEL.gguf [KV_CACHE_MIB]\n", argv[0]);
+  if (argc < 2 || argc > 4) {
+    std::fprintf(stderr, "usage: %s MODEL.gguf [KV_CACHE_MIB [DRAFT_MODEL.gguf]]\n", argv[0]);
     return 2;
   }
   pyengine::EngineOptions opts;
   opts.n_ctx = 256;
   opts.n_threads = 2;
   // Small (1 MiB unless given): preemption and eviction happen.
-  opts.kv_cache_bytes = (argc == 3 ? std::atoll(argv[2]) : 1) << 20;
+  opts.kv_cache_bytes = (argc >= 3 ? std::atoll(argv[2]) : 1) << 20;
   opts.scheduler.max_batch = 6;
   opts.scheduler.max_batch_tokens = 48;
+  opts.scheduler.num_draft = 8;
+  opts.scheduler.draft_max_sequences = 6;  // every sequence of a step may draft
+  if (argc == 4) opts.draft_path = argv[3];
   pyengine::Engine eng(argv[1], opts);
   std::atomic<bool> done{false};
   std::thread watcher([&] {
@@ -63,8 +68,9 @@ int main(int argc, char** argv) {
   watcher.join();
   const auto kv = eng.kv_stats();
   const auto st = eng.stats();
-  std::printf("%d steps, %lld preemptions, %lld evictions, pages used %lld\n", steps.load(),
-              static_cast<long long>(st.preemptions), static_cast<long long>(kv.evictions),
-              static_cast<long long>(kv.pages_used));
+  std::printf("%d steps, %lld preemptions, %lld evictions, %lld of %lld drafts kept, pages used %lld\n",
+              steps.load(), static_cast<long long>(st.preemptions),
+              static_cast<long long>(kv.evictions), static_cast<long long>(st.draft_accepted),
+              static_cast<long long>(st.drafted), static_cast<long long>(kv.pages_used));
   return kv.pages_used == 0 && st.running == 0 && st.waiting == 0 ? 0 : 1;
 }
