@@ -347,10 +347,7 @@ int64_t Scheduler::Draft(Sequence& s, int64_t room) {
       std::min({room, s.draft_len, positions_left, s.gen->outputs_left() - 1});
   if (limit <= 0) return 0;
   if (draft_) return limit;  // the draft model proposes them in Run(), outside the lock
-  if (PromptLookup(s.tokens, limit, opts_.lookup, &s.draft) == 0) return 0;
-  s.step_input.assign(1, s.tokens.back());
-  s.step_input.insert(s.step_input.end(), s.draft.begin(), s.draft.end());
-  return static_cast<int64_t>(s.draft.size());
+  return PromptLookup(s.tokens, limit, opts_.lookup, &s.draft);
 }
 
 void Scheduler::ProposeDrafts() {
@@ -373,8 +370,6 @@ void Scheduler::ProposeDrafts() {
     // Memory was reserved for the most it could propose; it may have proposed fewer.
     it.draft = static_cast<int64_t>(s->draft.size());
     it.n = 1 + it.draft;
-    s->step_input.assign(1, s->tokens.back());
-    s->step_input.insert(s->step_input.end(), s->draft.begin(), s->draft.end());
   }
 }
 
@@ -477,6 +472,10 @@ void Scheduler::Run() {
     const Item& it = plan_[i];
     Sequence* s = it.s;
     StepRun& r = runs_[i];
+    if (it.draft > 0) {
+      s->step_input.assign(1, s->tokens.back());
+      s->step_input.insert(s->step_input.end(), s->draft.begin(), s->draft.end());
+    }
     r.tokens = it.draft > 0 ? s->step_input.data() : s->tokens.data() + s->n_done;
     r.pos = s->n_done;
     r.n = it.n;
