@@ -115,8 +115,10 @@ def test_preemption_recomputes_without_corruption(make_model, preset):
     path = make_model(preset, "q8_0")
     ps = prompts(4, [60, 75, 90, 45, 110, 30])
     ref = alone(path, ps, 48)
-    # Little memory: the newest sequences give way and are recomputed later.
-    with Engine(path, n_ctx=512, kv_cache_mb=SMALL_CACHE_MB[preset], max_batch_tokens=64) as eng:
+    # Little memory: the newest sequences give way and are recomputed later. The first step
+    # waits for all six requests, so they meet in the cache however the threads are scheduled.
+    with Engine(path, n_ctx=512, kv_cache_mb=SMALL_CACHE_MB[preset], max_batch=6,
+                max_batch_tokens=64, batch_wait_ms=10_000) as eng:
         budget = eng.stats()["kv_pages_total"]
         samples: list[dict] = []
         stop = threading.Event()

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from support import assert_all_pages_back, run_concurrently, stats_of
+from support import assert_all_pages_back, run_concurrently, run_together, stats_of
 from test_batching import SMALL_CACHE_MB
 
 from pyengine import Engine, ModelError
@@ -86,7 +86,7 @@ def test_batched_and_preempted_sequences_draft_exactly(make_model, preset):
     plain, _ = greedy(path, ps, max_tokens=96, speculative="off")
     with Engine(path, n_ctx=512, n_threads=2, kv_cache_mb=SMALL_CACHE_MB[preset],
                 max_batch_tokens=64) as eng:
-        assert run_concurrently(eng, ps, 96) == plain
+        assert run_together(eng, ps, 96) == plain
         st = assert_all_pages_back(eng)
         assert st["preemptions"] > 0 and st["draft_accepted"] > 0
 
@@ -290,10 +290,10 @@ def test_draft_model_greedy_output_is_the_same(make_model, target):
 def test_draft_model_under_preemption_and_sampling(make_model):
     path, draft = make_model("tiny", "q8_0"), make_model("tiny", "f32")
     ps = [copy_prompts(1, seed=30 + i, segment=n)[0] for i, n in enumerate([20, 28, 36, 16, 44, 12])]
-    plain, _ = greedy(path, ps, max_tokens=96, speculative="off")
+    plain, _ = greedy(path, ps, max_tokens=160, speculative="off")
     with Engine(path, n_ctx=512, n_threads=2, kv_cache_mb=SMALL_CACHE_MB["tiny"],
                 max_batch_tokens=64, speculative=draft) as eng:
-        assert run_concurrently(eng, ps, 96) == plain
+        assert run_together(eng, ps, 160) == plain
         st = assert_all_pages_back(eng)
         assert st["preemptions"] > 0 and st["draft_accepted"] > 0
     kw = dict(max_tokens=48, temperature=0.8, top_k=20, top_p=0.95, ignore_eos=True)

@@ -260,13 +260,12 @@ void Gemma3nModel::Run(const Batch& batch, Workspace& ws, float* out, ThreadPool
 
     // LAuReL: xn + RMSNorm(laurel_r . laurel_l . xn).
     ws.in.Set(xn, n, E);
-    MatMul(L.laurel_l, ws.in, ws.small.data(), pool);
-    MatMul(L.attn_q, ws.in, ws.q.data(), pool);
     const bool owns_kv = c.kv_layer[l] == l;
-    if (owns_kv) {
-      MatMul(L.attn_k, ws.in, ws.k.data(), pool);
-      MatMul(L.attn_v, ws.in, ws.v.data(), pool);
-    }
+    const MatMulJob proj[] = {{&L.laurel_l, &ws.in, ws.small.data()},
+                              {&L.attn_q, &ws.in, ws.q.data()},
+                              {&L.attn_k, &ws.in, ws.k.data()},
+                              {&L.attn_v, &ws.in, ws.v.data()}};
+    MatMulMany(proj, owns_kv ? 4 : 2, pool);
     ws.in.Set(ws.small.data(), n, kLaurelRank);
     MatMul(L.laurel_r, ws.in, ws.laurel.data(), pool);
     NormRows(ws.laurel.data(), L.laurel_post_norm, ws.laurel.data(), n, pool);
@@ -284,8 +283,9 @@ void Gemma3nModel::Run(const Batch& batch, Workspace& ws, float* out, ThreadPool
     // Feed-forward with activation sparsity in the first layers.
     NormRows(a, L.ffn_norm, ws.xn.data(), n, pool);
     ws.in.Set(ws.xn.data(), n, E);
-    MatMul(L.ffn_up, ws.in, ws.up.data(), pool);
-    MatMul(L.ffn_gate, ws.in, ws.gate.data(), pool);
+    const MatMulJob gate_up[] = {{&L.ffn_gate, &ws.in, ws.gate.data()},
+                                 {&L.ffn_up, &ws.in, ws.up.data()}};
+    MatMulMany(gate_up, 2, pool);
     if (l < kSparseLayers) {
       ParallelRanges(pool, n, 1, [&](int64_t t0, int64_t t1) {
         for (int64_t t = t0; t < t1; ++t) Sparsify(ws.gate.data() + t * F, F);

@@ -100,8 +100,15 @@ void RmsNorm(const float* x, const float* w, int64_t n, int64_t dim, float eps, 
   for (int64_t t = 0; t < n; ++t) {
     const float* xr = x + t * dim;
     float* yr = out + t * dim;
-    double ss = 0;
-    for (int64_t i = 0; i < dim; ++i) ss += static_cast<double>(xr[i]) * xr[i];
+    // Squares are exact in double; eight partial sums (fixed order, so every build and core
+    // sums alike) keep the adds from waiting on each other.
+    double part[8] = {};
+    int64_t i = 0;
+    for (; i + 8 <= dim; i += 8) {
+      for (int j = 0; j < 8; ++j) part[j] += static_cast<double>(xr[i + j]) * xr[i + j];
+    }
+    for (; i < dim; ++i) part[0] += static_cast<double>(xr[i]) * xr[i];
+    const double ss = ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
     const float scale = 1.f / std::sqrt(static_cast<float>(ss / dim) + eps);
     if (w) {
       for (int64_t i = 0; i < dim; ++i) yr[i] = xr[i] * scale * w[i];
