@@ -17,6 +17,7 @@
 #include "core/thread_pool.h"
 #include "cuda/cuda_backend.h"
 #include "model/architecture.h"
+#include "model/ops.h"
 #include "model/tensor_table.h"
 #include "quant/cpu_features.h"
 #include "quant/formats.h"
@@ -431,6 +432,17 @@ PYBIND11_MODULE(_core, m) {
           return out;
         },
         py::arg("type"), py::arg("raw"), py::arg("n"));
+
+  m.def("softcap",
+        [](py::array_t<float, py::array::c_style | py::array::forcecast> x, float cap) {
+          // Tests: the final logit soft-cap, cap * tanh(x / cap), as the models apply it.
+          if (!(cap > 0)) throw py::value_error("cap must be positive");
+          py::array_t<float> out(x.size());
+          std::memcpy(out.mutable_data(), x.data(), sizeof(float) * static_cast<size_t>(x.size()));
+          Softcap(out.mutable_data(), out.size(), cap);
+          return out;
+        },
+        py::arg("x"), py::arg("cap"));
 
   m.def("read_gguf", &ReadGguf, py::arg("path"), py::arg("max_array") = static_cast<size_t>(-1),
         "Reads a GGUF file's metadata and tensor directory: (metadata, tensors, array_lengths, info).");

@@ -94,6 +94,10 @@ TensorView Slice(const TensorView& t, int64_t i);
 // x[n, dim] normalised row by row in place-or-copy: out = x / sqrt(mean(x^2) + eps) * w, or
 // without a weight when w is null. The sum of squares is accumulated in double as ggml does.
 void RmsNorm(const float* x, const float* w, int64_t n, int64_t dim, float eps, float* out);
+// x[i] = cap * tanh(x[i] / cap), tanh within 1.5 ulp of exact (NaN stays NaN): plain float
+// arithmetic the compiler vectorizes, where a quarter of a million std::tanh calls per logits row
+// cost a thread a millisecond.
+void Softcap(float* x, int64_t n, float cap);
 
 // RmsNorm of n rows, split over the pool when there are enough rows to pay for it.
 void NormRows(const float* x, const float* w, int64_t n, int64_t dim, float eps, float* out,
