@@ -146,11 +146,10 @@ void Gemma3nModel::Streams(const Batch& batch, Workspace& ws, ThreadPool& pool) 
   float* S0 = ws.streams.data();
   Embed(cfg_, batch, tok_embd_, output_, tied_, S0);
   ws.in.Set(S0, n, E);
-  for (int k = 1; k < kStreams; ++k) {
-    float* Sk = S0 + k * n * E;
-    MatMul(altup_proj_[k - 1], ws.in, Sk, pool);
-    MatchMagnitude(S0, Sk, n, E);
-  }
+  MatMulJob proj[kStreams - 1];
+  for (int k = 1; k < kStreams; ++k) proj[k - 1] = {&altup_proj_[k - 1], &ws.in, S0 + k * n * E};
+  MatMulMany(proj, kStreams - 1, pool);
+  for (int k = 1; k < kStreams; ++k) MatchMagnitude(S0, S0 + k * n * E, n, E);
 }
 
 void Gemma3nModel::Predict(const Layer& L, int64_t n, Workspace& ws, ThreadPool& pool) const {
@@ -266,16 +265,18 @@ void Gemma3nModel::Run(const Batch& batch, Workspace& ws, float* out, ThreadPool
                               {&L.attn_k, &ws.in, ws.k.data()},
                               {&L.attn_v, &ws.in, ws.v.data()}};
     MatMulMany(proj, owns_kv ? 4 : 2, pool);
-    ws.in.Set(ws.small.data(), n, kLaurelRank);
-    MatMul(L.laurel_r, ws.in, ws.laurel.data(), pool);
-    NormRows(ws.laurel.data(), L.laurel_post_norm, ws.laurel.data(), n, pool);
 
     // Attention over this layer's (or the sharing source's) keys and values; scale 1.
     PrepareQkv(c, l, batch, ws, L.attn_q_norm.data(), L.attn_k_norm.data(),
                L.rope_inv_freq.data(), /*write_kv=*/owns_kv, /*v_norm=*/true, pool);
     Attend(c, l, batch, ws, pool);
+    // The attention output and LAuReL's second product in one pass.
     ws.in.Set(ws.attn.data(), n, QD);
-    MatMul(L.attn_output, ws.in, ws.o.data(), pool);
+    ws.in2.Set(ws.small.data(), n, kLaurelRank);
+    const MatMulJob out[] = {{&L.attn_output, &ws.in, ws.o.data()},
+                             {&L.laurel_r, &ws.in2, ws.laurel.data()}};
+    MatMulMany(out, 2, pool);
+    NormRows(ws.laurel.data(), L.laurel_post_norm, ws.laurel.data(), n, pool);
     NormRows(ws.o.data(), L.post_attention_norm, ws.o.data(), n, pool);
     float* a = ws.a.data();  // (RMSNorm(attn) + P0 + LAuReL) / sqrt(2)
     for (int64_t i = 0; i < n * E; ++i) a[i] = ((ws.o[i] + P0[i]) + (ws.laurel[i] + xn[i])) * half;

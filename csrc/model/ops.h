@@ -60,6 +60,7 @@ struct Workspace {
   std::vector<int32_t> moe_active;  // [active experts] the experts the step's tokens chose
   std::vector<MatMulJob> moe_jobs;  // the experts' products of one pass
   MatMulInput in;            // the current projection input, in the forms its weights want
+  MatMulInput in2;           // a second one, for products of two inputs in one pass
 };
 
 

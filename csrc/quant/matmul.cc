@@ -257,6 +257,36 @@ void MatMul(const PackedMatrix& w, const float* x, int64_t n_tok, float* y, Thre
   MatMul(w, in, y, pool);
 }
 
+namespace {
+
+bool IsFloat(GgmlType t) { return t == GgmlType::kF16 || t == GgmlType::kBF16 || t == GgmlType::kF32; }
+
+// Whether a product of F16 weights takes the integer prompt path (see kernel_set.h).
+bool UsesI16(const KernelSet& k, const PackedMatrix& w, int64_t n_tok) {
+  return w.type() == GgmlType::kF16 && k.gemm_f16_i16 && n_tok >= kI16MinTokens &&
+         w.cols() % kI16Block == 0;
+}
+
+// The float kernels work on pairs of row groups (the AVX-512 one takes two at once).
+int64_t FloatPairs(const PackedMatrix& w) {
+  return ((w.rows() + kFloatRows - 1) / kFloatRows + 1) / 2;
+}
+
+// Rows of pairs [p0, p1) of float weights w times the activation tiles xp.
+void FloatPairsProduct(const KernelSet& k, const PackedMatrix& w, const float* xp, int64_t n_tok,
+                       int64_t p0, int64_t p1, float* y) {
+  const int64_t rows = w.rows(), cols = w.cols(), groups = (rows + kFloatRows - 1) / kFloatRows;
+  const int64_t g0 = 2 * p0, g1 = std::min(groups, 2 * p1);
+  if (w.type() == GgmlType::kF32) {
+    k.gemm_f32(reinterpret_cast<const float*>(w.data()), cols, xp, n_tok, g0, g1, rows, y, rows);
+  } else {
+    auto gemm = w.type() == GgmlType::kF16 ? k.gemm_f16 : k.gemm_bf16;
+    gemm(reinterpret_cast<const uint16_t*>(w.data()), cols, xp, n_tok, g0, g1, rows, y, rows);
+  }
+}
+
+}  // namespace
+
 void MatMul(const PackedMatrix& w, MatMulInput& in, float* y, ThreadPool& pool) {
   const KernelSet& k = ActiveKernels();  // one snapshot for the whole product
   const int64_t rows = w.rows(), cols = w.cols(), n_tok = in.n_tok();
@@ -287,8 +317,7 @@ void MatMul(const PackedMatrix& w, MatMulInput& in, float* y, ThreadPool& pool) 
     case GgmlType::kBF16:
     case GgmlType::kF32: {
       const int64_t groups = (rows + kFloatRows - 1) / kFloatRows;
-      if (w.type() == GgmlType::kF16 && k.gemm_f16_i16 && n_tok >= kI16MinTokens &&
-          cols % kI16Block == 0) {
+      if (UsesI16(k, w, n_tok)) {
         // Prompts: integer dot products, twice the float multiply rate (see kernel_set.h).
         const int16_t* xq;
         const float* xs;
@@ -305,16 +334,8 @@ void MatMul(const PackedMatrix& w, MatMulInput& in, float* y, ThreadPool& pool) 
         return;
       }
       const float* xp = in.Tiles(k, w.type(), pool);
-      // Pairs of groups per slice: the AVX-512 kernel works on two groups at once.
-      const int64_t pairs = (groups + 1) / 2;
-      ParallelRanges(pool, pairs, 1, [&](int64_t p0, int64_t p1) {
-        const int64_t g0 = 2 * p0, g1 = std::min(groups, 2 * p1);
-        if (w.type() == GgmlType::kF32) {
-          k.gemm_f32(reinterpret_cast<const float*>(w.data()), cols, xp, n_tok, g0, g1, rows, y, rows);
-        } else {
-          auto gemm = w.type() == GgmlType::kF16 ? k.gemm_f16 : k.gemm_bf16;
-          gemm(reinterpret_cast<const uint16_t*>(w.data()), cols, xp, n_tok, g0, g1, rows, y, rows);
-        }
+      ParallelRanges(pool, FloatPairs(w), 1, [&](int64_t p0, int64_t p1) {
+        FloatPairsProduct(k, w, xp, n_tok, p0, p1, y);
       });
       return;
     }
@@ -327,11 +348,13 @@ void MatMulMany(const MatMulJob* jobs, int n_jobs, ThreadPool& pool) {
   const KernelSet& k = ActiveKernels();
   struct Part {
     const MatMulJob* job;
-    const BlockLayout* layout;  // lane kernels; null: Q8_0
+    const BlockLayout* layout;  // lane kernels; null: Q8_0 or a float type
     const KernelSet* ks;
-    const XQ8Block* x;
+    const XQ8Block* x;          // the Q8_0 form of the input (lane kernels, Q8_0)
+    const float* xp;            // its tiles (float types); null otherwise
     float* scratch;
-    int64_t first, groups;  // the part's row groups are [first, first + groups) of all
+    int64_t first, groups;  // the part's units (row groups; pairs of them for the float types)
+                            // are [first, first + groups) of all
   };
   // Called for every layer of every step from the one thread that runs the model: the list is
   // kept, so a step allocates nothing.
@@ -347,15 +370,27 @@ void MatMulMany(const MatMulJob* jobs, int n_jobs, ThreadPool& pool) {
     }
     const BlockLayout* l = GetBlockLayout(w.type());
     const KernelSet* ks = l ? (k.gemm_lanes ? &k : &ScalarKernels()) : &k;
-    // An input serves every part in one form; one that two kernel levels would build twice
-    // (the second overwriting the first) goes through MatMul on its own.
+    // An input serves every part in one form of each kind; one that two kernel levels (or two
+    // float types' roundings) would build twice, the second overwriting the first, goes through
+    // MatMul on its own, as do F16 prompts (the integer path).
+    const bool is_float = IsFloat(w.type());
     bool clash = false;
-    for (const Part& p : parts) clash |= p.job->in == job.in && p.ks->level != ks->level;
-    if (clash || !(l || w.type() == GgmlType::kQ8_0)) {
+    for (const Part& p : parts) {
+      if (p.job->in != job.in || (p.xp != nullptr) != is_float) continue;
+      clash |= is_float ? p.job->w->type() != w.type() : p.ks->level != ks->level;
+    }
+    if (clash || !(l || w.type() == GgmlType::kQ8_0 || is_float) ||
+        (is_float && UsesI16(k, w, job.in->n_tok()))) {
       MatMul(w, *job.in, job.y, pool);
       continue;
     }
-    Part p{&job, l, ks, job.in->Q8(*ks, pool), nullptr, total, 0};
+    if (is_float) {
+      parts.push_back({&job, nullptr, &k, nullptr, job.in->Tiles(k, w.type(), pool), nullptr, total,
+                       FloatPairs(w)});
+      total += parts.back().groups;
+      continue;
+    }
+    Part p{&job, l, ks, job.in->Q8(*ks, pool), nullptr, nullptr, total, 0};
     if (l) {
       p.scratch = job.in->LaneScratch(pool.size());
       p.groups = (w.rows() + kLaneRows - 1) / kLaneRows;
@@ -372,7 +407,9 @@ void MatMulMany(const MatMulJob* jobs, int n_jobs, ThreadPool& pool) {
       if (g0 >= g1) continue;
       const PackedMatrix& w = *p.job->w;
       const int64_t rows = w.rows(), cols = w.cols(), n_tok = p.job->in->n_tok();
-      if (p.layout) {
+      if (p.xp) {
+        FloatPairsProduct(*p.ks, w, p.xp, n_tok, g0, g1, p.job->y);
+      } else if (p.layout) {
         p.ks->gemm_lanes(*p.layout, w.data(), cols, p.x, n_tok, g0, g1, rows, p.job->y, rows,
                          p.scratch + thread * LaneScratchFloats(cols));
       } else {
