@@ -376,10 +376,25 @@ void Attend(const ModelConfig& c, int64_t l, const Batch& batch, Workspace& ws, 
   // in the same order: a position's result must not depend on how the step that computed it
   // was batched or spread over threads (a preempted or prefix-shared sequence recomputes
   // positions in other tiles, and the greedy tokens must not change).
+  // The cache's rows of chunk i (keys, or values from column d0 on, dn wide) are asked for
+  // ahead of their use: decode reads them from memory, 16 strided rows at a time.
+  auto prefetch = [&](const Task& T, int64_t i, bool values, int64_t d0, int64_t dn) {
+    if (i >= n_chunks(T)) return;
+    int64_t p, blk, off;
+    int nk;
+    chunk(T, i, &p, &blk, &nk, &off);
+    const uint8_t* rows = values ? T.kv->v_block(l, blk) + off + KvRowBytes(kv_type, d0)
+                                 : T.kv->k_block(l, blk) + off;
+    const int64_t bytes = KvRowBytes(kv_type, dn);
+    for (int j = 0; j < nk; ++j) {
+      for (int64_t b = 0; b < bytes; b += 64) __builtin_prefetch(rows + j * row_bytes + b);
+    }
+  };
   auto scores = [&](const Task& T, float* s, int64_t i, float* kt, float* vf) {
     int64_t p, blk, off;
     int nk;
     chunk(T, i, &p, &blk, &nk, &off);
+    prefetch(T, i + 1, /*values=*/false, 0, D);
     k.attn_keys(kv_type, T.kv->k_block(l, blk) + off, row_bytes, nk, D, vf, kt);
     k.attn_scores(T.q, T.rows, kt, D, s + (p - T.base), T.lds);
   };
@@ -411,6 +426,7 @@ void Attend(const ModelConfig& c, int64_t l, const Batch& batch, Workspace& ws, 
       int64_t p, blk, off;
       int nk;
       chunk(T, i, &p, &blk, &nk, &off);
+      prefetch(T, i + 1, /*values=*/true, d0, dn);
       k.kv_rows(kv_type, T.kv->v_block(l, blk) + off + KvRowBytes(kv_type, d0), row_bytes, nk, dn,
                 vf);
       k.attn_values(s + (p - T.base), T.lds, T.rows, vf, nk, dn, o);

@@ -125,11 +125,31 @@ inline void AttnKeysTile(KvType t, const uint8_t* k, int64_t ldk, int nk, int64_
 }
 
 // o[r][:d] += sum_{j < nk} p[r * ldp + j] * v[j * d + :] for r < rows. A row's 64-value slice of
-// o stays in registers while the keys stream past; two rows share each load of v.
+// o stays in registers while the keys stream past; four rows (a group of query heads), or two,
+// share each load of v. Every row's sums run in the same order whichever pass takes it.
 inline void AttnValuesTile(const float* p, int64_t ldp, int rows, const float* v, int nk, int64_t d,
                            float* const* o) {
   constexpr int64_t kSlice = 64;
   int r = 0;
+  for (; r + 4 <= rows && d % kSlice == 0; r += 4) {
+    const float* pr[4] = {p + r * ldp, p + (r + 1) * ldp, p + (r + 2) * ldp, p + (r + 3) * ldp};
+    for (int64_t c = 0; c < d; c += kSlice) {
+      float a[4][kSlice];
+      for (int q = 0; q < 4; ++q) {
+        for (int64_t i = 0; i < kSlice; ++i) a[q][i] = o[r + q][c + i];
+      }
+      for (int j = 0; j < nk; ++j) {
+        const float* vj = v + j * d + c;
+        for (int q = 0; q < 4; ++q) {
+          const float pj = pr[q][j];
+          for (int64_t i = 0; i < kSlice; ++i) a[q][i] = MulAdd(pj, vj[i], a[q][i]);
+        }
+      }
+      for (int q = 0; q < 4; ++q) {
+        for (int64_t i = 0; i < kSlice; ++i) o[r + q][c + i] = a[q][i];
+      }
+    }
+  }
   for (; r + 2 <= rows; r += 2) {
     const float *p0 = p + r * ldp, *p1 = p0 + ldp;
     int64_t c = 0;

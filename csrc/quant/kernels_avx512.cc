@@ -365,8 +365,10 @@ void GeluMul(float* g, const float* u, int64_t n) {
 }
 
 void F16ToF32(const uint16_t* h, float* out, int64_t n) {
-  for (int64_t i = 0; i < n; i += 16) {
-    const __mmask16 m = n - i >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << (n - i)) - 1);
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) _mm512_storeu_ps(out + i, LoadF16::Load(h + i));
+  if (i < n) {  // masked only at the end: every key and value row of attention comes through here
+    const __mmask16 m = static_cast<__mmask16>((1u << (n - i)) - 1);
     _mm512_mask_storeu_ps(out + i, m, LoadF16::LoadMasked(h + i, m));
   }
 }
