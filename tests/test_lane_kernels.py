@@ -23,7 +23,8 @@ HALF_FIELDS = {
 TYPES = list(HALF_FIELDS)
 # Ragged on purpose: rows that leave a partial group of 16, token counts that leave a partial
 # tile of 8, one token (decode) and several (prompts, batched decode).
-SHAPES = [(1, 1, 1), (17, 2, 3), (33, 3, 8), (48, 1, 13), (100, 2, 1), (7, 1, 9)]
+# 37 tokens: two whole tiles of 16 for the AMX kernels where the CPU has them, and 5 more.
+SHAPES = [(1, 1, 1), (17, 2, 3), (33, 3, 8), (48, 1, 13), (100, 2, 1), (7, 1, 9), (33, 2, 37)]
 
 
 def random_blocks(type_name: str, rows: int, cols: int, seed: int) -> np.ndarray:
@@ -99,3 +100,46 @@ def test_a_hand_built_q6_k_block():
     y = _core.matmul("Q6_K", block, 1, 256, x, 1)
     # 2.5 -> 2 and 3.5 -> 4: halves round to even.
     assert y[0, 0] == pytest.approx(2.0 + 4.0)
+
+
+@pytest.mark.skipif(not _core.amx_usable(), reason="this CPU, OS or build has no AMX")
+@pytest.mark.parametrize("type_name", TYPES)
+def test_amx_products_equal_the_vnni_kernel_bit_for_bit(type_name):
+    """Prompts on CPUs with AMX: the tile kernels make the same integer sums as vpdpbusd and
+    apply the scales in the same order, so every float is the same (ragged rows, whole tiles of
+    16 tokens and a remainder the VNNI kernel takes)."""
+    rows, cols = 33, 512
+    raw = random_blocks(type_name, rows, cols, seed=7)
+    x = np.random.default_rng(3).standard_normal((53, cols)).astype(np.float32)
+    before_isa, before_amx = _core.isa(), _core.amx()
+    try:
+        _core.set_isa("avx512")
+        for threads in (1, 2):
+            _core.set_amx(True)
+            tiles = _core.matmul(type_name, raw, rows, cols, x, threads)
+            _core.set_amx(False)
+            vnni = _core.matmul(type_name, raw, rows, cols, x, threads)
+            assert np.array_equal(tiles.view(np.uint32), vnni.view(np.uint32))
+    finally:
+        _core.set_isa(before_isa)
+        _core.set_amx(before_amx)
+
+
+def test_amx_is_on_where_usable_unless_the_environment_says_0():
+    import os
+    import subprocess
+    import sys
+
+    code = "from pyengine import _core; print(_core.amx(), _core.amx_usable())"
+
+    def state(**env):
+        out = subprocess.run([sys.executable, "-c", code], env={**os.environ, **env},
+                             capture_output=True, text=True, check=True)
+        return out.stdout.split()
+
+    usable = str(_core.amx_usable())
+    assert state(PYENGINE_AMX="0") == ["False", usable]
+    assert state(PYENGINE_AMX="1") == [usable, usable]
+    if not _core.amx_usable():
+        with pytest.raises(ValueError, match="AMX"):
+            _core.set_amx(True)

@@ -368,6 +368,15 @@ PYBIND11_MODULE(_core, m) {
           if (!SetIsa(level)) throw py::value_error("this CPU does not support '" + name + "'");
         },
         py::arg("level"), "Forces a kernel level (as PYENGINE_ISA does at start-up).");
+  m.def("amx", [] { return AmxActive(); },
+        "Whether prompt products use AMX tile instructions (x86-64 CPUs that have them).");
+  m.def("amx_usable", [] { return AmxUsable(); },
+        "Whether this CPU, OS and build can run the AMX kernels.");
+  m.def("set_amx",
+        [](bool on) {
+          if (!SetAmx(on)) throw py::value_error("this CPU, OS or build cannot run AMX kernels");
+        },
+        py::arg("on"), "Turns the AMX prompt kernels on or off (as PYENGINE_AMX=0 does at start-up).");
   m.def("memory_read_bandwidth",
         [](int64_t n_bytes, int n_threads, int reps) {
           py::gil_scoped_release nogil;

@@ -7,6 +7,10 @@
 #include <cpuid.h>
 #define PYENGINE_X86 1
 #endif
+#if defined(PYENGINE_X86) && defined(__linux__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 #if defined(__aarch64__) && defined(__linux__)
 #include <sys/auxv.h>
 #endif
@@ -41,6 +45,8 @@ CpuFeatures Detect() {
     f.avx512vl = b & (1u << 31);
     f.avx512vnni = c & (1u << 11);
   }
+  const bool tiles_os = (xlo & 0x60000) == 0x60000;  // XTILECFG and XTILEDATA
+  f.amx_int8 = tiles_os && (d & (1u << 24)) && (d & (1u << 25));
 #endif
 #if defined(__aarch64__)
   f.neon = true;  // part of the base architecture
@@ -79,7 +85,39 @@ std::atomic<int>& Active() {
   return level;
 }
 
+// Linux keeps the tile state (8 KB per thread) off until a process asks for it; a tile
+// instruction before that is an illegal instruction.
+bool AskForTiles() {
+#if defined(PYENGINE_X86) && defined(__linux__) && defined(PYENGINE_HAVE_AMX)
+  constexpr long kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+  return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
+#else
+  return false;  // a build without the AMX kernels, or an OS this code cannot ask
+#endif
+}
+
+std::atomic<bool>& AmxOn() {
+  static std::atomic<bool> on{[] {
+    const char* env = std::getenv("PYENGINE_AMX");
+    return AmxUsable() && !(env && std::string(env) == "0");
+  }()};
+  return on;
+}
+
 }  // namespace
+
+bool AmxUsable() {
+  static const bool usable = GetCpuFeatures().amx_int8 && AskForTiles();
+  return usable;
+}
+
+bool AmxActive() { return AmxOn().load(std::memory_order_relaxed); }
+
+bool SetAmx(bool on) {
+  if (on && !AmxUsable()) return false;
+  AmxOn().store(on);
+  return true;
+}
 
 bool IsaAtMost(IsaLevel level, IsaLevel best) {
   if (level == IsaLevel::kScalar) return true;

@@ -17,6 +17,9 @@ struct CpuFeatures {
   bool avx2 = false, fma = false, f16c = false;
   bool avx512f = false, avx512bw = false, avx512vl = false, avx512vnni = false;
   bool neon = false, dotprod = false;  // AArch64: Advanced SIMD, and its sdot/udot extension
+  // x86-64 AMX: tile registers and their 8-bit integer products, with the OS saving the tile
+  // state (XCR0). Linux also wants each process to ask for that state before its first use.
+  bool amx_int8 = false;
 };
 
 const CpuFeatures& GetCpuFeatures();
@@ -30,6 +33,13 @@ IsaLevel ActiveIsa();
 
 // Forces a level (tests, benchmarks). Returns false, changing nothing, when the CPU lacks it.
 bool SetIsa(IsaLevel level);
+
+// AMX tile products for prompts at the avx512 level: whether this CPU, OS and build can run
+// them (the process's permission asked for once), and whether they are in use: from the start
+// unless PYENGINE_AMX=0, or as SetAmx last set. SetAmx(true) returns false where they cannot run.
+bool AmxUsable();
+bool AmxActive();
+bool SetAmx(bool on);
 
 const char* IsaName(IsaLevel level);
 bool ParseIsa(const std::string& name, IsaLevel* out);

@@ -43,6 +43,16 @@ struct XQ8Block {
 };
 static_assert(sizeof(XQ8Block) == 52, "packed activation block");
 
+// The Q8_0 blocks of 16 tokens side by side, for the AMX kernels (lanes_amx.cc): q is a tile
+// of 16 rows (tokens) of 32 quants, 64-byte aligned and contiguous, so one tile load reads 8
+// whole cache lines; d and dsum are each token's XQ8Block::d and ::dsum.
+struct alignas(64) XQ8Tile16 {
+  int8_t q[16][32];
+  float d[16];
+  float dsum[16];
+};
+static_assert(sizeof(XQ8Tile16) == 640, "tile of activation blocks");
+
 // F16, BF16 and F32 weights are repacked the same way: [group][k][16], the k-th value of each of
 // 16 rows side by side, so a vector load yields one value of 16 rows, lane r accumulates row r,
 // and each thread streams one contiguous region.
@@ -117,7 +127,20 @@ struct KernelSet {
   void (*gemm_lanes)(const BlockLayout& l, const uint8_t* w, int64_t cols, const XQ8Block* x,
                      int64_t n_tok, int64_t g0, int64_t g1, int64_t rows, float* y, int64_t ldy,
                      float* scratch);
+  // Prompts on CPUs with AMX (null where a level has none; only while AmxActive()): the lane
+  // types with 32-value groups (UsesAmx), tokens [0, 16 * tiles) as XQ8Tile16 [tiles][cols /
+  // 32], equal bit for bit to gemm_lanes. scratch as for gemm_lanes.
+  void (*gemm_lanes_amx)(const BlockLayout& l, const uint8_t* w, int64_t cols, const XQ8Tile16* x,
+                         int64_t tiles, int64_t g0, int64_t g1, int64_t rows, float* y,
+                         int64_t ldy, float* scratch);
 };
+
+// Whether a product of n_tok tokens with lane layout l goes through k.gemm_lanes_amx (its
+// whole tiles of 16 tokens; the rest through gemm_lanes). Types whose scales cover 16 values
+// stay with gemm_lanes: their tile products would be a quarter of the instruction's depth,
+// and measured slower than vpdpbusd.
+bool UsesAmx(const KernelSet& k, const BlockLayout& l, int64_t n_tok);
+constexpr int64_t kAmxTokens = 16;
 
 // Activations for gemm_f16_i16: each row rounded to fp16 (as the reference rounds them), then
 // every 16-value block scaled to 15-bit integers: xq [n_tok, cols], xs [n_tok, cols / 16] with

@@ -226,7 +226,7 @@ const KernelSet* Avx2Kernels() {
                                 AttnScoresTile, AttnValuesTile, AttnKeysTile<F16ToF32>,
                                 KvRowsTile<F16ToF32>,
                                 F16ToF32, RoundF16,
-                                GemmLanesAvx2};
+                                GemmLanesAvx2, /*gemm_lanes_amx=*/nullptr};
   return &set;
 }
 

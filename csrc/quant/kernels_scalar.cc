@@ -191,7 +191,7 @@ const KernelSet& ScalarKernels() {
                                 AttnScoresTile, AttnValuesTile, AttnKeysTile<F16ToF32>,
                                 KvRowsTile<F16ToF32>,
                                 F16ToF32, RoundF16,
-                                GemmLanes};
+                                GemmLanes, /*gemm_lanes_amx=*/nullptr};
   return set;
 }
 

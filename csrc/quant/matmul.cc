@@ -3,10 +3,12 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <cstring>
 #include <new>
 #include <vector>
 
 #include "quant/blocks.h"
+#include "quant/cpu_features.h"
 #include "quant/formats.h"
 #include "quant/lanes.h"
 #include "core/os_memory.h"
@@ -188,7 +190,7 @@ void MatMulInput::Set(const float* x, int64_t n_tok, int64_t cols) {
   x_ = x;
   n_tok_ = n_tok;
   cols_ = cols;
-  q8_isa_ = tiles_kind_ = tiles_isa_ = i16_isa_ = -1;
+  q8_isa_ = tiles_kind_ = tiles_isa_ = i16_isa_ = amx_isa_ = -1;
 }
 
 const XQ8Block* MatMulInput::Q8(const KernelSet& k, ThreadPool& pool) {
@@ -202,6 +204,30 @@ const XQ8Block* MatMulInput::Q8(const KernelSet& k, ThreadPool& pool) {
     q8_isa_ = static_cast<int>(k.level);
   }
   return q8_.data();
+}
+
+const XQ8Tile16* MatMulInput::AmxTiles(const KernelSet& k, ThreadPool& pool) {
+  if (amx_isa_ != static_cast<int>(k.level)) {
+    const XQ8Block* x = Q8(k, pool);
+    const int64_t nb = cols_ / kQ8_0Block, tiles = n_tok_ / kAmxTokens;
+    amx_.resize(static_cast<size_t>(tiles * nb));
+    XQ8Tile16* out = amx_.data();
+    ParallelRanges(pool, tiles, 1, [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) {
+        for (int64_t b = 0; b < nb; ++b) {
+          XQ8Tile16& o = out[i * nb + b];
+          for (int t = 0; t < kAmxTokens; ++t) {
+            const XQ8Block& xb = x[(i * kAmxTokens + t) * nb + b];
+            std::memcpy(o.q[t], xb.q, sizeof(o.q[t]));
+            o.d[t] = xb.d;
+            o.dsum[t] = xb.dsum;
+          }
+        }
+      }
+    });
+    amx_isa_ = static_cast<int>(k.level);
+  }
+  return amx_.data();
 }
 
 const float* MatMulInput::Tiles(const KernelSet& k, GgmlType type, ThreadPool& pool) {
@@ -251,6 +277,10 @@ void MatMulInput::I16Scratch(int n_threads, int32_t** wq, float** ws) {
   *ws = panel_scales_.data();
 }
 
+bool UsesAmx(const KernelSet& k, const BlockLayout& l, int64_t n_tok) {
+  return k.gemm_lanes_amx && n_tok >= kAmxTokens && l.group == 32 && AmxActive();
+}
+
 void MatMul(const PackedMatrix& w, const float* x, int64_t n_tok, float* y, ThreadPool& pool) {
   MatMulInput in;
   in.Set(x, n_tok, w.cols());
@@ -258,6 +288,24 @@ void MatMul(const PackedMatrix& w, const float* x, int64_t n_tok, float* y, Thre
 }
 
 namespace {
+
+// Row groups [g0, g1) of a lane-layout product: whole tiles of 16 tokens through the AMX
+// kernel when xt (the input's AmxTiles) is given, the other tokens through gemm_lanes.
+void LaneProduct(const KernelSet& k, const BlockLayout& l, const PackedMatrix& w, const XQ8Block* x,
+                 const XQ8Tile16* xt, int64_t n_tok, int64_t g0, int64_t g1, float* y,
+                 float* scratch) {
+  const int64_t rows = w.rows(), cols = w.cols();
+  int64_t done = 0;
+  if (xt) {
+    const int64_t tiles = n_tok / kAmxTokens;
+    k.gemm_lanes_amx(l, w.data(), cols, xt, tiles, g0, g1, rows, y, rows, scratch);
+    done = tiles * kAmxTokens;
+  }
+  if (done < n_tok) {
+    k.gemm_lanes(l, w.data(), cols, x + done * (cols / kQ8_0Block), n_tok - done, g0, g1, rows,
+                 y + done * rows, rows, scratch);
+  }
+}
 
 bool IsFloat(GgmlType t) { return t == GgmlType::kF16 || t == GgmlType::kBF16 || t == GgmlType::kF32; }
 
@@ -295,11 +343,11 @@ void MatMul(const PackedMatrix& w, MatMulInput& in, float* y, ThreadPool& pool) 
     // Levels without lane kernels of their own use the reference's.
     const KernelSet& lk = k.gemm_lanes ? k : ScalarKernels();
     const XQ8Block* x = in.Q8(lk, pool);
+    const XQ8Tile16* xt = UsesAmx(lk, *l, n_tok) ? in.AmxTiles(lk, pool) : nullptr;
     const int64_t groups = (rows + kLaneRows - 1) / kLaneRows;
     float* scratch = in.LaneScratch(pool.size());
     ParallelRanges(pool, groups, 1, [&](int64_t g0, int64_t g1, int thread) {
-      lk.gemm_lanes(*l, w.data(), cols, x, n_tok, g0, g1, rows, y, rows,
-                    scratch + thread * LaneScratchFloats(cols));
+      LaneProduct(lk, *l, w, x, xt, n_tok, g0, g1, y, scratch + thread * LaneScratchFloats(cols));
     });
     return;
   }
@@ -351,6 +399,7 @@ void MatMulMany(const MatMulJob* jobs, int n_jobs, ThreadPool& pool) {
     const BlockLayout* layout;  // lane kernels; null: Q8_0 or a float type
     const KernelSet* ks;
     const XQ8Block* x;          // the Q8_0 form of the input (lane kernels, Q8_0)
+    const XQ8Tile16* xt;        // its AMX tiles (lane kernels that use them); null otherwise
     const float* xp;            // its tiles (float types); null otherwise
     float* scratch;
     int64_t first, groups;  // the part's units (row groups; pairs of them for the float types)
@@ -385,12 +434,14 @@ void MatMulMany(const MatMulJob* jobs, int n_jobs, ThreadPool& pool) {
       continue;
     }
     if (is_float) {
-      parts.push_back({&job, nullptr, &k, nullptr, job.in->Tiles(k, w.type(), pool), nullptr, total,
-                       FloatPairs(w)});
+      parts.push_back({&job, nullptr, &k, nullptr, nullptr, job.in->Tiles(k, w.type(), pool),
+                       nullptr, total, FloatPairs(w)});
       total += parts.back().groups;
       continue;
     }
-    Part p{&job, l, ks, job.in->Q8(*ks, pool), nullptr, nullptr, total, 0};
+    const bool amx = l && UsesAmx(*ks, *l, job.in->n_tok());
+    Part p{&job, l, ks, job.in->Q8(*ks, pool), amx ? job.in->AmxTiles(*ks, pool) : nullptr, nullptr,
+           nullptr, total, 0};
     if (l) {
       p.scratch = job.in->LaneScratch(pool.size());
       p.groups = (w.rows() + kLaneRows - 1) / kLaneRows;
@@ -410,8 +461,8 @@ void MatMulMany(const MatMulJob* jobs, int n_jobs, ThreadPool& pool) {
       if (p.xp) {
         FloatPairsProduct(*p.ks, w, p.xp, n_tok, g0, g1, p.job->y);
       } else if (p.layout) {
-        p.ks->gemm_lanes(*p.layout, w.data(), cols, p.x, n_tok, g0, g1, rows, p.job->y, rows,
-                         p.scratch + thread * LaneScratchFloats(cols));
+        LaneProduct(*p.ks, *p.layout, w, p.x, p.xt, n_tok, g0, g1, p.job->y,
+                    p.scratch + thread * LaneScratchFloats(cols));
       } else {
         p.ks->gemm_q8(w.q8(), cols / kQ8_0Block, p.x, n_tok, g0, g1, rows, p.job->y, rows);
       }

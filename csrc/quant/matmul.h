@@ -87,6 +87,8 @@ class MatMulInput {
   // Each form is built with (and only valid for) the kernel set `k`: callers take one
   // snapshot of ActiveKernels() per product, so a concurrent SetIsa cannot mix layouts.
   const XQ8Block* Q8(const KernelSet& k, ThreadPool& pool);                // [n_tok, cols / 32]
+  // The Q8 form's whole tiles of 16 tokens for the AMX kernels: [n_tok / 16, cols / 32].
+  const XQ8Tile16* AmxTiles(const KernelSet& k, ThreadPool& pool);
   const float* Tiles(const KernelSet& k, GgmlType type, ThreadPool& pool);  // pack_x layout
   // fp16-rounded rows as 15-bit integer blocks: xq [n_tok, cols], scales [n_tok, cols/16].
   void I16(const KernelSet& k, ThreadPool& pool, const int16_t** xq, const float** xs);
@@ -103,8 +105,10 @@ class MatMulInput {
   int tiles_kind_ = -1;  // GgmlType whose rounding tiles_ holds, -1: none
   int tiles_isa_ = -1;   // the tile width depends on the kernel level
   int i16_isa_ = -1;
+  int amx_isa_ = -1;
   bool i16_ready_ = false;
   std::vector<XQ8Block> q8_;
+  std::vector<XQ8Tile16> amx_;
   std::vector<float> tiles_;
   std::vector<int16_t> i16_;
   std::vector<float> i16_scales_;
