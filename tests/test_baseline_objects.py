@@ -1,5 +1,5 @@
 """One x86-64 build runs on every x86-64 CPU: outside the dispatched kernel files (compiled with
-AVX2 or AVX-512 flags, called only when the CPU has them) no object of the native core holds an
+AVX2, AVX-512 or AMX flags, called only when the CPU has them) no object of the native core holds an
 AVX instruction, except functions named for their level (a `target` attribute, checked at run
 time), and the dispatched files define no weak symbol: the linker could keep their copy of a
 shared inline function for every caller, wide instructions and all."""
@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-DISPATCHED = {"kernels_avx2.cc.o", "lanes_avx2.cc.o", "kernels_avx512.cc.o", "lanes_avx512.cc.o"}
+DISPATCHED = {"kernels_avx2.cc.o", "lanes_avx2.cc.o", "kernels_avx512.cc.o", "lanes_avx512.cc.o",
+              "lanes_amx.cc.o"}
 # A VEX/EVEX-encoded instruction (every AVX mnemonic starts with v), or a wide or mask register.
 AVX = re.compile(r"^\s*[0-9a-f]+:\s+(v[a-z0-9]+\b|.*%[yz]mm\d|.*%k[0-7]\b)")
 FUNCTION = re.compile(r"^[0-9a-f]+ <(.+)>:$")

@@ -151,9 +151,11 @@ constexpr int64_t kI16WeightMax = 8191, kI16ActMax = 16383;
 static_assert(kI16Block * kI16WeightMax * kI16ActMax <= 2147483647LL,
               "a lane's 16 products must fit int32");
 
-// Scratch floats gemm_lanes needs per thread: a row group's decoded scales and mins
-// (LaneScales per unit, only the groups a unit has), at most 2 * 16 floats per 16 values.
-constexpr int64_t LaneScratchFloats(int64_t cols) { return 2 * cols; }
+// Scratch floats gemm_lanes and gemm_lanes_amx need per thread: a row group's decoded scales
+// and mins (LaneScales per unit, only the groups a unit has), at most 2 * 16 floats per 16
+// values; then, for gemm_lanes_amx, the row group's values unpacked to bytes (16 per column).
+constexpr int64_t LaneScaleFloatsOf(int64_t cols) { return 2 * cols; }
+constexpr int64_t LaneScratchFloats(int64_t cols) { return LaneScaleFloatsOf(cols) + 4 * cols; }
 
 // GELU-tanh of every fp16 value, rounded to fp16 and stored as float: [65536].
 const float* GeluFp16Table();

@@ -16,7 +16,6 @@
 #include <immintrin.h>
 
 #include <cstring>
-#include <vector>
 
 #include "quant/lane_values_avx512.h"
 
@@ -131,17 +130,17 @@ void Gemm(const uint8_t* w, int64_t cols, const XQ8Tile16* x, int64_t tiles, int
   constexpr BlockLayout L = *GetBlockLayout(T);
   constexpr int64_t kUnitBytes = GetLaneUnit(L).bytes;
   const int64_t units = cols / L.values, nb = cols / 32;
-  // The calling thread's copy of a row group's values, unpacked (scratch: its scales).
-  thread_local std::vector<uint8_t> unpacked;
-  unpacked.resize(static_cast<size_t>(cols * kLaneRows));
+  // The calling thread's scratch: a row group's decoded scales, then its values unpacked
+  // (LaneScratchFloats counts both).
+  uint8_t* unpacked = reinterpret_cast<uint8_t*>(scratch + LaneScaleFloatsOf(cols));
   const TileConfig cfg = ConfigFor(L.group);
   _tile_loadconfig(&cfg);
   for (int64_t g = g0; g < g1; ++g) {
     const uint8_t* wg = w + g * units * kUnitBytes;
     for (int64_t u = 0; u < units; ++u) DecodeUnit<T>(wg + u * kUnitBytes, scratch + u * LaneScaleFloats(L));
-    UnpackGroups<T>(wg, units, unpacked.data());
+    UnpackGroups<T>(wg, units, unpacked);
     for (int64_t i = 0; i < tiles; ++i) {
-      TokenTile<T>(unpacked.data(), units, scratch, x + i * nb, y + i * kTileTokens * ldy + g * kLaneRows,
+      TokenTile<T>(unpacked, units, scratch, x + i * nb, y + i * kTileTokens * ldy + g * kLaneRows,
                    ldy, RowMask(rows, g));
     }
   }
