@@ -16,7 +16,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 DISPATCHED = {"kernels_avx2.cc.o", "lanes_avx2.cc.o", "kernels_avx512.cc.o", "lanes_avx512.cc.o",
-              "lanes_amx.cc.o"}
+              "kernels_amx.cc.o"}
 # A VEX/EVEX-encoded instruction (every AVX mnemonic starts with v), or a wide or mask register.
 AVX = re.compile(r"^\s*[0-9a-f]+:\s+(v[a-z0-9]+\b|.*%[yz]mm\d|.*%k[0-7]\b)")
 FUNCTION = re.compile(r"^[0-9a-f]+ <(.+)>:$")

@@ -103,13 +103,17 @@ def test_a_hand_built_q6_k_block():
 
 
 @pytest.mark.skipif(not _core.amx_usable(), reason="this CPU, OS or build has no AMX")
-@pytest.mark.parametrize("type_name", TYPES)
+@pytest.mark.parametrize("type_name", TYPES + ["Q8_0"])
 def test_amx_products_equal_the_vnni_kernel_bit_for_bit(type_name):
     """Prompts on CPUs with AMX: the tile kernels make the same integer sums as vpdpbusd and
     apply the scales in the same order, so every float is the same (ragged rows, whole tiles of
     16 tokens and a remainder the VNNI kernel takes)."""
     rows, cols = 33, 512
-    raw = random_blocks(type_name, rows, cols, seed=7)
+    if type_name == "Q8_0":
+        w = np.random.default_rng(7).standard_normal((rows, cols)).astype(np.float32)
+        raw = quantize(w, Q.Q8_0).reshape(-1)
+    else:
+        raw = random_blocks(type_name, rows, cols, seed=7)
     x = np.random.default_rng(3).standard_normal((53, cols)).astype(np.float32)
     before_isa, before_amx = _core.isa(), _core.amx()
     try:

@@ -43,15 +43,16 @@ struct XQ8Block {
 };
 static_assert(sizeof(XQ8Block) == 52, "packed activation block");
 
-// The Q8_0 blocks of 16 tokens side by side, for the AMX kernels (lanes_amx.cc): q is a tile
+// The Q8_0 blocks of 16 tokens side by side, for the AMX kernels (kernels_amx.cc): q is a tile
 // of 16 rows (tokens) of 32 quants, 64-byte aligned and contiguous, so one tile load reads 8
-// whole cache lines; d and dsum are each token's XQ8Block::d and ::dsum.
+// whole cache lines; d and dsum are each token's XQ8Block::d and ::dsum, bias its 128 * sum(q).
 struct alignas(64) XQ8Tile16 {
   int8_t q[16][32];
   float d[16];
   float dsum[16];
+  int32_t bias[16];
 };
-static_assert(sizeof(XQ8Tile16) == 640, "tile of activation blocks");
+static_assert(sizeof(XQ8Tile16) == 704, "tile of activation blocks");
 
 // F16, BF16 and F32 weights are repacked the same way: [group][k][16], the k-th value of each of
 // 16 rows side by side, so a vector load yields one value of 16 rows, lane r accumulates row r,
@@ -133,6 +134,9 @@ struct KernelSet {
   void (*gemm_lanes_amx)(const BlockLayout& l, const uint8_t* w, int64_t cols, const XQ8Tile16* x,
                          int64_t tiles, int64_t g0, int64_t g1, int64_t rows, float* y,
                          int64_t ldy, float* scratch);
+  // The same for Q8_0 weights (as gemm_q8, bit for bit), tokens [0, 16 * tiles).
+  void (*gemm_q8_amx)(const Q8x16Block* w, int64_t nb, const XQ8Tile16* x, int64_t tiles,
+                      int64_t g0, int64_t g1, int64_t rows, float* y, int64_t ldy);
 };
 
 // Whether a product of n_tok tokens with lane layout l goes through k.gemm_lanes_amx (its
@@ -140,6 +144,8 @@ struct KernelSet {
 // stay with gemm_lanes: their tile products would be a quarter of the instruction's depth,
 // and measured slower than vpdpbusd.
 bool UsesAmx(const KernelSet& k, const BlockLayout& l, int64_t n_tok);
+// Whether a product of n_tok tokens with Q8_0 weights goes through k.gemm_q8_amx (likewise).
+bool UsesAmxQ8(const KernelSet& k, int64_t n_tok);
 constexpr int64_t kAmxTokens = 16;
 
 // Activations for gemm_f16_i16: each row rounded to fp16 (as the reference rounds them), then

@@ -226,7 +226,8 @@ const KernelSet* Avx2Kernels() {
                                 AttnScoresTile, AttnValuesTile, AttnKeysTile<F16ToF32>,
                                 KvRowsTile<F16ToF32>,
                                 F16ToF32, RoundF16,
-                                GemmLanesAvx2, /*gemm_lanes_amx=*/nullptr};
+                                GemmLanesAvx2, /*gemm_lanes_amx=*/nullptr,
+                                /*gemm_q8_amx=*/nullptr};
   return &set;
 }
 

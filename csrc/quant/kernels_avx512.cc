@@ -432,7 +432,7 @@ const KernelSet* Avx512Kernels() {
                                 QuantizeI16, kXTile, PackX,
                                 QuantizeQ8, ToF16, GeluMul, AttnScoresTile, AttnValuesTile,
                                 AttnKeys, KvRowsTile<F16ToF32>, F16ToF32, RoundF16,
-                                GemmLanesAvx512, GemmLanesAmx};
+                                GemmLanesAvx512, GemmLanesAmx, GemmQ8Amx};
   return &set;
 }
 

@@ -191,7 +191,8 @@ const KernelSet& ScalarKernels() {
                                 AttnScoresTile, AttnValuesTile, AttnKeysTile<F16ToF32>,
                                 KvRowsTile<F16ToF32>,
                                 F16ToF32, RoundF16,
-                                GemmLanes, /*gemm_lanes_amx=*/nullptr};
+                                GemmLanes, /*gemm_lanes_amx=*/nullptr,
+                                /*gemm_q8_amx=*/nullptr};
   return set;
 }
 

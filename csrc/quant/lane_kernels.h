@@ -30,11 +30,13 @@ inline constexpr Iq4nlBiased kIq4nlBiased = MakeIq4nlBiased();
 void GemmLanesAvx512(const BlockLayout& l, const uint8_t* w, int64_t cols, const XQ8Block* x,
                      int64_t n_tok, int64_t g0, int64_t g1, int64_t rows, float* y, int64_t ldy,
                      float* scratch);
-// KernelSet::gemm_lanes_amx of the avx512 level (lanes_amx.cc; without AMX in the build, a
-// stub that is never called: AmxUsable() is false there).
+// KernelSet::gemm_lanes_amx and ::gemm_q8_amx of the avx512 level (kernels_amx.cc; without
+// AMX in the build, stubs that are never called: AmxUsable() is false there).
 void GemmLanesAmx(const BlockLayout& l, const uint8_t* w, int64_t cols, const XQ8Tile16* x,
                   int64_t tiles, int64_t g0, int64_t g1, int64_t rows, float* y, int64_t ldy,
                   float* scratch);
+void GemmQ8Amx(const Q8x16Block* w, int64_t nb, const XQ8Tile16* x, int64_t tiles, int64_t g0,
+               int64_t g1, int64_t rows, float* y, int64_t ldy);
 void GemmLanesAvx2(const BlockLayout& l, const uint8_t* w, int64_t cols, const XQ8Block* x,
                    int64_t n_tok, int64_t g0, int64_t g1, int64_t rows, float* y, int64_t ldy,
                    float* scratch);

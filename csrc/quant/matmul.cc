@@ -221,6 +221,7 @@ const XQ8Tile16* MatMulInput::AmxTiles(const KernelSet& k, ThreadPool& pool) {
             std::memcpy(o.q[t], xb.q, sizeof(o.q[t]));
             o.d[t] = xb.d;
             o.dsum[t] = xb.dsum;
+            o.bias[t] = 128 * xb.sum();
           }
         }
       }
@@ -281,6 +282,10 @@ bool UsesAmx(const KernelSet& k, const BlockLayout& l, int64_t n_tok) {
   return k.gemm_lanes_amx && n_tok >= kAmxTokens && l.group == 32 && AmxActive();
 }
 
+bool UsesAmxQ8(const KernelSet& k, int64_t n_tok) {
+  return k.gemm_q8_amx && n_tok >= kAmxTokens && AmxActive();
+}
+
 void MatMul(const PackedMatrix& w, const float* x, int64_t n_tok, float* y, ThreadPool& pool) {
   MatMulInput in;
   in.Set(x, n_tok, w.cols());
@@ -291,6 +296,19 @@ namespace {
 
 // Row groups [g0, g1) of a lane-layout product: whole tiles of 16 tokens through the AMX
 // kernel when xt (the input's AmxTiles) is given, the other tokens through gemm_lanes.
+// Row groups [g0, g1) of a Q8_0 product, split as LaneProduct splits its tokens.
+void Q8Product(const KernelSet& k, const PackedMatrix& w, const XQ8Block* x, const XQ8Tile16* xt,
+               int64_t n_tok, int64_t g0, int64_t g1, float* y) {
+  const int64_t rows = w.rows(), nb = w.cols() / kQ8_0Block;
+  int64_t done = 0;
+  if (xt) {
+    const int64_t tiles = n_tok / kAmxTokens;
+    k.gemm_q8_amx(w.q8(), nb, xt, tiles, g0, g1, rows, y, rows);
+    done = tiles * kAmxTokens;
+  }
+  if (done < n_tok) k.gemm_q8(w.q8(), nb, x + done * nb, n_tok - done, g0, g1, rows, y + done * rows, rows);
+}
+
 void LaneProduct(const KernelSet& k, const BlockLayout& l, const PackedMatrix& w, const XQ8Block* x,
                  const XQ8Tile16* xt, int64_t n_tok, int64_t g0, int64_t g1, float* y,
                  float* scratch) {
@@ -355,9 +373,10 @@ void MatMul(const PackedMatrix& w, MatMulInput& in, float* y, ThreadPool& pool) 
     case GgmlType::kQ8_0: {
       const int64_t nb = cols / kQ8_0Block;
       const XQ8Block* xq = in.Q8(k, pool);
+      const XQ8Tile16* xt = UsesAmxQ8(k, n_tok) ? in.AmxTiles(k, pool) : nullptr;
       const int64_t groups = (rows + kQ8Rows - 1) / kQ8Rows;
       ParallelRanges(pool, groups, 1, [&](int64_t g0, int64_t g1) {
-        k.gemm_q8(w.q8(), nb, xq, n_tok, g0, g1, rows, y, rows);
+        Q8Product(k, w, xq, xt, n_tok, g0, g1, y);
       });
       return;
     }
@@ -399,7 +418,7 @@ void MatMulMany(const MatMulJob* jobs, int n_jobs, ThreadPool& pool) {
     const BlockLayout* layout;  // lane kernels; null: Q8_0 or a float type
     const KernelSet* ks;
     const XQ8Block* x;          // the Q8_0 form of the input (lane kernels, Q8_0)
-    const XQ8Tile16* xt;        // its AMX tiles (lane kernels that use them); null otherwise
+    const XQ8Tile16* xt;        // its AMX tiles (where the product uses them); null otherwise
     const float* xp;            // its tiles (float types); null otherwise
     float* scratch;
     int64_t first, groups;  // the part's units (row groups; pairs of them for the float types)
@@ -439,7 +458,7 @@ void MatMulMany(const MatMulJob* jobs, int n_jobs, ThreadPool& pool) {
       total += parts.back().groups;
       continue;
     }
-    const bool amx = l && UsesAmx(*ks, *l, job.in->n_tok());
+    const bool amx = l ? UsesAmx(*ks, *l, job.in->n_tok()) : UsesAmxQ8(*ks, job.in->n_tok());
     Part p{&job, l, ks, job.in->Q8(*ks, pool), amx ? job.in->AmxTiles(*ks, pool) : nullptr, nullptr,
            nullptr, total, 0};
     if (l) {
@@ -464,7 +483,7 @@ void MatMulMany(const MatMulJob* jobs, int n_jobs, ThreadPool& pool) {
         LaneProduct(*p.ks, *p.layout, w, p.x, p.xt, n_tok, g0, g1, p.job->y,
                     p.scratch + thread * LaneScratchFloats(cols));
       } else {
-        p.ks->gemm_q8(w.q8(), cols / kQ8_0Block, p.x, n_tok, g0, g1, rows, p.job->y, rows);
+        Q8Product(*p.ks, w, p.x, p.xt, n_tok, g0, g1, p.job->y);
       }
     }
   });

@@ -1,6 +1,6 @@
-// AMX kernels of the lane-layout types (lanes.h) for prompts: the integer dot products of a
-// group of 32 values for 16 tokens and 16 rows at once, in one tile instruction, instead of 8
-// vpdpbusd per token. A unit's values unpack (LoadSub) into exactly the layout the
+// AMX kernels for prompts, of the lane-layout types with 32-value groups (lanes.h) and of Q8_0:
+// the integer dot products of a group of 32 values for 16 tokens and 16 rows at once, in one
+// tile instruction, instead of 8 vpdpbusd per token. A unit's values unpack (LoadSub) into exactly the layout the
 // instruction's second operand wants: 4 consecutive values of each of 16 rows per 64-byte
 // line. The activations' Q8_0 blocks come 16 tokens to a tile (XQ8Tile16), the first operand.
 //
@@ -80,9 +80,30 @@ inline void GroupProducts(const uint8_t* b, const int8_t* q, int64_t stride, int
 }
 constexpr int kInFlight = 4;  // result tiles, and cbuf slots
 
+// The tile products of groups [0, n) (group j: weights at bj(j), activations x[j]) run
+// kInFlight - 1 groups ahead of epilogue(j, sums of group j [16 tokens][16 rows]), so the tile
+// unit works while the vector units apply the scales.
+template <class WeightsOf, class Epilogue>
+inline void Pipelined(int64_t n, const XQ8Tile16* x, WeightsOf bj, Epilogue epilogue) {
+  alignas(64) int32_t cbuf[kInFlight][kTileTokens * kLaneRows];
+  auto issue = [&](int64_t j) {
+    const int8_t* q = x[j].q[0];
+    switch (j % kInFlight) {
+      case 0: GroupProducts<0>(bj(j), q, 32, cbuf[0]); break;
+      case 1: GroupProducts<1>(bj(j), q, 32, cbuf[1]); break;
+      case 2: GroupProducts<2>(bj(j), q, 32, cbuf[2]); break;
+      default: GroupProducts<3>(bj(j), q, 32, cbuf[3]); break;
+    }
+  };
+  for (int64_t j = 0; j < kInFlight - 1 && j < n; ++j) issue(j);
+  for (int64_t j = 0; j < n; ++j) {
+    if (j + kInFlight - 1 < n) issue(j + kInFlight - 1);
+    epilogue(j, cbuf[j % kInFlight]);
+  }
+}
+
 // 16 tokens (x: their tile blocks) against every group of a row group (b: UnpackGroups; pre:
-// the decoded scales of its units). Group j + 3's tile products are issued before group j's
-// sums are read back, so the tile unit works while the vector units apply the scales.
+// the decoded scales of its units); group j reads activation block j.
 template <GgmlType T>
 void TokenTile(const uint8_t* b, int64_t units, const float* pre, const XQ8Tile16* x, float* y,
                int64_t ldy, __mmask16 mask) {
@@ -91,36 +112,39 @@ void TokenTile(const uint8_t* b, int64_t units, const float* pre, const XQ8Tile1
   constexpr int kScaleFloats = LaneScaleFloats(L);
   constexpr int kGroups = L.values / L.group;
   constexpr int kGroupBytes = L.group * kLaneRows;
-  alignas(64) int32_t cbuf[kInFlight][kTileTokens * kLaneRows];
-  const int64_t n = units * kGroups;  // group j reads activation block j
-  auto issue = [&](int64_t j) {
-    const uint8_t* bj = b + j * kGroupBytes;
-    const int8_t* q = x[j].q[0];
-    switch (j % kInFlight) {
-      case 0: GroupProducts<0>(bj, q, 32, cbuf[0]); break;
-      case 1: GroupProducts<1>(bj, q, 32, cbuf[1]); break;
-      case 2: GroupProducts<2>(bj, q, 32, cbuf[2]); break;
-      default: GroupProducts<3>(bj, q, 32, cbuf[3]); break;
-    }
-  };
   __m512 acc[kTileTokens];
   for (int t = 0; t < kTileTokens; ++t) acc[t] = _mm512_setzero_ps();
-  for (int64_t j = 0; j < kInFlight - 1 && j < n; ++j) issue(j);
-  for (int64_t j = 0; j < n; ++j) {
-    if (j + kInFlight - 1 < n) issue(j + kInFlight - 1);
-    // As TileUnit in lanes_avx512.cc: the group's scale, then its offset or min.
-    const float* sc = pre + (j / kGroups) * kScaleFloats;
-    const int gi = static_cast<int>(j % kGroups);
-    const __m512 dsc = _mm512_loadu_ps(sc + gi * kLaneRows);
-    const __m512 dmn = _mm512_loadu_ps(sc + (kGroups + gi) * kLaneRows);
-    const int32_t* c = cbuf[j % kInFlight];
+  Pipelined(units * kGroups, x, [&](int64_t j) { return b + j * kGroupBytes; },
+            [&](int64_t j, const int32_t* c) {
+              // As TileUnit in lanes_avx512.cc: the group's scale, then its offset or min.
+              const float* sc = pre + (j / kGroups) * kScaleFloats;
+              const int gi = static_cast<int>(j % kGroups);
+              const __m512 dsc = _mm512_loadu_ps(sc + gi * kLaneRows);
+              const __m512 dmn = _mm512_loadu_ps(sc + (kGroups + gi) * kLaneRows);
+              const XQ8Tile16& xj = x[j];
+              for (int t = 0; t < kTileTokens; ++t) {
+                const __m512i s = _mm512_load_si512(c + t * kLaneRows);
+                acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(dsc, _mm512_set1_ps(xj.d[t])), acc[t]);
+                acc[t] = _mm512_fnmadd_ps(dmn, _mm512_set1_ps(xj.dsum[t]), acc[t]);
+              }
+            });
+  for (int t = 0; t < kTileTokens; ++t) _mm512_mask_storeu_ps(y + t * ldy, mask, acc[t]);
+}
+
+// Q8_0 weights: a block's quants are already the second operand's layout (kernel_set.h), read
+// in place; the epilogue is TileQ8's in kernels_avx512.cc.
+void TokenTileQ8(const Q8x16Block* wg, int64_t nb, const XQ8Tile16* x, float* y, int64_t ldy,
+                 __mmask16 mask) {
+  __m512 acc[kTileTokens];
+  for (int t = 0; t < kTileTokens; ++t) acc[t] = _mm512_setzero_ps();
+  Pipelined(nb, x, [&](int64_t j) { return wg[j].q; }, [&](int64_t j, const int32_t* c) {
+    const __m512 dw = Halves16(wg[j].d);
     const XQ8Tile16& xj = x[j];
     for (int t = 0; t < kTileTokens; ++t) {
-      const __m512i s = _mm512_load_si512(c + t * kLaneRows);
-      acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(dsc, _mm512_set1_ps(xj.d[t])), acc[t]);
-      acc[t] = _mm512_fnmadd_ps(dmn, _mm512_set1_ps(xj.dsum[t]), acc[t]);
+      const __m512i s = _mm512_sub_epi32(_mm512_load_si512(c + t * kLaneRows), _mm512_set1_epi32(xj.bias[t]));
+      acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(dw, _mm512_set1_ps(xj.d[t])), acc[t]);
     }
-  }
+  });
   for (int t = 0; t < kTileTokens; ++t) _mm512_mask_storeu_ps(y + t * ldy, mask, acc[t]);
 }
 
@@ -165,6 +189,18 @@ void GemmLanesAmx(const BlockLayout& l, const uint8_t* w, int64_t cols, const XQ
   }
 }
 
+void GemmQ8Amx(const Q8x16Block* w, int64_t nb, const XQ8Tile16* x, int64_t tiles, int64_t g0,
+               int64_t g1, int64_t rows, float* y, int64_t ldy) {
+  const TileConfig cfg = ConfigFor(32);
+  _tile_loadconfig(&cfg);
+  for (int64_t g = g0; g < g1; ++g) {
+    for (int64_t i = 0; i < tiles; ++i) {
+      TokenTileQ8(w + g * nb, nb, x + i * nb, y + i * kTileTokens * ldy + g * kQ8Rows, ldy, RowMask(rows, g));
+    }
+  }
+  _tile_release();
+}
+
 }  // namespace pyengine
 
 #else
@@ -173,6 +209,8 @@ namespace pyengine {
 
 void GemmLanesAmx(const BlockLayout&, const uint8_t*, int64_t, const XQ8Tile16*, int64_t, int64_t,
                   int64_t, int64_t, float*, int64_t, float*) {}  // never called: see the header
+void GemmQ8Amx(const Q8x16Block*, int64_t, const XQ8Tile16*, int64_t, int64_t, int64_t, int64_t, float*,
+               int64_t) {}
 
 }  // namespace pyengine
 
