@@ -1,14 +1,15 @@
 // AMX kernels for prompts, of the lane-layout types with 32-value groups (lanes.h) and of Q8_0:
 // the integer dot products of a group of 32 values for 16 tokens and 16 rows at once, in one
-// tile instruction, instead of 8 vpdpbusd per token. A unit's values unpack (LoadSub) into exactly the layout the
-// instruction's second operand wants: 4 consecutive values of each of 16 rows per 64-byte
-// line. The activations' Q8_0 blocks come 16 tokens to a tile (XQ8Tile16), the first operand.
+// tile instruction, instead of 8 vpdpbusd per token. A unit's values unpack (LoadSub) into
+// exactly the layout the instruction's second operand wants: 4 consecutive values of each of 16
+// rows per 64-byte line. The activations' Q8_0 blocks come 16 tokens to a tile (XQ8Tile16), the
+// first operand.
 //
 // The sums are the same exact integers vpdpbusd makes, and the float steps that follow are
-// those of lanes_avx512.cc in the same order, so the results equal that kernel's bit for bit.
-// What remains per group and token (a conversion and three float operations on 16 rows) is
-// most of the time: on the CPU measured, the tile instructions and those vector operations do
-// not overlap, so the gain over vpdpbusd is about 1.2x, not the tile unit's 8x.
+// those of the AVX-512 kernels in the same order, so the results equal theirs bit for bit.
+// What remains per group and token (a conversion and two or three float operations on 16 rows)
+// is most of the time: on the CPU measured, the tile instructions and those vector operations
+// do not overlap, so the gain over vpdpbusd is 1.2-1.4x, not the tile unit's 8x.
 #include "quant/lane_kernels.h"
 
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__) && \
