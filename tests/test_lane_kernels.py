@@ -129,7 +129,7 @@ def test_amx_products_equal_the_vnni_kernel_bit_for_bit(type_name):
         _core.set_amx(before_amx)
 
 
-def test_amx_is_on_where_usable_unless_the_environment_says_0():
+def test_amx_is_on_where_usable_unless_the_environment_says_0(tmp_path):
     import os
     import subprocess
     import sys
@@ -137,8 +137,9 @@ def test_amx_is_on_where_usable_unless_the_environment_says_0():
     code = "from pyengine import _core; print(_core.amx(), _core.amx_usable())"
 
     def state(**env):
+        # Outside the source tree, so the installed package (with its core) is the one imported.
         out = subprocess.run([sys.executable, "-c", code], env={**os.environ, **env},
-                             capture_output=True, text=True, check=True)
+                             cwd=tmp_path, capture_output=True, text=True, check=True)
         return out.stdout.split()
 
     usable = str(_core.amx_usable())
