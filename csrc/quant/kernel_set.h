@@ -129,7 +129,7 @@ struct KernelSet {
                      int64_t n_tok, int64_t g0, int64_t g1, int64_t rows, float* y, int64_t ldy,
                      float* scratch);
   // Prompts on CPUs with AMX (null where a level has none; only while AmxActive()): the lane
-  // types with 32-value groups (UsesAmx), tokens [0, 16 * tiles) as XQ8Tile16 [tiles][cols /
+  // types with 32-value groups (matmul.cc, UsesAmx), tokens [0, 16 * tiles) as XQ8Tile16 [tiles][cols /
   // 32], equal bit for bit to gemm_lanes. scratch as for gemm_lanes.
   void (*gemm_lanes_amx)(const BlockLayout& l, const uint8_t* w, int64_t cols, const XQ8Tile16* x,
                          int64_t tiles, int64_t g0, int64_t g1, int64_t rows, float* y,
@@ -139,14 +139,8 @@ struct KernelSet {
                       int64_t g0, int64_t g1, int64_t rows, float* y, int64_t ldy);
 };
 
-// Whether a product of n_tok tokens with lane layout l goes through k.gemm_lanes_amx (its
-// whole tiles of 16 tokens; the rest through gemm_lanes). Types whose scales cover 16 values
-// stay with gemm_lanes: their tile products would be a quarter of the instruction's depth,
-// and measured slower than vpdpbusd.
-bool UsesAmx(const KernelSet& k, const BlockLayout& l, int64_t n_tok);
-// Whether a product of n_tok tokens with Q8_0 weights goes through k.gemm_q8_amx (likewise).
-bool UsesAmxQ8(const KernelSet& k, int64_t n_tok);
-constexpr int64_t kAmxTokens = 16;
+// Tokens per tile of the AMX kernels (XQ8Tile16).
+constexpr int kAmxTokens = 16;
 
 // Activations for gemm_f16_i16: each row rounded to fp16 (as the reference rounds them), then
 // every 16-value block scaled to 15-bit integers: xq [n_tok, cols], xs [n_tok, cols / 16] with

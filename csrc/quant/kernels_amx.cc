@@ -23,7 +23,8 @@
 namespace pyengine {
 namespace {
 
-constexpr int kTileTokens = 16;
+constexpr int kTileTokens = kAmxTokens;
+constexpr int kGroupValues = 32;  // K: the values of a group, one activation block
 
 // Tile registers: C (16 tokens x 16 rows of int32) in 0-3, A (16 tokens x K quants) in 4 and
 // 5, B (K / 4 lines of 16 rows x 4 values) in 6 and 7 (GroupProducts).
@@ -33,11 +34,11 @@ struct alignas(64) TileConfig {
   uint8_t rows[16] = {};
 };
 
-TileConfig ConfigFor(int k) {
+TileConfig MakeConfig() {
   TileConfig c;
-  for (int i = 0; i < 4; ++i) c.rows[i] = kTileTokens, c.colsb[i] = 64;  // C
-  for (int i = 4; i < 6; ++i) c.rows[i] = kTileTokens, c.colsb[i] = static_cast<uint16_t>(k);  // A
-  for (int i = 6; i < 8; ++i) c.rows[i] = static_cast<uint8_t>(k / 4), c.colsb[i] = 64;  // B
+  for (int i = 0; i < 4; ++i) c.rows[i] = kTileTokens, c.colsb[i] = 64;           // C
+  for (int i = 4; i < 6; ++i) c.rows[i] = kTileTokens, c.colsb[i] = kGroupValues;  // A
+  for (int i = 6; i < 8; ++i) c.rows[i] = kGroupValues / 4, c.colsb[i] = 64;       // B
   return c;
 }
 
@@ -109,7 +110,7 @@ template <GgmlType T>
 void TokenTile(const uint8_t* b, int64_t units, const float* pre, const XQ8Tile16* x, float* y,
                int64_t ldy, __mmask16 mask) {
   constexpr BlockLayout L = *GetBlockLayout(T);
-  static_assert(L.group == 32, "one activation block per group");
+  static_assert(L.group == kGroupValues, "one activation block per group");
   constexpr int kScaleFloats = LaneScaleFloats(L);
   constexpr int kGroups = L.values / L.group;
   constexpr int kGroupBytes = L.group * kLaneRows;
@@ -158,7 +159,7 @@ void Gemm(const uint8_t* w, int64_t cols, const XQ8Tile16* x, int64_t tiles, int
   // The calling thread's scratch: a row group's decoded scales, then its values unpacked
   // (LaneScratchFloats counts both).
   uint8_t* unpacked = reinterpret_cast<uint8_t*>(scratch + LaneScaleFloatsOf(cols));
-  const TileConfig cfg = ConfigFor(L.group);
+  const TileConfig cfg = MakeConfig();
   _tile_loadconfig(&cfg);
   for (int64_t g = g0; g < g1; ++g) {
     const uint8_t* wg = w + g * units * kUnitBytes;
@@ -178,11 +179,11 @@ void GemmLanesAmx(const BlockLayout& l, const uint8_t* w, int64_t cols, const XQ
                   int64_t tiles, int64_t g0, int64_t g1, int64_t rows, float* y, int64_t ldy,
                   float* scratch) {
   switch (l.type) {
-#define PYENGINE_LANE_TYPE(T)                                                              \
-  case GgmlType::T:                                                                        \
-    if constexpr (GetBlockLayout(GgmlType::T)->group == 32) {                              \
-      Gemm<GgmlType::T>(w, cols, x, tiles, g0, g1, rows, y, ldy, scratch);                 \
-    }                                                                                      \
+#define PYENGINE_LANE_TYPE(T)                                                \
+  case GgmlType::T:                                                          \
+    if constexpr (GetBlockLayout(GgmlType::T)->group == kGroupValues) {      \
+      Gemm<GgmlType::T>(w, cols, x, tiles, g0, g1, rows, y, ldy, scratch);   \
+    }                                                                        \
     return;
     PYENGINE_LANE_TYPES(PYENGINE_LANE_TYPE)
 #undef PYENGINE_LANE_TYPE
@@ -192,7 +193,7 @@ void GemmLanesAmx(const BlockLayout& l, const uint8_t* w, int64_t cols, const XQ
 
 void GemmQ8Amx(const Q8x16Block* w, int64_t nb, const XQ8Tile16* x, int64_t tiles, int64_t g0,
                int64_t g1, int64_t rows, float* y, int64_t ldy) {
-  const TileConfig cfg = ConfigFor(32);
+  const TileConfig cfg = MakeConfig();
   _tile_loadconfig(&cfg);
   for (int64_t g = g0; g < g1; ++g) {
     for (int64_t i = 0; i < tiles; ++i) {

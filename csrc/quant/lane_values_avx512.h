@@ -1,5 +1,6 @@
-// A lane unit's values unpacked into AVX-512 registers (lanes.h), and its scales decoded: shared by the VNNI kernels
-// (lanes_avx512.cc) and the AMX ones (lanes_amx.cc), both compiled with AVX-512 instructions.
+// A lane unit's values unpacked into AVX-512 registers (lanes.h), and its scales decoded:
+// shared by the VNNI kernels (lanes_avx512.cc) and the AMX ones (kernels_amx.cc), both compiled
+// with AVX-512 instructions.
 // Internal linkage on purpose, as in lane_scales.h: each including file keeps its own copy.
 #pragma once
 

@@ -278,14 +278,6 @@ void MatMulInput::I16Scratch(int n_threads, int32_t** wq, float** ws) {
   *ws = panel_scales_.data();
 }
 
-bool UsesAmx(const KernelSet& k, const BlockLayout& l, int64_t n_tok) {
-  return k.gemm_lanes_amx && n_tok >= kAmxTokens && l.group == 32 && AmxActive();
-}
-
-bool UsesAmxQ8(const KernelSet& k, int64_t n_tok) {
-  return k.gemm_q8_amx && n_tok >= kAmxTokens && AmxActive();
-}
-
 void MatMul(const PackedMatrix& w, const float* x, int64_t n_tok, float* y, ThreadPool& pool) {
   MatMulInput in;
   in.Set(x, n_tok, w.cols());
@@ -294,8 +286,19 @@ void MatMul(const PackedMatrix& w, const float* x, int64_t n_tok, float* y, Thre
 
 namespace {
 
-// Row groups [g0, g1) of a lane-layout product: whole tiles of 16 tokens through the AMX
-// kernel when xt (the input's AmxTiles) is given, the other tokens through gemm_lanes.
+// Whether a product of n_tok tokens with lane layout l goes through k.gemm_lanes_amx (its
+// whole tiles of 16 tokens; the rest through gemm_lanes). Types whose scales cover 16 values
+// stay with gemm_lanes: their tile products would be a quarter of the instruction's depth,
+// and measured slower than vpdpbusd.
+bool UsesAmx(const KernelSet& k, const BlockLayout& l, int64_t n_tok) {
+  return k.gemm_lanes_amx && n_tok >= kAmxTokens && l.group == 32 && AmxActive();
+}
+
+// Whether a product of n_tok tokens with Q8_0 weights goes through k.gemm_q8_amx (likewise).
+bool UsesAmxQ8(const KernelSet& k, int64_t n_tok) {
+  return k.gemm_q8_amx && n_tok >= kAmxTokens && AmxActive();
+}
+
 // Row groups [g0, g1) of a Q8_0 product, split as LaneProduct splits its tokens.
 void Q8Product(const KernelSet& k, const PackedMatrix& w, const XQ8Block* x, const XQ8Tile16* xt,
                int64_t n_tok, int64_t g0, int64_t g1, float* y) {
@@ -309,6 +312,8 @@ void Q8Product(const KernelSet& k, const PackedMatrix& w, const XQ8Block* x, con
   if (done < n_tok) k.gemm_q8(w.q8(), nb, x + done * nb, n_tok - done, g0, g1, rows, y + done * rows, rows);
 }
 
+// Row groups [g0, g1) of a lane-layout product: whole tiles of 16 tokens through the AMX
+// kernel when xt (the input's AmxTiles) is given, the other tokens through gemm_lanes.
 void LaneProduct(const KernelSet& k, const BlockLayout& l, const PackedMatrix& w, const XQ8Block* x,
                  const XQ8Tile16* xt, int64_t n_tok, int64_t g0, int64_t g1, float* y,
                  float* scratch) {
